@@ -1,0 +1,61 @@
+"""KV cache types and configurations (plain data; no llama.cpp import)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from kvprobe.errors import UserError
+
+# GGML type ids, from ggml.h (stable across llama.cpp versions).
+GGML_TYPE_IDS: dict[str, int] = {
+    "f16": 1,
+    "q4_0": 2,
+    "q4_1": 3,
+    "q5_0": 6,
+    "q5_1": 7,
+    "q8_0": 8,
+    "iq4_nl": 20,
+    "bf16": 30,
+}
+UNQUANTIZED = frozenset({"f16", "bf16"})
+
+
+def check_cache_type(name: str) -> str:
+    """Normalise a cache type name or raise a one-line UserError."""
+    key = name.strip().lower()
+    if key not in GGML_TYPE_IDS:
+        choices = " ".join(GGML_TYPE_IDS)
+        raise UserError(f"unknown cache type {name!r}: choose one of {choices}")
+    return key
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    """One KV cache configuration: the K and V types."""
+
+    type_k: str
+    type_v: str
+
+    @property
+    def id(self) -> str:
+        """Stable identifier: 'q4_0' when K and V agree, 'k=q4_0,v=f16' otherwise."""
+        if self.type_k == self.type_v:
+            return self.type_k
+        return f"k={self.type_k},v={self.type_v}"
+
+    @property
+    def v_quantized(self) -> bool:
+        return self.type_v not in UNQUANTIZED
+
+    @property
+    def k_quantized(self) -> bool:
+        return self.type_k not in UNQUANTIZED
+
+
+def parse_config_id(config_id: str) -> CacheConfig:
+    """Inverse of CacheConfig.id."""
+    if config_id.startswith("k="):
+        k_part, v_part = config_id.split(",", 1)
+        return CacheConfig(check_cache_type(k_part[2:]), check_cache_type(v_part[2:]))
+    name = check_cache_type(config_id)
+    return CacheConfig(name, name)

@@ -1,0 +1,307 @@
+"""Command line: `kvprobe run`, `kvprobe scenarios`.
+
+Bad input ends with one line on stderr and exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from kvprobe import __version__
+from kvprobe.cache_types import CacheConfig, check_cache_type
+from kvprobe.errors import EngineError, UserError
+
+MIN_CTX = 256
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:  # one line, exit 2 (argparse prints usage too)
+        raise UserError(f"{message} (see `{self.prog} --help`)")
+
+
+def _ctx(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--ctx must be a whole number of tokens, got {text!r}") from None
+    if value < MIN_CTX:
+        raise argparse.ArgumentTypeError(f"--ctx must be at least {MIN_CTX} tokens, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="kvprobe", description="Measure long-context degradation from KV cache quantization."
+    )
+    parser.add_argument("--version", action="version", version=f"kvprobe {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    run = sub.add_parser("run", help="run a scenario across KV cache types and context lengths")
+    run.add_argument("--model", help="GGUF model file (default: the embedded Gemma 3 270M Q4_K_M)")
+    run.add_argument(
+        "--cache",
+        action="append",
+        default=[],
+        metavar="TYPE",
+        help="cache type for K and V (repeatable): f16 bf16 q8_0 q5_1 q5_0 q4_1 q4_0 iq4_nl",
+    )
+    run.add_argument("--cache-k", metavar="TYPE", help="K cache type of an asymmetric pair (with --cache-v)")
+    run.add_argument("--cache-v", metavar="TYPE", help="V cache type of an asymmetric pair (with --cache-k)")
+    run.add_argument("--ctx", type=_ctx, default=8192, help="longest context in tokens (default 8192)")
+    run.add_argument(
+        "--baseline", default="f16", help="reference cache type, run first, or 'none' (default f16)"
+    )
+    run.add_argument(
+        "--scenario", default="default", help="bundled scenario name or TOML file (default: default)"
+    )
+    run.add_argument("--haystack", help="override the scenario's haystack: prose, noise, or a text file path")
+    run.add_argument(
+        "--mode",
+        choices=("onepass", "classic"),
+        default="onepass",
+        help="onepass: one document, queries forked at checkpoints; classic: one prompt per cell",
+    )
+    run.add_argument("--seed", type=int, default=0, help="seed of the plan (needles, documents)")
+    run.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
+    run.add_argument(
+        "--gpu-layers",
+        type=int,
+        default=None,
+        help="layers to offload (default: all when a GPU is usable, else 0)",
+    )
+    run.add_argument(
+        "--no-flash-attn",
+        action="store_true",
+        help="disable flash attention (not possible with a quantized V cache)",
+    )
+    run.add_argument(
+        "--no-rotation",
+        action="store_true",
+        help="disable llama.cpp's Hadamard rotation of quantized caches (LLAMA_ATTN_ROT_DISABLE=1)",
+    )
+    run.add_argument("--out", help="result file (default results/<utc>-<model>-<caches>-<ctx>.json)")
+    run.add_argument("--force", action="store_true", help="overwrite an existing --out file")
+
+    sub.add_parser("scenarios", help="list the bundled scenarios")
+    return parser
+
+
+def parse_configs(args: argparse.Namespace) -> tuple[list[CacheConfig], str | None]:
+    """Baseline first, then the requested configurations, without duplicates."""
+    configs: list[CacheConfig] = []
+    for name in args.cache:
+        t = check_cache_type(name)
+        configs.append(CacheConfig(t, t))
+    if (args.cache_k is None) != (args.cache_v is None):
+        raise UserError("--cache-k and --cache-v go together: give both for an asymmetric pair")
+    if args.cache_k is not None:
+        configs.append(CacheConfig(check_cache_type(args.cache_k), check_cache_type(args.cache_v)))
+    baseline: CacheConfig | None = None
+    if args.baseline.strip().lower() != "none":
+        b = check_cache_type(args.baseline)
+        baseline = CacheConfig(b, b)
+    ordered: list[CacheConfig] = [baseline] if baseline else []
+    for c in configs:
+        if c not in ordered:
+            ordered.append(c)
+    if not ordered:
+        raise UserError("nothing to run: give --cache TYPE, or a --baseline other than none")
+    return ordered, baseline.id if baseline else None
+
+
+def check_out_path(path: Path, force: bool) -> None:
+    """Fail before a long run, not after it; never overwrite an earlier result silently."""
+    if path.is_dir():
+        raise UserError(f"--out {path} is a folder: give a file name ending in .json")
+    if path.exists() and not force:
+        raise UserError(f"--out {path} already exists: choose another name or pass --force")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(
+            f"cannot create the folder for --out {path} ({exc.strerror}): choose another path"
+        ) from None
+    if not os.access(path.parent, os.W_OK):
+        raise UserError(f"folder {path.parent} is not writable: choose another --out")
+
+
+def cmd_scenarios(console: Console) -> int:
+    from rich.table import Table
+
+    from kvprobe.scenario import bundled_scenarios, load_scenario
+
+    table = Table(title="Bundled scenarios (kvprobe run --scenario NAME)")
+    for col in ("name", "probes", "haystack", "documents", "needles/segment", "description"):
+        table.add_column(col)
+    for name in bundled_scenarios():
+        s = load_scenario(name)
+        table.add_row(
+            name,
+            ", ".join(s.probes),
+            s.haystack.kind,
+            str(s.plan.documents),
+            str(s.needle.per_segment),
+            s.description,
+        )
+    console.print(table)
+    return 0
+
+
+def cmd_run(args: argparse.Namespace, console: Console) -> int:
+    from dataclasses import replace
+
+    from kvprobe.model_info import read_model_info
+    from kvprobe.provenance import default_model_path, host_info
+    from kvprobe.results import SCHEMA_VERSION, default_out_path, needle_summary, utc_now, write_result
+    from kvprobe.scenario import HaystackSpec, load_scenario
+
+    configs, baseline = parse_configs(args)
+    scenario = load_scenario(args.scenario)
+    if args.haystack:
+        kind = args.haystack if args.haystack in ("prose", "noise") else "file"
+        if kind == "file" and not Path(args.haystack).is_file():
+            raise UserError(f"--haystack {args.haystack!r}: not prose, noise, or an existing text file")
+        scenario = replace(scenario, haystack=HaystackSpec(kind, "" if kind != "file" else args.haystack))
+    if args.threads is not None and args.threads < 1:
+        raise UserError("--threads must be at least 1")
+    model_path = Path(args.model).expanduser() if args.model else default_model_path()
+    info = read_model_info(model_path)  # checks the file is GGUF before llama.cpp sees it
+    created = utc_now()
+    out_path = (
+        Path(args.out)
+        if args.out
+        else default_out_path(created, model_path.name, [c.id for c in configs], args.ctx)
+    )
+    check_out_path(out_path, force=args.force)
+    if any(c.v_quantized for c in configs) and args.no_flash_attn:
+        raise UserError(
+            "a quantized V cache needs flash attention: drop --no-flash-attn or use an f16/bf16 V cache"
+        )
+
+    from kvprobe import engine
+    from kvprobe.runner import NeedleRunner, RunSettings, run_needles
+
+    warnings: list[str] = []
+    if args.ctx > info["n_ctx_train"] > 0:
+        warnings.append(
+            f"--ctx {args.ctx} exceeds the model's training context ({info['n_ctx_train']} tokens): "
+            "results past it measure the model outside its design, not the cache"
+        )
+    gpu_layers = (
+        args.gpu_layers if args.gpu_layers is not None else (-1 if engine.gpu_offload_supported() else 0)
+    )
+    if gpu_layers != 0 and any(c.type_k != c.type_v for c in configs):
+        warnings.append(
+            "on CUDA, llama.cpp compiles flash-attention kernels only for matching K/V types unless built "
+            "with -DGGML_CUDA_FA_QUANTS=all: an asymmetric pair runs on a much slower path"
+        )
+    for w in warnings:
+        console.print(f"[yellow]warning:[/] {w}")
+    settings = RunSettings(
+        ctx=args.ctx,
+        seed=args.seed,
+        mode=args.mode,
+        flash_attn=not args.no_flash_attn,
+        attn_rotation=not args.no_rotation,
+    )
+    console.print(
+        f"kvprobe {__version__}: {model_path.name}, caches {', '.join(c.id for c in configs)}, "
+        f"ctx {args.ctx}, scenario {scenario.name}, {args.mode} mode"
+    )
+    with engine.Model(model_path, n_gpu_layers=gpu_layers, n_threads=args.threads) as model:
+        runner = NeedleRunner(model, scenario, settings)
+        columns = (
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TextColumn("{task.percentage:>3.0f}%"),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+        )
+        with Progress(*columns, console=console, transient=True) as bar:
+            task = bar.add_task("starting", total=runner.planned_tokens(len(configs)))
+
+            def progress(n_tokens: int, what: str) -> None:
+                bar.update(task, advance=n_tokens, description=what)
+
+            outcome = run_needles(runner, configs, progress)
+        n_threads = model.n_threads
+        runtime = engine.runtime_info()
+    doc: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION,
+        "kvprobe_version": __version__,
+        "created": created,
+        "command": " ".join(["kvprobe", *sys.argv[1:]]),
+        "model": info,
+        "runtime": {
+            **runtime,
+            "backend": "gpu" if gpu_layers != 0 and runtime["gpu_offload_supported"] else "cpu",
+            "n_threads": n_threads,
+            "n_gpu_layers": gpu_layers,
+            "n_ctx": outcome["n_ctx"],
+            "n_batch": outcome["chunk"],
+            "n_ubatch": outcome["chunk"],
+            "n_seq_max": 2,
+            "kv_unified": True,
+            "swa_full": True,
+            "flash_attn": settings.flash_attn,
+            "attn_rotation": settings.attn_rotation,
+            "env_LLAMA_ATTN_ROT_DISABLE": "0" if settings.attn_rotation else "1",
+        },
+        "host": host_info(),
+        "configs": [{**a, "model_sha256": info["sha256"]} for a in outcome["applied"]],
+        "baseline": baseline,
+        "scenario": {"name": scenario.name, "sha256": scenario.sha256, "spec": scenario.to_dict()},
+        "run": {
+            "ctx": args.ctx,
+            "seed": args.seed,
+            "mode": args.mode,
+            "checkpoints": outcome["checkpoints"],
+            "chunk": outcome["chunk"],
+        },
+        "items": outcome["items"],
+        "summary": needle_summary(outcome["items"], seed=args.seed),
+        "timing": outcome["timing"],
+        "warnings": warnings,
+    }
+    write_result(doc, out_path)
+    from kvprobe.report import print_run_report
+
+    print_run_report(doc, console)
+    console.print(f"result: {out_path}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    console = Console(stderr=False)
+    err = Console(stderr=True)
+    try:
+        args = build_parser().parse_args(argv)
+        if args.command == "scenarios":
+            return cmd_scenarios(console)
+        return cmd_run(args, console)
+    except UserError as exc:
+        err.print(f"kvprobe: error: {exc}", markup=False, highlight=False, soft_wrap=True)
+        return exc.exit_code
+    except EngineError as exc:
+        err.print(f"kvprobe: llama.cpp error: {exc}", markup=False, highlight=False, soft_wrap=True)
+        return 1
+    except KeyboardInterrupt:
+        err.print("kvprobe: interrupted; no result file was written", markup=False)
+        return 130
+
+
+def entry() -> None:
+    start = time.perf_counter()
+    code = main()
+    if os.environ.get("KVPROBE_DEBUG_TIMING"):
+        print(f"[{time.perf_counter() - start:.1f}s]", file=sys.stderr)
+    sys.exit(code)

@@ -1,0 +1,393 @@
+"""The one module that talks to llama.cpp (through llama-cpp-python's low-level API).
+
+Why the low-level API: `Llama` fixes n_seq_max = 1 and, with logits_all, allocates
+n_ctx x n_vocab floats up front. Here a context has two sequences on a unified KV
+cache: sequence 0 holds the document, sequence 1 is a throw-away fork for queries,
+so a query shares the document prefix without disturbing it. Logits are read only
+at the positions asked for and reduced at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import re
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import llama_cpp
+import numpy as np
+
+from kvprobe.cache_types import GGML_TYPE_IDS, CacheConfig
+from kvprobe.errors import EngineError, UserError
+
+DOC_SEQ = 0
+FORK_SEQ = 1
+
+
+# --- llama.cpp log capture -------------------------------------------------------------
+# llama.cpp reports the cache types and attention rotation it actually applied only in
+# its log; we capture the log to check them, and keep it off the user's terminal.
+
+_log_lock = threading.Lock()
+_log_lines: list[str] = []
+
+
+@llama_cpp.llama_log_callback  # type: ignore[untyped-decorator]
+def _log_callback(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
+    with _log_lock:
+        _log_lines.append(text.decode("utf-8", errors="replace"))
+
+
+llama_cpp.llama_log_set(_log_callback, ctypes.c_void_p(0))
+
+
+@contextlib.contextmanager
+def _captured_log() -> Iterator[list[str]]:
+    with _log_lock:
+        start = len(_log_lines)
+    captured: list[str] = []
+    try:
+        yield captured
+    finally:
+        with _log_lock:
+            captured.extend("".join(_log_lines[start:]).splitlines())
+            if len(_log_lines) > 10_000:
+                del _log_lines[:start]
+
+
+# --- results of a forward pass -------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TeacherForced:
+    """An answer scored by teacher forcing."""
+
+    logprob: float  # sum of log p(answer token | prefix)
+    token_logprobs: list[float]
+    argmax_match: bool  # greedy decoding would produce the answer exactly
+    first_mismatch: int | None  # index of the first answer token that is not the argmax
+
+
+@dataclass(frozen=True)
+class AppliedSettings:
+    """What llama.cpp reports it actually did when creating the context."""
+
+    type_k: str
+    type_v: str
+    flash_attn: bool
+    attn_rot_k: bool
+    attn_rot_v: bool
+    n_ctx: int
+
+
+@dataclass(frozen=True)
+class ContextSettings:
+    n_ctx: int
+    chunk: int  # n_batch = n_ubatch: the fixed batch shape for every configuration
+    n_threads: int
+    flash_attn: bool
+    attn_rotation: bool  # False sets LLAMA_ATTN_ROT_DISABLE=1 while the context is created
+
+
+def _log_softmax_at(logits: np.ndarray, token: int) -> tuple[float, int]:
+    x = logits.astype(np.float64)
+    m = float(x.max())
+    lse = m + float(np.log(np.exp(x - m).sum()))
+    return float(x[token] - lse), int(np.argmax(logits))
+
+
+class Model:
+    """A loaded GGUF model: weights, vocabulary and tokenizer."""
+
+    def __init__(self, path: str | Path, n_gpu_layers: int = 0, n_threads: int | None = None):
+        self.path = Path(path)
+        llama_cpp.llama_backend_init()
+        params = llama_cpp.llama_model_default_params()
+        params.n_gpu_layers = n_gpu_layers
+        self.n_gpu_layers = n_gpu_layers
+        with _captured_log() as log:
+            model = llama_cpp.llama_model_load_from_file(str(self.path).encode(), params)
+        if not model:
+            reason = next((ln for ln in reversed(log) if "error" in ln.lower()), "unknown error")
+            raise UserError(f"llama.cpp could not load {self.path}: {reason.strip()}")
+        self._model = model
+        self.load_log = log
+        self._vocab = llama_cpp.llama_model_get_vocab(model)
+        self.n_vocab = int(llama_cpp.llama_vocab_n_tokens(self._vocab))
+        self.n_ctx_train = int(llama_cpp.llama_model_n_ctx_train(model))
+        self.n_threads = n_threads or max(1, os.cpu_count() or 1)
+        self._pieces: dict[int, str] = {}
+
+    def close(self) -> None:
+        if self._model:
+            llama_cpp.llama_model_free(self._model)
+            self._model = None
+
+    def __enter__(self) -> Model:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # tokenizer -------------------------------------------------------------------
+    @property
+    def bos(self) -> int | None:
+        if not llama_cpp.llama_vocab_get_add_bos(self._vocab):
+            return None
+        return int(llama_cpp.llama_vocab_bos(self._vocab))
+
+    def tokenize(self, text: str) -> list[int]:
+        """Tokens of `text`, without BOS; special-token syntax is not parsed."""
+        data = text.encode("utf-8")
+        cap = len(data) + 16
+        buf = (llama_cpp.llama_token * cap)()
+        n = llama_cpp.llama_tokenize(self._vocab, data, len(data), buf, cap, False, False)
+        if n < 0:
+            cap = -n
+            buf = (llama_cpp.llama_token * cap)()
+            n = llama_cpp.llama_tokenize(self._vocab, data, len(data), buf, cap, False, False)
+        return list(buf[:n])
+
+    def piece(self, token: int) -> str:
+        cached = self._pieces.get(token)
+        if cached is None:
+            buf = ctypes.create_string_buffer(64)
+            n = llama_cpp.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, False)
+            cached = buf.raw[: max(n, 0)].decode("utf-8", errors="replace")
+            self._pieces[token] = cached
+        return cached
+
+    def detokenize(self, tokens: Sequence[int]) -> str:
+        if not tokens:
+            return ""
+        arr = (llama_cpp.llama_token * len(tokens))(*tokens)
+        cap = 16 * len(tokens) + 16
+        buf = ctypes.create_string_buffer(cap)
+        n = llama_cpp.llama_detokenize(self._vocab, arr, len(tokens), buf, cap, False, False)
+        return buf.raw[: max(n, 0)].decode("utf-8", errors="replace")
+
+    def is_eog(self, token: int) -> bool:
+        return bool(llama_cpp.llama_vocab_is_eog(self._vocab, token))
+
+    def context(self, cache: CacheConfig, settings: ContextSettings) -> Context:
+        return Context(self, cache, settings)
+
+
+def _parse_applied(log: list[str], n_ctx: int) -> AppliedSettings:
+    text = "\n".join(log)
+    ks = re.findall(r"K \((\w+)\):", text)
+    vs = re.findall(r"V \((\w+)\):", text)
+    fa = re.findall(r"flash_attn\s+=\s+(\w+)", text)
+    rot_k = re.findall(r"attn_rot_k = (\d)", text)
+    rot_v = re.findall(r"attn_rot_v = (\d)", text)
+    if not ks or not vs or len(set(ks)) != 1 or len(set(vs)) != 1:
+        raise EngineError(f"could not read the applied KV cache types from llama.cpp's log: K={ks} V={vs}")
+    return AppliedSettings(
+        type_k=ks[0],
+        type_v=vs[0],
+        flash_attn=bool(fa) and fa[-1] in ("enabled", "on", "1", "true"),
+        attn_rot_k=any(r == "1" for r in rot_k),
+        attn_rot_v=any(r == "1" for r in rot_v),
+        n_ctx=n_ctx,
+    )
+
+
+class Context:
+    """A llama.cpp context for one cache configuration: a document sequence plus a fork."""
+
+    def __init__(self, model: Model, cache: CacheConfig, settings: ContextSettings):
+        self.model = model
+        self.cache = cache
+        self.settings = settings
+        params = llama_cpp.llama_context_default_params()
+        params.n_ctx = settings.n_ctx
+        params.n_batch = settings.chunk
+        params.n_ubatch = settings.chunk
+        params.n_seq_max = 2
+        params.kv_unified = True  # the fork shares the document's cells
+        params.swa_full = True  # keep every SWA cell: a fork must not evict the prefix
+        params.n_threads = model.n_threads
+        params.n_threads_batch = model.n_threads
+        params.type_k = GGML_TYPE_IDS[cache.type_k]
+        params.type_v = GGML_TYPE_IDS[cache.type_v]
+        params.flash_attn_type = (
+            llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED
+            if settings.flash_attn
+            else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        )
+        params.no_perf = True
+        if cache.v_quantized and not settings.flash_attn:
+            raise UserError(
+                f"cache {cache.id}: a quantized V cache needs flash attention; drop --no-flash-attn"
+            )
+        previous = os.environ.get("LLAMA_ATTN_ROT_DISABLE")
+        os.environ["LLAMA_ATTN_ROT_DISABLE"] = "0" if settings.attn_rotation else "1"
+        try:
+            with _captured_log() as log:
+                ctx = llama_cpp.llama_init_from_model(model._model, params)
+        finally:
+            if previous is None:
+                del os.environ["LLAMA_ATTN_ROT_DISABLE"]
+            else:
+                os.environ["LLAMA_ATTN_ROT_DISABLE"] = previous
+        if not ctx:
+            reason = next((ln for ln in reversed(log) if "error" in ln.lower() or "fail" in ln.lower()), "")
+            raise EngineError(f"llama.cpp could not create a context for cache {cache.id}: {reason.strip()}")
+        self._ctx = ctx
+        self._mem = llama_cpp.llama_get_memory(ctx)
+        self.log = log
+        self.applied = _parse_applied(log, int(llama_cpp.llama_n_ctx(ctx)))
+        if (self.applied.type_k, self.applied.type_v) != (cache.type_k, cache.type_v):
+            raise EngineError(
+                f"asked for K={cache.type_k} V={cache.type_v} but llama.cpp applied "
+                f"K={self.applied.type_k} V={self.applied.type_v}"
+            )
+        self._batch = llama_cpp.llama_batch_init(settings.chunk, 0, 1)
+        self.n_past = 0  # tokens of the document in sequence 0
+        self.tokens_evaluated = 0
+
+    def close(self) -> None:
+        if self._ctx:
+            llama_cpp.llama_batch_free(self._batch)
+            llama_cpp.llama_free(self._ctx)
+            self._ctx = None
+
+    def __enter__(self) -> Context:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def reset(self) -> None:
+        """Forget everything: a fresh document (classic mode)."""
+        llama_cpp.llama_memory_clear(self._mem, True)
+        self.n_past = 0
+
+    # low level ----------------------------------------------------------------------
+    def _decode(self, tokens: Sequence[int], pos0: int, seq: int, want: Sequence[int]) -> None:
+        """Decode one batch; `want` are batch indices whose logits are kept."""
+        n = len(tokens)
+        if n > self.settings.chunk:
+            raise EngineError(f"batch of {n} tokens exceeds the chunk size {self.settings.chunk}")
+        if pos0 + n > self.applied.n_ctx:
+            raise EngineError(f"position {pos0 + n} exceeds the context size {self.applied.n_ctx}")
+        b = self._batch
+        wanted = set(want)
+        for i, t in enumerate(tokens):
+            b.token[i] = t
+            b.pos[i] = pos0 + i
+            b.n_seq_id[i] = 1
+            b.seq_id[i][0] = seq
+            b.logits[i] = 1 if i in wanted else 0
+        b.n_tokens = n
+        rc = llama_cpp.llama_decode(self._ctx, b)
+        if rc != 0:
+            raise EngineError(f"llama_decode failed with code {rc} at position {pos0}")
+        self.tokens_evaluated += n
+
+    def _logits(self, i: int) -> np.ndarray:
+        ptr = llama_cpp.llama_get_logits_ith(self._ctx, i)
+        return np.ctypeslib.as_array(ptr, shape=(self.model.n_vocab,))
+
+    # document --------------------------------------------------------------------
+    def feed(self, tokens: Sequence[int]) -> None:
+        """Append tokens to the document in fixed chunks aligned to the chunk grid."""
+        chunk = self.settings.chunk
+        i = 0
+        while i < len(tokens):
+            # Align chunk boundaries to absolute positions, so that feeding 0..L then L..M
+            # gives the same batches as feeding 0..M whenever L is a multiple of the chunk.
+            room = chunk - (self.n_past % chunk)
+            part = tokens[i : i + room]
+            self._decode(part, self.n_past, DOC_SEQ, want=())
+            self.n_past += len(part)
+            i += len(part)
+
+    def feed_logits(self, tokens: Sequence[int]) -> np.ndarray:
+        """Like feed, returning the logits of every fed position (tests and small inputs only)."""
+        chunk = self.settings.chunk
+        rows: list[np.ndarray] = []
+        i = 0
+        while i < len(tokens):
+            room = chunk - (self.n_past % chunk)
+            part = tokens[i : i + room]
+            self._decode(part, self.n_past, DOC_SEQ, want=range(len(part)))
+            rows.extend(self._logits(j).copy() for j in range(len(part)))
+            self.n_past += len(part)
+            i += len(part)
+        return np.stack(rows)
+
+    # forks -------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _fork(self) -> Iterator[None]:
+        llama_cpp.llama_memory_seq_cp(self._mem, DOC_SEQ, FORK_SEQ, -1, -1)
+        try:
+            yield
+        finally:
+            llama_cpp.llama_memory_seq_rm(self._mem, FORK_SEQ, -1, -1)
+
+    def _fork_decode(self, tokens: Sequence[int], want_tail: int) -> list[np.ndarray]:
+        """Decode tokens after the document in the fork; logits of the last `want_tail`."""
+        chunk = self.settings.chunk
+        out: list[np.ndarray] = []
+        first_wanted = len(tokens) - want_tail
+        pos = self.n_past
+        for start in range(0, len(tokens), chunk):
+            part = tokens[start : start + chunk]
+            want = [j for j in range(len(part)) if start + j >= first_wanted]
+            self._decode(part, pos, FORK_SEQ, want=want)
+            out.extend(self._logits(j).copy() for j in want)
+            pos += len(part)
+        return out
+
+    def score(self, prompt: Sequence[int], answer: Sequence[int]) -> TeacherForced:
+        """Teacher-force `answer` after document + `prompt`, in a fork of the document."""
+        if not answer:
+            raise ValueError("empty answer")
+        tokens = list(prompt) + list(answer[:-1])
+        with self._fork():
+            rows = self._fork_decode(tokens, want_tail=len(answer))
+        lps: list[float] = []
+        first_bad: int | None = None
+        for i, (row, tok) in enumerate(zip(rows, answer, strict=True)):
+            lp, top = _log_softmax_at(row, tok)
+            lps.append(lp)
+            if top != tok and first_bad is None:
+                first_bad = i
+        return TeacherForced(float(sum(lps)), lps, first_bad is None, first_bad)
+
+    def generate(self, prompt: Sequence[int], max_tokens: int) -> list[int]:
+        """Greedy continuation of document + `prompt`, in a fork of the document."""
+        out: list[int] = []
+        with self._fork():
+            row = self._fork_decode(list(prompt), want_tail=1)[-1]
+            pos = self.n_past + len(prompt)
+            for _ in range(max_tokens):
+                tok = int(np.argmax(row))
+                if self.model.is_eog(tok):
+                    break
+                out.append(tok)
+                if pos >= self.applied.n_ctx:
+                    break
+                self._decode([tok], pos, FORK_SEQ, want=[0])
+                row = self._logits(0)
+                pos += 1
+        return out
+
+
+def runtime_info() -> dict[str, object]:
+    """The llama.cpp build and backend, for the result file."""
+    system = llama_cpp.llama_print_system_info().decode(errors="replace").strip()
+    return {
+        "llama_cpp_python": llama_cpp.__version__,
+        "llama_cpp_build": system,
+        "gpu_offload_supported": bool(llama_cpp.llama_supports_gpu_offload()),
+    }
+
+
+def gpu_offload_supported() -> bool:
+    return bool(llama_cpp.llama_supports_gpu_offload())

@@ -1,0 +1,74 @@
+"""Model metadata read with the `gguf` package: no model load, fast on large files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import gguf
+import numpy as np
+
+from kvprobe.errors import UserError
+from kvprobe.provenance import sha256_file
+
+GGUF_MAGIC = b"GGUF"
+
+
+def _field(reader: gguf.GGUFReader, key: str) -> Any:
+    field = reader.get_field(key)
+    if field is None:
+        return None
+    return field.contents()
+
+
+def read_model_info(path: Path) -> dict[str, Any]:
+    """Path, sha256 and metadata of a GGUF file; a one-line UserError if it is not one."""
+    if not path.is_file():
+        raise UserError(f"model file {path} not found: give --model PATH to a .gguf file")
+    with path.open("rb") as fh:
+        magic = fh.read(4)
+    if magic != GGUF_MAGIC:
+        raise UserError(
+            f"model file {path} is not a GGUF file (starts with {magic!r}): convert it to GGUF first"
+        )
+    try:
+        reader = gguf.GGUFReader(str(path), "r")
+    except (ValueError, IndexError, OSError, EOFError) as exc:
+        raise UserError(
+            f"model file {path} is a damaged or truncated GGUF file ({exc}): download it again"
+        ) from None
+    arch = _field(reader, "general.architecture") or "unknown"
+    file_type = _field(reader, "general.file_type")
+    try:
+        file_type_name = gguf.LlamaFileType(file_type).name if file_type is not None else None
+    except ValueError:
+        file_type_name = str(file_type)
+    n_params = int(sum(int(np.prod(t.shape)) for t in reader.tensors))
+    metadata = {
+        key: _field(reader, key)
+        for key in (
+            "general.name",
+            "general.basename",
+            "general.size_label",
+            "general.quantization_version",
+            f"{arch}.block_count",
+            f"{arch}.embedding_length",
+            f"{arch}.attention.head_count",
+            f"{arch}.attention.head_count_kv",
+            f"{arch}.attention.key_length",
+            f"{arch}.attention.value_length",
+            f"{arch}.attention.sliding_window",
+        )
+        if reader.get_field(key) is not None
+    }
+    return {
+        "path": str(path.resolve()),
+        "name": path.name,
+        "size_bytes": path.stat().st_size,
+        "sha256": sha256_file(path),
+        "architecture": arch,
+        "n_ctx_train": int(_field(reader, f"{arch}.context_length") or 0),
+        "file_type": file_type_name,
+        "n_params": n_params,
+        "metadata": metadata,
+    }

@@ -1,0 +1,63 @@
+"""Terminal output of a result document (never needs the model)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+
+def _fmt_ci(value: float, ci: list[float]) -> str:
+    return f"{value:.2f} [{ci[0]:.2f}, {ci[1]:.2f}]"
+
+
+def needle_table(doc: dict[str, Any]) -> Table:
+    """One row per checkpoint; per configuration accuracy with its Wilson 95% interval
+    and the difference to the baseline."""
+    baseline = doc.get("baseline")
+    configs = [c["id"] for c in doc["configs"]]
+    acc = {
+        (r["config"], r["ctx"]): r
+        for r in doc["summary"]
+        if r["probe"] == "needle" and r["metric"] == "accuracy"
+    }
+    table = Table(
+        title=f"Needle accuracy (95% Wilson interval), {doc['scenario']['name']} scenario, "
+        f"{doc['run']['mode']} mode"
+    )
+    table.add_column("context", justify="right")
+    table.add_column("n", justify="right")
+    for cid in configs:
+        table.add_column(cid + (" (baseline)" if cid == baseline else ""), justify="right")
+        if baseline and cid != baseline:
+            table.add_column(f"Δ {cid}", justify="right")
+    for ctx in doc["run"]["checkpoints"]:
+        row = [str(ctx)]
+        ns = {acc[(c, ctx)]["n"] for c in configs if (c, ctx) in acc}
+        row.append("/".join(str(n) for n in sorted(ns)) or "0")
+        base = acc.get((baseline, ctx)) if baseline else None
+        for cid in configs:
+            r = acc.get((cid, ctx))
+            row.append(_fmt_ci(r["value"], r["ci"]) if r else "-")
+            if baseline and cid != baseline:
+                if r and base:
+                    delta = r["value"] - base["value"]
+                    style = "red" if delta < 0 else ("green" if delta > 0 else "")
+                    row.append(f"[{style}]{delta:+.2f}[/]" if style else f"{delta:+.2f}")
+                else:
+                    row.append("-")
+        table.add_row(*row)
+    return table
+
+
+def print_run_report(doc: dict[str, Any], console: Console) -> None:
+    console.print(needle_table(doc))
+    timing = doc["timing"]
+    ratio = timing["tokens_evaluated"] / max(1, timing["naive_tokens"])
+    console.print(
+        f"{timing['tokens_evaluated']:,} tokens evaluated in {timing['wall_s']:.0f} s "
+        f"({ratio:.2f} of the {timing['naive_tokens']:,} a one-prompt-per-cell grid would need)"
+    )
+    for warning in doc.get("warnings", []):
+        console.print(f"[yellow]warning:[/] {warning}")

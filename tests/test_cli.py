@@ -1,0 +1,183 @@
+"""The command line as a user runs it: subprocesses, real llama.cpp, tiny GGUF."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+def kvprobe(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "kvprobe", *args],
+        check=False,
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=600,
+    )
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess[str], *words: str) -> None:
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, proc.stderr
+    for word in words:
+        assert word in lines[0]
+
+
+def test_missing_model(tmp_path: Path) -> None:
+    assert_one_line_error(kvprobe("run", "--model", str(tmp_path / "nope.gguf")), "not found")
+
+
+def test_not_a_gguf_file(tmp_path: Path) -> None:
+    bad = tmp_path / "model.gguf"
+    bad.write_bytes(b"PK\x03\x04 this is a zip, not a model" * 10)
+    assert_one_line_error(kvprobe("run", "--model", str(bad)), "not a GGUF file")
+
+
+def test_truncated_gguf(tmp_path: Path, tiny_model_path: Path) -> None:
+    cut = tmp_path / "cut.gguf"
+    cut.write_bytes(tiny_model_path.read_bytes()[:3000])
+    assert_one_line_error(kvprobe("run", "--model", str(cut)), "GGUF")
+
+
+def test_unknown_cache_type(tiny_model_path: Path) -> None:
+    assert_one_line_error(kvprobe("run", "--model", str(tiny_model_path), "--cache", "q3_0"), "q3_0", "q8_0")
+
+
+@pytest.mark.parametrize(("ctx", "word"), [("100", "at least 256"), ("8k", "whole number")])
+def test_bad_ctx(tiny_model_path: Path, ctx: str, word: str) -> None:
+    assert_one_line_error(kvprobe("run", "--model", str(tiny_model_path), "--ctx", ctx), word)
+
+
+def test_malformed_scenario(tmp_path: Path, tiny_model_path: Path) -> None:
+    bad = tmp_path / "s.toml"
+    bad.write_text("[needle]\nper_segmnet = 2\n")
+    assert_one_line_error(
+        kvprobe("run", "--model", str(tiny_model_path), "--scenario", str(bad)), "needle.per_segmnet"
+    )
+
+
+def test_half_an_asymmetric_pair(tiny_model_path: Path) -> None:
+    assert_one_line_error(kvprobe("run", "--model", str(tiny_model_path), "--cache-k", "q4_0"), "--cache-v")
+
+
+def test_scenarios_lists_bundled() -> None:
+    proc = kvprobe("scenarios")
+    assert proc.returncode == 0
+    assert "default" in proc.stdout
+    assert "noise" in proc.stdout
+
+
+REQUIRED = {
+    "schema_version",
+    "kvprobe_version",
+    "created",
+    "model",
+    "runtime",
+    "host",
+    "configs",
+    "baseline",
+    "scenario",
+    "items",
+    "summary",
+    "timing",
+}
+
+
+@pytest.mark.parametrize("mode", ["onepass", "classic"])
+def test_run_writes_a_complete_result(tmp_path: Path, tiny_model_path: Path, mode: str) -> None:
+    out = tmp_path / "r.json"
+    proc = kvprobe(
+        "run",
+        "--model",
+        str(tiny_model_path),
+        "--scenario",
+        "quick",
+        "--ctx",
+        "1024",
+        "--cache",
+        "q4_0",
+        "--cache-k",
+        "q8_0",
+        "--cache-v",
+        "f16",
+        "--mode",
+        mode,
+        "--threads",
+        "2",
+        "--out",
+        str(out),
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1].endswith(str(out).split("/")[-1])
+    doc = json.loads(out.read_text())
+    assert set(doc) >= REQUIRED
+    assert doc["schema_version"] == 1
+    assert doc["baseline"] == "f16"
+    assert [c["id"] for c in doc["configs"]] == ["f16", "q4_0", "k=q8_0,v=f16"]
+    assert [(c["type_k"], c["type_v"]) for c in doc["configs"]] == [
+        ("f16", "f16"),
+        ("q4_0", "q4_0"),
+        ("q8_0", "f16"),
+    ]
+    assert doc["model"]["sha256"]
+    assert doc["model"]["architecture"] == "llama"
+    assert {
+        "llama_cpp_python",
+        "llama_cpp_build",
+        "n_threads",
+        "n_batch",
+        "n_ubatch",
+        "attn_rotation",
+    } <= set(doc["runtime"])
+    needle_items = [i for i in doc["items"] if i["probe"] == "needle"]
+    per_config = {c: [i for i in needle_items if i["config"] == c] for c in ("f16", "q4_0", "k=q8_0,v=f16")}
+    # identical items for every configuration: the basis of paired comparisons
+    keys = [sorted((i["doc"], i["ctx"], i["key"]) for i in items) for items in per_config.values()]
+    assert keys[0] == keys[1] == keys[2]
+    assert keys[0]
+    acc = [r for r in doc["summary"] if r["metric"] == "accuracy"]
+    assert {r["config"] for r in acc} == set(per_config)
+    for r in acc:
+        assert 0 <= r["ci"][0] <= r["value"] <= r["ci"][1] <= 1
+    assert doc["timing"]["tokens_evaluated"] > 0
+    if mode == "onepass":
+        assert doc["timing"]["tokens_evaluated"] < doc["timing"]["naive_tokens"]
+
+
+def test_run_warns_past_training_context(tmp_path: Path, tiny_model_path: Path) -> None:
+    out = tmp_path / "r.json"
+    proc = kvprobe(
+        "run",
+        "--model",
+        str(tiny_model_path),
+        "--scenario",
+        "quick",
+        "--ctx",
+        "4352",
+        "--baseline",
+        "f16",
+        "--threads",
+        "2",
+        "--out",
+        str(out),
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "exceeds the model's training context (4096" in " ".join(proc.stdout.split())
+    assert json.loads(out.read_text())["warnings"]
+
+
+def test_existing_out_is_never_overwritten(tmp_path: Path, tiny_model_path: Path) -> None:
+    out = tmp_path / "earlier.json"
+    out.write_text('{"schema_version": 1}')
+    proc = kvprobe(
+        "run", "--model", str(tiny_model_path), "--scenario", "quick", "--ctx", "256", "--out", str(out)
+    )
+    assert_one_line_error(proc, "already exists", "--force")
+    assert out.read_text() == '{"schema_version": 1}'

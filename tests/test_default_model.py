@@ -1,0 +1,66 @@
+"""Claims about model behaviour, on the real default model (Gemma 3 270M Q4_K_M)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from kvprobe.cache_types import CacheConfig
+from kvprobe.engine import ContextSettings, Model
+from kvprobe.runner import NeedleRunner, RunSettings, run_needles
+from kvprobe.scenario import load_scenario
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def gemma(default_model_path: Path) -> Iterator[Model]:
+    with Model(default_model_path, n_gpu_layers=0, n_threads=2) as model:
+        yield model
+
+
+def test_f16_needle_accuracy_at_1024_is_high(gemma: Model) -> None:
+    scenario = load_scenario("default")
+    runner = NeedleRunner(
+        gemma, scenario, RunSettings(ctx=1024, seed=0, mode="onepass", flash_attn=True, attn_rotation=True)
+    )
+    out = run_needles(runner, [CacheConfig("f16", "f16")], lambda n, what: None)
+    items = out["items"]
+    assert len(items) >= 16
+    accuracy = sum(i["correct"] for i in items) / len(items)
+    assert accuracy >= 0.9, [(i["key"], i["expected"], i["output"]) for i in items if not i["correct"]]
+
+
+def test_fork_equals_fresh_on_sliding_window_model(gemma: Model) -> None:
+    """Gemma 3 uses a 512-token sliding window on 5 of 6 layers: forking past the
+    window must still give the logits of a fresh evaluation."""
+    settings = ContextSettings(n_ctx=2048, chunk=256, n_threads=2, flash_attn=True, attn_rotation=True)
+    text = " ".join(Path(p).read_text() for p in sorted(Path("kvprobe/haystacks/prose").glob("a*.txt")))
+    doc = [gemma.bos or 2, *gemma.tokenize(text)][:1300]
+    query = gemma.tokenize("\n\nThe bells were cast in")
+    answer = gemma.tokenize(" bronze and tin")
+    cache = CacheConfig("q4_0", "q4_0")
+    with gemma.context(cache, settings) as ctx:
+        ctx.feed(doc[:768])
+        ctx.score(query, answer)
+        ctx.feed(doc[768:])
+        forked = ctx.score(query, answer)
+    with gemma.context(cache, settings) as ctx:
+        ctx.feed(doc)
+        rows = ctx.feed_logits(query + answer[:-1])[len(query) - 1 :]
+    fresh = []
+    for row, tok in zip(rows, answer, strict=True):
+        x = row.astype(np.float64)
+        fresh.append(x[tok] - (x.max() + np.log(np.exp(x - x.max()).sum())))
+    assert forked.token_logprobs == fresh
+
+
+def test_cache_types_take_effect_on_default_model(gemma: Model) -> None:
+    settings = ContextSettings(n_ctx=512, chunk=256, n_threads=2, flash_attn=True, attn_rotation=True)
+    for cache in (CacheConfig("q8_0", "q8_0"), CacheConfig("q4_0", "f16")):
+        with gemma.context(cache, settings) as ctx:
+            assert (ctx.applied.type_k, ctx.applied.type_v) == (cache.type_k, cache.type_v)
+            assert ctx.applied.attn_rot_k  # head dim 256: rotated

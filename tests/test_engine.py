@@ -1,0 +1,160 @@
+"""The engine on real llama.cpp with a tiny random-weight GGUF (fast plumbing checks)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+from kvprobe.cache_types import CacheConfig
+from kvprobe.engine import ContextSettings, Model
+from kvprobe.errors import EngineError
+
+CHUNK = 64
+
+
+def settings(n_ctx: int = 1024, chunk: int = CHUNK, rotation: bool = True) -> ContextSettings:
+    return ContextSettings(n_ctx=n_ctx, chunk=chunk, n_threads=2, flash_attn=True, attn_rotation=rotation)
+
+
+def document(model: Model, n: int) -> list[int]:
+    text = " ".join(f"Sentence {i} is about the number {i * 7 % 13}." for i in range(400))
+    toks = [model.bos or 1, *model.tokenize(text)]
+    assert len(toks) >= n
+    return toks[:n]
+
+
+@pytest.mark.parametrize(
+    "cache",
+    [
+        CacheConfig("f16", "f16"),
+        CacheConfig("q8_0", "q8_0"),
+        CacheConfig("q4_0", "q4_0"),
+        CacheConfig("q4_0", "f16"),
+        CacheConfig("f16", "q8_0"),
+        CacheConfig("bf16", "bf16"),
+    ],
+    ids=lambda c: c.id,
+)
+def test_requested_cache_types_take_effect(tiny_model: Model, cache: CacheConfig) -> None:
+    with tiny_model.context(cache, settings()) as ctx:
+        assert (ctx.applied.type_k, ctx.applied.type_v) == (cache.type_k, cache.type_v)
+        assert ctx.applied.flash_attn
+        # llama.cpp rotates a quantized cache when the head dim is a multiple of 64
+        assert ctx.applied.attn_rot_k == cache.k_quantized
+        assert ctx.applied.attn_rot_v == cache.v_quantized
+
+
+def test_rotation_can_be_disabled(tiny_model: Model) -> None:
+    cache = CacheConfig("q4_0", "q4_0")
+    with tiny_model.context(cache, settings(rotation=False)) as ctx:
+        assert not ctx.applied.attn_rot_k
+        assert not ctx.applied.attn_rot_v
+        off = ctx.feed_logits(document(tiny_model, 200))
+    with tiny_model.context(cache, settings(rotation=True)) as ctx:
+        on = ctx.feed_logits(document(tiny_model, 200))
+    assert not np.array_equal(on, off)  # the setting changes numerics, hence it is recorded
+
+
+def test_cache_type_changes_logits(tiny_model: Model) -> None:
+    doc = document(tiny_model, 300)
+    with tiny_model.context(CacheConfig("f16", "f16"), settings()) as ctx:
+        ref = ctx.feed_logits(doc)
+    with tiny_model.context(CacheConfig("q4_0", "q4_0"), settings()) as ctx:
+        q4 = ctx.feed_logits(doc)
+    assert np.abs(ref - q4).max() > 0  # the quantized cache really is in use
+
+
+def test_chunked_feed_is_bit_identical_to_monolithic(tiny_model: Model) -> None:
+    doc = document(tiny_model, 700)
+    cache = CacheConfig("q8_0", "q8_0")
+    with tiny_model.context(cache, settings()) as ctx:
+        whole = ctx.feed_logits(doc)
+    with tiny_model.context(cache, settings()) as ctx:
+        # stop at checkpoints (some off the chunk grid); batches stay aligned to the grid
+        parts = [ctx.feed_logits(doc[a:b]) for a, b in [(0, 128), (128, 300), (300, 512), (512, 700)]]
+    assert np.array_equal(whole, np.concatenate(parts))
+
+
+def test_same_run_twice_is_bit_identical(tiny_model: Model) -> None:
+    doc = document(tiny_model, 300)
+    cache = CacheConfig("q4_0", "q4_0")
+    runs = []
+    for _ in range(2):
+        with tiny_model.context(cache, settings()) as ctx:
+            runs.append(ctx.feed_logits(doc))
+    assert np.array_equal(runs[0], runs[1])
+
+
+def _fresh_query_logits(model: Model, cache: CacheConfig, prefix: list[int], query: list[int]) -> Any:
+    with model.context(cache, settings()) as ctx:
+        ctx.feed(prefix)
+        return ctx.feed_logits(query)
+
+
+@pytest.mark.parametrize(
+    "cache", [CacheConfig("f16", "f16"), CacheConfig("q4_0", "q4_0")], ids=lambda c: c.id
+)
+def test_forked_query_equals_fresh_evaluation(tiny_model: Model, cache: CacheConfig) -> None:
+    doc = document(tiny_model, 640)
+    query = tiny_model.tokenize("\n\nThe number is")
+    answer = tiny_model.tokenize(" 1234")
+    with tiny_model.context(cache, settings()) as ctx:
+        scores = {}
+        for length in (256, 512, 640):
+            ctx.feed(doc[ctx.n_past : length])
+            scores[length] = ctx.score(query, answer)
+            ctx.generate(query, 5)  # a second fork must not disturb the document either
+    for length, scored in scores.items():
+        fresh = _fresh_query_logits(tiny_model, cache, doc[:length], query + answer[:-1])
+        rows = fresh[len(query) - 1 :]
+        lps = []
+        for row, tok in zip(rows, answer, strict=True):
+            x = row.astype(np.float64)
+            lps.append(x[tok] - (x.max() + np.log(np.exp(x - x.max()).sum())))
+        assert scored.token_logprobs == pytest.approx(lps, abs=0, rel=0), length
+        assert scored.argmax_match == all(int(np.argmax(r)) == t for r, t in zip(rows, answer, strict=True))
+
+
+def test_fork_leaves_document_untouched(tiny_model: Model) -> None:
+    doc = document(tiny_model, 512)
+    cache = CacheConfig("q8_0", "q8_0")
+    query = tiny_model.tokenize("\n\nThe number is")
+    with tiny_model.context(cache, settings()) as ctx:
+        ctx.feed(doc[:256])
+        ctx.score(query, tiny_model.tokenize(" 42"))
+        ctx.generate(query, 8)
+        after_forks = ctx.feed_logits(doc[256:])
+    with tiny_model.context(cache, settings()) as ctx:
+        ctx.feed(doc[:256])
+        plain = ctx.feed_logits(doc[256:])
+    assert np.array_equal(after_forks, plain)
+
+
+def test_teacher_forcing_agrees_with_greedy(tiny_model: Model) -> None:
+    doc = document(tiny_model, 300)
+    query = tiny_model.tokenize("\n\nThe number is")
+    with tiny_model.context(CacheConfig("f16", "f16"), settings()) as ctx:
+        ctx.feed(doc)
+        greedy = ctx.generate(query, 4)
+        assert 1 <= len(greedy) <= 4  # stops early at an end-of-generation token
+        assert ctx.score(query, greedy).argmax_match  # greedy output is the argmax path
+        wrong = [(greedy[0] + 1) % tiny_model.n_vocab, *greedy[1:]]
+        scored = ctx.score(query, wrong)
+        assert not scored.argmax_match
+        assert scored.first_mismatch == 0
+
+
+def test_batch_larger_than_chunk_is_refused(tiny_model: Model) -> None:
+    with tiny_model.context(CacheConfig("f16", "f16"), settings()) as ctx, pytest.raises(EngineError):
+        ctx._decode(list(range(CHUNK + 1)), 0, 0, want=())
+
+
+def test_logits_memory_is_per_request_not_n_ctx(tiny_model: Model) -> None:
+    # score() keeps only the answer positions: len(answer) rows, never n_ctx x n_vocab
+    doc = document(tiny_model, 600)
+    with tiny_model.context(CacheConfig("f16", "f16"), settings(n_ctx=1024)) as ctx:
+        ctx.feed(doc)
+        scored = ctx.score(tiny_model.tokenize(" is"), tiny_model.tokenize(" 12"))
+        assert len(scored.token_logprobs) == len(tiny_model.tokenize(" 12"))

@@ -1,0 +1,76 @@
+"""The one-pass plan against the model's own tokenizer (tiny GGUF)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from kvprobe.engine import Model
+from kvprobe.plan import build_classic_cells, build_plan, default_checkpoints, items_at
+from kvprobe.scenario import load_scenario
+
+
+def test_default_checkpoints() -> None:
+    assert default_checkpoints(8192) == [1024, 2048, 4096, 8192]
+    assert default_checkpoints(3000) == [1024, 2048, 3000]
+    assert default_checkpoints(512) == [512]
+    assert default_checkpoints(4096, [512, 1500, 9000]) == [512, 1500, 4096]
+
+
+@pytest.mark.parametrize("haystack", ["prose", "noise"])
+def test_needle_positions_and_depths_match_tokens(tiny_model: Model, haystack: str) -> None:
+    scenario = load_scenario("default")
+    scenario = replace(scenario, haystack=replace(scenario.haystack, kind=haystack))
+    checkpoints, docs = build_plan(tiny_model, scenario, 2048, seed=3)
+    assert checkpoints == [1024, 2048]
+    assert len(docs) == scenario.plan.documents
+    for doc in docs:
+        assert len(doc.tokens) == 2048
+        assert doc.tokens[0] == tiny_model.bos
+        keys = [n.key for n in doc.needles]
+        assert len(set(keys)) == len(keys)
+        for needle in doc.needles:
+            expected = tiny_model.tokenize(
+                " " + scenario.needle.template.format(key=needle.key, value=needle.value)
+            )
+            assert doc.tokens[needle.position : needle.end] == expected
+            assert needle.value in tiny_model.detokenize(doc.tokens[needle.position : needle.end])
+        for length in checkpoints:
+            items = items_at(doc, length)
+            assert len(items) >= scenario.needle.per_segment * checkpoints.index(length) + 1
+            for item in items:
+                assert item.depth == round(item.position / length, 4)
+                assert item.distance == length - next(n.end for n in doc.needles if n.key == item.key)
+                assert item.distance >= 0
+    values = [n.value for d in docs for n in d.needles]
+    assert all(len(v) == scenario.needle.value_digits for v in values)
+
+
+def test_every_checkpoint_sees_shallow_and_deep_needles(tiny_model: Model) -> None:
+    scenario = load_scenario("default")
+    checkpoints, docs = build_plan(tiny_model, scenario, 4096, seed=0)
+    for length in checkpoints:
+        depths = [it.depth for d in docs for it in items_at(d, length)]
+        assert len(depths) >= 16
+        assert min(depths) < 0.3
+        assert max(depths) > 0.7
+
+
+def test_plan_is_seeded(tiny_model: Model) -> None:
+    scenario = load_scenario("quick")
+    a = build_plan(tiny_model, scenario, 1024, seed=1)
+    b = build_plan(tiny_model, scenario, 1024, seed=1)
+    c = build_plan(tiny_model, scenario, 1024, seed=2)
+    assert a == b
+    assert a[1][0].tokens != c[1][0].tokens
+
+
+def test_classic_cells_one_needle_each(tiny_model: Model) -> None:
+    scenario = load_scenario("quick")
+    cells = build_classic_cells(tiny_model, scenario, 2048, seed=0)
+    assert len(cells) == 2 * len(scenario.classic.depths) * scenario.classic.repeats
+    for cell in cells:
+        assert len(cell.document.needles) == 1
+        assert len(cell.document.tokens) == cell.item.ctx
+        assert cell.item.depth == pytest.approx(cell.document.needles[0].position / cell.item.ctx, abs=1e-4)
