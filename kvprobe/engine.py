@@ -384,6 +384,7 @@ def runtime_info() -> dict[str, object]:
     system = llama_cpp.llama_print_system_info().decode(errors="replace").strip()
     return {
         "llama_cpp_python": llama_cpp.__version__,
+        "llama_cpp_version": llama_cpp.llama_version().decode(errors="replace"),
         "llama_cpp_build": system,
         "gpu_offload_supported": bool(llama_cpp.llama_supports_gpu_offload()),
     }

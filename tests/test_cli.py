@@ -181,3 +181,13 @@ def test_existing_out_is_never_overwritten(tmp_path: Path, tiny_model_path: Path
     )
     assert_one_line_error(proc, "already exists", "--force")
     assert out.read_text() == '{"schema_version": 1}'
+
+
+def test_result_file_is_written_atomically_and_readable(tmp_path: Path) -> None:
+    from kvprobe.results import load_result, write_result
+
+    path = tmp_path / "sub" / "r.json"
+    write_result({"schema_version": 1, "items": []}, path)
+    assert load_result(path)["items"] == []
+    assert path.stat().st_mode & 0o044  # readable by others, like any file the user writes
+    assert list(path.parent.iterdir()) == [path]  # no temporary file left behind
