@@ -97,8 +97,8 @@ def draw_keys_values(
     while len(firsts) < n:
         firsts += rng.sample(FIRST_NAMES, len(FIRST_NAMES))
         lasts += rng.sample(LAST_NAMES, len(LAST_NAMES))
-        if attributes:
-            attrs += rng.sample(attributes, len(attributes))
+    while attributes and len(attrs) < n:
+        attrs += rng.sample(attributes, len(attributes))
     keys = [f"{a} {b}" for a, b in zip(firsts[:n], lasts[:n], strict=True)]
     if attributes:
         keys = [f"{k}'s {a}" for k, a in zip(keys, attrs[:n], strict=True)]
@@ -261,15 +261,20 @@ def build_classic_cells(tok: Tokenizer, scenario: Scenario, ctx: int, seed: int)
                 key, value = next(kvs)
                 ntoks = tok.tokenize(" " + scenario.needle.template.format(key=key, value=value))
                 target = max(1, min(int(depth * length), length - len(ntoks) - 48))
-                doc = _plant(
-                    tok,
-                    scenario=scenario,
-                    doc_index=rep,
-                    length=length,
-                    keys_values=[(key, value)],
-                    needle_tokens=[ntoks],
-                    targets=[target],
-                    seed=seed,
-                )
+                while True:
+                    doc = _plant(
+                        tok,
+                        scenario=scenario,
+                        doc_index=rep,
+                        length=length,
+                        keys_values=[(key, value)],
+                        needle_tokens=[ntoks],
+                        targets=[target],
+                        seed=seed,
+                    )
+                    # The next sentence end may lie past the prompt's end: move the target earlier.
+                    if doc.needles or target <= 1:
+                        break
+                    target = max(1, target - 64)
                 cells.extend(ClassicCell(doc, it) for it in items_at(doc, length))
     return cells

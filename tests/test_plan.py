@@ -74,3 +74,24 @@ def test_classic_cells_one_needle_each(tiny_model: Model) -> None:
         assert len(cell.document.needles) == 1
         assert len(cell.document.tokens) == cell.item.ctx
         assert cell.item.depth == pytest.approx(cell.document.needles[0].position / cell.item.ctx, abs=1e-4)
+
+
+@pytest.mark.parametrize("n", [1, 20, 41, 100, 300])
+def test_keys_and_values_are_distinct_at_any_size(n: int) -> None:
+    import random
+
+    from kvprobe.plan import draw_keys_values
+    from kvprobe.scenario import DEFAULT_ATTRIBUTES
+
+    pairs = draw_keys_values(n, 7, random.Random(0), list(DEFAULT_ATTRIBUTES))
+    assert len(pairs) == n
+    assert len({k for k, _ in pairs}) == n
+    assert len({v for _, v in pairs}) == n
+    assert all(len(v) == 7 for _, v in pairs)
+
+
+def test_classic_cells_for_the_default_scenario(tiny_model: Model) -> None:
+    scenario = load_scenario("default")
+    cells = build_classic_cells(tiny_model, scenario, 4096, seed=0)
+    assert len(cells) == 3 * len(scenario.classic.depths) * scenario.classic.repeats
+    assert len({c.item.key for c in cells}) == len(cells)
