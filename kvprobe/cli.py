@@ -160,7 +160,14 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
 
     from kvprobe.model_info import read_model_info
     from kvprobe.provenance import default_model_path, host_info
-    from kvprobe.results import SCHEMA_VERSION, default_out_path, needle_summary, utc_now, write_result
+    from kvprobe.results import (
+        SCHEMA_VERSION,
+        default_out_path,
+        needle_summary,
+        repetition_summary,
+        utc_now,
+        write_result,
+    )
     from kvprobe.scenario import HaystackSpec, load_scenario
 
     configs, baseline = parse_configs(args)
@@ -187,7 +194,7 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
         )
 
     from kvprobe import engine
-    from kvprobe.runner import NeedleRunner, RunSettings, run_needles
+    from kvprobe.runner import Runner, RunSettings, run_probes
 
     warnings: list[str] = []
     if args.ctx > info["n_ctx_train"] > 0:
@@ -217,7 +224,7 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
         f"ctx {args.ctx}, scenario {scenario.name}, {args.mode} mode"
     )
     with engine.Model(model_path, n_gpu_layers=gpu_layers, n_threads=args.threads) as model:
-        runner = NeedleRunner(model, scenario, settings)
+        runner = Runner(model, scenario, settings)
         columns = (
             TextColumn("{task.description}"),
             BarColumn(),
@@ -232,7 +239,7 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
             def progress(n_tokens: int, what: str) -> None:
                 bar.update(task, advance=n_tokens, description=what)
 
-            outcome = run_needles(runner, configs, progress)
+            outcome = run_probes(runner, configs, baseline, progress)
         n_threads = model.n_threads
         runtime = engine.runtime_info()
     doc: dict[str, Any] = {
@@ -249,7 +256,7 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
             "n_ctx": outcome["n_ctx"],
             "n_batch": outcome["chunk"],
             "n_ubatch": outcome["chunk"],
-            "n_seq_max": 2,
+            "n_seq_max": outcome["n_seq_max"],
             "kv_unified": True,
             "swa_full": True,
             "flash_attn": settings.flash_attn,
@@ -268,7 +275,9 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
             "chunk": outcome["chunk"],
         },
         "items": outcome["items"],
-        "summary": needle_summary(outcome["items"], seed=args.seed),
+        "text_items": outcome["text_items"],
+        "summary": needle_summary(outcome["items"], seed=args.seed)
+        + repetition_summary(outcome["items"] + outcome["text_items"], seed=args.seed),
         "timing": outcome["timing"],
         "warnings": warnings,
     }

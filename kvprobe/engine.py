@@ -91,6 +91,7 @@ class ContextSettings:
     n_threads: int
     flash_attn: bool
     attn_rotation: bool  # False sets LLAMA_ATTN_ROT_DISABLE=1 while the context is created
+    n_seq_max: int = 2  # the document plus forks: 1 for queries, k for parallel continuations
 
 
 def _log_softmax_at(logits: np.ndarray, token: int) -> tuple[float, int]:
@@ -207,7 +208,7 @@ class Context:
         params.n_ctx = settings.n_ctx
         params.n_batch = settings.chunk
         params.n_ubatch = settings.chunk
-        params.n_seq_max = 2
+        params.n_seq_max = settings.n_seq_max
         params.kv_unified = True  # the fork shares the document's cells
         params.swa_full = True  # keep every SWA cell: a fork must not evict the prefix
         params.n_threads = model.n_threads
@@ -269,24 +270,31 @@ class Context:
 
     # low level ----------------------------------------------------------------------
     def _decode(self, tokens: Sequence[int], pos0: int, seq: int, want: Sequence[int]) -> None:
-        """Decode one batch; `want` are batch indices whose logits are kept."""
+        """Decode consecutive tokens of one sequence; `want` are batch indices whose logits are kept."""
+        n = len(tokens)
+        self._decode_rows(tokens, [pos0 + i for i in range(n)], [seq] * n, want)
+
+    def _decode_rows(
+        self, tokens: Sequence[int], positions: Sequence[int], seqs: Sequence[int], want: Sequence[int]
+    ) -> None:
+        """Decode one batch in which every token has its own position and sequence."""
         n = len(tokens)
         if n > self.settings.chunk:
             raise EngineError(f"batch of {n} tokens exceeds the chunk size {self.settings.chunk}")
-        if pos0 + n > self.applied.n_ctx:
-            raise EngineError(f"position {pos0 + n} exceeds the context size {self.applied.n_ctx}")
+        if max(positions) >= self.applied.n_ctx:
+            raise EngineError(f"position {max(positions)} exceeds the context size {self.applied.n_ctx}")
         b = self._batch
         wanted = set(want)
-        for i, t in enumerate(tokens):
+        for i, (t, p, sq) in enumerate(zip(tokens, positions, seqs, strict=True)):
             b.token[i] = t
-            b.pos[i] = pos0 + i
+            b.pos[i] = p
             b.n_seq_id[i] = 1
-            b.seq_id[i][0] = seq
+            b.seq_id[i][0] = sq
             b.logits[i] = 1 if i in wanted else 0
         b.n_tokens = n
         rc = llama_cpp.llama_decode(self._ctx, b)
         if rc != 0:
-            raise EngineError(f"llama_decode failed with code {rc} at position {pos0}")
+            raise EngineError(f"llama_decode failed with code {rc} at position {positions[0]}")
         self.tokens_evaluated += n
 
     def _logits(self, i: int) -> np.ndarray:
@@ -377,6 +385,59 @@ class Context:
                 row = self._logits(0)
                 pos += 1
         return out
+
+
+class _ForkGroup:
+    """Bookkeeping for parallel forks: sequence ids 1..k, removed on exit."""
+
+    def __init__(self, ctx: Context, n: int):
+        if n + 1 > ctx.settings.n_seq_max:
+            raise EngineError(f"{n} parallel forks need n_seq_max >= {n + 1}")
+        self.ctx = ctx
+        self.seqs = list(range(FORK_SEQ, FORK_SEQ + n))
+
+    def __enter__(self) -> list[int]:
+        return self.seqs
+
+    def __exit__(self, *exc: object) -> None:
+        for seq in self.seqs:
+            llama_cpp.llama_memory_seq_rm(self.ctx._mem, seq, -1, -1)
+
+
+def generate_forks(ctx: Context, prefixes: Sequence[Sequence[int]], max_tokens: int) -> list[list[int]]:
+    """Greedy continuations of the document cut at several points, in parallel sequences.
+
+    `prefixes[j]` are the document's first p_j tokens (p_j <= ctx.n_past). Each fork shares
+    the cells of positions < p_j - 1 and re-evaluates token p_j - 1 to get its first logits;
+    every step then decodes one token per unfinished fork in a single batch.
+    """
+    points = [len(p) for p in prefixes]
+    if any(p < 2 or p > ctx.n_past for p in points):
+        raise EngineError(f"fork points {points} must lie in [2, {ctx.n_past}]")
+    outs: list[list[int]] = [[] for _ in prefixes]
+    with _ForkGroup(ctx, len(prefixes)) as seqs:
+        for seq, p in zip(seqs, points, strict=True):
+            llama_cpp.llama_memory_seq_cp(ctx._mem, DOC_SEQ, seq, 0, p - 1)
+        active = list(range(len(prefixes)))
+        tokens = [prefixes[j][-1] for j in active]
+        positions = [points[j] - 1 for j in active]
+        for _ in range(max_tokens):
+            ctx._decode_rows(tokens, positions, [seqs[j] for j in active], want=range(len(active)))
+            nxt = [int(np.argmax(ctx._logits(i))) for i in range(len(active))]
+            still: list[int] = []
+            for j, tok in zip(active, nxt, strict=True):
+                if ctx.model.is_eog(tok):
+                    continue
+                outs[j].append(tok)
+                if len(outs[j]) < max_tokens:
+                    still.append(j)
+            if not still:
+                break
+            keep = [active.index(j) for j in still]
+            tokens = [nxt[i] for i in keep]
+            positions = [positions[i] + 1 for i in keep]
+            active = still
+    return outs
 
 
 def runtime_info() -> dict[str, object]:

@@ -151,7 +151,18 @@ def build_document(
     needle_tokens = [
         tok.tokenize(" " + scenario.needle.template.format(key=k, value=v)) for k, v in keys_values
     ]
-    longest = max((len(t) for t in needle_tokens), default=0)
+    if not keys_values:
+        return _plant(
+            tok,
+            scenario=scenario,
+            doc_index=doc_index,
+            length=length,
+            keys_values=[],
+            needle_tokens=[],
+            targets=[],
+            seed=seed,
+        )
+    longest = max(len(t) for t in needle_tokens)
     targets = needle_targets(checkpoints, scenario.needle.per_segment, margin=longest + 48, rng=rng)
     targets = targets[: len(keys_values)]
     return _plant(
@@ -202,9 +213,13 @@ def _plant(
     return Document(doc_index, out[:length], needles)
 
 
-def build_plan(tok: Tokenizer, scenario: Scenario, ctx: int, seed: int) -> tuple[list[int], list[Document]]:
+def build_plan(
+    tok: Tokenizer, scenario: Scenario, ctx: int, seed: int, extra_tokens: int = 0
+) -> tuple[list[int], list[Document]]:
+    """Checkpoints and documents of ctx + extra_tokens tokens (the extra tokens are the
+    text's own continuation after the last checkpoint, used for calibration, never fed)."""
     checkpoints = default_checkpoints(ctx, scenario.plan.checkpoints)
-    per_doc = scenario.needle.per_segment * len(checkpoints)
+    per_doc = scenario.needle.per_segment * len(checkpoints) if "needle" in scenario.probes else 0
     docs = []
     for d in range(scenario.plan.documents):
         rng = random.Random(f"{seed}:needles:{d}")
@@ -214,7 +229,7 @@ def build_plan(tok: Tokenizer, scenario: Scenario, ctx: int, seed: int) -> tuple
                 tok,
                 scenario=scenario,
                 doc_index=d,
-                length=ctx,
+                length=ctx + extra_tokens,
                 checkpoints=checkpoints,
                 keys_values=kv,
                 seed=seed,

@@ -51,8 +51,45 @@ def needle_table(doc: dict[str, Any]) -> Table:
     return table
 
 
+def repetition_table(doc: dict[str, Any]) -> Table:
+    """One row per checkpoint; per configuration the loop rate, mean seq-rep-4 and the mean
+    index where the continuation leaves the baseline's; the text's own seq-rep-4 for scale."""
+    baseline = doc.get("baseline")
+    configs = [c["id"] for c in doc["configs"]]
+    rows = {(r["config"], r["ctx"], r["metric"]): r for r in doc["summary"] if r["probe"] == "repetition"}
+    tokens = doc["scenario"]["spec"]["repetition"]["tokens"]
+    table = Table(
+        title=f"Repetition of {tokens}-token greedy continuations (loops / n, mean seq-rep-4, "
+        "mean first token leaving the baseline's continuation)"
+    )
+    table.add_column("context", justify="right")
+    table.add_column("text seq-rep-4", justify="right")
+    for cid in configs:
+        table.add_column(f"{cid} loops", justify="right")
+        table.add_column(f"{cid} rep-4", justify="right")
+        if baseline and cid != baseline:
+            table.add_column(f"{cid} leaves at", justify="right")
+    for ctx in doc["run"]["checkpoints"]:
+        text = rows.get(("(text)", ctx, "seq_rep_4"))
+        row = [str(ctx), f"{text['value']:.3f}" if text else "-"]
+        for cid in configs:
+            loop = rows.get((cid, ctx, "loop_rate"))
+            rep = rows.get((cid, ctx, "seq_rep_4"))
+            row.append(f"{round(loop['value'] * loop['n'])}/{loop['n']}" if loop else "-")
+            row.append(f"{rep['value']:.3f}" if rep else "-")
+            if baseline and cid != baseline:
+                div = rows.get((cid, ctx, "divergence_index"))
+                row.append(f"{div['value']:.0f} [{div['ci'][0]:.0f}, {div['ci'][1]:.0f}]" if div else "-")
+        table.add_row(*row)
+    return table
+
+
 def print_run_report(doc: dict[str, Any], console: Console) -> None:
-    console.print(needle_table(doc))
+    probes = {r["probe"] for r in doc["summary"]}
+    if "needle" in probes:
+        console.print(needle_table(doc))
+    if "repetition" in probes:
+        console.print(repetition_table(doc))
     timing = doc["timing"]
     ratio = timing["tokens_evaluated"] / max(1, timing["naive_tokens"])
     console.print(

@@ -62,6 +62,50 @@ def needle_summary(items: list[dict[str, Any]], seed: int) -> list[dict[str, Any
     return rows
 
 
+REPETITION_MEANS = ("seq_rep_4", "distinct_2", "compression_ratio", "divergence_index")
+
+
+def repetition_summary(items: list[dict[str, Any]], seed: int) -> list[dict[str, Any]]:
+    """Long-format rows per configuration and checkpoint: means of seq_rep_4, distinct_2,
+    compression_ratio and divergence_index (bootstrap 95%), and loop_rate (Wilson 95%)."""
+    groups: dict[tuple[str, int], list[dict[str, Any]]] = defaultdict(list)
+    for it in items:
+        if it["probe"] == "repetition":
+            groups[(it["config"], it["ctx"])].append(it)
+    rows: list[dict[str, Any]] = []
+    for (config, ctx), group in sorted(groups.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        for metric in REPETITION_MEANS:
+            values = [float(it[metric]) for it in group if it.get(metric) is not None]
+            if not values:
+                continue
+            lo, hi = bootstrap_mean_interval(values, seed=seed)
+            rows.append(
+                {
+                    "probe": "repetition",
+                    "metric": metric,
+                    "config": config,
+                    "ctx": ctx,
+                    "value": sum(values) / len(values),
+                    "ci": [lo, hi],
+                    "n": len(values),
+                }
+            )
+        loops = sum(1 for it in group if it["loop"])
+        lo, hi = wilson_interval(loops, len(group))
+        rows.append(
+            {
+                "probe": "repetition",
+                "metric": "loop_rate",
+                "config": config,
+                "ctx": ctx,
+                "value": loops / len(group),
+                "ci": [lo, hi],
+                "n": len(group),
+            }
+        )
+    return rows
+
+
 def default_out_path(created: str, model_name: str, config_ids: list[str], ctx: int) -> Path:
     stamp = created.replace("-", "").replace(":", "").replace("Z", "")
     stem = Path(model_name).stem.replace(" ", "_")

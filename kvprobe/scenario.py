@@ -71,6 +71,13 @@ class PlanSpec:
 
 
 @dataclass(frozen=True)
+class RepetitionSpec:
+    tokens: int = 128  # greedy continuation length G
+    offsets: int = 4  # continuation points per checkpoint and document: L, L - stride, ...
+    stride: int = 96  # tokens between continuation points
+
+
+@dataclass(frozen=True)
 class ClassicSpec:
     depths: list[float] = field(default_factory=lambda: [0.1, 0.3, 0.5, 0.7, 0.9])
     repeats: int = 4  # prompts per (length, depth) cell
@@ -84,6 +91,7 @@ class Scenario:
     haystack: HaystackSpec = HaystackSpec()
     needle: NeedleSpec = NeedleSpec()
     plan: PlanSpec = PlanSpec()
+    repetition: RepetitionSpec = RepetitionSpec()
     classic: ClassicSpec = ClassicSpec()
 
     def to_dict(self) -> dict[str, Any]:
@@ -95,11 +103,12 @@ class Scenario:
         return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-KNOWN_PROBES = ("needle",)
+KNOWN_PROBES = ("needle", "repetition")
 _SECTIONS: dict[str, type] = {
     "haystack": HaystackSpec,
     "needle": NeedleSpec,
     "plan": PlanSpec,
+    "repetition": RepetitionSpec,
     "classic": ClassicSpec,
 }
 
@@ -147,6 +156,8 @@ def _validate(source: str, s: Scenario) -> None:
         raise _bad(source, "haystack.kind", f"must be one of {', '.join(HAYSTACK_KINDS)}")
     if s.haystack.kind == "file" and not s.haystack.path:
         raise _bad(source, "haystack.path", "is required when haystack.kind = 'file'")
+    if not s.probes:
+        raise _bad(source, "probes", f"must name at least one probe ({', '.join(KNOWN_PROBES)})")
     for probe in s.probes:
         if probe not in KNOWN_PROBES:
             raise _bad(source, "probes", f"names unknown probe {probe!r} (known: {', '.join(KNOWN_PROBES)})")
@@ -166,6 +177,14 @@ def _validate(source: str, s: Scenario) -> None:
         raise _bad(source, "plan.chunk", "must be between 16 and 4096")
     if any(not isinstance(c, int) or c < 256 for c in s.plan.checkpoints):
         raise _bad(source, "plan.checkpoints", "must be integers >= 256")
+    if not 1 <= s.repetition.tokens <= 2048:
+        raise _bad(source, "repetition.tokens", "must be between 1 and 2048")
+    if not 1 <= s.repetition.offsets <= 32:
+        raise _bad(source, "repetition.offsets", "must be between 1 and 32")
+    if s.repetition.stride < 1:
+        raise _bad(source, "repetition.stride", "must be at least 1")
+    if any(not isinstance(a, str) or not a.strip() for a in s.needle.attributes):
+        raise _bad(source, "needle.attributes", "must be a list of non-empty strings")
     if any(not isinstance(d, (int, float)) or not 0.0 <= d < 1.0 for d in s.classic.depths):
         raise _bad(source, "classic.depths", "must be numbers in [0, 1)")
     if s.classic.repeats < 1:

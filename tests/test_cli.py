@@ -191,3 +191,41 @@ def test_result_file_is_written_atomically_and_readable(tmp_path: Path) -> None:
     assert load_result(path)["items"] == []
     assert path.stat().st_mode & 0o044  # readable by others, like any file the user writes
     assert list(path.parent.iterdir()) == [path]  # no temporary file left behind
+
+
+def test_repetition_scenario_writes_items_and_summary(tmp_path: Path, tiny_model_path: Path) -> None:
+    scenario = tmp_path / "rep.toml"
+    scenario.write_text(
+        'probes = ["repetition"]\n[plan]\ndocuments = 2\nchunk = 128\n'
+        "[repetition]\ntokens = 24\noffsets = 3\nstride = 40\n"
+    )
+    out = tmp_path / "r.json"
+    proc = kvprobe(
+        "run", "--model", str(tiny_model_path), "--scenario", str(scenario), "--ctx", "512",
+        "--cache", "q4_0", "--threads", "2", "--out", str(out),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(out.read_text())
+    reps = [i for i in doc["items"] if i["probe"] == "repetition"]
+    assert not [i for i in doc["items"] if i["probe"] == "needle"]
+    # 2 documents x 1 checkpoint (512) x 3 continuation points x 2 configurations
+    assert len(reps) == 12
+    for it in reps:
+        assert 0 < len(it["tokens"]) <= 24
+        assert 0.0 <= it["seq_rep_4"] <= 1.0
+        assert it["distinct_2"] == pytest.approx(1 - it["seq_rep_2"], abs=1e-6)
+        assert (it["divergence_index"] is None) == (it["config"] == "f16")
+    assert {i["offset"] for i in reps} == {512, 472, 432}
+    metrics = {(r["metric"], r["config"]) for r in doc["summary"] if r["probe"] == "repetition"}
+    for metric in ("seq_rep_4", "distinct_2", "compression_ratio", "loop_rate"):
+        assert {(metric, "f16"), (metric, "q4_0"), (metric, "(text)")} <= metrics
+    assert ("divergence_index", "q4_0") in metrics
+    assert ("divergence_index", "f16") not in metrics
+    assert len(doc["text_items"]) == 6
+    assert "Repetition" in proc.stdout
+
+
+def test_classic_mode_needs_the_needle_probe(tmp_path: Path, tiny_model_path: Path) -> None:
+    proc = kvprobe("run", "--model", str(tiny_model_path), "--scenario", "repetition", "--mode", "classic",
+                   "--ctx", "512", "--out", str(tmp_path / "x.json"))  # fmt: skip
+    assert_one_line_error(proc, "classic")

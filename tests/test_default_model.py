@@ -10,7 +10,7 @@ import pytest
 
 from kvprobe.cache_types import CacheConfig
 from kvprobe.engine import ContextSettings, Model
-from kvprobe.runner import NeedleRunner, RunSettings, run_needles
+from kvprobe.runner import Runner, RunSettings, run_probes
 from kvprobe.scenario import load_scenario
 
 pytestmark = pytest.mark.slow
@@ -24,11 +24,12 @@ def gemma(default_model_path: Path) -> Iterator[Model]:
 
 def test_f16_needle_accuracy_at_1024_is_high(gemma: Model) -> None:
     scenario = load_scenario("default")
-    runner = NeedleRunner(
+    runner = Runner(
         gemma, scenario, RunSettings(ctx=1024, seed=0, mode="onepass", flash_attn=True, attn_rotation=True)
     )
-    out = run_needles(runner, [CacheConfig("f16", "f16")], lambda n, what: None)
-    items = out["items"]
+    out = run_probes(runner, [CacheConfig("f16", "f16")], "f16", lambda n, what: None)
+    items = [i for i in out["items"] if i["probe"] == "needle"]
+
     assert len(items) >= 16
     accuracy = sum(i["correct"] for i in items) / len(items)
     assert accuracy >= 0.9, [(i["key"], i["expected"], i["output"]) for i in items if not i["correct"]]

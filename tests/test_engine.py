@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from kvprobe.cache_types import CacheConfig
-from kvprobe.engine import ContextSettings, Model
+from kvprobe.engine import ContextSettings, Model, generate_forks
 from kvprobe.errors import EngineError
 
 CHUNK = 64
@@ -158,3 +158,57 @@ def test_logits_memory_is_per_request_not_n_ctx(tiny_model: Model) -> None:
         ctx.feed(doc)
         scored = ctx.score(tiny_model.tokenize(" is"), tiny_model.tokenize(" 12"))
         assert len(scored.token_logprobs) == len(tiny_model.tokenize(" 12"))
+
+
+def _single_fork_reference(model: Model, cache: CacheConfig, prefix: list[int], n: int) -> list[int]:
+    """Greedy continuation in a fresh context: the prefix minus its last token fed in chunks,
+    then one token per batch, as a single fork does it."""
+    with model.context(cache, settings()) as ctx:
+        ctx.feed(prefix[:-1])
+        out: list[int] = []
+        tok, pos = prefix[-1], len(prefix) - 1
+        for _ in range(n):
+            ctx._decode([tok], pos, 0, want=[0])
+            tok = int(np.argmax(ctx._logits(0)))
+            if model.is_eog(tok):
+                break
+            out.append(tok)
+            pos += 1
+        return out
+
+
+def test_single_fork_continuation_equals_fresh_generation(tiny_model: Model) -> None:
+    doc = document(tiny_model, 400)
+    cache = CacheConfig("q4_0", "q4_0")
+    with tiny_model.context(cache, settings()) as ctx:
+        ctx.feed(doc)
+        (forked,) = generate_forks(ctx, [doc[:300]], 20)
+    assert forked == _single_fork_reference(tiny_model, cache, doc[:300], 20)
+
+
+def test_parallel_forks_are_deterministic_and_leave_the_document(tiny_model: Model) -> None:
+    doc = document(tiny_model, 600)
+    cache = CacheConfig("q8_0", "q8_0")
+    s = settings()
+    s = ContextSettings(s.n_ctx, s.chunk, s.n_threads, s.flash_attn, s.attn_rotation, n_seq_max=5)
+    runs = []
+    for _ in range(2):
+        with tiny_model.context(cache, s) as ctx:
+            ctx.feed(doc[:384])
+            outs = generate_forks(ctx, [doc[:p] for p in (384, 300, 200, 100)], 24)
+            rest = ctx.feed_logits(doc[384:])
+            runs.append((outs, rest))
+    assert runs[0][0] == runs[1][0]
+    assert all(len(o) > 0 for o in runs[0][0])
+    with tiny_model.context(cache, s) as ctx:
+        ctx.feed(doc[:384])
+        plain = ctx.feed_logits(doc[384:])
+    assert np.array_equal(runs[0][1], plain)  # the document never sees the forks
+
+
+def test_too_many_forks_for_the_context(tiny_model: Model) -> None:
+    doc = document(tiny_model, 200)
+    with tiny_model.context(CacheConfig("f16", "f16"), settings()) as ctx:  # n_seq_max = 2
+        ctx.feed(doc)
+        with pytest.raises(EngineError):
+            generate_forks(ctx, [doc[:100], doc[:150]], 4)

@@ -1,0 +1,1 @@
+"""Probes: pure functions from model outputs (token ids, text) to per-item metrics."""
