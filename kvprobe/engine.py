@@ -1,9 +1,10 @@
 """The one module that talks to llama.cpp (through llama-cpp-python's low-level API).
 
 Why the low-level API: `Llama` fixes n_seq_max = 1 and, with logits_all, allocates
-n_ctx x n_vocab floats up front. Here a context has two sequences on a unified KV
-cache: sequence 0 holds the document, sequence 1 is a throw-away fork for queries,
-so a query shares the document prefix without disturbing it. Logits are read only
+n_ctx x n_vocab floats up front. Here a context has several sequences on a unified KV
+cache: sequence 0 holds the document, sequences 1..k are throw-away forks (a needle
+query, or parallel continuations), so a fork shares the document prefix without
+disturbing it. Logits are read only
 at the positions asked for and reduced at once.
 """
 

@@ -8,8 +8,8 @@ from rich.console import Console
 from rich.table import Table
 
 
-def _fmt_ci(value: float, ci: list[float]) -> str:
-    return f"{value:.2f} [{ci[0]:.2f}, {ci[1]:.2f}]"
+def _fmt_ci(value: float, ci: list[float], digits: int = 2) -> str:
+    return f"{value:.{digits}f} [{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]"
 
 
 def needle_table(doc: dict[str, Any]) -> Table:
@@ -26,8 +26,8 @@ def needle_table(doc: dict[str, Any]) -> Table:
         title=f"Needle accuracy (95% Wilson interval), {doc['scenario']['name']} scenario, "
         f"{doc['run']['mode']} mode"
     )
-    table.add_column("context", justify="right")
-    table.add_column("n", justify="right")
+    table.add_column("context", justify="right", no_wrap=True)
+    table.add_column("n", justify="right", no_wrap=True)
     for cid in configs:
         table.add_column(cid + (" (baseline)" if cid == baseline else ""), justify="right")
         if baseline and cid != baseline:
@@ -52,35 +52,33 @@ def needle_table(doc: dict[str, Any]) -> Table:
 
 
 def repetition_table(doc: dict[str, Any]) -> Table:
-    """One row per checkpoint; per configuration the loop rate, mean seq-rep-4 and the mean
-    index where the continuation leaves the baseline's; the text's own seq-rep-4 for scale."""
-    baseline = doc.get("baseline")
-    configs = [c["id"] for c in doc["configs"]]
+    """One row per checkpoint and configuration (the text's own continuation first): looping
+    continuations, mean seq-rep-4 and compression ratio, and where continuations leave the
+    baseline's, each with its 95% interval."""
     rows = {(r["config"], r["ctx"], r["metric"]): r for r in doc["summary"] if r["probe"] == "repetition"}
     tokens = doc["scenario"]["spec"]["repetition"]["tokens"]
-    table = Table(
-        title=f"Repetition of {tokens}-token greedy continuations (loops / n, mean seq-rep-4, "
-        "mean first token leaving the baseline's continuation)"
-    )
-    table.add_column("context", justify="right")
-    table.add_column("text seq-rep-4", justify="right")
-    for cid in configs:
-        table.add_column(f"{cid} loops", justify="right")
-        table.add_column(f"{cid} rep-4", justify="right")
-        if baseline and cid != baseline:
-            table.add_column(f"{cid} leaves at", justify="right")
+    table = Table(title=f"Repetition of {tokens}-token greedy continuations (95% intervals)")
+    for col in ("context", "config", "loops", "seq-rep-4", "zlib", "leaves baseline at"):
+        table.add_column(col, justify="left" if col == "config" else "right", no_wrap=True)
     for ctx in doc["run"]["checkpoints"]:
-        text = rows.get(("(text)", ctx, "seq_rep_4"))
-        row = [str(ctx), f"{text['value']:.3f}" if text else "-"]
-        for cid in configs:
+        for cid in ["(text)", *(c["id"] for c in doc["configs"])]:
             loop = rows.get((cid, ctx, "loop_rate"))
-            rep = rows.get((cid, ctx, "seq_rep_4"))
-            row.append(f"{round(loop['value'] * loop['n'])}/{loop['n']}" if loop else "-")
-            row.append(f"{rep['value']:.3f}" if rep else "-")
-            if baseline and cid != baseline:
-                div = rows.get((cid, ctx, "divergence_index"))
-                row.append(f"{div['value']:.0f} [{div['ci'][0]:.0f}, {div['ci'][1]:.0f}]" if div else "-")
-        table.add_row(*row)
+            if loop is None:
+                continue
+            rep = rows[(cid, ctx, "seq_rep_4")]
+            ratio = rows[(cid, ctx, "compression_ratio")]
+            div = rows.get((cid, ctx, "divergence_index"))
+            loops = round(loop["value"] * loop["n"])
+            style = "red" if loop["value"] >= 0.5 else ""
+            table.add_row(
+                str(ctx),
+                cid,
+                f"[{style}]{loops}/{loop['n']}[/]" if style else f"{loops}/{loop['n']}",
+                _fmt_ci(rep["value"], rep["ci"]),
+                f"{ratio['value']:.2f}",
+                f"{div['value']:.0f} [{div['ci'][0]:.0f}, {div['ci'][1]:.0f}]" if div else "",
+                end_section=cid == doc["configs"][-1]["id"],
+            )
     return table
 
 
