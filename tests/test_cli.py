@@ -229,3 +229,29 @@ def test_classic_mode_needs_the_needle_probe(tmp_path: Path, tiny_model_path: Pa
     proc = kvprobe("run", "--model", str(tiny_model_path), "--scenario", "repetition", "--mode", "classic",
                    "--ctx", "512", "--out", str(tmp_path / "x.json"))  # fmt: skip
     assert_one_line_error(proc, "classic")
+
+
+def test_own_text_file_as_haystack(tmp_path: Path, tiny_model_path: Path) -> None:
+    text = tmp_path / "mine.txt"
+    text.write_text(
+        "\n\n".join(
+            f"Paragraph {i} describes the harbour at dawn. Boats leave early and come back late. "
+            f"The nets are mended on the quay while the gulls argue overhead."
+            for i in range(60)
+        )
+    )
+    out = tmp_path / "r.json"
+    proc = kvprobe("run", "--model", str(tiny_model_path), "--scenario", "quick", "--ctx", "512",
+                   "--haystack", str(text), "--threads", "2", "--out", str(out))  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(out.read_text())
+    assert doc["scenario"]["spec"]["haystack"] == {"kind": "file", "path": str(text)}
+    assert [i for i in doc["items"] if i["probe"] == "needle"]
+
+
+def test_too_short_text_file(tmp_path: Path, tiny_model_path: Path) -> None:
+    text = tmp_path / "short.txt"
+    text.write_text("Only a few words here.")
+    proc = kvprobe("run", "--model", str(tiny_model_path), "--scenario", "quick", "--ctx", "512",
+                   "--haystack", str(text), "--out", str(tmp_path / "r.json"))  # fmt: skip
+    assert_one_line_error(proc, "fewer than 50 words")
