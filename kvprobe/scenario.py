@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 import tomllib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -15,7 +16,16 @@ from typing import Any
 
 from kvprobe.errors import UserError
 
-SCENARIO_DIR = Path(__file__).resolve().parent.parent / "scenarios"
+
+def _scenario_dir() -> Path:
+    """scenarios/ of the source tree (editable install), else the copy a wheel installs."""
+    source = Path(__file__).resolve().parent.parent / "scenarios"
+    if source.is_dir():
+        return source
+    return Path(sys.prefix) / "share" / "kvprobe" / "scenarios"
+
+
+SCENARIO_DIR = _scenario_dir()
 HAYSTACK_KINDS = ("prose", "noise", "file")
 DEFAULT_ATTRIBUTES = (
     "locker number",
