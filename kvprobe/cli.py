@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -309,8 +308,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def entry() -> None:
-    start = time.perf_counter()
-    code = main()
-    if os.environ.get("KVPROBE_DEBUG_TIMING"):
-        print(f"[{time.perf_counter() - start:.1f}s]", file=sys.stderr)
-    sys.exit(code)
+    sys.exit(main())
