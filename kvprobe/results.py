@@ -23,15 +23,22 @@ def utc_now() -> str:
     return datetime.now(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
 
+def _by_config_and_ctx(
+    items: list[dict[str, Any]], probe: str
+) -> list[tuple[tuple[str, int], list[dict[str, Any]]]]:
+    """Items of one probe grouped by (config, ctx), ordered by ctx then config."""
+    groups: dict[tuple[str, int], list[dict[str, Any]]] = defaultdict(list)
+    for it in items:
+        if it["probe"] == probe:
+            groups[(it["config"], it["ctx"])].append(it)
+    return sorted(groups.items(), key=lambda kv: (kv[0][1], kv[0][0]))
+
+
 def needle_summary(items: list[dict[str, Any]], seed: int) -> list[dict[str, Any]]:
     """Long-format rows: accuracy (Wilson 95%) and mean answer log-prob (bootstrap 95%)
     per configuration and checkpoint."""
-    groups: dict[tuple[str, int], list[dict[str, Any]]] = defaultdict(list)
-    for it in items:
-        if it["probe"] == "needle":
-            groups[(it["config"], it["ctx"])].append(it)
     rows: list[dict[str, Any]] = []
-    for (config, ctx), group in sorted(groups.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+    for (config, ctx), group in _by_config_and_ctx(items, "needle"):
         n = len(group)
         k = sum(1 for it in group if it["correct"])
         lo, hi = wilson_interval(k, n)
@@ -68,12 +75,8 @@ REPETITION_MEANS = ("seq_rep_4", "distinct_2", "compression_ratio", "divergence_
 def repetition_summary(items: list[dict[str, Any]], seed: int) -> list[dict[str, Any]]:
     """Long-format rows per configuration and checkpoint: means of seq_rep_4, distinct_2,
     compression_ratio and divergence_index (bootstrap 95%), and loop_rate (Wilson 95%)."""
-    groups: dict[tuple[str, int], list[dict[str, Any]]] = defaultdict(list)
-    for it in items:
-        if it["probe"] == "repetition":
-            groups[(it["config"], it["ctx"])].append(it)
     rows: list[dict[str, Any]] = []
-    for (config, ctx), group in sorted(groups.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+    for (config, ctx), group in _by_config_and_ctx(items, "repetition"):
         for metric in REPETITION_MEANS:
             values = [float(it[metric]) for it in group if it.get(metric) is not None]
             if not values:
