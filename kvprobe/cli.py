@@ -19,6 +19,7 @@ from kvprobe.cache_types import CacheConfig, check_cache_type
 from kvprobe.errors import EngineError, UserError
 
 MIN_CTX = 256
+MAX_CTX = 1 << 20  # the longest contexts GGUF models ship with; beyond it is a typo, not a plan
 
 
 class _Parser(argparse.ArgumentParser):
@@ -33,6 +34,8 @@ def _ctx(text: str) -> int:
         raise argparse.ArgumentTypeError(f"--ctx must be a whole number of tokens, got {text!r}") from None
     if value < MIN_CTX:
         raise argparse.ArgumentTypeError(f"--ctx must be at least {MIN_CTX} tokens, got {value}")
+    if value > MAX_CTX:
+        raise argparse.ArgumentTypeError(f"--ctx must be at most {MAX_CTX} tokens, got {value}")
     return value
 
 

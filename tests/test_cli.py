@@ -50,7 +50,9 @@ def test_unknown_cache_type(tiny_model_path: Path) -> None:
     assert_one_line_error(kvprobe("run", "--model", str(tiny_model_path), "--cache", "q3_0"), "q3_0", "q8_0")
 
 
-@pytest.mark.parametrize(("ctx", "word"), [("100", "at least 256"), ("8k", "whole number")])
+@pytest.mark.parametrize(
+    ("ctx", "word"), [("100", "at least 256"), ("8k", "whole number"), ("100000000", "at most 1048576")]
+)
 def test_bad_ctx(tiny_model_path: Path, ctx: str, word: str) -> None:
     assert_one_line_error(kvprobe("run", "--model", str(tiny_model_path), "--ctx", ctx), word)
 
