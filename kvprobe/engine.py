@@ -305,30 +305,26 @@ class Context:
     # document --------------------------------------------------------------------
     def feed(self, tokens: Sequence[int]) -> None:
         """Append tokens to the document in fixed chunks aligned to the chunk grid."""
-        chunk = self.settings.chunk
-        i = 0
-        while i < len(tokens):
-            # Align chunk boundaries to absolute positions, so that feeding 0..L then L..M
-            # gives the same batches as feeding 0..M whenever L is a multiple of the chunk.
-            room = chunk - (self.n_past % chunk)
-            part = tokens[i : i + room]
-            self._decode(part, self.n_past, DOC_SEQ, want=())
-            self.n_past += len(part)
-            i += len(part)
+        self._feed(tokens, keep_logits=False)
 
     def feed_logits(self, tokens: Sequence[int]) -> np.ndarray:
         """Like feed, returning the logits of every fed position (tests and small inputs only)."""
+        return np.stack(self._feed(tokens, keep_logits=True))
+
+    def _feed(self, tokens: Sequence[int], keep_logits: bool) -> list[np.ndarray]:
+        # Chunk boundaries sit on absolute positions, so feeding 0..L then L..M gives the same
+        # batches as feeding 0..M whenever L is a multiple of the chunk.
         chunk = self.settings.chunk
         rows: list[np.ndarray] = []
         i = 0
         while i < len(tokens):
-            room = chunk - (self.n_past % chunk)
-            part = tokens[i : i + room]
-            self._decode(part, self.n_past, DOC_SEQ, want=range(len(part)))
-            rows.extend(self._logits(j).copy() for j in range(len(part)))
+            part = tokens[i : i + chunk - (self.n_past % chunk)]
+            want = range(len(part)) if keep_logits else ()
+            self._decode(part, self.n_past, DOC_SEQ, want=want)
+            rows.extend(self._logits(j).copy() for j in want)
             self.n_past += len(part)
             i += len(part)
-        return np.stack(rows)
+        return rows
 
     # forks -------------------------------------------------------------------------
     @contextlib.contextmanager

@@ -52,8 +52,8 @@ def document_text(kind: str, path: str, doc_index: int, seed: int, min_chars: in
         parts = paragraphs[start:] + paragraphs[:start]
     else:
         raise UserError(f"unknown haystack {kind!r}: choose prose, noise or a file path")
-    text = "\n\n".join(parts) if kind != "noise" else " ".join(parts)
     joiner = " " if kind == "noise" else "\n\n"
+    text = joiner.join(parts)
     body = text
     while len(body) < min_chars:
         body = body + joiner + text
