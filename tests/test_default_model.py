@@ -65,3 +65,32 @@ def test_cache_types_take_effect_on_default_model(gemma: Model) -> None:
         with gemma.context(cache, settings) as ctx:
             assert (ctx.applied.type_k, ctx.applied.type_v) == (cache.type_k, cache.type_v)
             assert ctx.applied.attn_rot_k  # head dim 256: rotated
+
+
+MEMORY_PROBE = """
+import resource, sys
+from kvprobe.cache_types import CacheConfig
+from kvprobe.engine import ContextSettings, Model
+with Model(sys.argv[1], n_gpu_layers=0, n_threads=2) as m:
+    s = ContextSettings(n_ctx=8448, chunk=512, n_threads=2, flash_attn=True, attn_rotation=True, n_seq_max=5)
+    with m.context(CacheConfig("f16", "f16"), s) as ctx:
+        text = " ".join("The ferry crossed the river at dawn and returned at dusk." for _ in range(300))
+        ctx.feed([m.bos or 2, *m.tokenize(text)][:2048])
+        ctx.score(m.tokenize(" The ferry crossed"), m.tokenize(" the river at dawn"))
+        ctx.generate(m.tokenize(" The ferry"), 8)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+"""
+
+
+def test_logits_are_never_n_ctx_by_n_vocab(default_model_path: Path) -> None:
+    """With logits_all, n_ctx 8448 x 262,144 vocab x 4 bytes would be 8.9 GB; the engine
+    keeps only the rows it asks for, so the whole process stays far below that."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-c", MEMORY_PROBE, str(default_model_path)],
+        check=True, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    peak_bytes = int(proc.stdout.strip().splitlines()[-1])
+    assert peak_bytes < 2 * 2**30, f"peak RSS {peak_bytes / 2**30:.2f} GiB"

@@ -151,15 +151,6 @@ def test_batch_larger_than_chunk_is_refused(tiny_model: Model) -> None:
         ctx._decode(list(range(CHUNK + 1)), 0, 0, want=())
 
 
-def test_logits_memory_is_per_request_not_n_ctx(tiny_model: Model) -> None:
-    # score() keeps only the answer positions: len(answer) rows, never n_ctx x n_vocab
-    doc = document(tiny_model, 600)
-    with tiny_model.context(CacheConfig("f16", "f16"), settings(n_ctx=1024)) as ctx:
-        ctx.feed(doc)
-        scored = ctx.score(tiny_model.tokenize(" is"), tiny_model.tokenize(" 12"))
-        assert len(scored.token_logprobs) == len(tiny_model.tokenize(" 12"))
-
-
 def _single_fork_reference(model: Model, cache: CacheConfig, prefix: list[int], n: int) -> list[int]:
     """Greedy continuation in a fresh context: the prefix minus its last token fed in chunks,
     then one token per batch, as a single fork does it."""
