@@ -19,8 +19,8 @@ def tests(session: nox.Session) -> None:
 @nox.session
 def lint(session: nox.Session) -> None:
     session.install("ruff")
-    session.run("ruff", "check", "kvprobe", "tests", "noxfile.py")
-    session.run("ruff", "format", "--check", "kvprobe", "tests", "noxfile.py")
+    session.run("ruff", "check", "kvprobe", "tests", "benchmarks", "noxfile.py")
+    session.run("ruff", "format", "--check", "kvprobe", "tests", "benchmarks", "noxfile.py")
 
 
 @nox.session

@@ -89,6 +89,11 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="disable llama.cpp's Hadamard rotation of quantized caches (LLAMA_ATTN_ROT_DISABLE=1)",
     )
+    run.add_argument(
+        "--null-check",
+        action="store_true",
+        help="divergence probe: also run the reference against a second identical context (KL must be 0)",
+    )
     run.add_argument("--out", help="result file (default results/<utc>-<model>-<caches>-<ctx>.json)")
     run.add_argument("--force", action="store_true", help="overwrite an existing --out file")
 
@@ -162,14 +167,7 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
 
     from kvprobe.model_info import read_model_info
     from kvprobe.provenance import default_model_path, host_info
-    from kvprobe.results import (
-        SCHEMA_VERSION,
-        default_out_path,
-        needle_summary,
-        repetition_summary,
-        utc_now,
-        write_result,
-    )
+    from kvprobe.results import build_result, default_out_path, utc_now, write_result
     from kvprobe.scenario import HaystackSpec, load_scenario
 
     configs, baseline = parse_configs(args)
@@ -236,21 +234,19 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
             TimeRemainingColumn(),
         )
         with Progress(*columns, console=console, transient=True) as bar:
-            task = bar.add_task("starting", total=runner.planned_tokens(len(configs)))
+            task = bar.add_task("starting", total=runner.planned_tokens(len(configs), args.null_check))
 
             def progress(n_tokens: int, what: str) -> None:
                 bar.update(task, advance=n_tokens, description=what)
 
-            outcome = run_probes(runner, configs, baseline, progress)
+            outcome = run_probes(runner, configs, baseline, progress, null_check=args.null_check)
         n_threads = model.n_threads
         runtime = engine.runtime_info()
-    doc: dict[str, Any] = {
-        "schema_version": SCHEMA_VERSION,
-        "kvprobe_version": __version__,
-        "created": created,
-        "command": " ".join(["kvprobe", *sys.argv[1:]]),
-        "model": info,
-        "runtime": {
+    doc = build_result(
+        created=created,
+        command=" ".join(["kvprobe", *sys.argv[1:]]),
+        model=info,
+        runtime={
             **runtime,
             "backend": "gpu" if gpu_layers != 0 and runtime["gpu_offload_supported"] else "cpu",
             "n_threads": n_threads,
@@ -265,24 +261,20 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
             "attn_rotation": settings.attn_rotation,
             "env_LLAMA_ATTN_ROT_DISABLE": "0" if settings.attn_rotation else "1",
         },
-        "host": host_info(),
-        "configs": [{**a, "model_sha256": info["sha256"]} for a in outcome["applied"]],
-        "baseline": baseline,
-        "scenario": {"name": scenario.name, "sha256": scenario.sha256, "spec": scenario.to_dict()},
-        "run": {
+        host=host_info(),
+        outcome=outcome,
+        baseline=baseline,
+        scenario=scenario,
+        run={
             "ctx": args.ctx,
             "seed": args.seed,
             "mode": args.mode,
             "checkpoints": outcome["checkpoints"],
             "chunk": outcome["chunk"],
+            "null_check": args.null_check,
         },
-        "items": outcome["items"],
-        "text_items": outcome["text_items"],
-        "summary": needle_summary(outcome["items"], seed=args.seed)
-        + repetition_summary(outcome["items"] + outcome["text_items"], seed=args.seed),
-        "timing": outcome["timing"],
-        "warnings": warnings,
-    }
+        warnings=warnings,
+    )
     write_result(doc, out_path)
     from kvprobe.report import print_run_report
 
@@ -292,7 +284,8 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    console = Console(stderr=False)
+    # Redirected to a file, rich would wrap tables at 80 columns; a log reads better wide.
+    console = Console(stderr=False, width=None if sys.stdout.isatty() else 160)
     err = Console(stderr=True)
     try:
         args = build_parser().parse_args(argv)

@@ -15,7 +15,8 @@ import ctypes
 import os
 import re
 import threading
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -251,6 +252,7 @@ class Context:
         self._batch = llama_cpp.llama_batch_init(settings.chunk, 0, 1)
         self.n_past = 0  # tokens of the document in sequence 0
         self.tokens_evaluated = 0
+        self.busy_s = 0.0  # seconds spent in llama_decode
 
     def close(self) -> None:
         if self._ctx:
@@ -293,7 +295,9 @@ class Context:
             b.seq_id[i][0] = sq
             b.logits[i] = 1 if i in wanted else 0
         b.n_tokens = n
+        t0 = time.perf_counter()
         rc = llama_cpp.llama_decode(self._ctx, b)
+        self.busy_s += time.perf_counter() - t0
         if rc != 0:
             raise EngineError(f"llama_decode failed with code {rc} at position {positions[0]}")
         self.tokens_evaluated += n
@@ -302,29 +306,22 @@ class Context:
         ptr = llama_cpp.llama_get_logits_ith(self._ctx, i)
         return np.ctypeslib.as_array(ptr, shape=(self.model.n_vocab,))
 
+    def _logits_rows(self, n: int) -> np.ndarray:
+        """The logits of the last batch's n outputs, a view into llama.cpp's buffer that is
+        valid until this context decodes again."""
+        ptr = llama_cpp.llama_get_logits(self._ctx)
+        return np.ctypeslib.as_array(ptr, shape=(n, self.model.n_vocab))
+
     # document --------------------------------------------------------------------
     def feed(self, tokens: Sequence[int]) -> None:
         """Append tokens to the document in fixed chunks aligned to the chunk grid."""
-        self._feed(tokens, keep_logits=False)
+        feed_lockstep([self], tokens)
 
     def feed_logits(self, tokens: Sequence[int]) -> np.ndarray:
         """Like feed, returning the logits of every fed position (tests and small inputs only)."""
-        return np.stack(self._feed(tokens, keep_logits=True))
-
-    def _feed(self, tokens: Sequence[int], keep_logits: bool) -> list[np.ndarray]:
-        # Chunk boundaries sit on absolute positions, so feeding 0..L then L..M gives the same
-        # batches as feeding 0..M whenever L is a multiple of the chunk.
-        chunk = self.settings.chunk
         rows: list[np.ndarray] = []
-        i = 0
-        while i < len(tokens):
-            part = tokens[i : i + chunk - (self.n_past % chunk)]
-            want = range(len(part)) if keep_logits else ()
-            self._decode(part, self.n_past, DOC_SEQ, want=want)
-            rows.extend(self._logits(j).copy() for j in want)
-            self.n_past += len(part)
-            i += len(part)
-        return rows
+        feed_lockstep([self], tokens, lambda _pos, logits: rows.append(logits[0].copy()))
+        return np.concatenate(rows)
 
     # forks -------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -382,6 +379,42 @@ class Context:
                 row = self._logits(0)
                 pos += 1
         return out
+
+
+ChunkCallback = Callable[[int, list[np.ndarray]], None]
+
+
+def feed_lockstep(
+    contexts: Sequence[Context], tokens: Sequence[int], on_chunk: ChunkCallback | None = None
+) -> None:
+    """Append the same tokens to the document of every context, chunk by chunk.
+
+    Chunk boundaries sit on absolute positions, so feeding 0..L then L..M gives the same
+    batches as feeding 0..M whenever L is a multiple of the chunk: every configuration sees
+    identical batch shapes (batch shape changes numerics). With `on_chunk`, every position's
+    logits are computed and `on_chunk(first_position, [logits of each context])` gets them
+    as views into llama.cpp's buffers while they are valid, one chunk at a time, so memory
+    never holds more than chunk x n_vocab floats per context.
+    """
+    first = contexts[0]
+    if any(c.n_past != first.n_past or c.settings.chunk != first.settings.chunk for c in contexts):
+        raise EngineError("lockstep contexts must hold documents of equal length and equal chunk size")
+    chunk = first.settings.chunk
+    i = 0
+    while i < len(tokens):
+        pos0 = first.n_past
+        part = tokens[i : i + chunk - (pos0 % chunk)]
+        want = range(len(part)) if on_chunk else ()
+        views = []
+        for ctx in contexts:
+            ctx._decode(part, pos0, DOC_SEQ, want=want)
+            if on_chunk:
+                views.append(ctx._logits_rows(len(part)))
+        if on_chunk:
+            on_chunk(pos0, views)
+        for ctx in contexts:
+            ctx.n_past += len(part)
+        i += len(part)
 
 
 class _ForkGroup:

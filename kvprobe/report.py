@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 from rich.console import Console
@@ -82,12 +83,99 @@ def repetition_table(doc: dict[str, Any]) -> Table:
     return table
 
 
+def _milli(value: float, ci: list[float]) -> str:
+    """A KL value and interval in units of 10^-3 nats: short enough for one table cell."""
+    return f"{1e3 * value:.3g} [{1e3 * ci[0]:.3g}, {1e3 * ci[1]:.3g}]"
+
+
+def divergence_table(doc: dict[str, Any]) -> Table:
+    """The decay curve, bins x configurations: mean KL from the reference with its 95%
+    interval and top-1 agreement, then the pooled row; the onset bin is marked."""
+    section = doc["divergence"]
+    reference = section["reference"]
+    rows = {
+        (r["config"], r["metric"], r["scope"], r["bin"][0]): r
+        for r in doc["summary"]
+        if r["probe"] == "divergence"
+    }
+    configs = [c["id"] for c in doc["configs"] if c["id"] != reference]
+    table = Table(
+        title=f"Mean KL divergence from {reference} by position, in 10⁻³ nats "
+        f"(block-bootstrap 95% interval), top-1 agreement; ▲ = onset, the first bin from which "
+        f"KL stays significantly above positions < {section['onset_reference']}"
+    )
+    for col in ("positions", "n", f"ppl {reference}"):
+        table.add_column(col, justify="right", no_wrap=True)
+    for cid in configs:
+        table.add_column(f"KL {cid}", justify="right", no_wrap=True)
+        table.add_column("top-1", justify="right", no_wrap=True)
+    spans = [("bin", lo, f"{lo}–{hi - 1}") for lo, hi in itertools.pairwise(section["bin_edges"])]
+    for scope, lo, label in [*spans, ("pooled", 1, "all")]:
+        ppl = rows.get((reference, "ppl", scope, lo))
+        if ppl is None:
+            continue
+        cells = [label, str(ppl["n"]), f"{ppl['value']:.2f}"]
+        for cid in configs:
+            kld = rows[(cid, "kld_mean", scope, lo)]
+            onset = section["onset"].get(cid)
+            text = _milli(kld["value"], kld["ci"])
+            if scope == "bin" and onset is not None and onset["bin"][0] == lo:
+                text = f"[bold red]▲ {text}[/]"
+            cells += [text, f"{rows[(cid, 'top1_agree', scope, lo)]['value']:.3f}"]
+        table.add_row(*cells, end_section=scope == "bin" and lo == spans[-1][1])
+    return table
+
+
+def divergence_lines(doc: dict[str, Any]) -> list[str]:
+    """The onset per configuration and the null check, in words."""
+    section = doc["divergence"]
+    lines = []
+    pooled = {
+        (r["config"], r["metric"]): r["value"]
+        for r in doc["summary"]
+        if r["probe"] == "divergence" and r["scope"] == "pooled"
+    }
+    ref_ppl = pooled[(section["reference"], "ppl")]
+    for cid, onset in section["onset"].items():
+        lines.append(
+            f"{cid}: pooled over {section['documents']} document(s): "
+            f"mean KL {pooled[(cid, 'kld_mean')]:.4g}, "
+            f"99th percentile {pooled[(cid, 'kld_p99')]:.4g}, "
+            f"top-1 agreement {pooled[(cid, 'top1_agree')]:.4f}, "
+            f"ppl {pooled[(cid, 'ppl')]:.3f} (reference {ref_ppl:.3f})"
+        )
+        if onset is None:
+            lines.append(
+                f"{cid}: KL does not rise significantly above positions < {section['onset_reference']} "
+                "in any later bin"
+            )
+        else:
+            lo, hi = onset["bin"]
+            lines.append(
+                f"{cid}: KL rises significantly above positions < {section['onset_reference']} from "
+                f"positions {lo}–{hi - 1} on (Holm-corrected p = {onset['p_holm']:.2g})"
+            )
+    null = section.get("null_check")
+    if null:
+        verdict = "passed" if null["passed"] else "[red]FAILED[/]"
+        lines.append(
+            f"null check ({section['reference']} against a second identical context): {verdict}; "
+            f"KL nonzero at {null['nonzero_kld']} of {null['positions']} positions, "
+            f"max KL {null['max_kld']:.3g}, max NLL gap {null['max_nll_gap']:.3g}"
+        )
+    return lines
+
+
 def print_run_report(doc: dict[str, Any], console: Console) -> None:
     probes = {r["probe"] for r in doc["summary"]}
     if "needle" in probes:
         console.print(needle_table(doc))
     if "repetition" in probes:
         console.print(repetition_table(doc))
+    if doc.get("divergence"):
+        console.print(divergence_table(doc))
+        for line in divergence_lines(doc):
+            console.print(line)
     timing = doc["timing"]
     ratio = timing["tokens_evaluated"] / max(1, timing["naive_tokens"])
     console.print(

@@ -5,15 +5,22 @@ Schema version 1 is documented field by field in docs/result-schema.md.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import tempfile
+import zlib
 from collections import defaultdict
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from kvprobe import __version__
 from kvprobe.errors import UserError
+from kvprobe.probes.divergence import NULL_CONFIG, CurveSettings, bin_edges, divergence_curve
+from kvprobe.scenario import DivergenceSpec, Scenario
 from kvprobe.stats import bootstrap_mean_interval, wilson_interval
 
 SCHEMA_VERSION = 1
@@ -107,6 +114,118 @@ def repetition_summary(items: list[dict[str, Any]], seed: int) -> list[dict[str,
             }
         )
     return rows
+
+
+# --- divergence: compact per-position arrays, the curve and the null check ------------------
+
+ARRAY_DTYPES = {"kld": "<f4", "nll": "<f4", "top1_agree": "|u1"}
+
+
+def encode_array(values: np.ndarray, dtype: str) -> dict[str, Any]:
+    """A per-position array as little-endian binary, zlib-compressed, base64 text."""
+    raw = np.ascontiguousarray(values, dtype=np.dtype(dtype)).tobytes()
+    return {"dtype": dtype, "n": len(values), "zlib_base64": base64.b64encode(zlib.compress(raw, 9)).decode()}
+
+
+def decode_array(record: dict[str, Any]) -> np.ndarray:
+    raw = zlib.decompress(base64.b64decode(record["zlib_base64"]))
+    values = np.frombuffer(raw, dtype=np.dtype(record["dtype"]))
+    if len(values) != record["n"]:
+        raise UserError(f"a per-position array holds {len(values)} values, not the {record['n']} it declares")
+    return values
+
+
+def null_check_summary(
+    reference: list[dict[str, np.ndarray]], null: list[dict[str, np.ndarray]]
+) -> dict[str, Any]:
+    """The reference against a second context with the same settings: on CPU every
+    position must give KL exactly 0 and the same NLL, or the comparison measures noise."""
+    kld = np.concatenate([d["kld"] for d in null])
+    nll_gap = np.concatenate([np.abs(n["nll"] - r["nll"]) for n, r in zip(null, reference, strict=True)])
+    return {
+        "positions": len(kld),
+        "max_kld": float(kld.max()),
+        "mean_kld": float(kld.mean()),
+        "nonzero_kld": int(np.count_nonzero(kld)),
+        "top1_agree": float(np.concatenate([d["top1_agree"] for d in null]).mean()),
+        "max_nll_gap": float(nll_gap.max()),
+        "passed": bool(np.count_nonzero(kld) == 0 and nll_gap.max() == 0.0),
+    }
+
+
+def divergence_section(
+    arrays: dict[str, list[dict[str, np.ndarray]]],
+    reference: str,
+    checkpoints: list[int],
+    spec: DivergenceSpec,
+    seed: int,
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Summary rows of the divergence probe, and the result file's `divergence` section."""
+    null = arrays.get(NULL_CONFIG)
+    configs = {c: a for c, a in arrays.items() if c != NULL_CONFIG}
+    cs = CurveSettings(checkpoints, spec.block, spec.onset_reference, seed)
+    rows, onsets = divergence_curve(configs, reference, cs)
+    positions = [
+        {"config": config, "doc": doc, **{k: encode_array(v, ARRAY_DTYPES[k]) for k, v in per_doc.items()}}
+        for config, docs in configs.items()
+        for doc, per_doc in enumerate(docs)
+    ]
+    section = {
+        "reference": reference,
+        "documents": spec.documents,
+        "bin_edges": bin_edges(checkpoints),
+        "block": spec.block,
+        "onset_reference": spec.onset_reference,
+        "onset": onsets,
+        "null_check": null_check_summary(configs[reference], null) if null else None,
+        "positions": positions,
+    }
+    return rows, section
+
+
+def build_result(
+    *,
+    created: str,
+    command: str,
+    model: dict[str, Any],
+    runtime: dict[str, Any],
+    host: dict[str, Any],
+    outcome: dict[str, Any],
+    baseline: str | None,
+    scenario: Scenario,
+    run: dict[str, Any],
+    warnings: list[str],
+) -> dict[str, Any]:
+    """The result document (schema 1) from a run's plain-data outcome and its provenance."""
+    seed = run["seed"]
+    summary = needle_summary(outcome["items"], seed=seed) + repetition_summary(
+        outcome["items"] + outcome["text_items"], seed=seed
+    )
+    divergence = None
+    if outcome["divergence_arrays"] and baseline is not None:
+        rows, divergence = divergence_section(
+            outcome["divergence_arrays"], baseline, outcome["checkpoints"], scenario.divergence, seed
+        )
+        summary += rows
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "kvprobe_version": __version__,
+        "created": created,
+        "command": command,
+        "model": model,
+        "runtime": runtime,
+        "host": host,
+        "configs": [{**a, "model_sha256": model["sha256"]} for a in outcome["applied"]],
+        "baseline": baseline,
+        "scenario": {"name": scenario.name, "sha256": scenario.sha256, "spec": scenario.to_dict()},
+        "run": run,
+        "items": outcome["items"],
+        "text_items": outcome["text_items"],
+        "summary": summary,
+        "divergence": divergence,
+        "timing": outcome["timing"],
+        "warnings": warnings,
+    }
 
 
 def default_out_path(created: str, model_name: str, config_ids: list[str], ctx: int) -> Path:

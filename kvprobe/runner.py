@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from kvprobe.cache_types import CacheConfig
-from kvprobe.engine import Context, ContextSettings, Model, generate_forks
+from kvprobe.engine import ChunkCallback, Context, ContextSettings, Model, feed_lockstep, generate_forks
 from kvprobe.errors import UserError
 from kvprobe.plan import Document, NeedleItem, build_classic_cells, build_plan, items_at
+from kvprobe.probes.divergence import NULL_CONFIG, DivergenceRecorder
 from kvprobe.probes.repetition import divergence_index, find_loop, repetition_metrics
 from kvprobe.scenario import Scenario
 
@@ -52,6 +56,7 @@ class Runner:
         self.settings = settings
         self.needles = "needle" in scenario.probes
         self.repetition = "repetition" in scenario.probes and settings.mode == "onepass"
+        self.divergence = "divergence" in scenario.probes and settings.mode == "onepass"
         if settings.mode == "classic" and not self.needles:
             raise UserError("--mode classic applies to the needle probe: this scenario has none")
         rep = scenario.repetition
@@ -98,10 +103,14 @@ class Runner:
                 for L in self.checkpoints
                 for p in continuation_points(L, rep.offsets, rep.stride)
             )
+        if self.divergence:
+            # A curve at each checkpoint from separate runs (llama-perplexity -c L per length).
+            self.naive_tokens += sum(self.checkpoints) * scenario.divergence.documents
 
-    def planned_tokens(self, n_configs: int) -> int:
+    def planned_tokens(self, n_configs: int, null_check: bool = False) -> int:
         """Tokens the run will evaluate, without failure generations (for the progress bar)."""
-        return (self.doc_tokens + self.query_tokens + self.generated_tokens) * n_configs
+        null = self.settings.ctx * self.scenario.divergence.documents if null_check else 0
+        return (self.doc_tokens + self.query_tokens + self.generated_tokens) * n_configs + null
 
     def context_settings(self, n_threads: int) -> ContextSettings:
         return ContextSettings(
@@ -192,38 +201,68 @@ class Runner:
                     )
         return rows
 
-    # one configuration ------------------------------------------------------------------
-    def run_config(self, ctx: Context, config_id: str, progress: Progress) -> list[dict[str, Any]]:
+    # every configuration, in lockstep -----------------------------------------------------
+    def run_all(
+        self,
+        contexts: dict[str, Context],
+        progress: Progress,
+        recorder: DivergenceRecorder | None = None,
+        null_ctx: Context | None = None,
+    ) -> list[dict[str, Any]]:
+        """Evaluate every configuration. Documents advance checkpoint by checkpoint in all
+        contexts at once, so the divergence probe sees each chunk's logits from every
+        configuration together; needle queries and continuations then run per context."""
         rows: list[dict[str, Any]] = []
 
-        def step(what: str, before: int) -> None:
+        def step(what: str, ctx: Context, before: int) -> None:
             progress(ctx.tokens_evaluated - before, what)
 
         if self.settings.mode == "classic":
             for cell in self.cells:
-                before = ctx.tokens_evaluated
-                ctx.reset()
-                ctx.feed(cell.document.tokens[: cell.item.ctx])
-                rows.append(self._ask(ctx, cell.item, config_id))
-                step(f"{config_id} classic L={cell.item.ctx}", before)
+                for config_id, ctx in contexts.items():
+                    before = ctx.tokens_evaluated
+                    ctx.reset()
+                    ctx.feed(cell.document.tokens[: cell.item.ctx])
+                    rows.append(self._ask(ctx, cell.item, config_id))
+                    step(f"{config_id} classic L={cell.item.ctx}", ctx, before)
             return rows
         for doc in self.docs:
-            ctx.reset()
+            scored = recorder is not None and doc.index < self.scenario.divergence.documents
+            feeding = list(contexts.values()) + ([null_ctx] if scored and null_ctx else [])
+            for ctx in feeding:
+                ctx.reset()
+            names = [*contexts, NULL_CONFIG][: len(feeding)]
             for length in self.checkpoints:
-                what = f"{config_id} doc {doc.index} L={length}"
-                before = ctx.tokens_evaluated
-                ctx.feed(doc.tokens[ctx.n_past : length])
-                step(what, before)
-                if self.needles:
-                    for item in items_at(doc, length):
-                        before = ctx.tokens_evaluated
-                        rows.append(self._ask(ctx, item, config_id))
-                        step(what, before)
-                if self.repetition:
-                    before = ctx.tokens_evaluated
-                    rows.extend(self._continue(ctx, doc, length, config_id))
-                    step(what + " continuations", before)
+                what = f"doc {doc.index} L={length}"
+                evaluated = sum(c.tokens_evaluated for c in feeding)
+                segment = doc.tokens[feeding[0].n_past : length]
+                on_chunk = (
+                    _recording(recorder, doc, self.settings.ctx, names) if scored and recorder else None
+                )
+                feed_lockstep(feeding, segment, on_chunk)
+                progress(sum(c.tokens_evaluated for c in feeding) - evaluated, what + " (document)")
+                for config_id, ctx in contexts.items():
+                    if self.needles:
+                        for item in items_at(doc, length):
+                            b = ctx.tokens_evaluated
+                            rows.append(self._ask(ctx, item, config_id))
+                            step(f"{config_id} {what} needles", ctx, b)
+                    if self.repetition:
+                        b = ctx.tokens_evaluated
+                        rows.extend(self._continue(ctx, doc, length, config_id))
+                        step(f"{config_id} {what} continuations", ctx, b)
         return rows
+
+
+def _recording(recorder: DivergenceRecorder, doc: Document, ctx: int, names: list[str]) -> ChunkCallback:
+    # Score predictions of tokens 1 .. ctx - 1 only: the same positions whatever extra tokens
+    # the document carries for the repetition probe.
+    tokens = doc.tokens[:ctx]
+
+    def on_chunk(pos0: int, logits: list[np.ndarray]) -> None:
+        recorder.add_chunk(doc.index, tokens, pos0, dict(zip(names, logits, strict=True)))
+
+    return on_chunk
 
 
 def add_divergence(items: list[dict[str, Any]], baseline: str | None) -> None:
@@ -243,46 +282,64 @@ def add_divergence(items: list[dict[str, Any]], baseline: str | None) -> None:
 
 
 def run_probes(
-    runner: Runner, configs: list[CacheConfig], baseline: str | None, progress: Progress
+    runner: Runner,
+    configs: list[CacheConfig],
+    baseline: str | None,
+    progress: Progress,
+    null_check: bool = False,
 ) -> dict[str, Any]:
-    """Evaluate every configuration in order (baseline first); returns plain data."""
+    """Evaluate every configuration (baseline first) on identical tokens; returns plain data."""
     model, scenario = runner.model, runner.scenario
     ctx_settings = runner.context_settings(model.n_threads)
-    items: list[dict[str, Any]] = []
-    applied: list[dict[str, Any]] = []
-    per_config_s: dict[str, float] = {}
-    tokens_evaluated = 0
+    if runner.divergence and baseline is None:
+        raise UserError("the divergence probe compares against a reference: drop --baseline none")
+    if null_check and not runner.divergence:
+        raise UserError("--null-check needs the divergence probe: use --scenario divergence or default")
+    recorder = DivergenceRecorder(baseline) if runner.divergence and baseline else None
     started = time.perf_counter()
-    for cache in configs:
-        t0 = time.perf_counter()
-        with model.context(cache, ctx_settings) as ctx:
-            applied.append(
-                {
-                    "id": cache.id,
-                    "type_k": ctx.applied.type_k,
-                    "type_v": ctx.applied.type_v,
-                    "flash_attn": ctx.applied.flash_attn,
-                    "attn_rot_k": ctx.applied.attn_rot_k,
-                    "attn_rot_v": ctx.applied.attn_rot_v,
-                    "n_ctx": ctx.applied.n_ctx,
-                }
-            )
-            items.extend(runner.run_config(ctx, cache.id, progress))
-            tokens_evaluated += ctx.tokens_evaluated
-        per_config_s[cache.id] = round(time.perf_counter() - t0, 2)
+    with contextlib.ExitStack() as stack:
+        contexts = {c.id: stack.enter_context(model.context(c, ctx_settings)) for c in configs}
+        null_ctx = None
+        if null_check and baseline is not None:
+            null_ctx = stack.enter_context(model.context(configs[0], ctx_settings))
+        items = runner.run_all(contexts, progress, recorder, null_ctx)
+        applied = [_applied(cid, ctx) for cid, ctx in contexts.items()]
+        tokens_evaluated = sum(c.tokens_evaluated for c in contexts.values())
+        decode_s = {cid: round(ctx.busy_s, 2) for cid, ctx in contexts.items()}
+        null_tokens = null_ctx.tokens_evaluated if null_ctx else 0
     add_divergence(items, baseline)
+    # Per configuration, one dict of per-position arrays per document (NULL_CONFIG included).
+    arrays: dict[str, list[dict[str, np.ndarray]]] = {}
+    if recorder is not None:
+        for (config, _doc), rec in sorted(recorder.records.items(), key=lambda kv: kv[0][1]):
+            arrays.setdefault(config, []).append(rec.arrays())
     return {
         "checkpoints": runner.checkpoints,
         "items": items,
         "text_items": runner.text_rows() if runner.repetition else [],
+        "divergence_arrays": arrays,
         "applied": applied,
         "n_ctx": runner.n_ctx,
         "n_seq_max": runner.n_seq_max,
         "chunk": scenario.plan.chunk,
         "timing": {
             "wall_s": round(time.perf_counter() - started, 2),
-            "per_config_s": per_config_s,
+            "decode_s": decode_s,
             "tokens_evaluated": tokens_evaluated,
+            "null_check_tokens": null_tokens,
             "naive_tokens": runner.naive_tokens * len(configs),
         },
+    }
+
+
+def _applied(config_id: str, ctx: Context) -> dict[str, Any]:
+    a = ctx.applied
+    return {
+        "id": config_id,
+        "type_k": a.type_k,
+        "type_v": a.type_v,
+        "flash_attn": a.flash_attn,
+        "attn_rot_k": a.attn_rot_k,
+        "attn_rot_v": a.attn_rot_v,
+        "n_ctx": a.n_ctx,
     }

@@ -88,6 +88,13 @@ class RepetitionSpec:
 
 
 @dataclass(frozen=True)
+class DivergenceSpec:
+    documents: int = 1  # the plan's first N documents are scored at every position
+    block: int = 32  # consecutive positions per unit of the bootstrap and the onset test
+    onset_reference: int = 256  # positions below this are "the shortest bins" KL is tested against
+
+
+@dataclass(frozen=True)
 class ClassicSpec:
     depths: list[float] = field(default_factory=lambda: [0.1, 0.3, 0.5, 0.7, 0.9])
     repeats: int = 4  # prompts per (length, depth) cell
@@ -102,6 +109,7 @@ class Scenario:
     needle: NeedleSpec = NeedleSpec()
     plan: PlanSpec = PlanSpec()
     repetition: RepetitionSpec = RepetitionSpec()
+    divergence: DivergenceSpec = DivergenceSpec()
     classic: ClassicSpec = ClassicSpec()
 
     def to_dict(self) -> dict[str, Any]:
@@ -113,12 +121,13 @@ class Scenario:
         return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-KNOWN_PROBES = ("needle", "repetition")
+KNOWN_PROBES = ("needle", "repetition", "divergence")
 _SECTIONS: dict[str, type] = {
     "haystack": HaystackSpec,
     "needle": NeedleSpec,
     "plan": PlanSpec,
     "repetition": RepetitionSpec,
+    "divergence": DivergenceSpec,
     "classic": ClassicSpec,
 }
 
@@ -193,6 +202,14 @@ def _validate(source: str, s: Scenario) -> None:
         raise _bad(source, "repetition.offsets", "must be between 1 and 32")
     if s.repetition.stride < 1:
         raise _bad(source, "repetition.stride", "must be at least 1")
+    if not 1 <= s.divergence.documents <= s.plan.documents:
+        raise _bad(
+            source, "divergence.documents", f"must be between 1 and plan.documents ({s.plan.documents})"
+        )
+    if not 1 <= s.divergence.block <= 1024:
+        raise _bad(source, "divergence.block", "must be between 1 and 1024")
+    if s.divergence.onset_reference < 2:
+        raise _bad(source, "divergence.onset_reference", "must be at least 2")
     if any(not isinstance(a, str) or not a.strip() for a in s.needle.attributes):
         raise _bad(source, "needle.attributes", "must be a list of non-empty strings")
     if any(not isinstance(d, (int, float)) or not 0.0 <= d < 1.0 for d in s.classic.depths):

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 
@@ -257,3 +258,57 @@ def test_too_short_text_file(tmp_path: Path, tiny_model_path: Path) -> None:
     proc = kvprobe("run", "--model", str(tiny_model_path), "--scenario", "quick", "--ctx", "512",
                    "--haystack", str(text), "--out", str(tmp_path / "r.json"))  # fmt: skip
     assert_one_line_error(proc, "fewer than 50 words")
+
+
+def test_divergence_scenario_writes_curve_pooled_rows_and_null_check(
+    tmp_path: Path, tiny_model_path: Path
+) -> None:
+    out = tmp_path / "d.json"
+    proc = kvprobe(
+        "run", "--model", str(tiny_model_path), "--scenario", "divergence", "--ctx", "1024",
+        "--cache", "q8_0", "--cache", "q4_0", "--threads", "2", "--null-check", "--out", str(out),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(out.read_text())
+    section = doc["divergence"]
+    assert section["bin_edges"] == [1, 64, 128, 256, 512, 1024]
+    assert section["null_check"]["passed"]
+    assert section["null_check"]["positions"] == 2 * 1023
+    assert set(section["onset"]) == {"q8_0", "q4_0"}
+    rows = [r for r in doc["summary"] if r["probe"] == "divergence"]
+    for config in ("q8_0", "q4_0"):
+        for metric in ("kld_mean", "kld_p99", "top1_agree", "ppl"):
+            mine = [r for r in rows if r["config"] == config and r["metric"] == metric]
+            assert [r["ctx"] for r in mine if r["scope"] == "bin"] == [64, 128, 256, 512, 1024]
+            pooled = [r for r in mine if r["scope"] == "pooled"]
+            assert len(pooled) == 1
+            assert pooled[0]["n"] == 2 * 1023
+    assert {r["metric"] for r in rows if r["config"] == "f16"} == {"ppl"}
+    # the per-position arrays travel compactly and agree with the pooled rows
+    from kvprobe.results import decode_array
+
+    q4 = [p for p in section["positions"] if p["config"] == "q4_0"]
+    kld = np.concatenate([decode_array(p["kld"]) for p in q4])
+    pooled_mean = next(
+        r for r in rows if r["config"] == "q4_0" and r["metric"] == "kld_mean" and r["scope"] == "pooled"
+    )
+    assert kld.mean() == pytest.approx(pooled_mean["value"], rel=1e-5)
+    assert kld.mean() > 0
+    assert "Mean KL divergence from f16" in proc.stdout
+    assert "null check" in proc.stdout
+    assert "passed" in proc.stdout
+
+
+def test_null_check_needs_the_divergence_probe(tiny_model_path: Path) -> None:
+    proc = kvprobe(
+        "run", "--model", str(tiny_model_path), "--scenario", "quick", "--ctx", "256", "--null-check"
+    )
+    assert_one_line_error(proc, "--null-check", "divergence")
+
+
+def test_divergence_needs_a_reference(tiny_model_path: Path) -> None:
+    proc = kvprobe(
+        "run", "--model", str(tiny_model_path), "--scenario", "divergence", "--ctx", "256",
+        "--cache", "q4_0", "--baseline", "none",
+    )  # fmt: skip
+    assert_one_line_error(proc, "reference", "--baseline none")

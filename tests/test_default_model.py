@@ -94,3 +94,57 @@ def test_logits_are_never_n_ctx_by_n_vocab(default_model_path: Path) -> None:
     )  # fmt: skip
     peak_bytes = int(proc.stdout.strip().splitlines()[-1])
     assert peak_bytes < 2 * 2**30, f"peak RSS {peak_bytes / 2**30:.2f} GiB"
+
+
+DIVERGENCE_MEMORY_PROBE = """
+import resource, sys
+from kvprobe.cache_types import CacheConfig
+from kvprobe.engine import ContextSettings, Model, feed_lockstep
+from kvprobe.probes.divergence import DivergenceRecorder
+with Model(sys.argv[1], n_gpu_layers=0, n_threads=2) as m:
+    s = ContextSettings(n_ctx=8448, chunk=512, n_threads=2, flash_attn=True, attn_rotation=True)
+    text = " ".join("The ferry crossed the river at dawn and returned at dusk." for _ in range(300))
+    doc = [m.bos or 2, *m.tokenize(text)][:2048]
+    rec = DivergenceRecorder("f16")
+    with m.context(CacheConfig("f16", "f16"), s) as a, m.context(CacheConfig("q4_0", "q4_0"), s) as b:
+        feed_lockstep([a, b], doc, lambda p, lg: rec.add_chunk(0, doc, p, {"f16": lg[0], "q4_0": lg[1]}))
+    assert len(rec.records[("q4_0", 0)].arrays()["kld"]) == 2047
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+"""
+
+
+def test_divergence_memory_is_bounded_by_the_chunk_not_the_context(default_model_path: Path) -> None:
+    """Every position's logits of two contexts at n_ctx 8448: holding them all would take
+    2 x 8448 x 262,144 x 4 bytes = 17.7 GB; lockstep reduction keeps one chunk per context."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-c", DIVERGENCE_MEMORY_PROBE, str(default_model_path)],
+        check=True, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    peak_bytes = int(proc.stdout.strip().splitlines()[-1])
+    assert peak_bytes < 4 * 2**30, f"peak RSS {peak_bytes / 2**30:.2f} GiB"
+
+
+def test_divergence_on_default_model_null_is_zero_and_q8_below_q4(gemma: Model) -> None:
+    from dataclasses import replace
+
+    from kvprobe.probes.divergence import NULL_CONFIG
+
+    base = load_scenario("divergence")
+    scenario = replace(
+        base, plan=replace(base.plan, documents=1), divergence=replace(base.divergence, documents=1)
+    )
+    runner = Runner(
+        gemma, scenario, RunSettings(ctx=1024, seed=0, mode="onepass", flash_attn=True, attn_rotation=True)
+    )
+    configs = [CacheConfig("f16", "f16"), CacheConfig("q8_0", "q8_0"), CacheConfig("q4_0", "q4_0")]
+    out = run_probes(runner, configs, "f16", lambda n, what: None, null_check=True)
+    arrays = out["divergence_arrays"]
+    null = arrays[NULL_CONFIG][0]
+    assert len(null["kld"]) == 1023
+    assert np.count_nonzero(null["kld"]) == 0  # the same settings reproduce the reference exactly
+    assert np.array_equal(null["nll"], arrays["f16"][0]["nll"])
+    q8, q4 = arrays["q8_0"][0]["kld"].mean(), arrays["q4_0"][0]["kld"].mean()
+    assert 0 < q8 < q4

@@ -203,3 +203,80 @@ def test_too_many_forks_for_the_context(tiny_model: Model) -> None:
         ctx.feed(doc)
         with pytest.raises(EngineError):
             generate_forks(ctx, [doc[:100], doc[:150]], 4)
+
+
+def test_lockstep_streaming_equals_direct_computation_from_full_logits(tiny_model: Model) -> None:
+    from kvprobe.engine import feed_lockstep
+    from kvprobe.probes.divergence import DivergenceRecorder, kl_divergence, log_softmax
+
+    doc = document(tiny_model, 300)  # 300 is not a multiple of the chunk: a partial last chunk
+    ref_cfg, test_cfg = CacheConfig("f16", "f16"), CacheConfig("q4_0", "q4_0")
+    recorder = DivergenceRecorder("f16")
+    with tiny_model.context(ref_cfg, settings()) as ref, tiny_model.context(test_cfg, settings()) as test:
+        # fed in two pieces, as the runner does between checkpoints
+        for piece in (doc[:128], doc[128:]):
+            feed_lockstep(
+                [ref, test],
+                piece,
+                lambda pos0, logits: recorder.add_chunk(0, doc, pos0, {"f16": logits[0], "q4_0": logits[1]}),
+            )
+    with tiny_model.context(ref_cfg, settings()) as ref:
+        full_ref = ref.feed_logits(doc)
+    with tiny_model.context(test_cfg, settings()) as test:
+        full_test = test.feed_logits(doc)
+    assert full_ref.shape == (300, tiny_model.n_vocab)
+    streamed = recorder.records[("q4_0", 0)].arrays()
+    nxt = np.array(doc[1:])
+    direct_kld = kl_divergence(full_ref[:-1], full_test[:-1])
+    assert len(streamed["kld"]) == 299
+    assert direct_kld.max() > 1e-6  # q4_0 does move the distribution
+    assert np.allclose(streamed["kld"], direct_kld, rtol=1e-4, atol=1e-9)
+    assert np.array_equal(streamed["top1_agree"], full_ref[:-1].argmax(1) == full_test[:-1].argmax(1))
+    assert np.allclose(streamed["nll"], -log_softmax(full_test[:-1])[np.arange(299), nxt], rtol=1e-6)
+    ref_nll = recorder.records[("f16", 0)].arrays()["nll"]
+    assert np.allclose(ref_nll, -log_softmax(full_ref[:-1])[np.arange(299), nxt], rtol=1e-6)
+
+
+def test_null_check_gives_exactly_zero_on_cpu(tiny_model: Model) -> None:
+    from kvprobe.engine import feed_lockstep
+    from kvprobe.probes.divergence import DivergenceRecorder
+
+    doc = document(tiny_model, 400)
+    recorder = DivergenceRecorder("f16")
+    cfg = CacheConfig("f16", "f16")
+    with tiny_model.context(cfg, settings()) as a, tiny_model.context(cfg, settings()) as b:
+        feed_lockstep(
+            [a, b], doc, lambda pos0, lg: recorder.add_chunk(0, doc, pos0, {"f16": lg[0], "null": lg[1]})
+        )
+    null = recorder.records[("null", 0)].arrays()
+    assert len(null["kld"]) == 399
+    assert np.count_nonzero(null["kld"]) == 0
+    assert null["top1_agree"].all()
+    assert np.array_equal(null["nll"], recorder.records[("f16", 0)].arrays()["nll"])
+
+
+def test_lockstep_refuses_contexts_out_of_step(tiny_model: Model) -> None:
+    from kvprobe.engine import feed_lockstep
+
+    doc = document(tiny_model, 100)
+    cfg = CacheConfig("f16", "f16")
+    with tiny_model.context(cfg, settings()) as a, tiny_model.context(cfg, settings()) as b:
+        a.feed(doc[:10])
+        with pytest.raises(EngineError, match="equal length"):
+            feed_lockstep([a, b], doc[10:])
+
+
+def test_reading_every_positions_logits_leaves_the_cache_unchanged(tiny_model: Model) -> None:
+    """The default scenario scores divergence on the document that needles are asked about:
+    computing all logits must not change what a later query sees."""
+    from kvprobe.engine import feed_lockstep
+
+    doc = document(tiny_model, 300)
+    cfg = CacheConfig("q4_0", "q4_0")
+    prompt, answer = doc[10:20], doc[20:25]
+    with tiny_model.context(cfg, settings()) as plain:
+        plain.feed(doc)
+        expected = plain.score(prompt, answer)
+    with tiny_model.context(cfg, settings()) as logged:
+        feed_lockstep([logged], doc, lambda pos0, logits: None)
+        assert logged.score(prompt, answer) == expected
