@@ -1,6 +1,9 @@
 """Check kvprobe's KL divergence against llama.cpp's own `llama-perplexity --kl-divergence`.
 
-Both evaluate the same tokens with the same context size and the same batch shape:
+Both evaluate the same tokens with the same context size, the same batch shape and the same
+KV layout (kvprobe's contexts keep every sliding-window cell and a unified cache, so
+llama-perplexity gets `--swa-full -kvu`; `--llama-default-layout` drops them to show what the
+layout alone changes):
 llama-perplexity's base file holds the tokens; each chunk of n_ctx tokens starts with BOS,
 and the second half of each chunk is scored (positions n_ctx/2 .. n_ctx-2). kvprobe
 evaluates those chunks with its lockstep engine (f16 reference and the test cache in
@@ -66,6 +69,28 @@ def parse_llama(text: str) -> dict[str, float]:
     }
 
 
+def llama_perplexity_kl(ref: np.ndarray, test: np.ndarray) -> np.ndarray:
+    """KL as llama-perplexity computes it, to explain any gap: the base log-probs are stored
+    as uint16 over [max - 16, max] (lower logits clamped), and terms whose stored base
+    log-prob is <= -16 are left out of the sum."""
+    out = np.empty(len(ref))
+    for start in range(0, len(ref), 16):
+        x = np.asarray(ref[start : start + 16], dtype=np.float32)
+        y = np.asarray(test[start : start + 16], dtype=np.float32)
+        mx = x.max(axis=1, keepdims=True)
+        mn = np.maximum(x.min(axis=1, keepdims=True), mx - 16)
+        lse_x = np.log(np.exp(x - mx).sum(axis=1, keepdims=True, dtype=np.float64))
+        scale = (mx - mn) / 65535
+        stored = np.where(x > mn, np.rint((x - mn) / scale), 0)
+        lp_base = scale * stored + (mn - mx - lse_x)
+        lse_y = y.max(axis=1, keepdims=True) + np.log(
+            np.exp(y - y.max(axis=1, keepdims=True)).sum(axis=1, keepdims=True, dtype=np.float64)
+        )
+        terms = np.exp(lp_base) * (lp_base - (y - lse_y))
+        out[start : start + 16] = np.where(lp_base > -16, terms, 0).sum(axis=1)
+    return out
+
+
 def kvprobe_side(
     model_path: Path, chunks: np.ndarray, cache: str, *, batch: int, threads: int
 ) -> dict[str, float]:
@@ -75,7 +100,7 @@ def kvprobe_side(
         n_ctx=n_ctx, chunk=batch, n_threads=threads, flash_attn=True, attn_rotation=True
     )
     first = n_ctx // 2
-    kld, top1 = [], []
+    kld, top1, approx, nll_ref = [], [], [], []
     recorder = DivergenceRecorder("f16")
     with (
         model.context(CacheConfig("f16", "f16"), settings) as ref,
@@ -88,8 +113,15 @@ def kvprobe_side(
             feed_lockstep(
                 [ref, test],
                 tokens,
-                lambda pos0, lg: recorder.add_chunk(c, tokens, pos0, {"f16": lg[0], cache: lg[1]}),
+                lambda pos0, lg: on_chunk(c, tokens, pos0, lg),
             )
+
+        def on_chunk(c: int, tokens: list[int], pos0: int, lg: list[np.ndarray]) -> None:
+            recorder.add_chunk(c, tokens, pos0, {"f16": lg[0], cache: lg[1]})
+            skip = max(0, first - pos0)
+            n = max(0, min(len(lg[0]), n_ctx - 1 - pos0) - skip)
+            if n:
+                approx.append(llama_perplexity_kl(lg[0][skip : skip + n], lg[1][skip : skip + n]))
 
         for c, chunk in enumerate(chunks):
             tokens = [int(t) for t in chunk]
@@ -100,6 +132,7 @@ def kvprobe_side(
             # row j predicts token j + 1; llama-perplexity scores rows first .. n_ctx - 2
             kld.append(arrays["kld"][first:])
             top1.append(arrays["top1_agree"][first:])
+            nll_ref.append(recorder.records[("f16", c)].arrays()["nll"][first:])
     values = np.concatenate(kld)
     same = np.concatenate(top1).astype(float)
     n = len(values)
@@ -110,6 +143,9 @@ def kvprobe_side(
         "top1": float(same.mean()),
         "top1_unc": float(np.sqrt(same.mean() * (1 - same.mean()) / (n - 1))),
         "positions": n,
+        "kld_mean_llama_approx": float(np.concatenate(approx).mean()),
+        "kld_p99_llama_approx": float(np.quantile(np.concatenate(approx), 0.99)),
+        "ppl_base": float(np.exp(np.concatenate(nll_ref).mean())),
     }
 
 
@@ -124,26 +160,28 @@ def main() -> None:
     ap.add_argument("--cache", default="q4_0")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--workdir", default=None, help="keeps the (large) base file here")
+    ap.add_argument(
+        "--reuse", action="store_true", help="reuse llama-perplexity's base file and log in --workdir"
+    )
     args = ap.parse_args()
     model_path = Path(args.model) if args.model else default_model_path()
     work = Path(args.workdir or tempfile.mkdtemp(prefix="kvprobe-kl-"))
-    base = work / "base.kld"
     common = ["-m", str(model_path), "-c", str(args.ctx), "-b", str(args.batch), "-ub", str(args.batch),
               "-fa", "on", "-t", str(args.threads)]  # fmt: skip
-    llama_perplexity(args.llama_perplexity, [*common, "-f", args.text, "--chunks", str(args.chunks),
-                                             "--kl-divergence-base", str(base)])  # fmt: skip
-    test = [
-        *common,
-        "-ctk",
-        args.cache,
-        "-ctv",
-        args.cache,
-        "--kl-divergence-base",
-        str(base),
-        "--kl-divergence",
-    ]
-    out = llama_perplexity(args.llama_perplexity, test)
-    (work / "llama-perplexity.log").write_text(out)
+    if not args.llama_default_layout:
+        common += ["--swa-full", "-kvu"]
+    layout = "default" if args.llama_default_layout else "swafull"
+    base = work / f"base-{layout}.kld"
+    log = work / f"llama-perplexity-{args.cache}-{layout}.log"
+    if args.reuse and log.is_file():
+        out = log.read_text()
+    else:
+        if not (args.reuse and base.is_file()):
+            llama_perplexity(args.llama_perplexity, [*common, "-f", args.text, "--chunks", str(args.chunks),
+                                                     "--kl-divergence-base", str(base)])  # fmt: skip
+        test = [*common, "-ctk", args.cache, "-ctv", args.cache, "--kl-divergence-base", str(base)]
+        out = llama_perplexity(args.llama_perplexity, [*test, "--kl-divergence"])
+        log.write_text(out)
     llama = parse_llama(out)
     n_ctx, n_chunk, tokens = read_base_tokens(base)
     chunks = tokens.reshape(n_chunk, n_ctx)
@@ -160,6 +198,12 @@ def main() -> None:
         if key + "_unc" in llama:
             gap = abs(llama[key] - ours[key])
             print(f"{'':24}difference {gap:.6f} = {gap / llama[key + '_unc']:.2f} x its uncertainty")
+    print(
+        f"kvprobe with llama-perplexity's approximation (base clamped at max - 16, uint16): "
+        f"mean KL {ours['kld_mean_llama_approx']:.6f}, 99th percentile {ours['kld_p99_llama_approx']:.6f}"
+    )
+    (ln_ppl_base,) = [float(v) for v in re.findall(r"Mean PPL\(base\)\s+:\s+([\d.]+)", out)] or [float("nan")]
+    print(f"reference perplexity: llama-perplexity {ln_ppl_base:.4f}, kvprobe {ours['ppl_base']:.4f}")
     print(f"positions: {ours['positions']} (kvprobe), chunks {n_chunk} of {n_ctx}; work dir {work}")
 
 
