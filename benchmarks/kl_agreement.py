@@ -163,6 +163,11 @@ def main() -> None:
     ap.add_argument(
         "--reuse", action="store_true", help="reuse llama-perplexity's base file and log in --workdir"
     )
+    ap.add_argument(
+        "--llama-default-layout",
+        action="store_true",
+        help="run llama-perplexity without --swa-full -kvu (its own defaults)",
+    )
     args = ap.parse_args()
     model_path = Path(args.model) if args.model else default_model_path()
     work = Path(args.workdir or tempfile.mkdtemp(prefix="kvprobe-kl-"))

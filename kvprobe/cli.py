@@ -98,6 +98,30 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--force", action="store_true", help="overwrite an existing --out file")
 
     sub.add_parser("scenarios", help="list the bundled scenarios")
+
+    doctor = sub.add_parser("doctor", help="diagnose a GGUF file's weights and its KV cache memory")
+    doctor.add_argument("model", help="GGUF model file")
+    doctor.add_argument(
+        "--vram", type=float, metavar="GB", help="GPU memory: which cache type and context fit"
+    )
+    doctor.add_argument("--json", action="store_true", help="print the report as JSON")
+
+    quantize = sub.add_parser("quantize", help="make weight variants with llama.cpp's quantizer")
+    quantize.add_argument("source", help="GGUF model file to quantize (ideally f16/bf16)")
+    quantize.add_argument(
+        "--type", action="append", required=True, metavar="T", dest="types",
+        help="target type, repeatable: F16 BF16 F32 Q8_0 Q6_K Q5_K_M Q4_K_M Q4_0 Q3_K_M Q2_K ...",
+    )  # fmt: skip
+    quantize.add_argument("--out-dir", help="folder for the variants (default: the source's folder)")
+    quantize.add_argument("--imatrix", help="importance matrix (GGUF, from llama-imatrix)")
+    quantize.add_argument(
+        "--allow-requantize", action="store_true", help="quantize an already quantized source anyway"
+    )
+    quantize.add_argument(
+        "--pure", action="store_true", help="every tensor to the same type (no protected embedding/output)"
+    )
+    quantize.add_argument("--threads", type=int, default=None, help="threads (default: all cores)")
+    quantize.add_argument("--force", action="store_true", help="overwrite existing output files")
     return parser
 
 
@@ -162,8 +186,65 @@ def cmd_scenarios(console: Console) -> int:
     return 0
 
 
+def cmd_doctor(args: argparse.Namespace, console: Console) -> int:
+    import json
+
+    from kvprobe.doctor import diagnose
+
+    if args.vram is not None and args.vram <= 0:
+        raise UserError("--vram must be a positive number of GB, e.g. --vram 24")
+    report = diagnose(Path(args.model).expanduser(), args.vram)
+    if args.json:
+        print(json.dumps(report, indent=1))
+    else:
+        from kvprobe.doctor_view import print_doctor
+
+        print_doctor(report, console)
+    return 0
+
+
+def cmd_quantize(args: argparse.Namespace, console: Console) -> int:
+    from kvprobe import engine
+    from kvprobe.doctor import KNOWN_FILE_TYPES
+    from kvprobe.quantize import load_imatrix, plan_jobs, provenance_metadata
+
+    src = Path(args.source).expanduser()
+    if args.threads is not None and args.threads < 1:
+        raise UserError("--threads must be at least 1")
+    out_dir = Path(args.out_dir).expanduser() if args.out_dir else src.parent
+    ftype_of = {name: i for name in KNOWN_FILE_TYPES if (i := engine.ftype_id(name)) is not None}
+    jobs, origin = plan_jobs(
+        src,
+        args.types,
+        out_dir,
+        allow_requantize=args.allow_requantize,
+        force=args.force,
+        ftype_of=ftype_of,
+        pure=args.pure,
+    )
+    imatrix, metadata = load_imatrix(Path(args.imatrix).expanduser()) if args.imatrix else (None, {})
+    check_out_path(out_dir / ".kvprobe-write-check", force=True)
+    threads = args.threads or max(1, os.cpu_count() or 1)
+    for job in jobs:
+        console.print(f"{src.name} -> {job.dst} ({job.type_name}: {job.note})")
+        tmp = job.dst.with_name(f".{job.dst.name}.partial")
+        engine.quantize(
+            src,
+            tmp,
+            job.ftype,
+            allow_requantize=True,  # plan_jobs has already refused what the user did not allow
+            pure=args.pure,
+            n_threads=threads,
+            imatrix=imatrix,
+            metadata={**metadata, **provenance_metadata(origin)},
+        )
+        tmp.replace(job.dst)  # a finished file or none: an interrupted run leaves no half model
+        console.print(f"  wrote {job.dst} ({job.dst.stat().st_size / 2**20:.1f} MiB)")
+    return 0
+
+
 def cmd_run(args: argparse.Namespace, console: Console) -> int:
-    from dataclasses import replace
+    from dataclasses import asdict, replace
 
     from kvprobe.model_info import read_model_info
     from kvprobe.provenance import default_model_path, host_info
@@ -181,6 +262,11 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
         raise UserError("--threads must be at least 1")
     model_path = Path(args.model).expanduser() if args.model else default_model_path()
     info = read_model_info(model_path)  # checks the file is GGUF before llama.cpp sees it
+    from kvprobe.doctor import findings, read_facts
+
+    model_findings = findings(read_facts(model_path))
+    info["findings"] = [asdict(f) for f in model_findings]
+    serious = [f for f in model_findings if f.severity == "serious"]
     created = utc_now()
     out_path = (
         Path(args.out)
@@ -212,6 +298,12 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
         )
     for w in warnings:
         console.print(f"[yellow]warning:[/] {w}")
+    if serious:
+        console.print(
+            f"[bold red]model:[/] {'; '.join(f.message for f in serious)} "
+            f"(`kvprobe doctor {model_path}` explains; results will show it)",
+            highlight=False,
+        )
     settings = RunSettings(
         ctx=args.ctx,
         seed=args.seed,
@@ -291,6 +383,10 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         if args.command == "scenarios":
             return cmd_scenarios(console)
+        if args.command == "doctor":
+            return cmd_doctor(args, console)
+        if args.command == "quantize":
+            return cmd_quantize(args, console)
         return cmd_run(args, console)
     except UserError as exc:
         err.print(f"kvprobe: error: {exc}", markup=False, highlight=False, soft_wrap=True)

@@ -14,15 +14,16 @@ from kvprobe.provenance import sha256_file
 GGUF_MAGIC = b"GGUF"
 
 
-def _field(reader: gguf.GGUFReader, key: str) -> Any:
+def field_value(reader: gguf.GGUFReader, key: str) -> Any:
     field = reader.get_field(key)
     if field is None:
         return None
     return field.contents()
 
 
-def read_model_info(path: Path) -> dict[str, Any]:
-    """Path, sha256 and metadata of a GGUF file; a one-line UserError if it is not one."""
+def open_gguf(path: Path) -> gguf.GGUFReader:
+    """A reader over the file's metadata and tensor headers; a one-line UserError if it is not
+    a readable GGUF file."""
     if not path.is_file():
         raise UserError(f"model file {path} not found: give --model PATH to a .gguf file")
     with path.open("rb") as fh:
@@ -37,15 +38,21 @@ def read_model_info(path: Path) -> dict[str, Any]:
         raise UserError(
             f"model file {path} is a damaged or truncated GGUF file ({exc}): download it again"
         ) from None
-    arch = _field(reader, "general.architecture") or "unknown"
-    file_type = _field(reader, "general.file_type")
+    return reader
+
+
+def read_model_info(path: Path) -> dict[str, Any]:
+    """Path, sha256 and metadata of a GGUF file; a one-line UserError if it is not one."""
+    reader = open_gguf(path)
+    arch = field_value(reader, "general.architecture") or "unknown"
+    file_type = field_value(reader, "general.file_type")
     try:
         file_type_name = gguf.LlamaFileType(file_type).name if file_type is not None else None
     except ValueError:
         file_type_name = str(file_type)
     n_params = int(sum(int(np.prod(t.shape)) for t in reader.tensors))
     metadata = {
-        key: _field(reader, key)
+        key: field_value(reader, key)
         for key in (
             "general.name",
             "general.basename",
@@ -67,7 +74,7 @@ def read_model_info(path: Path) -> dict[str, Any]:
         "size_bytes": path.stat().st_size,
         "sha256": sha256_file(path),
         "architecture": arch,
-        "n_ctx_train": int(_field(reader, f"{arch}.context_length") or 0),
+        "n_ctx_train": int(field_value(reader, f"{arch}.context_length") or 0),
         "file_type": file_type_name,
         "n_params": n_params,
         "metadata": metadata,

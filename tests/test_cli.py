@@ -312,3 +312,129 @@ def test_divergence_needs_a_reference(tiny_model_path: Path) -> None:
         "--cache", "q4_0", "--baseline", "none",
     )  # fmt: skip
     assert_one_line_error(proc, "reference", "--baseline none")
+
+
+# --- doctor and quantize -------------------------------------------------------------------
+
+
+def test_doctor_rejects_non_gguf_and_truncated_files(tmp_path: Path, tiny_model_path: Path) -> None:
+    text = tmp_path / "notes.gguf"
+    text.write_text("not a model")
+    assert_one_line_error(kvprobe("doctor", str(text)), "not a GGUF file")
+    cut = tmp_path / "cut.gguf"
+    cut.write_bytes(tiny_model_path.read_bytes()[:5000])
+    assert_one_line_error(kvprobe("doctor", str(cut)), "truncated")
+    assert_one_line_error(kvprobe("doctor", str(tmp_path / "missing.gguf")), "not found")
+
+
+def test_doctor_prints_report_and_json(tiny_model_path: Path) -> None:
+    proc = kvprobe("doctor", str(tiny_model_path), "--vram", "8")
+    assert proc.returncode == 0, proc.stderr
+    assert "KV cache memory" in proc.stdout
+    assert "Findings" in proc.stdout
+    proc = kvprobe("doctor", str(tiny_model_path), "--json")
+    report = json.loads(proc.stdout)
+    assert report["facts"]["file_type"] == "ALL_F32"
+    assert {r["cache"] for r in report["kv_cache"]} == {"f16", "q8_0", "q4_0"}
+
+
+def write_tiny_imatrix(path: Path, model_path: Path) -> Path:
+    import gguf
+
+    reader = gguf.GGUFReader(str(model_path))
+    w = gguf.GGUFWriter(str(path), "imatrix")
+    w.add_string("general.type", "imatrix")
+    w.add_array("imatrix.datasets", ["tiny-calibration.txt"])
+    w.add_uint32("imatrix.chunk_count", 3)
+    w.add_uint32("imatrix.chunk_size", 64)
+    rng = np.random.default_rng(0)
+    for t in reader.tensors:
+        if t.name.startswith("blk.") and len(t.shape) == 2:
+            n_in = int(t.shape[0])  # ggml ne0: the input dimension
+            w.add_tensor(f"{t.name}.in_sum2", rng.random(n_in).astype(np.float32) * 30)
+            w.add_tensor(f"{t.name}.counts", np.array([30.0], dtype=np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+def test_quantize_makes_variants_that_doctor_reads_and_run_uses(
+    tmp_path: Path, tiny_model_path: Path
+) -> None:
+    out = tmp_path / "variants"
+    proc = kvprobe(
+        "quantize", str(tiny_model_path), "--type", "q8_0", "--type", "Q4_0", "--out-dir", str(out)
+    )
+    assert proc.returncode == 0, proc.stderr
+    q4 = out / "tiny-Q4_0.gguf"
+    assert sorted(p.name for p in out.iterdir()) == ["tiny-Q4_0.gguf", "tiny-Q8_0.gguf"]
+    report = json.loads(kvprobe("doctor", str(q4), "--json").stdout)
+    assert report["facts"]["file_type"] == "MOSTLY_Q4_0"
+    assert "legacy_quant" in {f["rule"] for f in report["findings"]}
+    # an existing variant is never overwritten without --force
+    again = kvprobe("quantize", str(tiny_model_path), "--type", "q4_0", "--out-dir", str(out))
+    assert_one_line_error(again, "already exists", "--force")
+    # from a quantized source: refused, with the reason; F16 (dequantization) is allowed
+    refused = kvprobe("quantize", str(q4), "--type", "q2_k", "--out-dir", str(out))
+    assert_one_line_error(refused, "already quantized", "--allow-requantize")
+    assert not (out / "tiny-Q2_K.gguf").exists()
+    deq = kvprobe("quantize", str(q4), "--type", "f16", "--out-dir", str(out))
+    assert deq.returncode == 0, deq.stderr
+    assert "dequantization" in deq.stdout
+    report = json.loads(kvprobe("doctor", str(out / "tiny-F16.gguf"), "--json").stdout)
+    assert [f["rule"] for f in report["findings"]] == ["dequantized"]
+    # each variant loads and runs
+    result = tmp_path / "r.json"
+    run = kvprobe(
+        "run", "--model", str(q4), "--scenario", "quick", "--ctx", "256", "--cache", "q8_0",
+        "--threads", "2", "--out", str(result),
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    doc = json.loads(result.read_text())
+    assert "legacy_quant" in {f["rule"] for f in doc["model"]["findings"]}
+
+
+def test_quantize_refuses_unknown_type(tiny_model_path: Path, tmp_path: Path) -> None:
+    assert_one_line_error(
+        kvprobe("quantize", str(tiny_model_path), "--type", "q3_0", "--out-dir", str(tmp_path)),
+        "q3_0",
+        "Q4_K_M",
+    )
+
+
+def test_quantize_with_imatrix_records_it(tmp_path: Path, tiny_model_path: Path) -> None:
+    imatrix = write_tiny_imatrix(tmp_path / "tiny-calib.imatrix.gguf", tiny_model_path)
+    proc = kvprobe(
+        "quantize",
+        str(tiny_model_path),
+        "--type",
+        "iq4_nl",
+        "--imatrix",
+        str(imatrix),
+        "--out-dir",
+        str(tmp_path),
+    )
+    assert proc.returncode == 0, proc.stderr
+    facts = json.loads(kvprobe("doctor", str(tmp_path / "tiny-IQ4_NL.gguf"), "--json").stdout)["facts"]
+    assert facts["imatrix"]["file"] == "tiny-calib.imatrix.gguf"
+    assert facts["imatrix"]["entries_count"] == 14  # 2 layers x 7 weight matrices
+    assert facts["imatrix"]["dataset"] == "tiny-calibration.txt"
+    assert facts["imatrix"]["chunks_count"] == 3
+
+
+def test_serious_finding_is_one_line_before_the_run(tmp_path: Path, tiny_model_path: Path) -> None:
+    out = tmp_path / "v"
+    assert kvprobe("quantize", str(tiny_model_path), "--type", "q2_k", "--out-dir", str(out)).returncode == 0
+    result = tmp_path / "r.json"
+    run = kvprobe(
+        "run", "--model", str(out / "tiny-Q2_K.gguf"), "--scenario", "quick", "--ctx", "256",
+        "--threads", "2", "--out", str(result),
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    model_lines = [ln for ln in run.stdout.splitlines() if ln.startswith("model:")]
+    assert len(model_lines) == 1
+    assert "Q2_K" in model_lines[0]
+    rules = {f["rule"]: f["severity"] for f in json.loads(result.read_text())["model"]["findings"]}
+    assert rules["small_model_aggressive_quant"] == "serious"

@@ -148,3 +148,35 @@ def test_divergence_on_default_model_null_is_zero_and_q8_below_q4(gemma: Model) 
     assert np.array_equal(null["nll"], arrays["f16"][0]["nll"])
     q8, q4 = arrays["q8_0"][0]["kld"].mean(), arrays["q4_0"][0]["kld"].mean()
     assert 0 < q8 < q4
+
+
+def test_doctor_on_default_model(default_model_path: Path) -> None:
+    from kvprobe.doctor import diagnose
+
+    report = diagnose(default_model_path)
+    facts = report["facts"]
+    assert facts["file_type"] == "MOSTLY_Q4_K_M"
+    assert facts["token_embd_type"] == "Q8_0"
+    assert facts["output_type"] is None  # tied to the embedding
+    assert facts["imatrix"] is None
+    assert sum(facts["swa_layers"]) == 15  # gemma 3: 5 sliding-window layers in 6
+    rules = {f["rule"] for f in report["findings"]}
+    assert {"small_model_below_q5_k_m", "no_imatrix"} <= rules
+
+
+def test_kv_formula_matches_llama_cpp_on_sliding_window_model(gemma: Model, default_model_path: Path) -> None:
+    from kvprobe.doctor import kv_cache_bytes, read_facts
+    from kvprobe.engine import kv_buffers
+
+    facts = read_facts(default_model_path)
+    for n_ctx in (4096, 8192):
+        for t in ("f16", "q4_0"):
+            for swa_full in (False, True):
+                logged = kv_buffers(gemma, n_ctx, CacheConfig(t, t), swa_full=swa_full)
+                ours = kv_cache_bytes(facts, n_ctx, t, t, swa_full=swa_full)
+                assert sum(b.layers for b in logged) == 18
+                assert sum(b.k_mib + b.v_mib for b in logged) == pytest.approx(
+                    ours["total"] / 2**20, abs=0.02
+                )
+                swa = next(b for b in logged if b.layers == 15)
+                assert swa.cells == (n_ctx if swa_full else 1024)

@@ -1,0 +1,99 @@
+"""Terminal output of `kvprobe doctor` (rich)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from kvprobe.doctor import GiB, MiB, short_type
+
+SEVERITY_STYLE = {"serious": "bold red", "warning": "yellow", "info": "cyan"}
+
+
+def _size(n: float) -> str:
+    return f"{n / GiB:.2f} GiB" if n >= GiB else f"{n / MiB:.1f} MiB"
+
+
+def _params(n: int) -> str:
+    if n >= 1e9:
+        return f"{n / 1e9:.2f}B"
+    return f"{n / 1e6:.0f}M" if n >= 1e6 else f"{n / 1e3:.0f}K"
+
+
+def print_doctor(report: dict[str, Any], console: Console) -> None:
+    f = report["facts"]
+    experts = f"{f['n_experts']} experts ({f['n_experts_used']} used)" if f["n_experts"] > 1 else "dense"
+    output = f["output_type"] or f"tied to token_embd ({f['token_embd_type']})"
+    imatrix = f["imatrix"]
+    im_text = (
+        ", ".join(f"{k} {v}" for k, v in imatrix.items())
+        if imatrix
+        else "none (no quantize.imatrix.* metadata)"
+    )
+    console.print(f"[bold]{f['name']}[/]  {f['path']}")
+    for label, value in (
+        ("architecture", f"{f['architecture']}, {_params(f['n_params'])} parameters, {experts}"),
+        ("training context", f"{f['n_ctx_train']:,} tokens"),
+        (
+            "file type",
+            f"{short_type(f['file_type'])}, {f['bits_per_weight']:.2f} bits per weight, "
+            f"{_size(f['weights_bytes'])} of tensors",
+        ),
+        ("token_embd / output", f"{f['token_embd_type']} / {output}"),
+        ("weight matrix types", ", ".join(f["weight_types"])),
+        ("importance matrix", im_text),
+    ):
+        console.print(f"  {label:>20}: {value}")
+
+    types = Table(title="Tensor types")
+    for col in ("type", "tensors", "parameters", "share", "size"):
+        types.add_column(col, justify="left" if col == "type" else "right")
+    for name, t in f["tensor_types"].items():
+        types.add_row(
+            name,
+            str(t["tensors"]),
+            _params(t["params"]),
+            f"{t['params'] / f['n_params']:.1%}",
+            _size(t["bytes"]),
+        )
+    console.print(types)
+
+    found = Table(title="Findings")
+    for col in ("severity", "finding", "evidence", "fix"):
+        found.add_column(col)
+    for x in report["findings"]:
+        style = SEVERITY_STYLE[x["severity"]]
+        found.add_row(f"[{style}]{x['severity']}[/]", x["message"], x["evidence"], x["fix"])
+    if not report["findings"]:
+        found.add_row("", "no weight-side problem found", "", "")
+    console.print(found)
+    console.print(kv_table(report))
+
+
+def kv_table(report: dict[str, Any]) -> Table:
+    f = report["facts"]
+    swa = any(f["swa_layers"])
+    title = "KV cache memory (llama-server / llama-cli defaults"
+    title += "; in parentheses with --swa-full, the default of llama-cpp-python)" if swa else ")"
+    vram = report["vram_gb"]
+    if vram is not None:
+        title += f"; fits: weights {_size(f['weights_bytes'])} + cache leave 0.5 GiB of {vram:g} GB"
+    table = Table(title=title)
+    table.add_column("context", justify="right")
+    caches = list(dict.fromkeys(r["cache"] for r in report["kv_cache"]))
+    for c in caches:
+        table.add_column(c, justify="right")
+    for n_ctx in dict.fromkeys(r["n_ctx"] for r in report["kv_cache"]):
+        label = f"{n_ctx:,}" + (" (train)" if n_ctx == f["n_ctx_train"] else "")
+        cells = [label]
+        for c in caches:
+            r = next(r for r in report["kv_cache"] if r["n_ctx"] == n_ctx and r["cache"] == c)
+            text = _size(r["kv_bytes"]) + (f" ({_size(r['kv_bytes_swa_full'])})" if swa else "")
+            if "fits" in r:
+                style = {"yes": "green", "tight": "yellow", "no": "red"}[r["fits"]]
+                text += f" [{style}]{r['fits']}[/]"
+            cells.append(text)
+        table.add_row(*cells)
+    return table
