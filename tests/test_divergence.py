@@ -13,7 +13,6 @@ from kvprobe.probes.divergence import (
     CurveSettings,
     bin_edges,
     divergence_curve,
-    holm,
     kl_divergence,
     log_softmax,
     onset_bin,
@@ -21,6 +20,7 @@ from kvprobe.probes.divergence import (
     position_stats,
 )
 from kvprobe.results import decode_array, encode_array, null_check_summary
+from kvprobe.stats import holm
 
 
 def logits_of(probs: list[float], shift: float = 0.0) -> np.ndarray:

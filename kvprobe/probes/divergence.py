@@ -23,6 +23,8 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
+from kvprobe.stats import holm
+
 NULL_CONFIG = "(null)"  # a second context with the reference's settings: the null check
 ROWS_PER_BLOCK = 16  # logits rows reduced at once: 16 x 262,144 floats = 16 MiB per temporary
 
@@ -190,18 +192,6 @@ class BinTest:
     hi: int
     p_raw: float
     p_holm: float
-
-
-def holm(p_values: Sequence[float]) -> list[float]:
-    """Holm-Bonferroni adjusted p-values (step-down, monotone)."""
-    m = len(p_values)
-    order = sorted(range(m), key=lambda i: p_values[i])
-    adjusted = [0.0] * m
-    running = 0.0
-    for rank, i in enumerate(order):
-        running = max(running, min(1.0, (m - rank) * p_values[i]))
-        adjusted[i] = running
-    return adjusted
 
 
 def onset_tests(reference_blocks: np.ndarray, bins: Sequence[tuple[int, int, np.ndarray]]) -> list[BinTest]:

@@ -1,0 +1,200 @@
+"""Paired comparisons of a configuration against the baseline, onset, effective context and
+the decay fit: pure functions of result items (design §6)."""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from scipy import optimize
+
+from kvprobe.stats import (
+    bootstrap_diff_interval,
+    holm,
+    mcnemar_exact,
+    newcombe_paired_interval,
+    wilcoxon_paired,
+)
+
+ALPHA = 0.05
+EFFECTIVE_THRESHOLD = 0.85  # share of the baseline's score that still counts as "effective"
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A per-item metric the paired tests know: pass/fail or continuous, and which way is worse."""
+
+    probe: str
+    name: str
+    field: str
+    binary: bool
+    lower_is_worse: bool
+    key: Callable[[dict[str, Any]], tuple[Any, ...]]  # pairs items across configurations
+
+
+def _needle_key(it: dict[str, Any]) -> tuple[Any, ...]:
+    return (it["doc"], it["ctx"], it["key"])
+
+
+def _repetition_key(it: dict[str, Any]) -> tuple[Any, ...]:
+    return (it["doc"], it["ctx"], it["offset"])
+
+
+METRICS = (
+    Metric("needle", "accuracy", "correct", True, True, _needle_key),
+    Metric("needle", "answer_logprob", "logprob", False, True, _needle_key),
+    Metric("repetition", "seq_rep_4", "seq_rep_4", False, False, _repetition_key),
+)
+
+
+def paired_values(
+    items: Sequence[dict[str, Any]], metric: Metric, baseline: str, config: str
+) -> dict[int, tuple[list[float], list[float]]]:
+    """Per checkpoint, the (test, baseline) values of items both configurations have."""
+    by_key: dict[str, dict[tuple[Any, ...], dict[str, Any]]] = defaultdict(dict)
+    for it in items:
+        if it["probe"] == metric.probe and it["config"] in (baseline, config):
+            by_key[it["config"]][metric.key(it)] = it
+    out: dict[int, tuple[list[float], list[float]]] = defaultdict(lambda: ([], []))
+    for key, test_item in sorted(by_key[config].items(), key=lambda kv: str(kv[0])):
+        base_item = by_key[baseline].get(key)
+        if base_item is None or test_item.get(metric.field) is None:
+            continue
+        out[test_item["ctx"]][0].append(float(test_item[metric.field]))
+        out[test_item["ctx"]][1].append(float(base_item[metric.field]))
+    return dict(sorted(out.items()))
+
+
+def compare_paired(test: Sequence[float], base: Sequence[float], metric: Metric, seed: int) -> dict[str, Any]:
+    """Difference test − baseline with its interval, and the one-sided p that test is worse."""
+    t, b = np.asarray(test), np.asarray(base)
+    diff = float(t.mean() - b.mean())
+    if metric.binary:
+        both = int(np.sum((t == 1) & (b == 1)))
+        only_b = int(np.sum((t == 0) & (b == 1)))
+        only_t = int(np.sum((t == 1) & (b == 0)))
+        neither = int(np.sum((t == 0) & (b == 0)))
+        lo, hi = newcombe_paired_interval(both, only_b, only_t, neither)
+        p = mcnemar_exact(only_b, only_t, alternative="greater")
+        test_name = "exact McNemar"
+    else:
+        lo, hi = bootstrap_diff_interval(list(t), list(b), seed=seed, paired=True)
+        p = wilcoxon_paired(list(t), list(b), alternative="less" if metric.lower_is_worse else "greater")
+        test_name = "Wilcoxon signed-rank"
+    return {
+        "test_value": float(t.mean()),
+        "baseline_value": float(b.mean()),
+        "diff": diff,
+        "ci": [lo, hi],
+        "p_worse": p,
+        "test": test_name,
+        "n": len(t),
+    }
+
+
+def paired_rows(
+    items: Sequence[dict[str, Any]], baseline: str, config: str, seed: int
+) -> list[dict[str, Any]]:
+    """One row per metric and checkpoint: difference, interval, one-sided p (test worse) and
+    its Holm adjustment across the metric's checkpoints."""
+    rows: list[dict[str, Any]] = []
+    for metric in METRICS:
+        values = paired_values(items, metric, baseline, config)
+        if not values:
+            continue
+        mine = [
+            {"probe": metric.probe, "metric": metric.name, "config": config, "ctx": ctx,
+             **compare_paired(t, b, metric, seed)}
+            for ctx, (t, b) in values.items()
+        ]  # fmt: skip
+        for row, p_holm in zip(mine, holm([r["p_worse"] for r in mine]), strict=True):
+            row["p_holm"] = p_holm
+        rows.extend(mine)
+    return rows
+
+
+def onset(rows: Sequence[dict[str, Any]], alpha: float = ALPHA) -> int | None:
+    """The shortest checkpoint from which the configuration is significantly worse than the
+    baseline at every longer checkpoint (rows of one metric and configuration)."""
+    found: int | None = None
+    for row in sorted(rows, key=lambda r: -r["ctx"]):
+        if row["p_holm"] >= alpha:
+            break
+        found = row["ctx"]
+    return found
+
+
+def effective_context(
+    test: dict[int, float], base: dict[int, float], threshold: float = EFFECTIVE_THRESHOLD
+) -> int | None:
+    """The longest checkpoint up to which the configuration keeps >= threshold of the
+    baseline's score at every checkpoint (None if it fails at the first)."""
+    effective: int | None = None
+    for ctx in sorted(test):
+        if base.get(ctx, 0.0) <= 0 or test[ctx] >= threshold * base[ctx]:
+            effective = ctx
+        else:
+            break
+    return effective
+
+
+# --- decay fit -----------------------------------------------------------------------------
+
+
+def _logistic(x: np.ndarray, top: float, mid: float, slope: float) -> np.ndarray:
+    result: np.ndarray = top / (1.0 + np.exp(slope * (x - mid)))
+    return result
+
+
+def fit_decay(ctx: Sequence[int], correct: Sequence[float]) -> tuple[float, float, float] | None:
+    """Least-squares logistic fit of per-item correctness in log2(context):
+    accuracy(L) = top / (1 + exp(slope (log2 L − mid))). None when it does not converge."""
+    x = np.log2(np.asarray(ctx, dtype=float))
+    y = np.asarray(correct, dtype=float)
+    if len(set(x.tolist())) < 2:
+        return None
+    start = (max(y.mean(), 1e-3), float(x.mean()), 1.0)
+    try:
+        params, _ = optimize.curve_fit(
+            _logistic, x, y, p0=start, bounds=([0.0, 0.0, -20.0], [1.0, 40.0, 20.0]), maxfev=5000
+        )
+    except (RuntimeError, ValueError):
+        return None
+    top, mid, slope = (float(v) for v in params)
+    return top, mid, slope
+
+
+def halving_length(fit: tuple[float, float, float], reference: float) -> float | None:
+    """The context where the fitted accuracy falls to half of the reference's accuracy."""
+    top, mid, slope = fit
+    target = reference / 2
+    if slope <= 0 or not 0 < target < top:
+        return None
+    return float(2 ** (mid + math.log(top / target - 1) / slope))
+
+
+def halving_interval(
+    ctx: Sequence[int], correct: Sequence[float], reference: float, seed: int, n_boot: int = 300
+) -> tuple[float | None, list[float | None] | None]:
+    """Point estimate and percentile-bootstrap 95% interval (resampling items) of the length
+    where accuracy halves; None where the curve does not reach half within reach of a fit."""
+    fit = fit_decay(ctx, correct)
+    point = halving_length(fit, reference) if fit else None
+    rng = np.random.default_rng(seed)
+    c, y = np.asarray(ctx), np.asarray(correct, dtype=float)
+    boots = []
+    for _ in range(n_boot):
+        idx = rng.integers(0, len(c), len(c))
+        f = fit_decay(c[idx].tolist(), y[idx].tolist())
+        h = halving_length(f, reference) if f else None
+        boots.append(h if h is not None else math.inf)
+    finite = np.asarray(boots)
+    if point is None or np.mean(np.isfinite(finite)) < 0.5:
+        return point, None
+    lo, hi = np.quantile(finite, [0.025, 0.975])
+    # An upper end past every fit that converged means "not within reach": None, not infinity.
+    return point, [float(lo) if np.isfinite(lo) else None, float(hi) if np.isfinite(hi) else None]
