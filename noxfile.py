@@ -1,4 +1,5 @@
-"""nox sessions: tests, lint, typecheck (CI runs them through .ci/run)."""
+"""nox sessions: tests, lint, typecheck (CI runs them through .ci/run); compare (how CI gates
+on a saved result)."""
 
 from __future__ import annotations
 
@@ -27,3 +28,19 @@ def lint(session: nox.Session) -> None:
 def typecheck(session: nox.Session) -> None:
     session.install("-e", ".[dev]")
     session.run("mypy")
+
+
+@nox.session
+def compare(session: nox.Session) -> None:
+    """How CI gates on a saved result: run the quick scenario now and compare it with the
+    committed one; exit 1 on a significant accuracy drop of more than 0.05 or a KL rise of
+    more than 0.01 (`kvprobe compare` reads only the two files)."""
+    session.install("-e", ".[model]")
+    new = f"{session.create_tmp()}/quick-f16-q8_0-1024.json"
+    session.run(
+        "kvprobe", "run", "--scenario", "quick", "--cache", "q8_0", "--ctx", "1024", "--out", new, "--force"
+    )
+    session.run(
+        "kvprobe", "compare", "results/examples/quick-f16-q8_0-1024.json", new,
+        "--fail-on", "accuracy:-0.05", "--fail-on", "kld_mean:+0.01",
+    )  # fmt: skip

@@ -99,6 +99,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("scenarios", help="list the bundled scenarios")
 
+    compare = sub.add_parser("compare", help="compare two result files (paired where the items are the same)")
+    compare.add_argument("old", help="the earlier result (e.g. a saved baseline)")
+    compare.add_argument("new", help="the result to judge")
+    compare.add_argument(
+        "--fail-on",
+        action="append",
+        default=[],
+        metavar="METRIC:THRESHOLD",
+        help="exit 1 on a significant change beyond THRESHOLD, e.g. accuracy:-0.05 or kld_mean:+0.01",
+    )
+    compare.add_argument("--paired", action="store_true", help="refuse unless the items can be paired")
+    compare.add_argument("--json", action="store_true", help="print the comparison as JSON")
+
     doctor = sub.add_parser("doctor", help="diagnose a GGUF file's weights and its KV cache memory")
     doctor.add_argument("model", help="GGUF model file")
     doctor.add_argument(
@@ -184,6 +197,31 @@ def cmd_scenarios(console: Console) -> int:
         )
     console.print(table)
     return 0
+
+
+def cmd_compare(args: argparse.Namespace, console: Console) -> int:
+    import json
+
+    from kvprobe.compare import FailRule, compare
+    from kvprobe.results import load_result
+
+    rules = [FailRule.parse(text) for text in args.fail_on]
+    old, new = load_result(Path(args.old)), load_result(Path(args.new))
+    try:
+        report = compare(old, new, require_paired=args.paired)
+    except (KeyError, TypeError, ValueError, IndexError) as exc:
+        raise UserError(
+            f"{args.old} or {args.new} is corrupt or incomplete ({type(exc).__name__}: {exc})"
+        ) from None
+    failures = [(rule, row) for rule in rules for row in report["rows"] if rule.violated_by(row)]
+    report["failures"] = [{"rule": f"{r.metric}:{r.threshold:+g}", **row} for r, row in failures]
+    if args.json:
+        print(json.dumps(report, indent=1))
+    else:
+        from kvprobe.report import print_comparison
+
+        print_comparison(report, console)
+    return 1 if failures else 0
 
 
 def cmd_doctor(args: argparse.Namespace, console: Console) -> int:
@@ -383,6 +421,8 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         if args.command == "scenarios":
             return cmd_scenarios(console)
+        if args.command == "compare":
+            return cmd_compare(args, console)
         if args.command == "doctor":
             return cmd_doctor(args, console)
         if args.command == "quantize":

@@ -184,3 +184,41 @@ def print_run_report(doc: dict[str, Any], console: Console) -> None:
     )
     for warning in doc.get("warnings", []):
         console.print(f"[yellow]warning:[/] {warning}")
+
+
+MARK_STYLE = {"worse": "bold red", "better": "green", "no significant change": "dim"}
+
+
+def print_comparison(report: dict[str, Any], console: Console) -> None:
+    """One table per probe and metric: old, new, difference with its 95% interval, p, mark."""
+    console.print(f"kvprobe compare: {report['pairing']}")
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for row in report["rows"]:
+        groups.setdefault((row["probe"], row["metric"]), []).append(row)
+    for (probe, metric), rows in groups.items():
+        table = Table(title=f"{probe}: {metric} ({rows[0]['test']})")
+        for col in ("config", "context", "old", "new", "difference [95% CI]", "p", ""):
+            table.add_column(col, justify="left" if col in ("config", "") else "right", no_wrap=True)
+        for r in rows:
+            config = (
+                r["config_old"]
+                if r["config_old"] == r["config_new"]
+                else f"{r['config_old']} → {r['config_new']}"
+            )
+            ctx = "all" if r.get("scope") == "pooled" else str(r["ctx"])
+            mark = f"[{MARK_STYLE[r['mark']]}]{r['mark']}[/]"
+            table.add_row(
+                config, ctx, f"{r['old']:.4g}", f"{r['new']:.4g}",
+                f"{r['diff']:+.3g} [{r['ci'][0]:+.3g}, {r['ci'][1]:+.3g}]", f"{r['p']:.2g}", mark,
+            )  # fmt: skip
+        console.print(table)
+    worse = sum(r["mark"] == "worse" for r in report["rows"])
+    better = sum(r["mark"] == "better" for r in report["rows"])
+    console.print(
+        f"{worse} worse, {better} better, {len(report['rows']) - worse - better} without a significant change"
+    )
+    for f in report.get("failures", []):
+        console.print(
+            f"[bold red]FAIL[/] {f['rule']}: {f['probe']} {f['metric']} "
+            f"{f['config_old']} → {f['config_new']} at {f['ctx']}: {f['diff']:+.3g} (p = {f['p']:.2g})"
+        )

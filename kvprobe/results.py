@@ -269,5 +269,11 @@ def load_result(path: Path) -> dict[str, Any]:
         raise UserError(
             f"result file {path} has schema_version {version!r}; this kvprobe reads version {SCHEMA_VERSION}"
         )
+    missing = [k for k in REQUIRED_FIELDS if k not in doc]
+    if missing:
+        raise UserError(f"result file {path} is incomplete: missing {', '.join(missing)}; run it again")
     result: dict[str, Any] = doc
     return result
+
+
+REQUIRED_FIELDS = ("configs", "baseline", "model", "scenario", "run", "items", "summary")

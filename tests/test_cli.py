@@ -301,7 +301,7 @@ def test_divergence_scenario_writes_curve_pooled_rows_and_null_check(
 
 def test_null_check_needs_the_divergence_probe(tiny_model_path: Path) -> None:
     proc = kvprobe(
-        "run", "--model", str(tiny_model_path), "--scenario", "quick", "--ctx", "256", "--null-check"
+        "run", "--model", str(tiny_model_path), "--scenario", "repetition", "--ctx", "256", "--null-check"
     )
     assert_one_line_error(proc, "--null-check", "divergence")
 

@@ -1,0 +1,138 @@
+"""`kvprobe compare` on real result files (a tiny-model run), edited where a test needs a
+regression; exit codes as CI would see them."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kvprobe.compare import FailRule, compare, match_configs
+from kvprobe.errors import UserError
+from tests.test_cli import assert_one_line_error, kvprobe
+
+
+@pytest.fixture(scope="module")
+def result(tmp_path_factory: pytest.TempPathFactory, tiny_model_path: Path) -> Path:
+    out = tmp_path_factory.mktemp("cmp") / "r.json"
+    proc = kvprobe(
+        "run", "--model", str(tiny_model_path), "--scenario", "default", "--ctx", "512",
+        "--cache", "q8_0", "--threads", "2", "--out", str(out),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    return out
+
+
+def edited(doc: dict[str, Any], path: Path, **changes: Any) -> Path:
+    new = copy.deepcopy(doc)
+    for key, value in changes.items():
+        new[key] = value
+    path.write_text(json.dumps(new))
+    return path
+
+
+def with_regression(doc: dict[str, Any], config: str, rename: str | None = None) -> dict[str, Any]:
+    """The test configuration loses every needle the baseline got right (and every other one)."""
+    new = copy.deepcopy(doc)
+    for i, it in enumerate(new["items"]):
+        if it["config"] == config and it["probe"] == "needle":
+            it["correct"] = False
+            it["logprob"] = it["logprob"] - 5.0 - 0.01 * i
+        if rename and it["config"] == config:
+            it["config"] = rename
+    if rename:
+        for c in new["configs"]:
+            if c["id"] == config:
+                c["id"] = rename
+    return new
+
+
+def test_a_result_against_itself_changes_nothing(result: Path) -> None:
+    proc = kvprobe("compare", str(result), str(result), "--fail-on", "accuracy:-0.05")
+    assert proc.returncode == 0, proc.stderr
+    assert "paired" in proc.stdout
+    report = json.loads(kvprobe("compare", str(result), str(result), "--json").stdout)
+    assert report["paired"]
+    assert report["rows"]
+    assert {r["mark"] for r in report["rows"]} == {"no significant change"}
+    assert all(r["diff"] == 0 for r in report["rows"])
+
+
+def test_regression_is_marked_and_gates(result: Path, tmp_path: Path) -> None:
+    doc = json.loads(result.read_text())
+    # make the baseline right everywhere so the regression is visible in pass/fail too
+    base = copy.deepcopy(doc)
+    for it in base["items"]:
+        if it["probe"] == "needle":
+            it["correct"] = True
+    old = edited(base, tmp_path / "old.json")
+    new = tmp_path / "new.json"
+    new.write_text(json.dumps(with_regression(base, "q8_0", rename="q4_0")))
+    report = json.loads(kvprobe("compare", str(old), str(new), "--json").stdout)
+    assert report["configs"] == [["f16", "f16"], ["q8_0", "q4_0"]]  # matched by role
+    acc = [r for r in report["rows"] if r["metric"] == "accuracy" and r["config_new"] == "q4_0"]
+    assert acc
+    assert all(r["mark"] == "worse" for r in acc)
+    assert all(r["diff"] == -1.0 for r in acc)
+    gate = kvprobe("compare", str(old), str(new), "--fail-on", "accuracy:-0.05")
+    assert gate.returncode == 1, gate.stdout
+    assert "FAIL accuracy:-0.05" in gate.stdout
+    # a threshold beyond the change does not fail
+    assert kvprobe("compare", str(old), str(new), "--fail-on", "accuracy:-1.5").returncode == 0
+
+
+def test_unpaired_when_the_scenario_differs(result: Path, tmp_path: Path) -> None:
+    doc = json.loads(result.read_text())
+    scenario = {**doc["scenario"], "sha256": "0" * 64}
+    other = edited(doc, tmp_path / "other.json", scenario=scenario)
+    report = json.loads(kvprobe("compare", str(result), str(other), "--json").stdout)
+    assert not report["paired"]
+    assert "scenario" in report["pairing"]
+    assert {r["test"] for r in report["rows"] if r["metric"] == "accuracy"} == {"Fisher exact"}
+    assert_one_line_error(kvprobe("compare", str(result), str(other), "--paired"), "--paired", "scenario")
+
+
+def test_bad_files_exit_2_with_one_line(result: Path, tmp_path: Path) -> None:
+    doc = json.loads(result.read_text())
+    assert_one_line_error(kvprobe("compare", str(result), str(tmp_path / "none.json")), "not found")
+    broken = tmp_path / "broken.json"
+    broken.write_text(result.read_text()[:500])
+    assert_one_line_error(kvprobe("compare", str(result), str(broken)), "not valid JSON")
+    future = edited(doc, tmp_path / "future.json", schema_version=99)
+    assert_one_line_error(kvprobe("compare", str(result), str(future)), "schema_version 99")
+    partial = copy.deepcopy(doc)
+    del partial["items"]
+    (tmp_path / "partial.json").write_text(json.dumps(partial))
+    assert_one_line_error(kvprobe("compare", str(result), str(tmp_path / "partial.json")), "missing items")
+    assert_one_line_error(kvprobe("compare", str(result), str(result), "--fail-on", "speed:1"), "--fail-on")
+
+
+def test_fail_rule_parsing_and_direction() -> None:
+    rule = FailRule.parse("kld_mean:+0.01")
+    assert rule.threshold == pytest.approx(0.01)
+    assert rule.violated_by({"metric": "kld_mean", "diff": 0.02, "p": 0.001})
+    assert not rule.violated_by({"metric": "kld_mean", "diff": 0.02, "p": 0.2})  # not significant
+    assert not rule.violated_by({"metric": "kld_mean", "diff": 0.005, "p": 0.001})
+    with pytest.raises(UserError):
+        FailRule.parse("accuracy")
+
+
+def test_match_configs_by_id_then_role() -> None:
+    old = {"configs": [{"id": "f16"}, {"id": "q8_0"}], "baseline": "f16"}
+    assert match_configs(old, copy.deepcopy(old)) == [("f16", "f16"), ("q8_0", "q8_0")]
+    new = {"configs": [{"id": "f16"}, {"id": "q4_0"}, {"id": "q5_0"}], "baseline": "f16"}
+    assert match_configs(old, new) == [("f16", "f16")]  # two candidates: no guess
+
+
+def test_compare_refuses_results_without_common_configs(result: Path) -> None:
+    doc = json.loads(result.read_text())
+    other = copy.deepcopy(doc)
+    for c in other["configs"]:
+        c["id"] = "x" + c["id"]
+    other["configs"].append({**other["configs"][-1], "id": "xq4_0"})  # two candidates: no role match
+    other["baseline"] = "xf16"
+    with pytest.raises(UserError, match="no configuration"):
+        compare(doc, other)
