@@ -190,7 +190,8 @@ def test_result_file_is_written_atomically_and_readable(tmp_path: Path) -> None:
     from kvprobe.results import load_result, write_result
 
     path = tmp_path / "sub" / "r.json"
-    write_result({"schema_version": 1, "items": []}, path)
+    fields = ("configs", "baseline", "model", "scenario", "run", "items", "summary")
+    write_result({"schema_version": 1, **{key: [] for key in fields}}, path)
     assert load_result(path)["items"] == []
     assert path.stat().st_mode & 0o044  # readable by others, like any file the user writes
     assert list(path.parent.iterdir()) == [path]  # no temporary file left behind
