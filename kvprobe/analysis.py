@@ -192,9 +192,11 @@ def halving_interval(
         f = fit_decay(c[idx].tolist(), y[idx].tolist())
         h = halving_length(f, reference) if f else None
         boots.append(h if h is not None else math.inf)
-    finite = np.asarray(boots)
-    if point is None or np.mean(np.isfinite(finite)) < 0.5:
+    ordered = np.sort(np.asarray(boots))
+    if point is None or np.mean(np.isfinite(ordered)) < 0.5:
         return point, None
-    lo, hi = np.quantile(finite, [0.025, 0.975])
-    # An upper end past every fit that converged means "not within reach": None, not infinity.
+    # Order statistics, not interpolation: a fit that never halves counts as +infinity, and an
+    # upper end there means "not within reach" (None, not infinity).
+    lo = ordered[math.floor(0.025 * (len(ordered) - 1))]
+    hi = ordered[math.ceil(0.975 * (len(ordered) - 1))]
     return point, [float(lo) if np.isfinite(lo) else None, float(hi) if np.isfinite(hi) else None]

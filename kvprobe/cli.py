@@ -57,6 +57,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--cache-k", metavar="TYPE", help="K cache type of an asymmetric pair (with --cache-v)")
     run.add_argument("--cache-v", metavar="TYPE", help="V cache type of an asymmetric pair (with --cache-k)")
+    run.add_argument(
+        "--split-kv",
+        action="store_true",
+        help="also run K-only (K quantized, V f16) and V-only (K f16, V quantized) for each --cache",
+    )
     run.add_argument("--ctx", type=_ctx, default=8192, help="longest context in tokens (default 8192)")
     run.add_argument(
         "--baseline", default="f16", help="reference cache type, run first, or 'none' (default f16)"
@@ -148,6 +153,14 @@ def parse_configs(args: argparse.Namespace) -> tuple[list[CacheConfig], str | No
         raise UserError("--cache-k and --cache-v go together: give both for an asymmetric pair")
     if args.cache_k is not None:
         configs.append(CacheConfig(check_cache_type(args.cache_k), check_cache_type(args.cache_v)))
+    if getattr(args, "split_kv", False):
+        quantized = [c.type_k for c in configs if c.type_k == c.type_v and c.k_quantized]
+        if not quantized:
+            raise UserError(
+                "--split-kv splits a quantized cache: give --cache q4_0 (or another quantized type)"
+            )
+        for t in quantized:
+            configs += [CacheConfig(t, "f16"), CacheConfig("f16", t)]
     baseline: CacheConfig | None = None
     if args.baseline.strip().lower() != "none":
         b = check_cache_type(args.baseline)

@@ -184,6 +184,11 @@ def print_run_report(doc: dict[str, Any], console: Console) -> None:
     )
     for warning in doc.get("warnings", []):
         console.print(f"[yellow]warning:[/] {warning}")
+    verdict = doc.get("verdict")
+    if verdict and verdict["sentences"]:
+        console.print("[bold]Verdict[/]")
+        for sentence in verdict["sentences"]:
+            console.print(f"  • {sentence}", highlight=False)
 
 
 MARK_STYLE = {"worse": "bold red", "better": "green", "no significant change": "dim"}

@@ -207,7 +207,7 @@ def build_result(
             outcome["divergence_arrays"], baseline, outcome["checkpoints"], scenario.divergence, seed
         )
         summary += rows
-    return {
+    doc = {
         "schema_version": SCHEMA_VERSION,
         "kvprobe_version": __version__,
         "created": created,
@@ -226,6 +226,10 @@ def build_result(
         "timing": outcome["timing"],
         "warnings": warnings,
     }
+    from kvprobe.verdict import build_verdict  # the verdict reads the assembled document
+
+    doc["verdict"] = build_verdict(doc, seed)
+    return doc
 
 
 def default_out_path(created: str, model_name: str, config_ids: list[str], ctx: int) -> Path:

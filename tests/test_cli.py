@@ -439,3 +439,28 @@ def test_serious_finding_is_one_line_before_the_run(tmp_path: Path, tiny_model_p
     assert "Q2_K" in model_lines[0]
     rules = {f["rule"]: f["severity"] for f in json.loads(result.read_text())["model"]["findings"]}
     assert rules["small_model_aggressive_quant"] == "serious"
+
+
+def test_split_kv_runs_both_halves_and_names_one(tmp_path: Path, tiny_model_path: Path) -> None:
+    out = tmp_path / "s.json"
+    proc = kvprobe(
+        "run", "--model", str(tiny_model_path), "--scenario", "quick", "--ctx", "512",
+        "--cache", "q4_0", "--split-kv", "--threads", "2", "--out", str(out),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(out.read_text())
+    assert [c["id"] for c in doc["configs"]] == ["f16", "q4_0", "k=q4_0,v=f16", "k=f16,v=q4_0"]
+    assert [(c["type_k"], c["type_v"]) for c in doc["configs"]][2:] == [("q4_0", "f16"), ("f16", "q4_0")]
+    verdict = doc["verdict"]
+    assert set(verdict["configs"]) == {"q4_0", "k=q4_0,v=f16", "k=f16,v=q4_0"}
+    assert len(verdict["k_vs_v"]) == 1
+    assert verdict["k_vs_v"][0]["fault"] in ("K", "V", "both", "inconclusive")
+    assert "Verdict" in proc.stdout
+    assert verdict["k_vs_v"][0]["sentence"][:30] in proc.stdout.replace("\n", " ")
+
+
+def test_split_kv_needs_a_quantized_cache(tiny_model_path: Path) -> None:
+    proc = kvprobe(
+        "run", "--model", str(tiny_model_path), "--scenario", "quick", "--ctx", "256", "--split-kv"
+    )
+    assert_one_line_error(proc, "--split-kv", "--cache q4_0")

@@ -1,0 +1,246 @@
+"""The verdict: onset, effective context and decay per configuration, which half of the cache
+is at fault, and the sentences shown to the user. Pure functions of result data."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from scipy import stats as sps
+
+from kvprobe.analysis import (
+    ALPHA,
+    EFFECTIVE_THRESHOLD,
+    effective_context,
+    halving_interval,
+    onset,
+    paired_rows,
+)
+from kvprobe.cache_types import CacheConfig
+
+POWER_Z = 1.6449 + 0.8416  # one-sided alpha 0.05, power 0.8
+
+
+def more_items_needed(p_worse: float, n: int) -> int | None:
+    """About how many more paired items would make the observed effect significant at
+    alpha = 0.05 with 80% power, scaling z = Φ⁻¹(1 − p) with √n. None if the effect points the
+    other way (no number of items would show a loss)."""
+    if p_worse >= 0.5 or n == 0:
+        return None
+    z = float(sps.norm.isf(p_worse))
+    needed = math.ceil(n * (POWER_Z / z) ** 2)
+    return max(0, needed - n)
+
+
+def _fmt_p(p: float) -> str:
+    return f"{p:.2g}"
+
+
+def _diff(r: dict[str, Any], unit: str = "") -> str:
+    """A difference with its interval: "-0.20 [-0.33, -0.07]"."""
+    return f"{r['diff']:+.2f}{unit} [{r['ci'][0]:+.2f}, {r['ci'][1]:+.2f}]"
+
+
+def _pooled_kld(summary: Sequence[dict[str, Any]], config: str) -> dict[str, Any] | None:
+    return next(
+        (
+            r
+            for r in summary
+            if r["probe"] == "divergence" and r["metric"] == "kld_mean"
+            and r["config"] == config and r["scope"] == "pooled"
+        ),
+        None,
+    )  # fmt: skip
+
+
+def config_verdict(
+    items: Sequence[dict[str, Any]],
+    baseline: str,
+    config: str,
+    divergence_onset: dict[str, Any] | None,
+    *,
+    seed: int,
+    threshold: float = EFFECTIVE_THRESHOLD,
+) -> dict[str, Any]:
+    rows = paired_rows(items, baseline, config, seed)
+    acc = [r for r in rows if r["metric"] == "accuracy"]
+    lp = [r for r in rows if r["metric"] == "answer_logprob"]
+    out: dict[str, Any] = {"config": config, "paired": rows}
+    if not acc:
+        out.update(onset_accuracy=None, onset_logprob=None, effective_context=None, halving=None)
+        return out
+    out["onset_accuracy"] = onset(acc)
+    out["onset_logprob"] = onset(lp)
+    out["effective_context"] = effective_context(
+        {r["ctx"]: r["test_value"] for r in acc}, {r["ctx"]: r["baseline_value"] for r in acc}, threshold
+    )
+    out["effective_threshold"] = threshold
+    mine = [it for it in items if it["probe"] == "needle" and it["config"] == config]
+    reference = acc[0]["baseline_value"]
+    point, ci = halving_interval(
+        [it["ctx"] for it in mine], [float(it["correct"]) for it in mine], reference, seed
+    )
+    out["halving"] = {"length": point, "ci": ci, "reference_accuracy": reference}
+    out["divergence_onset"] = divergence_onset["ctx"] if divergence_onset else None
+    out["sentence"] = _config_sentence(out, acc, lp, baseline, config)
+    return out
+
+
+def _config_sentence(
+    v: dict[str, Any], acc: list[dict[str, Any]], lp: list[dict[str, Any]], baseline: str, config: str
+) -> str:
+    eff, share = v["effective_context"], f"{v['effective_threshold']:.0%} of {baseline}'s accuracy"
+    eff_text = (
+        f"effective context {eff:,} tokens (keeps >= {share})"
+        if eff
+        else f"below {share} already at {acc[0]['ctx']:,} tokens"
+    )
+    halving = v["halving"]
+    if halving and halving["length"] is not None and halving["ci"]:
+        lo, hi = halving["ci"]
+        bounds = f"[{lo:,.0f}, {hi:,.0f}]" if lo is not None and hi is not None else "(no upper bound)"
+        eff_text += f"; by a logistic fit, accuracy halves at about {halving['length']:,.0f} tokens {bounds}"
+    if v["onset_accuracy"] is not None:
+        r = next(r for r in acc if r["ctx"] == v["onset_accuracy"])
+        earlier = ""
+        if v["onset_logprob"] is not None and v["onset_logprob"] < r["ctx"]:
+            earlier = f" (the answers' log-probability already from {v['onset_logprob']:,})"
+        return (
+            f"With a {config} cache, needle accuracy falls significantly below the {baseline} reference from "
+            f"{r['ctx']:,} tokens on ({_diff(r)}, Holm p = {_fmt_p(r['p_holm'])}){earlier}; {eff_text}."
+        )
+    if v["onset_logprob"] is not None:
+        r = next(r for r in lp if r["ctx"] == v["onset_logprob"])
+        return (
+            f"With a {config} cache, needle accuracy does not fall significantly, but the answers' "
+            f"log-probability does from {r['ctx']:,} tokens on ({_diff(r, ' nats')}, "
+            f"Holm p = {_fmt_p(r['p_holm'])}); {eff_text}."
+        )
+    last = lp[-1] if lp else acc[-1]
+    more = more_items_needed(last["p_worse"], last["n"])
+    if more is None:
+        decide = "the data show no loss at all"
+    else:
+        decide = f"about {more} more items at {last['ctx']:,} tokens would decide"
+    return (
+        f"With a {config} cache, no significant loss against {baseline} at any checkpoint "
+        f"(at {last['ctx']:,}: {last['metric']} {_diff(last)}); "
+        f"inconclusive: {decide}; {eff_text}."
+    )
+
+
+def _half_evidence(v: dict[str, Any], summary: Sequence[dict[str, Any]], config: str) -> dict[str, Any]:
+    lp = [r for r in v["paired"] if r["metric"] == "answer_logprob"]
+    last = lp[-1] if lp else None
+    kld = _pooled_kld(summary, config)
+    return {
+        "config": config,
+        "onset": v["onset_accuracy"] or v["onset_logprob"],
+        "logprob_diff": last["diff"] if last else None,
+        "logprob_ci": last["ci"] if last else None,
+        "logprob_p_holm": last["p_holm"] if last else None,
+        "ctx": last["ctx"] if last else None,
+        "kld_mean": kld["value"] if kld else None,
+        "kld_ci": kld["ci"] if kld else None,
+    }
+
+
+def k_vs_v(
+    verdicts: dict[str, dict[str, Any]], summary: Sequence[dict[str, Any]], quant: str
+) -> dict[str, Any] | None:
+    """Which half of a `quant` cache is at fault, from the K-only and V-only configurations."""
+    k_id, v_id = CacheConfig(quant, "f16").id, CacheConfig("f16", quant).id
+    if k_id not in verdicts or v_id not in verdicts:
+        return None
+    k, v = _half_evidence(verdicts[k_id], summary, k_id), _half_evidence(verdicts[v_id], summary, v_id)
+
+    def significant(e: dict[str, Any]) -> bool:
+        return e["onset"] is not None or (e["logprob_p_holm"] is not None and e["logprob_p_holm"] < ALPHA)
+
+    def kl_clearly_above(a: dict[str, Any], b: dict[str, Any]) -> bool:
+        return bool(
+            a["kld_ci"]
+            and b["kld_ci"]
+            and a["kld_ci"][0] > b["kld_ci"][1]
+            and a["kld_mean"] > 2 * b["kld_mean"]
+        )
+
+    if significant(k) and significant(v):
+        fault, why = "both", "both K-only and V-only lose significantly against the reference"
+    elif significant(k) or significant(v):
+        fault = "K" if significant(k) else "V"
+        why = f"only the {fault}-only configuration loses significantly on the needles"
+    elif kl_clearly_above(k, v):
+        fault, why = "K", "neither loses on the needles, but K-only's KL is more than twice V-only's"
+    elif kl_clearly_above(v, k):
+        fault, why = "V", "neither loses on the needles, but V-only's KL is more than twice K-only's"
+    else:
+        fault, why = "inconclusive", "neither half separates from the other"
+    return {
+        "quant": quant,
+        "fault": fault,
+        "reason": why,
+        "k_only": k,
+        "v_only": v,
+        "sentence": _kv_sentence(fault, why, k, v, quant),
+    }
+
+
+def _evidence_text(e: dict[str, Any]) -> str:
+    parts = []
+    if e["logprob_diff"] is not None:
+        p = _fmt_p(e["logprob_p_holm"])
+        parts.append(f"answer log-prob {e['logprob_diff']:+.2f} at {e['ctx']:,} (Holm p = {p})")
+    if e["kld_mean"] is not None:
+        parts.append(f"mean KL {e['kld_mean']:.3g} [{e['kld_ci'][0]:.3g}, {e['kld_ci'][1]:.3g}]")
+    return ", ".join(parts)
+
+
+def _kv_sentence(fault: str, why: str, k: dict[str, Any], v: dict[str, Any], quant: str) -> str:
+    head = {
+        "K": f"The K half of the {quant} cache is at fault, not V",
+        "V": f"The V half of the {quant} cache is at fault, not K",
+        "both": f"Both halves of the {quant} cache are at fault",
+        "inconclusive": f"Which half of the {quant} cache is at fault is inconclusive",
+    }[fault]
+    return f"{head}: {why} (K-only: {_evidence_text(k)}; V-only: {_evidence_text(v)})."
+
+
+def build_verdict(doc: dict[str, Any], seed: int) -> dict[str, Any] | None:
+    """The result file's `verdict`: per test configuration, K-vs-V for split runs, sentences."""
+    baseline = doc.get("baseline")
+    if baseline is None:
+        return None
+    onsets = (doc.get("divergence") or {}).get("onset", {})
+    per_config = {
+        c["id"]: config_verdict(doc["items"], baseline, c["id"], onsets.get(c["id"]), seed=seed)
+        for c in doc["configs"]
+        if c["id"] != baseline
+    }
+    quants = sorted(
+        {c["type_k"] for c in doc["configs"] if c["type_k"] == c["type_v"] and c["type_k"] != baseline}
+    )
+    halves = [kv for q in quants if (kv := k_vs_v(per_config, doc["summary"], q)) is not None]
+    for cid, v in per_config.items():
+        if "sentence" not in v and cid in onsets:
+            v["sentence"] = _divergence_sentence(doc, cid, baseline, onsets[cid])
+    sentences = [v["sentence"] for v in per_config.values() if v.get("sentence")]
+    sentences += [h["sentence"] for h in halves]
+    return {"configs": per_config, "k_vs_v": halves, "sentences": sentences}
+
+
+def _divergence_sentence(
+    doc: dict[str, Any], config: str, baseline: str, found: dict[str, Any] | None
+) -> str:
+    pooled = _pooled_kld(doc["summary"], config)
+    if pooled is None:
+        return f"With a {config} cache: no divergence figures."
+    kl = f"mean KL from {baseline} {pooled['value']:.3g} [{pooled['ci'][0]:.3g}, {pooled['ci'][1]:.3g}]"
+    if found is None:
+        return f"With a {config} cache, {kl}, flat along the context: no position bin rises significantly."
+    lo, hi = found["bin"]
+    return (
+        f"With a {config} cache, {kl}; KL rises significantly from positions {lo:,}–{hi - 1:,} on "
+        f"(Holm p = {_fmt_p(found['p_holm'])})."
+    )

@@ -1,0 +1,114 @@
+"""The verdict: sentences, K-vs-V attribution and the 'how many more items' estimate."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytest
+
+from kvprobe.verdict import build_verdict, k_vs_v, more_items_needed
+
+
+def test_more_items_needed_by_hand() -> None:
+    # p = 0.1 with 40 items: z = 1.2816; 80% power at one-sided 0.05 needs (2.4865 / 1.2816)^2 = 3.764x
+    assert more_items_needed(0.1, 40) == math.ceil(40 * (2.4865 / 1.28155) ** 2) - 40
+    assert more_items_needed(0.7, 40) is None  # the effect points the other way
+    assert more_items_needed(0.001, 40) == 0
+
+
+def needle_items(
+    config: str, correct_by_ctx: dict[int, list[bool]], logprob_shift: float = 0.0
+) -> list[dict[str, Any]]:
+    items = []
+    for ctx, outcomes in correct_by_ctx.items():
+        for i, ok in enumerate(outcomes):
+            logprob = -1.0 - 0.01 * i + (0 if ok else logprob_shift)
+            where = {"probe": "needle", "config": config, "doc": 0, "ctx": ctx, "key": f"k{i}"}
+            items.append({**where, "correct": ok, "logprob": logprob})
+    return items
+
+
+def doc_with(configs: dict[str, dict[int, list[bool]]]) -> dict[str, Any]:
+    items = []
+    for cid, outcomes in configs.items():
+        items += needle_items(cid, outcomes, logprob_shift=-4.0)
+
+    def cfg(cid: str) -> dict[str, str]:
+        if cid.startswith("k="):
+            k, v = (part.split("=")[1] for part in cid.split(","))
+            return {"id": cid, "type_k": k, "type_v": v}
+        return {"id": cid, "type_k": cid, "type_v": cid}
+
+    return {
+        "baseline": "f16",
+        "configs": [cfg(c) for c in configs],
+        "items": items,
+        "summary": [],
+        "divergence": None,
+    }
+
+
+GOOD = {1024: [True] * 30, 2048: [True] * 30}
+LOSES_LATE = {1024: [True] * 30, 2048: [True] * 10 + [False] * 20}
+
+
+def test_verdict_names_onset_and_effective_context() -> None:
+    v = build_verdict(doc_with({"f16": GOOD, "q4_0": LOSES_LATE}), seed=0)
+    assert v is not None
+    q4 = v["configs"]["q4_0"]
+    assert q4["onset_accuracy"] == 2048
+    assert q4["effective_context"] == 1024
+    assert "from 2,048 tokens on" in v["sentences"][0]
+    assert "effective context 1,024" in v["sentences"][0]
+
+
+def test_no_loss_is_inconclusive_with_an_estimate() -> None:
+    slight = {1024: [True] * 30, 2048: [True] * 28 + [False] * 2}
+    v = build_verdict(doc_with({"f16": GOOD, "q8_0": slight}), seed=0)
+    assert v is not None
+    assert v["configs"]["q8_0"]["onset_accuracy"] is None
+    assert "inconclusive" in v["sentences"][0]
+    assert "more items" in v["sentences"][0]
+
+
+@pytest.mark.parametrize(
+    ("k_only", "v_only", "fault"),
+    [
+        (LOSES_LATE, GOOD, "K"),
+        (GOOD, LOSES_LATE, "V"),
+        (LOSES_LATE, LOSES_LATE, "both"),
+        (GOOD, GOOD, "inconclusive"),
+    ],
+)
+def test_k_vs_v_names_the_half_at_fault(
+    k_only: dict[int, list[bool]], v_only: dict[int, list[bool]], fault: str
+) -> None:
+    doc = doc_with({"f16": GOOD, "q4_0": LOSES_LATE, "k=q4_0,v=f16": k_only, "k=f16,v=q4_0": v_only})
+    v = build_verdict(doc, seed=0)
+    assert v is not None
+    assert len(v["k_vs_v"]) == 1
+    assert v["k_vs_v"][0]["fault"] == fault
+    assert v["k_vs_v"][0]["sentence"] in v["sentences"]
+
+
+def test_k_vs_v_by_kl_when_needles_do_not_separate() -> None:
+    summary = [
+        {
+            "probe": "divergence",
+            "metric": "kld_mean",
+            "config": c,
+            "scope": "pooled",
+            "value": m,
+            "ci": [m * 0.9, m * 1.1],
+        }
+        for c, m in (("k=q4_0,v=f16", 0.1), ("k=f16,v=q4_0", 0.01))
+    ]
+    verdicts: dict[str, dict[str, Any]] = {
+        cid: {"paired": [], "onset_accuracy": None, "onset_logprob": None}
+        for cid in ("k=q4_0,v=f16", "k=f16,v=q4_0")
+    }
+    result = k_vs_v(verdicts, summary, "q4_0")
+    assert result is not None
+    assert result["fault"] == "K"
+    assert "KL" in result["reason"]
