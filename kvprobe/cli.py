@@ -6,6 +6,7 @@ Bad input ends with one line on stderr and exit code 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -47,7 +48,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     run = sub.add_parser("run", help="run a scenario across KV cache types and context lengths")
-    run.add_argument("--model", help="GGUF model file (default: the embedded Gemma 3 270M Q4_K_M)")
+    run.add_argument(
+        "--model",
+        action="append",
+        default=[],
+        help="GGUF model file (default: the embedded Gemma 3 270M Q4_K_M); give it twice, REF then TEST, "
+        "for the weights-vs-KV design",
+    )
     run.add_argument(
         "--cache",
         action="append",
@@ -311,18 +318,35 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
         scenario = replace(scenario, haystack=HaystackSpec(kind, "" if kind != "file" else args.haystack))
     if args.threads is not None and args.threads < 1:
         raise UserError("--threads must be at least 1")
-    model_path = Path(args.model).expanduser() if args.model else default_model_path()
-    info = read_model_info(model_path)  # checks the file is GGUF before llama.cpp sees it
+    model_paths = [Path(p).expanduser() for p in args.model] or [default_model_path()]
+    if len(model_paths) > 2:
+        raise UserError("--model takes one file, or two (REF then TEST) for the weights-vs-KV design")
+    if len(model_paths) == 2 and (
+        baseline is None or not any(c.k_quantized or c.v_quantized for c in configs)
+    ):
+        raise UserError(
+            "two --model files run the 2x2 weights-vs-KV design: give a quantized --cache (e.g. q4_0) "
+            "and keep the f16 baseline"
+        )
     from kvprobe.doctor import findings, read_facts
 
-    model_findings = findings(read_facts(model_path))
-    info["findings"] = [asdict(f) for f in model_findings]
-    serious = [f for f in model_findings if f.severity == "serious"]
+    infos: list[dict[str, Any]] = []
+    serious: list[tuple[Path, Any]] = []
+    for path in model_paths:
+        info_i = read_model_info(path)  # checks the file is GGUF before llama.cpp sees it
+        found = findings(read_facts(path))
+        info_i["findings"] = [asdict(f) for f in found]
+        infos.append(info_i)
+        serious += [(path, f) for f in found if f.severity == "serious"]
+    info = infos[0]
+    labels = ["ref", "test"] if len(model_paths) == 2 else []
     created = utc_now()
     out_path = (
         Path(args.out)
         if args.out
-        else default_out_path(created, model_path.name, [c.id for c in configs], args.ctx)
+        else default_out_path(
+            created, "-vs-".join(p.stem for p in model_paths), [c.id for c in configs], args.ctx
+        )
     )
     check_out_path(out_path, force=args.force)
     if any(c.v_quantized for c in configs) and args.no_flash_attn:
@@ -349,10 +373,10 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
         )
     for w in warnings:
         console.print(f"[yellow]warning:[/] {w}")
-    if serious:
+    for path in dict.fromkeys(p for p, _ in serious):
         console.print(
-            f"[bold red]model:[/] {'; '.join(f.message for f in serious)} "
-            f"(`kvprobe doctor {model_path}` explains; results will show it)",
+            f"[bold red]model:[/] {'; '.join(f.message for p, f in serious if p == path)} "
+            f"(`kvprobe doctor {path}` explains; results will show it)",
             highlight=False,
         )
     settings = RunSettings(
@@ -363,10 +387,24 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
         attn_rotation=not args.no_rotation,
     )
     console.print(
-        f"kvprobe {__version__}: {model_path.name}, caches {', '.join(c.id for c in configs)}, "
-        f"ctx {args.ctx}, scenario {scenario.name}, {args.mode} mode"
+        f"kvprobe {__version__}: {' vs '.join(p.name for p in model_paths)}, "
+        f"caches {', '.join(c.id for c in configs)}, ctx {args.ctx}, scenario {scenario.name}, "
+        f"{args.mode} mode"
     )
-    with engine.Model(model_path, n_gpu_layers=gpu_layers, n_threads=args.threads) as model:
+    with contextlib.ExitStack() as stack:
+        loaded = [
+            stack.enter_context(engine.Model(p, n_gpu_layers=gpu_layers, n_threads=args.threads))
+            for p in model_paths
+        ]
+        model = loaded[0]
+        models = dict(zip(labels, loaded, strict=True)) if labels else None
+        if models and loaded[0].vocabulary_digest() != loaded[1].vocabulary_digest():
+            raise UserError(
+                f"{model_paths[0].name} and {model_paths[1].name} have different tokenizers: the 2x2 design "
+                "needs identical items; run them separately and use `kvprobe compare` (unpaired)"
+            )
+        if models and baseline is not None:
+            baseline = f"ref:{baseline}"
         runner = Runner(model, scenario, settings)
         columns = (
             TextColumn("{task.description}"),
@@ -377,18 +415,22 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
             TimeRemainingColumn(),
         )
         with Progress(*columns, console=console, transient=True) as bar:
-            task = bar.add_task("starting", total=runner.planned_tokens(len(configs), args.null_check))
+            n_runs = len(configs) * len(model_paths)
+            task = bar.add_task("starting", total=runner.planned_tokens(n_runs, args.null_check))
 
             def progress(n_tokens: int, what: str) -> None:
                 bar.update(task, advance=n_tokens, description=what)
 
-            outcome = run_probes(runner, configs, baseline, progress, null_check=args.null_check)
+            outcome = run_probes(
+                runner, configs, baseline, progress, null_check=args.null_check, models=models
+            )
         n_threads = model.n_threads
         runtime = engine.runtime_info()
     doc = build_result(
         created=created,
         command=" ".join(["kvprobe", *sys.argv[1:]]),
         model=info,
+        models=dict(zip(labels, infos, strict=True)) if labels else None,
         runtime={
             **runtime,
             "backend": "gpu" if gpu_layers != 0 and runtime["gpu_offload_supported"] else "cpu",

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import hashlib
 import os
 import re
 import threading
@@ -175,6 +176,14 @@ class Model:
 
     def is_eog(self, token: int) -> bool:
         return bool(llama_cpp.llama_vocab_is_eog(self._vocab, token))
+
+    def vocabulary_digest(self) -> str:
+        """A hash of every token's text and of BOS: equal digests mean the same token ids mean
+        the same text, so two models can be fed identical items."""
+        h = hashlib.sha256(f"{self.n_vocab}:{self.bos}".encode())
+        for token in range(self.n_vocab):
+            h.update(self.piece(token).encode("utf-8", errors="replace") + b"\0")
+        return h.hexdigest()
 
     def context(self, cache: CacheConfig, settings: ContextSettings) -> Context:
         return Context(self, cache, settings)

@@ -188,6 +188,7 @@ def build_result(
     created: str,
     command: str,
     model: dict[str, Any],
+    models: dict[str, dict[str, Any]] | None = None,
     runtime: dict[str, Any],
     host: dict[str, Any],
     outcome: dict[str, Any],
@@ -215,7 +216,11 @@ def build_result(
         "model": model,
         "runtime": runtime,
         "host": host,
-        "configs": [{**a, "model_sha256": model["sha256"]} for a in outcome["applied"]],
+        "models": models,
+        "configs": [
+            {**a, "model_sha256": (models[a["model"]] if models else model)["sha256"]}
+            for a in outcome["applied"]
+        ],
         "baseline": baseline,
         "scenario": {"name": scenario.name, "sha256": scenario.sha256, "spec": scenario.to_dict()},
         "run": run,

@@ -286,11 +286,22 @@ def run_probes(
     configs: list[CacheConfig],
     baseline: str | None,
     progress: Progress,
+    *,
     null_check: bool = False,
+    models: dict[str, Model] | None = None,
 ) -> dict[str, Any]:
-    """Evaluate every configuration (baseline first) on identical tokens; returns plain data."""
+    """Evaluate every configuration (baseline first) on identical tokens; returns plain data.
+
+    With `models` ({label: model}, the first the reference), every cache configuration runs on
+    every model's weights, as "<label>:<cache id>": the weights-vs-KV design. The models must
+    share the runner's tokenizer, so the items are identical."""
     model, scenario = runner.model, runner.scenario
     ctx_settings = runner.context_settings(model.n_threads)
+    runs: list[tuple[str, Model, CacheConfig]] = (
+        [(f"{label}:{c.id}", m, c) for label, m in models.items() for c in configs]
+        if models
+        else [(c.id, model, c) for c in configs]
+    )
     if runner.divergence and baseline is None:
         raise UserError("the divergence probe compares against a reference: drop --baseline none")
     if null_check and not runner.divergence:
@@ -298,12 +309,17 @@ def run_probes(
     recorder = DivergenceRecorder(baseline) if runner.divergence and baseline else None
     started = time.perf_counter()
     with contextlib.ExitStack() as stack:
-        contexts = {c.id: stack.enter_context(model.context(c, ctx_settings)) for c in configs}
+        contexts = {cid: stack.enter_context(m.context(c, ctx_settings)) for cid, m, c in runs}
         null_ctx = None
         if null_check and baseline is not None:
-            null_ctx = stack.enter_context(model.context(configs[0], ctx_settings))
+            _, ref_model, ref_cache = runs[0]
+            null_ctx = stack.enter_context(ref_model.context(ref_cache, ctx_settings))
         items = runner.run_all(contexts, progress, recorder, null_ctx)
-        applied = [_applied(cid, ctx) for cid, ctx in contexts.items()]
+        labels = {cid: cid.split(":")[0] for cid, _, _ in runs} if models else {}
+        applied = [
+            {**_applied(cid, ctx), **({"model": labels[cid]} if models else {})}
+            for cid, ctx in contexts.items()
+        ]
         tokens_evaluated = sum(c.tokens_evaluated for c in contexts.values())
         decode_s = {cid: round(ctx.busy_s, 2) for cid, ctx in contexts.items()}
         null_tokens = null_ctx.tokens_evaluated if null_ctx else 0
@@ -327,7 +343,7 @@ def run_probes(
             "decode_s": decode_s,
             "tokens_evaluated": tokens_evaluated,
             "null_check_tokens": null_tokens,
-            "naive_tokens": runner.naive_tokens * len(configs),
+            "naive_tokens": runner.naive_tokens * len(runs),
         },
     }
 

@@ -464,3 +464,49 @@ def test_split_kv_needs_a_quantized_cache(tiny_model_path: Path) -> None:
         "run", "--model", str(tiny_model_path), "--scenario", "quick", "--ctx", "256", "--split-kv"
     )
     assert_one_line_error(proc, "--split-kv", "--cache q4_0")
+
+
+def test_weights_vs_kv_runs_the_2x2_design(tmp_path: Path, tiny_model_path: Path) -> None:
+    variants = tmp_path / "v"
+    assert (
+        kvprobe("quantize", str(tiny_model_path), "--type", "q4_0", "--out-dir", str(variants)).returncode
+        == 0
+    )
+    out = tmp_path / "w.json"
+    proc = kvprobe(
+        "run", "--model", str(tiny_model_path), "--model", str(variants / "tiny-Q4_0.gguf"),
+        "--cache", "q4_0", "--scenario", "quick", "--ctx", "512", "--threads", "2", "--out", str(out),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(out.read_text())
+    assert [c["id"] for c in doc["configs"]] == ["ref:f16", "ref:q4_0", "test:f16", "test:q4_0"]
+    assert doc["baseline"] == "ref:f16"
+    assert doc["models"]["test"]["file_type"] == "MOSTLY_Q4_0"
+    assert {c["model_sha256"] for c in doc["configs"]} == {
+        doc["models"]["ref"]["sha256"],
+        doc["models"]["test"]["sha256"],
+    }
+    attribution = doc["verdict"]["weights_vs_kv"]
+    assert attribution["fault"] in ("kv", "weights", "both", "neither", "inconclusive")
+    effects = attribution["effects"]["answer_logprob"]
+    assert [r["ctx"] for r in effects["kv_at_ref_weights"]] == doc["run"]["checkpoints"]
+    assert len(effects["interaction"]) == len(doc["run"]["checkpoints"])
+    # the same items in all four cells
+    keys = {
+        c: {(i["doc"], i["ctx"], i["key"]) for i in doc["items"] if i["config"] == c}
+        for c in ("ref:f16", "test:q4_0")
+    }
+    assert keys["ref:f16"] == keys["test:q4_0"]
+    assert attribution["sentence"] in doc["verdict"]["sentences"]
+
+
+def test_weights_vs_kv_refuses_different_tokenizers(tmp_path: Path, tiny_model_path: Path) -> None:
+    from tests.tiny_model import write_tiny_model
+
+    other = write_tiny_model(tmp_path / "other.gguf", last_piece="\u2581zebra")
+    proc = kvprobe(
+        "run", "--model", str(tiny_model_path), "--model", str(other), "--cache", "q4_0",
+        "--scenario", "quick", "--ctx", "256", "--out", str(tmp_path / "x.json"),
+    )  # fmt: skip
+    assert_one_line_error(proc, "different tokenizers")
+    assert not (tmp_path / "x.json").exists()

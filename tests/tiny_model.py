@@ -19,7 +19,7 @@ N_LAYER = 2
 N_CTX_TRAIN = 4096
 
 
-def _vocab() -> tuple[list[str], list[float], list[int]]:
+def _vocab(extra: str = "\n") -> tuple[list[str], list[float], list[int]]:
     tokens = ["<unk>", "<s>", "</s>"]
     types = [gguf.TokenType.UNKNOWN, gguf.TokenType.CONTROL, gguf.TokenType.CONTROL]
     tokens += [f"<0x{b:02X}>" for b in range(256)]
@@ -27,7 +27,7 @@ def _vocab() -> tuple[list[str], list[float], list[int]]:
     pieces = ["\u2581"] + [chr(c) for c in range(33, 127)]
     pieces += ["\u2581" + chr(c) for c in range(ord("a"), ord("z") + 1)]
     pieces += ["\u2581" + chr(c) for c in range(ord("A"), ord("Z") + 1)]
-    pieces += ["\u2581the", "\u2581is", "\u2581of", "\u2581and", "\u2581number", "\n"]
+    pieces += ["\u2581the", "\u2581is", "\u2581of", "\u2581and", "\u2581number", extra]
     tokens += pieces
     types += [gguf.TokenType.NORMAL] * len(pieces)
     # longer pieces score higher so SPM prefers them
@@ -35,9 +35,10 @@ def _vocab() -> tuple[list[str], list[float], list[int]]:
     return tokens, scores, [int(t) for t in types]
 
 
-def write_tiny_model(path: Path, seed: int = 0) -> Path:
+def write_tiny_model(path: Path, seed: int = 0, last_piece: str = "\n") -> Path:
+    """`last_piece` changes one vocabulary entry: a model with another tokenizer."""
     rng = np.random.default_rng(seed)
-    tokens, scores, types = _vocab()
+    tokens, scores, types = _vocab(last_piece)
     n_vocab = len(tokens)
     head_dim = N_EMBD // N_HEAD
     w = gguf.GGUFWriter(str(path), "llama")
