@@ -225,5 +225,5 @@ def print_comparison(report: dict[str, Any], console: Console) -> None:
     for f in report.get("failures", []):
         console.print(
             f"[bold red]FAIL[/] {f['rule']}: {f['probe']} {f['metric']} "
-            f"{f['config_old']} → {f['config_new']} at {f['ctx']}: {f['diff']:+.3g} (p = {f['p']:.2g})"
+            f"{f['config_old']} → {f['config_new']} at {'all positions' if f.get('scope') == 'pooled' else f['ctx']}: {f['diff']:+.3g} (p = {f['p']:.2g})"
         )
