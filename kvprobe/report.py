@@ -223,7 +223,8 @@ def print_comparison(report: dict[str, Any], console: Console) -> None:
         f"{worse} worse, {better} better, {len(report['rows']) - worse - better} without a significant change"
     )
     for f in report.get("failures", []):
+        where = "all positions" if f.get("scope") == "pooled" else f["ctx"]
         console.print(
             f"[bold red]FAIL[/] {f['rule']}: {f['probe']} {f['metric']} "
-            f"{f['config_old']} → {f['config_new']} at {'all positions' if f.get('scope') == 'pooled' else f['ctx']}: {f['diff']:+.3g} (p = {f['p']:.2g})"
+            f"{f['config_old']} → {f['config_new']} at {where}: {f['diff']:+.3g} (p = {f['p']:.2g})"
         )
