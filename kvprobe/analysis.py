@@ -181,16 +181,22 @@ def halving_interval(
     ctx: Sequence[int], correct: Sequence[float], reference: float, seed: int, n_boot: int = 300
 ) -> tuple[float | None, list[float | None] | None]:
     """Point estimate and percentile-bootstrap 95% interval (resampling items) of the length
-    where accuracy halves; None where the curve does not reach half within reach of a fit."""
+    where accuracy halves; None where the curve does not reach half within 16x the longest
+    context measured (further out is extrapolation, not measurement)."""
+    reach = 16 * max(ctx)
+
+    def within(h: float | None) -> float | None:
+        return h if h is not None and h <= reach else None
+
     fit = fit_decay(ctx, correct)
-    point = halving_length(fit, reference) if fit else None
+    point = within(halving_length(fit, reference)) if fit else None
     rng = np.random.default_rng(seed)
     c, y = np.asarray(ctx), np.asarray(correct, dtype=float)
     boots = []
     for _ in range(n_boot):
         idx = rng.integers(0, len(c), len(c))
         f = fit_decay(c[idx].tolist(), y[idx].tolist())
-        h = halving_length(f, reference) if f else None
+        h = within(halving_length(f, reference)) if f else None
         boots.append(h if h is not None else math.inf)
     ordered = np.sort(np.asarray(boots))
     if point is None or np.mean(np.isfinite(ordered)) < 0.5:

@@ -100,7 +100,8 @@ def _config_sentence(
     halving = v["halving"]
     if halving and halving["length"] is not None and halving["ci"]:
         lo, hi = halving["ci"]
-        bounds = f"[{lo:,.0f}, {hi:,.0f}]" if lo is not None and hi is not None else "(no upper bound)"
+        upper = f"{hi:,.0f}" if hi is not None else "beyond 16x the longest context"
+        bounds = f"[{lo:,.0f}, {upper}]" if lo is not None else "(interval not within reach)"
         eff_text += f"; by a logistic fit, accuracy halves at about {halving['length']:,.0f} tokens {bounds}"
     if v["onset_accuracy"] is not None:
         r = next(r for r in acc if r["ctx"] == v["onset_accuracy"])
