@@ -122,13 +122,12 @@ def _config_sentence(
     last = lp[-1] if lp else acc[-1]
     more = more_items_needed(last["p_worse"], last["n"])
     if more is None:
-        decide = "the data show no loss at all"
+        decide = "the estimate points to no loss at all"
     else:
-        decide = f"about {more} more items at {last['ctx']:,} tokens would decide"
+        decide = f"inconclusive: about {more} more items at {last['ctx']:,} tokens would decide"
     return (
         f"With a {config} cache, no significant loss against {baseline} at any checkpoint "
-        f"(at {last['ctx']:,}: {last['metric']} {_diff(last)}); "
-        f"inconclusive: {decide}; {eff_text}."
+        f"(at {last['ctx']:,}: {last['metric']} {_diff(last)}); {decide}; {eff_text}."
     )
 
 
