@@ -286,16 +286,20 @@ def cmd_quantize(args: argparse.Namespace, console: Console) -> int:
     for job in jobs:
         console.print(f"{src.name} -> {job.dst} ({job.type_name}: {job.note})")
         tmp = job.dst.with_name(f".{job.dst.name}.partial")
-        engine.quantize(
-            src,
-            tmp,
-            job.ftype,
-            allow_requantize=True,  # plan_jobs has already refused what the user did not allow
-            pure=args.pure,
-            n_threads=threads,
-            imatrix=imatrix,
-            metadata={**metadata, **provenance_metadata(origin)},
-        )
+        try:
+            engine.quantize(
+                src,
+                tmp,
+                job.ftype,
+                allow_requantize=True,  # plan_jobs has already refused what the user did not allow
+                pure=args.pure,
+                n_threads=threads,
+                imatrix=imatrix,
+                metadata={**metadata, **provenance_metadata(origin)},
+            )
+        except BaseException:
+            tmp.unlink(missing_ok=True)  # variants already written stay; no half file is left
+            raise
         tmp.replace(job.dst)  # a finished file or none: an interrupted run leaves no half model
         console.print(f"  wrote {job.dst} ({job.dst.stat().st_size / 2**20:.1f} MiB)")
     return 0

@@ -19,7 +19,7 @@ from typing import Any
 import gguf
 import numpy as np
 
-from kvprobe.model_info import field_value, open_gguf
+from kvprobe.model_info import field_value, file_type_name, open_gguf
 
 # Layers with a sliding window, for architectures whose pattern llama.cpp hard-codes
 # (src/models/<arch>.cpp: load_swa_pattern(ml, n[, dense_first])); the GGUF key
@@ -75,15 +75,6 @@ def type_bits(type_name: str) -> float:
 def row_bytes(type_name: str, n: int) -> int:
     block, size = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[type_name.upper()]]
     return n // block * size
-
-
-def file_type_name(value: Any) -> str | None:
-    if value is None:
-        return None
-    try:
-        return gguf.LlamaFileType(int(value)).name
-    except ValueError:
-        return f"unknown ({value})"
 
 
 def short_type(file_type: str | None) -> str:

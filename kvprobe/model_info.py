@@ -48,15 +48,20 @@ def _parse(path: str, mtime_ns: int, size: int) -> gguf.GGUFReader:
         ) from None
 
 
+def file_type_name(value: Any) -> str | None:
+    """general.file_type as llama.cpp's name (MOSTLY_Q4_K_M)."""
+    if value is None:
+        return None
+    try:
+        return gguf.LlamaFileType(int(value)).name
+    except ValueError:
+        return f"unknown ({value})"
+
+
 def read_model_info(path: Path) -> dict[str, Any]:
     """Path, sha256 and metadata of a GGUF file; a one-line UserError if it is not one."""
     reader = open_gguf(path)
     arch = field_value(reader, "general.architecture") or "unknown"
-    file_type = field_value(reader, "general.file_type")
-    try:
-        file_type_name = gguf.LlamaFileType(file_type).name if file_type is not None else None
-    except ValueError:
-        file_type_name = str(file_type)
     n_params = int(sum(int(np.prod(t.shape)) for t in reader.tensors))
     metadata = {
         key: field_value(reader, key)
@@ -82,7 +87,7 @@ def read_model_info(path: Path) -> dict[str, Any]:
         "sha256": sha256_file(path),
         "architecture": arch,
         "n_ctx_train": int(field_value(reader, f"{arch}.context_length") or 0),
-        "file_type": file_type_name,
+        "file_type": file_type_name(field_value(reader, "general.file_type")),
         "n_params": n_params,
         "metadata": metadata,
     }

@@ -510,3 +510,27 @@ def test_weights_vs_kv_refuses_different_tokenizers(tmp_path: Path, tiny_model_p
     )  # fmt: skip
     assert_one_line_error(proc, "different tokenizers")
     assert not (tmp_path / "x.json").exists()
+
+
+def test_failed_quantization_leaves_no_half_file(tmp_path: Path, tiny_model_path: Path) -> None:
+    import gguf
+
+    bad = tmp_path / "wrong.imatrix.gguf"
+    w = gguf.GGUFWriter(str(bad), "imatrix")
+    w.add_array("imatrix.datasets", ["x"])
+    w.add_uint32("imatrix.chunk_count", 1)
+    # an importance vector of the wrong length, as from another model: llama.cpp refuses it
+    w.add_tensor("blk.0.attn_q.weight.in_sum2", np.ones(7, dtype=np.float32))
+    w.add_tensor("blk.0.attn_q.weight.counts", np.array([1.0], dtype=np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    out = tmp_path / "v"
+    proc = kvprobe(
+        "quantize", str(tiny_model_path), "--type", "q4_0", "--imatrix", str(bad), "--out-dir", str(out)
+    )
+    assert proc.returncode == 1, proc.stdout
+    assert "Traceback" not in proc.stderr
+    assert "imatrix" in proc.stderr
+    assert list(out.iterdir()) == []

@@ -82,17 +82,23 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
 """
 
 
-def test_logits_are_never_n_ctx_by_n_vocab(default_model_path: Path) -> None:
-    """With logits_all, n_ctx 8448 x 262,144 vocab x 4 bytes would be 8.9 GB; the engine
-    keeps only the rows it asks for, so the whole process stays far below that."""
+def peak_rss_bytes(script: str, model_path: Path) -> int:
+    """Run `script` in a fresh interpreter (so earlier tests' memory does not count); it
+    prints its peak RSS last."""
     import subprocess
     import sys
 
     proc = subprocess.run(
-        [sys.executable, "-c", MEMORY_PROBE, str(default_model_path)],
+        [sys.executable, "-c", script, str(model_path)],
         check=True, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
-    peak_bytes = int(proc.stdout.strip().splitlines()[-1])
+    return int(proc.stdout.strip().splitlines()[-1])
+
+
+def test_logits_are_never_n_ctx_by_n_vocab(default_model_path: Path) -> None:
+    """With logits_all, n_ctx 8448 x 262,144 vocab x 4 bytes would be 8.9 GB; the engine
+    keeps only the rows it asks for, so the whole process stays far below that."""
+    peak_bytes = peak_rss_bytes(MEMORY_PROBE, default_model_path)
     assert peak_bytes < 2 * 2**30, f"peak RSS {peak_bytes / 2**30:.2f} GiB"
 
 
@@ -116,14 +122,7 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
 def test_divergence_memory_is_bounded_by_the_chunk_not_the_context(default_model_path: Path) -> None:
     """Every position's logits of two contexts at n_ctx 8448: holding them all would take
     2 x 8448 x 262,144 x 4 bytes = 17.7 GB; lockstep reduction keeps one chunk per context."""
-    import subprocess
-    import sys
-
-    proc = subprocess.run(
-        [sys.executable, "-c", DIVERGENCE_MEMORY_PROBE, str(default_model_path)],
-        check=True, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    peak_bytes = int(proc.stdout.strip().splitlines()[-1])
+    peak_bytes = peak_rss_bytes(DIVERGENCE_MEMORY_PROBE, default_model_path)
     assert peak_bytes < 4 * 2**30, f"peak RSS {peak_bytes / 2**30:.2f} GiB"
 
 

@@ -21,9 +21,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from scipy import stats
 
-from kvprobe.stats import holm
+from kvprobe.stats import holm, mann_whitney
 
 NULL_CONFIG = "(null)"  # a second context with the reference's settings: the null check
 ROWS_PER_BLOCK = 16  # logits rows reduced at once: 16 x 262,144 floats = 16 MiB per temporary
@@ -197,12 +196,7 @@ class BinTest:
 def onset_tests(reference_blocks: np.ndarray, bins: Sequence[tuple[int, int, np.ndarray]]) -> list[BinTest]:
     """One-sided Mann-Whitney U of each later bin's block means against the shortest bins'
     (H1: KL is larger), Holm-corrected across bins."""
-    raw = []
-    for _lo, _hi, blocks in bins:
-        if len(blocks) == 0 or len(reference_blocks) == 0:
-            raw.append(1.0)
-            continue
-        raw.append(float(stats.mannwhitneyu(blocks, reference_blocks, alternative="greater").pvalue))
+    raw = [mann_whitney(list(blocks), list(reference_blocks), alternative="greater") for _, _, blocks in bins]
     adjusted = holm(raw)
     return [BinTest(lo, hi, r, a) for (lo, hi, _), r, a in zip(bins, raw, adjusted, strict=True)]
 
