@@ -18,6 +18,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 from kvprobe import __version__
 from kvprobe.cache_types import CacheConfig, check_cache_type
 from kvprobe.errors import EngineError, UserError
+from kvprobe.kernel_check import KernelDecision
 
 MIN_CTX = 256
 MAX_CTX = 1 << 20  # the longest contexts GGUF models ship with; beyond it is a typo, not a plan
@@ -90,6 +91,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         help="layers to offload (default: all when a GPU is usable, else 0)",
+    )
+    run.add_argument(
+        "--no-repack",
+        action="store_true",
+        help="keep weights out of llama.cpp's extra CPU buffer types (repacked and AMX kernels), like "
+        "llama.cpp's --no-repack; kvprobe does this by itself where those kernels crash",
     )
     run.add_argument(
         "--no-flash-attn",
@@ -305,6 +312,35 @@ def cmd_quantize(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def _kernel_decision(
+    args: argparse.Namespace, model_paths: list[Path], gpu_layers: int, console: Console
+) -> KernelDecision:
+    """Extra buffer types on or off for the whole run (see kvprobe.kernel_check)."""
+    from kvprobe.kernel_check import check_models, fallback_message
+
+    def announce(path: Path) -> None:
+        console.print(
+            f"checking llama.cpp's CPU kernels with {path.name} in a child process "
+            "(once per llama.cpp build, CPU and weight types)",
+            markup=False,
+            highlight=False,
+        )
+
+    decision, system_info = check_models(
+        model_paths,
+        n_gpu_layers=gpu_layers,
+        n_threads=args.threads,
+        no_repack=args.no_repack,
+        on_check=announce,
+    )
+    if decision.check == "crashed":
+        line = f"kernels: {fallback_message(decision, system_info)}"
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
+    elif decision.check == "inconclusive":
+        console.print(f"kernels: {decision.reason}", markup=False, highlight=False, soft_wrap=True)
+    return decision
+
+
 def cmd_run(args: argparse.Namespace, console: Console) -> int:
     from dataclasses import asdict, replace
 
@@ -383,6 +419,7 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
             f"(`kvprobe doctor {path}` explains; results will show it)",
             highlight=False,
         )
+    kernels = _kernel_decision(args, model_paths, gpu_layers, console)
     settings = RunSettings(
         ctx=args.ctx,
         seed=args.seed,
@@ -397,7 +434,11 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
     )
     with contextlib.ExitStack() as stack:
         loaded = [
-            stack.enter_context(engine.Model(p, n_gpu_layers=gpu_layers, n_threads=args.threads))
+            stack.enter_context(
+                engine.Model(
+                    p, n_gpu_layers=gpu_layers, n_threads=args.threads, use_extra_bufts=kernels.extra_bufts
+                )
+            )
             for p in model_paths
         ]
         model = loaded[0]
@@ -430,6 +471,7 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
             )
         n_threads = model.n_threads
         runtime = engine.runtime_info()
+        weight_buffers = {p.name: m.weight_buffers for p, m in zip(model_paths, loaded, strict=True)}
     doc = build_result(
         created=created,
         command=" ".join(["kvprobe", *sys.argv[1:]]),
@@ -440,6 +482,8 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
             "backend": "gpu" if gpu_layers != 0 and runtime["gpu_offload_supported"] else "cpu",
             "n_threads": n_threads,
             "n_gpu_layers": gpu_layers,
+            **kernels.runtime(),
+            "weight_buffers_mib": weight_buffers,
             "n_ctx": outcome["n_ctx"],
             "n_batch": outcome["chunk"],
             "n_ubatch": outcome["chunk"],

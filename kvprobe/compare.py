@@ -97,6 +97,38 @@ def pairing(old: dict[str, Any], new: dict[str, Any]) -> tuple[bool, str]:
     return True, "paired: same scenario, model, seed and context, so the same items"
 
 
+# Settings that change llama.cpp's numerics without changing the items: items still pair, but
+# a difference then mixes the cache effect with the kernels' (the way batch shape does).
+NUMERICS = (
+    ("extra_bufts", "extra buffer types (repacked/AMX CPU kernels; --no-repack turns them off)"),
+    ("llama_cpp_version", "llama.cpp build"),
+    ("backend", "backend"),
+    ("n_ubatch", "batch shape"),
+)
+
+
+def numerics_notes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """One sentence per setting in which the two runs' numerics differ."""
+    notes = []
+    old_rt, new_rt = old.get("runtime") or {}, new.get("runtime") or {}
+    for key, what in NUMERICS:
+        # Files written before the setting was recorded ran with llama.cpp's default.
+        a = old_rt.get(key, True if key == "extra_bufts" else None)
+        b = new_rt.get(key, True if key == "extra_bufts" else None)
+        if a != b:
+            notes.append(
+                f"the runs differ in {what}: {key} {a} (old) vs {b} (new); llama.cpp's numerics differ, "
+                "so every difference below includes that, not only the cache"
+            )
+    cpu_a, cpu_b = (old.get("host") or {}).get("cpu"), (new.get("host") or {}).get("cpu")
+    if cpu_a != cpu_b:
+        notes.append(
+            f"the runs are from different CPUs ({cpu_a} vs {cpu_b}): llama.cpp's CPU kernels differ between "
+            "hosts, so results are not bit-identical"
+        )
+    return notes
+
+
 def _item_values(doc: dict[str, Any], metric: Metric, config: str) -> dict[int, dict[tuple[Any, ...], float]]:
     out: dict[int, dict[tuple[Any, ...], float]] = defaultdict(dict)
     for it in doc["items"]:
@@ -212,4 +244,10 @@ def compare(
     rows = _item_rows(old, new, pairs, paired, seed) + _divergence_rows(old, new, pairs, paired, seed)
     for row in rows:
         row["mark"] = _mark(row)
-    return {"paired": paired, "pairing": reason, "configs": [list(p) for p in pairs], "rows": rows}
+    return {
+        "paired": paired,
+        "pairing": reason,
+        "notes": numerics_notes(old, new),
+        "configs": [list(p) for p in pairs],
+        "rows": rows,
+    }

@@ -97,6 +97,9 @@ class ContextSettings:
     n_seq_max: int = 2  # the document plus forks: 1 for queries, k for parallel continuations
 
 
+_WEIGHT_BUFFER_LINE = re.compile(r"(\S+) model buffer size = +([\d.]+) MiB")
+
+
 def _log_softmax_at(logits: np.ndarray, token: int) -> tuple[float, int]:
     x = logits.astype(np.float64)
     m = float(x.max())
@@ -107,12 +110,23 @@ def _log_softmax_at(logits: np.ndarray, token: int) -> tuple[float, int]:
 class Model:
     """A loaded GGUF model: weights, vocabulary and tokenizer."""
 
-    def __init__(self, path: str | Path, n_gpu_layers: int = 0, n_threads: int | None = None):
+    def __init__(
+        self,
+        path: str | Path,
+        n_gpu_layers: int = 0,
+        n_threads: int | None = None,
+        *,
+        use_extra_bufts: bool = True,
+    ):
+        """`use_extra_bufts=False` is llama.cpp's --no-repack: weights stay in plain CPU buffers,
+        without repacked or AMX kernels (see kernel_check for when kvprobe turns it off)."""
         self.path = Path(path)
         llama_cpp.llama_backend_init()
         params = llama_cpp.llama_model_default_params()
         params.n_gpu_layers = n_gpu_layers
+        params.use_extra_bufts = use_extra_bufts
         self.n_gpu_layers = n_gpu_layers
+        self.use_extra_bufts = use_extra_bufts
         with _captured_log() as log:
             model = llama_cpp.llama_model_load_from_file(str(self.path).encode(), params)
         if not model:
@@ -125,6 +139,17 @@ class Model:
         self.n_ctx_train = int(llama_cpp.llama_model_n_ctx_train(model))
         self.n_threads = n_threads or max(1, os.cpu_count() or 1)
         self._pieces: dict[int, str] = {}
+
+    @property
+    def weight_buffers(self) -> dict[str, float]:
+        """The buffers llama.cpp put the weights in, MiB by buffer type, from its load log
+        (CPU_Mapped, CPU_REPACK, AMX, CUDA0, ...): which kernels the weights actually use."""
+        found: dict[str, float] = {}
+        for line in self.load_log:
+            m = _WEIGHT_BUFFER_LINE.search(line)
+            if m:
+                found[m.group(1)] = found.get(m.group(1), 0.0) + float(m.group(2))
+        return found
 
     def close(self) -> None:
         if self._model:

@@ -196,7 +196,9 @@ MARK_STYLE = {"worse": "bold red", "better": "green", "no significant change": "
 
 def print_comparison(report: dict[str, Any], console: Console) -> None:
     """One table per probe and metric: old, new, difference with its 95% interval, p, mark."""
-    console.print(f"kvprobe compare: {report['pairing']}")
+    console.print(f"kvprobe compare: {report['pairing']}", markup=False, highlight=False)
+    for note in report.get("notes", []):
+        console.print(f"note: {note}", markup=False, highlight=False)
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for row in report["rows"]:
         groups.setdefault((row["probe"], row["metric"]), []).append(row)

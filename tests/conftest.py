@@ -13,6 +13,31 @@ def tiny_model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_tiny_model(tmp_path_factory.mktemp("models") / "tiny.gguf")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _kernel_check_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The kernel check's cache lives in a fresh folder per test session (subprocesses inherit
+    it): tests never depend on, or write into, the user's cache."""
+    from kvprobe.kernel_check import CACHE_DIR_ENV
+
+    patch = pytest.MonkeyPatch()
+    patch.setenv(CACHE_DIR_ENV, str(tmp_path_factory.mktemp("kvprobe-cache")))
+    yield
+    patch.undo()
+
+
+@pytest.fixture(scope="session")
+def tiny_q4_model_path(tiny_model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model quantized to Q4_0 by llama.cpp's own quantizer: weights that llama.cpp's
+    repacked (and AMX) CPU kernels handle."""
+    from kvprobe.engine import ftype_id, quantize
+
+    dst = tmp_path_factory.mktemp("models-q4") / "tiny-Q4_0.gguf"
+    ftype = ftype_id("Q4_0")
+    assert ftype is not None
+    quantize(tiny_model_path, dst, ftype, allow_requantize=False, pure=False, n_threads=2)
+    return dst
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tiny_model_path: Path) -> Iterator[object]:
     from kvprobe.engine import Model
@@ -30,3 +55,13 @@ def default_model_path() -> Path:
         return find()
     except UserError as exc:  # pragma: no cover - depends on the install
         pytest.skip(f"default model not installed: {exc}")
+
+
+@pytest.fixture(scope="session")
+def default_model_extra_bufts(default_model_path: Path) -> bool:
+    """Tests that load the quantized default model go through the same kernel check as
+    `kvprobe run`, so that the suite survives a host whose AMX kernels crash."""
+    from kvprobe.kernel_check import check_models
+
+    decision, _ = check_models([default_model_path], n_gpu_layers=0, n_threads=2, no_repack=False)
+    return decision.extra_bufts

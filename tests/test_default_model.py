@@ -17,8 +17,10 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def gemma(default_model_path: Path) -> Iterator[Model]:
-    with Model(default_model_path, n_gpu_layers=0, n_threads=2) as model:
+def gemma(default_model_path: Path, default_model_extra_bufts: bool) -> Iterator[Model]:
+    with Model(
+        default_model_path, n_gpu_layers=0, n_threads=2, use_extra_bufts=default_model_extra_bufts
+    ) as model:
         yield model
 
 
@@ -67,47 +69,62 @@ def test_cache_types_take_effect_on_default_model(gemma: Model) -> None:
             assert ctx.applied.attn_rot_k  # head dim 256: rotated
 
 
-MEMORY_PROBE = """
-import resource, sys
+# The peak of this process's own memory map. Not ru_maxrss: Linux carries the parent's
+# high-water mark across fork/vfork + exec into it, so it would measure pytest's own memory.
+PEAK_RSS = """
+def PEAK_RSS_BYTES():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise SystemExit("no VmHWM in /proc/self/status")
+"""
+
+MEMORY_PROBE = (
+    PEAK_RSS
+    + """
+import sys
 from kvprobe.cache_types import CacheConfig
 from kvprobe.engine import ContextSettings, Model
-with Model(sys.argv[1], n_gpu_layers=0, n_threads=2) as m:
+with Model(sys.argv[1], n_gpu_layers=0, n_threads=2, use_extra_bufts=sys.argv[2] == '1') as m:
     s = ContextSettings(n_ctx=8448, chunk=512, n_threads=2, flash_attn=True, attn_rotation=True, n_seq_max=5)
     with m.context(CacheConfig("f16", "f16"), s) as ctx:
         text = " ".join("The ferry crossed the river at dawn and returned at dusk." for _ in range(300))
         ctx.feed([m.bos or 2, *m.tokenize(text)][:2048])
         ctx.score(m.tokenize(" The ferry crossed"), m.tokenize(" the river at dawn"))
         ctx.generate(m.tokenize(" The ferry"), 8)
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+print(PEAK_RSS_BYTES())
 """
+)
 
 
-def peak_rss_bytes(script: str, model_path: Path) -> int:
+def peak_rss_bytes(script: str, model_path: Path, extra_bufts: bool) -> int:
     """Run `script` in a fresh interpreter (so earlier tests' memory does not count); it
     prints its peak RSS last."""
     import subprocess
     import sys
 
     proc = subprocess.run(
-        [sys.executable, "-c", script, str(model_path)],
+        [sys.executable, "-c", script, str(model_path), "1" if extra_bufts else "0"],
         check=True, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     return int(proc.stdout.strip().splitlines()[-1])
 
 
-def test_logits_are_never_n_ctx_by_n_vocab(default_model_path: Path) -> None:
+def test_logits_are_never_n_ctx_by_n_vocab(default_model_path: Path, default_model_extra_bufts: bool) -> None:
     """With logits_all, n_ctx 8448 x 262,144 vocab x 4 bytes would be 8.9 GB; the engine
     keeps only the rows it asks for, so the whole process stays far below that."""
-    peak_bytes = peak_rss_bytes(MEMORY_PROBE, default_model_path)
+    peak_bytes = peak_rss_bytes(MEMORY_PROBE, default_model_path, default_model_extra_bufts)
     assert peak_bytes < 2 * 2**30, f"peak RSS {peak_bytes / 2**30:.2f} GiB"
 
 
-DIVERGENCE_MEMORY_PROBE = """
-import resource, sys
+DIVERGENCE_MEMORY_PROBE = (
+    PEAK_RSS
+    + """
+import sys
 from kvprobe.cache_types import CacheConfig
 from kvprobe.engine import ContextSettings, Model, feed_lockstep
 from kvprobe.probes.divergence import DivergenceRecorder
-with Model(sys.argv[1], n_gpu_layers=0, n_threads=2) as m:
+with Model(sys.argv[1], n_gpu_layers=0, n_threads=2, use_extra_bufts=sys.argv[2] == '1') as m:
     s = ContextSettings(n_ctx=8448, chunk=512, n_threads=2, flash_attn=True, attn_rotation=True)
     text = " ".join("The ferry crossed the river at dawn and returned at dusk." for _ in range(300))
     doc = [m.bos or 2, *m.tokenize(text)][:2048]
@@ -115,14 +132,17 @@ with Model(sys.argv[1], n_gpu_layers=0, n_threads=2) as m:
     with m.context(CacheConfig("f16", "f16"), s) as a, m.context(CacheConfig("q4_0", "q4_0"), s) as b:
         feed_lockstep([a, b], doc, lambda p, lg: rec.add_chunk(0, doc, p, {"f16": lg[0], "q4_0": lg[1]}))
     assert len(rec.records[("q4_0", 0)].arrays()["kld"]) == 2047
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+print(PEAK_RSS_BYTES())
 """
+)
 
 
-def test_divergence_memory_is_bounded_by_the_chunk_not_the_context(default_model_path: Path) -> None:
+def test_divergence_memory_is_bounded_by_the_chunk_not_the_context(
+    default_model_path: Path, default_model_extra_bufts: bool
+) -> None:
     """Every position's logits of two contexts at n_ctx 8448: holding them all would take
     2 x 8448 x 262,144 x 4 bytes = 17.7 GB; lockstep reduction keeps one chunk per context."""
-    peak_bytes = peak_rss_bytes(DIVERGENCE_MEMORY_PROBE, default_model_path)
+    peak_bytes = peak_rss_bytes(DIVERGENCE_MEMORY_PROBE, default_model_path, default_model_extra_bufts)
     assert peak_bytes < 4 * 2**30, f"peak RSS {peak_bytes / 2**30:.2f} GiB"
 
 
