@@ -1,11 +1,11 @@
-"""nox sessions: tests, lint, typecheck (CI runs them through .ci/run); compare (how CI gates
-on a saved result)."""
+"""nox sessions, all run by CI through .ci/run: lint, typecheck, tests, and compare (the gate on
+a saved result)."""
 
 from __future__ import annotations
 
 import nox
 
-nox.options.sessions = ["lint", "typecheck", "tests"]
+nox.options.sessions = ["lint", "typecheck", "tests", "compare"]
 nox.options.default_venv_backend = "venv"
 nox.options.reuse_existing_virtualenvs = True
 

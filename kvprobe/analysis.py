@@ -4,6 +4,7 @@ the decay fit: pure functions of result items (design §6)."""
 from __future__ import annotations
 
 import math
+import warnings
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -150,46 +151,77 @@ def _logistic(x: np.ndarray, top: float, mid: float, slope: float) -> np.ndarray
     return result
 
 
+MAX_LOG2_LENGTH = 40.0  # 2^40 tokens: a fitted length past this is no length at all
+
+
 def fit_decay(ctx: Sequence[int], correct: Sequence[float]) -> tuple[float, float, float] | None:
     """Least-squares logistic fit of per-item correctness in log2(context):
-    accuracy(L) = top / (1 + exp(slope (log2 L − mid))). None when it does not converge."""
+    accuracy(L) = top / (1 + exp(slope (log2 L − mid))). None when it does not converge or
+    the data cannot carry it (fewer than two lengths, or values that are not finite)."""
     x = np.log2(np.asarray(ctx, dtype=float))
     y = np.asarray(correct, dtype=float)
-    if len(set(x.tolist())) < 2:
+    if len(x) != len(y) or not (np.isfinite(x).all() and np.isfinite(y).all()) or len(set(x.tolist())) < 2:
         return None
-    start = (max(y.mean(), 1e-3), float(x.mean()), 1.0)
+    start = (min(max(float(y.mean()), 1e-3), 1.0), float(np.clip(x.mean(), 0.0, 40.0)), 1.0)
     try:
-        params, _ = optimize.curve_fit(
-            _logistic, x, y, p0=start, bounds=([0.0, 0.0, -20.0], [1.0, 40.0, 20.0]), maxfev=5000
-        )
-    except (RuntimeError, ValueError):
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            params, _ = optimize.curve_fit(
+                _logistic, x, y, p0=start, bounds=([0.0, 0.0, -20.0], [1.0, 40.0, 20.0]), maxfev=5000
+            )
+    except (RuntimeError, ValueError, FloatingPointError, OverflowError, np.linalg.LinAlgError):
         return None
     top, mid, slope = (float(v) for v in params)
+    if not all(math.isfinite(v) for v in (top, mid, slope)):
+        return None
     return top, mid, slope
 
 
 def halving_length(fit: tuple[float, float, float], reference: float) -> float | None:
-    """The context where the fitted accuracy falls to half of the reference's accuracy."""
+    """The context where the fitted accuracy falls to half of the reference's accuracy; None
+    when the fitted curve never gets there (or only past 2^40 tokens)."""
     top, mid, slope = fit
     target = reference / 2
-    if slope <= 0 or not 0 < target < top:
+    if not (math.isfinite(target) and slope > 0 and 0 < target < top):
         return None
-    return float(2 ** (mid + math.log(top / target - 1) / slope))
+    log2_length = mid + math.log(top / target - 1) / slope
+    if not math.isfinite(log2_length) or log2_length > MAX_LOG2_LENGTH:
+        return None
+    return float(2.0**log2_length)
+
+
+@dataclass(frozen=True)
+class Halving:
+    """Where the decay fit puts half of the reference's accuracy, or why it cannot say."""
+
+    length: float | None
+    ci: list[float | None] | None
+    reason: str | None  # set when length is None: "not estimable" and why
 
 
 def halving_interval(
     ctx: Sequence[int], correct: Sequence[float], reference: float, seed: int, n_boot: int = 300
-) -> tuple[float | None, list[float | None] | None]:
+) -> Halving:
     """Point estimate and percentile-bootstrap 95% interval (resampling items) of the length
-    where accuracy halves; None where the curve does not reach half within 16x the longest
-    context measured (further out is extrapolation, not measurement)."""
+    where accuracy halves; not estimable where the fit fails or the curve does not reach half
+    within 16x the longest context measured (further out is extrapolation, not measurement)."""
+    if not ctx or len(ctx) != len(correct):
+        return Halving(None, None, "no items")
+    if not (math.isfinite(reference) and reference > 0):
+        return Halving(None, None, "the reference has no correct answer to halve")
     reach = 16 * max(ctx)
 
     def within(h: float | None) -> float | None:
         return h if h is not None and h <= reach else None
 
     fit = fit_decay(ctx, correct)
-    point = within(halving_length(fit, reference)) if fit else None
+    if fit is None:
+        return Halving(None, None, "the logistic fit did not converge on these items")
+    point = within(halving_length(fit, reference))
+    if point is None:
+        return Halving(
+            None, None, f"the fitted curve stays above half of the reference within {reach:,} tokens"
+        )
     rng = np.random.default_rng(seed)
     c, y = np.asarray(ctx), np.asarray(correct, dtype=float)
     boots = []
@@ -199,10 +231,12 @@ def halving_interval(
         h = within(halving_length(f, reference)) if f else None
         boots.append(h if h is not None else math.inf)
     ordered = np.sort(np.asarray(boots))
-    if point is None or np.mean(np.isfinite(ordered)) < 0.5:
-        return point, None
+    if np.mean(np.isfinite(ordered)) < 0.5:
+        return Halving(point, None, None)
     # Order statistics, not interpolation: a fit that never halves counts as +infinity, and an
     # upper end there means "not within reach" (None, not infinity).
     lo = ordered[math.floor(0.025 * (len(ordered) - 1))]
     hi = ordered[math.ceil(0.975 * (len(ordered) - 1))]
-    return point, [float(lo) if np.isfinite(lo) else None, float(hi) if np.isfinite(hi) else None]
+    return Halving(
+        point, [float(lo) if np.isfinite(lo) else None, float(hi) if np.isfinite(hi) else None], None
+    )

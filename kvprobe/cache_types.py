@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from kvprobe.errors import UserError
+from kvprobe.errors import UserError, did_you_mean
 
 # GGML type ids, from ggml.h (stable across llama.cpp versions).
 GGML_TYPE_IDS: dict[str, int] = {
@@ -25,7 +25,9 @@ def check_cache_type(name: str) -> str:
     key = name.strip().lower()
     if key not in GGML_TYPE_IDS:
         choices = " ".join(GGML_TYPE_IDS)
-        raise UserError(f"unknown cache type {name!r}: choose one of {choices}")
+        raise UserError(
+            f"unknown cache type {name!r}{did_you_mean(name, GGML_TYPE_IDS)}: choose one of {choices}"
+        )
     return key
 
 

@@ -1,4 +1,4 @@
-"""Command line: `kvprobe run`, `kvprobe scenarios`.
+"""Command line: `kvprobe run`, `compare`, `doctor`, `quantize` and `scenarios`.
 
 Bad input ends with one line on stderr and exit code 2, never a traceback.
 """
@@ -9,6 +9,7 @@ import argparse
 import contextlib
 import os
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 
 from kvprobe import __version__
 from kvprobe.cache_types import CacheConfig, check_cache_type
+from kvprobe.display import SafeConsole, plain
 from kvprobe.errors import EngineError, UserError
 from kvprobe.kernel_check import KernelDecision
 
@@ -128,6 +130,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="METRIC:THRESHOLD",
         help="exit 1 on a significant change beyond THRESHOLD, e.g. accuracy:-0.05 or kld_mean:+0.01",
     )
+    compare.add_argument(
+        "--map",
+        action="append",
+        default=[],
+        metavar="OLD=NEW",
+        help="compare configuration OLD of the old file with NEW of the new one, e.g. --map q8_0=q4_0",
+    )
     compare.add_argument("--paired", action="store_true", help="refuse unless the items can be paired")
     compare.add_argument("--json", action="store_true", help="print the comparison as JSON")
 
@@ -200,8 +209,14 @@ def check_out_path(path: Path, force: bool) -> None:
         raise UserError(
             f"cannot create the folder for --out {path} ({exc.strerror}): choose another path"
         ) from None
-    if not os.access(path.parent, os.W_OK):
-        raise UserError(f"folder {path.parent} is not writable: choose another --out")
+    try:  # a real write, not os.access: root passes access() on a read-only file system
+        fd, probe = tempfile.mkstemp(prefix=".kvprobe-write-check-", dir=path.parent)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise UserError(
+            f"folder {path.parent} is not writable ({exc.strerror}): choose another --out"
+        ) from None
 
 
 def cmd_scenarios(console: Console) -> int:
@@ -234,12 +249,20 @@ def cmd_compare(args: argparse.Namespace, console: Console) -> int:
 
     rules = [FailRule.parse(text) for text in args.fail_on]
     old, new = load_result(Path(args.old)), load_result(Path(args.new))
-    try:
-        report = compare(old, new, require_paired=args.paired)
-    except (KeyError, TypeError, ValueError, IndexError) as exc:
-        raise UserError(
-            f"{args.old} or {args.new} is corrupt or incomplete ({type(exc).__name__}: {exc})"
-        ) from None
+    report = compare(old, new, require_paired=args.paired, maps=args.map)
+    tested = {tuple(p) for p in report["test_configs_compared"]}
+    for rule in rules:
+        # A gate passes only on evidence: some row of its metric for a configuration under test.
+        if not any(
+            r["metric"] == rule.metric and (r["config_old"], r["config_new"]) in tested
+            for r in report["rows"]
+        ):
+            left = report["unmatched"]
+            raise UserError(
+                f"--fail-on {rule.metric}:{rule.threshold:+g} has nothing to judge: no test configuration "
+                f"was compared on {rule.metric} (unmatched: old {', '.join(left['old']) or 'none'}; "
+                f"new {', '.join(left['new']) or 'none'}); pair them with --map OLD=NEW"
+            )
     failures = [(rule, row) for rule in rules for row in report["rows"] if rule.violated_by(row)]
     report["failures"] = [{"rule": f"{r.metric}:{r.threshold:+g}", **row} for r, row in failures]
     if args.json:
@@ -291,7 +314,7 @@ def cmd_quantize(args: argparse.Namespace, console: Console) -> int:
     check_out_path(out_dir / ".kvprobe-write-check", force=True)
     threads = args.threads or max(1, os.cpu_count() or 1)
     for job in jobs:
-        console.print(f"{src.name} -> {job.dst} ({job.type_name}: {job.note})")
+        console.print(f"{src.name} -> {job.dst} ({job.type_name}: {job.note})", markup=False, highlight=False)
         tmp = job.dst.with_name(f".{job.dst.name}.partial")
         try:
             engine.quantize(
@@ -308,7 +331,9 @@ def cmd_quantize(args: argparse.Namespace, console: Console) -> int:
             tmp.unlink(missing_ok=True)  # variants already written stay; no half file is left
             raise
         tmp.replace(job.dst)  # a finished file or none: an interrupted run leaves no half model
-        console.print(f"  wrote {job.dst} ({job.dst.stat().st_size / 2**20:.1f} MiB)")
+        console.print(
+            f"  wrote {job.dst} ({job.dst.stat().st_size / 2**20:.1f} MiB)", markup=False, highlight=False
+        )
     return 0
 
 
@@ -346,7 +371,7 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
 
     from kvprobe.model_info import read_model_info
     from kvprobe.provenance import default_model_path, host_info
-    from kvprobe.results import build_result, default_out_path, utc_now, write_result
+    from kvprobe.results import add_statistics, build_result, default_out_path, utc_now, write_result
     from kvprobe.scenario import HaystackSpec, load_scenario
 
     configs, baseline = parse_configs(args)
@@ -356,8 +381,14 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
         if kind == "file" and not Path(args.haystack).is_file():
             raise UserError(f"--haystack {args.haystack!r}: not prose, noise, or an existing text file")
         scenario = replace(scenario, haystack=HaystackSpec(kind, "" if kind != "file" else args.haystack))
+    if scenario.haystack.kind == "file":
+        from kvprobe.haystack import read_user_text
+
+        read_user_text(scenario.haystack.path)  # refused now, not after the models are hashed and loaded
     if args.threads is not None and args.threads < 1:
         raise UserError("--threads must be at least 1")
+    if args.gpu_layers is not None and args.gpu_layers < -1:
+        raise UserError(f"--gpu-layers must be -1 (all) or a number of layers >= 0, got {args.gpu_layers}")
     model_paths = [Path(p).expanduser() for p in args.model] or [default_model_path()]
     if len(model_paths) > 2:
         raise UserError("--model takes one file, or two (REF then TEST) for the weights-vs-KV design")
@@ -368,13 +399,30 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
             "two --model files run the 2x2 weights-vs-KV design: give a quantized --cache (e.g. q4_0) "
             "and keep the f16 baseline"
         )
-    from kvprobe.doctor import findings, read_facts
+    if baseline is None and "divergence" in scenario.probes:
+        raise UserError("the divergence probe compares against a reference: drop --baseline none")
+    if args.null_check and "divergence" not in scenario.probes:
+        raise UserError("--null-check needs the divergence probe: use --scenario divergence or default")
+    if args.mode == "classic" and "needle" not in scenario.probes:
+        raise UserError("--mode classic applies to the needle probe: this scenario has none")
+    from kvprobe.plan import check_plan_capacity
 
+    check_plan_capacity(scenario, args.ctx, args.mode)
+    from kvprobe.doctor import findings, read_facts
+    from kvprobe.engine import gpu_offload_supported
+    from kvprobe.memory import check_fits, run_memory
+    from kvprobe.provenance import memory_gb
+
+    facts = [read_facts(p) for p in model_paths]  # checks the files are GGUF before llama.cpp sees them
+    gpu_layers = args.gpu_layers if args.gpu_layers is not None else (-1 if gpu_offload_supported() else 0)
+    if gpu_layers == 0 or not gpu_offload_supported():
+        need = run_memory(facts, configs, args.ctx + 256, scenario.plan.chunk, 1 if args.null_check else 0)
+        check_fits(need, memory_gb(), args.ctx)
     infos: list[dict[str, Any]] = []
     serious: list[tuple[Path, Any]] = []
-    for path in model_paths:
-        info_i = read_model_info(path)  # checks the file is GGUF before llama.cpp sees it
-        found = findings(read_facts(path))
+    for path, facts_i in zip(model_paths, facts, strict=True):
+        info_i = read_model_info(path)  # sha256 of the whole file: after the cheap checks
+        found = findings(facts_i)
         info_i["findings"] = [asdict(f) for f in found]
         infos.append(info_i)
         serious += [(path, f) for f in found if f.severity == "serious"]
@@ -403,20 +451,17 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
             f"--ctx {args.ctx} exceeds the model's training context ({info['n_ctx_train']} tokens): "
             "results past it measure the model outside its design, not the cache"
         )
-    gpu_layers = (
-        args.gpu_layers if args.gpu_layers is not None else (-1 if engine.gpu_offload_supported() else 0)
-    )
     if gpu_layers != 0 and any(c.type_k != c.type_v for c in configs):
         warnings.append(
             "on CUDA, llama.cpp compiles flash-attention kernels only for matching K/V types unless built "
             "with -DGGML_CUDA_FA_QUANTS=all: an asymmetric pair runs on a much slower path"
         )
     for w in warnings:
-        console.print(f"[yellow]warning:[/] {w}")
+        console.print(f"[yellow]warning:[/] {plain(w)}")
     for path in dict.fromkeys(p for p, _ in serious):
         console.print(
-            f"[bold red]model:[/] {'; '.join(f.message for p, f in serious if p == path)} "
-            f"(`kvprobe doctor {path}` explains; results will show it)",
+            f"[bold red]model:[/] {plain('; '.join(f.message for p, f in serious if p == path))} "
+            f"(`kvprobe doctor {plain(path)}` explains; results will show it)",
             highlight=False,
         )
     kernels = _kernel_decision(args, model_paths, gpu_layers, console)
@@ -430,7 +475,9 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
     console.print(
         f"kvprobe {__version__}: {' vs '.join(p.name for p in model_paths)}, "
         f"caches {', '.join(c.id for c in configs)}, ctx {args.ctx}, scenario {scenario.name}, "
-        f"{args.mode} mode"
+        f"{args.mode} mode",
+        markup=False,
+        highlight=False,
     )
     with contextlib.ExitStack() as stack:
         loaded = [
@@ -464,7 +511,7 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
             task = bar.add_task("starting", total=runner.planned_tokens(n_runs, args.null_check))
 
             def progress(n_tokens: int, what: str) -> None:
-                bar.update(task, advance=n_tokens, description=what)
+                bar.update(task, advance=n_tokens, description=plain(what))
 
             outcome = run_probes(
                 runner, configs, baseline, progress, null_check=args.null_check, models=models
@@ -508,18 +555,34 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
         },
         warnings=warnings,
     )
+    write_result(doc, out_path)  # the measurements are on disk before any statistic runs
+    try:
+        add_statistics(doc, outcome["divergence_arrays"])
+    except KeyboardInterrupt:
+        raise UserError(
+            f"interrupted while computing statistics; the measured items are in {out_path} "
+            f"(statistics.complete: false)"
+        ) from None
     write_result(doc, out_path)
     from kvprobe.report import print_run_report
 
     print_run_report(doc, console)
-    console.print(f"result: {out_path}")
+    for failed in doc["statistics"]["errors"]:
+        console.print(
+            f"statistics: the {failed['what']} could not be computed ({failed['error']}); "
+            "the measured items are in the result file",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
+    console.print(f"result: {out_path}", markup=False, highlight=False)
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     # Redirected to a file, rich would wrap tables at 80 columns; a log reads better wide.
-    console = Console(stderr=False, width=None if sys.stdout.isatty() else 160)
-    err = Console(stderr=True)
+    console = SafeConsole(stderr=False, width=None if sys.stdout.isatty() else 160)
+    err = SafeConsole(stderr=True)
     try:
         args = build_parser().parse_args(argv)
         if args.command == "scenarios":

@@ -9,6 +9,7 @@ threshold and significant (asv's rule), so noise never fails a build.
 from __future__ import annotations
 
 import itertools
+import math
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -56,6 +57,8 @@ class FailRule:
             raise UserError(f"--fail-on {text!r}: use METRIC:THRESHOLD with METRIC one of {', '.join(known)}")
         try:
             threshold = float(value)
+            if not math.isfinite(threshold):
+                raise ValueError(value)
         except ValueError:
             raise UserError(
                 f"--fail-on {text!r}: the threshold must be a number, e.g. accuracy:-0.05"
@@ -63,77 +66,123 @@ class FailRule:
         return cls(metric, threshold)
 
     def violated_by(self, row: dict[str, Any]) -> bool:
-        if row["metric"] != self.metric or row["p"] is None or row["p"] >= ALPHA:
+        """Significant and beyond the threshold. A row the test could not judge (a NaN
+        difference or p) fails too: a gate must never pass on what it could not measure."""
+        if row["metric"] != self.metric:
+            return False
+        if not _testable(row):
+            return True
+        if row["p"] >= ALPHA:
             return False
         diff = float(row["diff"])
         return diff < self.threshold if self.threshold < 0 else diff > self.threshold
 
 
-def match_configs(old: dict[str, Any], new: dict[str, Any]) -> list[tuple[str, str]]:
-    """Configurations with the same id; then, if exactly one test configuration is left on each
-    side, those two (the role "the configuration under test", e.g. q8_0 -> q4_0)."""
+def _testable(row: dict[str, Any]) -> bool:
+    p, diff = row.get("p"), row.get("diff")
+    return (
+        isinstance(p, (int, float))
+        and isinstance(diff, (int, float))
+        and math.isfinite(p)
+        and math.isfinite(diff)
+    )
+
+
+def _split_map(text: str, old_ids: Sequence[str], new_ids: Sequence[str]) -> tuple[str, str] | None:
+    """OLD=NEW, where an id may itself hold "=" (k=q4_0,v=f16): the "=" that leaves two ids."""
+    for i, ch in enumerate(text):
+        if ch == "=" and text[:i] in old_ids and text[i + 1 :] in new_ids:
+            return text[:i], text[i + 1 :]
+    return None
+
+
+def match_configs(
+    old: dict[str, Any], new: dict[str, Any], maps: Sequence[str] = ()
+) -> tuple[list[tuple[str, str]], list[str], list[str]]:
+    """Pairs of configurations to compare, and those left unmatched in old and in new.
+
+    `maps` (--map OLD=NEW) come first; then configurations with the same id; then, if exactly
+    one test configuration is left on each side, those two (the role "the configuration under
+    test", e.g. q8_0 -> q4_0)."""
     old_ids = [c["id"] for c in old["configs"]]
     new_ids = [c["id"] for c in new["configs"]]
-    pairs = [(c, c) for c in old_ids if c in new_ids]
-    rest_old = [c for c in old_ids if c not in new_ids and c != old.get("baseline")]
-    rest_new = [c for c in new_ids if c not in old_ids and c != new.get("baseline")]
-    if len(rest_old) == 1 and len(rest_new) == 1:
+    pairs: list[tuple[str, str]] = []
+    for text in maps:
+        found = _split_map(text, old_ids, new_ids)
+        if found is None:
+            raise UserError(
+                f"--map {text!r}: use OLD=NEW with OLD one of {', '.join(old_ids)} "
+                f"and NEW one of {', '.join(new_ids)}"
+            )
+        pairs.append(found)
+    used_old = {a for a, _ in pairs}
+    used_new = {b for _, b in pairs}
+    pairs += [(c, c) for c in old_ids if c in new_ids and c not in used_old and c not in used_new]
+    rest_old = [c for c in old_ids if c not in {a for a, _ in pairs} and c != old.get("baseline")]
+    rest_new = [c for c in new_ids if c not in {b for _, b in pairs} and c != new.get("baseline")]
+    if not maps and len(rest_old) == 1 and len(rest_new) == 1:
         pairs.append((rest_old[0], rest_new[0]))
-    return pairs
+    unmatched_old = [c for c in old_ids if c not in {a for a, _ in pairs}]
+    unmatched_new = [c for c in new_ids if c not in {b for _, b in pairs}]
+    return pairs, unmatched_old, unmatched_new
 
 
 def pairing(old: dict[str, Any], new: dict[str, Any]) -> tuple[bool, str]:
     """Whether items can be paired, and why (not)."""
-    checks = (
+    old_rt, new_rt = old.get("runtime") or {}, new.get("runtime") or {}
+    checks = [
         ("scenario", old["scenario"]["sha256"], new["scenario"]["sha256"]),
         ("model", old["model"]["sha256"], new["model"]["sha256"]),
         ("seed", old["run"]["seed"], new["run"]["seed"]),
         ("--ctx", old["run"]["ctx"], new["run"]["ctx"]),
         ("mode", old["run"]["mode"], new["run"]["mode"]),
-    )
-    differ = [name for name, a, b in checks if a != b]
+    ]
+    # Same items but other numerics: a paired test would credit the cache with what the
+    # engine changed.
+    for key, name in NUMERICS:
+        default = True if key == "extra_bufts" else None  # files from before it was recorded
+        checks.append((name, old_rt.get(key, default), new_rt.get(key, default)))
+    differ = [
+        f"{name} ({a} vs {b})" if a is not None and b is not None else name for name, a, b in checks if a != b
+    ]
     if differ:
-        return False, f"unpaired: the files differ in {', '.join(differ)}"
-    return True, "paired: same scenario, model, seed and context, so the same items"
+        return False, f"unpaired: the files differ in {'; '.join(differ)}"
+    return True, "paired: same scenario, model, seed, context and llama.cpp settings, so the same items"
 
 
-# Settings that change llama.cpp's numerics without changing the items: items still pair, but
-# a difference then mixes the cache effect with the kernels' (the way batch shape does).
+# Runtime settings that change llama.cpp's numerics without changing the items: files that
+# differ in one are compared unpaired, since a paired test would mix the engine's change into
+# the cache's (the way batch shape does).
 NUMERICS = (
     ("extra_bufts", "extra buffer types (repacked/AMX CPU kernels; --no-repack turns them off)"),
-    ("llama_cpp_version", "llama.cpp build"),
+    ("llama_cpp_python", "llama-cpp-python version"),
+    ("llama_cpp_build", "llama.cpp build features"),
     ("backend", "backend"),
     ("n_ubatch", "batch shape"),
+    ("flash_attn", "flash attention"),
+    ("attn_rotation", "Hadamard rotation"),
 )
 
 
 def numerics_notes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    """One sentence per setting in which the two runs' numerics differ."""
-    notes = []
-    old_rt, new_rt = old.get("runtime") or {}, new.get("runtime") or {}
-    for key, what in NUMERICS:
-        # Files written before the setting was recorded ran with llama.cpp's default.
-        a = old_rt.get(key, True if key == "extra_bufts" else None)
-        b = new_rt.get(key, True if key == "extra_bufts" else None)
-        if a != b:
-            notes.append(
-                f"the runs differ in {what}: {key} {a} (old) vs {b} (new); llama.cpp's numerics differ, "
-                "so every difference below includes that, not only the cache"
-            )
+    """What else differs between the two runs' engines, beyond what pairing checks."""
     cpu_a, cpu_b = (old.get("host") or {}).get("cpu"), (new.get("host") or {}).get("cpu")
     if cpu_a != cpu_b:
-        notes.append(
+        return [
             f"the runs are from different CPUs ({cpu_a} vs {cpu_b}): llama.cpp's CPU kernels differ between "
             "hosts, so results are not bit-identical"
-        )
-    return notes
+        ]
+    return []
 
 
 def _item_values(doc: dict[str, Any], metric: Metric, config: str) -> dict[int, dict[tuple[Any, ...], float]]:
     out: dict[int, dict[tuple[Any, ...], float]] = defaultdict(dict)
     for it in doc["items"]:
-        if it["probe"] == metric.probe and it["config"] == config and it.get(metric.field) is not None:
-            out[it["ctx"]][metric.key(it)] = float(it[metric.field])
+        if it["probe"] == metric.probe and it["config"] == config and metric.field in it:
+            # null is a NaN the writer stored as JSON null: kept as NaN, so the row is "not
+            # testable" and a gate on it fails, instead of the item silently dropping out
+            value = it[metric.field]
+            out[it["ctx"]][metric.key(it)] = math.nan if value is None else float(value)
     return out
 
 
@@ -162,9 +211,11 @@ def _test(
 
 def _mark(row: dict[str, Any]) -> str:
     """asv's rule: flag only what is both larger than the threshold and significant."""
+    if not _testable(row):
+        return "not testable"
     diff, metric = row["diff"], row["metric"]
     threshold = MIN_CHANGE.get(metric, MIN_RELATIVE_CHANGE * abs(row["old"]))
-    if row["p"] is None or row["p"] >= ALPHA or abs(diff) <= threshold:
+    if row["p"] >= ALPHA or abs(diff) <= threshold:
         return "no significant change"
     worse = diff < 0 if LOWER_IS_WORSE[metric] else diff > 0
     return "worse" if worse else "better"
@@ -232,15 +283,35 @@ def _divergence_rows(
 
 
 def compare(
-    old: dict[str, Any], new: dict[str, Any], seed: int = 0, require_paired: bool = False
+    old: dict[str, Any],
+    new: dict[str, Any],
+    seed: int = 0,
+    require_paired: bool = False,
+    maps: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """Every metric both files have, per matched configuration and checkpoint."""
+    """Every metric both files have, per matched configuration and checkpoint. A file that
+    is valid JSON of the right version but not of the right shape is a UserError."""
+    try:
+        return _compare(old, new, seed, require_paired, maps)
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
+        raise UserError(
+            f"a result file is corrupt or incomplete ({type(exc).__name__}: {str(exc)[:80]}): "
+            "use an intact file or run it again"
+        ) from None
+
+
+def _compare(
+    old: dict[str, Any], new: dict[str, Any], seed: int, require_paired: bool, maps: Sequence[str]
+) -> dict[str, Any]:
     paired, reason = pairing(old, new)
     if require_paired and not paired:
         raise UserError(f"--paired was asked for, but the results are {reason.removeprefix('unpaired: ')}")
-    pairs = match_configs(old, new)
+    pairs, unmatched_old, unmatched_new = match_configs(old, new, maps)
     if not pairs:
-        raise UserError("the two results share no configuration to compare")
+        raise UserError(
+            f"the two results share no configuration to compare (old: {', '.join(unmatched_old)}; "
+            f"new: {', '.join(unmatched_new)}): pair them with --map OLD=NEW"
+        )
     rows = _item_rows(old, new, pairs, paired, seed) + _divergence_rows(old, new, pairs, paired, seed)
     for row in rows:
         row["mark"] = _mark(row)
@@ -249,5 +320,9 @@ def compare(
         "pairing": reason,
         "notes": numerics_notes(old, new),
         "configs": [list(p) for p in pairs],
+        "unmatched": {"old": unmatched_old, "new": unmatched_new},
+        "test_configs_compared": [
+            list(p) for p in pairs if p[0] != old.get("baseline") or p[1] != new.get("baseline")
+        ],
         "rows": rows,
     }

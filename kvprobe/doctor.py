@@ -19,6 +19,7 @@ from typing import Any
 import gguf
 import numpy as np
 
+from kvprobe.errors import UserError
 from kvprobe.model_info import field_value, file_type_name, open_gguf
 
 # Layers with a sliding window, for architectures whose pattern llama.cpp hard-codes
@@ -99,17 +100,37 @@ def _per_layer(value: Any, n_layer: int) -> list[int]:
 
 
 def read_facts(path: Path) -> dict[str, Any]:
-    """Everything the findings and the KV table need, from metadata and tensor headers."""
+    """Everything the findings and the KV table need, from metadata and tensor headers; a
+    value of the wrong type anywhere is one UserError naming the file, never a traceback."""
+    try:
+        return _read_facts(path)
+    except (TypeError, ValueError, IndexError, KeyError, AttributeError, ZeroDivisionError) as exc:
+        raise UserError(
+            f"model file {path}: its metadata does not hold what GGUF expects ({type(exc).__name__}: "
+            f"{str(exc)[:80]}): convert the model again"
+        ) from None
+
+
+def _read_facts(path: Path) -> dict[str, Any]:
     reader = open_gguf(path)
-    arch = field_value(reader, "general.architecture") or "unknown"
+    arch = str(field_value(reader, "general.architecture") or "unknown")
 
     def meta(key: str, default: Any = None) -> Any:
         value = field_value(reader, key.replace("{arch}", arch))
         return default if value is None else value
 
-    n_layer = int(meta("{arch}.block_count", 0))
+    def meta_int(key: str, default: int) -> int:
+        value = meta(key, default)
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+            raise UserError(
+                f"model file {path}: metadata {key.replace('{arch}', arch)} is {str(value)[:60]!r}, "
+                "not a whole number: the file was written by a broken converter; convert the model again"
+            )
+        return int(value)
+
+    n_layer = meta_int("{arch}.block_count", 0)
     n_head = meta("{arch}.attention.head_count", 0)
-    n_embd = int(meta("{arch}.embedding_length", 0))
+    n_embd = meta_int("{arch}.embedding_length", 0)
     head_counts = _per_layer(n_head, n_layer)
     head_dim_default = n_embd // head_counts[0] if head_counts and head_counts[0] else 0
     types: dict[str, dict[str, int]] = defaultdict(lambda: {"tensors": 0, "params": 0, "bytes": 0})
@@ -128,8 +149,9 @@ def read_facts(path: Path) -> dict[str, Any]:
         total_bytes += int(t.n_bytes)
         if t.name.startswith("blk.") and len(t.shape) >= 2:
             block_weights += 1
+    embd = next((t for t in reader.tensors if t.name == "token_embd.weight" and len(t.shape) >= 2), None)
     swa_pattern = meta("{arch}.attention.sliding_window_pattern")
-    n_swa = int(meta("{arch}.attention.sliding_window", 0))
+    n_swa = meta_int("{arch}.attention.sliding_window", 0)
     if isinstance(swa_pattern, list):
         swa_layers = [bool(v) for v in swa_pattern][:n_layer]
     else:
@@ -154,9 +176,9 @@ def read_facts(path: Path) -> dict[str, Any]:
         "basename": meta("general.basename"),
         "architecture": arch,
         "n_params": n_params,
-        "n_experts": int(meta("{arch}.expert_count", 0)),
-        "n_experts_used": int(meta("{arch}.expert_used_count", 0)),
-        "n_ctx_train": int(meta("{arch}.context_length", 0)),
+        "n_experts": meta_int("{arch}.expert_count", 0),
+        "n_experts_used": meta_int("{arch}.expert_used_count", 0),
+        "n_ctx_train": meta_int("{arch}.context_length", 0),
         "file_type": file_type_name(meta("general.file_type")),
         "bits_per_weight": 8 * total_bytes / n_params if n_params else 0.0,
         "weights_bytes": total_bytes,
@@ -169,9 +191,10 @@ def read_facts(path: Path) -> dict[str, Any]:
         "imatrix": imatrix or None,
         "source_file_type": meta(SOURCE_TYPE_KEY),
         "n_layer": n_layer,
+        "n_vocab": int(embd.shape[1]) if embd is not None else 0,
         "n_head_kv": _per_layer(meta("{arch}.attention.head_count_kv", n_head), n_layer),
-        "head_dim_k": int(meta("{arch}.attention.key_length", head_dim_default)),
-        "head_dim_v": int(meta("{arch}.attention.value_length", head_dim_default)),
+        "head_dim_k": meta_int("{arch}.attention.key_length", head_dim_default),
+        "head_dim_v": meta_int("{arch}.attention.value_length", head_dim_default),
         "n_swa": n_swa,
         "swa_layers": swa_layers,
     }

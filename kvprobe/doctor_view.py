@@ -7,6 +7,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from kvprobe.display import plain
 from kvprobe.doctor import GiB, MiB, short_type
 
 SEVERITY_STYLE = {"serious": "bold red", "warning": "yellow", "info": "cyan"}
@@ -32,8 +33,9 @@ def print_doctor(report: dict[str, Any], console: Console) -> None:
         if imatrix
         else "none (no quantize.imatrix.* metadata)"
     )
-    console.print(f"[bold]{f['name']}[/]  {f['path']}")
+    console.print(f"[bold]{plain(f['name'])}[/]  {plain(f['path'])}")
     for label, value in (
+        ("name", f"{f['general_name'] or '-'}"),
         ("architecture", f"{f['architecture']}, {_params(f['n_params'])} parameters, {experts}"),
         ("training context", f"{f['n_ctx_train']:,} tokens"),
         (
@@ -45,7 +47,7 @@ def print_doctor(report: dict[str, Any], console: Console) -> None:
         ("weight matrix types", ", ".join(f["weight_types"])),
         ("importance matrix", im_text),
     ):
-        console.print(f"  {label:>20}: {value}")
+        console.print(f"  {label:>20}: {value}", markup=False, highlight=False)
 
     types = Table(title="Tensor types")
     for col in ("type", "tensors", "parameters", "share", "size"):
@@ -65,7 +67,9 @@ def print_doctor(report: dict[str, Any], console: Console) -> None:
         found.add_column(col)
     for x in report["findings"]:
         style = SEVERITY_STYLE[x["severity"]]
-        found.add_row(f"[{style}]{x['severity']}[/]", x["message"], x["evidence"], x["fix"])
+        found.add_row(
+            f"[{style}]{x['severity']}[/]", plain(x["message"]), plain(x["evidence"]), plain(x["fix"])
+        )
     if not report["findings"]:
         found.add_row("", "no weight-side problem found", "", "")
     console.print(found)

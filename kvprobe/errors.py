@@ -1,5 +1,8 @@
 """User-facing errors: one line, exit code 2, never a traceback."""
 
+import difflib
+from collections.abc import Iterable
+
 
 class UserError(Exception):
     """Bad input from the user; the message names the problem and the fix."""
@@ -9,3 +12,16 @@ class UserError(Exception):
 
 class EngineError(RuntimeError):
     """llama.cpp refused something (context creation, decode)."""
+
+
+_LOOKALIKE = str.maketrans({"o": "0", "l": "1", "i": "1", "-": "_", " ": "_"})
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """' (did you mean q4_0?)' for a near miss, else ''. A letter typed for a look-alike digit
+    (q4_o) is matched exactly; otherwise up to three close spellings are offered."""
+    options = {c.lower(): c for c in choices}
+    key = word.strip().lower()
+    exact = [c for low, c in options.items() if low.translate(_LOOKALIKE) == key.translate(_LOOKALIKE)]
+    close = exact[:1] or [options[c] for c in difflib.get_close_matches(key, list(options), n=3, cutoff=0.6)]
+    return f" (did you mean {' or '.join(c.lower() for c in close)}?)" if close else ""

@@ -32,6 +32,10 @@ def read_user_text(path: str) -> str:
         raise UserError(f"haystack file {path} not found: give an existing UTF-8 text file") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise UserError(f"haystack file {path} cannot be read as UTF-8 text ({exc})") from None
+    if "\x00" in text or sum(not (c.isprintable() or c.isspace()) for c in text[:100_000]) > 0.01 * min(
+        len(text), 100_000
+    ):
+        raise UserError(f"haystack file {path} looks binary, not text: give a UTF-8 text file")
     if len(text.split()) < 50:
         raise UserError(f"haystack file {path} has fewer than 50 words: give a longer text")
     return text.strip()

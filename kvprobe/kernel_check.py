@@ -39,10 +39,14 @@ EXTRA_BUFT_WEIGHT_TYPES = frozenset(
 EXTRA_BUFT_FEATURES = ("AMX_INT8", "REPACK")
 
 CACHE_DIR_ENV = "KVPROBE_CACHE_DIR"
-# Tests only: the child segfaults on purpose, so the fallback is exercised with a real crash.
+# Tests only: "1" makes the child segfault where the kernels would (a real crash, for the
+# fallback); "kill" makes it die by SIGKILL, as under the OOM killer (no verdict on kernels).
 CRASH_SWITCH_ENV = "KVPROBE_TEST_KERNEL_CHECK_CRASH"
 CHILD_TIMEOUT_S = 900.0
 CHECK_CHUNK = 64  # the child decodes one 64-token batch (matrix kernels), then one token (vector)
+# Deaths that a broken kernel causes; SIGKILL (the OOM killer) or SIGTERM say nothing about it.
+CRASH_SIGNALS = frozenset({"SIGSEGV", "SIGBUS", "SIGILL", "SIGFPE", "SIGABRT"})
+NON_FINITE_EXIT = 3  # the child decoded, but the logits hold NaN or infinity
 
 # How to get the fast path back when the AMX kernels crash. A native build (llama-cpp-python's
 # default, GGML_NATIVE=ON) compiles with -march=native, which turns AMX on wherever the CPU has
@@ -170,11 +174,16 @@ class ChildOutcome:
             return f"signal {-self.returncode}"
 
 
-def run_child(model: Path, n_gpu_layers: int, n_threads: int | None, timeout: float) -> ChildOutcome:
-    """Load `model` with extra buffer types in a child process and decode a few tokens."""
+def run_child(
+    model: Path, n_gpu_layers: int, n_threads: int | None, timeout: float, *, extra_bufts: bool = True
+) -> ChildOutcome:
+    """Load `model` (with or without extra buffer types) in a child process and decode a few
+    tokens."""
     cmd = [sys.executable, "-m", "kvprobe.kernel_check", str(model), "--gpu-layers", str(n_gpu_layers)]
     if n_threads:
         cmd += ["--threads", str(n_threads)]
+    if not extra_bufts:
+        cmd.append("--no-extra-bufts")
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
     except subprocess.TimeoutExpired:
@@ -187,6 +196,7 @@ def decide(
     models: Sequence[tuple[Path, Iterable[str]]],
     *,
     system_info: str,
+    build: str | None = None,
     all_layers_on_gpu: bool,
     n_gpu_layers: int,
     n_threads: int | None,
@@ -195,11 +205,13 @@ def decide(
     on_check: Callable[[Path], None] | None = None,
 ) -> KernelDecision:
     """One setting for the whole run: extra buffer types stay on unless --no-repack asks
-    otherwise or a child decode of any of `models` (path, weight types) dies by a signal."""
+    otherwise, or a child decode of any of `models` (path, weight types) dies of a crash signal
+    (or gives non-finite logits) while the same decode without them runs. `build` identifies
+    the llama.cpp build in the cache key (default: `system_info`)."""
     if no_repack:
         return KernelDecision(False, "forced_off", "--no-repack")
     features = build_features(system_info)
-    crash_switch = os.environ.get(CRASH_SWITCH_ENV) == "1"
+    crash_switch = bool(os.environ.get(CRASH_SWITCH_ENV))
     cpu = cpu_signature()
     path = cache_path()
     passed: list[str] = []
@@ -210,7 +222,7 @@ def decide(
         if why_not is not None:
             passed.append(f"{model.name}: not checked, {why_not}")
             continue
-        key = cache_key(system_info, cpu, types, crash_switch)
+        key = cache_key(build or system_info, cpu, types, crash_switch)
         found = _read_cache(path).get(key)
         cached = isinstance(found, dict) and isinstance(found.get("ok"), bool)
         entry: dict[str, object] = found if cached and isinstance(found, dict) else {}
@@ -221,17 +233,21 @@ def decide(
             t0 = time.perf_counter()
             outcome = run_child(model, n_gpu_layers, n_threads, timeout)
             seconds = round(time.perf_counter() - t0, 2)
-            if outcome.returncode is None or (outcome.returncode > 0):
-                # Not a crash: a hang or an ordinary error (the main load will report it).
-                return KernelDecision(
-                    True,
-                    "inconclusive",
-                    f"the check of {model.name} gave no answer ({outcome.detail or outcome.returncode}); "
-                    "extra buffer types stay on",
-                )
+            why = outcome.signal_name or outcome.detail or f"exit code {outcome.returncode}"
+            if outcome.returncode == 0:
+                failed = False
+            elif outcome.returncode == NON_FINITE_EXIT or outcome.signal_name in CRASH_SIGNALS:
+                # Blame the extra buffer types only if the same decode without them works: an
+                # unrelated assert or a broken file fails both ways.
+                without = run_child(model, n_gpu_layers, n_threads, timeout, extra_bufts=False)
+                if without.returncode != 0:
+                    return _inconclusive(model, f"{why}, and the same without extra buffer types")
+                failed = True
+            else:  # a hang, a kill from outside (the OOM killer) or an ordinary error
+                return _inconclusive(model, why)
             entry = {
-                "ok": outcome.returncode == 0,
-                "signal": outcome.signal_name,
+                "ok": not failed,
+                "signal": outcome.signal_name or ("non-finite logits" if failed else None),
                 "detail": outcome.detail,
                 "weight_types": types,
                 "seconds": seconds,
@@ -240,15 +256,29 @@ def decide(
             _write_cache(path, key, entry)
         if not entry["ok"]:
             where = ", ".join(f for f in EXTRA_BUFT_FEATURES if f in features)
+            what = entry.get("signal") or "a signal"
+            verb = "gave" if what == "non-finite logits" else "died with"
             reason = (
                 f"a test decode of {model.name} ({'/'.join(types)} weights) with llama.cpp's {where} "
-                f"CPU kernels died with {entry.get('signal') or 'a signal'}"
+                f"CPU kernels {verb} {what}, and the same decode without them ran"
             )
             return KernelDecision(False, "crashed", reason, cached=cached)
         passed.append(f"{model.name}: a test decode with extra buffer types ran")
     checked = any("test decode" in p for p in passed)
     return KernelDecision(
         True, "passed" if checked else "skipped", "; ".join(passed), cached=checked and cached_all
+    )
+
+
+def build_id(runtime: dict[str, object]) -> str:
+    """What identifies the llama.cpp build for the cache: versions and compiled features."""
+    return " | ".join(str(runtime[k]) for k in ("llama_cpp_python", "llama_cpp_version", "llama_cpp_build"))
+
+
+def _inconclusive(model: Path, why: str) -> KernelDecision:
+    """Nothing learned (not cached): extra buffer types stay on, and the run says so."""
+    return KernelDecision(
+        True, "inconclusive", f"the kernel check of {model.name} failed ({why}); extra buffer types stay on"
     )
 
 
@@ -265,7 +295,8 @@ def check_models(
     from kvprobe import engine
     from kvprobe.doctor import read_facts
 
-    system_info = str(engine.runtime_info()["llama_cpp_build"])
+    runtime = engine.runtime_info()
+    system_info = str(runtime["llama_cpp_build"])
     facts = [read_facts(p) for p in paths]
     on_gpu = engine.gpu_offload_supported() and (
         n_gpu_layers < 0 or all(n_gpu_layers > f["n_layer"] for f in facts)
@@ -273,6 +304,7 @@ def check_models(
     decision = decide(
         [(p, f["weight_types"]) for p, f in zip(paths, facts, strict=True)],
         system_info=system_info,
+        build=build_id(runtime),
         all_layers_on_gpu=on_gpu,
         n_gpu_layers=n_gpu_layers,
         n_threads=n_threads,
@@ -302,14 +334,18 @@ def _child(argv: Sequence[str]) -> int:
     parser.add_argument("model")
     parser.add_argument("--gpu-layers", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--no-extra-bufts", action="store_true")
     args = parser.parse_args(argv)
+    extra_bufts = not args.no_extra_bufts
 
     import numpy as np
 
     from kvprobe.cache_types import CacheConfig
     from kvprobe.engine import ContextSettings, Model
 
-    with Model(args.model, n_gpu_layers=args.gpu_layers, n_threads=args.threads, use_extra_bufts=True) as m:
+    with Model(
+        args.model, n_gpu_layers=args.gpu_layers, n_threads=args.threads, use_extra_bufts=extra_bufts
+    ) as m:
         text = "The quick brown fox jumps over the lazy dog, and the number is 8995970. " * 16
         tokens = ([m.bos] if m.bos is not None else []) + m.tokenize(text)
         tokens = (tokens * (CHECK_CHUNK + 1))[: CHECK_CHUNK + 1]
@@ -317,14 +353,17 @@ def _child(argv: Sequence[str]) -> int:
             n_ctx=256, chunk=CHECK_CHUNK, n_threads=m.n_threads, flash_attn=True, attn_rotation=True
         )
         with m.context(CacheConfig("f16", "f16"), settings) as ctx:
-            if os.environ.get(CRASH_SWITCH_ENV) == "1":
+            switch = os.environ.get(CRASH_SWITCH_ENV)
+            if switch == "1" and extra_bufts:
                 import ctypes
 
                 ctypes.string_at(0)  # a real SIGSEGV, where llama.cpp's AMX kernels die
+            elif switch == "kill":
+                os.kill(os.getpid(), signal.SIGKILL)  # as the OOM killer would: no verdict on kernels
             logits = ctx.feed_logits(tokens)  # 64 tokens in one batch, then one alone
         finite = bool(np.isfinite(logits).all())
         print(json.dumps({"buffers": m.weight_buffers, "finite": finite}))
-    return 0
+    return 0 if finite else NON_FINITE_EXIT
 
 
 if __name__ == "__main__":

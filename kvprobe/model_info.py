@@ -26,6 +26,8 @@ def open_gguf(path: Path) -> gguf.GGUFReader:
     """A reader over the file's metadata and tensor headers; a one-line UserError if it is not
     a readable GGUF file. Parsed once per process: gguf parses every tokenizer entry one by
     one (about 9 s for a 262,144-token vocabulary), whatever the size of the weights."""
+    if path.is_dir():
+        raise UserError(f"model file {path} is a folder: give the path of a .gguf file inside it")
     if not path.is_file():
         raise UserError(f"model file {path} not found: give --model PATH to a .gguf file")
     with path.open("rb") as fh:
@@ -54,14 +56,20 @@ def file_type_name(value: Any) -> str | None:
         return None
     try:
         return gguf.LlamaFileType(int(value)).name
-    except ValueError:
-        return f"unknown ({value})"
+    except (ValueError, TypeError):
+        return f"unknown ({str(value)[:40]})"
 
 
 def read_model_info(path: Path) -> dict[str, Any]:
     """Path, sha256 and metadata of a GGUF file; a one-line UserError if it is not one."""
     reader = open_gguf(path)
-    arch = field_value(reader, "general.architecture") or "unknown"
+    arch = str(field_value(reader, "general.architecture") or "unknown")
+    context_length = field_value(reader, f"{arch}.context_length") or 0
+    if isinstance(context_length, bool) or not isinstance(context_length, (int, np.integer)):
+        raise UserError(
+            f"model file {path}: metadata {arch}.context_length is {str(context_length)[:60]!r}, not a whole "
+            "number: the file was written by a broken converter; convert the model again"
+        )
     n_params = int(sum(int(np.prod(t.shape)) for t in reader.tensors))
     metadata = {
         key: field_value(reader, key)
@@ -86,7 +94,7 @@ def read_model_info(path: Path) -> dict[str, Any]:
         "size_bytes": path.stat().st_size,
         "sha256": sha256_file(path),
         "architecture": arch,
-        "n_ctx_train": int(field_value(reader, f"{arch}.context_length") or 0),
+        "n_ctx_train": int(context_length),
         "file_type": file_type_name(field_value(reader, "general.file_type")),
         "n_params": n_params,
         "metadata": metadata,

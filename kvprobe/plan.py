@@ -11,6 +11,7 @@ import random
 from dataclasses import dataclass
 from typing import Protocol
 
+from kvprobe.errors import UserError
 from kvprobe.haystack import document_text
 from kvprobe.scenario import Scenario
 
@@ -85,12 +86,48 @@ def default_checkpoints(ctx: int, explicit: list[int] | None = None) -> list[int
     return points
 
 
+def key_capacity(attributes: list[str] | None) -> int:
+    """How many distinct keys the name lists and attributes can make."""
+    return len(FIRST_NAMES) * len(LAST_NAMES) * max(1, len(set(attributes or [])))
+
+
+def value_capacity(digits: int) -> int:
+    return int(9 * 10 ** (digits - 1))
+
+
+def check_needle_capacity(n: int, digits: int, attributes: list[str] | None) -> None:
+    """A plan that needs more distinct keys or values than exist is refused, not looped on."""
+    if n > key_capacity(attributes):
+        raise UserError(
+            f"the plan needs {n:,} distinct needle keys, but the names and needle.attributes make only "
+            f"{key_capacity(attributes):,}: lower needle.per_segment or plan.documents, or add attributes"
+        )
+    if n > value_capacity(digits) // 2:
+        raise UserError(
+            f"the plan needs {n:,} distinct needle values, too many for needle.value_digits = {digits} "
+            f"({value_capacity(digits):,} values): raise value_digits or lower needle.per_segment"
+        )
+
+
+def check_plan_capacity(scenario: Scenario, ctx: int, mode: str) -> None:
+    """The needle capacity check for a whole run, before any model is loaded."""
+    if "needle" not in scenario.probes:
+        return
+    checkpoints = default_checkpoints(ctx, scenario.plan.checkpoints)
+    if mode == "classic":
+        n = len(checkpoints) * len(scenario.classic.depths) * scenario.classic.repeats
+    else:
+        n = scenario.needle.per_segment * len(checkpoints)
+    check_needle_capacity(n, scenario.needle.value_digits, scenario.needle.attributes)
+
+
 def draw_keys_values(
     n: int, digits: int, rng: random.Random, attributes: list[str] | None = None
 ) -> list[tuple[str, str]]:
     """`n` distinct keys ("Vera Holm's locker number": no first name, last name or
     attribute repeated while the lists last) and distinct values that share no
-    leading three digits."""
+    leading three digits while there are prefixes left."""
+    check_needle_capacity(n, digits, attributes)
     firsts: list[str] = []
     lasts: list[str] = []
     attrs: list[str] = []
@@ -99,17 +136,32 @@ def draw_keys_values(
         lasts += rng.sample(LAST_NAMES, len(LAST_NAMES))
     while attributes and len(attrs) < n:
         attrs += rng.sample(attributes, len(attributes))
-    keys = [f"{a} {b}" for a, b in zip(firsts[:n], lasts[:n], strict=True)]
-    if attributes:
-        keys = [f"{k}'s {a}" for k, a in zip(keys, attrs[:n], strict=True)]
+
+    def key_of(first: str, last: str, attr: str | None) -> str:
+        return f"{first} {last}'s {attr}" if attr else f"{first} {last}"
+
+    keys = [key_of(firsts[i], lasts[i], attrs[i] if attributes else None) for i in range(n)]
+    # Once the shuffled lists wrap around, a combination can come back: pairing by key would
+    # then merge two needles. Redraw each repeat (plans without repeats are unchanged).
+    seen: set[str] = set()
+    for i in range(n):
+        while keys[i] in seen:
+            keys[i] = key_of(
+                rng.choice(FIRST_NAMES),
+                rng.choice(LAST_NAMES),
+                rng.choice(attributes) if attributes else None,
+            )
+        seen.add(keys[i])
     values: list[str] = []
+    taken: set[str] = set()
     prefixes: set[str] = set()
     low, high = 10 ** (digits - 1), 10**digits - 1
     while len(values) < n:
         value = str(rng.randint(low, high))
-        if value in values or (value[:3] in prefixes and len(prefixes) < 900):
+        if value in taken or (value[:3] in prefixes and len(prefixes) < 900):
             continue
         prefixes.add(value[:3])
+        taken.add(value)
         values.append(value)
     return list(zip(keys, values, strict=True))
 

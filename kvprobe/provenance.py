@@ -29,13 +29,16 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def memory_gb() -> float:
+def memory_gb() -> float | None:
+    """Physical memory in GiB; None where the OS does not say (JSON has no NaN)."""
     try:
         pages = os.sysconf("SC_PHYS_PAGES")
         size = os.sysconf("SC_PAGE_SIZE")
-        return round(pages * size / 2**30, 1)
     except (ValueError, OSError, AttributeError):
-        return float("nan")
+        return None
+    if pages <= 0 or size <= 0:
+        return None
+    return round(pages * size / 2**30, 1)
 
 
 def gpus() -> list[dict[str, Any]]:

@@ -11,7 +11,7 @@ import gguf
 import numpy as np
 
 from kvprobe.doctor import QUANT_TAG, SOURCE_TYPE_KEY, UNQUANTIZED_FILE_TYPES, read_facts, short_type
-from kvprobe.errors import UserError
+from kvprobe.errors import UserError, did_you_mean
 
 DEQUANTIZED = ("F16", "BF16", "F32")
 
@@ -55,7 +55,10 @@ def plan_jobs(
         name = raw.upper()
         if name not in ftype_of:
             known = " ".join(sorted(ftype_of))
-            raise UserError(f"--type {raw!r} is not a llama.cpp quant type; choose from: {known}")
+            raise UserError(
+                f"--type {raw!r} is not a llama.cpp quant type{did_you_mean(raw, ftype_of)}; "
+                f"choose from: {known}"
+            )
         dst = output_path(src, name, out_dir, pure)
         if dst.resolve() == src.resolve():
             raise UserError(f"--type {name} would overwrite the source {src}: give --out-dir")

@@ -8,6 +8,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from kvprobe.display import plain
+
 
 def _fmt_ci(value: float, ci: list[float], digits: int = 2) -> str:
     return f"{value:.{digits}f} [{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]"
@@ -24,15 +26,15 @@ def needle_table(doc: dict[str, Any]) -> Table:
         if r["probe"] == "needle" and r["metric"] == "accuracy"
     }
     table = Table(
-        title=f"Needle accuracy (95% Wilson interval), {doc['scenario']['name']} scenario, "
-        f"{doc['run']['mode']} mode"
+        title=f"Needle accuracy (95% Wilson interval), {plain(doc['scenario']['name'])} scenario, "
+        f"{plain(doc['run']['mode'])} mode"
     )
     table.add_column("context", justify="right", no_wrap=True)
     table.add_column("n", justify="right", no_wrap=True)
     for cid in configs:
-        table.add_column(cid + (" (baseline)" if cid == baseline else ""), justify="right")
+        table.add_column(plain(cid) + (" (baseline)" if cid == baseline else ""), justify="right")
         if baseline and cid != baseline:
-            table.add_column(f"Δ {cid}", justify="right")
+            table.add_column(f"Δ {plain(cid)}", justify="right")
     for ctx in doc["run"]["checkpoints"]:
         row = [str(ctx)]
         ns = {acc[(c, ctx)]["n"] for c in configs if (c, ctx) in acc}
@@ -73,7 +75,7 @@ def repetition_table(doc: dict[str, Any]) -> Table:
             style = "red" if loop["value"] >= 0.5 else ""
             table.add_row(
                 str(ctx),
-                cid,
+                plain(cid),
                 f"[{style}]{loops}/{loop['n']}[/]" if style else f"{loops}/{loop['n']}",
                 _fmt_ci(rep["value"], rep["ci"]),
                 f"{ratio['value']:.2f}",
@@ -100,14 +102,14 @@ def divergence_table(doc: dict[str, Any]) -> Table:
     }
     configs = [c["id"] for c in doc["configs"] if c["id"] != reference]
     table = Table(
-        title=f"Mean KL divergence from {reference} by position, in 10⁻³ nats "
+        title=f"Mean KL divergence from {plain(reference)} by position, in 10⁻³ nats "
         f"(block-bootstrap 95% interval), top-1 agreement; ▲ = onset, the first bin from which "
         f"KL stays significantly above positions < {section['onset_reference']}"
     )
-    for col in ("positions", "n", f"ppl {reference}"):
+    for col in ("positions", "n", f"ppl {plain(reference)}"):
         table.add_column(col, justify="right", no_wrap=True)
     for cid in configs:
-        table.add_column(f"KL {cid}", justify="right", no_wrap=True)
+        table.add_column(f"KL {plain(cid)}", justify="right", no_wrap=True)
         table.add_column("top-1", justify="right", no_wrap=True)
     spans = [("bin", lo, f"{lo}–{hi - 1}") for lo, hi in itertools.pairwise(section["bin_edges"])]
     for scope, lo, label in [*spans, ("pooled", 1, "all")]:
@@ -137,8 +139,9 @@ def divergence_lines(doc: dict[str, Any]) -> list[str]:
     }
     ref_ppl = pooled[(section["reference"], "ppl")]
     for cid, onset in section["onset"].items():
+        shown = plain(cid)
         lines.append(
-            f"{cid}: pooled over {section['documents']} document(s): "
+            f"{shown}: pooled over {section['documents']} document(s): "
             f"mean KL {pooled[(cid, 'kld_mean')]:.4g}, "
             f"99th percentile {pooled[(cid, 'kld_p99')]:.4g}, "
             f"top-1 agreement {pooled[(cid, 'top1_agree')]:.4f}, "
@@ -146,20 +149,20 @@ def divergence_lines(doc: dict[str, Any]) -> list[str]:
         )
         if onset is None:
             lines.append(
-                f"{cid}: KL does not rise significantly above positions < {section['onset_reference']} "
+                f"{shown}: KL does not rise significantly above positions < {section['onset_reference']} "
                 "in any later bin"
             )
         else:
             lo, hi = onset["bin"]
             lines.append(
-                f"{cid}: KL rises significantly above positions < {section['onset_reference']} from "
+                f"{shown}: KL rises significantly above positions < {section['onset_reference']} from "
                 f"positions {lo}–{hi - 1} on (Holm-corrected p = {onset['p_holm']:.2g})"
             )
     null = section.get("null_check")
     if null:
         verdict = "passed" if null["passed"] else "[red]FAILED[/]"
         lines.append(
-            f"null check ({section['reference']} against a second identical context): {verdict}; "
+            f"null check ({plain(section['reference'])} against a second identical context): {verdict}; "
             f"KL nonzero at {null['nonzero_kld']} of {null['positions']} positions, "
             f"max KL {null['max_kld']:.3g}, max NLL gap {null['max_nll_gap']:.3g}"
         )
@@ -172,7 +175,7 @@ def print_run_report(doc: dict[str, Any], console: Console) -> None:
         console.print(needle_table(doc))
     if "repetition" in probes:
         console.print(repetition_table(doc))
-    if doc.get("divergence"):
+    if doc.get("divergence") and "divergence" in probes:
         console.print(divergence_table(doc))
         for line in divergence_lines(doc):
             console.print(line)
@@ -183,15 +186,20 @@ def print_run_report(doc: dict[str, Any], console: Console) -> None:
         f"({ratio:.2f} of the {timing['naive_tokens']:,} a one-prompt-per-cell grid would need)"
     )
     for warning in doc.get("warnings", []):
-        console.print(f"[yellow]warning:[/] {warning}")
+        console.print(f"[yellow]warning:[/] {plain(warning)}")
     verdict = doc.get("verdict")
     if verdict and verdict["sentences"]:
         console.print("[bold]Verdict[/]")
         for sentence in verdict["sentences"]:
-            console.print(f"  • {sentence}", highlight=False)
+            console.print(f"  • {sentence}", markup=False, highlight=False)
 
 
-MARK_STYLE = {"worse": "bold red", "better": "green", "no significant change": "dim"}
+MARK_STYLE = {
+    "worse": "bold red",
+    "better": "green",
+    "no significant change": "dim",
+    "not testable": "yellow",
+}
 
 
 def print_comparison(report: dict[str, Any], console: Console) -> None:
@@ -199,6 +207,14 @@ def print_comparison(report: dict[str, Any], console: Console) -> None:
     console.print(f"kvprobe compare: {report['pairing']}", markup=False, highlight=False)
     for note in report.get("notes", []):
         console.print(f"note: {note}", markup=False, highlight=False)
+    left = report.get("unmatched", {})
+    for side in ("old", "new"):
+        if left.get(side):
+            console.print(
+                f"not compared ({side}): {', '.join(left[side])} (pair one with --map OLD=NEW)",
+                markup=False,
+                highlight=False,
+            )
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for row in report["rows"]:
         groups.setdefault((row["probe"], row["metric"]), []).append(row)
@@ -207,12 +223,12 @@ def print_comparison(report: dict[str, Any], console: Console) -> None:
         for col in ("config", "context", "old", "new", "difference [95% CI]", "p", ""):
             table.add_column(col, justify="left" if col in ("config", "") else "right", no_wrap=True)
         for r in rows:
-            config = (
+            config = plain(
                 r["config_old"]
                 if r["config_old"] == r["config_new"]
                 else f"{r['config_old']} → {r['config_new']}"
             )
-            ctx = "all" if r.get("scope") == "pooled" else str(r["ctx"])
+            ctx = "all" if r.get("scope") == "pooled" else plain(r["ctx"])
             mark = f"[{MARK_STYLE[r['mark']]}]{r['mark']}[/]"
             table.add_row(
                 config, ctx, f"{r['old']:.4g}", f"{r['new']:.4g}",
@@ -221,12 +237,16 @@ def print_comparison(report: dict[str, Any], console: Console) -> None:
         console.print(table)
     worse = sum(r["mark"] == "worse" for r in report["rows"])
     better = sum(r["mark"] == "better" for r in report["rows"])
+    untestable = sum(r["mark"] == "not testable" for r in report["rows"])
+    rest = len(report["rows"]) - worse - better - untestable
     console.print(
-        f"{worse} worse, {better} better, {len(report['rows']) - worse - better} without a significant change"
+        f"{worse} worse, {better} better, {rest} without a significant change"
+        + (f", {untestable} not testable (NaN: a gate on them fails)" if untestable else "")
     )
     for f in report.get("failures", []):
-        where = "all positions" if f.get("scope") == "pooled" else f["ctx"]
+        where = "all positions" if f.get("scope") == "pooled" else plain(f["ctx"])
         console.print(
-            f"[bold red]FAIL[/] {f['rule']}: {f['probe']} {f['metric']} "
-            f"{f['config_old']} → {f['config_new']} at {where}: {f['diff']:+.3g} (p = {f['p']:.2g})"
+            f"[bold red]FAIL[/] {plain(f['rule'])}: {plain(f['probe'])} {plain(f['metric'])} "
+            f"{plain(f['config_old'])} → {plain(f['config_new'])} at {where}: "
+            f"{f['diff']:+.3g} (p = {f['p']:.2g})"
         )

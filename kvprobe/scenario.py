@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kvprobe.errors import UserError
+from kvprobe.errors import UserError, did_you_mean
 
 
 def _scenario_dir() -> Path:
@@ -164,10 +164,18 @@ def _build_section(source: str, section: str, raw: Any) -> Any:
         full = f"{section}.{key}"
         if not hasattr(defaults, key):
             allowed = ", ".join(asdict(defaults))
-            raise _bad(source, full, f"is unknown (allowed: {allowed})")
+            raise _bad(source, full, f"is unknown{did_you_mean(key, asdict(defaults))} (allowed: {allowed})")
         _check_type(source, full, value, getattr(defaults, key))
         values[key] = value
     return cls(**values)
+
+
+MAX_CHECKPOINT = 1 << 20  # the longest --ctx
+
+
+def _within(source: str, key: str, value: int, low: int, high: int) -> None:
+    if not low <= value <= high:
+        raise _bad(source, key, f"must be between {low:,} and {high:,}, got {value:,}")
 
 
 def _validate(source: str, s: Scenario) -> None:
@@ -179,43 +187,67 @@ def _validate(source: str, s: Scenario) -> None:
         raise _bad(source, "probes", f"must name at least one probe ({', '.join(KNOWN_PROBES)})")
     for probe in s.probes:
         if probe not in KNOWN_PROBES:
-            raise _bad(source, "probes", f"names unknown probe {probe!r} (known: {', '.join(KNOWN_PROBES)})")
+            raise _bad(
+                source,
+                "probes",
+                f"names unknown probe {probe!r}{did_you_mean(str(probe), KNOWN_PROBES)} "
+                f"(known: {', '.join(KNOWN_PROBES)})",
+            )
     for key in ("template", "query"):
         text = getattr(s.needle, key)
         if "{key}" not in text:
             raise _bad(source, f"needle.{key}", "must contain {key}")
     if "{value}" not in s.needle.template or "{value}" not in s.needle.answer:
         raise _bad(source, "needle.template", "and needle.answer must contain {value}")
+    for key, fields in (("template", {"key", "value"}), ("query", {"key"}), ("answer", {"value"})):
+        try:
+            getattr(s.needle, key).format(**dict.fromkeys(fields, "x"))
+        except (KeyError, IndexError, ValueError) as exc:
+            allowed = " and ".join("{" + f + "}" for f in sorted(fields))
+            raise _bad(
+                source, f"needle.{key}", f"may hold only {allowed} in braces (write {{{{ for a brace): {exc}"
+            ) from None
     if not 4 <= s.needle.value_digits <= 12:
         raise _bad(source, "needle.value_digits", "must be between 4 and 12")
-    if s.needle.per_segment < 1:
-        raise _bad(source, "needle.per_segment", "must be at least 1")
-    if s.plan.documents < 1:
-        raise _bad(source, "plan.documents", "must be at least 1")
-    if s.plan.chunk < 16 or s.plan.chunk > 4096:
-        raise _bad(source, "plan.chunk", "must be between 16 and 4096")
-    if any(not isinstance(c, int) or c < 256 for c in s.plan.checkpoints):
-        raise _bad(source, "plan.checkpoints", "must be integers >= 256")
-    if not 1 <= s.repetition.tokens <= 2048:
-        raise _bad(source, "repetition.tokens", "must be between 1 and 2048")
-    if not 1 <= s.repetition.offsets <= 32:
-        raise _bad(source, "repetition.offsets", "must be between 1 and 32")
-    if s.repetition.stride < 1:
-        raise _bad(source, "repetition.stride", "must be at least 1")
+    # Upper bounds: a typo (per_segment = 40000) must be refused at once, not become a plan that
+    # runs for days or a loop that never ends.
+    _within(source, "needle.per_segment", s.needle.per_segment, 1, 256)
+    _within(source, "needle.generate_tokens", s.needle.generate_tokens, 1, 512)
+    _within(source, "plan.documents", s.plan.documents, 1, 256)
+    _within(source, "plan.chunk", s.plan.chunk, 16, 4096)
+    if any(
+        isinstance(c, bool) or not isinstance(c, int) or not 256 <= c <= MAX_CHECKPOINT
+        for c in s.plan.checkpoints
+    ):
+        raise _bad(source, "plan.checkpoints", f"must be whole numbers from 256 to {MAX_CHECKPOINT:,}")
+    if len(s.plan.checkpoints) > 64:
+        raise _bad(source, "plan.checkpoints", "must list at most 64 lengths")
+    _within(source, "repetition.tokens", s.repetition.tokens, 1, 2048)
+    _within(source, "repetition.offsets", s.repetition.offsets, 1, 32)
+    _within(source, "repetition.stride", s.repetition.stride, 1, 65536)
     if not 1 <= s.divergence.documents <= s.plan.documents:
         raise _bad(
             source, "divergence.documents", f"must be between 1 and plan.documents ({s.plan.documents})"
         )
     if not 1 <= s.divergence.block <= 1024:
         raise _bad(source, "divergence.block", "must be between 1 and 1024")
-    if s.divergence.onset_reference < 2:
-        raise _bad(source, "divergence.onset_reference", "must be at least 2")
+    _within(source, "divergence.onset_reference", s.divergence.onset_reference, 2, MAX_CHECKPOINT)
+    if not s.needle.attributes or len(s.needle.attributes) > 1000:
+        raise _bad(source, "needle.attributes", "must list between 1 and 1,000 attributes")
     if any(not isinstance(a, str) or not a.strip() for a in s.needle.attributes):
         raise _bad(source, "needle.attributes", "must be a list of non-empty strings")
-    if any(not isinstance(d, (int, float)) or not 0.0 <= d < 1.0 for d in s.classic.depths):
+    if len(set(s.needle.attributes)) != len(s.needle.attributes):
+        raise _bad(source, "needle.attributes", "must not repeat an attribute")
+    if not s.classic.depths or len(s.classic.depths) > 64:
+        raise _bad(source, "classic.depths", "must list between 1 and 64 depths")
+    if any(
+        isinstance(d, bool) or not isinstance(d, (int, float)) or not 0.0 <= d < 1.0 for d in s.classic.depths
+    ):
         raise _bad(source, "classic.depths", "must be numbers in [0, 1)")
-    if s.classic.repeats < 1:
-        raise _bad(source, "classic.repeats", "must be at least 1")
+    _within(source, "classic.repeats", s.classic.repeats, 1, 256)
+    for key in ("name", "description"):
+        if len(getattr(s, key)) > 1000:
+            raise _bad(source, key, "must be at most 1,000 characters")
 
 
 def parse_scenario(data: dict[str, Any], source: str) -> Scenario:
@@ -249,9 +281,14 @@ def load_scenario(name_or_path: str) -> Scenario:
     bundled = bundled_scenarios()
     if name_or_path in bundled:
         path = bundled[name_or_path]
+    elif path.is_dir():
+        raise UserError(f"scenario {name_or_path!r} is a folder: give a TOML file inside it")
     elif not path.is_file():
         known = ", ".join(bundled) or "none"
-        raise UserError(f"scenario {name_or_path!r} not found: give a TOML file path or one of: {known}")
+        raise UserError(
+            f"scenario {name_or_path!r} not found{did_you_mean(name_or_path, bundled)}: "
+            f"give a TOML file path or one of: {known}"
+        )
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as exc:

@@ -79,10 +79,15 @@ def config_verdict(
     out["effective_threshold"] = threshold
     mine = [it for it in items if it["probe"] == "needle" and it["config"] == config]
     reference = acc[0]["baseline_value"]
-    point, ci = halving_interval(
+    halving = halving_interval(
         [it["ctx"] for it in mine], [float(it["correct"]) for it in mine], reference, seed
     )
-    out["halving"] = {"length": point, "ci": ci, "reference_accuracy": reference}
+    out["halving"] = {
+        "length": halving.length,
+        "ci": halving.ci,
+        "reference_accuracy": reference,
+        "not_estimable": halving.reason,
+    }
     out["divergence_onset"] = divergence_onset["ctx"] if divergence_onset else None
     out["sentence"] = _config_sentence(out, acc, lp, baseline, config)
     return out

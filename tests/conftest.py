@@ -1,11 +1,20 @@
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from tests.tiny_model import write_tiny_model
+
+# Property tests: the same examples on every run (derandomized) and a bounded number of them,
+# so CI is reproducible and its time is known.
+settings.register_profile(
+    "kvprobe", derandomize=True, database=None, max_examples=100, deadline=None, print_blob=True
+)
+settings.load_profile("kvprobe")
 
 
 @pytest.fixture(scope="session")
@@ -54,6 +63,9 @@ def default_model_path() -> Path:
 
         return find()
     except UserError as exc:  # pragma: no cover - depends on the install
+        if os.environ.get("CI"):
+            # CI must never go green with every slow test skipped.
+            pytest.fail(f"default model not installed in CI: {exc}")
         pytest.skip(f"default model not installed: {exc}")
 
 
@@ -65,3 +77,17 @@ def default_model_extra_bufts(default_model_path: Path) -> bool:
 
     decision, _ = check_models([default_model_path], n_gpu_layers=0, n_threads=2, no_repack=False)
     return decision.extra_bufts
+
+
+@pytest.fixture(scope="session")
+def tiny_quick_result(tmp_path_factory: pytest.TempPathFactory, tiny_model_path: Path) -> Path:
+    """A real result file: the quick scenario on the tiny model, f16 and q8_0 at 512 tokens."""
+    from tests.test_cli import kvprobe
+
+    out = tmp_path_factory.mktemp("quick") / "r.json"
+    proc = kvprobe(
+        "run", "--model", str(tiny_model_path), "--scenario", "quick", "--ctx", "512",
+        "--cache", "q8_0", "--threads", "2", "--out", str(out),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    return out

@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -186,15 +187,118 @@ def test_existing_out_is_never_overwritten(tmp_path: Path, tiny_model_path: Path
     assert out.read_text() == '{"schema_version": 1}'
 
 
-def test_result_file_is_written_atomically_and_readable(tmp_path: Path) -> None:
+def _minimal_result() -> dict[str, object]:
+    fields = ("configs", "baseline", "model", "scenario", "run", "items", "summary")
+    return {"schema_version": 1, **{key: [] for key in fields}}
+
+
+def test_result_file_is_written_atomically_with_ordinary_permissions(tmp_path: Path) -> None:
+    import os
+
     from kvprobe.results import load_result, write_result
 
     path = tmp_path / "sub" / "r.json"
-    fields = ("configs", "baseline", "model", "scenario", "run", "items", "summary")
-    write_result({"schema_version": 1, **{key: [] for key in fields}}, path)
+    previous = os.umask(0o022)
+    try:
+        write_result(_minimal_result(), path)
+    finally:
+        os.umask(previous)
     assert load_result(path)["items"] == []
-    assert path.stat().st_mode & 0o044  # readable by others, like any file the user writes
+    assert path.stat().st_mode & 0o777 == 0o644  # like any file the user writes under umask 022
     assert list(path.parent.iterdir()) == [path]  # no temporary file left behind
+
+
+def test_a_failed_write_keeps_the_earlier_file_and_leaves_no_temporary(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+
+    from kvprobe.errors import UserError
+    from kvprobe.results import load_result, write_result
+
+    path = tmp_path / "r.json"
+    path.write_text('{"earlier": true}')
+    with pytest.raises(TypeError):
+        write_result({**_minimal_result(), "items": [object()]}, path)  # cannot be serialised
+    assert path.read_text() == '{"earlier": true}'
+
+    def full(fd: int) -> None:  # the disk fills up while the temporary file is flushed
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(UserError, match="No space left on device") as info:
+        write_result({**_minimal_result(), "items": [{"probe": "needle"}]}, path)
+    monkeypatch.undo()
+    assert path.read_text() == '{"earlier": true}'  # the earlier file is untouched
+    assert list(tmp_path.iterdir()) == [path]  # and no temporary file is left beside it
+    saved = Path(str(info.value).split("saved it to ")[1].split(":", maxsplit=1)[0])
+    try:
+        assert load_result(saved)["items"] == [{"probe": "needle"}]
+    finally:
+        saved.unlink()
+
+
+def test_nan_and_infinity_become_null_and_the_file_says_where(tmp_path: Path) -> None:
+    from kvprobe.results import load_result, write_result
+
+    doc = {**_minimal_result(), "summary": [{"value": float("nan"), "ci": [0.1, float("inf")]}]}
+    write_result(doc, tmp_path / "r.json")
+    back = load_result(tmp_path / "r.json")
+    assert back["summary"] == [{"value": None, "ci": [0.1, None]}]
+    assert back["non_finite"] == ["$.summary[0].value", "$.summary[0].ci[1]"]
+
+
+def test_a_result_that_cannot_be_written_is_saved_elsewhere(tmp_path: Path) -> None:
+    from kvprobe.errors import UserError
+    from kvprobe.results import load_result, write_result
+
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(UserError) as info:
+        write_result({**_minimal_result(), "items": [{"probe": "needle"}]}, blocker / "r.json")
+    message = str(info.value)
+    assert "\n" not in message
+    saved = Path(message.split("saved it to ")[1].split(":", maxsplit=1)[0])
+    try:
+        assert load_result(saved)["items"] == [{"probe": "needle"}]  # nothing measured is lost
+    finally:
+        saved.unlink()
+
+
+def test_a_failing_statistic_loses_no_measurement() -> None:
+    """The verdict once raised OverflowError after the run and no file was written: each
+    statistic is now guarded and recorded, and the items stay."""
+    from kvprobe.results import add_statistics
+
+    items = [
+        {
+            "probe": "needle",
+            "config": c,
+            "doc": 0,
+            "ctx": 1024,
+            "key": "k",
+            "correct": "maybe",
+            "logprob": "x",
+        }
+        for c in ("f16", "q4_0")
+    ]
+    doc = {
+        **_minimal_result(),
+        "items": items,
+        "text_items": [],
+        "baseline": "f16",
+        "configs": [
+            {"id": "f16", "type_k": "f16", "type_v": "f16"},
+            {"id": "q4_0", "type_k": "q4_0", "type_v": "q4_0"},
+        ],
+        "run": {"seed": 0, "checkpoints": [1024], "ctx": 1024},
+        "divergence": None,
+    }
+    add_statistics(doc)
+    assert doc["items"] == items
+    statistics: Any = doc["statistics"]
+    assert "verdict" in {e["what"] for e in statistics["errors"]}
+    assert statistics["complete"] is False
 
 
 def test_repetition_scenario_writes_items_and_summary(tmp_path: Path, tiny_model_path: Path) -> None:
@@ -454,7 +558,25 @@ def test_split_kv_runs_both_halves_and_names_one(tmp_path: Path, tiny_model_path
     verdict = doc["verdict"]
     assert set(verdict["configs"]) == {"q4_0", "k=q4_0,v=f16", "k=f16,v=q4_0"}
     assert len(verdict["k_vs_v"]) == 1
-    assert verdict["k_vs_v"][0]["fault"] in ("K", "V", "both", "inconclusive")
+    kv = verdict["k_vs_v"][0]
+    assert kv["k_only"]["config"] == "k=q4_0,v=f16"
+    assert kv["v_only"]["config"] == "k=f16,v=q4_0"
+
+    # The half it names is the one its own evidence points to (on random weights either may be).
+    def loses(e: dict[str, object]) -> bool:
+        p = e["logprob_p_holm"]
+        return e["onset"] is not None or (isinstance(p, float) and p < 0.05)
+
+    k_loses, v_loses = loses(kv["k_only"]), loses(kv["v_only"])
+    if k_loses or v_loses:
+        assert kv["fault"] == ("both" if k_loses and v_loses else "K" if k_loses else "V")
+    else:
+        k, v = kv["k_only"], kv["v_only"]
+        k_above = k["kld_ci"][0] > v["kld_ci"][1] and k["kld_mean"] > 2 * v["kld_mean"]
+        v_above = v["kld_ci"][0] > k["kld_ci"][1] and v["kld_mean"] > 2 * k["kld_mean"]
+        assert kv["fault"] == ("K" if k_above else "V" if v_above else "inconclusive")
+    head = {"K": "The K half", "V": "The V half", "both": "Both halves", "inconclusive": "inconclusive"}
+    assert head[kv["fault"]] in kv["sentence"]
     assert "Verdict" in proc.stdout
     assert verdict["k_vs_v"][0]["sentence"][:30] in proc.stdout.replace("\n", " ")
 
@@ -487,7 +609,15 @@ def test_weights_vs_kv_runs_the_2x2_design(tmp_path: Path, tiny_model_path: Path
         doc["models"]["test"]["sha256"],
     }
     attribution = doc["verdict"]["weights_vs_kv"]
-    assert attribution["fault"] in ("kv", "weights", "both", "neither", "inconclusive")
+    # The fault named follows from the effects recorded beside it (random weights: any may hold).
+    kv_sig = any(r["p_holm"] < 0.05 for e in attribution["effects"].values() for r in e["kv_at_ref_weights"])
+    w_sig = any(
+        r["p_holm"] < 0.05 for e in attribution["effects"].values() for r in e["weights_at_f16_cache"]
+    )
+    if kv_sig or w_sig:
+        assert attribution["fault"] == ("both" if kv_sig and w_sig else "kv" if kv_sig else "weights")
+    else:
+        assert attribution["fault"] in ("neither", "inconclusive")
     effects = attribution["effects"]["answer_logprob"]
     assert [r["ctx"] for r in effects["kv_at_ref_weights"]] == doc["run"]["checkpoints"]
     assert len(effects["interaction"]) == len(doc["run"]["checkpoints"])

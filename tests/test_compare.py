@@ -34,6 +34,15 @@ def edited(doc: dict[str, Any], path: Path, **changes: Any) -> Path:
     return path
 
 
+def all_right(result: Path) -> dict[str, Any]:
+    """The result with every needle answered right, so a regression shows in pass/fail too."""
+    doc: dict[str, Any] = json.loads(result.read_text())
+    for it in doc["items"]:
+        if it["probe"] == "needle":
+            it["correct"] = True
+    return doc
+
+
 def with_regression(doc: dict[str, Any], config: str, rename: str | None = None) -> dict[str, Any]:
     """The test configuration loses every needle the baseline got right (and every other one)."""
     new = copy.deepcopy(doc)
@@ -62,12 +71,7 @@ def test_a_result_against_itself_changes_nothing(result: Path) -> None:
 
 
 def test_regression_is_marked_and_gates(result: Path, tmp_path: Path) -> None:
-    doc = json.loads(result.read_text())
-    # make the baseline right everywhere so the regression is visible in pass/fail too
-    base = copy.deepcopy(doc)
-    for it in base["items"]:
-        if it["probe"] == "needle":
-            it["correct"] = True
+    base = all_right(result)
     old = edited(base, tmp_path / "old.json")
     new = tmp_path / "new.json"
     new.write_text(json.dumps(with_regression(base, "q8_0", rename="q4_0")))
@@ -122,9 +126,79 @@ def test_fail_rule_parsing_and_direction() -> None:
 
 def test_match_configs_by_id_then_role() -> None:
     old = {"configs": [{"id": "f16"}, {"id": "q8_0"}], "baseline": "f16"}
-    assert match_configs(old, copy.deepcopy(old)) == [("f16", "f16"), ("q8_0", "q8_0")]
+    assert match_configs(old, copy.deepcopy(old)) == ([("f16", "f16"), ("q8_0", "q8_0")], [], [])
     new = {"configs": [{"id": "f16"}, {"id": "q4_0"}, {"id": "q5_0"}], "baseline": "f16"}
-    assert match_configs(old, new) == [("f16", "f16")]  # two candidates: no guess
+    # two candidates: no guess, and both sides' leftovers are named
+    assert match_configs(old, new) == ([("f16", "f16")], ["q8_0"], ["q4_0", "q5_0"])
+    assert match_configs(old, new, ["q8_0=q5_0"]) == ([("q8_0", "q5_0"), ("f16", "f16")], [], ["q4_0"])
+    split = {"configs": [{"id": "f16"}, {"id": "k=q4_0,v=f16"}], "baseline": "f16"}
+    assert match_configs(old, split, ["q8_0=k=q4_0,v=f16"])[0][0] == ("q8_0", "k=q4_0,v=f16")
+
+
+def test_a_gate_with_no_test_configuration_compared_is_an_error(result: Path, tmp_path: Path) -> None:
+    """OLD f16 + q8_0 against NEW f16 + q4_0 + its K-only and V-only halves (--split-kv): only the
+    f16 rows matched, and the gate passed ("0 worse") while q4_0 was clearly worse."""
+    base = all_right(result)
+    old = edited(base, tmp_path / "old.json")
+    worse = with_regression(base, "q8_0", rename="q4_0")
+    for extra in ("k=q4_0,v=f16", "k=f16,v=q4_0"):  # two more test configurations: no role match
+        worse["configs"].append({**worse["configs"][-1], "id": extra})
+    new = tmp_path / "new.json"
+    new.write_text(json.dumps(worse))
+
+    listing = kvprobe("compare", str(old), str(new))
+    assert listing.returncode == 0, listing.stderr
+    assert "not compared (old): q8_0" in listing.stdout
+    assert "not compared (new): q4_0, k=q4_0,v=f16, k=f16,v=q4_0" in listing.stdout
+    assert_one_line_error(
+        kvprobe("compare", str(old), str(new), "--fail-on", "accuracy:-0.05"), "nothing to judge", "--map"
+    )
+    mapped = kvprobe("compare", str(old), str(new), "--map", "q8_0=q4_0", "--fail-on", "accuracy:-0.05")
+    assert mapped.returncode == 1, mapped.stdout
+    assert "FAIL accuracy:-0.05" in mapped.stdout
+
+
+def test_nan_is_not_testable_and_fails_a_gate(result: Path, tmp_path: Path) -> None:
+    """A NaN p-value was marked "better" and never failed a gate."""
+    doc = json.loads(result.read_text())
+    nan_doc = copy.deepcopy(doc)
+    for it in nan_doc["items"]:
+        if it["probe"] == "needle" and it["config"] == "q8_0":
+            it["logprob"] = float("nan")
+    report = compare(doc, nan_doc)
+    rows = [r for r in report["rows"] if r["metric"] == "answer_logprob" and r["config_new"] == "q8_0"]
+    assert rows
+    assert {r["mark"] for r in rows} == {"not testable"}
+    assert FailRule.parse("answer_logprob:-1").violated_by(rows[0])
+    from kvprobe.results import write_result
+
+    path = tmp_path / "nan.json"
+    write_result(nan_doc, path)  # as kvprobe writes it: every NaN stored as null
+    assert json.loads(path.read_text())["non_finite"]
+    gate = kvprobe("compare", str(result), str(path), "--fail-on", "answer_logprob:-1")
+    assert gate.returncode == 1, gate.stdout
+    assert "not testable" in gate.stdout
+    raw = tmp_path / "raw-nan.json"
+    raw.write_text(json.dumps(nan_doc))  # as another tool might: a bare NaN
+    assert kvprobe("compare", str(result), str(raw), "--fail-on", "answer_logprob:-1").returncode == 1
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "shown"),
+    [
+        ("attn_rotation", False, "Hadamard rotation"),
+        ("flash_attn", False, "flash attention"),
+        ("llama_cpp_python", "0.3.99", "llama-cpp-python version"),
+        ("extra_bufts", False, "extra buffer types"),
+    ],
+)
+def test_files_with_other_numerics_are_not_paired(result: Path, key: str, value: Any, shown: str) -> None:
+    doc = json.loads(result.read_text())
+    other = copy.deepcopy(doc)
+    other["runtime"][key] = value
+    report = compare(doc, other)
+    assert not report["paired"]
+    assert shown in report["pairing"]
 
 
 def test_compare_refuses_results_without_common_configs(result: Path) -> None:

@@ -136,8 +136,12 @@ def test_facts_of_a_header_only_file(tmp_path: Path) -> None:
 
 def test_serious_findings_sort_first(tmp_path: Path) -> None:
     spec = Spec(F.MOSTLY_IQ2_XS, T.IQ2_XS, output=T.Q6_K)  # small and without an imatrix
-    rules = [f["rule"] for f in diagnose(write_gguf(tmp_path / "x.gguf", spec))["findings"]]
-    assert set(rules) == {"iq_without_imatrix", "small_model_aggressive_quant"}
+    found = diagnose(write_gguf(tmp_path / "x.gguf", spec))["findings"]
+    assert {f["rule"] for f in found} == {"iq_without_imatrix", "small_model_aggressive_quant"}
+    severities = [f["severity"] for f in found]
+    assert severities[0] == "serious"
+    rank = {"serious": 0, "warning": 1, "info": 2}
+    assert [rank[s] for s in severities] == sorted(rank[s] for s in severities)
 
 
 def test_kv_formula_matches_llama_cpp_on_the_tiny_model(tiny_model_path: Path) -> None:

@@ -173,3 +173,17 @@ def test_no_repack_is_recorded_and_compare_says_the_numerics_differ(
     assert "differ in extra buffer types" in proc.stdout
     same = kvprobe("compare", str(tmp_path / "default.json"), str(tmp_path / "default.json"))
     assert "extra buffer types" not in same.stdout
+
+
+def test_a_child_killed_from_outside_says_nothing_about_the_kernels(
+    tiny_q4_model_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGKILL (the OOM killer) is no kernel crash: the run keeps the extra buffer types, says
+    the check was inconclusive, and caches nothing."""
+    _needs_extra_bufts(tiny_q4_model_path)
+    monkeypatch.setenv(CACHE_DIR_ENV, str(tmp_path))
+    monkeypatch.setenv(CRASH_SWITCH_ENV, "kill")
+    decision, _ = check_models([tiny_q4_model_path], n_gpu_layers=0, n_threads=2, no_repack=False)
+    assert (decision.extra_bufts, decision.check) == (True, "inconclusive")
+    assert "SIGKILL" in decision.reason
+    assert not (tmp_path / "kernel-checks.json").exists()

@@ -40,8 +40,17 @@ def test_needle_positions_and_depths_match_tokens(tiny_model: Model, haystack: s
             items = items_at(doc, length)
             assert len(items) >= scenario.needle.per_segment * checkpoints.index(length) + 1
             for item in items:
-                assert item.depth == round(item.position / length, 4)
-                assert item.distance == length - next(n.end for n in doc.needles if n.key == item.key)
+                # Where the needle's text really is in the first `length` tokens, found by search,
+                # not by the plan's own arithmetic.
+                needle = next(n for n in doc.needles if n.key == item.key)
+                text = tiny_model.tokenize(
+                    " " + scenario.needle.template.format(key=item.key, value=needle.value)
+                )
+                found = [i for i in range(length - len(text) + 1) if doc.tokens[i : i + len(text)] == text]
+                assert len(found) == 1, item.key
+                assert item.depth == pytest.approx(found[0] / length, abs=5e-5)
+                assert 0 <= item.depth < 1
+                assert item.distance == length - (found[0] + len(text))
                 assert item.distance >= 0
     values = [n.value for d in docs for n in d.needles]
     assert all(len(v) == scenario.needle.value_digits for v in values)
@@ -74,6 +83,37 @@ def test_classic_cells_one_needle_each(tiny_model: Model) -> None:
         assert len(cell.document.needles) == 1
         assert len(cell.document.tokens) == cell.item.ctx
         assert cell.item.depth == pytest.approx(cell.document.needles[0].position / cell.item.ctx, abs=1e-4)
+
+
+@pytest.mark.parametrize("n", [100, 300])
+def test_keys_are_distinct_for_every_seed(n: int) -> None:
+    """Pairing is by (doc, ctx, key): a repeated key merged two needles. Before the fix, 22 of
+    these 200 seeds repeated a key at 100 needles and 142 at 300."""
+    import random
+
+    from kvprobe.plan import draw_keys_values
+    from kvprobe.scenario import DEFAULT_ATTRIBUTES
+
+    repeated = [
+        seed
+        for seed in range(200)
+        if len({k for k, _ in draw_keys_values(n, 7, random.Random(seed), list(DEFAULT_ATTRIBUTES))}) < n
+    ]
+    assert repeated == []
+
+
+def test_a_plan_with_more_needles_than_values_is_refused_not_looped_on() -> None:
+    """value_digits = 4 allows 9,000 values: 10,000 needles used to loop forever."""
+    import random
+
+    from kvprobe.errors import UserError
+    from kvprobe.plan import draw_keys_values
+    from kvprobe.scenario import DEFAULT_ATTRIBUTES
+
+    with pytest.raises(UserError, match="value_digits"):
+        draw_keys_values(10_000, 4, random.Random(0), list(DEFAULT_ATTRIBUTES))
+    with pytest.raises(UserError, match="distinct needle keys"):
+        draw_keys_values(2_000, 7, random.Random(0), ["locker number"])  # 40 x 40 x 1 keys
 
 
 @pytest.mark.parametrize("n", [1, 20, 41, 100, 300])

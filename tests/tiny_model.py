@@ -35,15 +35,27 @@ def _vocab(extra: str = "\n") -> tuple[list[str], list[float], list[int]]:
     return tokens, scores, [int(t) for t in types]
 
 
-def write_tiny_model(path: Path, seed: int = 0, last_piece: str = "\n") -> Path:
-    """`last_piece` changes one vocabulary entry: a model with another tokenizer."""
+def write_tiny_model(
+    path: Path,
+    seed: int = 0,
+    last_piece: str = "\n",
+    *,
+    name: str = "kvprobe-tiny-test",
+    arch: str = "llama",
+    context_length: int | str = N_CTX_TRAIN,
+) -> Path:
+    """`last_piece` changes one vocabulary entry: a model with another tokenizer. `name`,
+    `arch` and a string `context_length` make hostile or broken files for the error tests."""
     rng = np.random.default_rng(seed)
     tokens, scores, types = _vocab(last_piece)
     n_vocab = len(tokens)
     head_dim = N_EMBD // N_HEAD
-    w = gguf.GGUFWriter(str(path), "llama")
-    w.add_name("kvprobe-tiny-test")
-    w.add_context_length(N_CTX_TRAIN)
+    w = gguf.GGUFWriter(str(path), arch)
+    w.add_name(name)
+    if isinstance(context_length, str):
+        w.add_string(f"{arch}.context_length", context_length)
+    else:
+        w.add_context_length(context_length)
     w.add_embedding_length(N_EMBD)
     w.add_block_count(N_LAYER)
     w.add_feed_forward_length(N_FF)

@@ -1,0 +1,340 @@
+"""Hostile and mistaken input, as a user meets it: every case is one line on stderr, exit code 2,
+no traceback, and nothing already on disk is touched. Then untrusted text on the terminal."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.gguf_files import BIG, Spec, write_gguf
+from tests.test_cli import assert_one_line_error, kvprobe
+from tests.tiny_model import write_tiny_model
+
+
+@dataclass(frozen=True)
+class World:
+    """Files a case can point at: a sandbox folder holding an earlier result."""
+
+    root: Path
+    model: Path
+    result: Path  # a valid result file (a tiny-model run)
+
+
+def _file(world: World, name: str, data: bytes | str) -> str:
+    path = world.root / "inputs" / name
+    path.parent.mkdir(exist_ok=True)
+    path.write_bytes(data.encode() if isinstance(data, str) else data)
+    return str(path)
+
+
+def _scenario(world: World, toml: str | bytes) -> str:
+    return _file(world, "s.toml", toml)
+
+
+def _run(world: World, *extra: str) -> list[str]:
+    out = world.root / "results" / "new.json"
+    return ["run", "--model", str(world.model), "--ctx", "512", "--out", str(out), *extra]
+
+
+def _result_edit(world: World, **changes: Any) -> str:
+    doc = json.loads(world.result.read_text())
+    doc = copy.deepcopy(doc) | changes
+    return _file(world, "edited.json", json.dumps(doc))
+
+
+def _big_model(world: World) -> str:
+    from gguf import GGMLQuantizationType, LlamaFileType
+
+    spec = Spec(LlamaFileType.MOSTLY_Q4_0, GGMLQuantizationType.Q4_0, **BIG)
+    return str(write_gguf(world.root / "inputs" / "big-13b.gguf", spec))
+
+
+_TEXT = "The ferry crossed the river at dawn. " * 40
+CASES: dict[str, tuple[Callable[[World], list[str]], tuple[str, ...]]] = {
+    # run: the model
+    "model missing": (lambda w: ["run", "--model", str(w.root / "none.gguf")], ("not found",)),
+    "model is a folder": (lambda w: ["run", "--model", str(w.root / "results")], ("is a folder",)),
+    "model not GGUF": (lambda w: ["run", "--model", _file(w, "m.gguf", "hello")], ("not a GGUF file",)),
+    "model truncated": (
+        lambda w: ["run", "--model", _file(w, "t.gguf", w.model.read_bytes()[:3000])],
+        ("damaged or truncated",),
+    ),
+    "model architecture llama.cpp cannot load": (
+        lambda w: [
+            "run",
+            "--model",
+            str(write_tiny_model(w.root / "inputs" / "x.gguf", arch="nonsense")),
+            "--ctx",
+            "512",
+            "--out",
+            str(w.root / "results" / "new.json"),
+        ],
+        ("could not load",),
+    ),
+    "model metadata of the wrong type": (
+        lambda w: [
+            "run",
+            "--model",
+            str(write_tiny_model(w.root / "inputs" / "y.gguf", context_length="long")),
+        ],
+        ("context_length", "not a whole number"),
+    ),
+    # run: options
+    "misspelled cache type": (
+        lambda w: _run(w, "--cache", "q4_o"),
+        ("unknown cache type", "did you mean q4_0"),
+    ),
+    "--ctx beyond memory": (
+        lambda w: ["run", "--model", _big_model(w), "--ctx", "1048576", "--cache", "q4_0"],  # ~1 TiB
+        ("needs about", "GiB", "lower --ctx"),
+    ),
+    "--ctx not a number": (lambda w: _run(w, "--ctx", "8k"), ("--ctx", "whole number")),
+    "--threads 0": (lambda w: _run(w, "--threads", "0"), ("--threads",)),
+    "--gpu-layers -5": (lambda w: _run(w, "--gpu-layers", "-5"), ("--gpu-layers",)),
+    "--out in a read-only folder": (
+        lambda w: ["run", "--model", str(w.model), "--out", "/proc/kvprobe-result.json"],
+        ("not writable",),
+    ),
+    "--out under a file": (
+        lambda w: ["run", "--model", str(w.model), "--out", _file(w, "plain.txt", "x") + "/sub/r.json"],
+        ("cannot create the folder",),
+    ),
+    "--null-check without the divergence probe": (
+        lambda w: _run(w, "--scenario", "repetition", "--null-check"),
+        ("--null-check", "divergence"),
+    ),
+    "divergence probe without a reference": (
+        lambda w: _run(w, "--scenario", "divergence", "--baseline", "none", "--cache", "q8_0"),
+        ("reference", "--baseline none"),
+    ),
+    # run: the scenario
+    "scenario name misspelled": (
+        lambda w: _run(w, "--scenario", "quik"),
+        ("not found", "did you mean quick"),
+    ),
+    "scenario unknown key": (
+        lambda w: _run(w, "--scenario", _scenario(w, "[needle]\nper_segmnet = 2\n")),
+        ("needle.per_segmnet", "did you mean per_segment"),
+    ),
+    "scenario wrong type": (
+        lambda w: _run(w, "--scenario", _scenario(w, '[plan]\ndocuments = "two"\n')),
+        ("plan.documents", "must be int"),
+    ),
+    "scenario zero": (
+        lambda w: _run(w, "--scenario", _scenario(w, "[plan]\ndocuments = 0\n")),
+        ("plan.documents",),
+    ),
+    "scenario negative": (
+        lambda w: _run(w, "--scenario", _scenario(w, "[needle]\nper_segment = -1\n")),
+        ("needle.per_segment",),
+    ),
+    "scenario huge": (
+        lambda w: _run(w, "--scenario", _scenario(w, "[needle]\nper_segment = 1000000\n")),
+        ("needle.per_segment", "between 1 and 256"),
+    ),
+    "scenario needing more needle values than exist": (
+        lambda w: _run(
+            w,
+            "--scenario",
+            _scenario(
+                w,
+                "[needle]\nvalue_digits = 4\nper_segment = 256\n[plan]\ncheckpoints = "
+                + str(list(range(256, 512, 12)))
+                + "\n",
+            ),
+        ),
+        ("needle values", "value_digits"),
+    ),
+    "scenario empty attribute list": (
+        lambda w: _run(w, "--scenario", _scenario(w, "[needle]\nattributes = []\n")),
+        ("needle.attributes",),
+    ),
+    "scenario template without {key}": (
+        lambda w: _run(w, "--scenario", _scenario(w, '[needle]\ntemplate = "It is {value}."\n')),
+        ("needle.template", "{key}"),
+    ),
+    "scenario template with a stray brace": (
+        lambda w: _run(w, "--scenario", _scenario(w, '[needle]\ntemplate = "{key} is {value} {x}."\n')),
+        ("needle.template", "in braces"),
+    ),
+    "scenario not UTF-8": (
+        lambda w: _run(w, "--scenario", _scenario(w, b"name = '\xff\xfe'\n")),
+        ("cannot read",),
+    ),
+    "scenario path is a folder": (lambda w: _run(w, "--scenario", str(w.root / "results")), ("is a folder",)),
+    # run: the haystack
+    "haystack empty": (lambda w: _run(w, "--haystack", _file(w, "empty.txt", "")), ("fewer than 50 words",)),
+    "haystack too short": (
+        lambda w: _run(w, "--haystack", _file(w, "short.txt", "only a few words here")),
+        ("fewer than 50 words",),
+    ),
+    "haystack binary": (
+        lambda w: _run(w, "--haystack", _file(w, "bin.txt", b"\x00\x01\x02" * 500 + _TEXT.encode())),
+        ("looks binary",),
+    ),
+    "haystack not UTF-8": (
+        lambda w: _run(w, "--haystack", _file(w, "latin.txt", _TEXT.encode() + "caf\xe9".encode("latin-1"))),
+        ("UTF-8",),
+    ),
+    # compare
+    "compare truncated JSON": (
+        lambda w: ["compare", str(w.result), _file(w, "cut.json", w.result.read_text()[:400])],
+        ("not valid JSON",),
+    ),
+    "compare a JSON list": (
+        lambda w: ["compare", str(w.result), _file(w, "list.json", "[1, 2]")],
+        ("schema_version",),
+    ),
+    "compare a future schema": (
+        lambda w: ["compare", str(w.result), _result_edit(w, schema_version=99)],
+        ("schema_version 99",),
+    ),
+    "compare malformed --fail-on": (
+        lambda w: ["compare", str(w.result), str(w.result), "--fail-on", "accuracy:lots"],
+        ("--fail-on", "number"),
+    ),
+    "compare unknown --fail-on metric": (
+        lambda w: ["compare", str(w.result), str(w.result), "--fail-on", "speed:1"],
+        ("--fail-on",),
+    ),
+    "compare --map of unknown ids": (
+        lambda w: ["compare", str(w.result), str(w.result), "--map", "q9_9=q4_0"],
+        ("--map",),
+    ),
+    "compare a damaged array": (
+        lambda w: ["compare", str(w.result), _damaged_array(w)],
+        ("damaged",),
+    ),
+    # doctor
+    "doctor on a folder": (lambda w: ["doctor", str(w.root / "results")], ("is a folder",)),
+    "doctor --vram negative": (lambda w: ["doctor", str(w.model), "--vram", "-1"], ("--vram",)),
+    "doctor on metadata of the wrong type": (
+        lambda w: ["doctor", str(write_tiny_model(w.root / "inputs" / "z.gguf", context_length="long"))],
+        ("context_length", "not a whole number"),
+    ),
+    # quantize
+    "quantize onto the source": (
+        lambda w: [
+            "quantize",
+            _copy(w.model, w.root / "inputs" / "m-F32.gguf"),
+            "--type",
+            "F32",
+            "--out-dir",
+            str(w.root / "inputs"),
+        ],
+        ("overwrite the source",),
+    ),
+    "quantize misspelled type": (
+        lambda w: ["quantize", str(w.model), "--type", "q4_k_n", "--out-dir", str(w.root / "inputs")],
+        ("not a llama.cpp quant type", "q4_k_m"),
+    ),
+    # scenarios
+    "scenarios with an argument": (lambda w: ["scenarios", "extra"], ("unrecognized arguments",)),
+}
+
+
+def _copy(src: Path, dst: Path) -> str:
+    dst.parent.mkdir(exist_ok=True)
+    dst.write_bytes(src.read_bytes())
+    return str(dst)
+
+
+def _damaged_array(world: World) -> str:
+    doc = json.loads(world.result.read_text())
+    for record in doc["divergence"]["positions"]:
+        for name in ("nll", "kld", "top1_agree"):
+            if name in record:
+                record[name]["zlib_base64"] = "AAAA" + "Zm9v" * 4
+    return _file(world, "damaged.json", json.dumps(doc))
+
+
+def _snapshot(root: Path) -> dict[str, tuple[int, int, str]]:
+    """Size, modification time and content hash of every file (the content of the sparse
+    multi-GB model files is their header: hashing their holes would take a minute)."""
+    found = {}
+    for p in sorted(root.rglob("*")):
+        if p.is_file():
+            st = p.stat()
+            with p.open("rb") as fh:
+                head = fh.read(1 << 20)
+            found[str(p.relative_to(root))] = (st.st_size, st.st_mtime_ns, hashlib.sha256(head).hexdigest())
+    return found
+
+
+def test_the_matrix_has_at_least_25_cases() -> None:
+    assert len(CASES) >= 25
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_bad_input_is_one_line_exit_2_and_touches_nothing(
+    case: str, tmp_path: Path, tiny_model_path: Path, tiny_quick_result: Path
+) -> None:
+    (tmp_path / "results").mkdir()
+    (tmp_path / "inputs").mkdir()
+    earlier = tmp_path / "results" / "earlier.json"
+    earlier.write_text(tiny_quick_result.read_text())
+    world = World(tmp_path, tiny_model_path, tiny_quick_result)
+    make, words = CASES[case]
+    argv = make(world)  # may write the case's own input files
+    before = _snapshot(tmp_path)
+    proc = kvprobe(*argv)
+    assert_one_line_error(proc, *words)
+    assert _snapshot(tmp_path) == before  # nothing written, nothing changed
+
+
+# --- untrusted text on the terminal ----------------------------------------------------------
+
+HOSTILE = "[bold red]x[/] \x1b]0;pwned\x07 :smile:"
+
+
+@pytest.fixture(scope="module")
+def hostile_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("hostile")
+    return write_tiny_model(folder / "[bold]m[i]\x1b[31m.gguf", name=HOSTILE)  # no "/" in a file name
+
+
+def _shown_literally(out: str) -> None:
+    assert "\x1b" not in out
+    assert "\x07" not in out
+    assert "\\x1b]0;pwned\\x07" in out  # the control characters are written out instead
+    assert "[bold red]x[/]" in out  # markup prints as text
+
+
+def test_doctor_shows_metadata_literally(hostile_model: Path) -> None:
+    proc = kvprobe("doctor", str(hostile_model))
+    assert proc.returncode == 0, proc.stderr
+    _shown_literally(proc.stdout)
+    assert ":smile:" in proc.stdout
+    assert "[bold]m[i]\\x1b[31m.gguf" in proc.stdout
+
+
+def test_run_and_compare_show_names_literally(hostile_model: Path, tmp_path: Path) -> None:
+    out = tmp_path / "r.json"
+    proc = kvprobe(
+        "run", "--model", str(hostile_model), "--scenario", "quick", "--ctx", "512", "--cache", "q8_0",
+        "--threads", "2", "--out", str(out),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "\x1b" not in proc.stdout
+    assert "[bold]m[i]\\x1b[31m.gguf" in proc.stdout
+    doc = json.loads(out.read_text())
+    assert doc["model"]["metadata"]["general.name"] == HOSTILE  # the file keeps the raw text
+
+    for c in doc["configs"]:  # a result file is input too: ids with markup and escapes
+        if c["id"] == "q8_0":
+            c["id"] = HOSTILE
+    for it in doc["items"] + list(doc["divergence"]["positions"]):
+        if it["config"] == "q8_0":
+            it["config"] = HOSTILE
+    edited = tmp_path / "edited.json"
+    edited.write_text(json.dumps(doc))
+    proc = kvprobe("compare", str(out), str(edited))
+    assert proc.returncode == 0, proc.stderr
+    _shown_literally(proc.stdout)
