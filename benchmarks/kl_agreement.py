@@ -29,6 +29,7 @@ import numpy as np
 
 from kvprobe.cache_types import CacheConfig
 from kvprobe.engine import ContextSettings, Model, feed_lockstep
+from kvprobe.kernel_check import check_models
 from kvprobe.probes.divergence import DivergenceRecorder
 from kvprobe.provenance import default_model_path
 
@@ -95,7 +96,9 @@ def kvprobe_side(
     model_path: Path, chunks: np.ndarray, cache: str, *, batch: int, threads: int
 ) -> dict[str, float]:
     n_ctx = chunks.shape[1]
-    model = Model(model_path, n_threads=threads)
+    # the same kernel check as `kvprobe run`, so a host whose AMX kernels crash still runs it
+    kernels, _ = check_models([model_path], n_gpu_layers=0, n_threads=threads, no_repack=False)
+    model = Model(model_path, n_threads=threads, use_extra_bufts=kernels.extra_bufts)
     settings = ContextSettings(
         n_ctx=n_ctx, chunk=batch, n_threads=threads, flash_attn=True, attn_rotation=True
     )

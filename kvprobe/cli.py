@@ -245,7 +245,7 @@ def cmd_compare(args: argparse.Namespace, console: Console) -> int:
     import json
 
     from kvprobe.compare import FailRule, compare
-    from kvprobe.results import load_result
+    from kvprobe.results import finite_json, load_result
 
     rules = [FailRule.parse(text) for text in args.fail_on]
     old, new = load_result(Path(args.old)), load_result(Path(args.new))
@@ -266,7 +266,7 @@ def cmd_compare(args: argparse.Namespace, console: Console) -> int:
     failures = [(rule, row) for rule in rules for row in report["rows"] if rule.violated_by(row)]
     report["failures"] = [{"rule": f"{r.metric}:{r.threshold:+g}", **row} for r, row in failures]
     if args.json:
-        print(json.dumps(report, indent=1))
+        print(json.dumps(finite_json(report)[0], indent=1))  # strict JSON: a NaN row shows as null
     else:
         from kvprobe.report import print_comparison
 

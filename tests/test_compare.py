@@ -178,6 +178,9 @@ def test_nan_is_not_testable_and_fails_a_gate(result: Path, tmp_path: Path) -> N
     gate = kvprobe("compare", str(result), str(path), "--fail-on", "answer_logprob:-1")
     assert gate.returncode == 1, gate.stdout
     assert "not testable" in gate.stdout
+    strict = kvprobe("compare", str(result), str(path), "--json").stdout
+    rows = json.loads(strict, parse_constant=lambda c: pytest.fail(f"--json printed {c}"))["rows"]
+    assert "not testable" in {r["mark"] for r in rows}
     raw = tmp_path / "raw-nan.json"
     raw.write_text(json.dumps(nan_doc))  # as another tool might: a bare NaN
     assert kvprobe("compare", str(result), str(raw), "--fail-on", "answer_logprob:-1").returncode == 1
