@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from kvprobe.errors import UserError, did_you_mean
@@ -52,6 +53,19 @@ class CacheConfig:
     @property
     def k_quantized(self) -> bool:
         return self.type_k not in UNQUANTIZED
+
+
+def check_flash_attn(configs: Iterable[CacheConfig], flash_attn: bool) -> None:
+    """llama.cpp cannot create a context with a quantized V cache without flash attention:
+    the one place that rule is checked."""
+    if flash_attn:
+        return
+    for c in configs:
+        if c.v_quantized:
+            raise UserError(
+                f"cache {c.id}: a quantized V cache needs flash attention: drop --no-flash-attn "
+                "or use an f16/bf16 V cache"
+            )
 
 
 def parse_config_id(config_id: str) -> CacheConfig:

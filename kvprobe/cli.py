@@ -10,17 +10,22 @@ import contextlib
 import os
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from kvprobe import __version__
-from kvprobe.cache_types import CacheConfig, check_cache_type
+from kvprobe.cache_types import CacheConfig, check_cache_type, check_flash_attn
 from kvprobe.display import SafeConsole, plain
-from kvprobe.errors import EngineError, UserError
+from kvprobe.errors import EngineError, Interrupted, UserError
 from kvprobe.kernel_check import KernelDecision
+
+if TYPE_CHECKING:  # runner imports llama.cpp: only `run` should pay for that
+    from kvprobe.runner import RunSettings
+    from kvprobe.scenario import Scenario
 
 MIN_CTX = 256
 MAX_CTX = 1 << 20  # the longest contexts GGUF models ship with; beyond it is a typo, not a plan
@@ -366,12 +371,47 @@ def _kernel_decision(
     return decision
 
 
-def cmd_run(args: argparse.Namespace, console: Console) -> int:
-    from dataclasses import asdict, replace
+@dataclass(frozen=True)
+class RunRequest:
+    """A `kvprobe run` whose every precondition has been checked, before any model file is
+    hashed or loaded."""
 
-    from kvprobe.model_info import read_model_info
-    from kvprobe.provenance import default_model_path, host_info
-    from kvprobe.results import add_statistics, build_result, default_out_path, utc_now, write_result
+    configs: list[CacheConfig]
+    baseline: str | None
+    scenario: Scenario
+    model_paths: list[Path]
+    facts: list[dict[str, Any]]  # doctor facts per model (headers only)
+    gpu_layers: int
+    out_path: Path
+    created: str
+    settings: RunSettings
+    null_check: bool
+    threads: int | None
+    no_repack: bool
+    warnings: list[str]
+
+
+@dataclass(frozen=True)
+class RunExecution:
+    """What running the probes gave, and what the engine reports it used."""
+
+    outcome: dict[str, Any]
+    baseline: str | None  # "ref:f16" in the weights-vs-KV design
+    runtime: dict[str, Any]
+
+
+def validate_run(args: argparse.Namespace) -> RunRequest:
+    """Step 1: every check a run can fail, in one pass over the arguments, the scenario and
+    the model headers. Nothing is hashed, loaded or written."""
+    from dataclasses import replace
+
+    from kvprobe.doctor import read_facts
+    from kvprobe.engine import gpu_offload_supported
+    from kvprobe.memory import check_fits, run_memory
+    from kvprobe.plan import check_plan_capacity
+    from kvprobe.provenance import default_model_path, memory_gb
+    from kvprobe.results import default_out_path, utc_now
+    from kvprobe.runner import RunSettings
     from kvprobe.scenario import HaystackSpec, load_scenario
 
     configs, baseline = parse_configs(args)
@@ -389,6 +429,7 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
         raise UserError("--threads must be at least 1")
     if args.gpu_layers is not None and args.gpu_layers < -1:
         raise UserError(f"--gpu-layers must be -1 (all) or a number of layers >= 0, got {args.gpu_layers}")
+    check_flash_attn(configs, not args.no_flash_attn)
     model_paths = [Path(p).expanduser() for p in args.model] or [default_model_path()]
     if len(model_paths) > 2:
         raise UserError("--model takes one file, or two (REF then TEST) for the weights-vs-KV design")
@@ -405,29 +446,12 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
         raise UserError("--null-check needs the divergence probe: use --scenario divergence or default")
     if args.mode == "classic" and "needle" not in scenario.probes:
         raise UserError("--mode classic applies to the needle probe: this scenario has none")
-    from kvprobe.plan import check_plan_capacity
-
     check_plan_capacity(scenario, args.ctx, args.mode)
-    from kvprobe.doctor import findings, read_facts
-    from kvprobe.engine import gpu_offload_supported
-    from kvprobe.memory import check_fits, run_memory
-    from kvprobe.provenance import memory_gb
-
     facts = [read_facts(p) for p in model_paths]  # checks the files are GGUF before llama.cpp sees them
     gpu_layers = args.gpu_layers if args.gpu_layers is not None else (-1 if gpu_offload_supported() else 0)
     if gpu_layers == 0 or not gpu_offload_supported():
         need = run_memory(facts, configs, args.ctx + 256, scenario.plan.chunk, 1 if args.null_check else 0)
         check_fits(need, memory_gb(), args.ctx)
-    infos: list[dict[str, Any]] = []
-    serious: list[tuple[Path, Any]] = []
-    for path, facts_i in zip(model_paths, facts, strict=True):
-        info_i = read_model_info(path)  # sha256 of the whole file: after the cheap checks
-        found = findings(facts_i)
-        info_i["findings"] = [asdict(f) for f in found]
-        infos.append(info_i)
-        serious += [(path, f) for f in found if f.severity == "serious"]
-    info = infos[0]
-    labels = ["ref", "test"] if len(model_paths) == 2 else []
     created = utc_now()
     out_path = (
         Path(args.out)
@@ -437,18 +461,11 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
         )
     )
     check_out_path(out_path, force=args.force)
-    if any(c.v_quantized for c in configs) and args.no_flash_attn:
-        raise UserError(
-            "a quantized V cache needs flash attention: drop --no-flash-attn or use an f16/bf16 V cache"
-        )
-
-    from kvprobe import engine
-    from kvprobe.runner import Runner, RunSettings, run_probes
-
     warnings: list[str] = []
-    if args.ctx > info["n_ctx_train"] > 0:
+    n_ctx_train = facts[0]["n_ctx_train"]
+    if args.ctx > n_ctx_train > 0:
         warnings.append(
-            f"--ctx {args.ctx} exceeds the model's training context ({info['n_ctx_train']} tokens): "
+            f"--ctx {args.ctx} exceeds the model's training context ({n_ctx_train} tokens): "
             "results past it measure the model outside its design, not the cache"
         )
     if gpu_layers != 0 and any(c.type_k != c.type_v for c in configs):
@@ -456,15 +473,6 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
             "on CUDA, llama.cpp compiles flash-attention kernels only for matching K/V types unless built "
             "with -DGGML_CUDA_FA_QUANTS=all: an asymmetric pair runs on a much slower path"
         )
-    for w in warnings:
-        console.print(f"[yellow]warning:[/] {plain(w)}")
-    for path in dict.fromkeys(p for p, _ in serious):
-        console.print(
-            f"[bold red]model:[/] {plain('; '.join(f.message for p, f in serious if p == path))} "
-            f"(`kvprobe doctor {plain(path)}` explains; results will show it)",
-            highlight=False,
-        )
-    kernels = _kernel_decision(args, model_paths, gpu_layers, console)
     settings = RunSettings(
         ctx=args.ctx,
         seed=args.seed,
@@ -472,32 +480,52 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
         flash_attn=not args.no_flash_attn,
         attn_rotation=not args.no_rotation,
     )
-    console.print(
-        f"kvprobe {__version__}: {' vs '.join(p.name for p in model_paths)}, "
-        f"caches {', '.join(c.id for c in configs)}, ctx {args.ctx}, scenario {scenario.name}, "
-        f"{args.mode} mode",
-        markup=False,
-        highlight=False,
+    return RunRequest(
+        configs=configs,
+        baseline=baseline,
+        scenario=scenario,
+        model_paths=model_paths,
+        facts=facts,
+        gpu_layers=gpu_layers,
+        out_path=out_path,
+        created=created,
+        settings=settings,
+        null_check=args.null_check,
+        threads=args.threads,
+        no_repack=args.no_repack,
+        warnings=warnings,
     )
+
+
+def execute_run(request: RunRequest, kernels: KernelDecision, console: Console) -> RunExecution:
+    """Step 2: load the models and run every probe in lockstep, with a progress bar."""
+    from kvprobe import engine
+    from kvprobe.runner import Runner, run_probes
+
+    paths = request.model_paths
+    labels = ["ref", "test"] if len(paths) == 2 else []
+    baseline = request.baseline
     with contextlib.ExitStack() as stack:
         loaded = [
             stack.enter_context(
                 engine.Model(
-                    p, n_gpu_layers=gpu_layers, n_threads=args.threads, use_extra_bufts=kernels.extra_bufts
+                    p,
+                    n_gpu_layers=request.gpu_layers,
+                    n_threads=request.threads,
+                    use_extra_bufts=kernels.extra_bufts,
                 )
             )
-            for p in model_paths
+            for p in paths
         ]
-        model = loaded[0]
         models = dict(zip(labels, loaded, strict=True)) if labels else None
         if models and loaded[0].vocabulary_digest() != loaded[1].vocabulary_digest():
             raise UserError(
-                f"{model_paths[0].name} and {model_paths[1].name} have different tokenizers: the 2x2 design "
+                f"{paths[0].name} and {paths[1].name} have different tokenizers: the 2x2 design "
                 "needs identical items; run them separately and use `kvprobe compare` (unpaired)"
             )
         if models and baseline is not None:
             baseline = f"ref:{baseline}"
-        runner = Runner(model, scenario, settings)
+        runner = Runner(loaded[0], request.scenario, request.settings)
         columns = (
             TextColumn("{task.description}"),
             BarColumn(),
@@ -507,61 +535,118 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
             TimeRemainingColumn(),
         )
         with Progress(*columns, console=console, transient=True) as bar:
-            n_runs = len(configs) * len(model_paths)
-            task = bar.add_task("starting", total=runner.planned_tokens(n_runs, args.null_check))
+            n_runs = len(request.configs) * len(paths)
+            task = bar.add_task("starting", total=runner.planned_tokens(n_runs, request.null_check))
 
             def progress(n_tokens: int, what: str) -> None:
                 bar.update(task, advance=n_tokens, description=plain(what))
 
             outcome = run_probes(
-                runner, configs, baseline, progress, null_check=args.null_check, models=models
+                runner, request.configs, baseline, progress, null_check=request.null_check, models=models
             )
-        n_threads = model.n_threads
-        runtime = engine.runtime_info()
-        weight_buffers = {p.name: m.weight_buffers for p, m in zip(model_paths, loaded, strict=True)}
-    doc = build_result(
-        created=created,
-        command=" ".join(["kvprobe", *sys.argv[1:]]),
-        model=info,
-        models=dict(zip(labels, infos, strict=True)) if labels else None,
-        runtime={
-            **runtime,
-            "backend": "gpu" if gpu_layers != 0 and runtime["gpu_offload_supported"] else "cpu",
-            "n_threads": n_threads,
-            "n_gpu_layers": gpu_layers,
+        info = engine.runtime_info()
+        settings = request.settings
+        runtime = {
+            **info,
+            "backend": "gpu" if request.gpu_layers != 0 and info["gpu_offload_supported"] else "cpu",
+            "n_threads": loaded[0].n_threads,
+            "n_gpu_layers": request.gpu_layers,
             **kernels.runtime(),
-            "weight_buffers_mib": weight_buffers,
+            "weight_buffers_mib": {p.name: m.weight_buffers for p, m in zip(paths, loaded, strict=True)},
             "n_ctx": outcome["n_ctx"],
             "n_batch": outcome["chunk"],
             "n_ubatch": outcome["chunk"],
             "n_seq_max": outcome["n_seq_max"],
-            "kv_unified": True,
-            "swa_full": True,
+            **engine.FIXED_SETTINGS,
             "flash_attn": settings.flash_attn,
             "attn_rotation": settings.attn_rotation,
             "env_LLAMA_ATTN_ROT_DISABLE": "0" if settings.attn_rotation else "1",
-        },
+        }
+    return RunExecution(outcome, baseline, runtime)
+
+
+def assemble_run(
+    request: RunRequest, infos: list[dict[str, Any]], execution: RunExecution, command: str
+) -> dict[str, Any]:
+    """Step 3: the result document as measured (statistics follow once it is on disk)."""
+    from kvprobe.provenance import host_info
+    from kvprobe.results import build_result
+
+    labels = ["ref", "test"] if len(infos) == 2 else []
+    outcome = execution.outcome
+    return build_result(
+        created=request.created,
+        command=command,
+        model=infos[0],
+        models=dict(zip(labels, infos, strict=True)) if labels else None,
+        runtime=execution.runtime,
         host=host_info(),
         outcome=outcome,
-        baseline=baseline,
-        scenario=scenario,
+        baseline=execution.baseline,
+        scenario=request.scenario,
         run={
-            "ctx": args.ctx,
-            "seed": args.seed,
-            "mode": args.mode,
+            "ctx": request.settings.ctx,
+            "seed": request.settings.seed,
+            "mode": request.settings.mode,
             "checkpoints": outcome["checkpoints"],
             "chunk": outcome["chunk"],
-            "null_check": args.null_check,
+            "null_check": request.null_check,
         },
-        warnings=warnings,
+        warnings=request.warnings,
     )
+
+
+def _describe_models(request: RunRequest) -> tuple[list[dict[str, Any]], dict[Path, list[str]]]:
+    """Path, sha256 and metadata per model (hashing reads the whole file: after validation),
+    with the doctor's findings; and the serious findings per file, to show before the run."""
+    from dataclasses import asdict
+
+    from kvprobe.doctor import findings
+    from kvprobe.model_info import read_model_info
+
+    infos: list[dict[str, Any]] = []
+    serious: dict[Path, list[str]] = {}
+    for path, facts in zip(request.model_paths, request.facts, strict=True):
+        info = read_model_info(path)
+        found = findings(facts)
+        info["findings"] = [asdict(f) for f in found]
+        infos.append(info)
+        if messages := [f.message for f in found if f.severity == "serious"]:
+            serious[path] = messages
+    return infos, serious
+
+
+def cmd_run(args: argparse.Namespace, console: Console) -> int:
+    from kvprobe.results import add_statistics, write_result
+
+    request = validate_run(args)
+    infos, serious = _describe_models(request)
+    for w in request.warnings:
+        console.print(f"[yellow]warning:[/] {plain(w)}")
+    for path, messages in serious.items():
+        console.print(
+            f"[bold red]model:[/] {plain('; '.join(messages))} "
+            f"(`kvprobe doctor {plain(path)}` explains; results will show it)",
+            highlight=False,
+        )
+    kernels = _kernel_decision(args, request.model_paths, request.gpu_layers, console)
+    console.print(
+        f"kvprobe {__version__}: {' vs '.join(p.name for p in request.model_paths)}, "
+        f"caches {', '.join(c.id for c in request.configs)}, ctx {request.settings.ctx}, "
+        f"scenario {request.scenario.name}, {request.settings.mode} mode",
+        markup=False,
+        highlight=False,
+    )
+    execution = execute_run(request, kernels, console)
+    doc = assemble_run(request, infos, execution, " ".join(["kvprobe", *sys.argv[1:]]))
+    out_path = request.out_path
     write_result(doc, out_path)  # the measurements are on disk before any statistic runs
     try:
-        add_statistics(doc, outcome["divergence_arrays"])
+        add_statistics(doc, execution.outcome["divergence_arrays"])
     except KeyboardInterrupt:
-        raise UserError(
+        raise Interrupted(
             f"interrupted while computing statistics; the measured items are in {out_path} "
-            f"(statistics.complete: false)"
+            "(statistics.complete: false)"
         ) from None
     write_result(doc, out_path)
     from kvprobe.report import print_run_report

@@ -24,11 +24,15 @@ from pathlib import Path
 import llama_cpp
 import numpy as np
 
-from kvprobe.cache_types import GGML_TYPE_IDS, CacheConfig
+from kvprobe.cache_types import GGML_TYPE_IDS, CacheConfig, check_flash_attn
 from kvprobe.errors import EngineError, UserError
 
 DOC_SEQ = 0
 FORK_SEQ = 1
+# Settings every context gets whatever the user asks, recorded in the result's runtime: a fork
+# shares the document's cells (unified cache), and keeps every sliding-window cell, so a fork
+# never evicts the prefix.
+FIXED_SETTINGS = {"kv_unified": True, "swa_full": True}
 
 
 # --- llama.cpp log capture -------------------------------------------------------------
@@ -245,8 +249,8 @@ class Context:
         params.n_batch = settings.chunk
         params.n_ubatch = settings.chunk
         params.n_seq_max = settings.n_seq_max
-        params.kv_unified = True  # the fork shares the document's cells
-        params.swa_full = True  # keep every SWA cell: a fork must not evict the prefix
+        params.kv_unified = FIXED_SETTINGS["kv_unified"]
+        params.swa_full = FIXED_SETTINGS["swa_full"]
         params.n_threads = model.n_threads
         params.n_threads_batch = model.n_threads
         params.type_k = GGML_TYPE_IDS[cache.type_k]
@@ -257,10 +261,7 @@ class Context:
             else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
         )
         params.no_perf = True
-        if cache.v_quantized and not settings.flash_attn:
-            raise UserError(
-                f"cache {cache.id}: a quantized V cache needs flash attention; drop --no-flash-attn"
-            )
+        check_flash_attn([cache], settings.flash_attn)
         previous = os.environ.get("LLAMA_ATTN_ROT_DISABLE")
         os.environ["LLAMA_ATTN_ROT_DISABLE"] = "0" if settings.attn_rotation else "1"
         try:

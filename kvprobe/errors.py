@@ -10,6 +10,12 @@ class UserError(Exception):
     exit_code = 2
 
 
+class Interrupted(UserError):
+    """Ctrl-C after something was saved: one line saying where, exit code 130 as for SIGINT."""
+
+    exit_code = 130
+
+
 class EngineError(RuntimeError):
     """llama.cpp refused something (context creation, decode)."""
 

@@ -96,6 +96,10 @@ CASES: dict[str, tuple[Callable[[World], list[str]], tuple[str, ...]]] = {
         ("needs about", "GiB", "lower --ctx"),
     ),
     "--ctx not a number": (lambda w: _run(w, "--ctx", "8k"), ("--ctx", "whole number")),
+    "quantized V cache without flash attention": (
+        lambda w: _run(w, "--cache", "q4_0", "--no-flash-attn"),
+        ("quantized V cache needs flash attention", "--no-flash-attn"),
+    ),
     "--threads 0": (lambda w: _run(w, "--threads", "0"), ("--threads",)),
     "--gpu-layers -5": (lambda w: _run(w, "--gpu-layers", "-5"), ("--gpu-layers",)),
     "--out in a read-only folder": (
