@@ -6,50 +6,17 @@ from __future__ import annotations
 import math
 import warnings
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from scipy import optimize
 
-from kvprobe.stats import (
-    bootstrap_diff_interval,
-    holm,
-    mcnemar_exact,
-    newcombe_paired_interval,
-    wilcoxon_paired,
-)
+from kvprobe.metrics import ALPHA, PAIRED_ITEM_METRICS, Metric
+from kvprobe.stats import difference_test, holm, significant_tail
 
-ALPHA = 0.05
 EFFECTIVE_THRESHOLD = 0.85  # share of the baseline's score that still counts as "effective"
-
-
-@dataclass(frozen=True)
-class Metric:
-    """A per-item metric the paired tests know: pass/fail or continuous, and which way is worse."""
-
-    probe: str
-    name: str
-    field: str
-    binary: bool
-    lower_is_worse: bool
-    key: Callable[[dict[str, Any]], tuple[Any, ...]]  # pairs items across configurations
-
-
-def _needle_key(it: dict[str, Any]) -> tuple[Any, ...]:
-    return (it["doc"], it["ctx"], it["key"])
-
-
-def _repetition_key(it: dict[str, Any]) -> tuple[Any, ...]:
-    return (it["doc"], it["ctx"], it["offset"])
-
-
-METRICS = (
-    Metric("needle", "accuracy", "correct", True, True, _needle_key),
-    Metric("needle", "answer_logprob", "logprob", False, True, _needle_key),
-    Metric("repetition", "seq_rep_4", "seq_rep_4", False, False, _repetition_key),
-)
 
 
 def paired_values(
@@ -59,41 +26,31 @@ def paired_values(
     by_key: dict[str, dict[tuple[Any, ...], dict[str, Any]]] = defaultdict(dict)
     for it in items:
         if it["probe"] == metric.probe and it["config"] in (baseline, config):
-            by_key[it["config"]][metric.key(it)] = it
+            by_key[it["config"]][metric.pair_key(it)] = it
     out: dict[int, tuple[list[float], list[float]]] = defaultdict(lambda: ([], []))
     for key, test_item in sorted(by_key[config].items(), key=lambda kv: str(kv[0])):
         base_item = by_key[baseline].get(key)
-        if base_item is None or test_item.get(metric.field) is None:
+        if base_item is None or test_item.get(metric.item_field) is None:
             continue
-        out[test_item["ctx"]][0].append(float(test_item[metric.field]))
-        out[test_item["ctx"]][1].append(float(base_item[metric.field]))
+        out[test_item["ctx"]][0].append(float(test_item[metric.item_field]))
+        out[test_item["ctx"]][1].append(float(base_item[metric.item_field]))
     return dict(sorted(out.items()))
 
 
 def compare_paired(test: Sequence[float], base: Sequence[float], metric: Metric, seed: int) -> dict[str, Any]:
     """Difference test − baseline with its interval, and the one-sided p that test is worse."""
-    t, b = np.asarray(test), np.asarray(base)
-    diff = float(t.mean() - b.mean())
-    if metric.binary:
-        both = int(np.sum((t == 1) & (b == 1)))
-        only_b = int(np.sum((t == 0) & (b == 1)))
-        only_t = int(np.sum((t == 1) & (b == 0)))
-        neither = int(np.sum((t == 0) & (b == 0)))
-        lo, hi = newcombe_paired_interval(both, only_b, only_t, neither)
-        p = mcnemar_exact(only_b, only_t, alternative="greater")
-        test_name = "exact McNemar"
-    else:
-        lo, hi = bootstrap_diff_interval(list(t), list(b), seed=seed, paired=True)
-        p = wilcoxon_paired(list(t), list(b), alternative="less" if metric.lower_is_worse else "greater")
-        test_name = "Wilcoxon signed-rank"
+    d = difference_test(
+        test, base, binary=metric.binary, paired=True, seed=seed,
+        alternative="less" if metric.lower_is_worse else "greater",
+    )  # fmt: skip
     return {
-        "test_value": float(t.mean()),
-        "baseline_value": float(b.mean()),
-        "diff": diff,
-        "ci": [lo, hi],
-        "p_worse": p,
-        "test": test_name,
-        "n": len(t),
+        "test_value": float(np.mean(np.asarray(test, dtype=float))),
+        "baseline_value": float(np.mean(np.asarray(base, dtype=float))),
+        "diff": d.diff,
+        "ci": list(d.ci),
+        "p_worse": d.p,
+        "test": d.test,
+        "n": len(test),
     }
 
 
@@ -103,7 +60,7 @@ def paired_rows(
     """One row per metric and checkpoint: difference, interval, one-sided p (test worse) and
     its Holm adjustment across the metric's checkpoints."""
     rows: list[dict[str, Any]] = []
-    for metric in METRICS:
+    for metric in PAIRED_ITEM_METRICS:
         values = paired_values(items, metric, baseline, config)
         if not values:
             continue
@@ -121,12 +78,9 @@ def paired_rows(
 def onset(rows: Sequence[dict[str, Any]], alpha: float = ALPHA) -> int | None:
     """The shortest checkpoint from which the configuration is significantly worse than the
     baseline at every longer checkpoint (rows of one metric and configuration)."""
-    found: int | None = None
-    for row in sorted(rows, key=lambda r: -r["ctx"]):
-        if row["p_holm"] >= alpha:
-            break
-        found = row["ctx"]
-    return found
+    ordered = sorted(rows, key=lambda r: r["ctx"])
+    start = significant_tail([r["p_holm"] for r in ordered], alpha)
+    return None if start is None else int(ordered[start]["ctx"])
 
 
 def effective_context(

@@ -16,32 +16,20 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from scipy import stats as sps
 
-from kvprobe.analysis import METRICS, Metric
 from kvprobe.errors import UserError
+from kvprobe.metrics import (
+    ALPHA,
+    BY_NAME,
+    COMPARED,
+    MIN_RELATIVE_CHANGE,
+    PAIRED_ITEM_METRICS,
+    Metric,
+    lower_is_worse,
+)
 from kvprobe.probes.divergence import split_blocks
 from kvprobe.results import decode_array
-from kvprobe.stats import (
-    bootstrap_diff_interval,
-    mann_whitney,
-    mcnemar_exact,
-    newcombe_paired_interval,
-    newcombe_unpaired_interval,
-    wilcoxon_paired,
-)
-
-ALPHA = 0.05
-# A change smaller than this is never flagged: absolute for rates, relative for the rest.
-MIN_CHANGE = {"accuracy": 0.05, "top1_agree": 0.01}
-MIN_RELATIVE_CHANGE = 0.10
-LOWER_IS_WORSE = {
-    "accuracy": True,
-    "answer_logprob": True,
-    "seq_rep_4": False,
-    "kld_mean": False,
-    "top1_agree": True,
-}
+from kvprobe.stats import difference_test
 
 
 @dataclass(frozen=True)
@@ -52,8 +40,8 @@ class FailRule:
     @classmethod
     def parse(cls, text: str) -> FailRule:
         metric, sep, value = text.partition(":")
-        known = sorted(LOWER_IS_WORSE)
-        if not sep or metric not in LOWER_IS_WORSE:
+        known = sorted(COMPARED)
+        if not sep or metric not in COMPARED:
             raise UserError(f"--fail-on {text!r}: use METRIC:THRESHOLD with METRIC one of {', '.join(known)}")
         try:
             threshold = float(value)
@@ -178,35 +166,21 @@ def numerics_notes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
 def _item_values(doc: dict[str, Any], metric: Metric, config: str) -> dict[int, dict[tuple[Any, ...], float]]:
     out: dict[int, dict[tuple[Any, ...], float]] = defaultdict(dict)
     for it in doc["items"]:
-        if it["probe"] == metric.probe and it["config"] == config and metric.field in it:
+        if it["probe"] == metric.probe and it["config"] == config and metric.item_field in it:
             # null is a NaN the writer stored as JSON null: kept as NaN, so the row is "not
             # testable" and a gate on it fails, instead of the item silently dropping out
-            value = it[metric.field]
-            out[it["ctx"]][metric.key(it)] = math.nan if value is None else float(value)
+            value = it[metric.item_field]
+            out[it["ctx"]][metric.pair_key(it)] = math.nan if value is None else float(value)
     return out
 
 
 def _test(
     old: Sequence[float], new: Sequence[float], binary: bool, paired: bool, seed: int
 ) -> dict[str, Any]:
+    d = difference_test(new, old, binary=binary, paired=paired, seed=seed)
     o, n = np.asarray(old, dtype=float), np.asarray(new, dtype=float)
-    if binary and paired:
-        both = int(np.sum((o == 1) & (n == 1)))
-        only_old, only_new = int(np.sum((o == 1) & (n == 0))), int(np.sum((o == 0) & (n == 1)))
-        lo, hi = newcombe_paired_interval(both, only_old, only_new, len(o) - both - only_old - only_new)
-        p, name = mcnemar_exact(only_old, only_new), "exact McNemar"
-    elif binary:
-        lo, hi = newcombe_unpaired_interval(int(n.sum()), len(n), int(o.sum()), len(o))
-        table = [[int(n.sum()), len(n) - int(n.sum())], [int(o.sum()), len(o) - int(o.sum())]]
-        p, name = float(sps.fisher_exact(table).pvalue), "Fisher exact"
-    elif paired:
-        lo, hi = bootstrap_diff_interval(list(n), list(o), seed=seed, paired=True)
-        p, name = wilcoxon_paired(list(n), list(o)), "Wilcoxon signed-rank"
-    else:
-        lo, hi = bootstrap_diff_interval(list(n), list(o), seed=seed, paired=False)
-        p, name = mann_whitney(list(n), list(o)), "Mann-Whitney U"
-    return {"old": float(o.mean()), "new": float(n.mean()), "diff": float(n.mean() - o.mean()),
-            "ci": [lo, hi], "p": p, "test": name, "n_old": len(o), "n_new": len(n)}  # fmt: skip
+    return {"old": float(o.mean()), "new": float(n.mean()), "diff": d.diff, "ci": list(d.ci), "p": d.p,
+            "test": d.test, "n_old": len(o), "n_new": len(n)}  # fmt: skip
 
 
 def _mark(row: dict[str, Any]) -> str:
@@ -214,10 +188,11 @@ def _mark(row: dict[str, Any]) -> str:
     if not _testable(row):
         return "not testable"
     diff, metric = row["diff"], row["metric"]
-    threshold = MIN_CHANGE.get(metric, MIN_RELATIVE_CHANGE * abs(row["old"]))
+    own = BY_NAME[metric].min_change
+    threshold = own if own is not None else MIN_RELATIVE_CHANGE * abs(row["old"])
     if row["p"] >= ALPHA or abs(diff) <= threshold:
         return "no significant change"
-    worse = diff < 0 if LOWER_IS_WORSE[metric] else diff > 0
+    worse = diff < 0 if lower_is_worse(metric) else diff > 0
     return "worse" if worse else "better"
 
 
@@ -225,7 +200,7 @@ def _item_rows(
     old: dict[str, Any], new: dict[str, Any], pairs: list[tuple[str, str]], paired: bool, seed: int
 ) -> list[dict[str, Any]]:
     rows = []
-    for metric in METRICS:
+    for metric in PAIRED_ITEM_METRICS:
         for c_old, c_new in pairs:
             a, b = _item_values(old, metric, c_old), _item_values(new, metric, c_new)
             for ctx in sorted(set(a) & set(b)):

@@ -22,6 +22,7 @@ import numpy as np
 
 from kvprobe import __version__
 from kvprobe.errors import UserError
+from kvprobe.metrics import REPETITION_MEANS
 from kvprobe.probes.divergence import NULL_CONFIG, CurveSettings, bin_edges, divergence_curve
 from kvprobe.scenario import DivergenceSpec, Scenario
 from kvprobe.stats import bootstrap_mean_interval, wilson_interval
@@ -78,9 +79,6 @@ def needle_summary(items: list[dict[str, Any]], seed: int) -> list[dict[str, Any
             }
         )
     return rows
-
-
-REPETITION_MEANS = ("seq_rep_4", "distinct_2", "compression_ratio", "divergence_index")
 
 
 def repetition_summary(items: list[dict[str, Any]], seed: int) -> list[dict[str, Any]]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 from scipy import stats
@@ -137,3 +138,66 @@ def mann_whitney(test: Sequence[float], baseline: Sequence[float], alternative: 
     if len(test) == 0 or len(baseline) == 0:
         return 1.0
     return float(stats.mannwhitneyu(test, baseline, alternative=alternative).pvalue)
+
+
+# --- the one difference test and the one onset scan ------------------------------------------
+
+# "less": the test configuration is lower than the baseline. McNemar counts the discordant
+# pairs from the baseline's side, so its alternative is the mirror image.
+_MCNEMAR_ALTERNATIVE = {"two-sided": "two-sided", "less": "greater", "greater": "less"}
+
+
+@dataclass(frozen=True)
+class Difference:
+    """mean(test) − mean(baseline), its 95% interval, and the p of the named test."""
+
+    diff: float
+    ci: tuple[float, float]
+    p: float
+    test: str
+
+
+def difference_test(
+    test: Sequence[float],
+    baseline: Sequence[float],
+    *,
+    binary: bool,
+    paired: bool,
+    seed: int,
+    alternative: str = "two-sided",
+) -> Difference:
+    """The difference between a configuration and a baseline, with the test that fits the
+    data: exact McNemar and a Newcombe interval for paired pass/fail, Fisher and Newcombe for
+    unpaired pass/fail, Wilcoxon signed-rank or Mann-Whitney U with a bootstrap interval for
+    continuous values. `alternative` ("less": test lower) applies to the paired tests."""
+    t, b = np.asarray(test, dtype=float), np.asarray(baseline, dtype=float)
+    diff = float(t.mean() - b.mean())
+    if binary and paired:
+        both = int(np.sum((t == 1) & (b == 1)))
+        only_b = int(np.sum((t == 0) & (b == 1)))
+        only_t = int(np.sum((t == 1) & (b == 0)))
+        neither = int(np.sum((t == 0) & (b == 0)))
+        ci = newcombe_paired_interval(both, only_b, only_t, neither)
+        return Difference(
+            diff, ci, mcnemar_exact(only_b, only_t, _MCNEMAR_ALTERNATIVE[alternative]), "exact McNemar"
+        )
+    if binary:
+        ci = newcombe_unpaired_interval(int(t.sum()), len(t), int(b.sum()), len(b))
+        table = [[int(t.sum()), len(t) - int(t.sum())], [int(b.sum()), len(b) - int(b.sum())]]
+        return Difference(diff, ci, float(stats.fisher_exact(table).pvalue), "Fisher exact")
+    if paired:
+        ci = bootstrap_diff_interval(list(t), list(b), seed=seed, paired=True)
+        return Difference(diff, ci, wilcoxon_paired(list(t), list(b), alternative), "Wilcoxon signed-rank")
+    ci = bootstrap_diff_interval(list(t), list(b), seed=seed, paired=False)
+    return Difference(diff, ci, mann_whitney(list(t), list(b), alternative), "Mann-Whitney U")
+
+
+def significant_tail(p_values: Sequence[float], alpha: float) -> int | None:
+    """Index of the first of the trailing run of p-values below alpha (the onset, when the
+    p-values are in order of context or position), or None if the last one is not below it."""
+    start: int | None = None
+    for i in range(len(p_values) - 1, -1, -1):
+        if p_values[i] >= alpha:
+            break
+        start = i
+    return start

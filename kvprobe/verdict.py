@@ -11,7 +11,6 @@ import numpy as np
 from scipy import stats as sps
 
 from kvprobe.analysis import (
-    ALPHA,
     EFFECTIVE_THRESHOLD,
     effective_context,
     halving_interval,
@@ -19,6 +18,7 @@ from kvprobe.analysis import (
     paired_rows,
 )
 from kvprobe.cache_types import CacheConfig
+from kvprobe.metrics import ALPHA, BY_NAME, PAIRED_ITEM_METRICS
 
 POWER_Z = 1.6449 + 0.8416  # one-sided alpha 0.05, power 0.8
 
@@ -257,21 +257,20 @@ def _divergence_sentence(
 
 # --- weights vs KV: the 2x2 design ------------------------------------------------------------
 
-NEGLIGIBLE = {"accuracy": 0.05, "answer_logprob": 0.25}  # interval within ± this: "no effect"
-
 
 def _interaction(items: Sequence[dict[str, Any]], cache: str, metric: str, seed: int) -> list[dict[str, Any]]:
     """Per checkpoint, the mean of (test:q − test:f16) − (ref:q − ref:f16) over items, with a
     bootstrap interval and a two-sided Wilcoxon p."""
-    from kvprobe.analysis import METRICS
     from kvprobe.stats import bootstrap_mean_interval
     from kvprobe.stats import wilcoxon_paired as wilcoxon
 
-    m = next(x for x in METRICS if x.name == metric)
+    m = next(x for x in PAIRED_ITEM_METRICS if x.name == metric)
     cells: dict[str, dict[tuple[Any, ...], float]] = {}
     for cid in ("ref:f16", f"ref:{cache}", "test:f16", f"test:{cache}"):
         cells[cid] = {
-            m.key(it): float(it[m.field]) for it in items if it["probe"] == m.probe and it["config"] == cid
+            m.pair_key(it): float(it[m.item_field])
+            for it in items
+            if it["probe"] == m.probe and it["config"] == cid
         }
     keys = set.intersection(*(set(c) for c in cells.values()))
     by_ctx: dict[int, list[float]] = {}
@@ -286,6 +285,14 @@ def _interaction(items: Sequence[dict[str, Any]], cache: str, metric: str, seed:
         p = wilcoxon(values, [0.0] * len(values))
         rows.append({"ctx": ctx, "diff": float(np.mean(values)), "ci": [lo, hi], "p": p, "n": len(values)})
     return rows
+
+
+def _negligible(metric: str) -> float:
+    """An interval within ± this is "no effect" (kvprobe.metrics)."""
+    band = BY_NAME[metric].negligible
+    if band is None:
+        raise KeyError(f"metric {metric} has no negligible band")
+    return band
 
 
 def weights_vs_kv(doc: dict[str, Any], seed: int) -> dict[str, Any] | None:
@@ -314,7 +321,7 @@ def weights_vs_kv(doc: dict[str, Any], seed: int) -> dict[str, Any] | None:
 
     def negligible(rows: list[dict[str, Any]], metric: str) -> bool:
         return all(
-            abs(r["ci"][0]) <= NEGLIGIBLE[metric] and abs(r["ci"][1]) <= NEGLIGIBLE[metric] for r in rows
+            abs(r["ci"][0]) <= _negligible(metric) and abs(r["ci"][1]) <= _negligible(metric) for r in rows
         )
 
     kv = any(significant(e["kv_at_ref_weights"]) for e in effects.values())

@@ -9,8 +9,6 @@ import numpy as np
 import pytest
 
 from kvprobe.analysis import (
-    ALPHA,
-    METRICS,
     effective_context,
     fit_decay,
     halving_interval,
@@ -18,6 +16,7 @@ from kvprobe.analysis import (
     onset,
     paired_rows,
 )
+from kvprobe.metrics import ALPHA, PAIRED_ITEM_METRICS
 from kvprobe.stats import (
     holm,
     mcnemar_exact,
@@ -179,7 +178,7 @@ def test_onset_finds_a_planted_drop() -> None:
 
 
 def test_metrics_table_names_what_it_pairs() -> None:
-    assert {(m.probe, m.name) for m in METRICS} == {
+    assert {(m.probe, m.name) for m in PAIRED_ITEM_METRICS} == {
         ("needle", "accuracy"),
         ("needle", "answer_logprob"),
         ("repetition", "seq_rep_4"),

@@ -22,7 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from kvprobe.stats import holm, mann_whitney
+from kvprobe.metrics import ALPHA, BY_NAME, DIVERGENCE_METRICS
+from kvprobe.stats import holm, mann_whitney, significant_tail
 
 NULL_CONFIG = "(null)"  # a second context with the reference's settings: the null check
 ROWS_PER_BLOCK = 16  # logits rows reduced at once: 16 x 262,144 floats = 16 MiB per temporary
@@ -201,14 +202,10 @@ def onset_tests(reference_blocks: np.ndarray, bins: Sequence[tuple[int, int, np.
     return [BinTest(lo, hi, r, a) for (lo, hi, _), r, a in zip(bins, raw, adjusted, strict=True)]
 
 
-def onset_bin(tests: Sequence[BinTest], alpha: float = 0.05) -> BinTest | None:
+def onset_bin(tests: Sequence[BinTest], alpha: float = ALPHA) -> BinTest | None:
     """The shortest bin from which every longer bin is significantly above the shortest bins."""
-    onset: BinTest | None = None
-    for t in reversed(tests):
-        if t.p_holm >= alpha:
-            break
-        onset = t
-    return onset
+    start = significant_tail([t.p_holm for t in tests], alpha)
+    return None if start is None else tests[start]
 
 
 def split_blocks(values: np.ndarray, positions: np.ndarray, lo: int, hi: int, block: int) -> list[np.ndarray]:
@@ -225,10 +222,7 @@ class CurveSettings:
     block: int  # positions per bootstrap / test unit
     onset_reference: int  # bins ending at or below this position are "the shortest bins"
     seed: int
-    alpha: float = 0.05
-
-
-METRICS = ("kld_mean", "kld_p99", "top1_agree", "ppl")
+    alpha: float = ALPHA
 
 
 @dataclass(frozen=True)
@@ -275,7 +269,12 @@ def _metric_row(
     }
 
 
-_SOURCE = {"kld_mean": "kld", "kld_p99": "kld", "top1_agree": "top1_agree", "ppl": "nll"}
+def _source(metric: str) -> str:
+    """The per-position array a divergence metric is computed from (kvprobe.metrics)."""
+    source = BY_NAME[metric].source
+    if source is None:
+        raise KeyError(f"metric {metric} has no per-position source")
+    return source
 
 
 def divergence_curve(
@@ -290,8 +289,8 @@ def divergence_curve(
     rows: list[dict[str, Any]] = []
     onsets: dict[str, dict[str, Any] | None] = {}
     for config, per_doc in arrays.items():
-        for metric in ("ppl",) if config == reference else METRICS:
-            series = _stack(per_doc, _SOURCE[metric])
+        for metric in ("ppl",) if config == reference else DIVERGENCE_METRICS:
+            series = _stack(per_doc, _source(metric))
             last = int(series[1].max()) + 1 if len(series[1]) else 1
             for span in [*spans, Span(1, last, "pooled")]:
                 row = _metric_row(config, metric, series, span, cs)
