@@ -20,7 +20,7 @@ import gguf
 import numpy as np
 
 from kvprobe.errors import UserError
-from kvprobe.model_info import field_value, file_type_name, open_gguf
+from kvprobe.model_info import field_value, file_type_name, open_gguf, whole_number
 
 # Layers with a sliding window, for architectures whose pattern llama.cpp hard-codes
 # (src/models/<arch>.cpp: load_swa_pattern(ml, n[, dense_first])); the GGUF key
@@ -120,13 +120,7 @@ def _read_facts(path: Path) -> dict[str, Any]:
         return default if value is None else value
 
     def meta_int(key: str, default: int) -> int:
-        value = meta(key, default)
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-            raise UserError(
-                f"model file {path}: metadata {key.replace('{arch}', arch)} is {str(value)[:60]!r}, "
-                "not a whole number: the file was written by a broken converter; convert the model again"
-            )
-        return int(value)
+        return whole_number(path, key.replace("{arch}", arch), meta(key, default))
 
     n_layer = meta_int("{arch}.block_count", 0)
     n_head = meta("{arch}.attention.head_count", 0)

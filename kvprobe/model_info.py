@@ -60,16 +60,23 @@ def file_type_name(value: Any) -> str | None:
         return f"unknown ({str(value)[:40]})"
 
 
+def whole_number(path: Path, key: str, value: Any) -> int:
+    """A metadata value that must be an integer, or a one-line UserError naming the key."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise UserError(
+            f"model file {path}: metadata {key} is {str(value)[:60]!r}, not a whole number: "
+            "the file was written by a broken converter; convert the model again"
+        )
+    return int(value)
+
+
 def read_model_info(path: Path) -> dict[str, Any]:
     """Path, sha256 and metadata of a GGUF file; a one-line UserError if it is not one."""
     reader = open_gguf(path)
     arch = str(field_value(reader, "general.architecture") or "unknown")
-    context_length = field_value(reader, f"{arch}.context_length") or 0
-    if isinstance(context_length, bool) or not isinstance(context_length, (int, np.integer)):
-        raise UserError(
-            f"model file {path}: metadata {arch}.context_length is {str(context_length)[:60]!r}, not a whole "
-            "number: the file was written by a broken converter; convert the model again"
-        )
+    context_length = whole_number(
+        path, f"{arch}.context_length", field_value(reader, f"{arch}.context_length") or 0
+    )
     n_params = int(sum(int(np.prod(t.shape)) for t in reader.tensors))
     metadata = {
         key: field_value(reader, key)
@@ -94,7 +101,7 @@ def read_model_info(path: Path) -> dict[str, Any]:
         "size_bytes": path.stat().st_size,
         "sha256": sha256_file(path),
         "architecture": arch,
-        "n_ctx_train": int(context_length),
+        "n_ctx_train": context_length,
         "file_type": file_type_name(field_value(reader, "general.file_type")),
         "n_params": n_params,
         "metadata": metadata,
