@@ -17,7 +17,7 @@ from pathlib import Path
 
 from kvprobe.cache_types import CacheConfig
 from kvprobe.engine import Context, ContextSettings, Model
-from kvprobe.haystack import prose_essays
+from kvprobe.plan.haystack import prose_essays
 from kvprobe.provenance import cpu_name, default_model_path
 
 BATCH = 512

@@ -75,3 +75,38 @@ def parse_config_id(config_id: str) -> CacheConfig:
         return CacheConfig(check_cache_type(k_part[2:]), check_cache_type(v_part[2:]))
     name = check_cache_type(config_id)
     return CacheConfig(name, name)
+
+
+TEXT_ROWS = "(text)"  # rows from the document's own text (repetition's calibration level)
+NULL_ROWS = "(null)"  # rows from a second context with the reference's settings (the null check)
+
+
+@dataclass(frozen=True)
+class ConfigId:
+    """The name of one configuration in items, summaries and tables: the cache types, and in
+    the weights-vs-KV design which model's weights ("ref" or "test") ran them.
+
+    Its text form is what result files store: "q4_0", "k=q4_0,v=f16", "ref:q4_0"."""
+
+    type_k: str
+    type_v: str
+    weights: str | None = None
+
+    @classmethod
+    def of(cls, cache: CacheConfig, weights: str | None = None) -> ConfigId:
+        return cls(cache.type_k, cache.type_v, weights)
+
+    @property
+    def cache(self) -> CacheConfig:
+        return CacheConfig(self.type_k, self.type_v)
+
+    def __str__(self) -> str:
+        cache = self.cache.id
+        return f"{self.weights}:{cache}" if self.weights else cache
+
+    @classmethod
+    def parse(cls, text: str) -> ConfigId:
+        """Inverse of str(); a UserError for text that names no configuration."""
+        weights, sep, cache = text.rpartition(":")
+        parsed = parse_config_id(cache)
+        return cls(parsed.type_k, parsed.type_v, weights if sep else None)

@@ -8,7 +8,6 @@ threshold and significant (asv's rule), so noise never fails a build.
 
 from __future__ import annotations
 
-import itertools
 import math
 from collections import defaultdict
 from collections.abc import Sequence
@@ -18,18 +17,15 @@ from typing import Any
 import numpy as np
 
 from kvprobe.errors import UserError
-from kvprobe.metrics import (
+from kvprobe.stats.inference import difference_test
+from kvprobe.stats.metrics import (
     ALPHA,
-    BY_NAME,
-    COMPARED,
     MIN_RELATIVE_CHANGE,
-    PAIRED_ITEM_METRICS,
     Metric,
+    by_name,
+    compared_metrics,
     lower_is_worse,
 )
-from kvprobe.probes.divergence import split_blocks
-from kvprobe.results import decode_array
-from kvprobe.stats import difference_test
 
 
 @dataclass(frozen=True)
@@ -40,8 +36,8 @@ class FailRule:
     @classmethod
     def parse(cls, text: str) -> FailRule:
         metric, sep, value = text.partition(":")
-        known = sorted(COMPARED)
-        if not sep or metric not in COMPARED:
+        known = sorted(compared_metrics())
+        if not sep or metric not in known:
             raise UserError(f"--fail-on {text!r}: use METRIC:THRESHOLD with METRIC one of {', '.join(known)}")
         try:
             threshold = float(value)
@@ -174,9 +170,10 @@ def _item_values(doc: dict[str, Any], metric: Metric, config: str) -> dict[int, 
     return out
 
 
-def _test(
+def difference_row(
     old: Sequence[float], new: Sequence[float], binary: bool, paired: bool, seed: int
 ) -> dict[str, Any]:
+    """Means, the difference new - old with its interval, and the two-sided p."""
     d = difference_test(new, old, binary=binary, paired=paired, seed=seed)
     o, n = np.asarray(old, dtype=float), np.asarray(new, dtype=float)
     return {"old": float(o.mean()), "new": float(n.mean()), "diff": d.diff, "ci": list(d.ci), "p": d.p,
@@ -188,7 +185,7 @@ def _mark(row: dict[str, Any]) -> str:
     if not _testable(row):
         return "not testable"
     diff, metric = row["diff"], row["metric"]
-    own = BY_NAME[metric].min_change
+    own = by_name(metric).min_change
     threshold = own if own is not None else MIN_RELATIVE_CHANGE * abs(row["old"])
     if row["p"] >= ALPHA or abs(diff) <= threshold:
         return "no significant change"
@@ -196,11 +193,18 @@ def _mark(row: dict[str, Any]) -> str:
     return "worse" if worse else "better"
 
 
-def _item_rows(
-    old: dict[str, Any], new: dict[str, Any], pairs: list[tuple[str, str]], paired: bool, seed: int
+def item_rows(
+    old: dict[str, Any],
+    new: dict[str, Any],
+    metrics: Sequence[Metric],
+    pairs: list[tuple[str, str]],
+    *,
+    paired: bool,
+    seed: int,
 ) -> list[dict[str, Any]]:
+    """One row per per-item metric, configuration pair and checkpoint (items paired by key)."""
     rows = []
-    for metric in PAIRED_ITEM_METRICS:
+    for metric in (m for m in metrics if m.field is not None):
         for c_old, c_new in pairs:
             a, b = _item_values(old, metric, c_old), _item_values(new, metric, c_new)
             for ctx in sorted(set(a) & set(b)):
@@ -217,43 +221,7 @@ def _item_rows(
                     "config_old": c_old,
                     "config_new": c_new,
                 }
-                rows.append({**where, "ctx": ctx, **_test(vo, vn, metric.binary, paired, seed)})
-    return rows
-
-
-def _block_means(doc: dict[str, Any], config: str, name: str, lo: int, hi: int) -> list[float]:
-    section = doc.get("divergence") or {}
-    block = section.get("block", 32)
-    means: list[float] = []
-    for rec in section.get("positions", []):
-        if rec["config"] == config and name in rec:
-            values = decode_array(rec[name]).astype(float)
-            positions = np.arange(1, len(values) + 1)
-            means += [float(b.mean()) for b in split_blocks(values, positions, lo, hi, block)]
-    return means
-
-
-def _divergence_rows(
-    old: dict[str, Any], new: dict[str, Any], pairs: list[tuple[str, str]], paired: bool, seed: int
-) -> list[dict[str, Any]]:
-    if not old.get("divergence") or not new.get("divergence"):
-        return []
-    edges = old["divergence"]["bin_edges"]
-    if edges != new["divergence"]["bin_edges"]:
-        edges = [edges[0], min(edges[-1], new["divergence"]["bin_edges"][-1])]
-    spans = [(lo, hi, "bin") for lo, hi in itertools.pairwise(edges)] + [(1, 1 << 30, "pooled")]
-    rows = []
-    for c_old, c_new in pairs:
-        for name, metric in (("kld", "kld_mean"), ("top1_agree", "top1_agree")):
-            for lo, hi, scope in spans:
-                vo = _block_means(old, c_old, name, lo, hi)
-                vn = _block_means(new, c_new, name, lo, hi)
-                if not vo or not vn or (paired and len(vo) != len(vn)):
-                    continue
-                row = _test(vo, vn, binary=False, paired=paired, seed=seed)
-                ctx = hi if scope == "bin" else new["run"]["ctx"]
-                where = {"probe": "divergence", "metric": metric, "config_old": c_old, "config_new": c_new}
-                rows.append({**where, "ctx": ctx, "scope": scope, **row})
+                rows.append({**where, "ctx": ctx, **difference_row(vo, vn, metric.binary, paired, seed)})
     return rows
 
 
@@ -287,7 +255,9 @@ def _compare(
             f"the two results share no configuration to compare (old: {', '.join(unmatched_old)}; "
             f"new: {', '.join(unmatched_new)}): pair them with --map OLD=NEW"
         )
-    rows = _item_rows(old, new, pairs, paired, seed) + _divergence_rows(old, new, pairs, paired, seed)
+    from kvprobe.probes import all_probes
+
+    rows = [row for probe in all_probes() for row in probe.compare_rows(old, new, pairs, paired, seed)]
     for row in rows:
         row["mark"] = _mark(row)
     return {

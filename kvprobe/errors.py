@@ -1,7 +1,8 @@
 """User-facing errors: one line, exit code 2, never a traceback."""
 
 import difflib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import TypeVar
 
 
 class UserError(Exception):
@@ -31,3 +32,16 @@ def did_you_mean(word: str, choices: Iterable[str]) -> str:
     exact = [c for low, c in options.items() if low.translate(_LOOKALIKE) == key.translate(_LOOKALIKE)]
     close = exact[:1] or [options[c] for c in difflib.get_close_matches(key, list(options), n=3, cutoff=0.6)]
     return f" (did you mean {' or '.join(c.lower() for c in close)}?)" if close else ""
+
+
+T = TypeVar("T")
+
+
+def guarded(errors: list[dict[str, str]], what: str, compute: Callable[[], T]) -> T | None:
+    """Run one statistic; a failure is appended to `errors` (the result file's
+    `statistics.errors`) instead of losing the measurements it would have summarised."""
+    try:
+        return compute()
+    except Exception as exc:  # any failure of a statistic: the measurements must survive it
+        errors.append({"what": what, "error": f"{type(exc).__name__}: {exc}"[:500]})
+        return None

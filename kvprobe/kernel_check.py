@@ -293,7 +293,7 @@ def check_models(
     """`decide` for model files: reads their weight types and this llama.cpp build's features.
     Returns the decision and the build's system info (for `fallback_message`)."""
     from kvprobe import engine
-    from kvprobe.doctor import read_facts
+    from kvprobe.weights.doctor import read_facts
 
     runtime = engine.runtime_info()
     system_info = str(runtime["llama_cpp_build"])

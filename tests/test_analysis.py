@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from kvprobe.analysis import (
+from kvprobe.stats.analysis import (
     effective_context,
     fit_decay,
     halving_interval,
@@ -16,14 +16,14 @@ from kvprobe.analysis import (
     onset,
     paired_rows,
 )
-from kvprobe.metrics import ALPHA, PAIRED_ITEM_METRICS
-from kvprobe.stats import (
+from kvprobe.stats.inference import (
     holm,
     mcnemar_exact,
     newcombe_paired_interval,
     newcombe_unpaired_interval,
     wilcoxon_paired,
 )
+from kvprobe.stats.metrics import ALPHA, paired_item_metrics
 
 
 def test_mcnemar_exact_by_hand() -> None:
@@ -178,7 +178,7 @@ def test_onset_finds_a_planted_drop() -> None:
 
 
 def test_metrics_table_names_what_it_pairs() -> None:
-    assert {(m.probe, m.name) for m in PAIRED_ITEM_METRICS} == {
+    assert {(m.probe, m.name) for m in paired_item_metrics()} == {
         ("needle", "accuracy"),
         ("needle", "answer_logprob"),
         ("repetition", "seq_rep_4"),

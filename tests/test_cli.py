@@ -195,7 +195,7 @@ def _minimal_result() -> dict[str, object]:
 def test_result_file_is_written_atomically_with_ordinary_permissions(tmp_path: Path) -> None:
     import os
 
-    from kvprobe.results import load_result, write_result
+    from kvprobe.result.store import load_result, write_result
 
     path = tmp_path / "sub" / "r.json"
     previous = os.umask(0o022)
@@ -214,7 +214,7 @@ def test_a_failed_write_keeps_the_earlier_file_and_leaves_no_temporary(
     import os
 
     from kvprobe.errors import UserError
-    from kvprobe.results import load_result, write_result
+    from kvprobe.result.store import load_result, write_result
 
     path = tmp_path / "r.json"
     path.write_text('{"earlier": true}')
@@ -239,7 +239,7 @@ def test_a_failed_write_keeps_the_earlier_file_and_leaves_no_temporary(
 
 
 def test_nan_and_infinity_become_null_and_the_file_says_where(tmp_path: Path) -> None:
-    from kvprobe.results import load_result, write_result
+    from kvprobe.result.store import load_result, write_result
 
     doc = {**_minimal_result(), "summary": [{"value": float("nan"), "ci": [0.1, float("inf")]}]}
     write_result(doc, tmp_path / "r.json")
@@ -250,7 +250,7 @@ def test_nan_and_infinity_become_null_and_the_file_says_where(tmp_path: Path) ->
 
 def test_a_result_that_cannot_be_written_is_saved_elsewhere(tmp_path: Path) -> None:
     from kvprobe.errors import UserError
-    from kvprobe.results import load_result, write_result
+    from kvprobe.result.store import load_result, write_result
 
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
@@ -268,7 +268,7 @@ def test_a_result_that_cannot_be_written_is_saved_elsewhere(tmp_path: Path) -> N
 def test_a_failing_statistic_loses_no_measurement() -> None:
     """The verdict once raised OverflowError after the run and no file was written: each
     statistic is now guarded and recorded, and the items stay."""
-    from kvprobe.results import add_statistics
+    from kvprobe.result.document import add_statistics
 
     items = [
         {
@@ -322,13 +322,13 @@ def test_repetition_scenario_writes_items_and_summary(tmp_path: Path, tiny_model
         assert 0 < len(it["tokens"]) <= 24
         assert 0.0 <= it["seq_rep_4"] <= 1.0
         assert it["distinct_2"] == pytest.approx(1 - it["seq_rep_2"], abs=1e-6)
-        assert (it["divergence_index"] is None) == (it["config"] == "f16")
+        assert (it["first_difference"] is None) == (it["config"] == "f16")
     assert {i["offset"] for i in reps} == {512, 472, 432}
     metrics = {(r["metric"], r["config"]) for r in doc["summary"] if r["probe"] == "repetition"}
     for metric in ("seq_rep_4", "distinct_2", "compression_ratio", "loop_rate"):
         assert {(metric, "f16"), (metric, "q4_0"), (metric, "(text)")} <= metrics
-    assert ("divergence_index", "q4_0") in metrics
-    assert ("divergence_index", "f16") not in metrics
+    assert ("first_difference", "q4_0") in metrics
+    assert ("first_difference", "f16") not in metrics
     assert len(doc["text_items"]) == 6
     assert "Repetition" in proc.stdout
 
@@ -390,7 +390,7 @@ def test_divergence_scenario_writes_curve_pooled_rows_and_null_check(
             assert pooled[0]["n"] == 2 * 1023
     assert {r["metric"] for r in rows if r["config"] == "f16"} == {"ppl"}
     # the per-position arrays travel compactly and agree with the pooled rows
-    from kvprobe.results import decode_array
+    from kvprobe.result.arrays import decode_array
 
     q4 = [p for p in section["positions"] if p["config"] == "q4_0"]
     kld = np.concatenate([decode_array(p["kld"]) for p in q4])

@@ -170,7 +170,7 @@ def test_nan_is_not_testable_and_fails_a_gate(result: Path, tmp_path: Path) -> N
     assert rows
     assert {r["mark"] for r in rows} == {"not testable"}
     assert FailRule.parse("answer_logprob:-1").violated_by(rows[0])
-    from kvprobe.results import write_result
+    from kvprobe.result.store import write_result
 
     path = tmp_path / "nan.json"
     write_result(nan_doc, path)  # as kvprobe writes it: every NaN stored as null

@@ -10,8 +10,8 @@ import pytest
 
 from kvprobe.cache_types import CacheConfig
 from kvprobe.engine import ContextSettings, Model
+from kvprobe.plan.scenario import load_scenario
 from kvprobe.runner import Runner, RunSettings, run_probes
-from kvprobe.scenario import load_scenario
 
 pytestmark = pytest.mark.slow
 
@@ -26,11 +26,10 @@ def gemma(default_model_path: Path, default_model_extra_bufts: bool) -> Iterator
 
 def test_f16_needle_accuracy_at_1024_is_high(gemma: Model) -> None:
     scenario = load_scenario("default")
-    runner = Runner(
-        gemma, scenario, RunSettings(ctx=1024, seed=0, mode="onepass", flash_attn=True, attn_rotation=True)
-    )
-    out = run_probes(runner, [CacheConfig("f16", "f16")], "f16", lambda n, what: None)
-    items = [i for i in out["items"] if i["probe"] == "needle"]
+    settings = RunSettings(ctx=1024, seed=0, mode="onepass", flash_attn=True, attn_rotation=True)
+    runner = Runner(gemma, scenario, settings, baseline="f16")
+    out = run_probes(runner, [CacheConfig("f16", "f16")], lambda n, what: None)
+    items = [i for i in out.items if i["probe"] == "needle"]
 
     assert len(items) >= 16
     accuracy = sum(i["correct"] for i in items) / len(items)
@@ -123,7 +122,7 @@ DIVERGENCE_MEMORY_PROBE = (
 import sys
 from kvprobe.cache_types import CacheConfig
 from kvprobe.engine import ContextSettings, Model, feed_lockstep
-from kvprobe.probes.divergence import DivergenceRecorder
+from kvprobe.probes.kl import DivergenceRecorder
 with Model(sys.argv[1], n_gpu_layers=0, n_threads=2, use_extra_bufts=sys.argv[2] == '1') as m:
     s = ContextSettings(n_ctx=8448, chunk=512, n_threads=2, flash_attn=True, attn_rotation=True)
     text = " ".join("The ferry crossed the river at dawn and returned at dusk." for _ in range(300))
@@ -149,28 +148,29 @@ def test_divergence_memory_is_bounded_by_the_chunk_not_the_context(
 def test_divergence_on_default_model_null_is_zero_and_q8_below_q4(gemma: Model) -> None:
     from dataclasses import replace
 
-    from kvprobe.probes.divergence import NULL_CONFIG
+    from kvprobe.probes.divergence import DivergenceSpec
 
     base = load_scenario("divergence")
+    one_doc = replace(base.spec(DivergenceSpec), documents=1)
     scenario = replace(
-        base, plan=replace(base.plan, documents=1), divergence=replace(base.divergence, documents=1)
+        base, plan=replace(base.plan, documents=1), sections={**base.sections, "divergence": one_doc}
     )
-    runner = Runner(
-        gemma, scenario, RunSettings(ctx=1024, seed=0, mode="onepass", flash_attn=True, attn_rotation=True)
-    )
+    settings = RunSettings(ctx=1024, seed=0, mode="onepass", flash_attn=True, attn_rotation=True)
+    runner = Runner(gemma, scenario, settings, baseline="f16", null_check=True)
     configs = [CacheConfig("f16", "f16"), CacheConfig("q8_0", "q8_0"), CacheConfig("q4_0", "q4_0")]
-    out = run_probes(runner, configs, "f16", lambda n, what: None, null_check=True)
-    arrays = out["divergence_arrays"]
-    null = arrays[NULL_CONFIG][0]
-    assert len(null["kld"]) == 1023
-    assert np.count_nonzero(null["kld"]) == 0  # the same settings reproduce the reference exactly
-    assert np.array_equal(null["nll"], arrays["f16"][0]["nll"])
+    out = run_probes(runner, configs, lambda n, what: None)
+    null = out.sections["divergence"]["null_check"]
+    assert null["positions"] == 1023
+    assert null["nonzero_kld"] == 0  # the same settings reproduce the reference exactly
+    assert null["max_nll_gap"] == 0.0
+    assert null["passed"]
+    arrays = out.measured["divergence"]
     q8, q4 = arrays["q8_0"][0]["kld"].mean(), arrays["q4_0"][0]["kld"].mean()
     assert 0 < q8 < q4
 
 
 def test_doctor_on_default_model(default_model_path: Path) -> None:
-    from kvprobe.doctor import diagnose
+    from kvprobe.weights.doctor import diagnose
 
     report = diagnose(default_model_path)
     facts = report["facts"]
@@ -184,8 +184,8 @@ def test_doctor_on_default_model(default_model_path: Path) -> None:
 
 
 def test_kv_formula_matches_llama_cpp_on_sliding_window_model(gemma: Model, default_model_path: Path) -> None:
-    from kvprobe.doctor import kv_cache_bytes, read_facts
     from kvprobe.engine import kv_buffers
+    from kvprobe.weights.doctor import kv_cache_bytes, read_facts
 
     facts = read_facts(default_model_path)
     for n_ctx in (4096, 8192):

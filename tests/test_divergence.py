@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 
 from kvprobe.errors import UserError
-from kvprobe.probes.divergence import (
+from kvprobe.probes import get_probe
+from kvprobe.probes.divergence import null_check_summary
+from kvprobe.probes.kl import (
     CurveSettings,
     bin_edges,
     divergence_curve,
@@ -19,8 +21,8 @@ from kvprobe.probes.divergence import (
     onset_tests,
     position_stats,
 )
-from kvprobe.results import decode_array, encode_array, null_check_summary
-from kvprobe.stats import holm
+from kvprobe.result.arrays import decode_array, encode_array
+from kvprobe.stats.inference import holm
 
 
 def logits_of(probs: list[float], shift: float = 0.0) -> np.ndarray:
@@ -100,6 +102,7 @@ def synthetic_arrays(
     return out
 
 
+DIVERGENCE_METRICS = get_probe("divergence").metrics
 CURVE = CurveSettings(checkpoints=[1024, 2048, 4096, 8192], block=32, onset_reference=256, seed=0)
 
 
@@ -109,7 +112,7 @@ def reference_arrays(n: int = 8191, docs: int = 2) -> list[dict[str, np.ndarray]
 
 def test_curve_finds_a_planted_rise() -> None:
     rows, onsets = divergence_curve(
-        {"f16": reference_arrays(), "q4_0": synthetic_arrays(2048, seed=3)}, "f16", CURVE
+        {"f16": reference_arrays(), "q4_0": synthetic_arrays(2048, seed=3)}, "f16", CURVE, DIVERGENCE_METRICS
     )
     assert onsets["q4_0"] is not None
     assert onsets["q4_0"]["bin"] == [2048, 4096]
@@ -128,7 +131,10 @@ def test_curve_flags_nothing_without_a_rise() -> None:
     flagged = 0
     for seed in range(20):
         _, onsets = divergence_curve(
-            {"f16": reference_arrays(), "q8_0": synthetic_arrays(None, seed=100 + seed)}, "f16", CURVE
+            {"f16": reference_arrays(), "q8_0": synthetic_arrays(None, seed=100 + seed)},
+            "f16",
+            CURVE,
+            DIVERGENCE_METRICS,
         )
         flagged += onsets["q8_0"] is not None
     assert flagged / 20 <= 0.05  # the seeded false-alarm rate must not exceed alpha: at most 1 of 20

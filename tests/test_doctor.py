@@ -8,7 +8,7 @@ from pathlib import Path
 import gguf
 import pytest
 
-from kvprobe.doctor import SOURCE_TYPE_KEY, diagnose, kv_cache_bytes, read_facts
+from kvprobe.weights.doctor import SOURCE_TYPE_KEY, diagnose, kv_cache_bytes, read_facts
 from tests.gguf_files import BIG, Spec, T, imatrix_metadata, write_gguf
 
 F = gguf.LlamaFileType

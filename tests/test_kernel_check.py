@@ -75,8 +75,8 @@ def test_no_repack_needs_no_check() -> None:
 
 
 def _needs_extra_bufts(model: Path) -> None:
-    from kvprobe.doctor import read_facts
     from kvprobe.engine import runtime_info
+    from kvprobe.weights.doctor import read_facts
 
     why = skip_reason(
         build_features(str(runtime_info()["llama_cpp_build"])), read_facts(model)["weight_types"], False

@@ -6,25 +6,25 @@ import pytest
 
 from kvprobe.compare import FailRule
 from kvprobe.errors import UserError
-from kvprobe.metrics import BY_NAME, COMPARED, METRIC_TABLE, PAIRED_ITEM_METRICS
-from kvprobe.stats import significant_tail
+from kvprobe.stats.inference import significant_tail
+from kvprobe.stats.metrics import by_name, compared_metrics, metric_table, paired_item_metrics
 
 
 def test_every_metric_is_declared_once_with_what_its_users_need() -> None:
-    assert len(BY_NAME) == len(METRIC_TABLE)
-    for m in METRIC_TABLE:
+    assert len({m.name for m in metric_table()}) == len(metric_table())
+    for m in metric_table():
         if m.compared:
             assert m.lower_is_worse is not None, m.name  # compare must know which way is worse
             assert m.field is not None or m.source is not None, m.name
-    assert {m.name for m in PAIRED_ITEM_METRICS} == {"accuracy", "answer_logprob", "seq_rep_4"}
-    assert BY_NAME["accuracy"].negligible == 0.05
-    assert BY_NAME["answer_logprob"].negligible == 0.25
+    assert {m.name for m in paired_item_metrics()} == {"accuracy", "answer_logprob", "seq_rep_4"}
+    assert by_name("accuracy").negligible == 0.05
+    assert by_name("answer_logprob").negligible == 0.25
 
 
 def test_fail_on_accepts_exactly_the_compared_metrics() -> None:
-    for name in COMPARED:
+    for name in compared_metrics():
         assert FailRule.parse(f"{name}:-0.1").metric == name
-    for m in METRIC_TABLE:
+    for m in metric_table():
         if not m.compared:
             with pytest.raises(UserError):
                 FailRule.parse(f"{m.name}:-0.1")

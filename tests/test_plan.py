@@ -7,8 +7,10 @@ from dataclasses import replace
 import pytest
 
 from kvprobe.engine import Model
-from kvprobe.plan import build_classic_cells, build_plan, default_checkpoints, items_at
-from kvprobe.scenario import load_scenario
+from kvprobe.plan.documents import build_plan, default_checkpoints
+from kvprobe.plan.scenario import load_scenario
+from kvprobe.probes import selected
+from kvprobe.probes.needle_plan import ClassicSpec, NeedleSpec, build_classic_cells, items_at
 
 
 def test_default_checkpoints() -> None:
@@ -22,7 +24,7 @@ def test_default_checkpoints() -> None:
 def test_needle_positions_and_depths_match_tokens(tiny_model: Model, haystack: str) -> None:
     scenario = load_scenario("default")
     scenario = replace(scenario, haystack=replace(scenario.haystack, kind=haystack))
-    checkpoints, docs = build_plan(tiny_model, scenario, 2048, seed=3)
+    checkpoints, docs = build_plan(tiny_model, scenario, 2048, seed=3, probes=selected(scenario.probes))
     assert checkpoints == [1024, 2048]
     assert len(docs) == scenario.plan.documents
     for doc in docs:
@@ -32,19 +34,19 @@ def test_needle_positions_and_depths_match_tokens(tiny_model: Model, haystack: s
         assert len(set(keys)) == len(keys)
         for needle in doc.needles:
             expected = tiny_model.tokenize(
-                " " + scenario.needle.template.format(key=needle.key, value=needle.value)
+                " " + scenario.spec(NeedleSpec).template.format(key=needle.key, value=needle.value)
             )
             assert doc.tokens[needle.position : needle.end] == expected
             assert needle.value in tiny_model.detokenize(doc.tokens[needle.position : needle.end])
         for length in checkpoints:
             items = items_at(doc, length)
-            assert len(items) >= scenario.needle.per_segment * checkpoints.index(length) + 1
+            assert len(items) >= scenario.spec(NeedleSpec).per_segment * checkpoints.index(length) + 1
             for item in items:
                 # Where the needle's text really is in the first `length` tokens, found by search,
                 # not by the plan's own arithmetic.
                 needle = next(n for n in doc.needles if n.key == item.key)
                 text = tiny_model.tokenize(
-                    " " + scenario.needle.template.format(key=item.key, value=needle.value)
+                    " " + scenario.spec(NeedleSpec).template.format(key=item.key, value=needle.value)
                 )
                 found = [i for i in range(length - len(text) + 1) if doc.tokens[i : i + len(text)] == text]
                 assert len(found) == 1, item.key
@@ -53,12 +55,12 @@ def test_needle_positions_and_depths_match_tokens(tiny_model: Model, haystack: s
                 assert item.distance == length - (found[0] + len(text))
                 assert item.distance >= 0
     values = [n.value for d in docs for n in d.needles]
-    assert all(len(v) == scenario.needle.value_digits for v in values)
+    assert all(len(v) == scenario.spec(NeedleSpec).value_digits for v in values)
 
 
 def test_every_checkpoint_sees_shallow_and_deep_needles(tiny_model: Model) -> None:
     scenario = load_scenario("default")
-    checkpoints, docs = build_plan(tiny_model, scenario, 4096, seed=0)
+    checkpoints, docs = build_plan(tiny_model, scenario, 4096, seed=0, probes=selected(scenario.probes))
     for length in checkpoints:
         depths = [it.depth for d in docs for it in items_at(d, length)]
         assert len(depths) >= 16
@@ -68,9 +70,9 @@ def test_every_checkpoint_sees_shallow_and_deep_needles(tiny_model: Model) -> No
 
 def test_plan_is_seeded(tiny_model: Model) -> None:
     scenario = load_scenario("quick")
-    a = build_plan(tiny_model, scenario, 1024, seed=1)
-    b = build_plan(tiny_model, scenario, 1024, seed=1)
-    c = build_plan(tiny_model, scenario, 1024, seed=2)
+    a = build_plan(tiny_model, scenario, 1024, seed=1, probes=selected(scenario.probes))
+    b = build_plan(tiny_model, scenario, 1024, seed=1, probes=selected(scenario.probes))
+    c = build_plan(tiny_model, scenario, 1024, seed=2, probes=selected(scenario.probes))
     assert a == b
     assert a[1][0].tokens != c[1][0].tokens
 
@@ -78,7 +80,7 @@ def test_plan_is_seeded(tiny_model: Model) -> None:
 def test_classic_cells_one_needle_each(tiny_model: Model) -> None:
     scenario = load_scenario("quick")
     cells = build_classic_cells(tiny_model, scenario, 2048, seed=0)
-    assert len(cells) == 2 * len(scenario.classic.depths) * scenario.classic.repeats
+    assert len(cells) == 2 * len(scenario.spec(ClassicSpec).depths) * scenario.spec(ClassicSpec).repeats
     for cell in cells:
         assert len(cell.document.needles) == 1
         assert len(cell.document.tokens) == cell.item.ctx
@@ -91,8 +93,7 @@ def test_keys_are_distinct_for_every_seed(n: int) -> None:
     these 200 seeds repeated a key at 100 needles and 142 at 300."""
     import random
 
-    from kvprobe.plan import draw_keys_values
-    from kvprobe.scenario import DEFAULT_ATTRIBUTES
+    from kvprobe.probes.needle_plan import DEFAULT_ATTRIBUTES, draw_keys_values
 
     repeated = [
         seed
@@ -107,8 +108,7 @@ def test_a_plan_with_more_needles_than_values_is_refused_not_looped_on() -> None
     import random
 
     from kvprobe.errors import UserError
-    from kvprobe.plan import draw_keys_values
-    from kvprobe.scenario import DEFAULT_ATTRIBUTES
+    from kvprobe.probes.needle_plan import DEFAULT_ATTRIBUTES, draw_keys_values
 
     with pytest.raises(UserError, match="value_digits"):
         draw_keys_values(10_000, 4, random.Random(0), list(DEFAULT_ATTRIBUTES))
@@ -120,8 +120,7 @@ def test_a_plan_with_more_needles_than_values_is_refused_not_looped_on() -> None
 def test_keys_and_values_are_distinct_at_any_size(n: int) -> None:
     import random
 
-    from kvprobe.plan import draw_keys_values
-    from kvprobe.scenario import DEFAULT_ATTRIBUTES
+    from kvprobe.probes.needle_plan import DEFAULT_ATTRIBUTES, draw_keys_values
 
     pairs = draw_keys_values(n, 7, random.Random(0), list(DEFAULT_ATTRIBUTES))
     assert len(pairs) == n
@@ -133,5 +132,5 @@ def test_keys_and_values_are_distinct_at_any_size(n: int) -> None:
 def test_classic_cells_for_the_default_scenario(tiny_model: Model) -> None:
     scenario = load_scenario("default")
     cells = build_classic_cells(tiny_model, scenario, 4096, seed=0)
-    assert len(cells) == 3 * len(scenario.classic.depths) * scenario.classic.repeats
+    assert len(cells) == 3 * len(scenario.spec(ClassicSpec).depths) * scenario.spec(ClassicSpec).repeats
     assert len({c.item.key for c in cells}) == len(cells)

@@ -15,14 +15,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kvprobe.analysis import effective_context, fit_decay, halving_interval, halving_length, onset
 from kvprobe.cache_types import parse_config_id
 from kvprobe.compare import compare, pairing
 from kvprobe.errors import UserError
-from kvprobe.probes.repetition import repetition_metrics
-from kvprobe.results import load_result
-from kvprobe.scenario import load_scenario, parse_scenario
-from kvprobe.verdict import build_verdict
+from kvprobe.plan.scenario import load_scenario, parse_scenario
+from kvprobe.probes.needle_plan import NeedleSpec
+from kvprobe.probes.repetition_metrics import repetition_metrics
+from kvprobe.result.store import load_result
+from kvprobe.stats.analysis import effective_context, fit_decay, halving_interval, halving_length, onset
+from kvprobe.stats.verdict import build_verdict
 
 # --- scenario loader -------------------------------------------------------------------------
 
@@ -72,8 +73,8 @@ def test_scenario_parser_returns_a_scenario_or_a_user_error(data: dict[str, Any]
         assert "\n" not in str(exc)  # noqa: PT017 - the property is about any input, raised or not
         return
     assert scenario.plan.documents >= 1
-    assert 1 <= scenario.needle.per_segment <= 256
-    assert scenario.needle.attributes
+    assert 1 <= scenario.spec(NeedleSpec).per_segment <= 256
+    assert scenario.spec(NeedleSpec).attributes
 
 
 @given(st.binary(max_size=300))

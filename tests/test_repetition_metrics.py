@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from kvprobe.probes.repetition import (
+from kvprobe.probes.repetition_metrics import (
     Loop,
     compression_ratio,
     distinct_n,
-    divergence_index,
     find_loop,
+    first_difference,
     periodic_suffix,
     seq_rep_n,
 )
@@ -76,11 +76,11 @@ def test_compression_ratio() -> None:
     assert compression_ratio("") == 0.0
 
 
-def test_divergence_index() -> None:
-    assert divergence_index([1, 2, 3, 4], [1, 2, 9, 4]) == 2
-    assert divergence_index([1, 2, 3], [1, 2, 3]) == 3
-    assert divergence_index([5], [1]) == 0
-    assert divergence_index([1, 2], [1, 2, 3]) == 2
+def test_first_difference() -> None:
+    assert first_difference([1, 2, 3, 4], [1, 2, 9, 4]) == 2
+    assert first_difference([1, 2, 3], [1, 2, 3]) == 3
+    assert first_difference([5], [1]) == 0
+    assert first_difference([1, 2], [1, 2, 3]) == 2
 
 
 def test_short_sequences() -> None:

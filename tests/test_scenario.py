@@ -3,7 +3,8 @@ from pathlib import Path
 import pytest
 
 from kvprobe.errors import UserError
-from kvprobe.scenario import bundled_scenarios, load_scenario
+from kvprobe.plan.scenario import bundled_scenarios, load_scenario
+from kvprobe.probes.needle_plan import NeedleSpec
 
 
 def test_bundled_scenarios_load() -> None:
@@ -17,7 +18,7 @@ def test_bundled_scenarios_load() -> None:
 
 def test_default_scenario_gives_16_items_per_checkpoint_at_1024() -> None:
     s = load_scenario("default")
-    assert s.plan.documents * s.needle.per_segment >= 16
+    assert s.plan.documents * s.spec(NeedleSpec).per_segment >= 16
 
 
 @pytest.mark.parametrize(

@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from kvprobe.stats import bootstrap_mean_interval, wilson_interval
+from kvprobe.stats.inference import bootstrap_mean_interval, wilson_interval
 
 
 def wilson_by_hand(k: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from kvprobe.verdict import build_verdict, k_vs_v, more_items_needed
+from kvprobe.stats.verdict import build_verdict, k_vs_v, more_items_needed
 
 
 def test_more_items_needed_by_hand() -> None:

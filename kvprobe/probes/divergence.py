@@ -1,320 +1,338 @@
-"""Divergence probe: how far a configuration's next-token distribution moves from the
-reference's, position by position.
+"""Divergence probe: how far each configuration's next-token distribution moves from the
+reference's, position by position along the documents (KL, top-1 agreement, perplexity).
 
-Pure functions of logits and token ids (numpy), and of the per-position arrays they
-produce. For every position i of a document, with p the reference's distribution and q
-the test configuration's after the same prefix:
-
-- KL(p || q) = sum_v p_v (log p_v - log q_v), in nats, as llama-perplexity --kl-divergence;
-- top-1 agreement: argmax p == argmax q;
-- NLL of the true next token under each.
-
-The decay curve aggregates these in log-spaced position bins. Tokens near each other are
-correlated, so intervals and tests use blocks of consecutive positions as their units.
+The numerics (KL from logits, the recorder, the decay curve and its onset) are in
+kvprobe.probes.kl; this module is the probe: its scenario section, what it does during a run,
+its section of the result file, its summary, tables, sentence and compare rows.
 """
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from collections import defaultdict
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
+from rich.table import Table
 
-from kvprobe.metrics import ALPHA, BY_NAME, DIVERGENCE_METRICS
-from kvprobe.stats import holm, mann_whitney, significant_tail
+from kvprobe.cache_types import NULL_ROWS
+from kvprobe.display import plain
+from kvprobe.errors import UserError, guarded
+from kvprobe.plan.scenario import MAX_CHECKPOINT, bad, within
+from kvprobe.probes.base import Budget, Probe, ProbeRun, ResultDoc, Row, RunSetup
+from kvprobe.probes.kl import CurveSettings, DivergenceRecorder, bin_edges, divergence_curve, split_blocks
+from kvprobe.probes.registry import register
+from kvprobe.probes.rows import pooled_row
+from kvprobe.result.arrays import ARRAY_DTYPES, decode_array, encode_array
+from kvprobe.stats.metrics import Metric
 
-NULL_CONFIG = "(null)"  # a second context with the reference's settings: the null check
-ROWS_PER_BLOCK = 16  # logits rows reduced at once: 16 x 262,144 floats = 16 MiB per temporary
+if TYPE_CHECKING:
+    from rich.console import RenderableType
 
+    from kvprobe.plan.documents import Document
+    from kvprobe.plan.scenario import Scenario
 
-def log_softmax(logits: np.ndarray) -> np.ndarray:
-    """Row-wise log-softmax in float64 (the plain definition; tests check the fast path by it)."""
-    x = np.asarray(logits, dtype=np.float64)
-    shifted = x - x.max(axis=-1, keepdims=True)
-    result: np.ndarray = shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
-    return result
-
-
-def kl_divergence(ref_logits: np.ndarray, test_logits: np.ndarray) -> np.ndarray:
-    """KL(softmax(ref) || softmax(test)) per row, in nats, by the definition in float64."""
-    lp, lq = log_softmax(ref_logits), log_softmax(test_logits)
-    result: np.ndarray = (np.exp(lp) * (lp - lq)).sum(axis=-1)
-    return result
+Arrays = dict[str, list[dict[str, np.ndarray]]]  # per configuration, per document: name -> values
 
 
 @dataclass(frozen=True)
-class PositionStats:
-    """Per-position numbers for one test configuration against the reference."""
-
-    kld: np.ndarray  # float64, nats
-    top1_agree: np.ndarray  # bool
-    nll: np.ndarray  # float64, NLL of the true next token under the test configuration
+class DivergenceSpec:
+    documents: int = 1  # the plan's first N documents are scored at every position
+    block: int = 32  # consecutive positions per unit of the bootstrap and the onset test
+    onset_reference: int = 256  # positions below this are "the shortest bins" KL is tested against
 
 
-def _log_sum_exp(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per row: log-sum-exp (float64) and softmax (float32) of float32 logits."""
-    m = x.max(axis=1, keepdims=True)
-    e = np.exp(x - m)
-    total = e.sum(axis=1, dtype=np.float64)
-    lse = m[:, 0].astype(np.float64) + np.log(total)
-    e /= total[:, None].astype(np.float32)
-    return lse, e
+class DivergenceRun(ProbeRun):
+    def __init__(self, setup: RunSetup):
+        self.spec = setup.scenario.spec(DivergenceSpec)
+        self.ctx, self.checkpoints = setup.ctx, setup.checkpoints
+        self.reference = setup.baseline
+        self.recorder = DivergenceRecorder(setup.baseline) if setup.baseline is not None else None
+        # A curve at each checkpoint from separate runs (llama-perplexity -c L per length).
+        self.budget = Budget(naive_tokens=sum(setup.checkpoints) * self.spec.documents)
 
+    def scores_logits(self, document: Document) -> bool:
+        return self.recorder is not None and document.index < self.spec.documents
 
-def position_stats(
-    ref_logits: np.ndarray, tests: dict[str, np.ndarray], next_tokens: np.ndarray
-) -> tuple[np.ndarray, dict[str, PositionStats]]:
-    """NLL of the true next token under the reference, and per test configuration KL, top-1
-    agreement and NLL, a few rows at a time so that temporaries stay small.
+    def on_chunk(self, document: Document, pos0: int, logits: Mapping[str, np.ndarray]) -> None:
+        # Score predictions of tokens 1 .. ctx - 1 only: the same positions whatever extra tokens
+        # the document carries for other probes.
+        if self.recorder is not None:
+            self.recorder.add_chunk(document.index, document.tokens[: self.ctx], pos0, dict(logits))
 
-    KL(p || q) = sum_v p_v (x_v - y_v) - (lse(x) - lse(y)) for logits x (reference) and y:
-    one float32 pass per configuration with float64 sums. Identical logits give exactly 0.
-    """
-    n = len(next_tokens)
-    if any(rows.shape[0] < n for rows in (ref_logits, *tests.values())):
-        raise ValueError("fewer logits rows than next tokens")
-    nll_ref = np.empty(n)
-    out = {c: PositionStats(np.empty(n), np.empty(n, dtype=bool), np.empty(n)) for c in tests}
-    for start in range(0, n, ROWS_PER_BLOCK):
-        stop = min(n, start + ROWS_PER_BLOCK)
-        rows, tok = np.arange(stop - start), next_tokens[start:stop]
-        x = np.asarray(ref_logits[start:stop], dtype=np.float32)
-        lse_x, p = _log_sum_exp(x)
-        top_x = x.argmax(axis=1)
-        nll_ref[start:stop] = lse_x - x[rows, tok]
-        for config, test_logits in tests.items():
-            y = np.asarray(test_logits[start:stop], dtype=np.float32)
-            lse_y, _ = _log_sum_exp(y)
-            kld = (p * (x - y)).sum(axis=1, dtype=np.float64) - (lse_x - lse_y)
-            # Rounding can leave a sum of tiny terms at -1e-12; KL is never negative.
-            out[config].kld[start:stop] = np.maximum(kld, 0.0)
-            out[config].top1_agree[start:stop] = top_x == y.argmax(axis=1)
-            out[config].nll[start:stop] = lse_y - y[rows, tok]
-    return nll_ref, out
-
-
-# --- accumulation during a run ------------------------------------------------------------
-
-
-@dataclass
-class DocumentArrays:
-    """Per-position arrays of one configuration on one document.
-
-    Index j is the prediction of token j + 1 (so positions start at 1); the reference
-    configuration has only `nll`."""
-
-    config: str
-    doc: int
-    nll: list[np.ndarray] = field(default_factory=list)
-    kld: list[np.ndarray] = field(default_factory=list)
-    top1_agree: list[np.ndarray] = field(default_factory=list)
-
-    def arrays(self) -> dict[str, np.ndarray]:
-        out = {"nll": np.concatenate(self.nll) if self.nll else np.empty(0)}
-        if self.kld:
-            out["kld"] = np.concatenate(self.kld)
-            out["top1_agree"] = np.concatenate(self.top1_agree)
+    def arrays(self) -> Arrays:
+        """Per configuration (the null context's included), one dict of arrays per document."""
+        out: Arrays = {}
+        if self.recorder is not None:
+            for (config, _doc), rec in sorted(self.recorder.records.items(), key=lambda kv: kv[0][1]):
+                out.setdefault(config, []).append(rec.arrays())
         return out
 
+    def measured(self) -> Arrays:
+        return {c: a for c, a in self.arrays().items() if c != NULL_ROWS}
 
-class DivergenceRecorder:
-    """Receives the logits of every chunk from every configuration in lockstep and keeps
-    only per-position numbers: memory grows with positions, never with the vocabulary."""
-
-    def __init__(self, reference: str):
-        self.reference = reference
-        self.records: dict[tuple[str, int], DocumentArrays] = {}
-
-    def _record(self, config: str, doc: int) -> DocumentArrays:
-        return self.records.setdefault((config, doc), DocumentArrays(config, doc))
-
-    def add_chunk(
-        self, doc: int, doc_tokens: Sequence[int], pos0: int, logits: dict[str, np.ndarray]
-    ) -> None:
-        """`logits[config]` holds rows for positions pos0, pos0 + 1, ...; a row is scored
-        only when the document has the token it predicts."""
-        n_rows = next(iter(logits.values())).shape[0]
-        n = max(0, min(n_rows, len(doc_tokens) - 1 - pos0))
-        if n == 0:
-            return
-        nxt = np.asarray(doc_tokens[pos0 + 1 : pos0 + 1 + n], dtype=np.int64)
-        tests = {c: rows for c, rows in logits.items() if c != self.reference}
-        nll_ref, per_config = position_stats(logits[self.reference], tests, nxt)
-        self._record(self.reference, doc).nll.append(nll_ref)
-        for config, st in per_config.items():
-            rec = self._record(config, doc)
-            rec.kld.append(st.kld)
-            rec.top1_agree.append(st.top1_agree)
-            rec.nll.append(st.nll)
-
-
-# --- the decay curve -------------------------------------------------------------------------
-
-FIRST_BIN_EDGE = 64  # log-spaced edges 64, 128, 256, ... below the first checkpoint
-
-
-def bin_edges(checkpoints: Sequence[int]) -> list[int]:
-    """Edges of the position bins [e_i, e_i+1): 1, then powers of two from 64 below the first
-    checkpoint, then every checkpoint, so each checkpoint is the upper edge of a bin."""
-    edges = [1]
-    e = FIRST_BIN_EDGE
-    while e < checkpoints[0]:
-        edges.append(e)
-        e *= 2
-    edges.extend(c for c in checkpoints if c > edges[-1])
-    return edges
+    def section(self, errors: list[dict[str, str]]) -> Row | None:
+        """The `divergence` section as measured: the per-position arrays. The onset is a
+        statistic (filled by the summary); the null check is summarised here, since the null
+        context's arrays are not kept, and guarded like every statistic."""
+        arrays = self.arrays()
+        if not arrays or self.reference is None:
+            return None
+        configs = {c: a for c, a in arrays.items() if c != NULL_ROWS}
+        positions = [
+            {
+                "config": config,
+                "doc": doc,
+                **{k: encode_array(v, ARRAY_DTYPES[k]) for k, v in per_doc.items()},
+            }
+            for config, docs in configs.items()
+            for doc, per_doc in enumerate(docs)
+        ]
+        section: Row = {
+            "reference": self.reference,
+            "documents": self.spec.documents,
+            "bin_edges": bin_edges(self.checkpoints),
+            "block": self.spec.block,
+            "onset_reference": self.spec.onset_reference,
+            "onset": {c: None for c in configs if c != self.reference},
+            "null_check": None,
+            "positions": positions,
+        }
+        null, reference = arrays.get(NULL_ROWS), arrays[self.reference]
+        if null:
+            section["null_check"] = guarded(errors, "null check", lambda: null_check_summary(reference, null))
+        return section
 
 
-def block_bootstrap_mean(
-    blocks: Sequence[np.ndarray], seed: int, n_boot: int = 2000, level: float = 0.95
-) -> tuple[float, float]:
-    """Percentile interval of the mean over positions, resampling whole blocks.
-
-    `blocks` are arrays of per-position values (one per block)."""
-    sums = np.array([b.sum() for b in blocks])
-    counts = np.array([len(b) for b in blocks], dtype=float)
-    if len(sums) < 2:
-        mean = float(sums.sum() / counts.sum()) if len(sums) else float("nan")
-        return mean, mean
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(sums), size=(n_boot, len(sums)))
-    means = sums[idx].sum(axis=1) / counts[idx].sum(axis=1)
-    alpha = (1 - level) / 2
-    lo, hi = np.quantile(means, [alpha, 1 - alpha])
-    return float(lo), float(hi)
-
-
-@dataclass(frozen=True)
-class BinTest:
-    lo: int
-    hi: int
-    p_raw: float
-    p_holm: float
-
-
-def onset_tests(reference_blocks: np.ndarray, bins: Sequence[tuple[int, int, np.ndarray]]) -> list[BinTest]:
-    """One-sided Mann-Whitney U of each later bin's block means against the shortest bins'
-    (H1: KL is larger), Holm-corrected across bins."""
-    raw = [mann_whitney(list(blocks), list(reference_blocks), alternative="greater") for _, _, blocks in bins]
-    adjusted = holm(raw)
-    return [BinTest(lo, hi, r, a) for (lo, hi, _), r, a in zip(bins, raw, adjusted, strict=True)]
-
-
-def onset_bin(tests: Sequence[BinTest], alpha: float = ALPHA) -> BinTest | None:
-    """The shortest bin from which every longer bin is significantly above the shortest bins."""
-    start = significant_tail([t.p_holm for t in tests], alpha)
-    return None if start is None else tests[start]
-
-
-def split_blocks(values: np.ndarray, positions: np.ndarray, lo: int, hi: int, block: int) -> list[np.ndarray]:
-    """Consecutive blocks of `block` positions within [lo, hi) (the last may be shorter)."""
-    mask = (positions >= lo) & (positions < hi)
-    v, ids = values[mask], (positions[mask] - lo) // block
-    cuts = np.flatnonzero(np.diff(ids)) + 1
-    return [b for b in np.split(v, cuts) if len(b)]
-
-
-@dataclass(frozen=True)
-class CurveSettings:
-    checkpoints: list[int]
-    block: int  # positions per bootstrap / test unit
-    onset_reference: int  # bins ending at or below this position are "the shortest bins"
-    seed: int
-    alpha: float = ALPHA
-
-
-@dataclass(frozen=True)
-class Span:
-    lo: int
-    hi: int
-    scope: str  # "bin" | "pooled"
-
-
-def _stack(per_doc: Sequence[dict[str, np.ndarray]], name: str) -> tuple[np.ndarray, np.ndarray]:
-    """Values of one array over all documents, with their positions (index + 1)."""
-    values = [d[name].astype(np.float64) for d in per_doc]
-    positions = [np.arange(1, len(v) + 1) for v in values]
-    return np.concatenate(values), np.concatenate(positions)
-
-
-def _metric_row(
-    config: str, metric: str, series: tuple[np.ndarray, np.ndarray], span: Span, cs: CurveSettings
-) -> dict[str, Any] | None:
-    values, positions = series
-    blocks = split_blocks(values, positions, span.lo, span.hi, cs.block)
-    n = int(sum(len(b) for b in blocks))
-    if n == 0:
-        return None
-    ci: list[float] | None
-    if metric == "kld_p99":
-        # Linear interpolation between order statistics, as llama-perplexity's percentiles.
-        value, ci = float(np.quantile(np.concatenate(blocks), 0.99)), None
-    else:
-        value = float(sum(b.sum() for b in blocks) / n)
-        ci = list(block_bootstrap_mean(blocks, seed=cs.seed))
-        if metric == "ppl":
-            value, ci = float(np.exp(value)), [float(np.exp(c)) for c in ci]
+def null_check_summary(reference: list[dict[str, np.ndarray]], null: list[dict[str, np.ndarray]]) -> Row:
+    """The reference against a second context with the same settings: on CPU every
+    position must give KL exactly 0 and the same NLL, or the comparison measures noise."""
+    kld = np.concatenate([d["kld"] for d in null])
+    nll_gap = np.concatenate([np.abs(n["nll"] - r["nll"]) for n, r in zip(null, reference, strict=True)])
     return {
-        "probe": "divergence",
-        "metric": metric,
-        "config": config,
-        "ctx": span.hi if span.scope == "bin" else cs.checkpoints[-1],
-        "bin": [span.lo, span.hi],
-        "scope": span.scope,
-        "value": value,
-        "ci": ci,
-        "n": n,
+        "positions": len(kld),
+        "max_kld": float(kld.max()),
+        "mean_kld": float(kld.mean()),
+        "nonzero_kld": int(np.count_nonzero(kld)),
+        "top1_agree": float(np.concatenate([d["top1_agree"] for d in null]).mean()),
+        "max_nll_gap": float(nll_gap.max()),
+        "passed": bool(np.count_nonzero(kld) == 0 and nll_gap.max() == 0.0),
     }
 
 
-def _source(metric: str) -> str:
-    """The per-position array a divergence metric is computed from (kvprobe.metrics)."""
-    source = BY_NAME[metric].source
-    if source is None:
-        raise KeyError(f"metric {metric} has no per-position source")
-    return source
+def divergence_arrays(result: ResultDoc) -> Arrays:
+    """The per-position arrays back from a result document, per configuration and document."""
+    out: Arrays = defaultdict(list)
+    for rec in result["divergence"]["positions"]:  # per configuration in run order, documents in order
+        out[rec["config"]].append({k: decode_array(v) for k, v in rec.items() if k in ARRAY_DTYPES})
+    return dict(out)
 
 
-def divergence_curve(
-    arrays: dict[str, list[dict[str, np.ndarray]]], reference: str, cs: CurveSettings
-) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any] | None]]:
-    """Long-format rows per configuration: every metric in every position bin and pooled over
-    the document; and per test configuration the onset bin (or None).
+class DivergenceProbe(Probe):
+    name = "divergence"
+    sections: ClassVar[dict[str, type]] = {"divergence": DivergenceSpec}
+    has_section = True
+    summary_label = "divergence curve"
 
-    `arrays[config]` is one dict of per-position arrays per document (see DocumentArrays)."""
-    edges = bin_edges(cs.checkpoints)
-    spans = [Span(lo, hi, "bin") for lo, hi in itertools.pairwise(edges)]
-    rows: list[dict[str, Any]] = []
-    onsets: dict[str, dict[str, Any] | None] = {}
-    for config, per_doc in arrays.items():
-        for metric in ("ppl",) if config == reference else DIVERGENCE_METRICS:
-            series = _stack(per_doc, _source(metric))
-            last = int(series[1].max()) + 1 if len(series[1]) else 1
-            for span in [*spans, Span(1, last, "pooled")]:
-                row = _metric_row(config, metric, series, span, cs)
-                if row:
-                    rows.append(row)
-        if config == reference:
+    @property
+    def metrics(self) -> tuple[Metric, ...]:
+        return (
+            Metric("divergence", "kld_mean", lower_is_worse=False, source="kld", compared=True),
+            Metric("divergence", "kld_p99", source="kld"),
+            Metric("divergence", "top1_agree", lower_is_worse=True, source="top1_agree", compared=True,
+                   min_change=0.01),
+            Metric("divergence", "ppl", source="nll"),
+        )  # fmt: skip
+
+    def validate(self, scenario: Scenario, source: str) -> None:
+        spec = scenario.spec(DivergenceSpec)
+        if not 1 <= spec.documents <= scenario.plan.documents:
+            raise bad(
+                source,
+                "divergence.documents",
+                f"must be between 1 and plan.documents ({scenario.plan.documents})",
+            )
+        if not 1 <= spec.block <= 1024:
+            raise bad(source, "divergence.block", "must be between 1 and 1024")
+        within(source, "divergence.onset_reference", spec.onset_reference, 2, MAX_CHECKPOINT)
+
+    def check_run(
+        self, scenario: Scenario, *, mode: str, ctx: int, baseline: str | None, null_check: bool
+    ) -> None:
+        if baseline is None:
+            raise UserError("the divergence probe compares against a reference: drop --baseline none")
+
+    def start(self, setup: RunSetup) -> DivergenceRun:
+        return DivergenceRun(setup)
+
+    def summary(self, result: ResultDoc, seed: int, measured: Any) -> list[Row]:
+        """The decay curve: every metric in every position bin and pooled; sets the onsets.
+        `measured` are the run's own float64 arrays; without them the file's float32 copies are
+        decoded, which agree to about 1e-7 relative."""
+        section = result.get("divergence")
+        if not section or result.get("baseline") is None:
+            return []
+        cs = CurveSettings(result["run"]["checkpoints"], section["block"], section["onset_reference"], seed)
+        rows, onsets = divergence_curve(
+            measured or divergence_arrays(result), section["reference"], cs, self.metrics
+        )
+        section["onset"] = onsets
+        return rows
+
+    def tables(self, result: ResultDoc) -> list[RenderableType]:
+        if not result.get("divergence") or not any(r["probe"] == "divergence" for r in result["summary"]):
+            return []
+        return [divergence_table(result), *divergence_lines(result)]
+
+    def sentence(self, result: ResultDoc, config: str, baseline: str, verdict: Row) -> str | None:
+        onsets = (result.get("divergence") or {}).get("onset", {})
+        if config not in onsets:
+            return None
+        pooled = pooled_row(result["summary"], config)
+        if pooled is None:
+            return f"With a {config} cache: no divergence figures."
+        kl = f"mean KL from {baseline} {pooled['value']:.3g} [{pooled['ci'][0]:.3g}, {pooled['ci'][1]:.3g}]"
+        found = onsets[config]
+        if found is None:
+            return (
+                f"With a {config} cache, {kl}, flat along the context: no position bin rises significantly."
+            )
+        lo, hi = found["bin"]
+        return (
+            f"With a {config} cache, {kl}; KL rises significantly from positions {lo:,}–{hi - 1:,} on "
+            f"(Holm p = {found['p_holm']:.2g})."
+        )
+
+    def compare_rows(
+        self, old: ResultDoc, new: ResultDoc, pairs: list[tuple[str, str]], paired: bool, seed: int
+    ) -> list[Row]:
+        """Block means of KL and top-1 agreement per position bin and pooled: blocks of
+        consecutive positions are the units, as in the curve's intervals."""
+        from kvprobe.compare import difference_row
+
+        if not old.get("divergence") or not new.get("divergence"):
+            return []
+        edges = old["divergence"]["bin_edges"]
+        if edges != new["divergence"]["bin_edges"]:
+            edges = [edges[0], min(edges[-1], new["divergence"]["bin_edges"][-1])]
+        spans = [(lo, hi, "bin") for lo, hi in itertools.pairwise(edges)] + [(1, 1 << 30, "pooled")]
+        rows = []
+        for c_old, c_new in pairs:
+            for metric in (m for m in self.metrics if m.compared and m.source):
+                for lo, hi, scope in spans:
+                    vo = _block_means(old, c_old, metric.source, lo, hi)
+                    vn = _block_means(new, c_new, metric.source, lo, hi)
+                    if not vo or not vn or (paired and len(vo) != len(vn)):
+                        continue
+                    ctx = hi if scope == "bin" else new["run"]["ctx"]
+                    where = {
+                        "probe": "divergence",
+                        "metric": metric.name,
+                        "config_old": c_old,
+                        "config_new": c_new,
+                    }
+                    rows.append(
+                        {**where, "ctx": ctx, "scope": scope, **difference_row(vo, vn, False, paired, seed)}
+                    )
+        return rows
+
+
+def _block_means(result: ResultDoc, config: str, name: str | None, lo: int, hi: int) -> list[float]:
+    section = result.get("divergence") or {}
+    block = section.get("block", 32)
+    means: list[float] = []
+    for rec in section.get("positions", []):
+        if rec["config"] == config and name in rec:
+            values = decode_array(rec[name]).astype(float)
+            positions = np.arange(1, len(values) + 1)
+            means += [float(b.mean()) for b in split_blocks(values, positions, lo, hi, block)]
+    return means
+
+
+def _milli(value: float, ci: list[float]) -> str:
+    """A KL value and interval in units of 10^-3 nats: short enough for one table cell."""
+    return f"{1e3 * value:.3g} [{1e3 * ci[0]:.3g}, {1e3 * ci[1]:.3g}]"
+
+
+def divergence_table(result: ResultDoc) -> Table:
+    """The decay curve, bins x configurations: mean KL from the reference with its 95%
+    interval and top-1 agreement, then the pooled row; the onset bin is marked."""
+    section = result["divergence"]
+    reference = section["reference"]
+    rows = {
+        (r["config"], r["metric"], r["scope"], r["bin"][0]): r
+        for r in result["summary"]
+        if r["probe"] == "divergence"
+    }
+    configs = [c["id"] for c in result["configs"] if c["id"] != reference]
+    table = Table(
+        title=f"Mean KL divergence from {plain(reference)} by position, in 10⁻³ nats "
+        f"(block-bootstrap 95% interval), top-1 agreement; ▲ = onset, the first bin from which "
+        f"KL stays significantly above positions < {section['onset_reference']}"
+    )
+    for col in ("positions", "n", f"ppl {plain(reference)}"):
+        table.add_column(col, justify="right", no_wrap=True)
+    for cid in configs:
+        table.add_column(f"KL {plain(cid)}", justify="right", no_wrap=True)
+        table.add_column("top-1", justify="right", no_wrap=True)
+    spans = [("bin", lo, f"{lo}–{hi - 1}") for lo, hi in itertools.pairwise(section["bin_edges"])]
+    for scope, lo, label in [*spans, ("pooled", 1, "all")]:
+        ppl = rows.get((reference, "ppl", scope, lo))
+        if ppl is None:
             continue
-        kld, positions = _stack(per_doc, "kld")
-        ref_blocks = np.array(
-            [b.mean() for b in split_blocks(kld, positions, 1, cs.onset_reference, cs.block)]
+        cells = [label, str(ppl["n"]), f"{ppl['value']:.2f}"]
+        for cid in configs:
+            kld = rows[(cid, "kld_mean", scope, lo)]
+            onset = section["onset"].get(cid)
+            text = _milli(kld["value"], kld["ci"])
+            if scope == "bin" and onset is not None and onset["bin"][0] == lo:
+                text = f"[bold red]▲ {text}[/]"
+            cells += [text, f"{rows[(cid, 'top1_agree', scope, lo)]['value']:.3f}"]
+        table.add_row(*cells, end_section=scope == "bin" and lo == spans[-1][1])
+    return table
+
+
+def divergence_lines(result: ResultDoc) -> list[str]:
+    """The onset per configuration and the null check, in words."""
+    section = result["divergence"]
+    lines = []
+    pooled = {
+        (r["config"], r["metric"]): r["value"]
+        for r in result["summary"]
+        if r["probe"] == "divergence" and r["scope"] == "pooled"
+    }
+    ref_ppl = pooled[(section["reference"], "ppl")]
+    for cid, onset in section["onset"].items():
+        shown = plain(cid)
+        lines.append(
+            f"{shown}: pooled over {section['documents']} document(s): "
+            f"mean KL {pooled[(cid, 'kld_mean')]:.4g}, "
+            f"99th percentile {pooled[(cid, 'kld_p99')]:.4g}, "
+            f"top-1 agreement {pooled[(cid, 'top1_agree')]:.4f}, "
+            f"ppl {pooled[(cid, 'ppl')]:.3f} (reference {ref_ppl:.3f})"
         )
-        later = [
-            (lo, hi, np.array([b.mean() for b in split_blocks(kld, positions, lo, hi, cs.block)]))
-            for lo, hi in ((sp.lo, sp.hi) for sp in spans)
-            if lo >= cs.onset_reference
-        ]
-        tests = onset_tests(ref_blocks, later)
-        by_bin = {(t.lo, t.hi): t for t in tests}
-        for row in rows:
-            t = by_bin.get((row["bin"][0], row["bin"][1]))
-            if row["config"] == config and row["metric"] == "kld_mean" and row["scope"] == "bin" and t:
-                row["p_vs_shortest"] = t.p_holm
-        found = onset_bin(tests, cs.alpha)
-        onsets[config] = (
-            {"bin": [found.lo, found.hi], "ctx": found.hi, "p_holm": found.p_holm} if found else None
+        if onset is None:
+            lines.append(
+                f"{shown}: KL does not rise significantly above positions < {section['onset_reference']} "
+                "in any later bin"
+            )
+        else:
+            lo, hi = onset["bin"]
+            lines.append(
+                f"{shown}: KL rises significantly above positions < {section['onset_reference']} from "
+                f"positions {lo}–{hi - 1} on (Holm-corrected p = {onset['p_holm']:.2g})"
+            )
+    null = section.get("null_check")
+    if null:
+        verdict = "passed" if null["passed"] else "[red]FAILED[/]"
+        lines.append(
+            f"null check ({plain(section['reference'])} against a second identical context): {verdict}; "
+            f"KL nonzero at {null['nonzero_kld']} of {null['positions']} positions, "
+            f"max KL {null['max_kld']:.3g}, max NLL gap {null['max_nll_gap']:.3g}"
         )
-    return rows, onsets
+    return lines
+
+
+register(DivergenceProbe())

@@ -1,96 +1,206 @@
-"""Repetition and degeneration metrics of a continuation: pure functions over token ids.
+"""Repetition probe: do greedy continuations from the document loop or degenerate?
 
-seq-rep-n and distinct-n follow Welleck et al. (2019) "Neural text generation with
-unlikelihood training"; the zlib compression ratio and its 2.4 threshold follow Whisper's
-decoding fallback.
+At each checkpoint a few continuations fork from the document (at L, L - stride, ...) and run
+greedily for G tokens; the document's own next G tokens give real text's level of the same
+metrics (kvprobe.probes.repetition_metrics).
 """
 
 from __future__ import annotations
 
-import zlib
-from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
 
-WHISPER_LOOP_RATIO = 2.4
-MIN_LOOP_TOKENS = 16
+from rich.table import Table
 
+from kvprobe.cache_types import TEXT_ROWS
+from kvprobe.display import plain
+from kvprobe.plan.scenario import within
+from kvprobe.probes.base import Budget, Probe, ProbeRun, ResultDoc, Row, RunSetup
+from kvprobe.probes.registry import register
+from kvprobe.probes.repetition_metrics import first_difference, repetition_metrics
+from kvprobe.probes.rows import by_config_and_ctx, fmt_ci, mean_row, rate_row
+from kvprobe.stats.metrics import Metric
 
-def ngrams(tokens: Sequence[int], n: int) -> list[tuple[int, ...]]:
-    return [tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)]
+if TYPE_CHECKING:
+    from rich.console import RenderableType
 
-
-def seq_rep_n(tokens: Sequence[int], n: int) -> float:
-    """1 - unique n-grams / all n-grams; 0 for a sequence shorter than n."""
-    grams = ngrams(tokens, n)
-    if not grams:
-        return 0.0
-    return 1.0 - len(set(grams)) / len(grams)
-
-
-def distinct_n(tokens: Sequence[int], n: int) -> float:
-    """unique n-grams / all n-grams; 1 for a sequence shorter than n."""
-    grams = ngrams(tokens, n)
-    if not grams:
-        return 1.0
-    return len(set(grams)) / len(grams)
-
-
-def compression_ratio(text: str) -> float:
-    """len(utf-8 bytes) / len(zlib-compressed bytes); above 2.4 Whisper treats text as looping."""
-    data = text.encode("utf-8")
-    if not data:
-        return 0.0
-    return len(data) / len(zlib.compress(data))
+    from kvprobe.engine import Context
+    from kvprobe.plan.documents import Document
+    from kvprobe.plan.scenario import Scenario
 
 
 @dataclass(frozen=True)
-class Loop:
-    period: int  # shortest period of the repeated suffix, in tokens
-    repeats: int  # how many whole periods the suffix spans
-    length: int  # tokens in the periodic suffix
+class RepetitionSpec:
+    tokens: int = 128  # greedy continuation length G
+    offsets: int = 4  # continuation points per checkpoint and document: L, L - stride, ...
+    stride: int = 96  # tokens between continuation points
 
 
-def periodic_suffix(tokens: Sequence[int], period: int) -> int:
-    """Length of the longest suffix with tokens[i] == tokens[i - period] throughout."""
-    n = len(tokens)
-    i = n - 1
-    while i - period >= 0 and tokens[i] == tokens[i - period]:
-        i -= 1
-    return (n - 1 - i) + period if n >= period else 0
+def continuation_points(checkpoint: int, offsets: int, stride: int) -> list[int]:
+    """Fork points at one checkpoint: L, L - stride, ... (>= 2)."""
+    return [p for p in (checkpoint - j * stride for j in range(offsets)) if p >= 2]
 
 
-def find_loop(tokens: Sequence[int], min_tokens: int = MIN_LOOP_TOKENS) -> Loop | None:
-    """The shortest period p whose periodic suffix is at least `min_tokens` long and spans
-    at least two periods; None if the sequence does not end in a loop."""
-    n = len(tokens)
-    for period in range(1, n // 2 + 1):
-        length = periodic_suffix(tokens, period)
-        if length >= min_tokens and length >= 2 * period:
-            return Loop(period=period, repeats=length // period, length=length)
-    return None
+def repetition_key(it: Row) -> tuple[Any, ...]:
+    return (it["doc"], it["ctx"], it["offset"])
 
 
-def divergence_index(tokens: Sequence[int], reference: Sequence[int]) -> int:
-    """Index of the first token that differs from the reference continuation; the common
-    length when one is a prefix of the other (no divergence within the compared span)."""
-    for i, (a, b) in enumerate(zip(tokens, reference, strict=False)):
-        if a != b:
-            return i
-    return min(len(tokens), len(reference))
+class RepetitionRun(ProbeRun):
+    label = "continuations"
+
+    def __init__(self, setup: RunSetup):
+        self.model = setup.model
+        self.spec = setup.scenario.spec(RepetitionSpec)
+        self.documents, self.checkpoints = setup.documents, setup.checkpoints
+        self.baseline = setup.baseline
+        points = [
+            p
+            for _ in self.documents
+            for L in self.checkpoints
+            for p in continuation_points(L, self.spec.offsets, self.spec.stride)
+        ]
+        self.budget = Budget(
+            fork_cells=self.spec.offsets * (self.spec.tokens + 1),
+            sequences=self.spec.offsets,
+            tokens=len(points) * self.spec.tokens,
+            # Each continuation from a fresh prompt of its prefix.
+            naive_tokens=len(points) * self.spec.tokens + sum(points),
+        )
+
+    def row(self, config: str, doc: int, length: int, point: int, tokens: list[int]) -> Row:
+        text = self.model.detokenize(tokens)
+        m = repetition_metrics(tokens, text)
+        return {
+            "probe": "repetition",
+            "config": config,
+            "doc": doc,
+            "ctx": length,
+            "offset": point,
+            "tokens": tokens,
+            "text": text,
+            **{f"seq_rep_{n}": round(v, 6) for n, v in m.seq_rep.items()},
+            **{f"distinct_{n}": round(v, 6) for n, v in m.distinct.items()},
+            "compression_ratio": round(m.compression_ratio, 6),
+            "loop": m.loop is not None,
+            "loop_period": m.loop.period if m.loop else None,
+            "loop_repeats": m.loop.repeats if m.loop else None,
+            "first_difference": None,
+        }
+
+    def at_checkpoint(self, context: Context, config: str, document: Document, length: int) -> list[Row]:
+        from kvprobe.engine import generate_forks
+
+        points = continuation_points(length, self.spec.offsets, self.spec.stride)
+        outs = generate_forks(context, [document.tokens[:p] for p in points], self.spec.tokens)
+        return [
+            self.row(config, document.index, length, p, toks) for p, toks in zip(points, outs, strict=True)
+        ]
+
+    def finish(self, items: list[Row]) -> None:
+        """Fill `first_difference` of each continuation against the baseline's from the same point."""
+        if self.baseline is None:
+            return
+        ref = {
+            (it["doc"], it["ctx"], it["offset"]): it["tokens"]
+            for it in items
+            if it["probe"] == "repetition" and it["config"] == self.baseline
+        }
+        for it in items:
+            if it["probe"] == "repetition" and it["config"] != self.baseline:
+                reference = ref.get((it["doc"], it["ctx"], it["offset"]))
+                if reference is not None:
+                    it["first_difference"] = first_difference(it["tokens"], reference)
+
+    def text_items(self) -> list[Row]:
+        """The document's own continuation at every continuation point: real text's level."""
+        spec = self.spec
+        return [
+            self.row(TEXT_ROWS, doc.index, length, p, doc.tokens[p : p + spec.tokens])
+            for doc in self.documents
+            for length in self.checkpoints
+            for p in continuation_points(length, spec.offsets, spec.stride)
+        ]
 
 
-@dataclass(frozen=True)
-class RepetitionMetrics:
-    seq_rep: dict[int, float]  # n -> seq-rep-n, n = 1..4
-    distinct: dict[int, float]  # n -> distinct-n, n = 1..4
-    compression_ratio: float
-    loop: Loop | None
+class RepetitionProbe(Probe):
+    name = "repetition"
+    sections: ClassVar[dict[str, type]] = {"repetition": RepetitionSpec}
+    summary_label = "repetition summary"
+
+    @property
+    def metrics(self) -> tuple[Metric, ...]:
+        return (
+            Metric("repetition", "seq_rep_4", lower_is_worse=False, field="seq_rep_4", key=repetition_key,
+                   compared=True, summary_mean=True),
+            Metric("repetition", "distinct_2", summary_mean=True),
+            Metric("repetition", "compression_ratio", summary_mean=True),
+            Metric("repetition", "first_difference", summary_mean=True),
+            Metric("repetition", "loop_rate", binary=True),
+        )  # fmt: skip
+
+    def validate(self, scenario: Scenario, source: str) -> None:
+        spec = scenario.spec(RepetitionSpec)
+        within(source, "repetition.tokens", spec.tokens, 1, 2048)
+        within(source, "repetition.offsets", spec.offsets, 1, 32)
+        within(source, "repetition.stride", spec.stride, 1, 65536)
+
+    def extra_document_tokens(self, scenario: Scenario) -> int:
+        return scenario.spec(RepetitionSpec).tokens
+
+    def start(self, setup: RunSetup) -> RepetitionRun:
+        return RepetitionRun(setup)
+
+    def summary(self, result: ResultDoc, seed: int, measured: Any) -> list[Row]:
+        """Per configuration and checkpoint (the text's own level included): means of
+        seq_rep_4, distinct_2, compression_ratio and first_difference (bootstrap 95%), and
+        loop_rate (Wilson 95%)."""
+        rows: list[Row] = []
+        items = result["items"] + (result.get("text_items") or [])
+        means = [m.name for m in self.metrics if m.summary_mean]
+        for (config, ctx), group in by_config_and_ctx(items, "repetition"):
+            for metric in means:
+                values = [float(it[metric]) for it in group if it.get(metric) is not None]
+                if values:
+                    rows.append(mean_row("repetition", metric, config, ctx, values=values, seed=seed))
+            loops = sum(1 for it in group if it["loop"])
+            rows.append(rate_row("repetition", "loop_rate", config, ctx, hits=loops, n=len(group)))
+        return rows
+
+    def tables(self, result: ResultDoc) -> list[RenderableType]:
+        if not any(r["probe"] == "repetition" for r in result["summary"]):
+            return []
+        return [repetition_table(result)]
 
 
-def repetition_metrics(tokens: Sequence[int], text: str) -> RepetitionMetrics:
-    return RepetitionMetrics(
-        seq_rep={n: seq_rep_n(tokens, n) for n in range(1, 5)},
-        distinct={n: distinct_n(tokens, n) for n in range(1, 5)},
-        compression_ratio=compression_ratio(text),
-        loop=find_loop(tokens),
-    )
+def repetition_table(result: ResultDoc) -> Table:
+    """One row per checkpoint and configuration (the text's own continuation first): looping
+    continuations, mean seq-rep-4 and compression ratio, and where continuations leave the
+    baseline's, each with its 95% interval."""
+    rows = {(r["config"], r["ctx"], r["metric"]): r for r in result["summary"] if r["probe"] == "repetition"}
+    tokens = result["scenario"]["spec"]["repetition"]["tokens"]
+    table = Table(title=f"Repetition of {tokens}-token greedy continuations (95% intervals)")
+    for col in ("context", "config", "loops", "seq-rep-4", "zlib", "leaves baseline at"):
+        table.add_column(col, justify="left" if col == "config" else "right", no_wrap=True)
+    for ctx in result["run"]["checkpoints"]:
+        for cid in [TEXT_ROWS, *(c["id"] for c in result["configs"])]:
+            loop = rows.get((cid, ctx, "loop_rate"))
+            if loop is None:
+                continue
+            rep = rows[(cid, ctx, "seq_rep_4")]
+            ratio = rows[(cid, ctx, "compression_ratio")]
+            first = rows.get((cid, ctx, "first_difference"))
+            loops = round(loop["value"] * loop["n"])
+            style = "red" if loop["value"] >= 0.5 else ""
+            table.add_row(
+                str(ctx),
+                plain(cid),
+                f"[{style}]{loops}/{loop['n']}[/]" if style else f"{loops}/{loop['n']}",
+                fmt_ci(rep["value"], rep["ci"]),
+                f"{ratio['value']:.2f}",
+                f"{first['value']:.0f} [{first['ci'][0]:.0f}, {first['ci'][1]:.0f}]" if first else "",
+                end_section=cid == result["configs"][-1]["id"],
+            )
+    return table
+
+
+register(RepetitionProbe())

@@ -10,15 +10,17 @@ from typing import Any
 import numpy as np
 from scipy import stats as sps
 
-from kvprobe.analysis import (
+from kvprobe.cache_types import CacheConfig, ConfigId
+from kvprobe.probes import all_probes
+from kvprobe.probes.rows import pooled_row
+from kvprobe.stats.analysis import (
     EFFECTIVE_THRESHOLD,
     effective_context,
     halving_interval,
     onset,
     paired_rows,
 )
-from kvprobe.cache_types import CacheConfig
-from kvprobe.metrics import ALPHA, BY_NAME, PAIRED_ITEM_METRICS
+from kvprobe.stats.metrics import ALPHA, by_name, paired_item_metrics
 
 POWER_Z = 1.6449 + 0.8416  # one-sided alpha 0.05, power 0.8
 
@@ -41,18 +43,6 @@ def _fmt_p(p: float) -> str:
 def _diff(r: dict[str, Any], unit: str = "") -> str:
     """A difference with its interval: "-0.20 [-0.33, -0.07]"."""
     return f"{r['diff']:+.2f}{unit} [{r['ci'][0]:+.2f}, {r['ci'][1]:+.2f}]"
-
-
-def _pooled_kld(summary: Sequence[dict[str, Any]], config: str) -> dict[str, Any] | None:
-    return next(
-        (
-            r
-            for r in summary
-            if r["probe"] == "divergence" and r["metric"] == "kld_mean"
-            and r["config"] == config and r["scope"] == "pooled"
-        ),
-        None,
-    )  # fmt: skip
 
 
 def config_verdict(
@@ -89,13 +79,15 @@ def config_verdict(
         "not_estimable": halving.reason,
     }
     out["divergence_onset"] = divergence_onset["ctx"] if divergence_onset else None
-    out["sentence"] = _config_sentence(out, acc, lp, baseline, config)
     return out
 
 
-def _config_sentence(
-    v: dict[str, Any], acc: list[dict[str, Any]], lp: list[dict[str, Any]], baseline: str, config: str
-) -> str:
+def needle_sentence(v: dict[str, Any], baseline: str, config: str) -> str | None:
+    """The needle probe's sentence for one configuration's verdict (None without needle items)."""
+    acc = [r for r in v["paired"] if r["metric"] == "accuracy"]
+    lp = [r for r in v["paired"] if r["metric"] == "answer_logprob"]
+    if not acc:
+        return None
     eff, share = v["effective_context"], f"{v['effective_threshold']:.0%} of {baseline}'s accuracy"
     eff_text = (
         f"effective context {eff:,} tokens (keeps >= {share})"
@@ -139,7 +131,7 @@ def _config_sentence(
 def _half_evidence(v: dict[str, Any], summary: Sequence[dict[str, Any]], config: str) -> dict[str, Any]:
     lp = [r for r in v["paired"] if r["metric"] == "answer_logprob"]
     last = lp[-1] if lp else None
-    kld = _pooled_kld(summary, config)
+    kld = pooled_row(summary, config)
     return {
         "config": config,
         "onset": v["onset_accuracy"] or v["onset_logprob"],
@@ -228,9 +220,10 @@ def build_verdict(doc: dict[str, Any], seed: int) -> dict[str, Any] | None:
         {c["type_k"] for c in doc["configs"] if c["type_k"] == c["type_v"] and c["type_k"] != baseline}
     )
     halves = [kv for q in quants if (kv := k_vs_v(per_config, doc["summary"], q)) is not None]
-    for cid, v in per_config.items():
-        if "sentence" not in v and cid in onsets:
-            v["sentence"] = _divergence_sentence(doc, cid, baseline, onsets[cid])
+    for cid, v in per_config.items():  # the first probe (in registry order) with a sentence gives it
+        sentence = next((s for p in all_probes() if (s := p.sentence(doc, cid, baseline, v))), None)
+        if sentence:
+            v["sentence"] = sentence
     sentences = [v["sentence"] for v in per_config.values() if v.get("sentence")]
     sentences += [h["sentence"] for h in halves]
     attribution = weights_vs_kv(doc, seed)
@@ -239,32 +232,16 @@ def build_verdict(doc: dict[str, Any], seed: int) -> dict[str, Any] | None:
     return {"configs": per_config, "k_vs_v": halves, "weights_vs_kv": attribution, "sentences": sentences}
 
 
-def _divergence_sentence(
-    doc: dict[str, Any], config: str, baseline: str, found: dict[str, Any] | None
-) -> str:
-    pooled = _pooled_kld(doc["summary"], config)
-    if pooled is None:
-        return f"With a {config} cache: no divergence figures."
-    kl = f"mean KL from {baseline} {pooled['value']:.3g} [{pooled['ci'][0]:.3g}, {pooled['ci'][1]:.3g}]"
-    if found is None:
-        return f"With a {config} cache, {kl}, flat along the context: no position bin rises significantly."
-    lo, hi = found["bin"]
-    return (
-        f"With a {config} cache, {kl}; KL rises significantly from positions {lo:,}–{hi - 1:,} on "
-        f"(Holm p = {_fmt_p(found['p_holm'])})."
-    )
-
-
 # --- weights vs KV: the 2x2 design ------------------------------------------------------------
 
 
 def _interaction(items: Sequence[dict[str, Any]], cache: str, metric: str, seed: int) -> list[dict[str, Any]]:
     """Per checkpoint, the mean of (test:q − test:f16) − (ref:q − ref:f16) over items, with a
     bootstrap interval and a two-sided Wilcoxon p."""
-    from kvprobe.stats import bootstrap_mean_interval
-    from kvprobe.stats import wilcoxon_paired as wilcoxon
+    from kvprobe.stats.inference import bootstrap_mean_interval
+    from kvprobe.stats.inference import wilcoxon_paired as wilcoxon
 
-    m = next(x for x in PAIRED_ITEM_METRICS if x.name == metric)
+    m = next(x for x in paired_item_metrics() if x.name == metric)
     cells: dict[str, dict[tuple[Any, ...], float]] = {}
     for cid in ("ref:f16", f"ref:{cache}", "test:f16", f"test:{cache}"):
         cells[cid] = {
@@ -288,8 +265,8 @@ def _interaction(items: Sequence[dict[str, Any]], cache: str, metric: str, seed:
 
 
 def _negligible(metric: str) -> float:
-    """An interval within ± this is "no effect" (kvprobe.metrics)."""
-    band = BY_NAME[metric].negligible
+    """An interval within ± this is "no effect" (kvprobe.stats.metrics)."""
+    band = by_name(metric).negligible
     if band is None:
         raise KeyError(f"metric {metric} has no negligible band")
     return band
@@ -299,7 +276,8 @@ def weights_vs_kv(doc: dict[str, Any], seed: int) -> dict[str, Any] | None:
     """The KV effect at fixed weights, the weight effect at an f16 cache, their interaction,
     per checkpoint with intervals; and the fault: kv, weights, both, neither or inconclusive."""
     ids = {c["id"] for c in doc["configs"]}
-    caches = sorted({i.split(":", 1)[1] for i in ids if i.startswith("ref:") and i != "ref:f16"})
+    parsed = [ConfigId.parse(i) for i in ids]
+    caches = sorted({p.cache.id for p in parsed if p.weights == "ref" and p.cache.id != "f16"})
     if not doc.get("models") or "test:f16" not in ids or not caches:
         return None
     cache = caches[0]

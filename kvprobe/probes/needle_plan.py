@@ -1,19 +1,63 @@
-"""The one-pass needle plan: documents with needles at known token positions.
+"""The needle plan: which needles go into each document, where they aim, and which (needle,
+checkpoint) pairs are queried; and the classic grid of one prompt per (length, depth) cell.
 
-Pure functions of a tokenizer and a seed. A document is a token list; each
-needle is planted at a sentence boundary so the text stays natural, and its
-exact token position is recorded. Items are (needle, checkpoint) pairs.
+Pure functions of a tokenizer and a seed.
 """
 
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
-from typing import Protocol
+from dataclasses import dataclass, field
 
 from kvprobe.errors import UserError
-from kvprobe.haystack import document_text
-from kvprobe.scenario import Scenario
+from kvprobe.plan.documents import Document, Insert, Tokenizer, default_checkpoints, plant
+from kvprobe.plan.scenario import Scenario
+
+DEFAULT_ATTRIBUTES = (
+    "locker number",
+    "passport number",
+    "ticket number",
+    "library card number",
+    "invoice number",
+    "account number",
+    "badge number",
+    "room number",
+    "parcel number",
+    "licence number",
+    "seat number",
+    "order number",
+    "serial number",
+    "permit number",
+    "policy number",
+    "receipt number",
+    "voucher number",
+    "claim number",
+    "booking number",
+    "visa number",
+)
+
+
+@dataclass(frozen=True)
+class NeedleSpec:
+    # The query repeats the needle's words up to the value, so the model only has to
+    # find the key and copy what follows (RULER's niah_single, in completion form).
+    # A key is a person's name and an attribute ("Vera Holm's locker number"): with one
+    # shared frame for every needle the 270M default model confused needles; two cues
+    # that no other needle shares keep the multi-needle confound small.
+    template: str = "{key} is {value}."
+    query: str = "{key} is"
+    answer: str = " {value}"
+    attributes: list[str] = field(default_factory=lambda: list(DEFAULT_ATTRIBUTES))
+    value_digits: int = 7
+    per_segment: int = 4  # needles planted between consecutive checkpoints, per document
+    generate_tokens: int = 12  # greedy tokens shown for a failed answer
+
+
+@dataclass(frozen=True)
+class ClassicSpec:
+    depths: list[float] = field(default_factory=lambda: [0.1, 0.3, 0.5, 0.7, 0.9])
+    repeats: int = 4  # prompts per (length, depth) cell
+
 
 # Keys are person names: distinctive tokens let a small model tell needles apart
 # (hyphenated word pairs were confused with each other by the 270M default model).
@@ -30,35 +74,6 @@ LAST_NAMES = (
 ).split()
 
 
-class Tokenizer(Protocol):
-    def tokenize(self, text: str) -> list[int]: ...
-
-    def piece(self, token: int) -> str: ...
-
-    @property
-    def bos(self) -> int | None: ...
-
-
-@dataclass(frozen=True)
-class Needle:
-    doc: int
-    key: str
-    value: str
-    position: int  # token index of the needle's first token in the document
-    n_tokens: int
-
-    @property
-    def end(self) -> int:
-        return self.position + self.n_tokens
-
-
-@dataclass(frozen=True)
-class Document:
-    index: int
-    tokens: list[int]
-    needles: list[Needle]
-
-
 @dataclass(frozen=True)
 class NeedleItem:
     """One query: a needle asked about at a checkpoint (the document cut at `ctx`)."""
@@ -70,20 +85,6 @@ class NeedleItem:
     position: int
     depth: float  # position / ctx
     distance: int  # tokens between the needle's end and the query
-
-
-def default_checkpoints(ctx: int, explicit: list[int] | None = None) -> list[int]:
-    """1024, 2048, 4096, ... below ctx, then ctx itself (or the scenario's list, capped)."""
-    if explicit:
-        points = sorted({c for c in explicit if c < ctx} | {ctx})
-        return points
-    points = []
-    length = 1024
-    while length < ctx:
-        points.append(length)
-        length *= 2
-    points.append(ctx)
-    return points
 
 
 def key_capacity(attributes: list[str] | None) -> int:
@@ -111,14 +112,13 @@ def check_needle_capacity(n: int, digits: int, attributes: list[str] | None) -> 
 
 def check_plan_capacity(scenario: Scenario, ctx: int, mode: str) -> None:
     """The needle capacity check for a whole run, before any model is loaded."""
-    if "needle" not in scenario.probes:
-        return
+    needle, classic = scenario.spec(NeedleSpec), scenario.spec(ClassicSpec)
     checkpoints = default_checkpoints(ctx, scenario.plan.checkpoints)
     if mode == "classic":
-        n = len(checkpoints) * len(scenario.classic.depths) * scenario.classic.repeats
+        n = len(checkpoints) * len(classic.depths) * classic.repeats
     else:
-        n = scenario.needle.per_segment * len(checkpoints)
-    check_needle_capacity(n, scenario.needle.value_digits, scenario.needle.attributes)
+        n = needle.per_segment * len(checkpoints)
+    check_needle_capacity(n, needle.value_digits, needle.attributes)
 
 
 def draw_keys_values(
@@ -166,10 +166,6 @@ def draw_keys_values(
     return list(zip(keys, values, strict=True))
 
 
-def _is_sentence_end(piece: str) -> bool:
-    return piece.rstrip().endswith((".", "!", "?")) and not piece.endswith("\n")
-
-
 def needle_targets(checkpoints: list[int], per_segment: int, margin: int, rng: random.Random) -> list[int]:
     """Target positions: `per_segment` needles spread across each checkpoint segment.
 
@@ -188,106 +184,26 @@ def needle_targets(checkpoints: list[int], per_segment: int, margin: int, rng: r
     return sorted(targets)
 
 
-def build_document(
-    tok: Tokenizer,
-    *,
-    scenario: Scenario,
-    doc_index: int,
-    length: int,
-    checkpoints: list[int],
-    keys_values: list[tuple[str, str]],
-    seed: int,
-) -> Document:
-    """Plant needles into filler tokens; returns exactly `length` tokens."""
+def needle_inserts(
+    tok: Tokenizer, scenario: Scenario, checkpoints: list[int], doc_index: int, seed: int
+) -> list[Insert]:
+    """The needles of one document: `per_segment` per checkpoint segment, keys and values from
+    their own seeded stream, targets spread across each segment."""
+    spec = scenario.spec(NeedleSpec)
+    per_doc = spec.per_segment * len(checkpoints)
+    keys_values = draw_keys_values(
+        per_doc, spec.value_digits, random.Random(f"{seed}:needles:{doc_index}"), spec.attributes
+    )
     rng = random.Random(f"{seed}:targets:{doc_index}")
-    needle_tokens = [
-        tok.tokenize(" " + scenario.needle.template.format(key=k, value=v)) for k, v in keys_values
-    ]
+    needle_tokens = [tok.tokenize(" " + spec.template.format(key=k, value=v)) for k, v in keys_values]
     if not keys_values:
-        return _plant(
-            tok,
-            scenario=scenario,
-            doc_index=doc_index,
-            length=length,
-            keys_values=[],
-            needle_tokens=[],
-            targets=[],
-            seed=seed,
-        )
+        return []
     longest = max(len(t) for t in needle_tokens)
-    targets = needle_targets(checkpoints, scenario.needle.per_segment, margin=longest + 48, rng=rng)
-    targets = targets[: len(keys_values)]
-    return _plant(
-        tok,
-        scenario=scenario,
-        doc_index=doc_index,
-        length=length,
-        keys_values=keys_values,
-        needle_tokens=needle_tokens,
-        targets=targets,
-        seed=seed,
-    )
-
-
-def _plant(
-    tok: Tokenizer,
-    *,
-    scenario: Scenario,
-    doc_index: int,
-    length: int,
-    keys_values: list[tuple[str, str]],
-    needle_tokens: list[list[int]],
-    targets: list[int],
-    seed: int,
-) -> Document:
-    """Copy filler tokens, inserting each needle at the first sentence end after its target."""
-    # ~3.5 characters per token for English; ask for plenty and cut.
-    text = document_text(
-        scenario.haystack.kind, scenario.haystack.path, doc_index, seed, min_chars=length * 6
-    )
-    filler = tok.tokenize(text)
-    out: list[int] = [tok.bos] if tok.bos is not None else []
-    needles: list[Needle] = []
-    src = 0
-    for (key, value), ntoks, target in zip(keys_values, needle_tokens, targets, strict=False):
-        while src < len(filler) and (len(out) < target or not _is_sentence_end(tok.piece(out[-1]))):
-            out.append(filler[src])
-            src += 1
-        if len(out) + len(ntoks) > length:
-            break
-        needles.append(Needle(doc_index, key, value, len(out), len(ntoks)))
-        out.extend(ntoks)
-    while len(out) < length:
-        if src >= len(filler):
-            src = 0
-        out.append(filler[src])
-        src += 1
-    return Document(doc_index, out[:length], needles)
-
-
-def build_plan(
-    tok: Tokenizer, scenario: Scenario, ctx: int, seed: int, extra_tokens: int = 0
-) -> tuple[list[int], list[Document]]:
-    """Checkpoints and documents of ctx + extra_tokens tokens (the extra tokens are the
-    text's own continuation after the last checkpoint, used for calibration, never fed)."""
-    checkpoints = default_checkpoints(ctx, scenario.plan.checkpoints)
-    per_doc = scenario.needle.per_segment * len(checkpoints) if "needle" in scenario.probes else 0
-    docs = []
-    for d in range(scenario.plan.documents):
-        rng = random.Random(f"{seed}:needles:{d}")
-        kv = draw_keys_values(per_doc, scenario.needle.value_digits, rng, scenario.needle.attributes)
-        docs.append(
-            build_document(
-                tok,
-                scenario=scenario,
-                doc_index=d,
-                length=ctx + extra_tokens,
-                checkpoints=checkpoints,
-                keys_values=kv,
-                seed=seed,
-            )
-        )
-    return checkpoints, docs
+    targets = needle_targets(checkpoints, spec.per_segment, margin=longest + 48, rng=rng)
+    return [
+        Insert(k, v, toks, target)
+        for (k, v), toks, target in zip(keys_values, needle_tokens, targets[: len(keys_values)], strict=False)
+    ]
 
 
 def items_at(doc: Document, ctx: int) -> list[NeedleItem]:
@@ -317,27 +233,21 @@ class ClassicCell:
 
 def build_classic_cells(tok: Tokenizer, scenario: Scenario, ctx: int, seed: int) -> list[ClassicCell]:
     """One prompt per (length, depth, repeat), evaluated from scratch."""
+    needle, classic = scenario.spec(NeedleSpec), scenario.spec(ClassicSpec)
     checkpoints = default_checkpoints(ctx, scenario.plan.checkpoints)
     cells: list[ClassicCell] = []
     rng = random.Random(f"{seed}:classic")
-    n = len(checkpoints) * len(scenario.classic.depths) * scenario.classic.repeats
-    kvs = iter(draw_keys_values(n, scenario.needle.value_digits, rng, scenario.needle.attributes))
+    n = len(checkpoints) * len(classic.depths) * classic.repeats
+    kvs = iter(draw_keys_values(n, needle.value_digits, rng, needle.attributes))
     for length in checkpoints:
-        for depth in scenario.classic.depths:
-            for rep in range(scenario.classic.repeats):
+        for depth in classic.depths:
+            for rep in range(classic.repeats):
                 key, value = next(kvs)
-                ntoks = tok.tokenize(" " + scenario.needle.template.format(key=key, value=value))
+                ntoks = tok.tokenize(" " + needle.template.format(key=key, value=value))
                 target = max(1, min(int(depth * length), length - len(ntoks) - 48))
                 while True:
-                    doc = _plant(
-                        tok,
-                        scenario=scenario,
-                        doc_index=rep,
-                        length=length,
-                        keys_values=[(key, value)],
-                        needle_tokens=[ntoks],
-                        targets=[target],
-                        seed=seed,
+                    doc = plant(
+                        tok, scenario.haystack, rep, length, [Insert(key, value, ntoks, target)], seed=seed
                     )
                     # The next sentence end may lie past the prompt's end: move the target earlier.
                     if doc.needles or target <= 1:

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from kvprobe.cache_types import CacheConfig
-from kvprobe.doctor import kv_cache_bytes
 from kvprobe.errors import UserError
+from kvprobe.weights.doctor import kv_cache_bytes
 
 GiB = 2**30
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import gguf
 import numpy as np
 
-from kvprobe.doctor import QUANT_TAG, SOURCE_TYPE_KEY, UNQUANTIZED_FILE_TYPES, read_facts, short_type
 from kvprobe.errors import UserError, did_you_mean
+from kvprobe.weights.doctor import QUANT_TAG, SOURCE_TYPE_KEY, UNQUANTIZED_FILE_TYPES, read_facts, short_type
 
 DEQUANTIZED = ("F16", "BF16", "F32")
 

@@ -20,7 +20,7 @@ import gguf
 import numpy as np
 
 from kvprobe.errors import UserError
-from kvprobe.model_info import field_value, file_type_name, open_gguf, whole_number
+from kvprobe.weights.model_info import field_value, file_type_name, open_gguf, whole_number
 
 # Layers with a sliding window, for architectures whose pattern llama.cpp hard-codes
 # (src/models/<arch>.cpp: load_swa_pattern(ml, n[, dense_first])); the GGUF key
@@ -52,7 +52,7 @@ IMATRIX_REQUIRED = {  # llama-quantize refuses or warns without one
 UNQUANTIZED_FILE_TYPES = {"ALL_F32", "MOSTLY_F16", "MOSTLY_BF16"}
 SMALL_MODEL_PARAMS = 13e9
 QUANT_TAG = re.compile(r"(?i)(?<![A-Za-z0-9])(I?Q\d(?:_[0-9A-Z]+)*|BF16|F16|F32)(?![A-Za-z0-9])")
-SOURCE_TYPE_KEY = "kvprobe.quantize.source_file_type"  # written by `kvprobe quantize`
+SOURCE_TYPE_KEY = "kvprobe.weights.quantize.source_file_type"  # written by `kvprobe quantize`
 
 GiB = 1024**3
 MiB = 1024**2

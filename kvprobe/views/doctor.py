@@ -8,7 +8,7 @@ from rich.console import Console
 from rich.table import Table
 
 from kvprobe.display import plain
-from kvprobe.doctor import GiB, MiB, short_type
+from kvprobe.weights.doctor import GiB, MiB, short_type
 
 SEVERITY_STYLE = {"serious": "bold red", "warning": "yellow", "info": "cyan"}
 

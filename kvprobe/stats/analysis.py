@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 from scipy import optimize
 
-from kvprobe.metrics import ALPHA, PAIRED_ITEM_METRICS, Metric
-from kvprobe.stats import difference_test, holm, significant_tail
+from kvprobe.stats.inference import difference_test, holm, significant_tail
+from kvprobe.stats.metrics import ALPHA, Metric, paired_item_metrics
 
 EFFECTIVE_THRESHOLD = 0.85  # share of the baseline's score that still counts as "effective"
 
@@ -60,7 +60,7 @@ def paired_rows(
     """One row per metric and checkpoint: difference, interval, one-sided p (test worse) and
     its Holm adjustment across the metric's checkpoints."""
     rows: list[dict[str, Any]] = []
-    for metric in PAIRED_ITEM_METRICS:
+    for metric in paired_item_metrics():
         values = paired_values(items, metric, baseline, config)
         if not values:
             continue

@@ -1,0 +1,125 @@
+"""The plan's documents: haystack text with token spans planted at known positions.
+
+Pure functions of a tokenizer and a seed. A document is a token list; each span a probe plants
+(a needle) goes in at a sentence boundary so the text stays natural, and its exact token
+position is recorded. Which spans go in, and where they aim, is the probes' business
+(`Probe.inserts`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+from kvprobe.plan.haystack import document_text
+
+if TYPE_CHECKING:
+    from kvprobe.plan.scenario import HaystackSpec, Scenario
+    from kvprobe.probes.base import Probe
+
+
+class Tokenizer(Protocol):
+    def tokenize(self, text: str) -> list[int]: ...
+
+    def piece(self, token: int) -> str: ...
+
+    @property
+    def bos(self) -> int | None: ...
+
+
+@dataclass(frozen=True)
+class Insert:
+    """A span a probe wants planted: its tokens, and the position it should land just after."""
+
+    key: str
+    value: str
+    tokens: list[int]
+    target: int
+
+
+@dataclass(frozen=True)
+class Needle:
+    """A span as planted."""
+
+    doc: int
+    key: str
+    value: str
+    position: int  # token index of the span's first token in the document
+    n_tokens: int
+
+    @property
+    def end(self) -> int:
+        return self.position + self.n_tokens
+
+
+@dataclass(frozen=True)
+class Document:
+    index: int
+    tokens: list[int]
+    needles: list[Needle]
+
+
+def default_checkpoints(ctx: int, explicit: list[int] | None = None) -> list[int]:
+    """1024, 2048, 4096, ... below ctx, then ctx itself (or the scenario's list, capped)."""
+    if explicit:
+        points = sorted({c for c in explicit if c < ctx} | {ctx})
+        return points
+    points = []
+    length = 1024
+    while length < ctx:
+        points.append(length)
+        length *= 2
+    points.append(ctx)
+    return points
+
+
+def _is_sentence_end(piece: str) -> bool:
+    return piece.rstrip().endswith((".", "!", "?")) and not piece.endswith("\n")
+
+
+def plant(
+    tok: Tokenizer,
+    haystack: HaystackSpec,
+    doc_index: int,
+    length: int,
+    inserts: Sequence[Insert],
+    *,
+    seed: int,
+) -> Document:
+    """Copy filler tokens, inserting each span, in order, at the first sentence end after its
+    target; returns exactly `length` tokens (spans that no longer fit are left out)."""
+    # ~3.5 characters per token for English; ask for plenty and cut.
+    text = document_text(haystack.kind, haystack.path, doc_index, seed, min_chars=length * 6)
+    filler = tok.tokenize(text)
+    out: list[int] = [tok.bos] if tok.bos is not None else []
+    needles: list[Needle] = []
+    src = 0
+    for insert in inserts:
+        while src < len(filler) and (len(out) < insert.target or not _is_sentence_end(tok.piece(out[-1]))):
+            out.append(filler[src])
+            src += 1
+        if len(out) + len(insert.tokens) > length:
+            break
+        needles.append(Needle(doc_index, insert.key, insert.value, len(out), len(insert.tokens)))
+        out.extend(insert.tokens)
+    while len(out) < length:
+        if src >= len(filler):
+            src = 0
+        out.append(filler[src])
+        src += 1
+    return Document(doc_index, out[:length], needles)
+
+
+def build_plan(
+    tok: Tokenizer, scenario: Scenario, ctx: int, seed: int, probes: Sequence[Probe]
+) -> tuple[list[int], list[Document]]:
+    """Checkpoints, and documents of ctx tokens plus what the probes ask to carry past it (the
+    text's own continuation after the last checkpoint, never fed) with the probes' spans."""
+    checkpoints = default_checkpoints(ctx, scenario.plan.checkpoints)
+    extra = max((p.extra_document_tokens(scenario) for p in probes), default=0)
+    docs = []
+    for d in range(scenario.plan.documents):
+        inserts = [i for p in probes for i in p.inserts(tok, scenario, checkpoints, d, seed)]
+        docs.append(plant(tok, scenario.haystack, d, ctx + extra, inserts, seed=seed))
+    return checkpoints, docs

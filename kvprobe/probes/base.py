@@ -1,0 +1,162 @@
+"""What a probe is: the Probe protocol every probe implements, and what a run hands it.
+
+A probe is registered once (kvprobe.probes.register) and from then on takes part in every
+stage without any other module naming it: the scenario parses its section, the runner asks it
+for its budget and calls it on each chunk and at each checkpoint, the result file stores its
+items and section, the statistics ask it for summary rows and verdict sentences, `compare`
+for its rows, and the terminal report for its tables.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+
+if TYPE_CHECKING:
+    import numpy as np
+    from rich.console import RenderableType
+
+    from kvprobe.engine import Context
+    from kvprobe.plan.documents import Document, Insert, Tokenizer
+    from kvprobe.plan.scenario import Scenario
+    from kvprobe.stats.metrics import Metric
+
+Row = dict[str, Any]  # one item or summary row, as stored in the result file
+ResultDoc = dict[str, Any]  # a whole result document (kvprobe.result)
+
+
+class TextModel(Protocol):
+    """What a probe may ask of the model: its tokenizer, both ways."""
+
+    def tokenize(self, text: str) -> list[int]: ...
+
+    def detokenize(self, tokens: Sequence[int]) -> str: ...
+
+
+@dataclass(frozen=True)
+class Budget:
+    """What one probe adds to a run. The runner sizes every context from the budgets of the
+    probes that run, and shows progress against the tokens they declare."""
+
+    fork_cells: int = 0  # KV cells its forks need beyond the document at a checkpoint
+    sequences: int = 0  # fork sequences it keeps alive at once
+    tokens: int = 0  # tokens it evaluates per configuration (queries, generations)
+    naive_tokens: int = 0  # what one prompt per cell would evaluate for the same numbers
+
+
+@dataclass(frozen=True)
+class RunSetup:
+    """Everything a probe may read when a run starts."""
+
+    model: TextModel
+    scenario: Scenario
+    ctx: int
+    seed: int
+    mode: str  # "onepass" | "classic"
+    checkpoints: list[int]
+    documents: list[Document]
+    baseline: str | None
+    null_check: bool
+
+
+class ProbeRun:
+    """A probe's part of one run. The runner calls, for every document: `on_chunk` with each
+    chunk's logits from every configuration (when `scores_logits` says so), then at every
+    checkpoint `at_checkpoint` once per configuration; after the last document, `finish`."""
+
+    budget: Budget = Budget()
+    label: str = ""  # what the progress line calls its work at a checkpoint ("needles")
+    prompt_lengths: list[int] = []  # noqa: RUF012  (modes other than onepass: the prompts' lengths)
+
+    def scores_logits(self, document: Document) -> bool:
+        """Whether this probe reads the logits of every position of `document`."""
+        return False
+
+    def on_chunk(self, document: Document, pos0: int, logits: Mapping[str, np.ndarray]) -> None:
+        """Rows of logits for positions pos0, pos0 + 1, ... from every configuration."""
+
+    def at_checkpoint(self, context: Context, config: str, document: Document, length: int) -> list[Row]:
+        """Item rows for `config`, whose context holds `document` up to `length` tokens."""
+        return []
+
+    def run_prompts(self, contexts: Mapping[str, Context], progress: Callable[[int, str], None]) -> list[Row]:
+        """Modes other than onepass: every prompt from an empty context, in every configuration."""
+        raise NotImplementedError(f"{type(self).__name__} measures only in onepass mode")
+
+    def finish(self, items: list[Row]) -> None:
+        """Once every configuration has run: fill what compares configurations with each other."""
+
+    def text_items(self) -> list[Row]:
+        """Rows measured on the documents' own text (not on any configuration)."""
+        return []
+
+    def measured(self) -> Any:
+        """In-memory data the statistics read more precisely than the file (None: none)."""
+        return None
+
+    def section(self, errors: list[dict[str, str]]) -> Any:
+        """The probe's own section of the result file, as measured (None: it has none). A
+        statistic it computes while measuring is guarded into `errors` (kvprobe.errors.guarded)."""
+        return None
+
+
+class Probe:
+    """One probe. Subclasses set the class attributes and override what they take part in;
+    every method has a default that takes part in nothing."""
+
+    name: ClassVar[str]
+    sections: ClassVar[Mapping[str, type]] = {}  # scenario sections it owns: name -> dataclass
+    modes: ClassVar[tuple[str, ...]] = ("onepass",)  # run modes it measures in
+    has_section: ClassVar[bool] = False  # the result file has a top-level section named after it
+    summary_label: ClassVar[str] = ""  # what a failed summary is called in statistics.errors
+
+    @property
+    def metrics(self) -> tuple[Metric, ...]:
+        """Every metric this probe reports (kvprobe.stats.metrics)."""
+        return ()
+
+    # scenario and request ------------------------------------------------------------------
+    def validate(self, scenario: Scenario, source: str) -> None:
+        """Check the values of its scenario sections (types are checked already)."""
+
+    def check_run(
+        self, scenario: Scenario, *, mode: str, ctx: int, baseline: str | None, null_check: bool
+    ) -> None:
+        """Refuse a request it cannot measure, before any model is loaded."""
+
+    def extra_document_tokens(self, scenario: Scenario) -> int:
+        """Tokens every document carries past --ctx, never fed (e.g. the text's own continuation)."""
+        return 0
+
+    def inserts(
+        self, tok: Tokenizer, scenario: Scenario, checkpoints: list[int], doc_index: int, seed: int
+    ) -> list[Insert]:
+        """Token spans to plant into document `doc_index` (e.g. needles)."""
+        return []
+
+    # running ---------------------------------------------------------------------------------
+    def start(self, setup: RunSetup) -> ProbeRun:
+        return ProbeRun()
+
+    # statistics and output ---------------------------------------------------------------------
+    def summary(self, result: ResultDoc, seed: int, measured: Any) -> list[Row]:
+        """Summary rows from the result's items (and `measured`, the run's own data, if given)."""
+        return []
+
+    def tables(self, result: ResultDoc) -> list[RenderableType]:
+        """What the terminal report shows for this probe."""
+        return []
+
+    def sentence(self, result: ResultDoc, config: str, baseline: str, verdict: Row) -> str | None:
+        """The verdict's sentence for `config` from this probe, if it has one."""
+        return None
+
+    def compare_rows(
+        self, old: ResultDoc, new: ResultDoc, pairs: list[tuple[str, str]], paired: bool, seed: int
+    ) -> list[Row]:
+        """Rows for `kvprobe compare`: by default one per per-item metric, config pair and
+        checkpoint (kvprobe.compare.item_rows)."""
+        from kvprobe.compare import item_rows
+
+        return item_rows(old, new, self.metrics, pairs, paired=paired, seed=seed)

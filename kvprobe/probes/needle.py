@@ -1,0 +1,258 @@
+"""Needle probe: is a fact planted at a known depth still retrieved at each checkpoint?
+
+Each (needle, checkpoint) item is scored by teacher forcing on a fork of the document: the
+answer's log-probability, and whether greedy decoding would produce it. Only failed answers
+pay for generation, to show what the model said instead (design §3).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from rich.table import Table
+
+from kvprobe.display import plain
+from kvprobe.plan.scenario import bad, within
+from kvprobe.probes.base import Budget, Probe, ProbeRun, ResultDoc, Row, RunSetup
+from kvprobe.probes.needle_plan import (
+    ClassicSpec,
+    NeedleItem,
+    NeedleSpec,
+    build_classic_cells,
+    check_plan_capacity,
+    items_at,
+    needle_inserts,
+)
+from kvprobe.probes.registry import register
+from kvprobe.probes.repetition_metrics import find_loop
+from kvprobe.probes.rows import by_config_and_ctx, fmt_ci, mean_row, rate_row
+from kvprobe.stats.metrics import Metric
+
+if TYPE_CHECKING:
+    from rich.console import RenderableType
+
+    from kvprobe.engine import Context
+    from kvprobe.plan.documents import Document, Insert, Tokenizer
+    from kvprobe.plan.scenario import Scenario
+
+NEEDLE_LOOP_TOKENS = 6  # a failed answer such as "899999999" ends in >= 6 periodic tokens
+Progress = Callable[[int, str], None]
+
+
+def first_number(text: str) -> str | None:
+    found = re.search(r"\d+", text)
+    return found.group(0) if found else None
+
+
+def needle_key(it: Row) -> tuple[Any, ...]:
+    return (it["doc"], it["ctx"], it["key"])
+
+
+class NeedleRun(ProbeRun):
+    label = "needles"
+
+    def __init__(self, setup: RunSetup):
+        self.model = setup.model
+        self.spec = setup.scenario.spec(NeedleSpec)
+        self.classic = setup.mode == "classic"
+        self.cells = (
+            build_classic_cells(setup.model, setup.scenario, setup.ctx, setup.seed)  # type: ignore[arg-type]
+            if self.classic
+            else []
+        )
+        self.prompt_lengths = sorted({c.item.ctx for c in self.cells})
+        items = (
+            [c.item for c in self.cells]
+            if self.classic
+            else [it for d in setup.documents for L in setup.checkpoints for it in items_at(d, L)]
+        )
+        self.query: dict[str, list[int]] = {}
+        self.answer: dict[str, list[int]] = {}
+        for it in items:
+            self.query.setdefault(it.key, setup.model.tokenize("\n\n" + self.spec.query.format(key=it.key)))
+            self.answer.setdefault(it.key, setup.model.tokenize(self.spec.answer.format(value=it.expected)))
+        longest = max((len(self.query[k]) + len(self.answer[k]) for k in self.query), default=0)
+        scored = sum(len(self.query[i.key]) + len(self.answer[i.key]) - 1 for i in items)
+        self.budget = Budget(
+            fork_cells=longest + self.spec.generate_tokens + 1,
+            sequences=1,
+            tokens=scored + (sum(c.item.ctx for c in self.cells) if self.classic else 0),
+            # One prompt per (needle, checkpoint), as RULER evaluates it.
+            naive_tokens=sum(i.ctx + len(self.query[i.key]) + len(self.answer[i.key]) - 1 for i in items),
+        )
+
+    def ask(self, context: Context, item: NeedleItem, config: str) -> Row:
+        query, answer = self.query[item.key], self.answer[item.key]
+        scored = context.score(query, answer)
+        loop = None
+        if scored.argmax_match:
+            output = self.model.detokenize(answer)
+        else:
+            # Only failures pay for generation: show what the model said instead.
+            generated = context.generate(query, max(len(answer) + 4, self.spec.generate_tokens))
+            output = self.model.detokenize(generated)
+            loop = find_loop(generated, min_tokens=NEEDLE_LOOP_TOKENS)
+        return {
+            "probe": "needle",
+            "config": config,
+            "doc": item.doc,
+            "ctx": item.ctx,
+            "position": item.position,
+            "depth": item.depth,
+            "distance": item.distance,
+            "key": item.key,
+            "expected": item.expected,
+            "correct": scored.argmax_match,
+            "logprob": round(scored.logprob, 6),
+            "first_wrong_token": scored.first_mismatch,
+            "output": output,
+            # Greedy decoding runs token by token, teacher forcing in one batch; on a near-tie
+            # the argmax can differ (batch shape changes numerics), so both are recorded.
+            "output_correct": first_number(output) == item.expected,
+            "output_loop": loop is not None,
+        }
+
+    def at_checkpoint(self, context: Context, config: str, document: Document, length: int) -> list[Row]:
+        return [self.ask(context, item, config) for item in items_at(document, length)]
+
+    def run_prompts(self, contexts: Mapping[str, Context], progress: Progress) -> list[Row]:
+        """Classic mode: one prompt per cell, each from an empty context (RULER's grid)."""
+        rows = []
+        for cell in self.cells:
+            for config, context in contexts.items():
+                before = context.tokens_evaluated
+                context.reset()
+                context.feed(cell.document.tokens[: cell.item.ctx])
+                rows.append(self.ask(context, cell.item, config))
+                progress(context.tokens_evaluated - before, f"{config} classic L={cell.item.ctx}")
+        return rows
+
+
+class NeedleProbe(Probe):
+    name = "needle"
+    sections: ClassVar[dict[str, type]] = {"needle": NeedleSpec, "classic": ClassicSpec}
+    modes = ("onepass", "classic")
+    summary_label = "needle summary"
+
+    @property
+    def metrics(self) -> tuple[Metric, ...]:
+        return (
+            Metric("needle", "accuracy", binary=True, lower_is_worse=True, field="correct", key=needle_key,
+                   compared=True, min_change=0.05, negligible=0.05),
+            Metric("needle", "answer_logprob", lower_is_worse=True, field="logprob", key=needle_key,
+                   compared=True, negligible=0.25),
+        )  # fmt: skip
+
+    def validate(self, scenario: Scenario, source: str) -> None:
+        s, classic = scenario.spec(NeedleSpec), scenario.spec(ClassicSpec)
+        for key in ("template", "query"):
+            if "{key}" not in getattr(s, key):
+                raise bad(source, f"needle.{key}", "must contain {key}")
+        if "{value}" not in s.template or "{value}" not in s.answer:
+            raise bad(source, "needle.template", "and needle.answer must contain {value}")
+        for key, fields in (("template", {"key", "value"}), ("query", {"key"}), ("answer", {"value"})):
+            try:
+                getattr(s, key).format(**dict.fromkeys(fields, "x"))
+            except (KeyError, IndexError, ValueError) as exc:
+                allowed = " and ".join("{" + f + "}" for f in sorted(fields))
+                raise bad(
+                    source,
+                    f"needle.{key}",
+                    f"may hold only {allowed} in braces (write {{{{ for a brace): {exc}",
+                ) from None
+        if not 4 <= s.value_digits <= 12:
+            raise bad(source, "needle.value_digits", "must be between 4 and 12")
+        within(source, "needle.per_segment", s.per_segment, 1, 256)
+        within(source, "needle.generate_tokens", s.generate_tokens, 1, 512)
+        if not s.attributes or len(s.attributes) > 1000:
+            raise bad(source, "needle.attributes", "must list between 1 and 1,000 attributes")
+        if any(not isinstance(a, str) or not a.strip() for a in s.attributes):
+            raise bad(source, "needle.attributes", "must be a list of non-empty strings")
+        if len(set(s.attributes)) != len(s.attributes):
+            raise bad(source, "needle.attributes", "must not repeat an attribute")
+        if not classic.depths or len(classic.depths) > 64:
+            raise bad(source, "classic.depths", "must list between 1 and 64 depths")
+        if any(
+            isinstance(d, bool) or not isinstance(d, (int, float)) or not 0.0 <= d < 1.0
+            for d in classic.depths
+        ):
+            raise bad(source, "classic.depths", "must be numbers in [0, 1)")
+        within(source, "classic.repeats", classic.repeats, 1, 256)
+
+    def check_run(
+        self, scenario: Scenario, *, mode: str, ctx: int, baseline: str | None, null_check: bool
+    ) -> None:
+        check_plan_capacity(scenario, ctx, mode)
+
+    def inserts(
+        self, tok: Tokenizer, scenario: Scenario, checkpoints: list[int], doc_index: int, seed: int
+    ) -> list[Insert]:
+        return needle_inserts(tok, scenario, checkpoints, doc_index, seed)
+
+    def start(self, setup: RunSetup) -> NeedleRun:
+        return NeedleRun(setup)
+
+    def summary(self, result: ResultDoc, seed: int, measured: Any) -> list[Row]:
+        """Accuracy (Wilson 95%) and mean answer log-prob (bootstrap 95%) per configuration
+        and checkpoint."""
+        rows: list[Row] = []
+        for (config, ctx), group in by_config_and_ctx(result["items"], "needle"):
+            hits = sum(1 for it in group if it["correct"])
+            rows.append(rate_row("needle", "accuracy", config, ctx, hits=hits, n=len(group)))
+            logprobs = [it["logprob"] for it in group]
+            rows.append(mean_row("needle", "answer_logprob", config, ctx, values=logprobs, seed=seed))
+        return rows
+
+    def tables(self, result: ResultDoc) -> list[RenderableType]:
+        if not any(r["probe"] == "needle" for r in result["summary"]):
+            return []
+        return [needle_table(result)]
+
+    def sentence(self, result: ResultDoc, config: str, baseline: str, verdict: Row) -> str | None:
+        from kvprobe.stats.verdict import needle_sentence
+
+        return needle_sentence(verdict, baseline, config)
+
+
+def needle_table(result: ResultDoc) -> Table:
+    """One row per checkpoint; per configuration accuracy with its Wilson 95% interval
+    and the difference to the baseline."""
+    baseline = result.get("baseline")
+    configs = [c["id"] for c in result["configs"]]
+    acc = {
+        (r["config"], r["ctx"]): r
+        for r in result["summary"]
+        if r["probe"] == "needle" and r["metric"] == "accuracy"
+    }
+    table = Table(
+        title=f"Needle accuracy (95% Wilson interval), {plain(result['scenario']['name'])} scenario, "
+        f"{plain(result['run']['mode'])} mode"
+    )
+    table.add_column("context", justify="right", no_wrap=True)
+    table.add_column("n", justify="right", no_wrap=True)
+    for cid in configs:
+        table.add_column(plain(cid) + (" (baseline)" if cid == baseline else ""), justify="right")
+        if baseline and cid != baseline:
+            table.add_column(f"Δ {plain(cid)}", justify="right")
+    for ctx in result["run"]["checkpoints"]:
+        row = [str(ctx)]
+        ns = {acc[(c, ctx)]["n"] for c in configs if (c, ctx) in acc}
+        row.append("/".join(str(n) for n in sorted(ns)) or "0")
+        base = acc.get((baseline, ctx)) if baseline else None
+        for cid in configs:
+            r = acc.get((cid, ctx))
+            row.append(fmt_ci(r["value"], r["ci"]) if r else "-")
+            if baseline and cid != baseline:
+                if r and base:
+                    delta = r["value"] - base["value"]
+                    style = "red" if delta < 0 else ("green" if delta > 0 else "")
+                    row.append(f"[{style}]{delta:+.2f}[/]" if style else f"{delta:+.2f}")
+                else:
+                    row.append("-")
+        table.add_row(*row)
+    return table
+
+
+register(NeedleProbe())

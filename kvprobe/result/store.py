@@ -1,0 +1,211 @@
+"""Result files on disk: written atomically and durably, read back validated and migrated to
+the current schema (docs/result-schema.md). Nothing else opens a result file."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kvprobe.errors import UserError
+
+SCHEMA_VERSION = 2
+ResultDoc = dict[str, Any]
+
+
+def default_out_path(created: str, model_name: str, config_ids: list[str], ctx: int) -> Path:
+    stamp = created.replace("-", "").replace(":", "").replace("Z", "")
+    stem = Path(model_name).stem.replace(" ", "_")
+    caches = "+".join(c.replace("=", "").replace(",", "-") for c in config_ids)
+    return Path("results") / f"{stamp}-{stem}-{caches}-{ctx}.json"
+
+
+def finite_json(value: Any, where: str = "$") -> tuple[Any, list[str]]:
+    """`value` with every NaN and infinity replaced by null (JSON has neither), and the
+    JSON paths where that happened; numpy scalars become plain numbers."""
+    if isinstance(value, dict):
+        out_d: dict[str, Any] = {}
+        found: list[str] = []
+        for k, v in value.items():
+            out_d[k], sub = finite_json(v, f"{where}.{k}")
+            found += sub
+        return out_d, found
+    if isinstance(value, (list, tuple)):
+        out_l: list[Any] = []
+        found = []
+        for i, v in enumerate(value):
+            item, sub = finite_json(v, f"{where}[{i}]")
+            out_l.append(item)
+            found += sub
+        return out_l, found
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not np.isfinite(value):
+        return None, [where]
+    return value, []
+
+
+def write_result(doc: dict[str, Any], path: Path) -> Path:
+    """Write atomically and durably: a temporary file in the same folder, fsync'd, renamed,
+    and the folder fsync'd. NaN and infinity become null, listed in `non_finite`. If the
+    folder cannot take it (disk full, read-only), the result goes to a recovery file in the
+    temporary directory and the UserError says where: a finished run is never lost."""
+    clean, non_finite = finite_json({k: v for k, v in doc.items() if k != "non_finite"})
+    clean["non_finite"] = non_finite
+    text = json.dumps(clean, indent=1, allow_nan=False) + "\n"
+    try:
+        _write_atomically(text, path)
+    except OSError as exc:
+        recovery = _recover(text, path)
+        where = f"saved it to {recovery}" if recovery else "could not save it anywhere else either"
+        raise UserError(
+            f"cannot write the result to {path} ({exc.strerror or exc}); kvprobe {where}: "
+            "free space or choose another --out"
+        ) from None
+    return path
+
+
+def _write_atomically(text: str, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    umask = os.umask(0)
+    os.umask(umask)
+    try:
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; a result file is an ordinary file
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    try:  # best effort: the rename itself survives a crash (not every OS or file system allows it)
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError:
+        pass
+
+
+def _recover(text: str, path: Path) -> Path | None:
+    try:
+        fd, name = tempfile.mkstemp(prefix=f"kvprobe-recovered-{path.stem}-", suffix=".json")
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            with contextlib.suppress(OSError):  # a recovery file that is not synced beats none
+                os.fsync(fh.fileno())
+        return Path(name)
+    except OSError:
+        return None
+
+
+# --- reading ------------------------------------------------------------------------------
+
+
+def _rename_first_difference(doc: ResultDoc) -> None:
+    """v1 -> v2: the repetition metric "divergence_index" is "first_difference" ("divergence"
+    names only the KL probe)."""
+    for it in [*doc.get("items", []), *(doc.get("text_items") or [])]:
+        if isinstance(it, dict) and "divergence_index" in it:
+            it["first_difference"] = it.pop("divergence_index")
+    for row in doc.get("summary", []):
+        if isinstance(row, dict) and row.get("metric") == "divergence_index":
+            row["metric"] = "first_difference"
+
+
+# Each step takes a document of version N (the key) to N + 1, in place.
+MIGRATIONS: dict[int, Callable[[ResultDoc], None]] = {1: _rename_first_difference}
+
+
+def _expect(path: Path, where: str, value: Any, kind: type | tuple[type, ...], what: str) -> None:
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise UserError(f"result file {path}: {where} must be {what}; use an intact file or run it again")
+
+
+def validate(doc: Any, path: Path) -> ResultDoc:
+    """The checks every reader relies on, each failing with one line that names the field."""
+    _expect(path, "the file", doc, dict, "a JSON object")
+    missing = [k for k in REQUIRED_FIELDS if k not in doc]
+    if missing:
+        raise UserError(f"result file {path} is incomplete: missing {', '.join(missing)}; run it again")
+    _expect(path, "configs", doc["configs"], list, "a list")
+    ids = []
+    for i, c in enumerate(doc["configs"]):
+        _expect(path, f"configs[{i}]", c, dict, "an object")
+        for key in ("id", "type_k", "type_v"):
+            _expect(path, f"configs[{i}].{key}", c.get(key), str, "text")
+        ids.append(c["id"])
+    if doc["baseline"] is not None and doc["baseline"] not in ids:
+        raise UserError(
+            f"result file {path}: baseline {str(doc['baseline'])[:40]!r} is not one of its configs"
+        )
+    _expect(path, "model", doc["model"], dict, "an object")
+    _expect(path, "model.sha256", doc["model"].get("sha256"), str, "text")
+    _expect(path, "scenario", doc["scenario"], dict, "an object")
+    _expect(path, "scenario.sha256", doc["scenario"].get("sha256"), str, "text")
+    _expect(path, "run", doc["run"], dict, "an object")
+    for key in ("ctx", "seed"):
+        _expect(path, f"run.{key}", doc["run"].get(key), int, "a whole number")
+    _expect(path, "run.checkpoints", doc["run"].get("checkpoints"), list, "a list")
+    for field in ("items", "summary"):
+        _expect(path, field, doc[field], list, "a list")
+        for i, row in enumerate(doc[field]):
+            _expect(path, f"{field}[{i}]", row, dict, "an object")
+            _expect(path, f"{field}[{i}].probe", row.get("probe"), str, "text")
+            _expect(path, f"{field}[{i}].config", row.get("config"), str, "text")
+            _expect(path, f"{field}[{i}].ctx", row.get("ctx"), int, "a whole number")
+    checked: ResultDoc = doc
+    return checked
+
+
+@dataclass(frozen=True)
+class Result:
+    """A result file, validated and migrated to SCHEMA_VERSION."""
+
+    path: Path
+    doc: ResultDoc
+    read_version: int  # the schema version the file was written in
+
+    @classmethod
+    def load(cls, path: Path) -> Result:
+        try:
+            doc = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise UserError(f"result file {path} not found") from None
+        except (OSError, ValueError) as exc:
+            raise UserError(f"result file {path} is not valid JSON ({exc})") from None
+        version = doc.get("schema_version") if isinstance(doc, dict) else None
+        if not isinstance(version, int) or isinstance(version, bool) or not 1 <= version <= SCHEMA_VERSION:
+            raise UserError(
+                f"result file {path} has schema_version {version!r}; this kvprobe reads versions 1 to "
+                f"{SCHEMA_VERSION}: a newer file needs a newer kvprobe"
+            )
+        validate(doc, path)
+        for step in range(version, SCHEMA_VERSION):
+            MIGRATIONS[step](doc)
+        doc["schema_version"] = SCHEMA_VERSION
+        if doc.get("verdict") is None and "statistics" not in doc:
+            # Written before kvprobe kept statistics beside the items: compute them from the file.
+            from kvprobe.result.document import add_statistics
+
+            add_statistics(doc)
+        return cls(path, doc, version)
+
+
+def load_result(path: Path) -> ResultDoc:
+    """The document of a result file, validated and migrated (see Result)."""
+    return Result.load(path).doc
+
+
+REQUIRED_FIELDS = ("configs", "baseline", "model", "scenario", "run", "items", "summary")

@@ -1,0 +1,400 @@
+"""`kvprobe run` in three steps: validate the request (every precondition, before any model
+is hashed or loaded), execute it (load the models, run the probes), and assemble the result."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import sys
+import tempfile
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from kvprobe import __version__
+from kvprobe.cache_types import CacheConfig, ConfigId, check_cache_type, check_flash_attn
+from kvprobe.display import plain
+from kvprobe.errors import Interrupted, UserError
+from kvprobe.kernel_check import KernelDecision
+
+if TYPE_CHECKING:  # the runner imports llama.cpp: only a run that gets past validation pays for it
+    from kvprobe.plan.scenario import Scenario
+    from kvprobe.result.records import RunOutcome
+    from kvprobe.runner import RunSettings
+
+
+def parse_configs(args: argparse.Namespace) -> tuple[list[CacheConfig], str | None]:
+    """Baseline first, then the requested configurations, without duplicates."""
+    configs: list[CacheConfig] = []
+    for name in args.cache:
+        t = check_cache_type(name)
+        configs.append(CacheConfig(t, t))
+    if (args.cache_k is None) != (args.cache_v is None):
+        raise UserError("--cache-k and --cache-v go together: give both for an asymmetric pair")
+    if args.cache_k is not None:
+        configs.append(CacheConfig(check_cache_type(args.cache_k), check_cache_type(args.cache_v)))
+    if getattr(args, "split_kv", False):
+        quantized = [c.type_k for c in configs if c.type_k == c.type_v and c.k_quantized]
+        if not quantized:
+            raise UserError(
+                "--split-kv splits a quantized cache: give --cache q4_0 (or another quantized type)"
+            )
+        for t in quantized:
+            configs += [CacheConfig(t, "f16"), CacheConfig("f16", t)]
+    baseline: CacheConfig | None = None
+    if args.baseline.strip().lower() != "none":
+        b = check_cache_type(args.baseline)
+        baseline = CacheConfig(b, b)
+    ordered: list[CacheConfig] = [baseline] if baseline else []
+    for c in configs:
+        if c not in ordered:
+            ordered.append(c)
+    if not ordered:
+        raise UserError("nothing to run: give --cache TYPE, or a --baseline other than none")
+    return ordered, baseline.id if baseline else None
+
+
+def check_out_path(path: Path, force: bool) -> None:
+    """Fail before a long run, not after it; never overwrite an earlier result silently."""
+    if path.is_dir():
+        raise UserError(f"--out {path} is a folder: give a file name ending in .json")
+    if path.exists() and not force:
+        raise UserError(f"--out {path} already exists: choose another name or pass --force")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(
+            f"cannot create the folder for --out {path} ({exc.strerror}): choose another path"
+        ) from None
+    try:  # a real write, not os.access: root passes access() on a read-only file system
+        fd, probe = tempfile.mkstemp(prefix=".kvprobe-write-check-", dir=path.parent)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise UserError(
+            f"folder {path.parent} is not writable ({exc.strerror}): choose another --out"
+        ) from None
+
+
+def _kernel_decision(
+    args: argparse.Namespace, model_paths: list[Path], gpu_layers: int, console: Console
+) -> KernelDecision:
+    """Extra buffer types on or off for the whole run (see kvprobe.kernel_check)."""
+    from kvprobe.kernel_check import check_models, fallback_message
+
+    def announce(path: Path) -> None:
+        console.print(
+            f"checking llama.cpp's CPU kernels with {path.name} in a child process "
+            "(once per llama.cpp build, CPU and weight types)",
+            markup=False,
+            highlight=False,
+        )
+
+    decision, system_info = check_models(
+        model_paths,
+        n_gpu_layers=gpu_layers,
+        n_threads=args.threads,
+        no_repack=args.no_repack,
+        on_check=announce,
+    )
+    if decision.check == "crashed":
+        line = f"kernels: {fallback_message(decision, system_info)}"
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
+    elif decision.check == "inconclusive":
+        console.print(f"kernels: {decision.reason}", markup=False, highlight=False, soft_wrap=True)
+    return decision
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    """A `kvprobe run` whose every precondition has been checked, before any model file is
+    hashed or loaded."""
+
+    configs: list[CacheConfig]
+    baseline: str | None
+    scenario: Scenario
+    model_paths: list[Path]
+    facts: list[dict[str, Any]]  # doctor facts per model (headers only)
+    gpu_layers: int
+    out_path: Path
+    created: str
+    settings: RunSettings
+    null_check: bool
+    threads: int | None
+    no_repack: bool
+    warnings: list[str]
+
+
+@dataclass(frozen=True)
+class RunExecution:
+    """What running the probes gave, and what the engine reports it used."""
+
+    outcome: RunOutcome
+    baseline: str | None  # "ref:f16" in the weights-vs-KV design
+    runtime: dict[str, Any]
+
+
+def validate_run(args: argparse.Namespace) -> RunRequest:
+    """Step 1: every check a run can fail, in one pass over the arguments, the scenario and
+    the model headers. Nothing is hashed, loaded or written."""
+    from dataclasses import replace
+
+    from kvprobe.engine import gpu_offload_supported
+    from kvprobe.plan.scenario import HaystackSpec, load_scenario
+    from kvprobe.probes import check_mode, selected
+    from kvprobe.provenance import default_model_path, memory_gb
+    from kvprobe.result.document import utc_now
+    from kvprobe.result.store import default_out_path
+    from kvprobe.runner import RunSettings
+    from kvprobe.weights.doctor import read_facts
+    from kvprobe.weights.memory import check_fits, run_memory
+
+    configs, baseline = parse_configs(args)
+    scenario = load_scenario(args.scenario)
+    if args.haystack:
+        kind = args.haystack if args.haystack in ("prose", "noise") else "file"
+        if kind == "file" and not Path(args.haystack).is_file():
+            raise UserError(f"--haystack {args.haystack!r}: not prose, noise, or an existing text file")
+        scenario = replace(scenario, haystack=HaystackSpec(kind, "" if kind != "file" else args.haystack))
+    if scenario.haystack.kind == "file":
+        from kvprobe.plan.haystack import read_user_text
+
+        read_user_text(scenario.haystack.path)  # refused now, not after the models are hashed and loaded
+    if args.threads is not None and args.threads < 1:
+        raise UserError("--threads must be at least 1")
+    if args.gpu_layers is not None and args.gpu_layers < -1:
+        raise UserError(f"--gpu-layers must be -1 (all) or a number of layers >= 0, got {args.gpu_layers}")
+    check_flash_attn(configs, not args.no_flash_attn)
+    model_paths = [Path(p).expanduser() for p in args.model] or [default_model_path()]
+    if len(model_paths) > 2:
+        raise UserError("--model takes one file, or two (REF then TEST) for the weights-vs-KV design")
+    if len(model_paths) == 2 and (
+        baseline is None or not any(c.k_quantized or c.v_quantized for c in configs)
+    ):
+        raise UserError(
+            "two --model files run the 2x2 weights-vs-KV design: give a quantized --cache (e.g. q4_0) "
+            "and keep the f16 baseline"
+        )
+    if args.null_check and "divergence" not in scenario.probes:
+        raise UserError("--null-check needs the divergence probe: use --scenario divergence or default")
+    check_mode(scenario.probes, args.mode)
+    for probe in selected(scenario.probes, args.mode):
+        probe.check_run(scenario, mode=args.mode, ctx=args.ctx, baseline=baseline, null_check=args.null_check)
+    facts = [read_facts(p) for p in model_paths]  # checks the files are GGUF before llama.cpp sees them
+    gpu_layers = args.gpu_layers if args.gpu_layers is not None else (-1 if gpu_offload_supported() else 0)
+    if gpu_layers == 0 or not gpu_offload_supported():
+        need = run_memory(facts, configs, args.ctx + 256, scenario.plan.chunk, 1 if args.null_check else 0)
+        check_fits(need, memory_gb(), args.ctx)
+    created = utc_now()
+    out_path = (
+        Path(args.out)
+        if args.out
+        else default_out_path(
+            created, "-vs-".join(p.stem for p in model_paths), [c.id for c in configs], args.ctx
+        )
+    )
+    check_out_path(out_path, force=args.force)
+    warnings: list[str] = []
+    n_ctx_train = facts[0]["n_ctx_train"]
+    if args.ctx > n_ctx_train > 0:
+        warnings.append(
+            f"--ctx {args.ctx} exceeds the model's training context ({n_ctx_train} tokens): "
+            "results past it measure the model outside its design, not the cache"
+        )
+    if gpu_layers != 0 and any(c.type_k != c.type_v for c in configs):
+        warnings.append(
+            "on CUDA, llama.cpp compiles flash-attention kernels only for matching K/V types unless built "
+            "with -DGGML_CUDA_FA_QUANTS=all: an asymmetric pair runs on a much slower path"
+        )
+    settings = RunSettings(
+        ctx=args.ctx,
+        seed=args.seed,
+        mode=args.mode,
+        flash_attn=not args.no_flash_attn,
+        attn_rotation=not args.no_rotation,
+    )
+    return RunRequest(
+        configs=configs,
+        baseline=baseline,
+        scenario=scenario,
+        model_paths=model_paths,
+        facts=facts,
+        gpu_layers=gpu_layers,
+        out_path=out_path,
+        created=created,
+        settings=settings,
+        null_check=args.null_check,
+        threads=args.threads,
+        no_repack=args.no_repack,
+        warnings=warnings,
+    )
+
+
+def execute_run(request: RunRequest, kernels: KernelDecision, console: Console) -> RunExecution:
+    """Step 2: load the models and run every probe in lockstep, with a progress bar."""
+    from kvprobe import engine
+    from kvprobe.runner import Runner, run_probes
+
+    paths = request.model_paths
+    labels = ["ref", "test"] if len(paths) == 2 else []
+    baseline = request.baseline
+    with contextlib.ExitStack() as stack:
+        loaded = [
+            stack.enter_context(
+                engine.Model(
+                    p,
+                    n_gpu_layers=request.gpu_layers,
+                    n_threads=request.threads,
+                    use_extra_bufts=kernels.extra_bufts,
+                )
+            )
+            for p in paths
+        ]
+        models = dict(zip(labels, loaded, strict=True)) if labels else None
+        if models and loaded[0].vocabulary_digest() != loaded[1].vocabulary_digest():
+            raise UserError(
+                f"{paths[0].name} and {paths[1].name} have different tokenizers: the 2x2 design "
+                "needs identical items; run them separately and use `kvprobe compare` (unpaired)"
+            )
+        if models and baseline is not None:
+            baseline = str(replace(ConfigId.parse(baseline), weights="ref"))
+        runner = Runner(loaded[0], request.scenario, request.settings, baseline, request.null_check)
+        columns = (
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TextColumn("{task.percentage:>3.0f}%"),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+        )
+        with Progress(*columns, console=console, transient=True) as bar:
+            n_runs = len(request.configs) * len(paths)
+            task = bar.add_task("starting", total=runner.planned_tokens(n_runs))
+
+            def progress(n_tokens: int, what: str) -> None:
+                bar.update(task, advance=n_tokens, description=plain(what))
+
+            outcome = run_probes(runner, request.configs, progress, models=models)
+        info = engine.runtime_info()
+        settings = request.settings
+        runtime = {
+            **info,
+            "backend": "gpu" if request.gpu_layers != 0 and info["gpu_offload_supported"] else "cpu",
+            "n_threads": loaded[0].n_threads,
+            "n_gpu_layers": request.gpu_layers,
+            **kernels.runtime(),
+            "weight_buffers_mib": {p.name: m.weight_buffers for p, m in zip(paths, loaded, strict=True)},
+            "n_ctx": outcome.n_ctx,
+            "n_batch": outcome.chunk,
+            "n_ubatch": outcome.chunk,
+            "n_seq_max": outcome.n_seq_max,
+            **engine.FIXED_SETTINGS,
+            "flash_attn": settings.flash_attn,
+            "attn_rotation": settings.attn_rotation,
+            "env_LLAMA_ATTN_ROT_DISABLE": "0" if settings.attn_rotation else "1",
+        }
+    return RunExecution(outcome, baseline, runtime)
+
+
+def assemble_run(
+    request: RunRequest, infos: list[dict[str, Any]], execution: RunExecution, command: str
+) -> dict[str, Any]:
+    """Step 3: the result document as measured (statistics follow once it is on disk)."""
+    from kvprobe.provenance import host_info
+    from kvprobe.result.document import build_result
+
+    labels = ["ref", "test"] if len(infos) == 2 else []
+    outcome = execution.outcome
+    return build_result(
+        created=request.created,
+        command=command,
+        model=infos[0],
+        models=dict(zip(labels, infos, strict=True)) if labels else None,
+        runtime=execution.runtime,
+        host=host_info(),
+        outcome=outcome,
+        baseline=execution.baseline,
+        scenario=request.scenario,
+        run={
+            "ctx": request.settings.ctx,
+            "seed": request.settings.seed,
+            "mode": request.settings.mode,
+            "checkpoints": outcome.checkpoints,
+            "chunk": outcome.chunk,
+            "null_check": request.null_check,
+        },
+        warnings=request.warnings,
+    )
+
+
+def _describe_models(request: RunRequest) -> tuple[list[dict[str, Any]], dict[Path, list[str]]]:
+    """Path, sha256 and metadata per model (hashing reads the whole file: after validation),
+    with the doctor's findings; and the serious findings per file, to show before the run."""
+    from dataclasses import asdict
+
+    from kvprobe.weights.doctor import findings
+    from kvprobe.weights.model_info import read_model_info
+
+    infos: list[dict[str, Any]] = []
+    serious: dict[Path, list[str]] = {}
+    for path, facts in zip(request.model_paths, request.facts, strict=True):
+        info = read_model_info(path)
+        found = findings(facts)
+        info["findings"] = [asdict(f) for f in found]
+        infos.append(info)
+        if messages := [f.message for f in found if f.severity == "serious"]:
+            serious[path] = messages
+    return infos, serious
+
+
+def cmd_run(args: argparse.Namespace, console: Console) -> int:
+    from kvprobe.result.document import add_statistics
+    from kvprobe.result.store import write_result
+
+    request = validate_run(args)
+    infos, serious = _describe_models(request)
+    for w in request.warnings:
+        console.print(f"[yellow]warning:[/] {plain(w)}")
+    for path, messages in serious.items():
+        console.print(
+            f"[bold red]model:[/] {plain('; '.join(messages))} "
+            f"(`kvprobe doctor {plain(path)}` explains; results will show it)",
+            highlight=False,
+        )
+    kernels = _kernel_decision(args, request.model_paths, request.gpu_layers, console)
+    console.print(
+        f"kvprobe {__version__}: {' vs '.join(p.name for p in request.model_paths)}, "
+        f"caches {', '.join(c.id for c in request.configs)}, ctx {request.settings.ctx}, "
+        f"scenario {request.scenario.name}, {request.settings.mode} mode",
+        markup=False,
+        highlight=False,
+    )
+    execution = execute_run(request, kernels, console)
+    doc = assemble_run(request, infos, execution, " ".join(["kvprobe", *sys.argv[1:]]))
+    out_path = request.out_path
+    write_result(doc, out_path)  # the measurements are on disk before any statistic runs
+    try:
+        add_statistics(doc, execution.outcome.measured)
+    except KeyboardInterrupt:
+        raise Interrupted(
+            f"interrupted while computing statistics; the measured items are in {out_path} "
+            "(statistics.complete: false)"
+        ) from None
+    write_result(doc, out_path)
+    from kvprobe.views.terminal import print_run_report
+
+    print_run_report(doc, console)
+    for failed in doc["statistics"]["errors"]:
+        console.print(
+            f"statistics: the {failed['what']} could not be computed ({failed['error']}); "
+            "the measured items are in the result file",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
+    console.print(f"result: {out_path}", markup=False, highlight=False)
+    return 0

@@ -1,0 +1,72 @@
+"""Every metric kvprobe reports, declared once by the probe that makes it: whether it is
+pass/fail, which way is worse, what it is computed from, what change `compare` marks and what
+the verdict calls negligible. Summaries, compare and the verdict read this table.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+ALPHA = 0.05  # every test and onset in kvprobe
+MIN_RELATIVE_CHANGE = 0.10  # compare marks smaller changes of metrics without their own min_change
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One metric. `field` and `key` make it a per-item metric that pairs items across
+    configurations; `source` names the per-position array a divergence metric comes from."""
+
+    probe: str
+    name: str
+    binary: bool = False
+    lower_is_worse: bool | None = None  # None: no direction (compare does not mark it)
+    field: str | None = None  # the item field of a paired per-item metric
+    key: Callable[[dict[str, Any]], tuple[Any, ...]] | None = None
+    source: str | None = None  # the per-position array of a divergence metric
+    compared: bool = False  # `kvprobe compare` tests it (and `--fail-on` accepts it)
+    summary_mean: bool = False  # the summary reports its mean with a bootstrap interval
+    min_change: float | None = None  # compare marks a smaller change never (None: 10% relative)
+    negligible: float | None = None  # the verdict's "no effect" band for an interval
+
+    @property
+    def item_field(self) -> str:
+        if self.field is None:
+            raise TypeError(f"{self.name} is not a per-item metric")
+        return self.field
+
+    def pair_key(self, item: dict[str, Any]) -> tuple[Any, ...]:
+        """What pairs an item with the same item of another configuration."""
+        if self.key is None:
+            raise TypeError(f"{self.name} is not a per-item metric")
+        return self.key(item)
+
+
+def metric_table() -> tuple[Metric, ...]:
+    """The metrics of every registered probe, in registration order."""
+    from kvprobe.probes import all_probes
+
+    return tuple(m for p in all_probes() for m in p.metrics)
+
+
+def by_name(name: str) -> Metric:
+    found = {m.name: m for m in metric_table()}
+    if name not in found:
+        raise KeyError(f"no metric {name!r}")
+    return found[name]
+
+
+def paired_item_metrics() -> tuple[Metric, ...]:
+    return tuple(m for m in metric_table() if m.field is not None)
+
+
+def compared_metrics() -> tuple[str, ...]:
+    return tuple(m.name for m in metric_table() if m.compared)
+
+
+def lower_is_worse(name: str) -> bool:
+    direction = by_name(name).lower_is_worse
+    if direction is None:
+        raise KeyError(f"metric {name} has no direction")
+    return direction

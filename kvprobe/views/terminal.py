@@ -1,0 +1,91 @@
+"""Terminal output of a result document and of a comparison (never needs the model); each
+probe supplies its own tables."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from kvprobe.display import plain
+
+
+def print_run_report(doc: dict[str, Any], console: Console) -> None:
+    """Each probe's tables, the cost, the warnings and the verdict."""
+    from kvprobe.probes import all_probes
+
+    for probe in all_probes():
+        for renderable in probe.tables(doc):
+            console.print(renderable)
+    timing = doc["timing"]
+    ratio = timing["tokens_evaluated"] / max(1, timing["naive_tokens"])
+    console.print(
+        f"{timing['tokens_evaluated']:,} tokens evaluated in {timing['wall_s']:.0f} s "
+        f"({ratio:.2f} of the {timing['naive_tokens']:,} a one-prompt-per-cell grid would need)"
+    )
+    for warning in doc.get("warnings", []):
+        console.print(f"[yellow]warning:[/] {plain(warning)}")
+    verdict = doc.get("verdict")
+    if verdict and verdict["sentences"]:
+        console.print("[bold]Verdict[/]")
+        for sentence in verdict["sentences"]:
+            console.print(f"  • {sentence}", markup=False, highlight=False)
+
+
+MARK_STYLE = {
+    "worse": "bold red",
+    "better": "green",
+    "no significant change": "dim",
+    "not testable": "yellow",
+}
+
+
+def print_comparison(report: dict[str, Any], console: Console) -> None:
+    """One table per probe and metric: old, new, difference with its 95% interval, p, mark."""
+    console.print(f"kvprobe compare: {report['pairing']}", markup=False, highlight=False)
+    for note in report.get("notes", []):
+        console.print(f"note: {note}", markup=False, highlight=False)
+    left = report.get("unmatched", {})
+    for side in ("old", "new"):
+        if left.get(side):
+            console.print(
+                f"not compared ({side}): {', '.join(left[side])} (pair one with --map OLD=NEW)",
+                markup=False,
+                highlight=False,
+            )
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for row in report["rows"]:
+        groups.setdefault((row["probe"], row["metric"]), []).append(row)
+    for (probe, metric), rows in groups.items():
+        table = Table(title=f"{probe}: {metric} ({rows[0]['test']})")
+        for col in ("config", "context", "old", "new", "difference [95% CI]", "p", ""):
+            table.add_column(col, justify="left" if col in ("config", "") else "right", no_wrap=True)
+        for r in rows:
+            config = plain(
+                r["config_old"]
+                if r["config_old"] == r["config_new"]
+                else f"{r['config_old']} → {r['config_new']}"
+            )
+            ctx = "all" if r.get("scope") == "pooled" else plain(r["ctx"])
+            mark = f"[{MARK_STYLE[r['mark']]}]{r['mark']}[/]"
+            table.add_row(
+                config, ctx, f"{r['old']:.4g}", f"{r['new']:.4g}",
+                f"{r['diff']:+.3g} [{r['ci'][0]:+.3g}, {r['ci'][1]:+.3g}]", f"{r['p']:.2g}", mark,
+            )  # fmt: skip
+        console.print(table)
+    worse = sum(r["mark"] == "worse" for r in report["rows"])
+    better = sum(r["mark"] == "better" for r in report["rows"])
+    untestable = sum(r["mark"] == "not testable" for r in report["rows"])
+    rest = len(report["rows"]) - worse - better - untestable
+    console.print(
+        f"{worse} worse, {better} better, {rest} without a significant change"
+        + (f", {untestable} not testable (NaN: a gate on them fails)" if untestable else "")
+    )
+    for f in report.get("failures", []):
+        where = "all positions" if f.get("scope") == "pooled" else plain(f["ctx"])
+        console.print(
+            f"[bold red]FAIL[/] {plain(f['rule'])}: {plain(f['probe'])} {plain(f['metric'])} "
+            f"{plain(f['config_old'])} → {plain(f['config_new'])} at {where}: "
+            f"{f['diff']:+.3g} (p = {f['p']:.2g})"
+        )
