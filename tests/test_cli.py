@@ -122,7 +122,7 @@ def test_run_writes_a_complete_result(tmp_path: Path, tiny_model_path: Path, mod
     assert proc.stdout.strip().splitlines()[-1].endswith(str(out).split("/")[-1])
     doc = json.loads(out.read_text())
     assert set(doc) >= REQUIRED
-    assert doc["schema_version"] == 1
+    assert doc["schema_version"] == 2
     assert doc["baseline"] == "f16"
     assert [c["id"] for c in doc["configs"]] == ["f16", "q4_0", "k=q8_0,v=f16"]
     assert [(c["type_k"], c["type_v"]) for c in doc["configs"]] == [
@@ -188,8 +188,18 @@ def test_existing_out_is_never_overwritten(tmp_path: Path, tiny_model_path: Path
 
 
 def _minimal_result() -> dict[str, object]:
-    fields = ("configs", "baseline", "model", "scenario", "run", "items", "summary")
-    return {"schema_version": 1, **{key: [] for key in fields}}
+    """The smallest document the loader accepts (kvprobe.result.store.validate)."""
+    return {
+        "schema_version": 2,
+        "configs": [{"id": "f16", "type_k": "f16", "type_v": "f16"}],
+        "baseline": "f16",
+        "model": {"sha256": "0" * 64},
+        "scenario": {"name": "x", "sha256": "0" * 64},
+        "run": {"ctx": 1024, "seed": 0, "checkpoints": [1024]},
+        "items": [],
+        "summary": [],
+        "statistics": {"complete": True, "errors": []},
+    }
 
 
 def test_result_file_is_written_atomically_with_ordinary_permissions(tmp_path: Path) -> None:
@@ -227,13 +237,13 @@ def test_a_failed_write_keeps_the_earlier_file_and_leaves_no_temporary(
 
     monkeypatch.setattr(os, "fsync", full)
     with pytest.raises(UserError, match="No space left on device") as info:
-        write_result({**_minimal_result(), "items": [{"probe": "needle"}]}, path)
+        write_result({**_minimal_result(), "items": [{"probe": "needle", "config": "f16", "ctx": 1024}]}, path)
     monkeypatch.undo()
     assert path.read_text() == '{"earlier": true}'  # the earlier file is untouched
     assert list(tmp_path.iterdir()) == [path]  # and no temporary file is left beside it
     saved = Path(str(info.value).split("saved it to ")[1].split(":", maxsplit=1)[0])
     try:
-        assert load_result(saved)["items"] == [{"probe": "needle"}]
+        assert load_result(saved)["items"] == [{"probe": "needle", "config": "f16", "ctx": 1024}]
     finally:
         saved.unlink()
 
@@ -241,10 +251,11 @@ def test_a_failed_write_keeps_the_earlier_file_and_leaves_no_temporary(
 def test_nan_and_infinity_become_null_and_the_file_says_where(tmp_path: Path) -> None:
     from kvprobe.result.store import load_result, write_result
 
-    doc = {**_minimal_result(), "summary": [{"value": float("nan"), "ci": [0.1, float("inf")]}]}
+    where = {"probe": "needle", "config": "f16", "ctx": 1024}
+    doc = {**_minimal_result(), "summary": [{**where, "value": float("nan"), "ci": [0.1, float("inf")]}]}
     write_result(doc, tmp_path / "r.json")
     back = load_result(tmp_path / "r.json")
-    assert back["summary"] == [{"value": None, "ci": [0.1, None]}]
+    assert back["summary"] == [{**where, "value": None, "ci": [0.1, None]}]
     assert back["non_finite"] == ["$.summary[0].value", "$.summary[0].ci[1]"]
 
 
@@ -255,12 +266,12 @@ def test_a_result_that_cannot_be_written_is_saved_elsewhere(tmp_path: Path) -> N
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
     with pytest.raises(UserError) as info:
-        write_result({**_minimal_result(), "items": [{"probe": "needle"}]}, blocker / "r.json")
+        write_result({**_minimal_result(), "items": [{"probe": "needle", "config": "f16", "ctx": 1024}]}, blocker / "r.json")
     message = str(info.value)
     assert "\n" not in message
     saved = Path(message.split("saved it to ")[1].split(":", maxsplit=1)[0])
     try:
-        assert load_result(saved)["items"] == [{"probe": "needle"}]  # nothing measured is lost
+        assert load_result(saved)["items"] == [{"probe": "needle", "config": "f16", "ctx": 1024}]  # nothing measured is lost
     finally:
         saved.unlink()
 
