@@ -441,24 +441,24 @@ def feed_lockstep(
         part = tokens[i : i + chunk - (pos0 % chunk)]
         want = range(len(part)) if on_chunk else ()
         views = []
-        for ctx in contexts:
-            ctx._decode(part, pos0, DOC_SEQ, want=want)
+        for context in contexts:
+            context._decode(part, pos0, DOC_SEQ, want=want)
             if on_chunk:
-                views.append(ctx._logits_rows(len(part)))
+                views.append(context._logits_rows(len(part)))
         if on_chunk:
             on_chunk(pos0, views)
-        for ctx in contexts:
-            ctx.n_past += len(part)
+        for context in contexts:
+            context.n_past += len(part)
         i += len(part)
 
 
 class _ForkGroup:
     """Bookkeeping for parallel forks: sequence ids 1..k, removed on exit."""
 
-    def __init__(self, ctx: Context, n: int):
-        if n + 1 > ctx.settings.n_seq_max:
+    def __init__(self, context: Context, n: int):
+        if n + 1 > context.settings.n_seq_max:
             raise EngineError(f"{n} parallel forks need n_seq_max >= {n + 1}")
-        self.ctx = ctx
+        self.context = context
         self.seqs = list(range(FORK_SEQ, FORK_SEQ + n))
 
     def __enter__(self) -> list[int]:
@@ -466,32 +466,32 @@ class _ForkGroup:
 
     def __exit__(self, *exc: object) -> None:
         for seq in self.seqs:
-            llama_cpp.llama_memory_seq_rm(self.ctx._mem, seq, -1, -1)
+            llama_cpp.llama_memory_seq_rm(self.context._mem, seq, -1, -1)
 
 
-def generate_forks(ctx: Context, prefixes: Sequence[Sequence[int]], max_tokens: int) -> list[list[int]]:
+def generate_forks(context: Context, prefixes: Sequence[Sequence[int]], max_tokens: int) -> list[list[int]]:
     """Greedy continuations of the document cut at several points, in parallel sequences.
 
-    `prefixes[j]` are the document's first p_j tokens (p_j <= ctx.n_past). Each fork shares
+    `prefixes[j]` are the document's first p_j tokens (p_j <= context.n_past). Each fork shares
     the cells of positions < p_j - 1 and re-evaluates token p_j - 1 to get its first logits;
     every step then decodes one token per unfinished fork in a single batch.
     """
     points = [len(p) for p in prefixes]
-    if any(p < 2 or p > ctx.n_past for p in points):
-        raise EngineError(f"fork points {points} must lie in [2, {ctx.n_past}]")
+    if any(p < 2 or p > context.n_past for p in points):
+        raise EngineError(f"fork points {points} must lie in [2, {context.n_past}]")
     outs: list[list[int]] = [[] for _ in prefixes]
-    with _ForkGroup(ctx, len(prefixes)) as seqs:
+    with _ForkGroup(context, len(prefixes)) as seqs:
         for seq, p in zip(seqs, points, strict=True):
-            llama_cpp.llama_memory_seq_cp(ctx._mem, DOC_SEQ, seq, 0, p - 1)
+            llama_cpp.llama_memory_seq_cp(context._mem, DOC_SEQ, seq, 0, p - 1)
         active = list(range(len(prefixes)))
         tokens = [prefixes[j][-1] for j in active]
         positions = [points[j] - 1 for j in active]
         for _ in range(max_tokens):
-            ctx._decode_rows(tokens, positions, [seqs[j] for j in active], want=range(len(active)))
-            nxt = [int(np.argmax(ctx._logits(i))) for i in range(len(active))]
+            context._decode_rows(tokens, positions, [seqs[j] for j in active], want=range(len(active)))
+            nxt = [int(np.argmax(context._logits(i))) for i in range(len(active))]
             still: list[int] = []
             for j, tok in zip(active, nxt, strict=True):
-                if ctx.model.is_eog(tok):
+                if context.model.is_eog(tok):
                     continue
                 outs[j].append(tok)
                 if len(outs[j]) < max_tokens:

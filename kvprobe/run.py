@@ -374,21 +374,21 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
         highlight=False,
     )
     execution = execute_run(request, kernels, console)
-    doc = assemble_run(request, infos, execution, " ".join(["kvprobe", *sys.argv[1:]]))
+    result = assemble_run(request, infos, execution, " ".join(["kvprobe", *sys.argv[1:]]))
     out_path = request.out_path
-    write_result(doc, out_path)  # the measurements are on disk before any statistic runs
+    write_result(result, out_path)  # the measurements are on disk before any statistic runs
     try:
-        add_statistics(doc, execution.outcome.measured)
+        add_statistics(result, execution.outcome.measured)
     except KeyboardInterrupt:
         raise Interrupted(
             f"interrupted while computing statistics; the measured items are in {out_path} "
             "(statistics.complete: false)"
         ) from None
-    write_result(doc, out_path)
+    write_result(result, out_path)
     from kvprobe.views.terminal import print_run_report
 
-    print_run_report(doc, console)
-    for failed in doc["statistics"]["errors"]:
+    print_run_report(result, console)
+    for failed in result["statistics"]["errors"]:
         console.print(
             f"statistics: the {failed['what']} could not be computed ({failed['error']}); "
             "the measured items are in the result file",

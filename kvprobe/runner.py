@@ -167,7 +167,7 @@ def run_probes(
             for cid, _, _ in runs
         ]
         tokens_evaluated = sum(c.tokens_evaluated for c in contexts.values())
-        decode_s = {cid: round(ctx.busy_s, 2) for cid, ctx in contexts.items()}
+        decode_s = {cid: round(context.busy_s, 2) for cid, context in contexts.items()}
         null_tokens = null_context.tokens_evaluated if null_context else 0
     for run in runner.runs.values():
         run.finish(items)
@@ -194,8 +194,8 @@ def run_probes(
     )
 
 
-def _applied(config_id: str, ctx: Context) -> dict[str, Any]:
-    a = ctx.applied
+def _applied(config_id: str, context: Context) -> dict[str, Any]:
+    a = context.applied
     return {
         "id": config_id,
         "type_k": a.type_k,

@@ -237,7 +237,9 @@ def test_a_failed_write_keeps_the_earlier_file_and_leaves_no_temporary(
 
     monkeypatch.setattr(os, "fsync", full)
     with pytest.raises(UserError, match="No space left on device") as info:
-        write_result({**_minimal_result(), "items": [{"probe": "needle", "config": "f16", "ctx": 1024}]}, path)
+        write_result(
+            {**_minimal_result(), "items": [{"probe": "needle", "config": "f16", "ctx": 1024}]}, path
+        )
     monkeypatch.undo()
     assert path.read_text() == '{"earlier": true}'  # the earlier file is untouched
     assert list(tmp_path.iterdir()) == [path]  # and no temporary file is left beside it
@@ -266,12 +268,17 @@ def test_a_result_that_cannot_be_written_is_saved_elsewhere(tmp_path: Path) -> N
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
     with pytest.raises(UserError) as info:
-        write_result({**_minimal_result(), "items": [{"probe": "needle", "config": "f16", "ctx": 1024}]}, blocker / "r.json")
+        write_result(
+            {**_minimal_result(), "items": [{"probe": "needle", "config": "f16", "ctx": 1024}]},
+            blocker / "r.json",
+        )
     message = str(info.value)
     assert "\n" not in message
     saved = Path(message.split("saved it to ")[1].split(":", maxsplit=1)[0])
     try:
-        assert load_result(saved)["items"] == [{"probe": "needle", "config": "f16", "ctx": 1024}]  # nothing measured is lost
+        assert load_result(saved)["items"] == [
+            {"probe": "needle", "config": "f16", "ctx": 1024}
+        ]  # nothing measured is lost
     finally:
         saved.unlink()
 

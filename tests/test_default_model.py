@@ -40,7 +40,7 @@ def test_fork_equals_fresh_on_sliding_window_model(gemma: Model) -> None:
     """Gemma 3 uses a 512-token sliding window on 5 of 6 layers: forking past the
     window must still give the logits of a fresh evaluation."""
     settings = ContextSettings(n_ctx=2048, chunk=256, n_threads=2, flash_attn=True, attn_rotation=True)
-    text = " ".join(Path(p).read_text() for p in sorted(Path("kvprobe/haystacks/prose").glob("a*.txt")))
+    text = " ".join(Path(p).read_text() for p in sorted(Path("kvprobe/plan/haystacks/prose").glob("a*.txt")))
     doc = [gemma.bos or 2, *gemma.tokenize(text)][:1300]
     query = gemma.tokenize("\n\nThe bells were cast in")
     answer = gemma.tokenize(" bronze and tin")

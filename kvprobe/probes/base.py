@@ -33,6 +33,11 @@ class TextModel(Protocol):
 
     def detokenize(self, tokens: Sequence[int]) -> str: ...
 
+    def piece(self, token: int) -> str: ...
+
+    @property
+    def bos(self) -> int | None: ...
+
 
 @dataclass(frozen=True)
 class Budget:

@@ -58,9 +58,7 @@ class NeedleRun(ProbeRun):
         self.spec = setup.scenario.spec(NeedleSpec)
         self.classic = setup.mode == "classic"
         self.cells = (
-            build_classic_cells(setup.model, setup.scenario, setup.ctx, setup.seed)  # type: ignore[arg-type]
-            if self.classic
-            else []
+            build_classic_cells(setup.model, setup.scenario, setup.ctx, setup.seed) if self.classic else []
         )
         self.prompt_lengths = sorted({c.item.ctx for c in self.cells})
         items = (

@@ -206,20 +206,20 @@ def needle_inserts(
     ]
 
 
-def items_at(doc: Document, ctx: int) -> list[NeedleItem]:
-    """Every needle fully planted before `ctx` is queried at `ctx`."""
+def items_at(document: Document, length: int) -> list[NeedleItem]:
+    """Every needle fully planted before `length` is queried at that checkpoint."""
     return [
         NeedleItem(
-            doc=doc.index,
-            ctx=ctx,
+            doc=document.index,
+            ctx=length,
             key=n.key,
             expected=n.value,
             position=n.position,
-            depth=round(n.position / ctx, 4),
-            distance=ctx - n.end,
+            depth=round(n.position / length, 4),
+            distance=length - n.end,
         )
-        for n in doc.needles
-        if n.end <= ctx
+        for n in document.needles
+        if n.end <= length
     ]
 
 

@@ -115,8 +115,8 @@ class RepetitionRun(ProbeRun):
         """The document's own continuation at every continuation point: real text's level."""
         spec = self.spec
         return [
-            self.row(TEXT_ROWS, doc.index, length, p, doc.tokens[p : p + spec.tokens])
-            for doc in self.documents
+            self.row(TEXT_ROWS, document.index, length, p, document.tokens[p : p + spec.tokens])
+            for document in self.documents
             for length in self.checkpoints
             for p in continuation_points(length, spec.offsets, spec.stride)
         ]

@@ -36,7 +36,7 @@ def build_result(
     """The result document as measured: items, the probes' sections and provenance. `summary`,
     the onsets and `verdict` are empty until `add_statistics` fills them, so the measurements
     can be written before any statistic can fail."""
-    doc: ResultDoc = {
+    result: ResultDoc = {
         "schema_version": SCHEMA_VERSION,
         "kvprobe_version": __version__,
         "created": created,
@@ -61,29 +61,29 @@ def build_result(
         "verdict": None,
         "statistics": {"complete": False, "errors": list(outcome.errors)},
     }
-    return doc
+    return result
 
 
-def add_statistics(doc: ResultDoc, measured: dict[str, Any] | None = None) -> ResultDoc:
+def add_statistics(result: ResultDoc, measured: dict[str, Any] | None = None) -> ResultDoc:
     """Summary rows (each probe's), the onsets and the verdict, from the document's own items
     and sections; `measured` is the run's in-memory data per probe (RunOutcome.measured), read
     in place of the file's rounded copies. Each statistic is guarded: what fails is listed in
     `statistics.errors` and the rest is still computed."""
     labels = {p.summary_label for p in all_probes()} | {"verdict"}
-    earlier = [e for e in (doc.get("statistics") or {}).get("errors", []) if e.get("what") not in labels]
+    earlier = [e for e in (result.get("statistics") or {}).get("errors", []) if e.get("what") not in labels]
     errors: list[dict[str, str]] = list(earlier)  # what failed while measuring stays on record
-    doc["statistics"] = {"complete": False, "errors": errors}
-    seed = doc["run"]["seed"]
+    result["statistics"] = {"complete": False, "errors": errors}
+    seed = result["run"]["seed"]
     summary: list[dict[str, Any]] = []
     for probe in all_probes():
 
         def rows(p: Probe = probe) -> list[dict[str, Any]]:
-            return p.summary(doc, seed, (measured or {}).get(p.name))
+            return p.summary(result, seed, (measured or {}).get(p.name))
 
         summary += guarded(errors, probe.summary_label, rows) or []
-    doc["summary"] = summary
+    result["summary"] = summary
     from kvprobe.stats.verdict import build_verdict  # the verdict reads the assembled document
 
-    doc["verdict"] = guarded(errors, "verdict", lambda: build_verdict(doc, seed))
-    doc["statistics"]["complete"] = not errors
-    return doc
+    result["verdict"] = guarded(errors, "verdict", lambda: build_verdict(result, seed))
+    result["statistics"]["complete"] = not errors
+    return result

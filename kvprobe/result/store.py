@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from kvprobe.errors import UserError
+from kvprobe.errors import UserError, guarded
 
 SCHEMA_VERSION = 2
 ResultDoc = dict[str, Any]
@@ -195,11 +195,15 @@ class Result:
         for step in range(version, SCHEMA_VERSION):
             MIGRATIONS[step](doc)
         doc["schema_version"] = SCHEMA_VERSION
-        if doc.get("verdict") is None and "statistics" not in doc:
-            # Written before kvprobe kept statistics beside the items: compute them from the file.
-            from kvprobe.result.document import add_statistics
+        if "statistics" not in doc:  # written before statistics were guarded and recorded
+            if doc.get("verdict") is None:  # ... and before the verdict: add it from the file's rows
+                from kvprobe.stats.verdict import build_verdict
 
-            add_statistics(doc)
+                errors: list[dict[str, str]] = []
+                doc["verdict"] = guarded(errors, "verdict", lambda: build_verdict(doc, doc["run"]["seed"]))
+                doc["statistics"] = {"complete": not errors, "errors": errors}
+            else:  # a verdict was written only when every statistic had succeeded
+                doc["statistics"] = {"complete": True, "errors": []}
         return cls(path, doc, version)
 
 

@@ -205,28 +205,28 @@ def _kv_sentence(fault: str, why: str, k: dict[str, Any], v: dict[str, Any], qua
     return f"{head}: {why} (K-only: {_evidence_text(k)}; V-only: {_evidence_text(v)})."
 
 
-def build_verdict(doc: dict[str, Any], seed: int) -> dict[str, Any] | None:
+def build_verdict(result: dict[str, Any], seed: int) -> dict[str, Any] | None:
     """The result file's `verdict`: per test configuration, K-vs-V for split runs, sentences."""
-    baseline = doc.get("baseline")
+    baseline = result.get("baseline")
     if baseline is None:
         return None
-    onsets = (doc.get("divergence") or {}).get("onset", {})
+    onsets = (result.get("divergence") or {}).get("onset", {})
     per_config = {
-        c["id"]: config_verdict(doc["items"], baseline, c["id"], onsets.get(c["id"]), seed=seed)
-        for c in doc["configs"]
+        c["id"]: config_verdict(result["items"], baseline, c["id"], onsets.get(c["id"]), seed=seed)
+        for c in result["configs"]
         if c["id"] != baseline
     }
     quants = sorted(
-        {c["type_k"] for c in doc["configs"] if c["type_k"] == c["type_v"] and c["type_k"] != baseline}
+        {c["type_k"] for c in result["configs"] if c["type_k"] == c["type_v"] and c["type_k"] != baseline}
     )
-    halves = [kv for q in quants if (kv := k_vs_v(per_config, doc["summary"], q)) is not None]
+    halves = [kv for q in quants if (kv := k_vs_v(per_config, result["summary"], q)) is not None]
     for cid, v in per_config.items():  # the first probe (in registry order) with a sentence gives it
-        sentence = next((s for p in all_probes() if (s := p.sentence(doc, cid, baseline, v))), None)
+        sentence = next((s for p in all_probes() if (s := p.sentence(result, cid, baseline, v))), None)
         if sentence:
             v["sentence"] = sentence
     sentences = [v["sentence"] for v in per_config.values() if v.get("sentence")]
     sentences += [h["sentence"] for h in halves]
-    attribution = weights_vs_kv(doc, seed)
+    attribution = weights_vs_kv(result, seed)
     if attribution:
         sentences.append(attribution["sentence"])
     return {"configs": per_config, "k_vs_v": halves, "weights_vs_kv": attribution, "sentences": sentences}
@@ -272,16 +272,16 @@ def _negligible(metric: str) -> float:
     return band
 
 
-def weights_vs_kv(doc: dict[str, Any], seed: int) -> dict[str, Any] | None:
+def weights_vs_kv(result: dict[str, Any], seed: int) -> dict[str, Any] | None:
     """The KV effect at fixed weights, the weight effect at an f16 cache, their interaction,
     per checkpoint with intervals; and the fault: kv, weights, both, neither or inconclusive."""
-    ids = {c["id"] for c in doc["configs"]}
+    ids = {c["id"] for c in result["configs"]}
     parsed = [ConfigId.parse(i) for i in ids]
     caches = sorted({p.cache.id for p in parsed if p.weights == "ref" and p.cache.id != "f16"})
-    if not doc.get("models") or "test:f16" not in ids or not caches:
+    if not result.get("models") or "test:f16" not in ids or not caches:
         return None
     cache = caches[0]
-    items = doc["items"]
+    items = result["items"]
     effects: dict[str, Any] = {}
     for metric in ("accuracy", "answer_logprob"):
         kv_ref = [r for r in paired_rows(items, "ref:f16", f"ref:{cache}", seed) if r["metric"] == metric]
@@ -330,7 +330,7 @@ def weights_vs_kv(doc: dict[str, Any], seed: int) -> dict[str, Any] | None:
         if kv_rows and shortest
         else "no needle items to compare"
     )
-    names = {"ref": doc["models"]["ref"]["name"], "test": doc["models"]["test"]["name"]}
+    names = {"ref": result["models"]["ref"]["name"], "test": result["models"]["test"]["name"]}
     head = {
         "kv": f"The KV cache is at fault, not the weights: {names['test']} vs {names['ref']} with an f16 "
         "cache differ by less than the noise",

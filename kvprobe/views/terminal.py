@@ -11,22 +11,22 @@ from rich.table import Table
 from kvprobe.display import plain
 
 
-def print_run_report(doc: dict[str, Any], console: Console) -> None:
+def print_run_report(result: dict[str, Any], console: Console) -> None:
     """Each probe's tables, the cost, the warnings and the verdict."""
     from kvprobe.probes import all_probes
 
     for probe in all_probes():
-        for renderable in probe.tables(doc):
+        for renderable in probe.tables(result):
             console.print(renderable)
-    timing = doc["timing"]
+    timing = result["timing"]
     ratio = timing["tokens_evaluated"] / max(1, timing["naive_tokens"])
     console.print(
         f"{timing['tokens_evaluated']:,} tokens evaluated in {timing['wall_s']:.0f} s "
         f"({ratio:.2f} of the {timing['naive_tokens']:,} a one-prompt-per-cell grid would need)"
     )
-    for warning in doc.get("warnings", []):
+    for warning in result.get("warnings", []):
         console.print(f"[yellow]warning:[/] {plain(warning)}")
-    verdict = doc.get("verdict")
+    verdict = result.get("verdict")
     if verdict and verdict["sentences"]:
         console.print("[bold]Verdict[/]")
         for sentence in verdict["sentences"]:
