@@ -48,9 +48,13 @@ def registered(probe: Probe) -> Iterator[Probe]:
 
 
 def all_probes() -> list[Probe]:
-    """Every registered probe, built-in first, in registration order."""
+    """Every registered probe: the built-in ones in BUILT_IN order (whichever module was
+    imported first), then the others in registration order. This order is the order of item
+    rows, summary rows and tables, so it must not depend on import order."""
     _load_built_in()
-    return list(_probes.values())
+    rank = {module: i for i, module in enumerate(BUILT_IN)}
+    registered = list(_probes.values())
+    return sorted(registered, key=lambda p: (rank.get(type(p).__module__, len(rank)), registered.index(p)))
 
 
 def probe_names() -> list[str]:
