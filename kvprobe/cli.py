@@ -16,7 +16,7 @@ from rich.console import Console
 
 from kvprobe import __version__
 from kvprobe.display import SafeConsole
-from kvprobe.errors import EngineError, UserError
+from kvprobe.errors import EngineError, Interrupted, UserError
 
 if TYPE_CHECKING:  # runner imports llama.cpp: only `run` should pay for that
     pass
@@ -40,6 +40,24 @@ def _ctx(text: str) -> int:
     if value > MAX_CTX:
         raise argparse.ArgumentTypeError(f"--ctx must be at most {MAX_CTX} tokens, got {value}")
     return value
+
+
+def _duration(text: str) -> float:
+    """ "15m", "1h30m", "90s" or plain seconds -> seconds."""
+    import re
+
+    parts = re.fullmatch(
+        r"\s*(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m)?\s*(?:(\d+(?:\.\d+)?)s?)?\s*", text
+    )
+    if not text.strip() or parts is None or not any(parts.groups()):
+        raise argparse.ArgumentTypeError(
+            f"--time-budget takes a duration such as 15m, 2h or 90s, got {text!r}"
+        )
+    h, m, s = (float(g) if g else 0.0 for g in parts.groups())
+    seconds = 3600 * h + 60 * m + s
+    if seconds <= 0:
+        raise argparse.ArgumentTypeError(f"--time-budget must be longer than zero, got {text!r}")
+    return seconds
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -116,6 +134,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--out", help="result file (default results/<utc>-<model>-<caches>-<ctx>.json)")
     run.add_argument("--force", action="store_true", help="overwrite an existing --out file")
+    run.add_argument(
+        "--resume",
+        metavar="PATH",
+        help="continue an interrupted run from its journal (<out>.journal.jsonl, or the partial result "
+        "beside it); the original options are read from the journal",
+    )
+    run.add_argument(
+        "--time-budget",
+        type=_duration,
+        metavar="TIME",
+        help="end cleanly after the last whole unit that fits, e.g. 15m, 2h, 90s (resumable)",
+    )
 
     sub.add_parser("scenarios", help="list the bundled scenarios")
 
@@ -302,7 +332,11 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_quantize(args, console)
         from kvprobe.run import cmd_run
 
-        return cmd_run(args, console)
+        words = list(argv if argv is not None else sys.argv[1:])
+        return cmd_run(args, console, words[words.index("run") + 1 :])
+    except Interrupted as exc:
+        err.print(f"kvprobe: {exc}", markup=False, highlight=False, soft_wrap=True)
+        return exc.exit_code
     except UserError as exc:
         err.print(f"kvprobe: error: {exc}", markup=False, highlight=False, soft_wrap=True)
         return exc.exit_code

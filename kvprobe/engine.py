@@ -420,7 +420,10 @@ ChunkCallback = Callable[[int, list[np.ndarray]], None]
 
 
 def feed_lockstep(
-    contexts: Sequence[Context], tokens: Sequence[int], on_chunk: ChunkCallback | None = None
+    contexts: Sequence[Context],
+    tokens: Sequence[int],
+    on_chunk: ChunkCallback | None = None,
+    on_fed: Callable[[int], None] | None = None,
 ) -> None:
     """Append the same tokens to the document of every context, chunk by chunk.
 
@@ -429,7 +432,8 @@ def feed_lockstep(
     identical batch shapes (batch shape changes numerics). With `on_chunk`, every position's
     logits are computed and `on_chunk(first_position, [logits of each context])` gets them
     as views into llama.cpp's buffers while they are valid, one chunk at a time, so memory
-    never holds more than chunk x n_vocab floats per context.
+    never holds more than chunk x n_vocab floats per context. `on_fed(n)` hears of every chunk
+    (n tokens over all contexts), for progress.
     """
     first = contexts[0]
     if any(c.n_past != first.n_past or c.settings.chunk != first.settings.chunk for c in contexts):
@@ -450,6 +454,8 @@ def feed_lockstep(
         for context in contexts:
             context.n_past += len(part)
         i += len(part)
+        if on_fed is not None:
+            on_fed(len(part) * len(contexts))
 
 
 class _ForkGroup:

@@ -8,12 +8,13 @@ import contextlib
 import os
 import sys
 import tempfile
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from kvprobe import __version__
 from kvprobe.cache_types import CacheConfig, ConfigId, check_cache_type, check_flash_attn
@@ -23,6 +24,7 @@ from kvprobe.kernel_check import KernelDecision
 
 if TYPE_CHECKING:  # the runner imports llama.cpp: only a run that gets past validation pays for it
     from kvprobe.plan.scenario import Scenario
+    from kvprobe.result.journal import Unit
     from kvprobe.result.records import RunOutcome
     from kvprobe.runner import RunSettings
 
@@ -234,10 +236,22 @@ def validate_run(args: argparse.Namespace) -> RunRequest:
     )
 
 
-def execute_run(request: RunRequest, kernels: KernelDecision, console: Console) -> RunExecution:
-    """Step 2: load the models and run every probe in lockstep, with a progress bar."""
+def execute_run(
+    request: RunRequest,
+    kernels: KernelDecision,
+    console: Console,
+    *,
+    done: dict[tuple[int, int], Unit] | None = None,
+    on_unit: Callable[[Unit], None] | None = None,
+    time_budget: float | None = None,
+) -> RunExecution:
+    """Step 2: load the models and run every probe in lockstep, showing progress. Finished
+    units go to `on_unit` (the journal); `done` ones are restored; with `time_budget` (seconds)
+    no unit starts that would not end within it."""
     from kvprobe import engine
+    from kvprobe.pace import Pace, StepShape
     from kvprobe.runner import Runner, run_probes
+    from kvprobe.views.progress import RunProgress
 
     paths = request.model_paths
     labels = ["ref", "test"] if len(paths) == 2 else []
@@ -263,22 +277,29 @@ def execute_run(request: RunRequest, kernels: KernelDecision, console: Console) 
         if models and baseline is not None:
             baseline = str(replace(ConfigId.parse(baseline), weights="ref"))
         runner = Runner(loaded[0], request.scenario, request.settings, baseline, request.null_check)
-        columns = (
-            TextColumn("{task.description}"),
-            BarColumn(),
-            TextColumn("{task.percentage:>3.0f}%"),
-            TimeElapsedColumn(),
-            TextColumn("ETA"),
-            TimeRemainingColumn(),
-        )
-        with Progress(*columns, console=console, transient=True) as bar:
-            n_runs = len(request.configs) * len(paths)
-            task = bar.add_task("starting", total=runner.planned_tokens(n_runs))
+        ends = runner.checkpoints if request.settings.mode == "onepass" else [1]
+        steps = [StepShape(start, end) for start, end in zip([0, *ends[:-1]], ends, strict=True)]
+        scored = {d.index for d in runner.documents if any(r.scores_logits(d) for r in runner.runs.values())}
+        pace = Pace(steps, scored)
+        units = runner.unit_keys()
+        n_runs = len(request.configs) * len(paths)
+        with RunProgress(console, runner.planned_tokens(n_runs), pace, units) as shown:
+            started = time.monotonic()
 
-            def progress(n_tokens: int, what: str) -> None:
-                bar.update(task, advance=n_tokens, description=plain(what))
+            def finished(unit: Unit) -> None:
+                restored = done is not None and unit.key in done
+                if not restored and on_unit is not None:
+                    on_unit(unit)
+                shown.unit_done(unit.doc, unit.step, unit.seconds, restored=restored)
 
-            outcome = run_probes(runner, request.configs, progress, models=models)
+            def may_start(key: tuple[int, int]) -> bool:
+                expected = pace.predict(*key) or 0.0
+                return time_budget is None or time.monotonic() - started + expected <= time_budget
+
+            outcome = run_probes(
+                runner, request.configs, shown.advance, models=models, done=done, on_unit=finished,
+                may_start=may_start if time_budget is not None else None,
+            )  # fmt: skip
         info = engine.runtime_info()
         settings = request.settings
         runtime = {
@@ -351,10 +372,81 @@ def _describe_models(request: RunRequest) -> tuple[list[dict[str, Any]], dict[Pa
     return infos, serious
 
 
-def cmd_run(args: argparse.Namespace, console: Console) -> int:
-    from kvprobe.result.document import add_statistics
-    from kvprobe.result.store import write_result
+def run_identity(request: RunRequest, infos: list[dict[str, Any]], kernels: KernelDecision) -> dict[str, Any]:
+    """Everything that determines the items: a journal resumes only a request with the same."""
+    from kvprobe import engine
 
+    info = engine.runtime_info()
+    settings = request.settings
+    return {
+        "kvprobe": __version__,
+        "models_sha256": [i["sha256"] for i in infos],
+        "scenario_sha256": request.scenario.sha256,
+        "seed": settings.seed,
+        "ctx": settings.ctx,
+        "mode": settings.mode,
+        "configs": [c.id for c in request.configs],
+        "baseline": request.baseline,
+        "null_check": request.null_check,
+        "llama_cpp_python": info.get("llama_cpp_python"),
+        "llama_cpp_build": info.get("llama_cpp_build"),
+        "flash_attn": settings.flash_attn,
+        "attn_rotation": settings.attn_rotation,
+        "extra_bufts": kernels.extra_bufts,
+        "n_gpu_layers": request.gpu_layers,
+        "n_threads": request.threads or os.cpu_count(),
+    }
+
+
+_PATH_OPTIONS = ("model", "scenario", "haystack", "out")
+
+
+def resume_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> tuple[argparse.Namespace, Any]:
+    """For `--resume PATH`: the journal, and the options to run with. Given only --resume (and
+    perhaps --time-budget), the original options come from the journal, with relative paths
+    taken from the folder the run started in; given more, they are used as they are, and the
+    journal must match the request they make."""
+    from kvprobe.result.journal import SUFFIX, journal_path, read_journal
+
+    given = Path(args.resume).expanduser()
+    saved = read_journal(given if given.name.endswith(SUFFIX) else journal_path(given))
+    defaults = vars(parser.parse_args(["run"]))
+    explicit = {k for k, v in vars(args).items() if v != defaults.get(k)} - {"resume", "time_budget", "force"}
+    if not explicit:
+        resumed = parser.parse_args(["run", *saved.header["argv"]])
+        started_in = Path(saved.header["cwd"])
+        for key in _PATH_OPTIONS:
+            value = getattr(resumed, key)
+            if key == "model":
+                resumed.model = [str(started_in / Path(p).expanduser()) for p in value]
+            elif key == "scenario" and value and Path(value).suffix and not Path(value).is_absolute():
+                resumed.scenario = str(started_in / value)
+            elif key == "haystack" and value and value not in ("prose", "noise"):
+                resumed.haystack = str(started_in / Path(value).expanduser())
+        resumed.out = saved.header["out"]
+        resumed.resume, resumed.time_budget = args.resume, args.time_budget
+        args = resumed
+    elif args.out is None:
+        args.out = saved.header["out"]
+    args.force = True  # the partial result of the interrupted run is replaced
+    return args, saved
+
+
+def cmd_run(args: argparse.Namespace, console: Console, argv: list[str] | None = None) -> int:
+    """`kvprobe run`: validate, announce, execute with a journal, write the result."""
+    import signal
+
+    from kvprobe.cli import build_parser
+    from kvprobe.result.journal import Journal, differences, identity_hash, journal_path
+
+    saved = None
+    if args.resume:
+        args, saved = resume_args(args, build_parser())
+    elif args.out and journal_path(Path(args.out)).exists() and not args.force:
+        raise UserError(
+            f"{journal_path(Path(args.out))} holds an interrupted run: continue it with "
+            f"`kvprobe run --resume {journal_path(Path(args.out))}`, or pass --force to start again"
+        )
     request = validate_run(args)
     infos, serious = _describe_models(request)
     for w in request.warnings:
@@ -366,25 +458,77 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
             highlight=False,
         )
     kernels = _kernel_decision(args, request.model_paths, request.gpu_layers, console)
+    identity = run_identity(request, infos, kernels)
+    jpath = journal_path(request.out_path)
+    if saved is not None:
+        differ = differences(saved.header["identity"], identity)
+        if differ:
+            raise UserError(
+                f"--resume {saved.path} is the journal of another request: {'; '.join(differ)}; "
+                "resume with the original options and files, or start again without --resume"
+            )
+        journal = Journal(saved.path, saved.header)
+        done = {u.key: u for u in saved.units}
+    else:
+        header = {
+            "argv": list(argv if argv is not None else sys.argv[2:]),
+            "cwd": str(Path.cwd()),
+            "out": str(request.out_path.resolve()),
+            "identity": identity,
+            "identity_sha256": identity_hash(identity),
+            "created": request.created,
+        }
+        journal = Journal.create(jpath, header)
+        done = {}
     console.print(
         f"kvprobe {__version__}: {' vs '.join(p.name for p in request.model_paths)}, "
         f"caches {', '.join(c.id for c in request.configs)}, ctx {request.settings.ctx}, "
-        f"scenario {request.scenario.name}, {request.settings.mode} mode",
+        f"scenario {request.scenario.name}, {request.settings.mode} mode"
+        + (f"; resuming {len(done)} finished units from {saved.path}" if saved else ""),
         markup=False,
         highlight=False,
     )
-    execution = execute_run(request, kernels, console)
+
+    def stop(signum: int, frame: object) -> None:  # SIGTERM (kill, systemd, a scheduler) as Ctrl-C
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        execution = execute_run(
+            request, kernels, console, done=done, on_unit=journal.append, time_budget=args.time_budget
+        )
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        journal.close()
+    return _finish_run(request, infos, execution, console, jpath)
+
+
+def _finish_run(
+    request: RunRequest, infos: list[dict[str, Any]], execution: RunExecution, console: Console, jpath: Path
+) -> int:
+    from kvprobe.result.document import add_statistics
+    from kvprobe.result.store import write_result
+
+    outcome = execution.outcome
     result = assemble_run(request, infos, execution, " ".join(["kvprobe", *sys.argv[1:]]))
     out_path = request.out_path
     write_result(result, out_path)  # the measurements are on disk before any statistic runs
+    resume = f"kvprobe run --resume {jpath}"
+    if outcome.stopped == "interrupted":
+        raise Interrupted(
+            f"interrupted after {len(outcome.items)} items; {len(outcome.missing)} units are missing "
+            f"from the partial result {out_path} (complete: false); continue with `{resume}`"
+        )
     try:
-        add_statistics(result, execution.outcome.measured)
+        add_statistics(result, outcome.measured)
     except KeyboardInterrupt:
         raise Interrupted(
             f"interrupted while computing statistics; the measured items are in {out_path} "
-            "(statistics.complete: false)"
+            f"(statistics.complete: false); `{resume}` computes them"
         ) from None
     write_result(result, out_path)
+    if outcome.stopped is None:
+        jpath.unlink(missing_ok=True)  # the result is whole: nothing left to resume
     from kvprobe.views.terminal import print_run_report
 
     print_run_report(result, console)
@@ -392,6 +536,14 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
         console.print(
             f"statistics: the {failed['what']} could not be computed ({failed['error']}); "
             "the measured items are in the result file",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
+    if outcome.stopped == "time budget":
+        console.print(
+            f"time budget reached: {len(outcome.missing)} units not measured (complete: false; the verdict "
+            f"uses the items measured); continue with `{resume}`",
             markup=False,
             highlight=False,
             soft_wrap=True,

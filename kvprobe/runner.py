@@ -9,13 +9,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
 from kvprobe.cache_types import NULL_ROWS, CacheConfig, ConfigId
-from kvprobe.engine import ChunkCallback, Context, ContextSettings, Model, feed_lockstep
-from kvprobe.plan.documents import Document, build_plan
+from kvprobe.engine import Context, ContextSettings, Model, feed_lockstep
+from kvprobe.plan.documents import build_plan
 from kvprobe.plan.scenario import Scenario
 from kvprobe.probes import ProbeRun, Row, RunSetup, check_mode, selected
+from kvprobe.result.journal import Unit
 from kvprobe.result.records import RunOutcome
 
 Progress = Callable[[int, str], None]  # (tokens just evaluated, what is running)
@@ -70,6 +69,9 @@ class Runner:
             null_check=null_check,
         )
         self.runs: dict[str, ProbeRun] = {p.name: p.start(setup) for p in self.probes}
+        self.units: list[Unit] = []  # finished units, in run order (run_all fills it)
+        self.stopped: str | None = None
+        self.refeed_tokens, self.refeed_s = 0, 0.0
         if settings.mode != "onepass":
             self.checkpoints = sorted({n for r in self.runs.values() for n in r.prompt_lengths})
         budgets = [r.budget for r in self.runs.values()]
@@ -96,28 +98,64 @@ class Runner:
             n_seq_max=self.n_seq_max,
         )
 
+    def unit_keys(self) -> list[tuple[int, int]]:
+        """Every unit of work in run order: (document, checkpoint step), or (prompt, 0)."""
+        if self.settings.mode != "onepass":
+            return [(i, 0) for run in self.runs.values() for i in range(run.n_prompts)]
+        return [(d.index, step) for d in self.documents for step in range(len(self.checkpoints))]
+
     def run_all(
-        self, contexts: dict[str, Context], progress: Progress, null_context: Context | None = None
+        self,
+        contexts: dict[str, Context],
+        progress: Progress,
+        null_context: Context | None = None,
+        *,
+        done: Mapping[tuple[int, int], Unit] | None = None,
+        on_unit: Callable[[Unit], None] | None = None,
+        may_start: Callable[[tuple[int, int]], bool] | None = None,
     ) -> list[Row]:
         """Evaluate every configuration. Documents advance checkpoint by checkpoint in all
         contexts at once, so a probe that reads logits sees each chunk from every configuration
-        together; each probe then measures at the checkpoint, per context."""
+        together; each probe then measures at the checkpoint, per context.
+
+        Work goes in units (one document x checkpoint step, every configuration). Each finished
+        unit goes to `on_unit` (the journal), restored ones too; units in `done` (from a journal)
+        are restored instead of measured, re-feeding the document prefix with the same chunk grid where a
+        later unit needs it. `may_start(unit)` false stops the run before that unit (a time
+        budget); `self.stopped` then says why. An interrupt leaves `self.units` complete."""
+        done = done or {}
+        self.units, self.stopped = [], None
+        self.refeed_tokens, self.refeed_s = 0, 0.0
         if self.settings.mode != "onepass":
-            return [row for run in self.runs.values() for row in run.run_prompts(contexts, progress)]
-        rows: list[Row] = []
+            self._run_prompts(contexts, progress, done, on_unit, may_start)
+            return [row for u in self.units for row in u.items]
         for document in self.documents:
             readers = [r for r in self.runs.values() if r.scores_logits(document)]
             feeding = list(contexts.values()) + ([null_context] if readers and null_context else [])
             for context in feeding:
                 context.reset()
             names = [*contexts, NULL_ROWS][: len(feeding)]
-            for length in self.checkpoints:
-                what = f"doc {document.index} L={length}"
-                evaluated = sum(c.tokens_evaluated for c in feeding)
+            steps = range(len(self.checkpoints))
+            for step, length in enumerate(self.checkpoints):
+                key = (document.index, step)
                 segment = document.tokens[feeding[0].n_past : length]
+                if key in done:
+                    self._restore(done[key], progress, on_unit)
+                    if any((document.index, later) not in done for later in steps if later > step):
+                        # Rebuild the lockstep state: the same segments, so the same batches.
+                        started, before = time.perf_counter(), sum(c.tokens_evaluated for c in feeding)
+                        feed_lockstep(feeding, segment)
+                        self.refeed_s += time.perf_counter() - started
+                        self.refeed_tokens += sum(c.tokens_evaluated for c in feeding) - before
+                    continue
+                if may_start is not None and not may_start(key):
+                    self.stopped = "time budget"
+                    return [row for u in self.units for row in u.items]
+                started, evaluated = time.perf_counter(), sum(c.tokens_evaluated for c in feeding)
+                what = f"doc {document.index} L={length}"
                 on_chunk = _handing_logits(readers, document, names) if readers else None
-                feed_lockstep(feeding, segment, on_chunk)
-                progress(sum(c.tokens_evaluated for c in feeding) - evaluated, what + " (document)")
+                feed_lockstep(feeding, segment, on_chunk, on_fed=_reporting(progress, what + " (document)"))
+                rows: list[Row] = []
                 for config, context in contexts.items():
                     for name, run in self.runs.items():
                         before = context.tokens_evaluated
@@ -127,26 +165,88 @@ class Runner:
                             progress(
                                 context.tokens_evaluated - before, f"{config} {what} {run.label or name}"
                             )
-        return rows
+                self._finish_unit(
+                    key, rows=rows, started=started, evaluated=evaluated, contexts=feeding, on_unit=on_unit
+                )
+        return [row for u in self.units for row in u.items]
+
+    def _run_prompts(
+        self,
+        contexts: dict[str, Context],
+        progress: Progress,
+        done: Mapping[tuple[int, int], Unit],
+        on_unit: Callable[[Unit], None] | None,
+        may_start: Callable[[tuple[int, int]], bool] | None,
+    ) -> None:
+        """Modes other than onepass: one unit per prompt, every configuration."""
+        for run in self.runs.values():
+            for i in range(run.n_prompts):
+                key = (i, 0)
+                if key in done:
+                    self._restore(done[key], progress, on_unit)
+                    continue
+                if may_start is not None and not may_start(key):
+                    self.stopped = "time budget"
+                    return
+                started, evaluated = time.perf_counter(), sum(c.tokens_evaluated for c in contexts.values())
+                rows = run.run_prompt(i, contexts, progress)
+                self._finish_unit(
+                    key,
+                    rows=rows,
+                    started=started,
+                    evaluated=evaluated,
+                    contexts=list(contexts.values()),
+                    on_unit=on_unit,
+                )
+
+    def _finish_unit(
+        self,
+        key: tuple[int, int],
+        *,
+        rows: list[Row],
+        started: float,
+        evaluated: int,
+        contexts: list[Context],
+        on_unit: Callable[[Unit], None] | None,
+    ) -> None:
+        data = {name: d for name, run in self.runs.items() if (d := run.end_unit()) is not None}
+        tokens = sum(c.tokens_evaluated for c in contexts) - evaluated
+        unit = Unit(key[0], key[1], rows, data, tokens, time.perf_counter() - started)
+        self.units.append(unit)
+        if on_unit is not None:
+            on_unit(unit)
+
+    def _restore(self, unit: Unit, progress: Progress, on_unit: Callable[[Unit], None] | None) -> None:
+        for name, run in self.runs.items():
+            if name in unit.probe_data:
+                run.replay_unit(unit.probe_data[name])
+        self.units.append(unit)
+        progress(unit.tokens, f"restored doc {unit.doc} step {unit.step}")
+        if on_unit is not None:
+            on_unit(unit)
 
 
-def _handing_logits(readers: list[ProbeRun], document: Document, names: list[str]) -> ChunkCallback:
-    def on_chunk(pos0: int, logits: list[np.ndarray]) -> None:
-        by_config: Mapping[str, np.ndarray] = dict(zip(names, logits, strict=True))
-        for run in readers:
-            run.on_chunk(document, pos0, by_config)
-
-    return on_chunk
+def _reporting(progress: Progress, what: str) -> Callable[[int], None]:
+    return lambda n: progress(n, what)
 
 
 def run_probes(
-    runner: Runner, configs: list[CacheConfig], progress: Progress, *, models: dict[str, Model] | None = None
+    runner: Runner,
+    configs: list[CacheConfig],
+    progress: Progress,
+    *,
+    models: dict[str, Model] | None = None,
+    done: Mapping[tuple[int, int], Unit] | None = None,
+    on_unit: Callable[[Unit], None] | None = None,
+    may_start: Callable[[tuple[int, int]], bool] | None = None,
 ) -> RunOutcome:
     """Evaluate every configuration (the runner's baseline first) on identical tokens.
 
     With `models` ({label: model}, the first the reference), every cache configuration runs on
     every model's weights, as "<label>:<cache id>": the weights-vs-KV design. The models must
-    share the runner's tokenizer, so the items are identical."""
+    share the runner's tokenizer, so the items are identical. `done`, `on_unit` and `may_start`
+    are Runner.run_all's. Ctrl-C (KeyboardInterrupt) does not lose the finished units: the
+    outcome then holds them, with `stopped = "interrupted"` and the units still `missing`."""
     model, scenario = runner.model, runner.scenario
     ctx_settings = runner.context_settings(model.n_threads)
     runs: list[tuple[ConfigId, Model, CacheConfig]] = (
@@ -161,7 +261,11 @@ def run_probes(
         if runner.null_check and runner.baseline is not None:
             _, ref_model, ref_cache = runs[0]
             null_context = stack.enter_context(ref_model.context(ref_cache, ctx_settings))
-        items = runner.run_all(contexts, progress, null_context)
+        try:
+            runner.run_all(contexts, progress, null_context, done=done, on_unit=on_unit, may_start=may_start)
+        except KeyboardInterrupt:
+            runner.stopped = "interrupted"
+        items = [row for unit in runner.units for row in unit.items]
         applied = [
             {**_applied(str(cid), contexts[str(cid)]), **({"model": cid.weights} if models else {})}
             for cid, _, _ in runs
@@ -173,6 +277,25 @@ def run_probes(
         run.finish(items)
     errors: list[dict[str, str]] = []
     sections = {name: run.section(errors) for name, run in runner.runs.items()}
+    finished = {u.key for u in runner.units}
+    restored = [u for u in runner.units if done and u.key in done]
+    timing: dict[str, Any] = {
+        "wall_s": round(time.perf_counter() - started, 2),
+        "units": [[u.doc, u.step, round(u.seconds, 3), u.tokens] for u in runner.units],
+        "decode_s": decode_s,
+        "tokens_evaluated": tokens_evaluated,
+        "null_check_tokens": null_tokens,
+        "naive_tokens": runner.naive_tokens * len(runs),
+    }
+    if done:
+        timing["resume"] = {
+            "units_restored": len(restored),
+            "restored_tokens": sum(u.tokens for u in restored),
+            "restored_s": round(sum(u.seconds for u in restored), 2),
+            # What resuming cost: the document prefixes fed again to rebuild the lockstep state.
+            "refeed_tokens": runner.refeed_tokens,
+            "refeed_s": round(runner.refeed_s, 2),
+        }
     return RunOutcome(
         checkpoints=runner.checkpoints,
         items=items,
@@ -183,14 +306,10 @@ def run_probes(
         n_ctx=runner.n_ctx,
         n_seq_max=runner.n_seq_max,
         chunk=scenario.plan.chunk,
-        timing={
-            "wall_s": round(time.perf_counter() - started, 2),
-            "decode_s": decode_s,
-            "tokens_evaluated": tokens_evaluated,
-            "null_check_tokens": null_tokens,
-            "naive_tokens": runner.naive_tokens * len(runs),
-        },
+        timing=timing,
         errors=errors,
+        stopped=runner.stopped,
+        missing=[list(k) for k in runner.unit_keys() if k not in finished],
     )
 
 

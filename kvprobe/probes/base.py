@@ -72,7 +72,10 @@ class ProbeRun:
 
     budget: Budget = Budget()
     label: str = ""  # what the progress line calls its work at a checkpoint ("needles")
-    prompt_lengths: list[int] = []  # noqa: RUF012  (modes other than onepass: the prompts' lengths)
+    # Modes other than onepass: the number of prompts, each evaluated from an empty context,
+    # and their lengths (the run's checkpoints).
+    n_prompts: int = 0
+    prompt_lengths: list[int] = []  # noqa: RUF012
 
     def scores_logits(self, document: Document) -> bool:
         """Whether this probe reads the logits of every position of `document`."""
@@ -85,9 +88,19 @@ class ProbeRun:
         """Item rows for `config`, whose context holds `document` up to `length` tokens."""
         return []
 
-    def run_prompts(self, contexts: Mapping[str, Context], progress: Callable[[int, str], None]) -> list[Row]:
-        """Modes other than onepass: every prompt from an empty context, in every configuration."""
+    def run_prompt(
+        self, index: int, contexts: Mapping[str, Context], progress: Callable[[int, str], None]
+    ) -> list[Row]:
+        """Modes other than onepass: prompt `index` from an empty context, in every configuration."""
         raise NotImplementedError(f"{type(self).__name__} measures only in onepass mode")
+
+    def end_unit(self) -> Any:
+        """A unit of work (one document x checkpoint step) is finished: keep what was gathered
+        during it, and return it as JSON-able data for the journal (None: nothing to keep)."""
+        return None
+
+    def replay_unit(self, data: Any) -> None:
+        """Take back what `end_unit` returned for a unit a resumed run does not measure again."""
 
     def finish(self, items: list[Row]) -> None:
         """Once every configuration has run: fill what compares configurations with each other."""

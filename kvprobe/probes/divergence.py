@@ -22,10 +22,18 @@ from kvprobe.display import plain
 from kvprobe.errors import UserError, guarded
 from kvprobe.plan.scenario import MAX_CHECKPOINT, bad, within
 from kvprobe.probes.base import Budget, Probe, ProbeRun, ResultDoc, Row, RunSetup
-from kvprobe.probes.kl import CurveSettings, DivergenceRecorder, bin_edges, divergence_curve, split_blocks
+from kvprobe.probes.kl import (
+    CurveSettings,
+    DivergenceRecorder,
+    DocumentArrays,
+    bin_edges,
+    divergence_curve,
+    split_blocks,
+)
 from kvprobe.probes.registry import register
 from kvprobe.probes.rows import pooled_row
 from kvprobe.result.arrays import ARRAY_DTYPES, decode_array, encode_array
+from kvprobe.result.journal import decode_exact, encode_exact
 from kvprobe.stats.metrics import Metric
 
 if TYPE_CHECKING:
@@ -50,6 +58,7 @@ class DivergenceRun(ProbeRun):
         self.ctx, self.checkpoints = setup.ctx, setup.checkpoints
         self.reference = setup.baseline
         self.recorder = DivergenceRecorder(setup.baseline) if setup.baseline is not None else None
+        self.committed: dict[tuple[str, int], int] = {}  # chunks per record that belong to finished units
         # A curve at each checkpoint from separate runs (llama-perplexity -c L per length).
         self.budget = Budget(naive_tokens=sum(setup.checkpoints) * self.spec.documents)
 
@@ -62,12 +71,44 @@ class DivergenceRun(ProbeRun):
         if self.recorder is not None:
             self.recorder.add_chunk(document.index, document.tokens[: self.ctx], pos0, dict(logits))
 
+    def end_unit(self) -> list[Row] | None:
+        """Commit the chunks recorded during the unit; the journal gets them bit for bit."""
+        if self.recorder is None:
+            return None
+        data = []
+        for key, rec in self.recorder.records.items():
+            start = self.committed.get(key, 0)
+            if len(rec.nll) > start:
+                new = DocumentArrays(
+                    rec.config, rec.doc, rec.nll[start:], rec.kld[start:], rec.top1_agree[start:]
+                )
+                data.append({"config": rec.config, "doc": rec.doc,
+                             **{name: encode_exact(v) for name, v in new.arrays().items()}})  # fmt: skip
+                self.committed[key] = len(rec.nll)
+        return data
+
+    def replay_unit(self, data: Any) -> None:
+        if self.recorder is None:
+            return
+        for entry in data:
+            key = (entry["config"], int(entry["doc"]))
+            rec = self.recorder.records.setdefault(key, DocumentArrays(*key))
+            rec.nll.append(decode_exact(entry["nll"]))
+            if "kld" in entry:
+                rec.kld.append(decode_exact(entry["kld"]))
+                rec.top1_agree.append(decode_exact(entry["top1_agree"]))
+            self.committed[key] = len(rec.nll)
+
     def arrays(self) -> Arrays:
-        """Per configuration (the null context's included), one dict of arrays per document."""
+        """Per configuration (the null context's included), one dict of arrays per document,
+        from finished units only (an interrupted unit is measured again on --resume)."""
         out: Arrays = {}
         if self.recorder is not None:
-            for (config, _doc), rec in sorted(self.recorder.records.items(), key=lambda kv: kv[0][1]):
-                out.setdefault(config, []).append(rec.arrays())
+            for key, rec in sorted(self.recorder.records.items(), key=lambda kv: kv[0][1]):
+                n = self.committed.get(key, 0)
+                if n:
+                    kept = DocumentArrays(rec.config, rec.doc, rec.nll[:n], rec.kld[:n], rec.top1_agree[:n])
+                    out.setdefault(rec.config, []).append(kept.arrays())
         return out
 
     def measured(self) -> Arrays:

@@ -60,6 +60,7 @@ class NeedleRun(ProbeRun):
         self.cells = (
             build_classic_cells(setup.model, setup.scenario, setup.ctx, setup.seed) if self.classic else []
         )
+        self.n_prompts = len(self.cells)
         self.prompt_lengths = sorted({c.item.ctx for c in self.cells})
         items = (
             [c.item for c in self.cells]
@@ -115,16 +116,16 @@ class NeedleRun(ProbeRun):
     def at_checkpoint(self, context: Context, config: str, document: Document, length: int) -> list[Row]:
         return [self.ask(context, item, config) for item in items_at(document, length)]
 
-    def run_prompts(self, contexts: Mapping[str, Context], progress: Progress) -> list[Row]:
+    def run_prompt(self, index: int, contexts: Mapping[str, Context], progress: Progress) -> list[Row]:
         """Classic mode: one prompt per cell, each from an empty context (RULER's grid)."""
+        cell = self.cells[index]
         rows = []
-        for cell in self.cells:
-            for config, context in contexts.items():
-                before = context.tokens_evaluated
-                context.reset()
-                context.feed(cell.document.tokens[: cell.item.ctx])
-                rows.append(self.ask(context, cell.item, config))
-                progress(context.tokens_evaluated - before, f"{config} classic L={cell.item.ctx}")
+        for config, context in contexts.items():
+            before = context.tokens_evaluated
+            context.reset()
+            context.feed(cell.document.tokens[: cell.item.ctx])
+            rows.append(self.ask(context, cell.item, config))
+            progress(context.tokens_evaluated - before, f"{config} classic L={cell.item.ctx}")
         return rows
 
 

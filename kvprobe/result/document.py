@@ -57,6 +57,10 @@ def build_result(
         "summary": [],
         **{p.name: outcome.sections.get(p.name) for p in all_probes() if p.has_section},
         "timing": outcome.timing,
+        # A run ended early (Ctrl-C, a kill, --time-budget) holds the units it finished.
+        "complete": outcome.stopped is None,
+        "stopped": outcome.stopped,
+        "missing": outcome.missing,
         "warnings": warnings,
         "verdict": None,
         "statistics": {"complete": False, "errors": list(outcome.errors)},

@@ -1,0 +1,97 @@
+"""A run's progress on screen: rich's bar on a terminal; in a log (stdout not a terminal, as in
+CI) a plain line about once a minute, since a bar is never drawn there. Both say what runs,
+tokens done of the total, the time elapsed and the time left (kvprobe.pace)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from types import TracebackType
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+from kvprobe.display import plain
+from kvprobe.pace import Pace, format_duration
+
+PLAIN_EVERY_S = 60.0
+
+
+class RunProgress:
+    def __init__(
+        self,
+        console: Console,
+        total_tokens: int,
+        pace: Pace,
+        units: Sequence[tuple[int, int]],
+        *,
+        interval: float = PLAIN_EVERY_S,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.console, self.total, self.pace = console, total_tokens, pace
+        self.left = list(units)  # units not finished yet, in run order
+        self.interval, self.clock = interval, clock
+        self.started = self.last_line = clock()
+        self.done_tokens, self.what = 0, "starting"
+        self.estimated = False
+        self.bar: Progress | None = None
+        if console.is_terminal:
+            self.bar = Progress(
+                TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
+                TimeElapsedColumn(), TextColumn("{task.fields[eta]}"), console=console, transient=True,
+            )  # fmt: skip
+            self.task = self.bar.add_task("starting", total=max(1, total_tokens), eta="")
+
+    def __enter__(self) -> RunProgress:
+        if self.bar is not None:
+            self.bar.__enter__()
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(kind, exc, tb)
+
+    def eta(self) -> float | None:
+        return self.pace.remaining(self.left)
+
+    def advance(self, n_tokens: int, what: str) -> None:
+        """The runner's progress callback: tokens just evaluated, and what is running."""
+        self.done_tokens += max(0, n_tokens)
+        self.what = what
+        left = self.eta()
+        if self.bar is not None:
+            eta = f"about {format_duration(left)} left" if left is not None else ""
+            self.bar.update(self.task, advance=n_tokens, description=plain(what), eta=eta)
+        elif self.clock() - self.last_line >= self.interval:
+            self.console.print(self.line(), markup=False, highlight=False)
+            self.last_line = self.clock()
+
+    def line(self) -> str:
+        left = self.eta()
+        eta = f", about {format_duration(left)} left" if left is not None else ""
+        return (
+            f"progress: {self.what}: {self.done_tokens:,} of about {self.total:,} tokens, "
+            f"{format_duration(self.clock() - self.started)} elapsed{eta}"
+        )
+
+    def unit_done(self, doc: int, step: int, seconds: float, restored: bool = False) -> None:
+        """A unit finished (or was restored from a journal): learn its time; after the first
+        measured one, say how long the whole run will take."""
+        if (doc, step) in self.left:
+            self.left.remove((doc, step))
+        if restored:
+            return
+        self.pace.observe(doc, step, seconds)
+        if not self.estimated:
+            self.estimated = True
+            left = self.eta()
+            if left is not None:
+                total = self.clock() - self.started + left
+                self.console.print(
+                    f"estimated run time: about {format_duration(total)} ({len(self.left)} more units "
+                    "at the speed of the first)",
+                    markup=False,
+                    highlight=False,
+                )
