@@ -9,9 +9,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from kvprobe.cache_types import NULL_ROWS, CacheConfig, ConfigId
-from kvprobe.engine import Context, ContextSettings, Model, feed_lockstep
-from kvprobe.plan.documents import build_plan
+from kvprobe.engine import ChunkCallback, Context, ContextSettings, Model, feed_lockstep
+from kvprobe.plan.documents import Document, build_plan
 from kvprobe.plan.scenario import Scenario
 from kvprobe.probes import ProbeRun, Row, RunSetup, check_mode, selected
 from kvprobe.result.journal import Unit
@@ -228,6 +230,15 @@ class Runner:
 
 def _reporting(progress: Progress, what: str) -> Callable[[int], None]:
     return lambda n: progress(n, what)
+
+
+def _handing_logits(readers: list[ProbeRun], document: Document, names: list[str]) -> ChunkCallback:
+    def on_chunk(pos0: int, logits: list[np.ndarray]) -> None:
+        by_config: Mapping[str, np.ndarray] = dict(zip(names, logits, strict=True))
+        for run in readers:
+            run.on_chunk(document, pos0, by_config)
+
+    return on_chunk
 
 
 def run_probes(
