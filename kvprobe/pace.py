@@ -67,9 +67,11 @@ class Pace:
 
 
 def format_duration(seconds: float) -> str:
-    """'45 s', '12 min', '2 h 05 min'."""
+    """'45 s', '3.5 min', '12 min', '2 h 05 min'."""
     if seconds < 90:
         return f"{seconds:.0f} s"
+    if seconds < 600:
+        return f"{seconds / 60:.1f} min"
     minutes = round(seconds / 60)
     if minutes < 120:
         return f"{minutes} min"

@@ -129,6 +129,7 @@ class RunRequest:
     threads: int | None
     no_repack: bool
     warnings: list[str]
+    memory: str  # the pre-flight estimate, in words
 
 
 @dataclass(frozen=True)
@@ -140,6 +141,42 @@ class RunExecution:
     runtime: dict[str, Any]
 
 
+def estimate_memory(
+    facts: list[dict[str, Any]],
+    configs: list[CacheConfig],
+    scenario: Scenario,
+    args: argparse.Namespace,
+    gpu_layers: int,
+) -> str:
+    """The run's peak memory, from the headers: refused when it cannot fit, else in words for
+    the run's first lines. With layers offloaded, weights, KV caches and compute buffers go to
+    the GPU's memory (checked through NVML) and the host keeps the rest."""
+    from kvprobe.engine import gpu_offload_supported
+    from kvprobe.probes.divergence import DivergenceSpec
+    from kvprobe.weights.memory import GiB, available_bytes, check_fits, gpu_free_bytes, run_memory
+
+    reads_logits = "divergence" in scenario.probes and args.mode == "onepass"
+    scored = args.ctx * scenario.spec(DivergenceSpec).documents if reads_logits else 0
+    need = run_memory(
+        facts, configs, args.ctx + 256, scenario.plan.chunk,
+        extra_contexts=1 if args.null_check else 0, all_logits=reads_logits, scored_positions=scored,
+    )  # fmt: skip
+    if gpu_layers != 0 and gpu_offload_supported():
+        free = gpu_free_bytes()
+        on_gpu = replace(need, arrays=0, process=0)
+        check_fits(on_gpu, free, args.ctx, where="GPU memory")
+        host = need.arrays + need.process + need.logits // 2
+        shown = f" of {free / GiB:.1f} GiB free" if free is not None else ""
+        return (
+            f"memory: needs about {on_gpu.total / GiB:.1f} GiB of GPU memory{shown} ({on_gpu.describe()}) "
+            f"and {host / GiB:.1f} GiB on the host"
+        )
+    available = available_bytes()
+    check_fits(need, available, args.ctx)
+    shown = f" of {available / GiB:.1f} GiB available" if available is not None else ""
+    return f"memory: needs about {need.total / GiB:.1f} GiB{shown} ({need.describe()})"
+
+
 def validate_run(args: argparse.Namespace) -> RunRequest:
     """Step 1: every check a run can fail, in one pass over the arguments, the scenario and
     the model headers. Nothing is hashed, loaded or written."""
@@ -148,12 +185,11 @@ def validate_run(args: argparse.Namespace) -> RunRequest:
     from kvprobe.engine import gpu_offload_supported
     from kvprobe.plan.scenario import HaystackSpec, load_scenario
     from kvprobe.probes import check_mode, selected
-    from kvprobe.provenance import default_model_path, memory_gb
+    from kvprobe.provenance import default_model_path
     from kvprobe.result.document import utc_now
     from kvprobe.result.store import default_out_path
     from kvprobe.runner import RunSettings
     from kvprobe.weights.doctor import read_facts
-    from kvprobe.weights.memory import check_fits, run_memory
 
     configs, baseline = parse_configs(args)
     scenario = load_scenario(args.scenario)
@@ -188,9 +224,7 @@ def validate_run(args: argparse.Namespace) -> RunRequest:
         probe.check_run(scenario, mode=args.mode, ctx=args.ctx, baseline=baseline, null_check=args.null_check)
     facts = [read_facts(p) for p in model_paths]  # checks the files are GGUF before llama.cpp sees them
     gpu_layers = args.gpu_layers if args.gpu_layers is not None else (-1 if gpu_offload_supported() else 0)
-    if gpu_layers == 0 or not gpu_offload_supported():
-        need = run_memory(facts, configs, args.ctx + 256, scenario.plan.chunk, 1 if args.null_check else 0)
-        check_fits(need, memory_gb(), args.ctx)
+    memory = estimate_memory(facts, configs, scenario, args, gpu_layers)
     created = utc_now()
     out_path = (
         Path(args.out)
@@ -233,6 +267,7 @@ def validate_run(args: argparse.Namespace) -> RunRequest:
         threads=args.threads,
         no_repack=args.no_repack,
         warnings=warnings,
+        memory=memory,
     )
 
 
@@ -399,6 +434,7 @@ def run_identity(request: RunRequest, infos: list[dict[str, Any]], kernels: Kern
 
 
 _PATH_OPTIONS = ("model", "scenario", "haystack", "out")
+STOP_SWITCH_ENV = "KVPROBE_TEST_STOP_AFTER"  # "DOC,STEP:kill" or "DOC,STEP:int": for tests only
 
 
 def resume_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> tuple[argparse.Namespace, Any]:
@@ -480,6 +516,7 @@ def cmd_run(args: argparse.Namespace, console: Console, argv: list[str] | None =
         }
         journal = Journal.create(jpath, header)
         done = {}
+    console.print(request.memory, markup=False, highlight=False)
     console.print(
         f"kvprobe {__version__}: {' vs '.join(p.name for p in request.model_paths)}, "
         f"caches {', '.join(c.id for c in request.configs)}, ctx {request.settings.ctx}, "
@@ -492,10 +529,17 @@ def cmd_run(args: argparse.Namespace, console: Console, argv: list[str] | None =
     def stop(signum: int, frame: object) -> None:  # SIGTERM (kill, systemd, a scheduler) as Ctrl-C
         raise KeyboardInterrupt
 
+    def journaled(unit: Unit) -> None:
+        journal.append(unit)
+        # Tests stop a run at a known point: SIGKILL (nothing runs after it) or SIGINT (Ctrl-C).
+        switch = os.environ.get(STOP_SWITCH_ENV, "")
+        if switch.startswith(f"{unit.doc},{unit.step}:"):
+            os.kill(os.getpid(), signal.SIGKILL if switch.endswith(":kill") else signal.SIGINT)
+
     previous = signal.signal(signal.SIGTERM, stop)
     try:
         execution = execute_run(
-            request, kernels, console, done=done, on_unit=journal.append, time_budget=args.time_budget
+            request, kernels, console, done=done, on_unit=journaled, time_budget=args.time_budget
         )
     finally:
         signal.signal(signal.SIGTERM, previous)

@@ -185,6 +185,7 @@ def _read_facts(path: Path) -> dict[str, Any]:
         "imatrix": imatrix or None,
         "source_file_type": meta(SOURCE_TYPE_KEY),
         "n_layer": n_layer,
+        "n_embd": n_embd,
         "n_vocab": int(embd.shape[1]) if embd is not None else 0,
         "n_head_kv": _per_layer(meta("{arch}.attention.head_count_kv", n_head), n_layer),
         "head_dim_k": meta_int("{arch}.attention.key_length", head_dim_default),

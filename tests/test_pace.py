@@ -1,0 +1,59 @@
+"""The run's time arithmetic and its progress lines in a log, with a fake clock."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+from rich.console import Console
+
+from kvprobe.pace import Pace, StepShape, format_duration
+from kvprobe.views.progress import RunProgress
+
+STEPS = [StepShape(0, 1024), StepShape(1024, 2048), StepShape(2048, 4096)]
+
+
+def test_a_step_seen_once_predicts_itself_in_every_document() -> None:
+    pace = Pace(STEPS, scored_docs={0})
+    assert pace.predict(0, 0) is None  # nothing seen: no guess
+    pace.observe(0, 0, 10.0)
+    pace.observe(1, 0, 6.0)  # an unscored document does less work
+    assert pace.predict(2, 0) == 6.0
+    assert pace.predict(0, 0) == 10.0
+
+
+def test_an_unseen_step_is_extrapolated_by_depth_weighted_tokens() -> None:
+    pace = Pace(STEPS, scored_docs=set())
+    pace.observe(0, 0, 10.0)
+    # [1024, 2048) is as long as [0, 1024) but deeper; [2048, 4096) twice as long and deeper still
+    assert pace.predict(0, 1) == pytest.approx(10.0 * STEPS[1].work / STEPS[0].work)
+    assert 10.0 < pace.predict(0, 1) < pace.predict(0, 2)  # type: ignore[operator]
+    assert STEPS[2].work > 2 * STEPS[1].work
+    assert pace.remaining([(1, 0), (1, 1)]) == pytest.approx(10.0 + pace.predict(1, 1))  # type: ignore[operator]
+
+
+def test_durations_read_well() -> None:
+    assert [format_duration(s) for s in (45, 210, 3000, 7500)] == ["45 s", "3.5 min", "50 min", "2 h 05 min"]
+
+
+def test_a_log_gets_a_plain_progress_line_about_once_a_minute() -> None:
+    now = [0.0]
+    out = io.StringIO()
+    console = Console(file=out, force_terminal=False, width=200)
+    pace = Pace(STEPS, scored_docs=set())
+    units = [(0, 0), (0, 1), (0, 2)]
+    with RunProgress(console, 3000, pace, units, interval=60.0, clock=lambda: now[0]) as shown:
+        now[0] = 30.0
+        shown.advance(500, "doc 0 L=1024 (document)")
+        assert out.getvalue() == ""  # not yet a minute
+        now[0] = 40.0
+        shown.unit_done(0, 0, 40.0)
+        assert "estimated run time: about" in out.getvalue()  # said once, after the first unit
+        now[0] = 61.0
+        shown.advance(500, "f16 doc 0 L=2048 needles")
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 2
+    assert lines[1].startswith(
+        "progress: f16 doc 0 L=2048 needles: 1,000 of about 3,000 tokens, 61 s elapsed"
+    )
+    assert "left" in lines[1]

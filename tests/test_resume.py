@@ -1,0 +1,136 @@
+"""Runs that survive interruption: the journal, --resume, Ctrl-C and --time-budget, on the real
+llama.cpp with the tiny model. A test switch stops the run right after a given unit with SIGKILL
+(nothing of kvprobe runs after it) or SIGINT (Ctrl-C)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+FIELDS = ("items", "text_items", "summary", "verdict", "divergence")
+# Two documents x checkpoints 1024, 1536 = 4 units; every probe, the first document scored
+# position by position (divergence) with the null check.
+SCENARIO = """
+name = "resume"
+probes = ["needle", "repetition", "divergence"]
+[plan]
+documents = 2
+chunk = 256
+[needle]
+per_segment = 2
+[repetition]
+tokens = 16
+offsets = 2
+"""
+
+
+def kvprobe(*args: str, stop: str | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, **({"KVPROBE_TEST_STOP_AFTER": stop} if stop else {})}
+    return subprocess.run([sys.executable, "-m", "kvprobe", *args], check=False, capture_output=True,
+                          text=True, env=env, cwd=cwd, timeout=600)  # fmt: skip
+
+
+def fields(path: Path) -> dict[str, Any]:
+    doc = json.loads(path.read_text())
+    return {f: doc.get(f) for f in FIELDS}
+
+
+@pytest.fixture(scope="module")
+def run_args(tiny_model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> list[str]:
+    scenario = tmp_path_factory.mktemp("scenario") / "resume.toml"
+    scenario.write_text(SCENARIO)
+    return ["--model", str(tiny_model_path), "--scenario", str(scenario), "--cache", "q8_0",
+            "--ctx", "1536", "--threads", "2", "--null-check"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(run_args: list[str], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("full") / "full.json"
+    proc = kvprobe("run", *run_args, "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert not Path(str(out) + ".journal.jsonl").exists()  # a whole result leaves no journal
+    doc = json.loads(out.read_text())
+    assert doc["complete"] is True
+    assert doc["missing"] == []
+    assert [u[:2] for u in doc["timing"]["units"]] == [[0, 0], [0, 1], [1, 0], [1, 1]]
+    return out
+
+
+@pytest.mark.parametrize("after", ["0,0", "0,1", "1,0"])
+def test_a_killed_run_resumes_to_identical_results(
+    run_args: list[str], uninterrupted: Path, tmp_path: Path, after: str
+) -> None:
+    out = tmp_path / "r.json"
+    killed = kvprobe("run", *run_args, "--out", str(out), stop=f"{after}:kill")
+    assert killed.returncode == -9  # SIGKILL: no handler ran, only the journal is left
+    journal = Path(str(out) + ".journal.jsonl")
+    assert len(journal.read_text().splitlines()) == 1 + ["0,0", "0,1", "1,0"].index(after) + 1
+    resumed = kvprobe("run", "--resume", str(journal))  # the options come from the journal
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming" in resumed.stdout
+    assert fields(out) == fields(uninterrupted)
+    doc = json.loads(out.read_text())
+    assert doc["complete"] is True
+    resume = doc["timing"]["resume"]
+    assert resume["units_restored"] == ["0,0", "0,1", "1,0"].index(after) + 1
+    # The lockstep state is rebuilt by feeding the prefix again, only where a later unit needs it.
+    assert resume["refeed_tokens"] == {"0,0": 2 * 1024 + 1024, "0,1": 0, "1,0": 2 * 1024}[after]
+    assert not journal.exists()
+
+
+def test_ctrl_c_writes_a_partial_result_and_says_how_to_resume(
+    run_args: list[str], uninterrupted: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "r.json"
+    stopped = kvprobe("run", *run_args, "--out", str(out), stop="0,1:int")
+    assert stopped.returncode == 130
+    assert "Traceback" not in stopped.stderr
+    journal = Path(str(out) + ".journal.jsonl")
+    assert f"kvprobe run --resume {journal}" in stopped.stderr
+    partial = json.loads(out.read_text())
+    assert partial["complete"] is False
+    assert partial["stopped"] == "interrupted"
+    assert partial["missing"] == [[1, 0], [1, 1]]
+    full = json.loads(uninterrupted.read_text())
+    assert partial["items"] == [it for it in full["items"] if it["doc"] == 0]
+    # a fresh run onto the same --out must not silently drop the journal
+    again = kvprobe("run", *run_args, "--out", str(out))
+    assert again.returncode == 2
+    assert "--resume" in again.stderr
+    assert kvprobe("run", "--resume", str(out)).returncode == 0  # the result file's name works too
+    assert fields(out) == fields(uninterrupted)
+
+
+def test_a_journal_of_another_request_is_refused(run_args: list[str], tmp_path: Path) -> None:
+    out = tmp_path / "r.json"
+    assert kvprobe("run", *run_args, "--out", str(out), stop="0,0:kill").returncode == -9
+    other = kvprobe("run", *run_args, "--seed", "7", "--out", str(out), "--resume", str(out))
+    assert other.returncode == 2
+    assert "journal of another request" in other.stderr
+    assert "seed (0 then, 7 now)" in other.stderr
+    assert len(other.stderr.strip().splitlines()) == 1
+
+
+def test_a_time_budget_ends_cleanly_and_the_rest_can_follow(
+    run_args: list[str], uninterrupted: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "r.json"
+    # No unit fits in a millisecond: creating the contexts alone takes longer.
+    short = kvprobe("run", *run_args, "--out", str(out), "--time-budget", "0.001s")
+    assert short.returncode == 0, short.stderr
+    assert "time budget reached" in short.stdout
+    assert "--resume" in short.stdout
+    doc = json.loads(out.read_text())
+    assert doc["complete"] is False
+    assert doc["stopped"] == "time budget"
+    assert len(doc["missing"]) == 4
+    assert doc["items"] == []
+    assert doc["statistics"]["complete"]  # the statistics work from the items there are (none)
+    assert kvprobe("run", "--resume", str(out)).returncode == 0
+    assert fields(out) == fields(uninterrupted)
