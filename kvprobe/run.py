@@ -284,7 +284,7 @@ def execute_run(
     units go to `on_unit` (the journal); `done` ones are restored; with `time_budget` (seconds)
     no unit starts that would not end within it."""
     from kvprobe import engine
-    from kvprobe.pace import Pace, StepShape
+    from kvprobe.pace import Pace, StepShape, unscored_feed_cost
     from kvprobe.runner import Runner, run_probes
     from kvprobe.views.progress import RunProgress
 
@@ -315,7 +315,9 @@ def execute_run(
         ends = runner.checkpoints if request.settings.mode == "onepass" else [1]
         steps = [StepShape(start, end) for start, end in zip([0, *ends[:-1]], ends, strict=True)]
         scored = {d.index for d in runner.documents if any(r.scores_logits(d) for r in runner.runs.values())}
-        pace = Pace(steps, scored)
+        n_configs = len(request.configs) * len(paths)
+        ratio = unscored_feed_cost(request.facts[0], n_configs, n_configs + (1 if request.null_check else 0))
+        pace = Pace(steps, scored, ratio)
         units = runner.unit_keys()
         n_runs = len(request.configs) * len(paths)
         with RunProgress(console, runner.planned_tokens(n_runs), pace, units) as shown:
@@ -325,7 +327,14 @@ def execute_run(
                 restored = done is not None and unit.key in done
                 if not restored and on_unit is not None:
                     on_unit(unit)
-                shown.unit_done(unit.doc, unit.step, unit.seconds, restored=restored)
+                shown.unit_done(
+                    unit.doc,
+                    unit.step,
+                    unit.seconds,
+                    feed_s=unit.feed_s,
+                    reduce_s=unit.reduce_s,
+                    restored=restored,
+                )
 
             def may_start(key: tuple[int, int]) -> bool:
                 expected = pace.predict(*key) or 0.0

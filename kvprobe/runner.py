@@ -155,8 +155,10 @@ class Runner:
                     return [row for u in self.units for row in u.items]
                 started, evaluated = time.perf_counter(), sum(c.tokens_evaluated for c in feeding)
                 what = f"doc {document.index} L={length}"
-                on_chunk = _handing_logits(readers, document, names) if readers else None
+                reduce_s = [0.0]
+                on_chunk = _handing_logits(readers, document, names, reduce_s) if readers else None
                 feed_lockstep(feeding, segment, on_chunk, on_fed=_reporting(progress, what + " (document)"))
+                feed_s = time.perf_counter() - started - reduce_s[0]
                 rows: list[Row] = []
                 for config, context in contexts.items():
                     for name, run in self.runs.items():
@@ -168,8 +170,9 @@ class Runner:
                                 context.tokens_evaluated - before, f"{config} {what} {run.label or name}"
                             )
                 self._finish_unit(
-                    key, rows=rows, started=started, evaluated=evaluated, contexts=feeding, on_unit=on_unit
-                )
+                    key, rows=rows, started=started, evaluated=evaluated, contexts=feeding, on_unit=on_unit,
+                    feed_s=feed_s, reduce_s=reduce_s[0],
+                )  # fmt: skip
         return [row for u in self.units for row in u.items]
 
     def _run_prompts(
@@ -210,10 +213,12 @@ class Runner:
         evaluated: int,
         contexts: list[Context],
         on_unit: Callable[[Unit], None] | None,
+        feed_s: float = 0.0,
+        reduce_s: float = 0.0,
     ) -> None:
         data = {name: d for name, run in self.runs.items() if (d := run.end_unit()) is not None}
         tokens = sum(c.tokens_evaluated for c in contexts) - evaluated
-        unit = Unit(key[0], key[1], rows, data, tokens, time.perf_counter() - started)
+        unit = Unit(key[0], key[1], rows, data, tokens, time.perf_counter() - started, feed_s, reduce_s)
         self.units.append(unit)
         if on_unit is not None:
             on_unit(unit)
@@ -232,11 +237,18 @@ def _reporting(progress: Progress, what: str) -> Callable[[int], None]:
     return lambda n: progress(n, what)
 
 
-def _handing_logits(readers: list[ProbeRun], document: Document, names: list[str]) -> ChunkCallback:
+def _handing_logits(
+    readers: list[ProbeRun], document: Document, names: list[str], seconds: list[float]
+) -> ChunkCallback:
+    """Hands each chunk's logits to the probes that read them; adds the time they take to
+    `seconds[0]` (the reduction, apart from decoding)."""
+
     def on_chunk(pos0: int, logits: list[np.ndarray]) -> None:
+        started = time.perf_counter()
         by_config: Mapping[str, np.ndarray] = dict(zip(names, logits, strict=True))
         for run in readers:
             run.on_chunk(document, pos0, by_config)
+        seconds[0] += time.perf_counter() - started
 
     return on_chunk
 
@@ -292,7 +304,11 @@ def run_probes(
     restored = [u for u in runner.units if done and u.key in done]
     timing: dict[str, Any] = {
         "wall_s": round(time.perf_counter() - started, 2),
-        "units": [[u.doc, u.step, round(u.seconds, 3), u.tokens] for u in runner.units],
+        # [doc, step, seconds, tokens, of which feeding the document, of which reducing its logits]
+        "units": [
+            [u.doc, u.step, round(u.seconds, 3), u.tokens, round(u.feed_s, 3), round(u.reduce_s, 3)]
+            for u in runner.units
+        ],
         "decode_s": decode_s,
         "tokens_evaluated": tokens_evaluated,
         "null_check_tokens": null_tokens,

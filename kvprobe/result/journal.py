@@ -62,6 +62,8 @@ class Unit:
     probe_data: dict[str, Any] = field(default_factory=dict)  # per probe, from ProbeRun.end_unit
     tokens: int = 0  # tokens evaluated in this unit, every context together
     seconds: float = 0.0
+    feed_s: float = 0.0  # of which feeding the document (decoding, without the reduction)
+    reduce_s: float = 0.0  # of which probes reducing every position's logits
 
     @property
     def key(self) -> tuple[int, int]:
@@ -69,13 +71,15 @@ class Unit:
 
     def to_json(self) -> dict[str, Any]:
         return {"unit": [self.doc, self.step], "items": self.items, "probe_data": self.probe_data,
-                "tokens": self.tokens, "seconds": round(self.seconds, 3)}  # fmt: skip
+                "tokens": self.tokens, "seconds": round(self.seconds, 3), "feed_s": round(self.feed_s, 3),
+                "reduce_s": round(self.reduce_s, 3)}  # fmt: skip
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Unit:
         doc, step = data["unit"]
         return cls(int(doc), int(step), data["items"], data.get("probe_data") or {},
-                   int(data.get("tokens", 0)), float(data.get("seconds", 0.0)))  # fmt: skip
+                   int(data.get("tokens", 0)), float(data.get("seconds", 0.0)),
+                   float(data.get("feed_s", 0.0)), float(data.get("reduce_s", 0.0)))  # fmt: skip
 
 
 class Journal:

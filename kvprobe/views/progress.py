@@ -76,14 +76,17 @@ class RunProgress:
             f"{format_duration(self.clock() - self.started)} elapsed{eta}"
         )
 
-    def unit_done(self, doc: int, step: int, seconds: float, restored: bool = False) -> None:
+    def unit_done(
+        self, doc: int, step: int, seconds: float, *, feed_s: float = 0.0, reduce_s: float = 0.0,
+        restored: bool = False,
+    ) -> None:  # fmt: skip
         """A unit finished (or was restored from a journal): learn its time; after the first
         measured one, say how long the whole run will take."""
         if (doc, step) in self.left:
             self.left.remove((doc, step))
         if restored:
             return
-        self.pace.observe(doc, step, seconds)
+        self.pace.observe(doc, step, seconds, feed_s, reduce_s)
         if not self.estimated:
             self.estimated = True
             left = self.eta()
