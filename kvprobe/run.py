@@ -550,6 +550,14 @@ def cmd_run(args: argparse.Namespace, console: Console, argv: list[str] | None =
         execution = execute_run(
             request, kernels, console, done=done, on_unit=journaled, time_budget=args.time_budget
         )
+    except KeyboardInterrupt:  # while loading the models, before the probes ran
+        journal.close()
+        if not done:
+            journal.remove()  # nothing to resume
+            raise Interrupted("interrupted before any unit finished; no result file was written") from None
+        raise Interrupted(
+            f"interrupted while loading; continue with `kvprobe run --resume {jpath}`"
+        ) from None
     finally:
         signal.signal(signal.SIGTERM, previous)
         journal.close()

@@ -101,7 +101,8 @@ class Journal:
         _write_line(self._fh, unit.to_json())
 
     def close(self) -> None:
-        self._fh.close()
+        if not self._fh.closed:
+            self._fh.close()
 
     def remove(self) -> None:
         self.close()
