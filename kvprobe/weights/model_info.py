@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import gc
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,14 @@ def open_gguf(path: Path) -> gguf.GGUFReader:
         )
     stat = path.stat()
     return _parse(str(path.resolve()), stat.st_mtime_ns, stat.st_size)
+
+
+def forget_headers() -> None:
+    """Drop the parsed headers. A GGUFReader holds every metadata array as numpy views (2.1
+    million objects, about 0.7 GiB, for Gemma 3's 262K-token vocabulary): a run lets go of them
+    before it loads the model, or they would stay resident for the whole run."""
+    _parse.cache_clear()
+    gc.collect()
 
 
 @functools.lru_cache(maxsize=4)
