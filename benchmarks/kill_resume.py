@@ -69,7 +69,7 @@ def main() -> int:
         proc.wait()
         units = journal_units(out)
         if units is None and not finished_first:
-            where = "before the journal (kernel check / model load)"
+            where = "before the first unit finished (no journal: run again)"
             resume = kvprobe("run", *opts.run, "--out", str(out), "--force")  # nothing to resume
         elif finished_first:
             where = "after the run ended"

@@ -515,7 +515,7 @@ def cmd_run(args: argparse.Namespace, console: Console, argv: list[str] | None =
                 f"--resume {saved.path} is the journal of another request: {'; '.join(differ)}; "
                 "resume with the original options and files, or start again without --resume"
             )
-        journal = Journal(saved.path, saved.header)
+        journal = Journal(saved.path, saved.header, exists=True)
         done = {u.key: u for u in saved.units}
     else:
         header = {
@@ -526,7 +526,7 @@ def cmd_run(args: argparse.Namespace, console: Console, argv: list[str] | None =
             "identity_sha256": identity_hash(identity),
             "created": request.created,
         }
-        journal = Journal.create(jpath, header)
+        journal = Journal(jpath, header)
         done = {}
     console.print(request.memory, markup=False, highlight=False)
     console.print(
@@ -554,13 +554,14 @@ def cmd_run(args: argparse.Namespace, console: Console, argv: list[str] | None =
             request, kernels, console, done=done, on_unit=journaled, time_budget=args.time_budget
         )
     except KeyboardInterrupt:  # while loading the models, before the probes ran
-        journal.close()
         if not done:
-            journal.remove()  # nothing to resume
             raise Interrupted("interrupted before any unit finished; no result file was written") from None
         raise Interrupted(
             f"interrupted while loading; continue with `kvprobe run --resume {jpath}`"
         ) from None
+    else:
+        if execution.outcome.stopped is not None:
+            journal.ensure()
     finally:
         signal.signal(signal.SIGTERM, previous)
         journal.close()

@@ -83,30 +83,28 @@ class Unit:
 
 
 class Journal:
-    """An open journal, appended to as units finish."""
+    """A journal appended to as units finish. A new one is written only when its first unit
+    finishes: a run that fails or is stopped before that leaves nothing to resume, and no file."""
 
-    def __init__(self, path: Path, header: dict[str, Any]):
+    def __init__(self, path: Path, header: dict[str, Any], *, exists: bool = False):
         self.path = path
         self.header = header
-        self._fh = path.open("a", encoding="utf-8")
+        self._fh: Any = path.open("a", encoding="utf-8") if exists else None
 
-    @classmethod
-    def create(cls, path: Path, header: dict[str, Any]) -> Journal:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("w", encoding="utf-8") as fh:
-            _write_line(fh, {"kvprobe_journal": JOURNAL_VERSION, **header})
-        return cls(path, header)
+    def ensure(self) -> None:
+        """Write the journal now, units or not: a run stopped early can always be resumed."""
+        if self._fh is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._fh = self.path.open("w", encoding="utf-8")
+            _write_line(self._fh, {"kvprobe_journal": JOURNAL_VERSION, **self.header})
 
     def append(self, unit: Unit) -> None:
+        self.ensure()
         _write_line(self._fh, unit.to_json())
 
     def close(self) -> None:
-        if not self._fh.closed:
+        if self._fh is not None and not self._fh.closed:
             self._fh.close()
-
-    def remove(self) -> None:
-        self.close()
-        self.path.unlink(missing_ok=True)
 
 
 def _write_line(fh: Any, record: dict[str, Any]) -> None:

@@ -93,8 +93,8 @@ class RunProgress:
             if left is not None:
                 total = self.clock() - self.started + left
                 self.console.print(
-                    f"estimated run time: about {format_duration(total)} ({len(self.left)} more units "
-                    "at the speed of the first)",
+                    f"estimated run time: about {format_duration(total)} ({len(self.left)} more "
+                    f"unit{'' if len(self.left) == 1 else 's'} at the speed of the first)",
                     markup=False,
                     highlight=False,
                 )
