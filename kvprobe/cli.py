@@ -149,6 +149,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("scenarios", help="list the bundled scenarios")
 
+    report = sub.add_parser(
+        "report", help="show saved results: one as at the end of its run, several side by side"
+    )
+    report.add_argument("results", nargs="+", metavar="RESULT", help="result files (JSON from kvprobe run)")
+
     compare = sub.add_parser("compare", help="compare two result files (paired where the items are the same)")
     compare.add_argument("old", help="the earlier result (e.g. a saved baseline)")
     compare.add_argument("new", help="the result to judge")
@@ -215,6 +220,21 @@ def cmd_scenarios(console: Console) -> int:
             s.description,
         )
     console.print(table)
+    return 0
+
+
+def cmd_report(args: argparse.Namespace, console: Console) -> int:
+    """One file: its tables and verdict, as at the end of `kvprobe run` (the same function);
+    several: the matrix across runs. Only the files are read, never the model."""
+    from kvprobe.result.store import Result
+    from kvprobe.views.terminal import print_matrix, print_run_report
+
+    loaded = [Result.load(Path(p)) for p in args.results]
+    if len(loaded) == 1:
+        console.print(f"{loaded[0].path}: {loaded[0].doc.get('command', '')}", markup=False, highlight=False)
+        print_run_report(loaded[0].doc, console)
+    else:
+        print_matrix([(r.path.name, r.doc) for r in loaded], console)
     return 0
 
 
@@ -326,6 +346,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_scenarios(console)
         if args.command == "compare":
             return cmd_compare(args, console)
+        if args.command == "report":
+            return cmd_report(args, console)
         if args.command == "doctor":
             return cmd_doctor(args, console)
         if args.command == "quantize":

@@ -443,7 +443,7 @@ def run_identity(request: RunRequest, infos: list[dict[str, Any]], kernels: Kern
 
 
 _PATH_OPTIONS = ("model", "scenario", "haystack", "out")
-STOP_SWITCH_ENV = "KVPROBE_TEST_STOP_AFTER"  # "DOC,STEP:kill" or "DOC,STEP:int": for tests only
+STOP_SWITCH_ENV = "KVPROBE_TEST_STOP_AFTER"  # "DOC,STEP:kill|term|int": for tests only
 
 
 def resume_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> tuple[argparse.Namespace, Any]:
@@ -546,7 +546,10 @@ def cmd_run(args: argparse.Namespace, console: Console, argv: list[str] | None =
         # Tests stop a run at a known point: SIGKILL (nothing runs after it) or SIGINT (Ctrl-C).
         switch = os.environ.get(STOP_SWITCH_ENV, "")
         if switch.startswith(f"{unit.doc},{unit.step}:"):
-            os.kill(os.getpid(), signal.SIGKILL if switch.endswith(":kill") else signal.SIGINT)
+            how = {"kill": signal.SIGKILL, "term": signal.SIGTERM}.get(
+                switch.rsplit(":", 1)[-1], signal.SIGINT
+            )
+            os.kill(os.getpid(), how)
 
     previous = signal.signal(signal.SIGTERM, stop)
     try:

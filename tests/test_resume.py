@@ -84,11 +84,12 @@ def test_a_killed_run_resumes_to_identical_results(
     assert not journal.exists()
 
 
-def test_ctrl_c_writes_a_partial_result_and_says_how_to_resume(
-    run_args: list[str], uninterrupted: Path, tmp_path: Path
+@pytest.mark.parametrize("signal_name", ["int", "term"])
+def test_ctrl_c_or_sigterm_writes_a_partial_result_and_says_how_to_resume(
+    run_args: list[str], uninterrupted: Path, tmp_path: Path, signal_name: str
 ) -> None:
     out = tmp_path / "r.json"
-    stopped = kvprobe("run", *run_args, "--out", str(out), stop="0,1:int")
+    stopped = kvprobe("run", *run_args, "--out", str(out), stop=f"0,1:{signal_name}")
     assert stopped.returncode == 130
     assert "Traceback" not in stopped.stderr
     journal = Path(str(out) + ".journal.jsonl")

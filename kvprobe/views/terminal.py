@@ -26,11 +26,52 @@ def print_run_report(result: dict[str, Any], console: Console) -> None:
     )
     for warning in result.get("warnings", []):
         console.print(f"[yellow]warning:[/] {plain(warning)}")
+    if result.get("complete") is False:
+        console.print(
+            f"[yellow]partial result:[/] {plain(result.get('stopped') or 'stopped')}, "
+            f"{len(result.get('missing') or [])} units not measured (`kvprobe run --resume` continues it)"
+        )
     verdict = result.get("verdict")
     if verdict and verdict["sentences"]:
         console.print("[bold]Verdict[/]")
         for sentence in verdict["sentences"]:
             console.print(f"  • {sentence}", markup=False, highlight=False)
+
+
+def _at(summary: list[dict[str, Any]], metric: str, config: str, ctx: int) -> dict[str, Any] | None:
+    return next(
+        (r for r in summary if r["metric"] == metric and r["config"] == config and r["ctx"] == ctx
+         and r.get("scope", "bin") == "bin"),
+        None,
+    )  # fmt: skip
+
+
+def print_matrix(results: list[tuple[str, dict[str, Any]]], console: Console) -> None:
+    """Several runs side by side: one row per (run, model, configuration, context) with needle
+    accuracy, mean answer log-prob and the mean KL of the position bin that ends there."""
+    table = Table(
+        title=f"{len(results)} runs: accuracy (95% Wilson), answer log-prob, mean KL from the reference"
+    )
+    for col in ("run", "model", "config", "context", "accuracy", "answer log-prob", "KL (10⁻³ nats)"):
+        table.add_column(col, justify="left" if col in ("run", "model", "config") else "right", no_wrap=True)
+    for name, result in results:
+        model = str(result["model"].get("name") or result["model"].get("path") or "?")
+        summary = result["summary"]
+        for config in [c["id"] for c in result["configs"]]:
+            for ctx in result["run"]["checkpoints"]:
+                acc = _at(summary, "accuracy", config, ctx)
+                lp = _at(summary, "answer_logprob", config, ctx)
+                kl = _at(summary, "kld_mean", config, ctx)
+                if not (acc or lp or kl):
+                    continue
+                table.add_row(
+                    plain(name), plain(model), plain(config), f"{ctx:,}",
+                    f"{acc['value']:.2f} [{acc['ci'][0]:.2f}, {acc['ci'][1]:.2f}]" if acc else "-",
+                    f"{lp['value']:+.2f}" if lp else "-",
+                    f"{1e3 * kl['value']:.3g}" if kl else "-",
+                )  # fmt: skip
+        table.add_section()
+    console.print(table)
 
 
 MARK_STYLE = {

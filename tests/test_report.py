@@ -1,0 +1,55 @@
+"""`kvprobe report`: saved results shown without the model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from kvprobe.cli import main
+
+EXAMPLES = sorted((Path(__file__).resolve().parent.parent / "results" / "examples").glob("*.json"))
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=[p.name for p in EXAMPLES])
+def test_every_example_is_shown_with_its_verdict(path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["report", str(path)]) == 0
+    out = capsys.readouterr().out.replace("\n", " ")
+    doc = json.loads(path.read_text())
+    assert "tokens evaluated" in out
+    for sentence in doc["verdict"]["sentences"]:
+        assert sentence[:40] in out  # the verdict, as at the end of the run
+
+
+def test_several_results_make_a_matrix(capsys: pytest.CaptureFixture[str]) -> None:
+    quick = next(p for p in EXAMPLES if p.name.startswith("quick"))
+    default = next(p for p in EXAMPLES if p.name.startswith("default"))
+    assert main(["report", str(quick), str(default)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    doc = json.loads(default.read_text())
+    acc = next(
+        r for r in doc["summary"] if r["metric"] == "accuracy" and r["config"] == "q4_0" and r["ctx"] == 8192
+    )
+    kl = next(
+        r for r in doc["summary"]
+        if r["metric"] == "kld_mean" and r["config"] == "q4_0" and r["ctx"] == 8192 and r["scope"] == "bin"
+    )  # fmt: skip
+    cells = [[c.strip() for c in ln.split("│")] for ln in lines]
+    row = next(
+        "│".join(c)
+        for c in cells
+        if len(c) > 4 and c[1] == default.name and c[3] == "q4_0" and c[4] == "8,192"
+    )
+    assert f"{acc['value']:.2f} [{acc['ci'][0]:.2f}, {acc['ci'][1]:.2f}]" in row
+    assert f"{1e3 * kl['value']:.3g}" in row
+    assert sum(quick.name in ln for ln in lines) == 2  # f16 and q8_0 at 1,024
+
+
+def test_a_file_that_is_not_a_result_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "x.json"
+    bad.write_text("[1, 2]")
+    assert main(["report", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "schema_version" in err
+    assert len(err.strip().splitlines()) == 1
