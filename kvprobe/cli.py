@@ -153,6 +153,10 @@ def build_parser() -> argparse.ArgumentParser:
         "report", help="show saved results: one as at the end of its run, several side by side"
     )
     report.add_argument("results", nargs="+", metavar="RESULT", help="result files (JSON from kvprobe run)")
+    report.add_argument(
+        "--html", metavar="PAGE", help="also write one self-contained HTML page with the figures"
+    )
+    report.add_argument("--png", metavar="DIR", help="also write every figure as a PNG file into DIR")
 
     compare = sub.add_parser("compare", help="compare two result files (paired where the items are the same)")
     compare.add_argument("old", help="the earlier result (e.g. a saved baseline)")
@@ -230,12 +234,42 @@ def cmd_report(args: argparse.Namespace, console: Console) -> int:
     from kvprobe.views.terminal import print_matrix, print_run_report
 
     loaded = [Result.load(Path(p)) for p in args.results]
+    named = [(r.path.name, r.doc) for r in loaded]
     if len(loaded) == 1:
         console.print(f"{loaded[0].path}: {loaded[0].doc.get('command', '')}", markup=False, highlight=False)
         print_run_report(loaded[0].doc, console)
     else:
-        print_matrix([(r.path.name, r.doc) for r in loaded], console)
+        print_matrix(named, console)
+    write_pictures(named, args.html, args.png, console)
     return 0
+
+
+def write_pictures(
+    named: list[tuple[str, dict[str, Any]]], html_path: str | None, png_dir: str | None, console: Console
+) -> None:
+    """--html PAGE and --png DIR for `report` (and `run`): matplotlib from the plot extra."""
+    if not html_path and not png_dir:
+        return
+    from kvprobe.views.figures import write_png
+    from kvprobe.views.html import page
+
+    if html_path:
+        text = page(named)
+        target = Path(html_path)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(text, encoding="utf-8")
+        except OSError as exc:
+            raise UserError(
+                f"cannot write --html {target} ({exc.strerror or exc}): choose another path"
+            ) from None
+        console.print(f"page: {target}", markup=False, highlight=False)
+    if png_dir:
+        from kvprobe.probes import all_probes
+
+        figures = [f for _, result in named for probe in all_probes() for f in probe.figures(result)]
+        paths = write_png(figures, png_dir)
+        console.print(f"figures: {len(paths)} PNG files in {png_dir}", markup=False, highlight=False)
 
 
 def cmd_compare(args: argparse.Namespace, console: Console) -> int:

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from kvprobe.plan.documents import Document, Insert, Tokenizer
     from kvprobe.plan.scenario import Scenario
     from kvprobe.stats.metrics import Metric
+    from kvprobe.views.figures import Figure
 
 Row = dict[str, Any]  # one item or summary row, as stored in the result file
 ResultDoc = dict[str, Any]  # a whole result document (kvprobe.result)
@@ -164,6 +165,14 @@ class Probe:
 
     def tables(self, result: ResultDoc) -> list[RenderableType]:
         """What the terminal report shows for this probe."""
+        return []
+
+    def figures(self, result: ResultDoc) -> list[Figure]:
+        """What the HTML report and --png draw for this probe (kvprobe.views.figures data)."""
+        return []
+
+    def notes(self, result: ResultDoc) -> list[str]:
+        """Plain-text paragraphs the HTML report shows under its figures."""
         return []
 
     def sentence(self, result: ResultDoc, config: str, baseline: str, verdict: Row) -> str | None:

@@ -41,6 +41,7 @@ if TYPE_CHECKING:
 
     from kvprobe.plan.documents import Document
     from kvprobe.plan.scenario import Scenario
+    from kvprobe.views.figures import Figure
 
 Arrays = dict[str, list[dict[str, np.ndarray]]]  # per configuration, per document: name -> values
 
@@ -227,6 +228,9 @@ class DivergenceProbe(Probe):
             return []
         return [divergence_table(result), *divergence_lines(result)]
 
+    def figures(self, result: ResultDoc) -> list[Figure]:
+        return divergence_figures(result)
+
     def sentence(self, result: ResultDoc, config: str, baseline: str, verdict: Row) -> str | None:
         onsets = (result.get("divergence") or {}).get("onset", {})
         if config not in onsets:
@@ -377,3 +381,45 @@ def divergence_lines(result: ResultDoc) -> list[str]:
 
 
 register(DivergenceProbe())
+
+
+def divergence_figures(result: ResultDoc) -> list[Figure]:
+    """Mean KL from the reference by position bin (bootstrap bands, ▲ onset), and top-1
+    agreement; x is each bin's upper edge."""
+    from kvprobe.views.figures import LineFigure, Marker, summary_series
+
+    section = result.get("divergence")
+    if not section:
+        return []
+    summary, reference = result["summary"], section["reference"]
+    configs = [c["id"] for c in result["configs"] if c["id"] != reference]
+    kl = [s for c in configs if (s := summary_series(summary, "kld_mean", c, scope="bin"))]
+    top1 = [s for c in configs if (s := summary_series(summary, "top1_agree", c, scope="bin"))]
+    if not kl:
+        return []
+    markers = []
+    for c, onset in (section.get("onset") or {}).items():
+        series = next((s for s in kl if s.label == c), None)
+        if onset and series and float(onset["bin"][1]) in series.x:
+            x = float(onset["bin"][1])
+            markers.append(Marker(c, x, series.y[series.x.index(x)], f"onset {c}"))
+    axis = "position in the document (tokens, bin upper edge, log2 axis)"
+    return [
+        LineFigure(
+            "divergence-kl",
+            f"Mean KL divergence from {reference} by position (95% block bootstrap; ▲ onset)",
+            axis,
+            "mean KL (nats)",
+            kl,
+            markers,
+            log2_x=True,
+        ),
+        LineFigure(
+            "divergence-top1",
+            f"Top-1 agreement with {reference} by position (95% block bootstrap)",
+            axis,
+            "share of positions with the same argmax",
+            top1,
+            log2_x=True,
+        ),
+    ]

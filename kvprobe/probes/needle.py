@@ -29,6 +29,7 @@ from kvprobe.probes.registry import register
 from kvprobe.probes.repetition_metrics import find_loop
 from kvprobe.probes.rows import by_config_and_ctx, fmt_ci, mean_row, rate_row
 from kvprobe.stats.metrics import Metric
+from kvprobe.views.figures import Series
 
 if TYPE_CHECKING:
     from rich.console import RenderableType
@@ -36,6 +37,7 @@ if TYPE_CHECKING:
     from kvprobe.engine import Context
     from kvprobe.plan.documents import Document, Insert, Tokenizer
     from kvprobe.plan.scenario import Scenario
+    from kvprobe.views.figures import Figure
 
 NEEDLE_LOOP_TOKENS = 6  # a failed answer such as "899999999" ends in >= 6 periodic tokens
 Progress = Callable[[int, str], None]
@@ -209,6 +211,9 @@ class NeedleProbe(Probe):
             return []
         return [needle_table(result)]
 
+    def figures(self, result: ResultDoc) -> list[Figure]:
+        return needle_figures(result)
+
     def sentence(self, result: ResultDoc, config: str, baseline: str, verdict: Row) -> str | None:
         from kvprobe.stats.verdict import needle_sentence
 
@@ -255,3 +260,91 @@ def needle_table(result: ResultDoc) -> Table:
 
 
 register(NeedleProbe())
+
+
+DEPTH_BINS = 5  # heatmap rows: depth 0-0.2, ..., 0.8-1.0
+
+
+def needle_figures(result: ResultDoc) -> list[Figure]:
+    """Accuracy and the answer log-prob's difference against context, with intervals and
+    onsets; the length x depth accuracy heatmap per configuration and its difference to the
+    reference."""
+    from kvprobe.views.figures import Heatmap, LineFigure, Marker, summary_series
+
+    summary, baseline = result["summary"], result.get("baseline")
+    configs = [c["id"] for c in result["configs"]]
+    verdicts = ((result.get("verdict") or {}).get("configs")) or {}
+    accuracy = [s for c in configs if (s := summary_series(summary, "accuracy", c, reference=c == baseline))]
+    if not accuracy:
+        return []
+    markers = []
+    for c, v in verdicts.items():
+        series = next((s for s in accuracy if s.label == c), None)
+        onset = v.get("onset_accuracy")
+        if series and onset in series.x:
+            markers.append(Marker(c, float(onset), series.y[series.x.index(onset)], f"onset {c}"))
+    log2_ctx = "context length (tokens, log2 axis)"
+    title = "Needle accuracy by context length (95% Wilson bands; ▲ onset)"
+    figures: list[Figure] = [
+        LineFigure(
+            "needle-accuracy", title, log2_ctx, "accuracy (share retrieved)", accuracy, markers, log2_x=True
+        )
+    ]
+    diffs, lp_markers = [], []
+    for c, v in verdicts.items():
+        rows = [r for r in v.get("paired", []) if r["metric"] == "answer_logprob"]
+        if rows:
+            x, y = [float(r["ctx"]) for r in rows], [r["diff"] for r in rows]
+            diffs.append(Series(c, x, y, [r["ci"][0] for r in rows], [r["ci"][1] for r in rows]))
+            onset = v.get("onset_logprob")
+            at = next((r for r in rows if r["ctx"] == onset), None)
+            if at:
+                lp_markers.append(Marker(c, float(onset), at["diff"], f"onset {c}"))
+    if diffs:
+        figures.append(
+            LineFigure(
+                "needle-logprob-diff",
+                f"Answer log-probability minus {baseline}'s, paired (95% intervals)",
+                "context length (tokens, log2 axis)",
+                "difference (nats)",
+                diffs,
+                lp_markers,
+                log2_x=True,
+                zero_line=True,
+            )
+        )
+    grids = {c: depth_grid(result["items"], c, result["run"]["checkpoints"]) for c in configs}
+    rows = [f"{i / DEPTH_BINS:.1f}–{(i + 1) / DEPTH_BINS:.1f}" for i in range(DEPTH_BINS)]
+    columns = [f"{c:,}" for c in result["run"]["checkpoints"]]
+    axes = ("context length (tokens)", "needle depth (share of the context)", columns, rows)
+    for c in configs:
+        title = f"Needle accuracy, {c}: context length × depth"
+        figures.append(Heatmap(f"needle-heatmap-{_safe(c)}", title, *axes, grids[c], "accuracy"))
+        if baseline and c != baseline:
+            delta = [
+                [None if a is None or b is None else a - b for a, b in zip(ra, rb, strict=True)]
+                for ra, rb in zip(grids[c], grids[baseline], strict=True)
+            ]
+            key = f"needle-heatmap-{_safe(c)}-minus-{_safe(baseline)}"
+            title = f"Accuracy of {c} minus {baseline}: context length × depth"
+            figures.append(
+                Heatmap(key, title, *axes, delta, "accuracy difference", diverging=True, vmin=-1.0, vmax=1.0)
+            )
+    return figures
+
+
+def depth_grid(items: list[Row], config: str, checkpoints: list[int]) -> list[list[float | None]]:
+    """Accuracy per (depth bin, checkpoint) of one configuration; None where no needle sits."""
+    cells: dict[tuple[int, int], list[bool]] = {}
+    for it in items:
+        if it["probe"] == "needle" and it["config"] == config and it["ctx"] in checkpoints:
+            row = min(DEPTH_BINS - 1, int(float(it["depth"]) * DEPTH_BINS))
+            cells.setdefault((row, checkpoints.index(it["ctx"])), []).append(bool(it["correct"]))
+    return [
+        [(sum(v) / len(v)) if (v := cells.get((r, c))) else None for c in range(len(checkpoints))]
+        for r in range(DEPTH_BINS)
+    ]
+
+
+def _safe(config: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "_-" else "-" for ch in config)

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from kvprobe.engine import Context
     from kvprobe.plan.documents import Document
     from kvprobe.plan.scenario import Scenario
+    from kvprobe.views.figures import Figure
 
 
 @dataclass(frozen=True)
@@ -166,6 +167,13 @@ class RepetitionProbe(Probe):
             rows.append(rate_row("repetition", "loop_rate", config, ctx, hits=loops, n=len(group)))
         return rows
 
+    def figures(self, result: ResultDoc) -> list[Figure]:
+        return repetition_figures(result)
+
+    def notes(self, result: ResultDoc) -> list[str]:
+        worst = worst_continuation(result)
+        return [worst] if worst else []
+
     def tables(self, result: ResultDoc) -> list[RenderableType]:
         if not any(r["probe"] == "repetition" for r in result["summary"]):
             return []
@@ -204,3 +212,58 @@ def repetition_table(result: ResultDoc) -> Table:
 
 
 register(RepetitionProbe())
+
+
+def repetition_figures(result: ResultDoc) -> list[Figure]:
+    """Loop rate and seq-rep-4 against context per configuration, with the document's own text
+    as the reference line."""
+    from kvprobe.views.figures import LineFigure, summary_series
+
+    summary = result["summary"]
+    configs = [c["id"] for c in result["configs"]]
+    figures: list[Figure] = []
+    for metric, title, ylabel in (
+        (
+            "loop_rate",
+            "Continuations that end in a loop (95% Wilson bands)",
+            "share of continuations looping",
+        ),
+        (
+            "seq_rep_4",
+            "seq-rep-4 of greedy continuations (95% bootstrap bands)",
+            "seq-rep-4 (repeated 4-grams)",
+        ),
+    ):
+        series = [s for c in configs if (s := summary_series(summary, metric, c))]
+        text = summary_series(
+            summary, metric, TEXT_ROWS, reference=True, label="real text (the document's own)"
+        )
+        if series:
+            figures.append(
+                LineFigure(
+                    f"repetition-{metric.replace('_', '-')}",
+                    title,
+                    "context length (tokens, log2 axis)",
+                    ylabel,
+                    [*([text] if text else []), *series],
+                    log2_x=True,
+                )
+            )
+    return figures
+
+
+def worst_continuation(result: ResultDoc) -> str | None:
+    """The most repetitive continuation of any configuration, in words."""
+    rows = [
+        it for it in result["items"] if it["probe"] == "repetition" and it["config"] != result.get("baseline")
+    ]
+    if not rows:
+        return None
+    worst = max(rows, key=lambda it: (it["seq_rep_4"], it["ctx"]))
+    text = str(worst["text"])
+    shown = text if len(text) <= 600 else text[:600] + " …"
+    return (
+        f"The most repetitive continuation: {worst['config']} at {worst['ctx']:,} tokens, from position "
+        f"{worst['offset']:,} of document {worst['doc']} (seq-rep-4 {worst['seq_rep_4']:.2f}"
+        f"{', a loop' if worst['loop'] else ''}): {shown}"
+    )

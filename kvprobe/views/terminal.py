@@ -46,14 +46,13 @@ def _at(summary: list[dict[str, Any]], metric: str, config: str, ctx: int) -> di
     )  # fmt: skip
 
 
-def print_matrix(results: list[tuple[str, dict[str, Any]]], console: Console) -> None:
-    """Several runs side by side: one row per (run, model, configuration, context) with needle
-    accuracy, mean answer log-prob and the mean KL of the position bin that ends there."""
-    table = Table(
-        title=f"{len(results)} runs: accuracy (95% Wilson), answer log-prob, mean KL from the reference"
-    )
-    for col in ("run", "model", "config", "context", "accuracy", "answer log-prob", "KL (10⁻³ nats)"):
-        table.add_column(col, justify="left" if col in ("run", "model", "config") else "right", no_wrap=True)
+MATRIX_COLUMNS = ("run", "model", "config", "context", "accuracy", "answer log-prob", "KL (10⁻³ nats)")
+
+
+def matrix_rows(results: list[tuple[str, dict[str, Any]]] | Any) -> list[list[str]]:
+    """One row per (run, configuration, context): needle accuracy with its interval, mean answer
+    log-prob and the mean KL of the position bin that ends there ("-" where a run has none)."""
+    rows = []
     for name, result in results:
         model = str(result["model"].get("name") or result["model"].get("path") or "?")
         summary = result["summary"]
@@ -62,15 +61,29 @@ def print_matrix(results: list[tuple[str, dict[str, Any]]], console: Console) ->
                 acc = _at(summary, "accuracy", config, ctx)
                 lp = _at(summary, "answer_logprob", config, ctx)
                 kl = _at(summary, "kld_mean", config, ctx)
-                if not (acc or lp or kl):
-                    continue
-                table.add_row(
-                    plain(name), plain(model), plain(config), f"{ctx:,}",
-                    f"{acc['value']:.2f} [{acc['ci'][0]:.2f}, {acc['ci'][1]:.2f}]" if acc else "-",
-                    f"{lp['value']:+.2f}" if lp else "-",
-                    f"{1e3 * kl['value']:.3g}" if kl else "-",
-                )  # fmt: skip
-        table.add_section()
+                if acc or lp or kl:
+                    rows.append([
+                        name, model, config, f"{ctx:,}",
+                        f"{acc['value']:.2f} [{acc['ci'][0]:.2f}, {acc['ci'][1]:.2f}]" if acc else "-",
+                        f"{lp['value']:+.2f}" if lp else "-",
+                        f"{1e3 * kl['value']:.3g}" if kl else "-",
+                    ])  # fmt: skip
+    return rows
+
+
+def print_matrix(results: list[tuple[str, dict[str, Any]]], console: Console) -> None:
+    """Several runs side by side (matrix_rows)."""
+    table = Table(
+        title=f"{len(results)} runs: accuracy (95% Wilson), answer log-prob, mean KL from the reference"
+    )
+    for col in MATRIX_COLUMNS:
+        table.add_column(col, justify="left" if col in ("run", "model", "config") else "right", no_wrap=True)
+    previous = None
+    for row in matrix_rows(results):
+        if previous is not None and row[0] != previous:
+            table.add_section()
+        table.add_row(*(plain(c) for c in row))
+        previous = row[0]
     console.print(table)
 
 

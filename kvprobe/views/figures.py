@@ -1,0 +1,181 @@
+"""Figures of a result: plain data first (what is drawn: series, intervals, markers), then drawn
+with matplotlib (the `plot` extra) as SVG or PNG. Tests check the data, not the pixels; the
+probes build the data (`Probe.figures`), this module only draws it.
+
+Colours: Okabe-Ito (colour-blind safe). The reference is black and dashed, so it stays distinct
+from every other series.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from kvprobe.errors import UserError
+
+OKABE_ITO = ("#E69F00", "#56B4E9", "#009E73", "#0072B2", "#D55E00", "#CC79A7", "#F0E442")
+REFERENCE_COLOUR = "#000000"
+INSTALL_PLOT = 'pip install "kvprobe[plot]"'
+
+
+@dataclass(frozen=True)
+class Series:
+    label: str
+    x: list[float]
+    y: list[float]
+    lo: list[float] | None = None  # 95% interval, drawn as a band
+    hi: list[float] | None = None
+    reference: bool = False
+
+
+@dataclass(frozen=True)
+class Marker:
+    """A point to mark on a series: an onset."""
+
+    series: str
+    x: float
+    y: float
+    label: str
+
+
+@dataclass(frozen=True)
+class LineFigure:
+    key: str  # file name stem for --png
+    title: str
+    xlabel: str
+    ylabel: str
+    series: list[Series]
+    markers: list[Marker] = field(default_factory=list)
+    log2_x: bool = False
+    level: tuple[float, str] | None = None  # a horizontal reference line (y, label)
+    zero_line: bool = False
+
+
+@dataclass(frozen=True)
+class Heatmap:
+    key: str
+    title: str
+    xlabel: str
+    ylabel: str
+    x_labels: list[str]
+    y_labels: list[str]
+    values: list[list[float | None]]  # rows (y) x columns (x); None: no item there
+    colour_label: str
+    diverging: bool = False  # a difference: centred on 0
+    vmin: float = 0.0
+    vmax: float = 1.0
+
+
+Figure = LineFigure | Heatmap
+
+
+def _pyplot() -> Any:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise UserError(f"figures need matplotlib: {INSTALL_PLOT}") from None
+    return plt
+
+
+def render(figure: Figure, fmt: str = "svg") -> bytes:
+    """The figure drawn as SVG or PNG bytes."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7.2, 4.2), dpi=110)
+    try:
+        if isinstance(figure, Heatmap):
+            _draw_heatmap(ax, fig, figure)
+        else:
+            _draw_lines(ax, figure)
+        ax.set_title(figure.title, fontsize=10)
+        ax.set_xlabel(figure.xlabel)
+        ax.set_ylabel(figure.ylabel)
+        fig.tight_layout()
+        buf = io.BytesIO()
+        fig.savefig(buf, format=fmt, metadata={"Date": None} if fmt == "svg" else None)
+        return buf.getvalue()
+    finally:
+        plt.close(fig)
+
+
+def _draw_lines(ax: Any, figure: LineFigure) -> None:
+    colours = iter(OKABE_ITO * 4)
+    colour_of: dict[str, str] = {}
+    for s in figure.series:
+        colour = REFERENCE_COLOUR if s.reference else next(colours)
+        colour_of[s.label] = colour
+        ax.plot(s.x, s.y, marker="o", markersize=3.5, color=colour, linestyle="--" if s.reference else "-",
+                linewidth=1.6, label=s.label)  # fmt: skip
+        if s.lo is not None and s.hi is not None:
+            ax.fill_between(s.x, s.lo, s.hi, color=colour, alpha=0.15, linewidth=0)
+    for m in figure.markers:
+        ax.plot([m.x], [m.y], marker="^", markersize=11, color=colour_of.get(m.series, "#D55E00"),
+                markeredgecolor="black", linestyle="none", label=m.label)  # fmt: skip
+    if figure.level is not None:
+        ax.axhline(figure.level[0], color="#666666", linestyle=":", linewidth=1.2, label=figure.level[1])
+    if figure.zero_line:
+        ax.axhline(0.0, color="#999999", linewidth=0.8)
+    if figure.log2_x:
+        ax.set_xscale("log", base=2)
+        ticks = sorted({x for s in figure.series for x in s.x})
+        ax.set_xticks(ticks, [f"{int(t):,}" for t in ticks])
+        ax.minorticks_off()
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8, frameon=False)
+
+
+def _draw_heatmap(ax: Any, fig: Any, figure: Heatmap) -> None:
+    import numpy as np
+
+    data = np.array([[np.nan if v is None else v for v in row] for row in figure.values], dtype=float)
+    cmap = "PuOr" if figure.diverging else "viridis"
+    image = ax.imshow(data, cmap=cmap, vmin=figure.vmin, vmax=figure.vmax, aspect="auto", origin="lower")
+    ax.set_xticks(range(len(figure.x_labels)), figure.x_labels)
+    ax.set_yticks(range(len(figure.y_labels)), figure.y_labels)
+    for (i, j), v in np.ndenumerate(data):
+        if not np.isnan(v):
+            text = f"{v:+.2f}" if figure.diverging else f"{v:.2f}"
+            dark = not figure.diverging and v < 0.5
+            ax.text(j, i, text, ha="center", va="center", fontsize=7, color="white" if dark else "black")
+    fig.colorbar(image, ax=ax, label=figure.colour_label)
+
+
+def write_png(figures: Sequence[Figure], folder: str) -> list[str]:
+    """Every figure as FOLDER/<key>.png; returns the paths."""
+    from pathlib import Path
+
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for figure in figures:
+        path = out / f"{figure.key}.png"
+        path.write_bytes(render(figure, "png"))
+        paths.append(str(path))
+    return paths
+
+
+def summary_series(
+    summary: Sequence[dict[str, Any]], metric: str, config: str, *, reference: bool = False,
+    label: str | None = None, scope: str | None = None,
+) -> Series | None:  # fmt: skip
+    """One configuration's summary rows of `metric` as a series with its intervals, by ctx."""
+    rows = sorted(
+        (r for r in summary if r["metric"] == metric and r["config"] == config
+         and (scope is None or r.get("scope") == scope) and r.get("value") is not None),
+        key=lambda r: int(r["ctx"]),
+    )  # fmt: skip
+    if not rows:
+        return None
+    cis = [r.get("ci") or [r["value"], r["value"]] for r in rows]
+    return Series(
+        label or config,
+        [float(r["ctx"]) for r in rows],
+        [float(r["value"]) for r in rows],
+        [float(c[0]) for c in cis],
+        [float(c[1]) for c in cis],
+        reference,
+    )

@@ -1,0 +1,165 @@
+"""The figures and the HTML page of a saved result: the data behind each figure is checked on a
+known result (not pixels), and the page is opened in a real browser when one is installed."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import shutil
+import struct
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kvprobe.cli import main
+from kvprobe.probes import get_probe
+from kvprobe.views.figures import Heatmap, LineFigure
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "results" / "examples"
+SPLIT = EXAMPLES / "splitkv-f16-q8_0-q4_0-8192.json"
+REPETITION = EXAMPLES / "repetition-f16-q8_0-q4_0-8192.json"
+
+
+def load(path: Path) -> dict[str, Any]:
+    from kvprobe.result.store import load_result
+
+    return load_result(path)
+
+
+def by_key(figures: list[Any]) -> dict[str, Any]:
+    return {f.key: f for f in figures}
+
+
+def test_needle_accuracy_figure_holds_the_summary_and_the_onset() -> None:
+    result = load(SPLIT)
+    figures = by_key(get_probe("needle").figures(result))
+    acc = figures["needle-accuracy"]
+    assert isinstance(acc, LineFigure)
+    assert acc.log2_x
+    q4 = next(s for s in acc.series if s.label == "q4_0")
+    rows = sorted((r for r in result["summary"] if r["metric"] == "accuracy" and r["config"] == "q4_0"),
+                  key=lambda r: r["ctx"])  # fmt: skip
+    assert q4.x == [r["ctx"] for r in rows]
+    assert q4.y == [r["value"] for r in rows]
+    assert q4.lo == [r["ci"][0] for r in rows]
+    assert [s.reference for s in acc.series] == [
+        s.label == "f16" for s in acc.series
+    ]  # the reference stands out
+    onset = result["verdict"]["configs"]["q4_0"]["onset_accuracy"]
+    assert onset == 8192
+    assert any(m.series == "q4_0" and m.x == onset and m.y == q4.y[-1] for m in acc.markers)
+    diff = next(s for s in figures["needle-logprob-diff"].series if s.label == "q4_0")
+    paired = [r for r in result["verdict"]["configs"]["q4_0"]["paired"] if r["metric"] == "answer_logprob"]
+    assert diff.y == [r["diff"] for r in paired]
+
+
+def test_the_heatmap_counts_items_by_depth_and_length() -> None:
+    result = load(SPLIT)
+    figures = by_key(get_probe("needle").figures(result))
+    heat = figures["needle-heatmap-q4_0"]
+    assert isinstance(heat, Heatmap)
+    cell = [it for it in result["items"] if it["probe"] == "needle" and it["config"] == "q4_0"
+            and it["ctx"] == 8192 and 0.2 <= it["depth"] < 0.4]  # fmt: skip
+    assert heat.values[1][3] == pytest.approx(sum(it["correct"] for it in cell) / len(cell))
+    delta = figures["needle-heatmap-q4_0-minus-f16"]
+    base = figures["needle-heatmap-f16"]
+    assert delta.diverging
+    assert delta.values[1][3] == pytest.approx(heat.values[1][3] - base.values[1][3])
+
+
+def test_divergence_figure_marks_the_onset_bin() -> None:
+    result = load(EXAMPLES / "divergence-f16-q8_0-q4_0-8192.json")
+    kl = by_key(get_probe("divergence").figures(result))["divergence-kl"]
+    onsets = result["divergence"]["onset"]
+    for s in kl.series:
+        rows = [r for r in result["summary"] if r["metric"] == "kld_mean" and r["config"] == s.label
+                and r["scope"] == "bin"]  # fmt: skip
+        assert s.y == [r["value"] for r in sorted(rows, key=lambda r: r["ctx"])]
+    expected = {c: o["bin"][1] for c, o in onsets.items() if o}
+    assert {m.series: m.x for m in kl.markers} == expected
+
+
+def test_repetition_figures_show_real_text_as_the_reference() -> None:
+    result = load(REPETITION)
+    figures = by_key(get_probe("repetition").figures(result))
+    loops = figures["repetition-loop-rate"]
+    text = next(s for s in loops.series if s.reference)
+    assert text.label.startswith("real text")
+    rows = [r for r in result["summary"] if r["metric"] == "loop_rate" and r["config"] == "(text)"]
+    assert text.y == [r["value"] for r in sorted(rows, key=lambda r: r["ctx"])]
+    (note,) = get_probe("repetition").notes(result)
+    assert "most repetitive continuation" in note
+
+
+def test_the_page_is_self_contained(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    page = tmp_path / "page.html"
+    assert main(["report", str(SPLIT), "--html", str(page), "--png", str(tmp_path / "png")]) == 0
+    text = page.read_text()
+    assert "<script" not in text
+    assert not re.search(r"(src|href)=\"https?:", text)  # nothing fetched from the network
+    images = re.findall(r'src="data:image/svg\+xml;base64,([^"]+)"', text)
+    assert len(images) == 19
+    for data in images:
+        assert ET.fromstring(base64.b64decode(data)).tag.endswith("svg")
+    assert text.index("Verdict") < text.index("<h2>needle") < text.index("Provenance")
+    assert json.loads(SPLIT.read_text())["model"]["sha256"] in text
+    assert len(list((tmp_path / "png").glob("*.png"))) == 19
+
+
+def test_without_matplotlib_the_page_is_one_line_exit_2(tmp_path: Path) -> None:
+    code = (
+        "import sys; sys.modules['matplotlib'] = None; "  # as if the plot extra were not installed
+        "from kvprobe.cli import main; sys.exit(main(sys.argv[1:]))"
+    )
+    argv = [sys.executable, "-c", code, "report", str(SPLIT), "--html", str(tmp_path / "p.html")]
+    proc = subprocess.run(argv, capture_output=True, text=True, check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == 'kvprobe: error: figures need matplotlib: pip install "kvprobe[plot]"'
+    assert not (tmp_path / "p.html").exists()
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+WRAPPER = """<!DOCTYPE html><html><body>
+<iframe id="f" src="page.html" style="width:1200px;height:900px"></iframe>
+<script>
+document.getElementById('f').addEventListener('load', () => {
+  const imgs = Array.from(document.getElementById('f').contentDocument.images);
+  Promise.all(imgs.map(i => i.decode().then(() => (i.naturalWidth > 0 ? 1 : 0), () => 0))).then(r => {
+    document.body.setAttribute('data-images', imgs.length + ':' + r.reduce((a, b) => a + b, 0));
+  });
+});
+</script></body></html>"""
+
+
+@pytest.mark.skipif(
+    CHROMIUM is None, reason="no headless browser: install Debian's chromium package to run it"
+)
+def test_the_page_opens_in_a_real_browser(tmp_path: Path) -> None:
+    page = tmp_path / "page.html"
+    assert main(["report", str(SPLIT), "--html", str(page)]) == 0
+    (tmp_path / "wrapper.html").write_text(WRAPPER)  # the test's own script: the page has none
+    flags = [
+        str(CHROMIUM),
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--allow-file-access-from-files",
+    ]
+    wrapper = (tmp_path / "wrapper.html").as_uri()
+    dom = subprocess.run([*flags, "--virtual-time-budget=15000", "--dump-dom", wrapper],
+                         capture_output=True, text=True, check=True, timeout=120)  # fmt: skip
+    assert 'data-images="19:19"' in dom.stdout  # every image decodes
+    shot = tmp_path / "shot.png"
+    proc = subprocess.run([*flags, "--enable-logging=stderr", "--v=0", "--window-size=1200,2400",
+                           f"--screenshot={shot}", page.as_uri()],
+                          capture_output=True, text=True, check=True, timeout=120)  # fmt: skip
+    console = [ln for ln in proc.stderr.splitlines() if "CONSOLE" in ln or "Uncaught" in ln]
+    assert console == []  # no console errors
+    header = shot.read_bytes()[:24]
+    assert header[:8] == b"\x89PNG\r\n\x1a\n"
+    assert struct.unpack(">II", header[16:24]) == (1200, 2400)
