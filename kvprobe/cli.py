@@ -135,6 +135,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", help="result file (default results/<utc>-<model>-<caches>-<ctx>.json)")
     run.add_argument("--force", action="store_true", help="overwrite an existing --out file")
     run.add_argument(
+        "--html",
+        metavar="PAGE",
+        help="the HTML page with the figures (default: beside the result, <out>.html, when matplotlib "
+        "from the plot extra is installed)",
+    )
+    run.add_argument("--no-html", action="store_true", help="write no HTML page")
+    run.add_argument(
         "--resume",
         metavar="PATH",
         help="continue an interrupted run from its journal (<out>.journal.jsonl, or the partial result "
@@ -177,6 +184,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     compare.add_argument("--paired", action="store_true", help="refuse unless the items can be paired")
     compare.add_argument("--json", action="store_true", help="print the comparison as JSON")
+    compare.add_argument(
+        "--html", metavar="PAGE", help="also write an HTML page with old and new on the same axes"
+    )
 
     doctor = sub.add_parser("doctor", help="diagnose a GGUF file's weights and its KV cache memory")
     doctor.add_argument("model", help="GGUF model file")
@@ -296,6 +306,13 @@ def cmd_compare(args: argparse.Namespace, console: Console) -> int:
             )
     failures = [(rule, row) for rule in rules for row in report["rows"] if rule.violated_by(row)]
     report["failures"] = [{"rule": f"{r.metric}:{r.threshold:+g}", **row} for r, row in failures]
+    if args.html:
+        from kvprobe.views.html import comparison_page, comparison_rows
+
+        text = comparison_page(
+            (Path(args.old).name, old), (Path(args.new).name, new), comparison_rows(report)
+        )
+        Path(args.html).write_text(text, encoding="utf-8")
     if args.json:
         print(json.dumps(finite_json(report)[0], indent=1))  # strict JSON: a NaN row shows as null
     else:

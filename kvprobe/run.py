@@ -130,6 +130,7 @@ class RunRequest:
     no_repack: bool
     warnings: list[str]
     memory: str  # the pre-flight estimate, in words
+    page: Path | None  # the HTML page to write beside the result
 
 
 @dataclass(frozen=True)
@@ -175,6 +176,23 @@ def estimate_memory(
     check_fits(need, available, args.ctx)
     shown = f" of {available / GiB:.1f} GiB available" if available is not None else ""
     return f"memory: needs about {need.total / GiB:.1f} GiB{shown} ({need.describe()})"
+
+
+def html_page_path(args: argparse.Namespace, out_path: Path) -> Path | None:
+    """--html PAGE (matplotlib required: refused now, not after the run), else <out>.html when
+    matplotlib is there, else none."""
+    import importlib.util
+
+    from kvprobe.views.figures import INSTALL_PLOT
+
+    has_plot = importlib.util.find_spec("matplotlib") is not None
+    if args.no_html:
+        return None
+    if args.html:
+        if not has_plot:
+            raise UserError(f"--html needs matplotlib: {INSTALL_PLOT}, or drop --html")
+        return Path(args.html)
+    return out_path.with_suffix(".html") if has_plot else None
 
 
 def validate_run(args: argparse.Namespace) -> RunRequest:
@@ -234,6 +252,7 @@ def validate_run(args: argparse.Namespace) -> RunRequest:
         )
     )
     check_out_path(out_path, force=args.force)
+    page = html_page_path(args, out_path)
     warnings: list[str] = []
     n_ctx_train = facts[0]["n_ctx_train"]
     if args.ctx > n_ctx_train > 0:
@@ -268,6 +287,7 @@ def validate_run(args: argparse.Namespace) -> RunRequest:
         no_repack=args.no_repack,
         warnings=warnings,
         memory=memory,
+        page=page,
     )
 
 
@@ -456,7 +476,8 @@ def resume_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> tu
     given = Path(args.resume).expanduser()
     saved = read_journal(given if given.name.endswith(SUFFIX) else journal_path(given))
     defaults = vars(parser.parse_args(["run"]))
-    explicit = {k for k, v in vars(args).items() if v != defaults.get(k)} - {"resume", "time_budget", "force"}
+    carried = {"resume", "time_budget", "force", "html", "no_html"}  # options of this invocation only
+    explicit = {k for k, v in vars(args).items() if v != defaults.get(k)} - carried
     if not explicit:
         resumed = parser.parse_args(["run", *saved.header["argv"]])
         started_in = Path(saved.header["cwd"])
@@ -469,7 +490,8 @@ def resume_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> tu
             elif key == "haystack" and value and value not in ("prose", "noise"):
                 resumed.haystack = str(started_in / Path(value).expanduser())
         resumed.out = saved.header["out"]
-        resumed.resume, resumed.time_budget = args.resume, args.time_budget
+        for key in carried:
+            setattr(resumed, key, getattr(args, key))
         args = resumed
     elif args.out is None:
         args.out = saved.header["out"]
@@ -617,4 +639,8 @@ def _finish_run(
             soft_wrap=True,
         )
     console.print(f"result: {out_path}", markup=False, highlight=False)
+    if request.page is not None:
+        from kvprobe.cli import write_pictures
+
+        write_pictures([(out_path.name, result)], str(request.page), None, console)
     return 0

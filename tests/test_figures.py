@@ -163,3 +163,36 @@ def test_the_page_opens_in_a_real_browser(tmp_path: Path) -> None:
     header = shot.read_bytes()[:24]
     assert header[:8] == b"\x89PNG\r\n\x1a\n"
     assert struct.unpack(">II", header[16:24]) == (1200, 2400)
+
+
+def test_a_run_writes_its_page_beside_the_result(tiny_quick_result: Path) -> None:
+    page = tiny_quick_result.with_suffix(".html")  # the plot extra is installed with dev
+    text = page.read_text()
+    assert text.startswith("<!DOCTYPE html>")
+    assert "Provenance" in text
+    assert len(re.findall(r'src="data:image/svg\+xml;base64,', text)) >= 3
+
+
+def test_compare_draws_old_and_new_on_the_same_axes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from kvprobe.views.html import merged
+
+    old, new = load(EXAMPLES / "quick-f16-q8_0-1024.json"), load(SPLIT)
+    a = by_key(get_probe("needle").figures(old))["needle-accuracy"]
+    b = by_key(get_probe("needle").figures(new))["needle-accuracy"]
+    (both,) = merged(a, b)
+    assert isinstance(both, LineFigure)
+    labels = [s.label for s in both.series]
+    assert labels[: len(a.series)] == [f"old {s.label}" for s in a.series]
+    assert labels[len(a.series) :] == [f"new {s.label}" for s in b.series]
+    assert [s.reference for s in both.series].count(
+        True
+    ) == 1  # the old reference only: one dashed black line
+    page = tmp_path / "cmp.html"
+    main(["compare", str(EXAMPLES / "quick-f16-q8_0-1024.json"), str(SPLIT), "--html", str(page)])
+    text = page.read_text()
+    assert "<script" not in text
+    assert "old and new" in text
+    assert "Verdict, old" in text
+    assert "Verdict, new" in text

@@ -9,7 +9,7 @@ import html
 from collections.abc import Sequence
 from typing import Any
 
-from kvprobe.views.figures import Figure, render
+from kvprobe.views.figures import Figure, LineFigure, render
 
 STYLE = """
 body { font-family: system-ui, sans-serif; max-width: 980px; margin: 2em auto; padding: 0 1em; color: #222; }
@@ -136,3 +136,61 @@ def matrix(results: Sequence[tuple[str, dict[str, Any]]]) -> str:
         "<tr>" + "".join(f"<td>{_e(c)}</td>" for c in row) + "</tr>" for row in matrix_rows(results)
     )
     return f"<table><tr>{head}</tr>{rows}</table>"
+
+
+def merged(old: Figure, new: Figure) -> list[Figure]:
+    """Old and new on the same axes (line figures); heatmaps one after the other."""
+    from dataclasses import replace
+
+    if isinstance(old, LineFigure) and isinstance(new, LineFigure):
+        series = [replace(s, label=f"old {s.label}") for s in old.series]
+        series += [replace(s, label=f"new {s.label}", reference=False) for s in new.series]
+        markers = [replace(m, series=f"old {m.series}", label=f"old {m.label}") for m in old.markers]
+        markers += [replace(m, series=f"new {m.series}", label=f"new {m.label}") for m in new.markers]
+        return [replace(new, title=f"{new.title}: old and new", series=series, markers=markers)]
+    return [replace(old, title=f"old: {old.title}"), replace(new, title=f"new: {new.title}")]
+
+
+def comparison_page(old: tuple[str, dict[str, Any]], new: tuple[str, dict[str, Any]], rows: str) -> str:
+    """`kvprobe compare OLD NEW --html`: both verdicts, the comparison's rows, and every figure
+    with old and new on the same axes."""
+    from kvprobe.probes import all_probes
+
+    title = f"kvprobe compare: {old[0]} → {new[0]}"
+    body = [f"<h1>{_e(title)}</h1>", rows]
+    for label, (name, result) in (("old", old), ("new", new)):
+        sentences = (result.get("verdict") or {}).get("sentences") or []
+        body.append(f"<h2>Verdict, {label} ({_e(name)})</h2><ul class='verdict'>"
+                    + "".join(f"<li>{_e(s)}</li>" for s in sentences) + "</ul>")  # fmt: skip
+    for probe in all_probes():
+        olds = {f.key: f for f in probe.figures(old[1])}
+        news = {f.key: f for f in probe.figures(new[1])}
+        keys = [k for k in news if k in olds]
+        if keys:
+            body.append(f"<h2>{_e(probe.name)}</h2>")
+            body += [_img(f) for k in keys for f in merged(olds[k], news[k])]
+    return (
+        "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
+        f"<title>{_e(title)}</title><style>{STYLE}</style></head><body>\n"
+        + "\n".join(body)
+        + "\n</body></html>\n"
+    )
+
+
+def comparison_rows(report: dict[str, Any]) -> str:
+    """The comparison's rows as a table: old, new, difference with its interval, p, mark."""
+    columns = ("metric", "config", "context", "old", "new", "difference [95% CI]", "p", "mark")
+    head = "".join(f"<th>{c}</th>" for c in columns)
+    cells = []
+    for r in report["rows"]:
+        config = (
+            r["config_old"]
+            if r["config_old"] == r["config_new"]
+            else f"{r['config_old']} → {r['config_new']}"
+        )
+        ci = r.get("ci") or [float("nan"), float("nan")]
+        values = (f"{r['probe']} {r['metric']}", config, "all" if r.get("scope") == "pooled" else r["ctx"],
+                  f"{r['old']:.4g}", f"{r['new']:.4g}", f"{r['diff']:+.3g} [{ci[0]:+.3g}, {ci[1]:+.3g}]",
+                  f"{r['p']:.2g}", r["mark"])  # fmt: skip
+        cells.append("<tr>" + "".join(f"<td>{_e(v)}</td>" for v in values) + "</tr>")
+    return f"<p>{_e(report['pairing'])}</p><table><tr>{head}</tr>{''.join(cells)}</table>"
