@@ -275,9 +275,17 @@ def write_pictures(
             ) from None
         console.print(f"page: {target}", markup=False, highlight=False)
     if png_dir:
+        from dataclasses import replace
+
         from kvprobe.probes import all_probes
 
-        figures = [f for _, result in named for probe in all_probes() for f in probe.figures(result)]
+        figures = [
+            # several results: each file's figures under its own name, none overwriting another's
+            replace(f, key=f"{Path(name).stem}-{f.key}") if len(named) > 1 else f
+            for name, result in named
+            for probe in all_probes()
+            for f in probe.figures(result)
+        ]
         paths = write_png(figures, png_dir)
         console.print(f"figures: {len(paths)} PNG files in {png_dir}", markup=False, highlight=False)
 
