@@ -254,6 +254,17 @@ def cmd_report(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def save_page(target: Path, text: str, console: Console) -> None:
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise UserError(
+            f"cannot write --html {target} ({exc.strerror or exc}): choose another path"
+        ) from None
+    console.print(f"page: {target}", markup=False, highlight=False)
+
+
 def write_pictures(
     named: list[tuple[str, dict[str, Any]]], html_path: str | None, png_dir: str | None, console: Console
 ) -> None:
@@ -264,16 +275,7 @@ def write_pictures(
     from kvprobe.views.html import page
 
     if html_path:
-        text = page(named)
-        target = Path(html_path)
-        try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_text(text, encoding="utf-8")
-        except OSError as exc:
-            raise UserError(
-                f"cannot write --html {target} ({exc.strerror or exc}): choose another path"
-            ) from None
-        console.print(f"page: {target}", markup=False, highlight=False)
+        save_page(Path(html_path), page(named), console)
     if png_dir:
         from dataclasses import replace
 
@@ -281,8 +283,8 @@ def write_pictures(
 
         figures = [
             # several results: each file's figures under its own name, none overwriting another's
-            replace(f, key=f"{Path(name).stem}-{f.key}") if len(named) > 1 else f
-            for name, result in named
+            replace(f, key=f"{i + 1}-{Path(name).stem}-{f.key}") if len(named) > 1 else f
+            for i, (name, result) in enumerate(named)
             for probe in all_probes()
             for f in probe.figures(result)
         ]
@@ -320,7 +322,7 @@ def cmd_compare(args: argparse.Namespace, console: Console) -> int:
         text = comparison_page(
             (Path(args.old).name, old), (Path(args.new).name, new), comparison_rows(report)
         )
-        Path(args.html).write_text(text, encoding="utf-8")
+        save_page(Path(args.html), text, console)
     if args.json:
         print(json.dumps(finite_json(report)[0], indent=1))  # strict JSON: a NaN row shows as null
     else:

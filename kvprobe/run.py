@@ -299,10 +299,12 @@ def execute_run(
     done: dict[tuple[int, int], Unit] | None = None,
     on_unit: Callable[[Unit], None] | None = None,
     time_budget: float | None = None,
+    budget_start: float | None = None,
 ) -> RunExecution:
     """Step 2: load the models and run every probe in lockstep, showing progress. Finished
     units go to `on_unit` (the journal); `done` ones are restored; with `time_budget` (seconds)
-    no unit starts that would not end within it."""
+    no unit starts that would not end within it, counted from `budget_start` (the command's
+    start: hashing, the kernel check and loading count too)."""
     from kvprobe import engine
     from kvprobe.pace import Pace, StepShape, unscored_feed_cost
     from kvprobe.runner import Runner, run_probes
@@ -341,7 +343,7 @@ def execute_run(
         units = runner.unit_keys()
         n_runs = len(request.configs) * len(paths)
         with RunProgress(console, runner.planned_tokens(n_runs), pace, units) as shown:
-            started = time.monotonic()
+            started = budget_start if budget_start is not None else time.monotonic()
 
             def finished(unit: Unit) -> None:
                 restored = done is not None and unit.key in done
@@ -462,7 +464,6 @@ def run_identity(request: RunRequest, infos: list[dict[str, Any]], kernels: Kern
     }
 
 
-_PATH_OPTIONS = ("model", "scenario", "haystack", "out")
 STOP_SWITCH_ENV = "KVPROBE_TEST_STOP_AFTER"  # "DOC,STEP:kill|term|int": for tests only
 
 
@@ -479,22 +480,27 @@ def resume_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> tu
     carried = {"resume", "time_budget", "force", "html", "no_html"}  # options of this invocation only
     explicit = {k for k, v in vars(args).items() if v != defaults.get(k)} - carried
     if not explicit:
-        resumed = parser.parse_args(["run", *saved.header["argv"]])
+        # The original options, read from the folder the run started in: relative paths (model,
+        # scenario, haystack) then mean what they meant, and the scenario hashes the same.
         started_in = Path(saved.header["cwd"])
-        for key in _PATH_OPTIONS:
-            value = getattr(resumed, key)
-            if key == "model":
-                resumed.model = [str(started_in / Path(p).expanduser()) for p in value]
-            elif key == "scenario" and value and Path(value).suffix and not Path(value).is_absolute():
-                resumed.scenario = str(started_in / value)
-            elif key == "haystack" and value and value not in ("prose", "noise"):
-                resumed.haystack = str(started_in / Path(value).expanduser())
-        resumed.out = saved.header["out"]
+        try:
+            os.chdir(started_in)
+        except OSError:
+            raise UserError(
+                f"--resume {saved.path}: the run started in {started_in}, which is gone; give the original "
+                "options again with --resume"
+            ) from None
+        resumed = parser.parse_args(["run", *saved.header["argv"]])
         for key in carried:
             setattr(resumed, key, getattr(args, key))
         args = resumed
-    elif args.out is None:
+    if args.out is None:
         args.out = saved.header["out"]
+    elif Path(args.out).resolve() != Path(saved.header["out"]):
+        raise UserError(
+            f"--resume {saved.path} continues the run that writes {saved.header['out']}: "
+            "drop --out or give that"
+        )
     args.force = True  # the partial result of the interrupted run is replaced
     return args, saved
 
@@ -503,6 +509,7 @@ def cmd_run(args: argparse.Namespace, console: Console, argv: list[str] | None =
     """`kvprobe run`: validate, announce, execute with a journal, write the result."""
     import signal
 
+    command_start = time.monotonic()
     from kvprobe.cli import build_parser
     from kvprobe.result.journal import Journal, differences, identity_hash, journal_path
 
@@ -529,7 +536,7 @@ def cmd_run(args: argparse.Namespace, console: Console, argv: list[str] | None =
     kernels = _kernel_decision(args, request.model_paths, request.gpu_layers, console)
     forget_headers()  # the parsed headers are done with: 0.7 GiB for a 262K vocabulary
     identity = run_identity(request, infos, kernels)
-    jpath = journal_path(request.out_path)
+    jpath = saved.path if saved is not None else journal_path(request.out_path)
     if saved is not None:
         differ = differences(saved.header["identity"], identity)
         if differ:
@@ -537,7 +544,7 @@ def cmd_run(args: argparse.Namespace, console: Console, argv: list[str] | None =
                 f"--resume {saved.path} is the journal of another request: {'; '.join(differ)}; "
                 "resume with the original options and files, or start again without --resume"
             )
-        journal = Journal(saved.path, saved.header, exists=True)
+        journal = Journal(saved.path, saved.header, whole_bytes=saved.whole_bytes)
         done = {u.key: u for u in saved.units}
     else:
         header = {
@@ -576,13 +583,14 @@ def cmd_run(args: argparse.Namespace, console: Console, argv: list[str] | None =
     previous = signal.signal(signal.SIGTERM, stop)
     try:
         execution = execute_run(
-            request, kernels, console, done=done, on_unit=journaled, time_budget=args.time_budget
-        )
-    except KeyboardInterrupt:  # while loading the models, before the probes ran
-        if not done:
+            request, kernels, console, done=done, on_unit=journaled, time_budget=args.time_budget,
+            budget_start=command_start,
+        )  # fmt: skip
+    except KeyboardInterrupt:  # while loading the models, or while assembling what was measured
+        if not done and not journal.written:
             raise Interrupted("interrupted before any unit finished; no result file was written") from None
         raise Interrupted(
-            f"interrupted while loading; continue with `kvprobe run --resume {jpath}`"
+            f"interrupted; the finished units are in {jpath}: continue with `kvprobe run --resume {jpath}`"
         ) from None
     else:
         if execution.outcome.stopped is not None:

@@ -186,6 +186,15 @@ def test_a_probe_name_is_registered_once(echo: Probe) -> None:
         register(EchoProbe())
 
 
+def test_a_plug_in_leaves_other_scenarios_hashes_alone(tmp_path: Path) -> None:
+    quick = load_scenario("quick").sha256
+    with registered(EchoProbe()):
+        assert load_scenario("quick").sha256 == quick  # identical runs still pair in compare
+        assert (
+            "echo" in load_scenario(str(_scenario(tmp_path))).to_dict()
+        )  # a scenario that runs it hashes it
+
+
 def test_unregistered_the_probe_is_gone() -> None:
     with registered(EchoProbe()):
         assert get_probe("echo").name == "echo"

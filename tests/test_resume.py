@@ -108,6 +108,29 @@ def test_ctrl_c_or_sigterm_writes_a_partial_result_and_says_how_to_resume(
     assert fields(out) == fields(uninterrupted)
 
 
+def test_a_torn_last_line_is_cut_off_before_the_run_goes_on(
+    run_args: list[str], uninterrupted: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "r.json"
+    assert kvprobe("run", *run_args, "--out", str(out), stop="0,0:kill").returncode == -9
+    journal = Path(str(out) + ".journal.jsonl")
+    with journal.open("a") as fh:
+        fh.write('{"unit": [0, 1], "items": [{"probe": "nee')  # a kill in the middle of a write
+    assert kvprobe("run", "--resume", str(out), stop="0,1:kill").returncode == -9
+    lines = journal.read_text().splitlines()
+    assert [json.loads(ln).get("unit") for ln in lines] == [None, [0, 0], [0, 1]]  # every line whole
+    assert kvprobe("run", "--resume", str(out)).returncode == 0
+    assert fields(out) == fields(uninterrupted)
+
+
+def test_resume_refuses_another_out(run_args: list[str], tmp_path: Path) -> None:
+    out = tmp_path / "r.json"
+    assert kvprobe("run", *run_args, "--out", str(out), stop="0,0:kill").returncode == -9
+    other = kvprobe("run", *run_args, "--out", str(tmp_path / "other.json"), "--resume", str(out))
+    assert other.returncode == 2
+    assert "drop --out" in other.stderr
+
+
 def test_a_journal_of_another_request_is_refused(run_args: list[str], tmp_path: Path) -> None:
     out = tmp_path / "r.json"
     assert kvprobe("run", *run_args, "--out", str(out), stop="0,0:kill").returncode == -9

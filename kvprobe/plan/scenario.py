@@ -76,6 +76,20 @@ class Scenario:
         raise KeyError(f"scenario has no {cls.__name__} section: is its probe registered?")
 
     def to_dict(self) -> dict[str, Any]:
+        """What the scenario hash covers: the built-in probes' sections always (so the hash of
+        a scenario does not change with the plug-ins installed), a plug-in's only when the
+        scenario runs it."""
+        from kvprobe.probes import all_probes
+        from kvprobe.probes.registry import BUILT_IN
+
+        owner = {name: p for p in all_probes() for name in p.sections}
+        kept = {
+            name: value
+            for name, value in self.sections.items()
+            if name not in owner
+            or type(owner[name]).__module__ in BUILT_IN
+            or owner[name].name in self.probes
+        }
         out = {
             "name": self.name,
             "description": self.description,
@@ -83,7 +97,7 @@ class Scenario:
             "haystack": asdict(self.haystack),
             "plan": asdict(self.plan),
         }
-        out.update({name: asdict(value) for name, value in self.sections.items()})
+        out.update({name: asdict(value) for name, value in kept.items()})
         return out
 
     @property

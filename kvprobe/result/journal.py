@@ -86,10 +86,23 @@ class Journal:
     """A journal appended to as units finish. A new one is written only when its first unit
     finishes: a run that fails or is stopped before that leaves nothing to resume, and no file."""
 
-    def __init__(self, path: Path, header: dict[str, Any], *, exists: bool = False):
+    def __init__(self, path: Path, header: dict[str, Any], *, whole_bytes: int | None = None):
+        """A new journal; or, with `whole_bytes`, an existing one continued after its last whole
+        line (a line torn by a kill is cut off first)."""
         self.path = path
         self.header = header
-        self._fh: Any = path.open("a", encoding="utf-8") if exists else None
+        self._fh: Any = None
+        if whole_bytes is not None:
+            with path.open("r+b") as fh:
+                fh.truncate(whole_bytes)
+                if whole_bytes and not _ends_with_newline(fh, whole_bytes):
+                    fh.seek(whole_bytes)
+                    fh.write(b"\n")
+            self._fh = path.open("a", encoding="utf-8")
+
+    @property
+    def written(self) -> bool:
+        return self._fh is not None
 
     def ensure(self) -> None:
         """Write the journal now, units or not: a run stopped early can always be resumed."""
@@ -107,6 +120,11 @@ class Journal:
             self._fh.close()
 
 
+def _ends_with_newline(fh: Any, size: int) -> bool:
+    fh.seek(size - 1)
+    return bool(fh.read(1) == b"\n")
+
+
 def _write_line(fh: Any, record: dict[str, Any]) -> None:
     fh.write(json.dumps(record, separators=(",", ":"), allow_nan=True) + "\n")
     fh.flush()
@@ -120,13 +138,15 @@ class SavedRun:
     path: Path
     header: dict[str, Any]
     units: list[Unit]
+    whole_bytes: int = 0  # the file's length up to the end of its last whole line
 
 
 def read_journal(path: Path) -> SavedRun:
     """The header and every whole unit line; a torn last line (a kill during the write) is
     dropped, anything else unreadable is a UserError."""
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        raw = path.read_bytes()
+        lines = raw.decode("utf-8").splitlines()
     except FileNotFoundError:
         raise UserError(
             f"--resume {path}: no such journal (kvprobe writes <out>{SUFFIX} beside --out)"
@@ -146,6 +166,8 @@ def read_journal(path: Path) -> SavedRun:
         if not isinstance(record, dict):
             raise UserError(f"--resume {path}: line {i + 1} is not a JSON object; start the run again")
         records.append(record)
+    # Where the whole lines end: appending resumes there, never after a torn fragment.
+    whole = sum(len(line.encode("utf-8")) + 1 for line in lines[: len(records)])
     if not records or records[0].get("kvprobe_journal") != JOURNAL_VERSION:
         raise UserError(f"--resume {path}: not a kvprobe journal of version {JOURNAL_VERSION}")
     try:
@@ -154,7 +176,7 @@ def read_journal(path: Path) -> SavedRun:
         raise UserError(
             f"--resume {path}: a unit is damaged ({type(exc).__name__}); start the run again"
         ) from None
-    return SavedRun(path, records[0], units)
+    return SavedRun(path, records[0], units, min(whole, len(raw)))
 
 
 def differences(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:

@@ -170,7 +170,7 @@ def summary_series(
     )  # fmt: skip
     if not rows:
         return None
-    cis = [r.get("ci") or [r["value"], r["value"]] for r in rows]
+    cis = [[r["value"] if c is None else c for c in (r.get("ci") or [r["value"], r["value"]])] for r in rows]
     return Series(
         label or config,
         [float(r["ctx"]) for r in rows],

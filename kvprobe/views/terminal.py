@@ -39,9 +39,11 @@ def print_run_report(result: dict[str, Any], console: Console) -> None:
 
 
 def _at(summary: list[dict[str, Any]], metric: str, config: str, ctx: int) -> dict[str, Any] | None:
+    """The row, if it has a value and an interval (NaN is stored as null: shown as missing)."""
     return next(
         (r for r in summary if r["metric"] == metric and r["config"] == config and r["ctx"] == ctx
-         and r.get("scope", "bin") == "bin"),
+         and r.get("scope", "bin") == "bin" and r.get("value") is not None
+         and None not in (r.get("ci") or [0.0, 0.0])),
         None,
     )  # fmt: skip
 
