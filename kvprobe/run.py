@@ -646,9 +646,9 @@ def _finish_run(
             highlight=False,
             soft_wrap=True,
         )
-    console.print(f"result: {out_path}", markup=False, highlight=False)
     if request.page is not None:
         from kvprobe.cli import write_pictures
 
         write_pictures([(out_path.name, result)], str(request.page), None, console)
+    console.print(f"result: {out_path}", markup=False, highlight=False)  # the last line names the file
     return 0
