@@ -4,7 +4,7 @@
 
 Default run options: --scenario quick --cache q4_0 --ctx 2048. The script runs the command once
 uninterrupted (the reference), then `--kills` times: starts it, sends SIGKILL after a random
-delay within the reference's wall time, runs `kvprobe run --resume OUT`, and compares items,
+delay within the part of the reference's wall time where it measured (after loading), runs `kvprobe run --resume OUT`, and compares items,
 summary rows, verdict and divergence section with the reference's. Then once with SIGINT: the
 run must exit 130, leave a partial result (complete: false) and name the resume command.
 Prints one row per kill: when it fell, how many units the journal held, and the outcome.
@@ -55,12 +55,17 @@ def main() -> int:
     subprocess.run(kvprobe("run", *opts.run, "--out", str(reference)), check=True, capture_output=True)
     wall = time.monotonic() - started
     expected = fields(reference)
-    print(f"reference: {' '.join(opts.run)}: {wall:.1f} s, {len(expected['items'])} items")
+    # Kills while the model loads only show that nothing is left to resume: draw the moments
+    # from the measuring part of the run (its units), where a kill loses work.
+    measuring = sum(u[2] for u in json.loads(reference.read_text())["timing"]["units"])
+    start = max(0.0, wall - measuring - 3.0)
+    print(f"reference: {' '.join(opts.run)}: {wall:.1f} s, of which the units {measuring:.1f} s; "
+          f"{len(expected['items'])} items")  # fmt: skip
     rng = random.Random(opts.seed)
     rows, failures = [], 0
     for i in range(opts.kills):
         out = work / f"kill{i}.json"
-        delay = rng.uniform(0.05, 0.98) * wall
+        delay = rng.uniform(start, 0.98 * wall)
         proc = subprocess.Popen(kvprobe("run", *opts.run, "--out", str(out)), stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)  # fmt: skip
         time.sleep(delay)
