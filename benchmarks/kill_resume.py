@@ -4,8 +4,9 @@
 
 Default run options: --scenario quick --cache q4_0 --ctx 2048. The script runs the command once
 uninterrupted (the reference), then `--kills` times: starts it, sends SIGKILL after a random
-delay within the part of the reference's wall time where it measured (after loading), runs `kvprobe run --resume OUT`, and compares items,
-summary rows, verdict and divergence section with the reference's. Then once with SIGINT: the
+delay within the part of the reference's wall time where it measured (after loading), runs
+`kvprobe run --resume OUT`, and compares items, summary rows, verdict and divergence section
+with the reference's. Then once with SIGINT: the
 run must exit 130, leave a partial result (complete: false) and name the resume command.
 Prints one row per kill: when it fell, how many units the journal held, and the outcome.
 """
