@@ -108,6 +108,16 @@ def result_sections(result: dict[str, Any]) -> str:
     return "\n".join(parts)
 
 
+def _document(title: str, body: Sequence[str]) -> str:
+    """The page around its body: a title and the style sheet, nothing else."""
+    return (
+        "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
+        f"<title>{_e(title)}</title><style>{STYLE}</style></head><body>\n"
+        + "\n".join(body)
+        + "\n</body></html>\n"
+    )
+
+
 def page(results: Sequence[tuple[str, dict[str, Any]]]) -> str:
     """The whole page for one result, or for several (each in turn, after a matrix)."""
     title = "kvprobe: " + ", ".join(name for name, _ in results)
@@ -118,12 +128,7 @@ def page(results: Sequence[tuple[str, dict[str, Any]]]) -> str:
         if len(results) > 1:
             body.append(f"<h1>{_e(name)}</h1>")
         body.append(result_sections(result))
-    return (
-        "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
-        f"<title>{_e(title)}</title><style>{STYLE}</style></head><body>\n"
-        + "\n".join(body)
-        + "\n</body></html>\n"
-    )
+    return _document(title, body)
 
 
 def matrix(results: Sequence[tuple[str, dict[str, Any]]]) -> str:
@@ -169,12 +174,7 @@ def comparison_page(old: tuple[str, dict[str, Any]], new: tuple[str, dict[str, A
         if keys:
             body.append(f"<h2>{_e(probe.name)}</h2>")
             body += [_img(f) for k in keys for f in merged(olds[k], news[k])]
-    return (
-        "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
-        f"<title>{_e(title)}</title><style>{STYLE}</style></head><body>\n"
-        + "\n".join(body)
-        + "\n</body></html>\n"
-    )
+    return _document(title, body)
 
 
 def comparison_rows(report: dict[str, Any]) -> str:
