@@ -60,6 +60,17 @@ def _duration(text: str) -> float:
     return seconds
 
 
+def _margin_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--margin",
+        action="append",
+        default=[],
+        metavar="METRIC=VALUE",
+        help="equivalence margin for the verdict (repeatable; defaults accuracy=0.05, answer_logprob=0.25 "
+        "nats, kld_mean=0.02 and kld_p999=0.5 nats, upper bounds for KL)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="kvprobe", description="Measure long-context degradation from KV cache quantization."
@@ -90,6 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="also run K-only (K quantized, V f16) and V-only (K f16, V quantized) for each --cache",
     )
     run.add_argument("--ctx", type=_ctx, default=8192, help="longest context in tokens (default 8192)")
+    _margin_option(run)
     run.add_argument(
         "--baseline", default="f16", help="reference cache type, run first, or 'none' (default f16)"
     )
@@ -164,6 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--html", metavar="PAGE", help="also write one self-contained HTML page with the figures"
     )
     report.add_argument("--png", metavar="DIR", help="also write every figure as a PNG file into DIR")
+    _margin_option(report)
 
     compare = sub.add_parser("compare", help="compare two result files (paired where the items are the same)")
     compare.add_argument("old", help="the earlier result (e.g. a saved baseline)")
@@ -173,7 +186,9 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="METRIC:THRESHOLD",
-        help="exit 1 on a significant change beyond THRESHOLD, e.g. accuracy:-0.05 or kld_mean:+0.01",
+        help="exit 1 on a significant change beyond THRESHOLD, e.g. accuracy:-0.05 or kld_mean:+0.01; or, "
+        "with ±MARGIN (also +-MARGIN), unless the change is shown equivalent within it (TOST), e.g. "
+        "answer_logprob:±0.25",
     )
     compare.add_argument(
         "--map",
@@ -241,9 +256,16 @@ def cmd_report(args: argparse.Namespace, console: Console) -> int:
     """One file: its tables and verdict, as at the end of `kvprobe run` (the same function);
     several: the matrix across runs. Only the files are read, never the model."""
     from kvprobe.result.store import Result
+    from kvprobe.run import parse_margins
     from kvprobe.views.terminal import print_matrix, print_run_report
 
+    margins = parse_margins(args.margin)
     loaded = [Result.load(Path(p)) for p in args.results]
+    for r in loaded:  # other margins than the file's: the verdict again, from the file's own data
+        if args.margin and r.doc.get("verdict") is not None and r.doc["verdict"].get("margins") != margins:
+            from kvprobe.stats.verdict import build_verdict
+
+            r.doc["verdict"] = build_verdict(r.doc, r.doc["run"]["seed"], margins)
     named = [(r.path.name, r.doc) for r in loaded]
     if len(loaded) == 1:
         console.print(f"{loaded[0].path}: {loaded[0].doc.get('command', '')}", markup=False, highlight=False)
@@ -271,7 +293,7 @@ def write_pictures(
     """--html PAGE and --png DIR for `report` (and `run`): matplotlib from the plot extra."""
     if not html_path and not png_dir:
         return
-    from kvprobe.views.figures import write_png
+    from kvprobe.views.figures import Figure, write_png
     from kvprobe.views.html import page
 
     if html_path:
@@ -280,13 +302,17 @@ def write_pictures(
         from dataclasses import replace
 
         from kvprobe.probes import all_probes
+        from kvprobe.views.decision import frontier_figure
+
+        def every_figure(result: dict[str, Any]) -> list[Figure]:
+            found = [frontier_figure(result), *(f for probe in all_probes() for f in probe.figures(result))]
+            return [f for f in found if f is not None]
 
         figures = [
             # several results: each file's figures under its own name, none overwriting another's
             replace(f, key=f"{i + 1}-{Path(name).stem}-{f.key}") if len(named) > 1 else f
             for i, (name, result) in enumerate(named)
-            for probe in all_probes()
-            for f in probe.figures(result)
+            for f in every_figure(result)
         ]
         paths = write_png(figures, png_dir)
         console.print(f"figures: {len(paths)} PNG files in {png_dir}", markup=False, highlight=False)
@@ -310,12 +336,12 @@ def cmd_compare(args: argparse.Namespace, console: Console) -> int:
         ):
             left = report["unmatched"]
             raise UserError(
-                f"--fail-on {rule.metric}:{rule.threshold:+g} has nothing to judge: no test configuration "
+                f"--fail-on {rule} has nothing to judge: no test configuration "
                 f"was compared on {rule.metric} (unmatched: old {', '.join(left['old']) or 'none'}; "
                 f"new {', '.join(left['new']) or 'none'}); pair them with --map OLD=NEW"
             )
     failures = [(rule, row) for rule in rules for row in report["rows"] if rule.violated_by(row)]
-    report["failures"] = [{"rule": f"{r.metric}:{r.threshold:+g}", **row} for r, row in failures]
+    report["failures"] = [{"rule": str(r), **row} for r, row in failures]
     if args.html:
         from kvprobe.views.html import comparison_page, comparison_rows
 

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from kvprobe.errors import UserError
+from kvprobe.stats.equivalence import equivalence_interval
 from kvprobe.stats.inference import difference_test
 from kvprobe.stats.metrics import (
     ALPHA,
@@ -32,30 +33,47 @@ from kvprobe.stats.metrics import (
 class FailRule:
     metric: str
     threshold: float  # signed: accuracy:-0.05 fails on a drop of more than 0.05
+    equivalence: bool = False  # METRIC:±MARGIN fails unless the change is shown within ±MARGIN
 
     @classmethod
     def parse(cls, text: str) -> FailRule:
         metric, sep, value = text.partition(":")
         known = sorted(compared_metrics())
         if not sep or metric not in known:
-            raise UserError(f"--fail-on {text!r}: use METRIC:THRESHOLD with METRIC one of {', '.join(known)}")
+            raise UserError(
+                f"--fail-on {text!r}: use METRIC:THRESHOLD or METRIC:±MARGIN with METRIC one of "
+                f"{', '.join(known)}"
+            )
+        value = value.strip()
+        equivalence = value.startswith(("±", "+-"))
         try:
-            threshold = float(value)
-            if not math.isfinite(threshold):
+            threshold = float(value.removeprefix("±").removeprefix("+-"))
+            if not math.isfinite(threshold) or (equivalence and threshold <= 0):
                 raise ValueError(value)
         except ValueError:
             raise UserError(
-                f"--fail-on {text!r}: the threshold must be a number, e.g. accuracy:-0.05"
+                f"--fail-on {text!r}: the threshold must be a number, e.g. accuracy:-0.05, or a positive "
+                "margin, e.g. answer_logprob:±0.25"
             ) from None
-        return cls(metric, threshold)
+        return cls(metric, threshold, equivalence)
+
+    def __str__(self) -> str:
+        return (
+            f"{self.metric}:±{self.threshold:g}" if self.equivalence else f"{self.metric}:{self.threshold:+g}"
+        )
 
     def violated_by(self, row: dict[str, Any]) -> bool:
-        """Significant and beyond the threshold. A row the test could not judge (a NaN
-        difference or p) fails too: a gate must never pass on what it could not measure."""
+        """A threshold rule: significant and beyond the threshold. A margin rule: the 95%
+        interval of the change is not inside ±margin (TOST, 0.025 per side: not shown equivalent). A
+        row the test could not judge (a NaN difference or p) fails too: a gate must never pass
+        on what it could not measure."""
         if row["metric"] != self.metric:
             return False
         if not _testable(row):
             return True
+        if self.equivalence:
+            lo, hi = row["ci_equivalence"]
+            return not (-self.threshold < lo and hi < self.threshold)
         if row["p"] >= ALPHA:
             return False
         diff = float(row["diff"])
@@ -173,11 +191,13 @@ def _item_values(doc: dict[str, Any], metric: Metric, config: str) -> dict[int, 
 def difference_row(
     old: Sequence[float], new: Sequence[float], binary: bool, paired: bool, seed: int
 ) -> dict[str, Any]:
-    """Means, the difference new - old with its interval, and the two-sided p."""
+    """Means, the difference new - old with its 95% interval and the two-sided p, and the 95%
+    interval an equivalence gate (--fail-on METRIC:±MARGIN) reads."""
     d = difference_test(new, old, binary=binary, paired=paired, seed=seed)
     o, n = np.asarray(old, dtype=float), np.asarray(new, dtype=float)
+    ci_eq = list(equivalence_interval(new, old, binary=binary, paired=paired, seed=seed))
     return {"old": float(o.mean()), "new": float(n.mean()), "diff": d.diff, "ci": list(d.ci), "p": d.p,
-            "test": d.test, "n_old": len(o), "n_new": len(n)}  # fmt: skip
+            "test": d.test, "ci_equivalence": ci_eq, "n_old": len(o), "n_new": len(n)}  # fmt: skip
 
 
 def _mark(row: dict[str, Any]) -> str:

@@ -29,6 +29,32 @@ if TYPE_CHECKING:  # the runner imports llama.cpp: only a run that gets past val
     from kvprobe.runner import RunSettings
 
 
+def parse_margins(texts: list[str]) -> dict[str, float]:
+    """--margin METRIC=VALUE (repeatable): the equivalence margins the verdict uses, the
+    metrics' defaults for the rest."""
+    from kvprobe.stats.metrics import margins
+
+    out = margins()
+    for text in texts:
+        name, sep, value = text.partition("=")
+        name = name.strip()
+        if not sep or name not in out:
+            raise UserError(
+                f"--margin {text!r}: use METRIC=VALUE with METRIC one of {', '.join(sorted(out))}, "
+                "e.g. --margin answer_logprob=0.5"
+            )
+        try:
+            number = float(value)
+        except ValueError:
+            number = float("nan")
+        if not (number > 0 and number < float("inf")):
+            raise UserError(
+                f"--margin {text!r}: the margin must be a positive number, e.g. {name}={out[name]:g}"
+            )
+        out[name] = number
+    return out
+
+
 def parse_configs(args: argparse.Namespace) -> tuple[list[CacheConfig], str | None]:
     """Baseline first, then the requested configurations, without duplicates."""
     configs: list[CacheConfig] = []
@@ -45,8 +71,13 @@ def parse_configs(args: argparse.Namespace) -> tuple[list[CacheConfig], str | No
             raise UserError(
                 "--split-kv splits a quantized cache: give --cache q4_0 (or another quantized type)"
             )
+        from kvprobe.weights.doctor import type_bits
+
         for t in quantized:
             configs += [CacheConfig(t, "f16"), CacheConfig("f16", t)]
+        for t in quantized:  # the pair to use where K is at fault: K at 8 bits, V at fewer
+            if type_bits(t.upper()) < 8:
+                configs.append(CacheConfig("q8_0", t))
     baseline: CacheConfig | None = None
     if args.baseline.strip().lower() != "none":
         b = check_cache_type(args.baseline)
@@ -131,6 +162,7 @@ class RunRequest:
     warnings: list[str]
     memory: str  # the pre-flight estimate, in words
     page: Path | None  # the HTML page to write beside the result
+    margins: dict[str, float]  # equivalence margins the verdict uses (--margin)
 
 
 @dataclass(frozen=True)
@@ -283,6 +315,7 @@ def validate_run(args: argparse.Namespace) -> RunRequest:
         created=created,
         settings=settings,
         null_check=args.null_check,
+        margins=parse_margins(getattr(args, "margin", None) or []),
         threads=args.threads,
         no_repack=args.no_repack,
         warnings=warnings,
@@ -423,7 +456,7 @@ def _describe_models(request: RunRequest) -> tuple[list[dict[str, Any]], dict[Pa
     with the doctor's findings; and the serious findings per file, to show before the run."""
     from dataclasses import asdict
 
-    from kvprobe.weights.doctor import findings
+    from kvprobe.weights.doctor import findings, kv_layout
     from kvprobe.weights.model_info import read_model_info
 
     infos: list[dict[str, Any]] = []
@@ -432,6 +465,7 @@ def _describe_models(request: RunRequest) -> tuple[list[dict[str, Any]], dict[Pa
         info = read_model_info(path)
         found = findings(facts)
         info["findings"] = [asdict(f) for f in found]
+        info["kv_layout"] = kv_layout(facts)  # what the KV memory of any cache type needs, later
         infos.append(info)
         if messages := [f.message for f in found if f.severity == "serious"]:
             serious[path] = messages
@@ -618,7 +652,7 @@ def _finish_run(
             f"from the partial result {out_path} (complete: false); continue with `{resume}`"
         )
     try:
-        add_statistics(result, outcome.measured)
+        add_statistics(result, outcome.measured, request.margins)
     except KeyboardInterrupt:
         raise Interrupted(
             f"interrupted while computing statistics; the measured items are in {out_path} "

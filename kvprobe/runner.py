@@ -157,8 +157,10 @@ class Runner:
                 what = f"doc {document.index} L={length}"
                 reduce_s = [0.0]
                 on_chunk = _handing_logits(readers, document, names, reduce_s) if readers else None
+                busy = {config: context.busy_s for config, context in contexts.items()}
                 feed_lockstep(feeding, segment, on_chunk, on_fed=_reporting(progress, what + " (document)"))
                 feed_s = time.perf_counter() - started - reduce_s[0]
+                prefill = {config: context.busy_s - busy[config] for config, context in contexts.items()}
                 rows: list[Row] = []
                 for config, context in contexts.items():
                     for name, run in self.runs.items():
@@ -171,7 +173,7 @@ class Runner:
                             )
                 self._finish_unit(
                     key, rows=rows, started=started, evaluated=evaluated, contexts=feeding, on_unit=on_unit,
-                    feed_s=feed_s, reduce_s=reduce_s[0],
+                    feed_s=feed_s, reduce_s=reduce_s[0], prefill=(prefill, len(segment)),
                 )  # fmt: skip
         return [row for u in self.units for row in u.items]
 
@@ -215,10 +217,13 @@ class Runner:
         on_unit: Callable[[Unit], None] | None,
         feed_s: float = 0.0,
         reduce_s: float = 0.0,
+        prefill: tuple[dict[str, float], int] = ({}, 0),
     ) -> None:
         data = {name: d for name, run in self.runs.items() if (d := run.end_unit()) is not None}
         tokens = sum(c.tokens_evaluated for c in contexts) - evaluated
-        unit = Unit(key[0], key[1], rows, data, tokens, time.perf_counter() - started, feed_s, reduce_s)
+        unit = Unit(
+            key[0], key[1], rows, data, tokens, time.perf_counter() - started, feed_s, reduce_s, *prefill
+        )
         self.units.append(unit)
         if on_unit is not None:
             on_unit(unit)
@@ -310,6 +315,7 @@ def run_probes(
             for u in runner.units
         ],
         "decode_s": decode_s,
+        "prefill": prefill_by_depth(runner.units, runner.checkpoints),
         "tokens_evaluated": tokens_evaluated,
         "null_check_tokens": null_tokens,
         "naive_tokens": runner.naive_tokens * len(runs),
@@ -338,6 +344,30 @@ def run_probes(
         stopped=runner.stopped,
         missing=[list(k) for k in runner.unit_keys() if k not in finished],
     )
+
+
+def prefill_by_depth(units: list[Unit], checkpoints: list[int]) -> dict[str, list[dict[str, Any]]]:
+    """Per configuration and checkpoint, the document tokens fed since the previous checkpoint
+    and the seconds llama_decode took for them, over every document: prefill speed at depth."""
+    out: dict[str, dict[int, list[float]]] = {}
+    for u in units:
+        for config, seconds in u.prefill_s.items():
+            acc = out.setdefault(config, {}).setdefault(u.step, [0.0, 0.0])
+            acc[0] += u.prefill_tokens
+            acc[1] += seconds
+    return {
+        config: [
+            {
+                "ctx": checkpoints[step],
+                "depth": [checkpoints[step - 1] if step else 0, checkpoints[step]],
+                "tokens": int(t),
+                "s": round(s, 3),
+                "tokens_per_s": round(t / s, 1) if s > 0 else None,
+            }
+            for step, (t, s) in sorted(steps.items())
+        ]
+        for config, steps in out.items()
+    }
 
 
 def _applied(config_id: str, context: Context) -> dict[str, Any]:

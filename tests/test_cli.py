@@ -122,7 +122,7 @@ def test_run_writes_a_complete_result(tmp_path: Path, tiny_model_path: Path, mod
     assert proc.stdout.strip().splitlines()[-1].endswith(str(out).split("/")[-1])
     doc = json.loads(out.read_text())
     assert set(doc) >= REQUIRED
-    assert doc["schema_version"] == 2
+    assert doc["schema_version"] == 3
     assert doc["baseline"] == "f16"
     assert [c["id"] for c in doc["configs"]] == ["f16", "q4_0", "k=q8_0,v=f16"]
     assert [(c["type_k"], c["type_v"]) for c in doc["configs"]] == [
@@ -571,29 +571,33 @@ def test_split_kv_runs_both_halves_and_names_one(tmp_path: Path, tiny_model_path
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(out.read_text())
-    assert [c["id"] for c in doc["configs"]] == ["f16", "q4_0", "k=q4_0,v=f16", "k=f16,v=q4_0"]
-    assert [(c["type_k"], c["type_v"]) for c in doc["configs"]][2:] == [("q4_0", "f16"), ("f16", "q4_0")]
+    # K-only, V-only, and the pair to use where K is at fault: K at 8 bits with V q4_0
+    assert [c["id"] for c in doc["configs"]] == ["f16", "q4_0", "k=q4_0,v=f16", "k=f16,v=q4_0", "k=q8_0,v=q4_0"]
+    assert [(c["type_k"], c["type_v"]) for c in doc["configs"]][2:] == [
+        ("q4_0", "f16"), ("f16", "q4_0"), ("q8_0", "q4_0")
+    ]  # fmt: skip
     verdict = doc["verdict"]
-    assert set(verdict["configs"]) == {"q4_0", "k=q4_0,v=f16", "k=f16,v=q4_0"}
+    assert set(verdict["configs"]) == {"q4_0", "k=q4_0,v=f16", "k=f16,v=q4_0", "k=q8_0,v=q4_0"}
     assert len(verdict["k_vs_v"]) == 1
     kv = verdict["k_vs_v"][0]
     assert kv["k_only"]["config"] == "k=q4_0,v=f16"
     assert kv["v_only"]["config"] == "k=f16,v=q4_0"
 
     # The half it names is the one its own evidence points to (on random weights either may be).
-    def loses(e: dict[str, object]) -> bool:
-        p = e["logprob_p_holm"]
-        return e["onset"] is not None or (isinstance(p, float) and p < 0.05)
-
-    k_loses, v_loses = loses(kv["k_only"]), loses(kv["v_only"])
-    if k_loses or v_loses:
-        assert kv["fault"] == ("both" if k_loses and v_loses else "K" if k_loses else "V")
+    points = {e["points_to"] for e in kv["evidence"] if e["points_to"]}
+    statuses = (kv["k_only"]["status"], kv["v_only"]["status"])
+    if len(points) == 2:
+        assert kv["fault"] == "undecided"
+    elif statuses == ("worse", "worse"):
+        assert kv["fault"] == "both"
+    elif points:
+        assert kv["fault"] == points.pop()
+    elif statuses == ("equivalent", "equivalent"):
+        assert kv["fault"] == "neither"
     else:
-        k, v = kv["k_only"], kv["v_only"]
-        k_above = k["kld_ci"][0] > v["kld_ci"][1] and k["kld_mean"] > 2 * v["kld_mean"]
-        v_above = v["kld_ci"][0] > k["kld_ci"][1] and v["kld_mean"] > 2 * k["kld_mean"]
-        assert kv["fault"] == ("K" if k_above else "V" if v_above else "inconclusive")
-    head = {"K": "The K half", "V": "The V half", "both": "Both halves", "inconclusive": "inconclusive"}
+        assert kv["fault"] == "undecided"
+    head = {"K": "The K half", "V": "The V half", "both": "Both halves", "neither": "Neither half",
+            "undecided": "undecided"}  # fmt: skip
     assert head[kv["fault"]] in kv["sentence"]
     assert "Verdict" in proc.stdout
     assert verdict["k_vs_v"][0]["sentence"][:30] in proc.stdout.replace("\n", " ")

@@ -103,12 +103,12 @@ def test_the_page_is_self_contained(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert "<script" not in text
     assert not re.search(r"(src|href)=\"https?:", text)  # nothing fetched from the network
     images = re.findall(r'src="data:image/svg\+xml;base64,([^"]+)"', text)
-    assert len(images) == 19
+    assert len(images) == 20  # the frontier and the probes' 19
     for data in images:
         assert ET.fromstring(base64.b64decode(data)).tag.endswith("svg")
-    assert text.index("Verdict") < text.index("<h2>needle") < text.index("Provenance")
+    assert text.index("Recommendation") < text.index("Verdict") < text.index("<h2>needle") < text.index("Provenance")
     assert json.loads(SPLIT.read_text())["model"]["sha256"] in text
-    assert len(list((tmp_path / "png").glob("*.png"))) == 19
+    assert len(list((tmp_path / "png").glob("*.png"))) == 20
 
 
 def test_without_matplotlib_the_page_is_one_line_exit_2(tmp_path: Path) -> None:
@@ -153,7 +153,7 @@ def test_the_page_opens_in_a_real_browser(tmp_path: Path) -> None:
     wrapper = (tmp_path / "wrapper.html").as_uri()
     dom = subprocess.run([*flags, "--virtual-time-budget=15000", "--dump-dom", wrapper],
                          capture_output=True, text=True, check=True, timeout=120)  # fmt: skip
-    assert 'data-images="19:19"' in dom.stdout  # every image decodes
+    assert 'data-images="20:20"' in dom.stdout  # every image decodes
     shot = tmp_path / "shot.png"
     proc = subprocess.run([*flags, "--enable-logging=stderr", "--v=0", "--window-size=1200,2400",
                            f"--screenshot={shot}", page.as_uri()],

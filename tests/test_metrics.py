@@ -17,8 +17,8 @@ def test_every_metric_is_declared_once_with_what_its_users_need() -> None:
             assert m.lower_is_worse is not None, m.name  # compare must know which way is worse
             assert m.field is not None or m.source is not None, m.name
     assert {m.name for m in paired_item_metrics()} == {"accuracy", "answer_logprob", "seq_rep_4"}
-    assert by_name("accuracy").negligible == 0.05
-    assert by_name("answer_logprob").negligible == 0.25
+    assert by_name("accuracy").margin == 0.05
+    assert by_name("answer_logprob").margin == 0.25
 
 
 def test_fail_on_accepts_exactly_the_compared_metrics() -> None:

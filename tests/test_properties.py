@@ -228,7 +228,9 @@ def test_verdict_on_arbitrary_item_sets_never_raises(items: list[dict[str, Any]]
         "summary": summary,
         "divergence": None,
         "models": None,
-    }
+        "run": {"ctx": max((it["ctx"] for it in items), default=1024), "seed": 0,
+                "checkpoints": sorted({it["ctx"] for it in items})},
+    }  # fmt: skip
     verdict = build_verdict(doc, seed=0)
     assert verdict is not None
     for cid, v in verdict["configs"].items():
@@ -236,7 +238,10 @@ def test_verdict_on_arbitrary_item_sets_never_raises(items: list[dict[str, Any]]
         if v.get("halving") and v["halving"]["length"] is not None:
             assert math.isfinite(v["halving"]["length"])
     for kv in verdict["k_vs_v"]:
-        assert kv["fault"] in ("K", "V", "both", "inconclusive")
+        assert kv["fault"] in ("K", "V", "both", "neither", "undecided")
+    rec = verdict["recommendation"]
+    assert rec["config"] in {c["id"] for c in doc["configs"]}
+    assert all(line["finding"] for line in verdict["folklore"])
 
 
 @given(needle_items())
@@ -253,7 +258,9 @@ def test_weights_vs_kv_on_arbitrary_item_sets_never_raises(items: list[dict[str,
         "summary": [],
         "divergence": None,
         "models": {"ref": {"name": "a.gguf"}, "test": {"name": "b.gguf"}},
-    }
+        "run": {"ctx": max((it["ctx"] for it in items), default=1024), "seed": 0,
+                "checkpoints": sorted({it["ctx"] for it in items})},
+    }  # fmt: skip
     verdict = build_verdict(doc, seed=0)
     assert verdict is not None
     attribution = verdict["weights_vs_kv"]

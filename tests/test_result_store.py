@@ -37,7 +37,7 @@ def test_a_v1_file_is_migrated(tmp_path: Path) -> None:
     path.write_text(json.dumps(_v1_with_repetition()))
     result = Result.load(path)
     assert result.read_version == 1
-    assert result.doc["schema_version"] == SCHEMA_VERSION == 2
+    assert result.doc["schema_version"] == SCHEMA_VERSION == 3
     assert result.doc["items"][0]["first_difference"] == 7
     assert "divergence_index" not in result.doc["items"][0]
     assert "first_difference" in result.doc["text_items"][0]
@@ -47,7 +47,7 @@ def test_a_v1_file_is_migrated(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("change", "names"),
     [
-        ({"schema_version": 3}, "schema_version 3"),
+        ({"schema_version": 4}, "schema_version 4"),
         ({"schema_version": "1"}, "schema_version '1'"),
         ({"configs": {}}, "configs must be a list"),
         ({"configs": [{"id": 5, "type_k": "f16", "type_v": "f16"}]}, "configs[0].id must be text"),

@@ -1,4 +1,5 @@
-"""The verdict: sentences, K-vs-V attribution and the 'how many more items' estimate."""
+"""The verdict: equivalence, effective context and sentences, K-vs-V attribution, and the
+'how many more items' estimate."""
 
 from __future__ import annotations
 
@@ -46,6 +47,7 @@ def doc_with(configs: dict[str, dict[int, list[bool]]]) -> dict[str, Any]:
         "items": items,
         "summary": [],
         "divergence": None,
+        "run": {"ctx": 2048, "seed": 0, "checkpoints": [1024, 2048]},
     }
 
 
@@ -63,13 +65,39 @@ def test_verdict_names_onset_and_effective_context() -> None:
     assert "effective context 1,024" in v["sentences"][0]
 
 
-def test_no_loss_is_inconclusive_with_an_estimate() -> None:
+def test_no_significant_loss_is_undecided_with_the_items_that_would_decide() -> None:
     slight = {1024: [True] * 30, 2048: [True] * 28 + [False] * 2}
     v = build_verdict(doc_with({"f16": GOOD, "q8_0": slight}), seed=0)
     assert v is not None
-    assert v["configs"]["q8_0"]["onset_accuracy"] is None
-    assert "inconclusive" in v["sentences"][0]
-    assert "more items" in v["sentences"][0]
+    q8 = v["configs"]["q8_0"]
+    assert q8["onset_accuracy"] is None
+    assert q8["equivalence"]["status"] == "undecided"
+    assert q8["effective_context"] == 1024  # equivalent at 1,024 (identical items), undecided at 2,048
+    at_2048 = q8["equivalence"]["checkpoints"][1]
+    assert at_2048["ctx"] == 2048 and at_2048["items_needed"] > 30
+    assert "is undecided" in v["sentences"][0]
+    assert f"about {at_2048['items_needed']:,} items at 2,048 tokens would decide" in v["sentences"][0]
+    assert "no loss at all" not in " ".join(v["sentences"])
+
+
+def test_identical_items_are_equivalent_and_recommended() -> None:
+    v = build_verdict(doc_with({"f16": GOOD, "q8_0": GOOD}), seed=0)
+    assert v is not None
+    assert v["configs"]["q8_0"]["equivalence"]["status"] == "equivalent"
+    assert v["configs"]["q8_0"]["effective_context"] == 2048
+    assert v["recommendation"]["config"] == "q8_0"
+    assert v["margins"]["answer_logprob"] == 0.25
+
+
+def test_margins_change_the_decision() -> None:
+    slight = {1024: [True] * 30, 2048: [True] * 28 + [False] * 2}  # log-prob -0.27 at 2,048
+    doc = doc_with({"f16": GOOD, "q8_0": slight})
+    strict = build_verdict(doc, seed=0)
+    loose = build_verdict(doc, seed=0, margin={"answer_logprob": 2.0, "accuracy": 0.5})
+    assert strict is not None and loose is not None
+    assert strict["configs"]["q8_0"]["equivalence"]["status"] == "undecided"
+    assert loose["configs"]["q8_0"]["equivalence"]["status"] == "equivalent"
+    assert loose["margins"]["answer_logprob"] == 2.0
 
 
 @pytest.mark.parametrize(
@@ -78,7 +106,7 @@ def test_no_loss_is_inconclusive_with_an_estimate() -> None:
         (LOSES_LATE, GOOD, "K"),
         (GOOD, LOSES_LATE, "V"),
         (LOSES_LATE, LOSES_LATE, "both"),
-        (GOOD, GOOD, "inconclusive"),
+        (GOOD, GOOD, "neither"),
     ],
 )
 def test_k_vs_v_names_the_half_at_fault(
@@ -112,3 +140,45 @@ def test_k_vs_v_by_kl_when_needles_do_not_separate() -> None:
     assert result is not None
     assert result["fault"] == "K"
     assert "KL" in result["reason"]
+
+
+def test_k_vs_v_conflicting_evidence_is_undecided() -> None:
+    """KL points to K, the paired answer log-prob to V: neither overrules the other."""
+    summary = [
+        {"probe": "divergence", "metric": "kld_mean", "config": c, "scope": "pooled", "value": m,
+         "ci": [m * 0.9, m * 1.1]}
+        for c, m in (("k=q4_0,v=f16", 0.1), ("k=f16,v=q4_0", 0.01))
+    ]  # fmt: skip
+    items = needle_items("k=q4_0,v=f16", GOOD) + needle_items("k=f16,v=q4_0", LOSES_LATE, logprob_shift=-4.0)
+    verdicts: dict[str, dict[str, Any]] = {
+        cid: {"paired": [], "onset_accuracy": None, "onset_logprob": None}
+        for cid in ("k=q4_0,v=f16", "k=f16,v=q4_0")
+    }
+    result = k_vs_v(verdicts, summary, "q4_0", items=items)
+    assert result is not None
+    assert result["fault"] == "undecided"
+    assert {e["points_to"] for e in result["evidence"]} >= {"K", "V"}
+    assert "conflicts" in result["reason"]
+
+
+def test_a_marginal_p_on_a_tiny_effect_does_not_name_a_half() -> None:
+    """A significant but immaterial log-prob contrast (0.02 nats, far below half the 0.25
+    margin) does not point anywhere; KL, nine times larger for K, does."""
+    summary = [
+        {"probe": "divergence", "metric": "kld_mean", "config": c, "scope": "pooled", "value": m,
+         "ci": [m * 0.95, m * 1.05]}
+        for c, m in (("k=q4_0,v=f16", 0.108), ("k=f16,v=q4_0", 0.0126))
+    ]  # fmt: skip
+    k_items = needle_items("k=q4_0,v=f16", GOOD)
+    v_items = needle_items("k=f16,v=q4_0", GOOD)
+    for it in v_items:
+        it["logprob"] -= 0.02 + 0.001 * (int(it["key"][1:]) % 3)  # V-only a hair lower on every item
+    verdicts: dict[str, dict[str, Any]] = {
+        cid: {"paired": [], "onset_accuracy": None, "onset_logprob": None}
+        for cid in ("k=q4_0,v=f16", "k=f16,v=q4_0")
+    }
+    result = k_vs_v(verdicts, summary, "q4_0", items=k_items + v_items)
+    assert result is not None
+    lp = next(e for e in result["evidence"] if e["metric"] == "answer_logprob")
+    assert lp["p"] < 0.05 and lp["points_to"] is None
+    assert result["fault"] == "K"

@@ -166,6 +166,24 @@ def bin_edges(checkpoints: Sequence[int]) -> list[int]:
     return edges
 
 
+PERCENTILES = {"kld_p99": 0.99, "kld_p999": 0.999}  # the tail, as llama-perplexity prints it
+
+
+def block_bootstrap_quantile(
+    blocks: Sequence[np.ndarray], q: float, seed: int, n_boot: int = 1000, level: float = 0.95
+) -> tuple[float, float]:
+    """Percentile interval of a quantile over positions, resampling whole blocks."""
+    if len(blocks) < 2:
+        value = float(np.quantile(np.concatenate(blocks), q)) if blocks else float("nan")
+        return value, value
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(blocks), size=(n_boot, len(blocks)))
+    stats = np.array([np.quantile(np.concatenate([blocks[i] for i in row]), q) for row in idx])
+    alpha = (1 - level) / 2
+    lo, hi = np.quantile(stats, [alpha, 1 - alpha])
+    return float(lo), float(hi)
+
+
 def block_bootstrap_mean(
     blocks: Sequence[np.ndarray], seed: int, n_boot: int = 2000, level: float = 0.95
 ) -> tuple[float, float]:
@@ -247,9 +265,9 @@ def _metric_row(
     if n == 0:
         return None
     ci: list[float] | None
-    if metric == "kld_p99":
+    if metric in PERCENTILES:
         # Linear interpolation between order statistics, as llama-perplexity's percentiles.
-        value, ci = float(np.quantile(np.concatenate(blocks), 0.99)), None
+        value, ci = float(np.quantile(np.concatenate(blocks), PERCENTILES[metric])), None
     else:
         value = float(sum(b.sum() for b in blocks) / n)
         ci = list(block_bootstrap_mean(blocks, seed=cs.seed))
@@ -314,3 +332,45 @@ def divergence_curve(
             {"bin": [found.lo, found.hi], "ctx": found.hi, "p_holm": found.p_holm} if found else None
         )
     return rows, onsets
+
+
+def checkpoint_spans(
+    arrays: dict[str, list[dict[str, np.ndarray]]],
+    reference: str,
+    checkpoints: Sequence[int],
+    metrics: Sequence[Metric],
+    *,
+    block: int,
+    seed: int,
+    level: float = 0.95,
+) -> dict[str, list[dict[str, Any]]]:
+    """Per test configuration and checkpoint, each metric that has an equivalence bound over
+    the positions since the previous checkpoint ([1, first) for the first), with its
+    block-bootstrap interval at `level`: the equivalence test compares its ends with the bound."""
+    bounded = [m for m in metrics if m.margin is not None and m.source is not None]
+    edges = [1, *checkpoints]
+    out: dict[str, list[dict[str, Any]]] = {}
+    for config, per_doc in arrays.items():
+        if config == reference:
+            continue
+        spans = []
+        for lo, hi in itertools.pairwise(edges):
+            span: dict[str, Any] = {"ctx": hi, "span": [lo, hi]}
+            for metric in bounded:
+                values, positions = _stack(per_doc, metric.source or "")
+                blocks = split_blocks(values, positions, lo, hi, block)
+                if not blocks:
+                    continue
+                span["n"] = int(sum(len(b) for b in blocks))
+                if metric.name in PERCENTILES:
+                    q = PERCENTILES[metric.name]
+                    value = float(np.quantile(np.concatenate(blocks), q))
+                    ci = block_bootstrap_quantile(blocks, q, seed=seed, level=level)
+                else:
+                    value = float(sum(b.sum() for b in blocks) / span["n"])
+                    ci = block_bootstrap_mean(blocks, seed=seed, level=level)
+                span[metric.name] = {"value": value, "ci": list(ci)}
+            if "n" in span:
+                spans.append(span)
+        out[config] = spans
+    return out

@@ -141,9 +141,9 @@ class NeedleProbe(Probe):
     def metrics(self) -> tuple[Metric, ...]:
         return (
             Metric("needle", "accuracy", binary=True, lower_is_worse=True, field="correct", key=needle_key,
-                   compared=True, min_change=0.05, negligible=0.05),
+                   compared=True, min_change=0.05, margin=0.05),
             Metric("needle", "answer_logprob", lower_is_worse=True, field="logprob", key=needle_key,
-                   compared=True, negligible=0.25),
+                   compared=True, margin=0.25),
         )  # fmt: skip
 
     def validate(self, scenario: Scenario, source: str) -> None:

@@ -68,11 +68,14 @@ def build_result(
     return result
 
 
-def add_statistics(result: ResultDoc, measured: dict[str, Any] | None = None) -> ResultDoc:
+def add_statistics(
+    result: ResultDoc, measured: dict[str, Any] | None = None, margins: dict[str, float] | None = None
+) -> ResultDoc:
     """Summary rows (each probe's), the onsets and the verdict, from the document's own items
     and sections; `measured` is the run's in-memory data per probe (RunOutcome.measured), read
-    in place of the file's rounded copies. Each statistic is guarded: what fails is listed in
-    `statistics.errors` and the rest is still computed."""
+    in place of the file's rounded copies; `margins` are the equivalence margins (--margin).
+    Each statistic is guarded: what fails is listed in `statistics.errors` and the rest is
+    still computed."""
     labels = {p.summary_label for p in all_probes()} | {"verdict"}
     earlier = [e for e in (result.get("statistics") or {}).get("errors", []) if e.get("what") not in labels]
     errors: list[dict[str, str]] = list(earlier)  # what failed while measuring stays on record
@@ -88,6 +91,6 @@ def add_statistics(result: ResultDoc, measured: dict[str, Any] | None = None) ->
     result["summary"] = summary
     from kvprobe.stats.verdict import build_verdict  # the verdict reads the assembled document
 
-    result["verdict"] = guarded(errors, "verdict", lambda: build_verdict(result, seed))
+    result["verdict"] = guarded(errors, "verdict", lambda: build_verdict(result, seed, margins))
     result["statistics"]["complete"] = not errors
     return result

@@ -64,6 +64,11 @@ class Unit:
     seconds: float = 0.0
     feed_s: float = 0.0  # of which feeding the document (decoding, without the reduction)
     reduce_s: float = 0.0  # of which probes reducing every position's logits
+    # Per configuration, the seconds llama_decode took to feed this unit's document segment of
+    # `prefill_tokens` tokens: the prefill speed at this depth.
+    prefill_s: dict[str, float] = field(default_factory=dict)
+    prefill_tokens: int = 0
+    prefill_logits: bool = False  # every position's logits were computed (a divergence document)
 
     @property
     def key(self) -> tuple[int, int]:
@@ -72,14 +77,18 @@ class Unit:
     def to_json(self) -> dict[str, Any]:
         return {"unit": [self.doc, self.step], "items": self.items, "probe_data": self.probe_data,
                 "tokens": self.tokens, "seconds": round(self.seconds, 3), "feed_s": round(self.feed_s, 3),
-                "reduce_s": round(self.reduce_s, 3)}  # fmt: skip
+                "reduce_s": round(self.reduce_s, 3),
+                "prefill_s": {c: round(v, 4) for c, v in self.prefill_s.items()},
+                "prefill_tokens": self.prefill_tokens, "prefill_logits": self.prefill_logits}  # fmt: skip
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Unit:
         doc, step = data["unit"]
         return cls(int(doc), int(step), data["items"], data.get("probe_data") or {},
                    int(data.get("tokens", 0)), float(data.get("seconds", 0.0)),
-                   float(data.get("feed_s", 0.0)), float(data.get("reduce_s", 0.0)))  # fmt: skip
+                   float(data.get("feed_s", 0.0)), float(data.get("reduce_s", 0.0)),
+                   {str(c): float(v) for c, v in (data.get("prefill_s") or {}).items()},
+                   int(data.get("prefill_tokens", 0)), bool(data.get("prefill_logits", False)))  # fmt: skip
 
 
 class Journal:

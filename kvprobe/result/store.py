@@ -16,7 +16,7 @@ import numpy as np
 
 from kvprobe.errors import UserError, guarded
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 ResultDoc = dict[str, Any]
 
 
@@ -124,8 +124,30 @@ def _rename_first_difference(doc: ResultDoc) -> None:
             row["metric"] = "first_difference"
 
 
+def _add_decisions(doc: ResultDoc) -> None:
+    """v2 -> v3: the KV layout (from the recorded metadata), KL's 99.9th percentile and the
+    per-checkpoint KL intervals (from the file's float32 arrays), and the verdict rebuilt with
+    equivalence, the recommendation and the rules of thumb. Items and existing rows stay."""
+    from kvprobe.weights.doctor import kv_layout_from_metadata
+
+    model = doc.get("model") or {}
+    if "kv_layout" not in model and isinstance(model.get("metadata"), dict):
+        model["kv_layout"] = kv_layout_from_metadata(str(model.get("architecture")), model["metadata"])
+    errors: list[dict[str, str]] = (doc.get("statistics") or {}).get("errors", [])
+    if doc.get("divergence") and doc.get("baseline") is not None:
+        from kvprobe.probes.divergence import add_tail
+
+        guarded(errors, "divergence curve", lambda: add_tail(doc, doc["run"]["seed"]))
+    if doc.get("verdict") is not None:
+        from kvprobe.stats.verdict import build_verdict
+
+        doc["verdict"] = guarded(errors, "verdict", lambda: build_verdict(doc, doc["run"]["seed"]))
+        if doc["verdict"] is not None:
+            doc["verdict"]["migrated_from_schema"] = 2
+
+
 # Each step takes a document of version N (the key) to N + 1, in place.
-MIGRATIONS: dict[int, Callable[[ResultDoc], None]] = {1: _rename_first_difference}
+MIGRATIONS: dict[int, Callable[[ResultDoc], None]] = {1: _rename_first_difference, 2: _add_decisions}
 
 
 def _expect(path: Path, where: str, value: Any, kind: type | tuple[type, ...], what: str) -> None:

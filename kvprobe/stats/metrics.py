@@ -1,6 +1,6 @@
 """Every metric kvprobe reports, declared once by the probe that makes it: whether it is
 pass/fail, which way is worse, what it is computed from, what change `compare` marks and what
-the verdict calls negligible. Summaries, compare and the verdict read this table.
+its equivalence margin. Summaries, compare and the verdict read this table.
 """
 
 from __future__ import annotations
@@ -28,7 +28,9 @@ class Metric:
     compared: bool = False  # `kvprobe compare` tests it (and `--fail-on` accepts it)
     summary_mean: bool = False  # the summary reports its mean with a bootstrap interval
     min_change: float | None = None  # compare marks a smaller change never (None: 10% relative)
-    negligible: float | None = None  # the verdict's "no effect" band for an interval
+    # The equivalence margin (TOST): a paired difference within ±margin counts as no loss; for
+    # a divergence metric, which is zero at best, an upper bound on its value. `--margin` sets it.
+    margin: float | None = None
 
     @property
     def item_field(self) -> str:
@@ -63,6 +65,11 @@ def paired_item_metrics() -> tuple[Metric, ...]:
 
 def compared_metrics() -> tuple[str, ...]:
     return tuple(m.name for m in metric_table() if m.compared)
+
+
+def margins() -> dict[str, float]:
+    """The default equivalence margin of every metric that has one."""
+    return {m.name: m.margin for m in metric_table() if m.margin is not None}
 
 
 def lower_is_worse(name: str) -> bool:

@@ -1,16 +1,18 @@
-"""The verdict: onset, effective context and decay per configuration, which half of the cache
-is at fault, and the sentences shown to the user. Pure functions of result data."""
+"""The verdict: per configuration, equivalence to the reference at each checkpoint (TOST
+against stated margins), the effective context that follows, the onset of a significant loss
+and the decay; which half of the cache is at fault; the sentences shown to the user. Pure
+functions of result data. The recommendation built on it is kvprobe.stats.decision."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 from scipy import stats as sps
 
-from kvprobe.cache_types import CacheConfig, ConfigId
+from kvprobe.cache_types import CacheConfig
 from kvprobe.probes import all_probes
 from kvprobe.probes.rows import pooled_row
 from kvprobe.stats.analysis import (
@@ -19,8 +21,12 @@ from kvprobe.stats.analysis import (
     halving_interval,
     onset,
     paired_rows,
+    paired_values,
 )
-from kvprobe.stats.metrics import ALPHA, by_name, paired_item_metrics
+from kvprobe.stats.equivalence import EQUIVALENT, UNDECIDED, WORSE, Tost, bound_test, tost
+from kvprobe.stats.inference import difference_test
+from kvprobe.stats.metrics import ALPHA, by_name, margins, metric_table, paired_item_metrics
+from kvprobe.stats.weights_vs_kv import weights_vs_kv
 
 POWER_Z = 1.6449 + 0.8416  # one-sided alpha 0.05, power 0.8
 
@@ -45,6 +51,136 @@ def _diff(r: dict[str, Any], unit: str = "") -> str:
     return f"{r['diff']:+.2f}{unit} [{r['ci'][0]:+.2f}, {r['ci'][1]:+.2f}]"
 
 
+# --- equivalence per checkpoint ----------------------------------------------------------------
+
+
+def checkpoint_tests(
+    items: Sequence[dict[str, Any]],
+    baseline: str,
+    config: str,
+    spans: Sequence[dict[str, Any]],
+    margin: Mapping[str, float],
+    *,
+    seed: int = 0,
+) -> dict[int, list[Tost]]:
+    """Per checkpoint, the equivalence test of every metric that has a margin: paired TOST on
+    the items of per-item metrics, the one-sided bound on the position spans of divergence
+    metrics (their 95% intervals come with the spans)."""
+    out: dict[int, list[Tost]] = {}
+    for metric in paired_item_metrics():
+        if metric.name not in margin:
+            continue
+        for ctx, (t, b) in paired_values(items, metric, baseline, config).items():
+            out.setdefault(ctx, []).append(
+                tost(t, b, margin[metric.name], metric=metric.name, binary=metric.binary,
+                     lower_is_worse=bool(metric.lower_is_worse), seed=seed)
+            )  # fmt: skip
+    for span in spans:
+        for name, bound in margin.items():
+            if name in span:
+                found = span[name]
+                out.setdefault(int(span["ctx"]), []).append(
+                    bound_test(found["value"], found["ci"], bound, metric=name, n=int(span["n"]))
+                )
+    return dict(sorted(out.items()))
+
+
+def combine(tests: Sequence[Tost]) -> tuple[str, list[str]]:
+    """One checkpoint's status from its metrics' tests, and the metrics that decided it.
+
+    Worse if any metric is worse beyond its margin. Equivalent if every metric is, except that
+    a pass/fail metric left undecided does not block when a continuous metric is equivalent: on
+    tens of items accuracy can rarely show ±0.05, and answer log-prob measures the same answers
+    more finely. Undecided otherwise."""
+    worse = [t.metric for t in tests if t.status == WORSE]
+    if worse:
+        return WORSE, worse
+    binary = {m.name for m in metric_table() if m.binary}
+    continuous_ok = [t.metric for t in tests if t.status == EQUIVALENT and t.metric not in binary]
+    blocking = [
+        t.metric for t in tests if t.status == UNDECIDED and not (t.metric in binary and continuous_ok)
+    ]
+    if tests and not blocking and continuous_ok:
+        return EQUIVALENT, [t.metric for t in tests if t.status == EQUIVALENT]
+    return UNDECIDED, blocking or [t.metric for t in tests]
+
+
+def equivalence(
+    tests: dict[int, list[Tost]], loss_onset: int | None, checkpoints: Sequence[int]
+) -> dict[str, Any]:
+    """The per-checkpoint statuses, the effective context and the configuration's status.
+
+    The effective context is the longest checkpoint up to which every checkpoint is shown
+    equivalent and none lies at or past the onset of a significant loss: so it always ends
+    before the onset. The configuration is `equivalent` when that reaches the longest checkpoint
+    measured, `worse` when some checkpoint is worse beyond the margins, else `undecided`."""
+    rows = []
+    effective: int | None = None
+    open_prefix = True
+    for ctx in checkpoints:
+        found = tests.get(ctx, [])
+        status, decided_by = combine(found) if found else (UNDECIDED, [])
+        loss = loss_onset is not None and ctx >= loss_onset
+        open_prefix = open_prefix and status == EQUIVALENT and not loss
+        if open_prefix:
+            effective = ctx
+        needed = [t.items_needed for t in found if t.metric in decided_by and t.items_needed is not None]
+        rows.append({
+            "ctx": ctx, "status": status, "decided_by": decided_by, "significant_loss": loss,
+            "items_needed": max(needed) if status == UNDECIDED and needed else None,
+            "tests": [t.to_json() for t in found],
+        })  # fmt: skip
+    longest = checkpoints[-1] if checkpoints else None
+    first_worse = next((r["ctx"] for r in rows if r["status"] == WORSE), None)
+    if longest is not None and effective == longest:
+        status = EQUIVALENT
+    elif first_worse is not None:
+        status = WORSE
+    else:
+        status = UNDECIDED
+    return {
+        "status": status,
+        "effective_context": effective,
+        "first_worse": first_worse,
+        "checkpoints": rows,
+    }
+
+
+# --- the 85% figure, secondary ------------------------------------------------------------------
+
+
+def accuracy_share_context(
+    items: Sequence[dict[str, Any]],
+    baseline: str,
+    config: str,
+    *,
+    seed: int,
+    threshold: float = EFFECTIVE_THRESHOLD,
+    n_boot: int = 400,
+) -> dict[str, Any] | None:
+    """The longest checkpoint up to which the configuration keeps >= threshold of the
+    reference's needle accuracy (point estimate), with a percentile-bootstrap 95% interval
+    resampling the paired items within each checkpoint. 0 stands for "below the first"."""
+    values = paired_values(items, by_name("accuracy"), baseline, config)
+    if not values:
+        return None
+    arrays = {ctx: (np.asarray(t), np.asarray(b)) for ctx, (t, b) in values.items()}
+
+    def point(chosen: dict[int, np.ndarray] | None) -> int:
+        test, base = {}, {}
+        for ctx, (t, b) in arrays.items():
+            idx = chosen[ctx] if chosen is not None else np.arange(len(t))
+            test[ctx], base[ctx] = float(t[idx].mean()), float(b[idx].mean())
+        return effective_context(test, base, threshold) or 0
+
+    rng = np.random.default_rng(seed)
+    boots = sorted(
+        point({ctx: rng.integers(0, len(t), len(t)) for ctx, (t, _) in arrays.items()}) for _ in range(n_boot)
+    )
+    lo, hi = boots[math.floor(0.025 * (n_boot - 1))], boots[math.ceil(0.975 * (n_boot - 1))]
+    return {"threshold": threshold, "ctx": point(None), "ci": [lo, hi], "first": min(arrays)}
+
+
 def config_verdict(
     items: Sequence[dict[str, Any]],
     baseline: str,
@@ -52,23 +188,38 @@ def config_verdict(
     divergence_onset: dict[str, Any] | None,
     *,
     seed: int,
-    threshold: float = EFFECTIVE_THRESHOLD,
+    spans: Sequence[dict[str, Any]] = (),
+    checkpoints: Sequence[int] = (),
+    margin: Mapping[str, float] | None = None,
 ) -> dict[str, Any]:
     rows = paired_rows(items, baseline, config, seed)
     acc = [r for r in rows if r["metric"] == "accuracy"]
     lp = [r for r in rows if r["metric"] == "answer_logprob"]
     out: dict[str, Any] = {"config": config, "paired": rows}
-    if not acc:
-        out.update(onset_accuracy=None, onset_logprob=None, effective_context=None, halving=None)
-        return out
-    out["onset_accuracy"] = onset(acc)
-    out["onset_logprob"] = onset(lp)
-    out["effective_context"] = effective_context(
-        {r["ctx"]: r["test_value"] for r in acc}, {r["ctx"]: r["baseline_value"] for r in acc}, threshold
+    out["onset_accuracy"] = onset(acc) if acc else None
+    out["onset_logprob"] = onset(lp) if lp else None
+    losses = [o for o in (out["onset_accuracy"], out["onset_logprob"]) if o is not None]
+    tests = checkpoint_tests(
+        items, baseline, config, spans, margin if margin is not None else margins(), seed=seed
     )
-    out["effective_threshold"] = threshold
-    mine = [it for it in items if it["probe"] == "needle" and it["config"] == config]
+    measured = sorted(set(checkpoints) | set(tests)) if tests else list(checkpoints)
+    out["equivalence"] = equivalence(tests, min(losses) if losses else None, measured)
+    out["effective_context"] = out["equivalence"]["effective_context"]
+    out["divergence_onset"] = divergence_onset["ctx"] if divergence_onset else None
+    if not acc:
+        out.update(accuracy_share=None, halving=None)
+        return out
+    out["accuracy_share"] = accuracy_share_context(items, baseline, config, seed=seed)
     reference = acc[0]["baseline_value"]
+    if out["onset_accuracy"] is None:  # no measured loss: a fitted collapse would be extrapolation
+        out["halving"] = {
+            "length": None,
+            "ci": None,
+            "reference_accuracy": reference,
+            "not_estimable": "accuracy does not fall significantly: nothing to fit a decay to",
+        }
+        return out
+    mine = [it for it in items if it["probe"] == "needle" and it["config"] == config]
     halving = halving_interval(
         [it["ctx"] for it in mine], [float(it["correct"]) for it in mine], reference, seed
     )
@@ -78,54 +229,135 @@ def config_verdict(
         "reference_accuracy": reference,
         "not_estimable": halving.reason,
     }
-    out["divergence_onset"] = divergence_onset["ctx"] if divergence_onset else None
     return out
 
 
+# --- sentences ----------------------------------------------------------------------------------
+
+_UNITS = {"answer_logprob": " nats", "kld_mean": " nats", "kld_p999": " nats"}
+_NAMES = {
+    "accuracy": "accuracy",
+    "answer_logprob": "answer log-prob",
+    "kld_mean": "mean KL",
+    "kld_p999": "KL 99.9th percentile",
+}
+
+
+def tost_text(t: dict[str, Any]) -> str:
+    """One test in words: "answer log-prob +0.07 [95%: +0.03, +0.11] within ±0.25 nats"."""
+    name, unit = _NAMES.get(t["metric"], t["metric"]), _UNITS.get(t["metric"], "")
+    lo, hi = t["ci"]
+    if t["kind"] == "bound":
+        where = {EQUIVALENT: "below", WORSE: "above"}.get(t["status"], "against")
+        return f"{name} {t['value']:.3g} [95%: {lo:.3g}, {hi:.3g}] {where} the {t['margin']:g}{unit} bound"
+    where = {EQUIVALENT: "within", WORSE: "beyond"}.get(t["status"], "undecided against")
+    return f"{name} {t['value']:+.2f} [95%: {lo:+.2f}, {hi:+.2f}] {where} ±{t['margin']:g}{unit}"
+
+
+def equivalence_sentence(v: dict[str, Any], baseline: str, config: str) -> str | None:
+    """The configuration's equivalence to the reference, its effective context and why."""
+    eq = v.get("equivalence")
+    if not eq or not eq["checkpoints"]:
+        return None
+    rows = {r["ctx"]: r for r in eq["checkpoints"]}
+    longest = max(rows)
+    eff = eq["effective_context"]
+    eff_text = (
+        f"effective context {eff:,} tokens" if eff else f"no effective context (not even {min(rows):,})"
+    )
+    if eq["status"] == EQUIVALENT:
+        r = rows[longest]
+        tests = "; ".join(tost_text(t) for t in r["tests"])
+        return (
+            f"{config} is equivalent to {baseline} up to {longest:,} tokens, the longest measured "
+            f"(at {longest:,}: {tests}); {eff_text}."
+        )
+    if eq["status"] == WORSE:
+        r = rows[eq["first_worse"]]
+        decisive = [t for t in r["tests"] if t["metric"] in r["decided_by"]]
+        tail = ""
+        if r["decided_by"] == ["kld_p999"]:
+            tail = " (decided by the tail of the KL distribution, not its mean)"
+        return (
+            f"{config} is worse than {baseline} beyond the margins from {r['ctx']:,} tokens on"
+            f"{tail} ({'; '.join(tost_text(t) for t in decisive)}); {eff_text}."
+        )
+    first = next(r for r in eq["checkpoints"] if r["status"] != EQUIVALENT or r["significant_loss"])
+    if first["status"] == EQUIVALENT:  # equivalent within the margins, yet a significant loss
+        return (
+            f"{config} stays within the margins of {baseline} up to {longest:,} tokens, but its loss is "
+            f"significant from {first['ctx']:,} on, so the {eff_text}."
+        )
+    if not first["tests"]:
+        return (
+            f"Whether {config} is equivalent to {baseline} is undecided: no metric with an equivalence "
+            f"margin was measured (the needle and divergence probes have them); {eff_text}."
+        )
+    decisive = [t for t in first["tests"] if t["metric"] in first["decided_by"]] or first["tests"]
+    needed = (
+        f"; about {first['items_needed']:,} items at {first['ctx']:,} tokens would decide"
+        if first["items_needed"]
+        else ""
+    )
+    tests = "; ".join(tost_text(t) for t in decisive) or "nothing measured there"
+    return (
+        f"Whether {config} is equivalent to {baseline} at {first['ctx']:,} tokens is undecided "
+        f"({tests}){needed}; {eff_text}."
+    )
+
+
 def needle_sentence(v: dict[str, Any], baseline: str, config: str) -> str | None:
-    """The needle probe's sentence for one configuration's verdict (None without needle items)."""
+    """The needle probe's detail for one configuration: the onset of a significant loss, the
+    85% share as a secondary figure with its interval, and the decay fit where accuracy fell."""
     acc = [r for r in v["paired"] if r["metric"] == "accuracy"]
     lp = [r for r in v["paired"] if r["metric"] == "answer_logprob"]
     if not acc:
         return None
-    eff, share = v["effective_context"], f"{v['effective_threshold']:.0%} of {baseline}'s accuracy"
-    eff_text = (
-        f"effective context {eff:,} tokens (keeps >= {share})"
-        if eff
-        else f"below {share} already at {acc[0]['ctx']:,} tokens"
-    )
-    halving = v["halving"]
-    if halving and halving["length"] is not None and halving["ci"]:
-        lo, hi = halving["ci"]
-        upper = f"{hi:,.0f}" if hi is not None else "beyond 16x the longest context"
-        bounds = f"[{lo:,.0f}, {upper}]" if lo is not None else "(interval not within reach)"
-        eff_text += f"; by a logistic fit, accuracy halves at about {halving['length']:,.0f} tokens {bounds}"
     if v["onset_accuracy"] is not None:
         r = next(r for r in acc if r["ctx"] == v["onset_accuracy"])
         earlier = ""
         if v["onset_logprob"] is not None and v["onset_logprob"] < r["ctx"]:
             earlier = f" (the answers' log-probability already from {v['onset_logprob']:,})"
-        return (
-            f"With a {config} cache, needle accuracy falls significantly below the {baseline} reference from "
-            f"{r['ctx']:,} tokens on ({_diff(r)}, Holm p = {_fmt_p(r['p_holm'])}){earlier}; {eff_text}."
+        head = (
+            f"Its needle accuracy falls significantly below {baseline} from {r['ctx']:,} tokens on "
+            f"({_diff(r)}, Holm p = {_fmt_p(r['p_holm'])}){earlier}"
         )
-    if v["onset_logprob"] is not None:
+    elif v["onset_logprob"] is not None:
         r = next(r for r in lp if r["ctx"] == v["onset_logprob"])
-        return (
-            f"With a {config} cache, needle accuracy does not fall significantly, but the answers' "
-            f"log-probability does from {r['ctx']:,} tokens on ({_diff(r, ' nats')}, "
-            f"Holm p = {_fmt_p(r['p_holm'])}); {eff_text}."
+        head = (
+            f"Its needle accuracy does not fall significantly, but the answers' log-probability does "
+            f"from {r['ctx']:,} tokens on ({_diff(r, ' nats')}, Holm p = {_fmt_p(r['p_holm'])})"
         )
-    last = lp[-1] if lp else acc[-1]
-    more = more_items_needed(last["p_worse"], last["n"])
-    if more is None:
-        decide = "the estimate points to no loss at all"
     else:
-        decide = f"inconclusive: about {more} more items at {last['ctx']:,} tokens would decide"
-    return (
-        f"With a {config} cache, no significant loss against {baseline} at any checkpoint "
-        f"(at {last['ctx']:,}: {last['metric']} {_diff(last)}); {decide}; {eff_text}."
-    )
+        last = lp[-1] if lp else acc[-1]
+        head = (
+            f"No significant needle loss at any checkpoint (at {last['ctx']:,}: {last['metric']} "
+            f"{_diff(last)})"
+        )
+    share = v.get("accuracy_share")
+    if share:
+        pct = f"{share['threshold']:.0%} of {baseline}'s accuracy"
+
+        def at(c: int) -> str:
+            return f"{c:,}" if c else f"below {share['first']:,}"
+
+        lo, hi = share["ci"]
+        interval = f"bootstrap 95% interval {at(lo)} to {at(hi)}"
+        head += (
+            f"; secondary: it keeps >= {pct} up to {share['ctx']:,} tokens ({interval})"
+            if share["ctx"]
+            else f"; secondary: below {pct} already at {share['first']:,} tokens ({interval})"
+        )
+    halving = v.get("halving")
+    if v["onset_accuracy"] is not None and halving and halving["length"] is not None and halving["ci"]:
+        lo, hi = halving["ci"]
+        upper = f"{hi:,.0f}" if hi is not None else "beyond 16x the longest context"
+        bounds = f"[{lo:,.0f}, {upper}]" if lo is not None else "(interval not within reach)"
+        head += f"; by a logistic fit, accuracy halves at about {halving['length']:,.0f} tokens {bounds}"
+    return head + "."
+
+
+# --- which half of the cache ---------------------------------------------------------------------
 
 
 def _half_evidence(v: dict[str, Any], summary: Sequence[dict[str, Any]], config: str) -> dict[str, Any]:
@@ -134,6 +366,7 @@ def _half_evidence(v: dict[str, Any], summary: Sequence[dict[str, Any]], config:
     kld = pooled_row(summary, config)
     return {
         "config": config,
+        "status": (v.get("equivalence") or {}).get("status"),
         "onset": v["onset_accuracy"] or v["onset_logprob"],
         "logprob_diff": last["diff"] if last else None,
         "logprob_ci": last["ci"] if last else None,
@@ -144,49 +377,111 @@ def _half_evidence(v: dict[str, Any], summary: Sequence[dict[str, Any]], config:
     }
 
 
-def k_vs_v(
-    verdicts: dict[str, dict[str, Any]], summary: Sequence[dict[str, Any]], quant: str
+def _contrast(
+    items: Sequence[dict[str, Any]], k_id: str, v_id: str, metric_name: str, seed: int
 ) -> dict[str, Any] | None:
-    """Which half of a `quant` cache is at fault, from the K-only and V-only configurations."""
+    """K-only against V-only directly, paired on the items, at the longest checkpoint both have:
+    (K-only - V-only) with its 95% interval and two-sided p."""
+    metric = by_name(metric_name)
+    values = paired_values(items, metric, v_id, k_id)
+    if not values:
+        return None
+    ctx = max(values)
+    k, v = values[ctx]
+    d = difference_test(k, v, binary=metric.binary, paired=True, seed=seed)
+    return {"metric": metric_name, "ctx": ctx, "diff": d.diff, "ci": list(d.ci), "p": d.p, "n": len(k)}
+
+
+def k_vs_v(
+    verdicts: dict[str, dict[str, Any]],
+    summary: Sequence[dict[str, Any]],
+    quant: str,
+    *,
+    items: Sequence[dict[str, Any]] = (),
+    margin: Mapping[str, float] | None = None,
+    seed: int = 0,
+) -> dict[str, Any] | None:
+    """Which half of a `quant` cache is at fault, from the K-only and V-only configurations.
+
+    Each line of evidence compares the halves directly and counts only when the difference is
+    both significant and material: mean KL with non-overlapping 95% intervals, one at least
+    twice the other and above half the KL bound; answer log-prob and accuracy by a paired test
+    of K-only against V-only, differing by at least half their margin. Agreeing evidence names
+    one half; conflicting evidence is `undecided`. Without separating evidence: `both` when
+    both halves are worse than the reference beyond the margins, `neither` when both are
+    equivalent, else `undecided`. A marginal p-value on a tiny effect cannot overrule a large
+    one, since neither counts unless it is material."""
     k_id, v_id = CacheConfig(quant, "f16").id, CacheConfig("f16", quant).id
     if k_id not in verdicts or v_id not in verdicts:
         return None
+    m = dict(margins()) | dict(margin or {})
     k, v = _half_evidence(verdicts[k_id], summary, k_id), _half_evidence(verdicts[v_id], summary, v_id)
-
-    def significant(e: dict[str, Any]) -> bool:
-        return e["onset"] is not None or (e["logprob_p_holm"] is not None and e["logprob_p_holm"] < ALPHA)
-
-    def kl_clearly_above(a: dict[str, Any], b: dict[str, Any]) -> bool:
-        return bool(
-            a["kld_ci"]
-            and b["kld_ci"]
-            and a["kld_ci"][0] > b["kld_ci"][1]
-            and a["kld_mean"] > 2 * b["kld_mean"]
+    evidence: list[dict[str, Any]] = []
+    if k["kld_ci"] and v["kld_ci"]:
+        hi, lo = (k, v) if k["kld_mean"] >= v["kld_mean"] else (v, k)
+        separated = hi["kld_ci"][0] > lo["kld_ci"][1]
+        material = hi["kld_mean"] >= 2 * lo["kld_mean"] and hi["kld_mean"] > m.get("kld_mean", 0.0) / 2
+        evidence.append({
+            "metric": "kld_mean", "k": k["kld_mean"], "v": v["kld_mean"],
+            "points_to": ("K" if hi is k else "V") if separated and material else None,
+        })  # fmt: skip
+    for name in ("answer_logprob", "accuracy"):
+        c = _contrast(items, k_id, v_id, name, seed)
+        if c is None:
+            continue
+        material = abs(c["diff"]) >= m.get(name, 0.0) / 2
+        c["points_to"] = ("K" if c["diff"] < 0 else "V") if c["p"] < ALPHA and material else None
+        evidence.append(c)
+    directions = {e["points_to"] for e in evidence if e["points_to"]}
+    both_worse = k["status"] == WORSE and v["status"] == WORSE
+    more_sensitive = next(iter(directions)) if len(directions) == 1 else None
+    if len(directions) == 2:
+        fault, why = UNDECIDED, "the evidence conflicts: " + _evidence_list(evidence)
+    elif directions and both_worse:
+        fault = "both"
+        why = (
+            f"both halves are worse than the reference beyond the margins, {more_sensitive} more so "
+            f"({_evidence_list(evidence)})"
         )
-
-    if significant(k) and significant(v):
-        fault, why = "both", "both K-only and V-only lose significantly against the reference"
-    elif significant(k) or significant(v):
-        fault = "K" if significant(k) else "V"
-        why = f"only the {fault}-only configuration loses significantly on the needles"
-    elif kl_clearly_above(k, v):
-        fault, why = "K", "neither loses on the needles, but K-only's KL is more than twice V-only's"
-    elif kl_clearly_above(v, k):
-        fault, why = "V", "neither loses on the needles, but V-only's KL is more than twice K-only's"
+    elif directions:
+        fault = directions.pop()
+        why = f"{_evidence_list(evidence)} point to {fault}, and no evidence points the other way"
+    elif both_worse:
+        fault = "both"
+        why = "both halves are worse than the reference beyond the margins; neither separates from the other"
+    elif k["status"] == EQUIVALENT and v["status"] == EQUIVALENT:
+        fault, why = "neither", "both halves are equivalent to the reference"
     else:
-        fault, why = "inconclusive", "neither half separates from the other"
+        fault, why = UNDECIDED, "neither half separates from the other"
     return {
         "quant": quant,
         "fault": fault,
+        "more_sensitive": more_sensitive,  # the half the evidence points to, also when both are at fault
         "reason": why,
+        "evidence": evidence,
         "k_only": k,
         "v_only": v,
         "sentence": _kv_sentence(fault, why, k, v, quant),
     }
 
 
-def _evidence_text(e: dict[str, Any]) -> str:
+def _evidence_list(evidence: Sequence[dict[str, Any]]) -> str:
     parts = []
+    for e in evidence:
+        if not e["points_to"]:
+            continue
+        if e["metric"] == "kld_mean":
+            parts.append(f"mean KL (K-only {e['k']:.3g}, V-only {e['v']:.3g}) points to {e['points_to']}")
+        else:
+            parts.append(
+                f"{_NAMES[e['metric']]} K-only minus V-only {_diff(e)} at {e['ctx']:,} "
+                f"(p = {_fmt_p(e['p'])}) points to {e['points_to']}"
+            )
+    return "; ".join(parts) or "no evidence separates the halves"
+
+
+def _evidence_text(e: dict[str, Any]) -> str:
+    parts = [f"{e['status'] or 'no equivalence test'}"]
     if e["logprob_diff"] is not None:
         p = _fmt_p(e["logprob_p_holm"])
         parts.append(f"answer log-prob {e['logprob_diff']:+.2f} at {e['ctx']:,} (Holm p = {p})")
@@ -200,149 +495,68 @@ def _kv_sentence(fault: str, why: str, k: dict[str, Any], v: dict[str, Any], qua
         "K": f"The K half of the {quant} cache is at fault, not V",
         "V": f"The V half of the {quant} cache is at fault, not K",
         "both": f"Both halves of the {quant} cache are at fault",
-        "inconclusive": f"Which half of the {quant} cache is at fault is inconclusive",
+        "neither": f"Neither half of the {quant} cache is at fault",
+        UNDECIDED: f"Which half of the {quant} cache is at fault is undecided",
     }[fault]
     return f"{head}: {why} (K-only: {_evidence_text(k)}; V-only: {_evidence_text(v)})."
 
 
-def build_verdict(result: dict[str, Any], seed: int) -> dict[str, Any] | None:
-    """The result file's `verdict`: per test configuration, K-vs-V for split runs, sentences."""
+# --- the whole verdict ---------------------------------------------------------------------------
+
+
+def build_verdict(
+    result: dict[str, Any], seed: int, margin: Mapping[str, float] | None = None
+) -> dict[str, Any] | None:
+    """The result file's `verdict`: per test configuration, K-vs-V for split runs, weights vs
+    KV for two weight files, the recommendation, and the sentences."""
+    from kvprobe.stats.decision import decide
+
     baseline = result.get("baseline")
     if baseline is None:
         return None
-    onsets = (result.get("divergence") or {}).get("onset", {})
+    used = dict(margins()) | dict(margin or {})
+    section = result.get("divergence") or {}
+    onsets, spans = section.get("onset", {}), section.get("spans") or {}
+    checkpoints = (result.get("run") or {}).get("checkpoints") or []
     per_config = {
-        c["id"]: config_verdict(result["items"], baseline, c["id"], onsets.get(c["id"]), seed=seed)
+        c["id"]: config_verdict(
+            result["items"],
+            baseline,
+            c["id"],
+            onsets.get(c["id"]),
+            seed=seed,
+            spans=spans.get(c["id"], []),
+            checkpoints=checkpoints,
+            margin=used,
+        )
         for c in result["configs"]
         if c["id"] != baseline
     }
     quants = sorted(
         {c["type_k"] for c in result["configs"] if c["type_k"] == c["type_v"] and c["type_k"] != baseline}
     )
-    halves = [kv for q in quants if (kv := k_vs_v(per_config, result["summary"], q)) is not None]
-    for cid, v in per_config.items():  # the first probe (in registry order) with a sentence gives it
-        sentence = next((s for p in all_probes() if (s := p.sentence(result, cid, baseline, v))), None)
-        if sentence:
-            v["sentence"] = sentence
+    halves = [
+        kv
+        for q in quants
+        if (kv := k_vs_v(per_config, result["summary"], q, items=result["items"], margin=used, seed=seed))
+        is not None
+    ]
+    for cid, v in per_config.items():
+        parts = [equivalence_sentence(v, baseline, cid)]
+        # the first probe (in registry order) with a detail sentence adds it
+        parts.append(next((s for p in all_probes() if (s := p.sentence(result, cid, baseline, v))), None))
+        v["sentence"] = " ".join(p for p in parts if p) or None
     sentences = [v["sentence"] for v in per_config.values() if v.get("sentence")]
     sentences += [h["sentence"] for h in halves]
     attribution = weights_vs_kv(result, seed)
     if attribution:
         sentences.append(attribution["sentence"])
-    return {"configs": per_config, "k_vs_v": halves, "weights_vs_kv": attribution, "sentences": sentences}
-
-
-# --- weights vs KV: the 2x2 design ------------------------------------------------------------
-
-
-def _interaction(items: Sequence[dict[str, Any]], cache: str, metric: str, seed: int) -> list[dict[str, Any]]:
-    """Per checkpoint, the mean of (test:q − test:f16) − (ref:q − ref:f16) over items, with a
-    bootstrap interval and a two-sided Wilcoxon p."""
-    from kvprobe.stats.inference import bootstrap_mean_interval
-    from kvprobe.stats.inference import wilcoxon_paired as wilcoxon
-
-    m = next(x for x in paired_item_metrics() if x.name == metric)
-    cells: dict[str, dict[tuple[Any, ...], float]] = {}
-    for cid in ("ref:f16", f"ref:{cache}", "test:f16", f"test:{cache}"):
-        cells[cid] = {
-            m.pair_key(it): float(it[m.item_field])
-            for it in items
-            if it["probe"] == m.probe and it["config"] == cid
-        }
-    keys = set.intersection(*(set(c) for c in cells.values()))
-    by_ctx: dict[int, list[float]] = {}
-    for key in sorted(keys, key=str):
-        contrast = (cells[f"test:{cache}"][key] - cells["test:f16"][key]) - (
-            cells[f"ref:{cache}"][key] - cells["ref:f16"][key]
-        )
-        by_ctx.setdefault(int(key[1]), []).append(contrast)
-    rows = []
-    for ctx, values in sorted(by_ctx.items()):
-        lo, hi = bootstrap_mean_interval(values, seed=seed)
-        p = wilcoxon(values, [0.0] * len(values))
-        rows.append({"ctx": ctx, "diff": float(np.mean(values)), "ci": [lo, hi], "p": p, "n": len(values)})
-    return rows
-
-
-def _negligible(metric: str) -> float:
-    """An interval within ± this is "no effect" (kvprobe.stats.metrics)."""
-    band = by_name(metric).negligible
-    if band is None:
-        raise KeyError(f"metric {metric} has no negligible band")
-    return band
-
-
-def weights_vs_kv(result: dict[str, Any], seed: int) -> dict[str, Any] | None:
-    """The KV effect at fixed weights, the weight effect at an f16 cache, their interaction,
-    per checkpoint with intervals; and the fault: kv, weights, both, neither or inconclusive."""
-    ids = {c["id"] for c in result["configs"]}
-    parsed = [ConfigId.parse(i) for i in ids]
-    caches = sorted({p.cache.id for p in parsed if p.weights == "ref" and p.cache.id != "f16"})
-    if not result.get("models") or "test:f16" not in ids or not caches:
-        return None
-    cache = caches[0]
-    items = result["items"]
-    effects: dict[str, Any] = {}
-    for metric in ("accuracy", "answer_logprob"):
-        kv_ref = [r for r in paired_rows(items, "ref:f16", f"ref:{cache}", seed) if r["metric"] == metric]
-        kv_test = [r for r in paired_rows(items, "test:f16", f"test:{cache}", seed) if r["metric"] == metric]
-        weights = [r for r in paired_rows(items, "ref:f16", "test:f16", seed) if r["metric"] == metric]
-        effects[metric] = {
-            "kv_at_ref_weights": kv_ref,
-            "kv_at_test_weights": kv_test,
-            "weights_at_f16_cache": weights,
-            "interaction": _interaction(items, cache, metric, seed),
-        }
-
-    def significant(rows: list[dict[str, Any]]) -> bool:
-        return any(r["p_holm"] < ALPHA for r in rows)
-
-    def negligible(rows: list[dict[str, Any]], metric: str) -> bool:
-        return all(
-            abs(r["ci"][0]) <= _negligible(metric) and abs(r["ci"][1]) <= _negligible(metric) for r in rows
-        )
-
-    kv = any(significant(e["kv_at_ref_weights"]) for e in effects.values())
-    w = any(significant(e["weights_at_f16_cache"]) for e in effects.values())
-    lp = effects["answer_logprob"]
-    kv_rows, w_rows = lp["kv_at_ref_weights"], lp["weights_at_f16_cache"]
-    kv_growth = (kv_rows[-1]["diff"] - kv_rows[0]["diff"]) if kv_rows else 0.0
-    shortest = w_rows[0] if w_rows else None
-    if kv and w:
-        fault = "both"
-    elif kv:
-        fault = "kv"
-    elif w:
-        fault = "weights"
-    elif all(
-        negligible(e["kv_at_ref_weights"], m) and negligible(e["weights_at_f16_cache"], m)
-        for m, e in effects.items()
-    ):
-        fault = "neither"
-    else:
-        fault = "inconclusive"
-    grows = "grows" if kv_growth < -0.1 else "does not grow"
-    reason = (
-        f"the {cache} cache changes the answer log-prob by {kv_rows[0]['diff']:+.2f} nats at "
-        f"{kv_rows[0]['ctx']:,} and {kv_rows[-1]['diff']:+.2f} at {kv_rows[-1]['ctx']:,} (a cache effect "
-        f"{grows} with context); the TEST weights change it by {_diff(shortest, ' nats')} already at "
-        f"{shortest['ctx']:,}"
-        if kv_rows and shortest
-        else "no needle items to compare"
-    )
-    names = {"ref": result["models"]["ref"]["name"], "test": result["models"]["test"]["name"]}
-    head = {
-        "kv": f"The KV cache is at fault, not the weights: {names['test']} vs {names['ref']} with an f16 "
-        "cache differ by less than the noise",
-        "weights": f"The weights are at fault, not the {cache} cache",
-        "both": f"Both the {cache} cache and the weights ({names['test']} vs {names['ref']}) are at fault",
-        "neither": f"Neither the {cache} cache nor the weights change the answers beyond the noise",
-        "inconclusive": "Weights vs KV cache is inconclusive: neither effect is significant, nor excluded",
-    }[fault]
-    return {
-        "cache": cache,
-        "fault": fault,
-        "reason": reason,
-        "effects": effects,
-        "sentence": f"{head}; {reason}.",
+    verdict: dict[str, Any] = {
+        "margins": used,
+        "configs": per_config,
+        "k_vs_v": halves,
+        "weights_vs_kv": attribution,
+        "sentences": sentences,
     }
+    verdict.update(decide(result, verdict))
+    return verdict

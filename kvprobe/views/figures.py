@@ -68,7 +68,34 @@ class Heatmap:
     vmax: float = 1.0
 
 
-Figure = LineFigure | Heatmap
+@dataclass(frozen=True)
+class Point:
+    label: str
+    x: float
+    y: float
+    group: str  # the legend entry, and the colour: see GROUP_COLOURS
+    note: str = ""  # written beside the point
+
+
+@dataclass(frozen=True)
+class Scatter:
+    key: str
+    title: str
+    xlabel: str
+    ylabel: str
+    points: list[Point]
+    level: tuple[float, str] | None = None
+    symlog_y: float | None = None  # linear below this, logarithmic above (0 stays on the axis)
+
+
+GROUP_COLOURS = {
+    "reference": REFERENCE_COLOUR,
+    "equivalent": "#009E73",
+    "undecided": "#E69F00",
+    "worse": "#D55E00",
+}
+
+Figure = LineFigure | Heatmap | Scatter
 
 
 def _pyplot() -> Any:
@@ -89,6 +116,8 @@ def render(figure: Figure, fmt: str = "svg") -> bytes:
     try:
         if isinstance(figure, Heatmap):
             _draw_heatmap(ax, fig, figure)
+        elif isinstance(figure, Scatter):
+            _draw_scatter(ax, figure)
         else:
             _draw_lines(ax, figure)
         ax.set_title(figure.title, fontsize=10)
@@ -124,6 +153,23 @@ def _draw_lines(ax: Any, figure: LineFigure) -> None:
         ticks = sorted({x for s in figure.series for x in s.x})
         ax.set_xticks(ticks, [f"{int(t):,}" for t in ticks])
         ax.minorticks_off()
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8, frameon=False)
+
+
+def _draw_scatter(ax: Any, figure: Scatter) -> None:
+    seen: set[str] = set()
+    for p in figure.points:
+        colour = GROUP_COLOURS.get(p.group, "#0072B2")
+        ax.plot([p.x], [p.y], marker="o", markersize=8, color=colour, linestyle="none",
+                label=None if p.group in seen else p.group)  # fmt: skip
+        seen.add(p.group)
+        text = f"{p.label}\n{p.note}" if p.note else p.label
+        ax.annotate(text, (p.x, p.y), textcoords="offset points", xytext=(6, 4), fontsize=7)
+    if figure.level is not None:
+        ax.axhline(figure.level[0], color="#666666", linestyle=":", linewidth=1.2, label=figure.level[1])
+    if figure.symlog_y is not None:
+        ax.set_yscale("symlog", linthresh=figure.symlog_y)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8, frameon=False)
 

@@ -93,6 +93,11 @@ def result_sections(result: dict[str, Any]) -> str:
             f'<p class="partial">Partial result ({_e(result.get("stopped"))}): '
             f"{len(result.get('missing') or [])} units were not measured.</p>"
         )
+    from kvprobe.views.decision import decision_html, frontier_figure
+
+    parts.append(decision_html(result))
+    if (figure := frontier_figure(result)) is not None:
+        parts.append(_img(figure))
     sentences = (result.get("verdict") or {}).get("sentences") or []
     if sentences:
         parts.append(

@@ -12,9 +12,12 @@ from kvprobe.display import plain
 
 
 def print_run_report(result: dict[str, Any], console: Console) -> None:
-    """Each probe's tables, the cost, the warnings and the verdict."""
+    """The recommendation and its frontier first, then each probe's tables, the cost, the
+    warnings, the verdict and the rules of thumb."""
     from kvprobe.probes import all_probes
+    from kvprobe.views.decision import print_decision, print_folklore
 
+    print_decision(result, console)
     for probe in all_probes():
         for renderable in probe.tables(result):
             console.print(renderable)
@@ -36,6 +39,7 @@ def print_run_report(result: dict[str, Any], console: Console) -> None:
         console.print("[bold]Verdict[/]")
         for sentence in verdict["sentences"]:
             console.print(f"  • {sentence}", markup=False, highlight=False)
+    print_folklore(result, console)
 
 
 def _at(summary: list[dict[str, Any]], metric: str, config: str, ctx: int) -> dict[str, Any] | None:
@@ -143,5 +147,6 @@ def print_comparison(report: dict[str, Any], console: Console) -> None:
         console.print(
             f"[bold red]FAIL[/] {plain(f['rule'])}: {plain(f['probe'])} {plain(f['metric'])} "
             f"{plain(f['config_old'])} → {plain(f['config_new'])} at {where}: "
-            f"{f['diff']:+.3g} (p = {f['p']:.2g})"
+            f"{f['diff']:+.3g} (p = {f['p']:.2g}; equivalence interval "
+            f"{f['ci_equivalence'][0]:+.3g} to {f['ci_equivalence'][1]:+.3g})"
         )

@@ -144,20 +144,8 @@ def _read_facts(path: Path) -> dict[str, Any]:
         if t.name.startswith("blk.") and len(t.shape) >= 2:
             block_weights += 1
     embd = next((t for t in reader.tensors if t.name == "token_embd.weight" and len(t.shape) >= 2), None)
-    swa_pattern = meta("{arch}.attention.sliding_window_pattern")
     n_swa = meta_int("{arch}.attention.sliding_window", 0)
-    if isinstance(swa_pattern, list):
-        swa_layers = [bool(v) for v in swa_pattern][:n_layer]
-    else:
-        period, dense_first = SWA_PATTERNS.get(arch, (0, False))
-        if swa_pattern is not None:
-            period = int(swa_pattern)
-        if n_swa == 0 or period == 0:
-            swa_layers = [n_swa > 0 and period == 0 and arch in SWA_PATTERNS] * n_layer
-        elif dense_first:
-            swa_layers = [i % period != 0 for i in range(n_layer)]
-        else:
-            swa_layers = [i % period < period - 1 for i in range(n_layer)]
+    swa_layers = _swa_layers(arch, n_layer, n_swa, meta("{arch}.attention.sliding_window_pattern"))
     imatrix = {
         key: meta(f"quantize.imatrix.{key}")
         for key in ("file", "dataset", "entries_count", "chunks_count")
@@ -193,6 +181,42 @@ def _read_facts(path: Path) -> dict[str, Any]:
         "n_swa": n_swa,
         "swa_layers": swa_layers,
     }
+
+
+def _swa_layers(arch: str, n_layer: int, n_swa: int, swa_pattern: Any) -> list[bool]:
+    """Which layers use sliding-window attention: the file's pattern, else llama.cpp's
+    default period for the architecture."""
+    if isinstance(swa_pattern, list):
+        return [bool(v) for v in swa_pattern][:n_layer]
+    period, dense_first = SWA_PATTERNS.get(arch, (0, False))
+    if swa_pattern is not None:
+        period = int(swa_pattern)
+    if n_swa == 0 or period == 0:
+        return [n_swa > 0 and period == 0 and arch in SWA_PATTERNS] * n_layer
+    if dense_first:
+        return [i % period != 0 for i in range(n_layer)]
+    return [i % period < period - 1 for i in range(n_layer)]
+
+
+def kv_layout_from_metadata(arch: str, metadata: dict[str, Any]) -> dict[str, Any] | None:
+    """The KV layout from the metadata a result file keeps (files from before `kv_layout` was
+    recorded); None when it lacks what the layout needs."""
+    try:
+        n_layer = int(metadata[f"{arch}.block_count"])
+        n_head = metadata[f"{arch}.attention.head_count"]
+        heads = _per_layer(n_head, n_layer)
+        default_dim = int(metadata[f"{arch}.embedding_length"]) // heads[0]
+        n_swa = int(metadata.get(f"{arch}.attention.sliding_window", 0))
+        return {
+            "n_layer": n_layer,
+            "n_head_kv": _per_layer(metadata.get(f"{arch}.attention.head_count_kv", n_head), n_layer),
+            "head_dim_k": int(metadata.get(f"{arch}.attention.key_length", default_dim)),
+            "head_dim_v": int(metadata.get(f"{arch}.attention.value_length", default_dim)),
+            "n_swa": n_swa,
+            "swa_layers": _swa_layers(arch, n_layer, n_swa, None),
+        }
+    except (KeyError, TypeError, ValueError, IndexError, ZeroDivisionError):
+        return None
 
 
 def _bulk_type(reader: gguf.GGUFReader) -> str | None:
@@ -472,6 +496,15 @@ def kv_cache_bytes(
         "cells": cells,
         "swa_cells": swa_cells if any(facts["swa_layers"]) else 0,
     }
+
+
+KV_LAYOUT_KEYS = ("n_layer", "n_head_kv", "head_dim_k", "head_dim_v", "n_swa", "swa_layers")
+
+
+def kv_layout(facts: dict[str, Any]) -> dict[str, Any]:
+    """The facts `kv_cache_bytes` needs: a result file keeps them, so `report` can size any
+    cache type without the model."""
+    return {key: facts[key] for key in KV_LAYOUT_KEYS}
 
 
 KV_TYPES = ("f16", "q8_0", "q4_0")

@@ -1,0 +1,362 @@
+"""From verdict to decision: which cache to run at this context, what it saves and costs, the
+frontier of quality, memory and speed, and the source documents' rules of thumb checked on
+this model. Pure functions of the result document and its verdict.
+
+Memory is the doctor's formula (`kv_cache_bytes`) on the KV layout the result records, as
+llama-server allocates it (sliding-window layers keep their window only); speed is the
+prefill rate each configuration measured at the deepest span of the run (`timing.prefill`).
+The stored verdict (`recommendation`, `folklore`) depends on the items alone, so a resumed
+run's verdict equals an uninterrupted one's; speed, a wall-clock figure, joins at display
+(`frontier`, `speed_sentence`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from kvprobe.cache_types import ConfigId
+from kvprobe.probes.rows import pooled_row
+from kvprobe.stats.equivalence import EQUIVALENT, UNDECIDED, WORSE
+from kvprobe.weights.doctor import kv_cache_bytes, type_bits
+
+MIB = 1024 * 1024
+LONG_CONTEXT = 4096  # the source documents' "degrades at 4K+"
+STATUS_RANK = {"reference": 0, EQUIVALENT: 0, UNDECIDED: 1, WORSE: 2}
+SOURCE = "../shared/seeds (the troubleshooting pages kvprobe started from)"
+
+
+def flags(type_k: str, type_v: str) -> str:
+    """The llama.cpp options for a cache (llama-server, llama-cli); a quantized V needs flash attention."""
+    if type_k == type_v == "f16":
+        return "-ctk f16 -ctv f16 (llama.cpp's default)"
+    return f"-ctk {type_k} -ctv {type_v} -fa on"
+
+
+def _types(cid: str) -> tuple[str, str]:
+    cache = ConfigId.parse(cid).cache
+    return cache.type_k, cache.type_v
+
+
+def kv_bytes(result: dict[str, Any], type_k: str, type_v: str, n_ctx: int) -> int | None:
+    """KV cache bytes for one sequence of n_ctx tokens (None without a recorded layout)."""
+    layout = (result.get("model") or {}).get("kv_layout")
+    if not layout or n_ctx <= 0:
+        return None
+    return int(kv_cache_bytes(layout, n_ctx, type_k, type_v)["total"])
+
+
+def _relative_size(type_k: str, type_v: str) -> float:
+    return (type_bits(type_k.upper()) + type_bits(type_v.upper())) / (2 * type_bits("F16"))
+
+
+def _deepest_speed(result: dict[str, Any], cid: str) -> dict[str, Any] | None:
+    spans = ((result.get("timing") or {}).get("prefill") or {}).get(cid) or []
+    measured = [s for s in spans if s.get("tokens_per_s")]
+    return measured[-1] if measured else None
+
+
+def _same_weights(result: dict[str, Any]) -> list[str]:
+    """The baseline and the configurations on the baseline's weights (a 2x2 weights run
+    recommends a cache for the reference weights)."""
+    baseline = result["baseline"]
+    weights = ConfigId.parse(baseline).weights
+    return [c["id"] for c in result["configs"] if ConfigId.parse(c["id"]).weights == weights]
+
+
+def frontier(
+    result: dict[str, Any], verdict: dict[str, Any], *, with_speed: bool = True
+) -> list[dict[str, Any]]:
+    """One row per configuration (the reference first): equivalence status, effective context,
+    mean KL, KV memory at the run's context and the training context, prefill speed at depth,
+    the llama.cpp flags, and whether it is on the frontier (no other configuration is at least
+    as good in quality, memory and speed, and better in one)."""
+    baseline, ctx = result["baseline"], result["run"]["ctx"]
+    train = (result.get("model") or {}).get("n_ctx_train") or 0
+    rows = []
+    for cid in _same_weights(result):
+        tk, tv = _types(cid)
+        v = verdict["configs"].get(cid)
+        kl = pooled_row(result["summary"], cid)
+        speed = _deepest_speed(result, cid) if with_speed else None
+        status = ((v or {}).get("equivalence") or {}).get("status", UNDECIDED)
+        rows.append({
+            "config": cid,
+            "status": "reference" if cid == baseline else status,
+            "effective_context": ctx if cid == baseline else (v or {}).get("effective_context"),
+            "kld_mean": kl["value"] if kl else (0.0 if cid == baseline else None),
+            "kv_bytes": kv_bytes(result, tk, tv, ctx),
+            "kv_bytes_train": kv_bytes(result, tk, tv, train),
+            "relative_size": _relative_size(tk, tv),
+            "prefill_tokens_per_s": speed["tokens_per_s"] if speed else None,
+            "prefill_depth": speed["depth"] if speed else None,
+            "prefill_all_logits": bool(speed and speed.get("all_logits")),
+            "flags": flags(tk, tv),
+        })  # fmt: skip
+
+    def quality(r: dict[str, Any]) -> tuple[int, float]:
+        return STATUS_RANK[r["status"]], r["kld_mean"] if r["kld_mean"] is not None else float("inf")
+
+    def dominates(a: dict[str, Any], b: dict[str, Any]) -> bool:
+        pairs = [(quality(a), quality(b)), ((a["relative_size"],), (b["relative_size"],))]
+        if a["prefill_tokens_per_s"] and b["prefill_tokens_per_s"]:
+            pairs.append(((-a["prefill_tokens_per_s"],), (-b["prefill_tokens_per_s"],)))
+        return all(x <= y for x, y in pairs) and any(x < y for x, y in pairs)
+
+    for r in rows:
+        r["frontier"] = not any(dominates(o, r) for o in rows if o is not r)
+    return rows
+
+
+def _mib(n: int | None) -> str:
+    return f"{n / MIB:,.0f} MiB" if n is not None else "?"
+
+
+def _saving(chosen: dict[str, Any], ref: dict[str, Any], key: str) -> dict[str, Any] | None:
+    if chosen[key] is None or ref[key] is None or ref[key] == 0:
+        return None
+    saved = ref[key] - chosen[key]
+    return {
+        "bytes": chosen[key],
+        "reference_bytes": ref[key],
+        "saved_bytes": saved,
+        "saved_pct": 100 * saved / ref[key],
+    }
+
+
+def recommend(
+    result: dict[str, Any], verdict: dict[str, Any], rows: Sequence[dict[str, Any]]
+) -> dict[str, Any]:
+    """The cheapest configuration by KV memory that is equivalent to the reference up to the
+    longest context measured (the reference itself when none is), with what it saves, what
+    it costs in prefill speed, and the evidence."""
+    from kvprobe.stats.verdict import tost_text
+
+    ctx, train = result["run"]["ctx"], (result.get("model") or {}).get("n_ctx_train") or 0
+    ref = rows[0]
+    usable = [r for r in rows if r["status"] in ("reference", EQUIVALENT)]
+    chosen = min(usable, key=lambda r: r["relative_size"])
+    cheaper = [r for r in rows if r["relative_size"] < chosen["relative_size"]]
+    rec: dict[str, Any] = {
+        "ctx": ctx,
+        "config": chosen["config"],
+        "flags": chosen["flags"],
+        "equivalent": chosen["status"] == EQUIVALENT,
+        "memory_at_ctx": _saving(chosen, ref, "kv_bytes"),
+        "memory_at_training_context": _saving(chosen, ref, "kv_bytes_train"),
+        "n_ctx_train": train,
+        "evidence": [],
+        "not_chosen": [],
+    }
+    if chosen["status"] == EQUIVALENT:
+        last = verdict["configs"][chosen["config"]]["equivalence"]["checkpoints"][-1]
+        rec["evidence"] = [tost_text(t) for t in last["tests"]]
+    for r in cheaper:
+        eq = verdict["configs"].get(r["config"], {}).get("equivalence") or {}
+        first = next(
+            (c for c in eq.get("checkpoints", []) if c["status"] != EQUIVALENT or c["significant_loss"]), None
+        )
+        why = r["status"]
+        if first and not first["tests"]:
+            why += ": no metric with an equivalence margin was measured"
+        elif first:
+            decisive = [tost_text(t) for t in first["tests"] if t["metric"] in first["decided_by"]]
+            why += f" at {first['ctx']:,}" + (f": {'; '.join(decisive)}" if decisive else "")
+            if first["status"] == UNDECIDED and first.get("items_needed"):
+                why += f"; about {first['items_needed']:,} items would decide"
+        rec["not_chosen"].append({"config": r["config"], "status": r["status"], "why": why})
+    rec["asymmetric"] = _asymmetric(result, verdict, rows)
+    rec["sentence"] = _recommendation_sentence(rec, result["baseline"])
+    return rec
+
+
+def _asymmetric(
+    result: dict[str, Any], verdict: dict[str, Any], rows: Sequence[dict[str, Any]]
+) -> dict[str, Any] | None:
+    """Where the K half of a cache below 8 bits is at fault: K q8_0 with that V, measured or not."""
+    for kv in verdict.get("k_vs_v") or []:
+        if kv.get("more_sensitive") != "K" or type_bits(kv["quant"].upper()) >= 8:
+            continue
+        pair = f"k=q8_0,v={kv['quant']}"
+        row = next((r for r in rows if r["config"] == pair), None)
+        size = kv_bytes(result, "q8_0", kv["quant"], result["run"]["ctx"])
+        return {
+            "quant": kv["quant"],
+            "config": pair,
+            "flags": flags("q8_0", kv["quant"]),
+            "measured": row is not None,
+            "status": row["status"] if row else None,
+            "kv_bytes": size,
+            "relative_size": _relative_size("q8_0", kv["quant"]),
+        }
+    return None
+
+
+def _recommendation_sentence(rec: dict[str, Any], baseline: str) -> str:
+    ctx, cid = rec["ctx"], rec["config"]
+    if not rec["equivalent"]:
+        text = (
+            f"At {ctx:,} tokens, keep the {cid} cache ({rec['flags']}): no cheaper configuration was shown "
+            f"equivalent to it"
+        )
+    else:
+        text = (
+            f"At {ctx:,} tokens, use {cid} ({rec['flags']}): equivalent to {baseline} at every checkpoint "
+            f"up to {ctx:,} ({'; '.join(rec['evidence'])})"
+        )
+        mem, train = rec["memory_at_ctx"], rec["memory_at_training_context"]
+        if mem:
+            text += (
+                f". Its KV cache takes {_mib(mem['bytes'])} instead of {_mib(mem['reference_bytes'])} "
+                f"at {ctx:,} tokens (saves {_mib(mem['saved_bytes'])}, {mem['saved_pct']:.0f}%)"
+            )
+            if train and rec["n_ctx_train"] != ctx:
+                text += (
+                    f" and {_mib(train['bytes'])} instead of {_mib(train['reference_bytes'])} at the "
+                    f"training context of {rec['n_ctx_train']:,} (saves {_mib(train['saved_bytes'])})"
+                )
+    text += "."
+    if rec["not_chosen"]:
+        text += (
+            " Cheaper, not chosen: "
+            + "; ".join(f"{n['config']} ({n['why']})" for n in rec["not_chosen"])
+            + "."
+        )
+    pair = rec.get("asymmetric")
+    if pair and not pair["measured"]:
+        text += (
+            f" The K half of {pair['quant']} is the more sensitive, so K q8_0 with V {pair['quant']} "
+            f"({pair['flags']}, {pair['relative_size']:.0%} of f16's KV memory) may hold: "
+            "measure it with --split-kv."
+        )
+    if ConfigId.parse(cid).cache.type_k != ConfigId.parse(cid).cache.type_v:
+        text += (
+            " On CUDA, a K/V pair of different types runs flash attention fast only in a llama.cpp build "
+            "with GGML_CUDA_FA_ALL_QUANTS=ON."
+        )
+    return text
+
+
+# --- the source documents' rules of thumb ---------------------------------------------------------
+
+HOLDS, FAILS, OPEN, UNTESTED = "holds", "does not hold", "undecided", "not tested in this run"
+
+
+def _first_loss(v: dict[str, Any]) -> int | None:
+    """The first checkpoint not shown equivalent (or at a significant loss), None if none."""
+    for c in (v.get("equivalence") or {}).get("checkpoints", []):
+        if c["status"] != EQUIVALENT or c["significant_loss"]:
+            return int(c["ctx"])
+    return None
+
+
+def folklore(result: dict[str, Any], verdict: dict[str, Any]) -> list[dict[str, Any]]:
+    """One line per rule of thumb: does this model show it, with the measured numbers."""
+    ctx = result["run"]["ctx"]
+    configs = {cid: v for cid, v in verdict["configs"].items() if cid in _same_weights(result)}
+    quantized = {cid: v for cid, v in configs.items() if _types(cid)[0] == _types(cid)[1] != "f16"}
+    lines = []
+
+    def line(rule: str, finding: str, evidence: str) -> None:
+        lines.append({"rule": rule, "finding": finding, "evidence": evidence})
+
+    rule = "a quantized KV cache degrades at 4K+ context"
+    if not quantized:
+        line(rule, UNTESTED, "no quantized cache was measured")
+    else:
+        losses = {cid: _first_loss(v) for cid, v in quantized.items()}
+        parts = [
+            f"{cid}: " + (f"not shown equivalent from {at:,}" if at else f"equivalent up to {ctx:,}")
+            for cid, at in losses.items()
+        ]
+        found = [at for at in losses.values() if at]
+        if not found:
+            finding = FAILS if ctx >= LONG_CONTEXT else UNTESTED
+        elif min(found) < LONG_CONTEXT:
+            finding = FAILS  # earlier than the rule says
+            parts.append(
+                f"earlier than 4K (the first checkpoint measured: {min(result['run']['checkpoints']):,})"
+            )
+        else:
+            finding = HOLDS
+        line(rule, finding, "; ".join(parts))
+
+    rule = "q8_0 is the comfortable cache floor (near-lossless)"
+    v = configs.get("q8_0") or next((x for c, x in configs.items() if c.endswith(":q8_0")), None)
+    if v is None:
+        line(rule, UNTESTED, "q8_0 was not measured (add --cache q8_0)")
+    else:
+        status = v["equivalence"]["status"]
+        finding = {EQUIVALENT: HOLDS, WORSE: FAILS}.get(status, OPEN)
+        line(rule, finding, f"q8_0 is {status} to {result['baseline']} up to {ctx:,} tokens")
+
+    rule = "don't quantize KV below Q8 for long context"
+    low = {cid: v for cid, v in configs.items() if min(type_bits(t.upper()) for t in _types(cid)) < 8}
+    if not low:
+        line(rule, UNTESTED, "no cache below 8 bits was measured")
+    elif ctx < LONG_CONTEXT:
+        line(rule, UNTESTED, f"the longest context measured is {ctx:,} tokens (below {LONG_CONTEXT:,})")
+    else:
+        ok = [cid for cid, v in low.items() if v["equivalence"]["status"] == EQUIVALENT]
+        statuses = ", ".join(f"{cid} {v['equivalence']['status']}" for cid, v in low.items())
+        finding = (
+            FAILS if ok else HOLDS if all(v["equivalence"]["status"] == WORSE for v in low.values()) else OPEN
+        )
+        line(rule, finding, f"at {ctx:,} tokens: {statuses}")
+
+    rule = "the K cache is more sensitive to quantization than V"
+    halves = verdict.get("k_vs_v") or []
+    if not halves:
+        line(rule, UNTESTED, "K and V were not measured apart (add --split-kv)")
+    else:
+        sensitive = {h["quant"]: h.get("more_sensitive") for h in halves}
+        finding = (
+            HOLDS if "K" in sensitive.values() and "V" not in sensitive.values()
+            else FAILS if "V" in sensitive.values() and "K" not in sensitive.values()
+            else OPEN
+        )  # fmt: skip
+        line(rule, finding, "; ".join(
+            f"{h['quant']}: {h['fault']} at fault"
+            + (f", {h['more_sensitive']} more so" if h.get("more_sensitive") else "")
+            for h in halves
+        ))  # fmt: skip
+
+    rule = "a Q4 KV cache hurts more than weight quantization does"
+    attribution = verdict.get("weights_vs_kv")
+    if not attribution:
+        line(rule, UNTESTED, "one weight file was measured (give two --model files for the 2x2 design)")
+    else:
+        finding = {"kv": HOLDS, "weights": FAILS}.get(attribution["fault"], OPEN)
+        line(rule, finding, attribution["reason"])
+    return lines
+
+
+def decide(result: dict[str, Any], verdict: dict[str, Any]) -> dict[str, Any]:
+    """The verdict's decision fields: `recommendation` and `folklore` (items only)."""
+    rows = frontier(result, verdict, with_speed=False)
+    return {
+        "recommendation": recommend(result, verdict, rows) if rows else None,
+        "folklore": folklore(result, verdict),
+    }
+
+
+def speed_sentence(result: dict[str, Any], rows: Sequence[dict[str, Any]]) -> str | None:
+    """The recommended configuration's measured prefill speed against the reference's."""
+    rec = (result.get("verdict") or {}).get("recommendation")
+    if not rec or not rows:
+        return None
+    ref, chosen = rows[0], next((r for r in rows if r["config"] == rec["config"]), None)
+    if chosen is None or not chosen["prefill_tokens_per_s"] or not ref["prefill_tokens_per_s"]:
+        return None
+    lo, hi = chosen["prefill_depth"]
+    ratio = chosen["prefill_tokens_per_s"] / ref["prefill_tokens_per_s"]
+    logits = (
+        " (every position's logits computed, as the divergence probe does)"
+        if chosen["prefill_all_logits"]
+        else ""
+    )
+    return (
+        f"Prefill on this host at depth {lo:,}-{hi:,}{logits}: {chosen['config']} "
+        f"{chosen['prefill_tokens_per_s']:,.0f} tokens/s against {ref['prefill_tokens_per_s']:,.0f} "
+        f"for {ref['config']} ({ratio:.2f}x)."
+    )

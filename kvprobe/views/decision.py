@@ -1,0 +1,160 @@
+"""The decision, shown: the recommendation, the frontier of quality, memory and speed (a
+terminal table, an HTML table and a figure) and the rules of thumb checked. Reads only the
+result document's `verdict`."""
+
+from __future__ import annotations
+
+import html
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from kvprobe.display import plain
+from kvprobe.views.figures import Point, Scatter
+
+MIB = 1024 * 1024
+
+
+def _mib(n: int | None) -> str:
+    return f"{n / MIB:,.1f}" if n is not None else "?"
+
+
+def _speed(row: dict[str, Any]) -> str:
+    if not row["prefill_tokens_per_s"]:
+        return "not measured"
+    lo, hi = row["prefill_depth"]
+    logits = ", all logits" if row.get("prefill_all_logits") else ""
+    return f"{row['prefill_tokens_per_s']:,.0f} ({lo:,}-{hi:,}{logits})"
+
+
+def _rows(result: dict[str, Any]) -> list[dict[str, Any]]:
+    verdict = result.get("verdict") or {}
+    if not verdict.get("configs") or not verdict.get("recommendation"):
+        return []
+    from kvprobe.stats.decision import frontier
+
+    return frontier(result, verdict)
+
+
+def frontier_cells(result: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """The frontier table as plain text cells: header and rows."""
+    rows = _rows(result)
+    ctx = result["run"]["ctx"]
+    train = (result.get("model") or {}).get("n_ctx_train") or 0
+    ref = rows[0] if rows else None
+    header = [
+        "config", "vs reference", "effective context", "mean KL", f"KV MiB at {ctx:,}", "saves",
+        f"KV MiB at {train:,}", "prefill tokens/s (depth)", "llama.cpp flags", "frontier",
+    ]  # fmt: skip
+    cells = []
+    for r in rows:
+        saves = (
+            f"{100 * (1 - r['kv_bytes'] / ref['kv_bytes']):.0f}%"
+            if ref and r["kv_bytes"] is not None and ref["kv_bytes"]
+            else f"{100 * (1 - r['relative_size']):.0f}%"
+        )
+        eff = r["effective_context"]
+        cells.append([
+            r["config"], r["status"], f"{eff:,}" if eff else "none",
+            f"{r['kld_mean']:.4f}" if r["kld_mean"] is not None else "-",
+            _mib(r["kv_bytes"]), saves, _mib(r["kv_bytes_train"]), _speed(r), r["flags"],
+            "●" if r["frontier"] else "",
+        ])  # fmt: skip
+    return header, cells
+
+
+def print_decision(result: dict[str, Any], console: Console) -> None:
+    """The recommendation, then the frontier table."""
+    verdict = result.get("verdict") or {}
+    rec = verdict.get("recommendation")
+    if not rec:
+        return
+    from kvprobe.stats.decision import speed_sentence
+
+    console.print("[bold]Recommendation[/]")
+    console.print(f"  {rec['sentence']}", markup=False, highlight=False)
+    if speed := speed_sentence(result, _rows(result)):
+        console.print(f"  {speed}", markup=False, highlight=False)
+    header, cells = frontier_cells(result)
+    table = Table(
+        title="Quality, memory and speed per configuration (● on the frontier: no other is as good in "
+        "all three and better in one); KV memory as llama-server allocates it for one sequence"
+    )
+    for col in header:
+        table.add_column(
+            col, justify="left" if col in ("config", "vs reference", "llama.cpp flags") else "right"
+        )
+    for row in cells:
+        table.add_row(*(plain(c) for c in row))
+    console.print(table)
+
+
+def print_folklore(result: dict[str, Any], console: Console) -> None:
+    lines = (result.get("verdict") or {}).get("folklore") or []
+    if not lines:
+        return
+    console.print("[bold]Rules of thumb from the source documents, checked on this model[/]")
+    for f in lines:
+        console.print(f"  • {f['rule']}: {f['finding']} ({f['evidence']})", markup=False, highlight=False)
+
+
+def decision_html(result: dict[str, Any]) -> str:
+    """The recommendation, the frontier table and the rules of thumb as HTML."""
+    verdict = result.get("verdict") or {}
+    rec = verdict.get("recommendation")
+    if not rec:
+        return ""
+    from kvprobe.stats.decision import speed_sentence
+
+    e = html.escape
+    header, cells = frontier_cells(result)
+    speed = speed_sentence(result, _rows(result))
+    table = (
+        "<table><tr>"
+        + "".join(f"<th>{e(h)}</th>" for h in header)
+        + "</tr>"
+        + "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>" for row in cells)
+        + "</table>"
+    )
+    folklore = "".join(
+        f"<li><b>{e(f['rule'])}</b>: {e(f['finding'])} ({e(f['evidence'])})</li>"
+        for f in verdict.get("folklore") or []
+    )
+    return (
+        f"<h2>Recommendation</h2><p class='recommendation'>{e(rec['sentence'])}</p>"
+        + (f"<p>{e(speed)}</p>" if speed else "")
+        + f"<h3>Quality, memory and speed</h3>{table}"
+        + (f"<h3>Rules of thumb, checked on this model</h3><ul>{folklore}</ul>" if folklore else "")
+    )
+
+
+def frontier_figure(result: dict[str, Any]) -> Scatter | None:
+    """KV memory at the run's context against mean KL from the reference, one point per
+    configuration, coloured by its equivalence status, with its prefill speed beside it."""
+    verdict = result.get("verdict") or {}
+    rows = [r for r in _rows(result) if r["kld_mean"] is not None]
+    if len(rows) < 2:
+        return None
+    use_bytes = all(r["kv_bytes"] is not None for r in rows)
+    points = [
+        Point(
+            r["config"],
+            r["kv_bytes"] / MIB if use_bytes else 100 * r["relative_size"],
+            r["kld_mean"],
+            r["status"],
+            f"{r['prefill_tokens_per_s']:,.0f} tok/s" if r["prefill_tokens_per_s"] else "",
+        )
+        for r in rows
+    ]
+    bound = (verdict.get("margins") or {}).get("kld_mean")
+    ctx = result["run"]["ctx"]
+    return Scatter(
+        "frontier",
+        f"Quality against KV memory at {ctx:,} tokens (colour: equivalence to the reference)",
+        f"KV cache at {ctx:,} tokens (MiB)" if use_bytes else "KV cache (% of f16)",
+        "mean KL from the reference (nats)",
+        points,
+        level=(bound, f"KL bound {bound:g}") if bound else None,
+        symlog_y=1e-3,
+    )
