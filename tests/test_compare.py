@@ -213,3 +213,29 @@ def test_compare_refuses_results_without_common_configs(result: Path) -> None:
     other["baseline"] = "xf16"
     with pytest.raises(UserError, match="no configuration"):
         compare(doc, other)
+
+
+def test_an_equivalence_gate_passes_what_is_shown_within_the_margin(result: Path, tmp_path: Path) -> None:
+    """--fail-on METRIC:±MARGIN fails unless the change is shown equivalent (TOST): the same
+    file passes; a file whose log-prob moved by 5 nats fails, and so does one whose change
+    is small but too noisy to show within a tight margin."""
+    assert kvprobe("compare", str(result), str(result), "--fail-on", "answer_logprob:±0.25").returncode == 0
+    base = all_right(result)
+    old = edited(base, tmp_path / "old.json")
+    new = tmp_path / "new.json"
+    new.write_text(json.dumps(with_regression(base, "q8_0")))
+    proc = kvprobe("compare", str(old), str(new), "--fail-on", "answer_logprob:+-0.25")
+    assert proc.returncode == 1, proc.stdout
+    assert "FAIL answer_logprob:±0.25" in proc.stdout
+    assert "equivalence interval" in proc.stdout
+    report = json.loads(kvprobe("compare", str(old), str(new), "--json").stdout)
+    row = next(r for r in report["rows"] if r["metric"] == "answer_logprob" and r["config_new"] == "q8_0")
+    assert row["ci_equivalence"][1] < -0.25  # the interval the gate read lies beyond the margin
+    assert FailRule.parse("answer_logprob:±0.25").violated_by(row)
+    assert not FailRule.parse("answer_logprob:±100").violated_by(row)
+
+
+@pytest.mark.parametrize("text", ["answer_logprob:±0", "answer_logprob:±-1", "answer_logprob:±x"])
+def test_a_bad_margin_is_one_line(result: Path, text: str) -> None:
+    proc = kvprobe("compare", str(result), str(result), "--fail-on", text)
+    assert_one_line_error(proc, "positive margin")

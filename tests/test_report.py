@@ -53,3 +53,39 @@ def test_a_file_that_is_not_a_result_is_one_line(tmp_path: Path, capsys: pytest.
     err = capsys.readouterr().err
     assert "schema_version" in err
     assert len(err.strip().splitlines()) == 1
+
+
+SPLIT = next(p for p in EXAMPLES if p.name.startswith("splitkv"))
+
+
+def test_the_recommendation_comes_first_with_numbers(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["report", str(SPLIT)]) == 0
+    out = capsys.readouterr().out
+    doc = json.loads(SPLIT.read_text())
+    rec = doc["verdict"]["recommendation"]
+    flat = out.replace("\n", " ")
+    assert rec["sentence"][:60] in flat
+    assert out.index("Recommendation") < out.index("Needle accuracy") < out.index("Verdict")
+    assert "-fa on" in rec["flags"] and f"{rec['memory_at_ctx']['saved_pct']:.0f}%" in rec["sentence"]
+    assert "Rules of thumb" in out
+
+
+def test_report_margins_rebuild_the_verdict(capsys: pytest.CaptureFixture[str]) -> None:
+    """Looser margins let a cheaper configuration through; the file is not changed."""
+    before = SPLIT.read_text()
+    loose_margins = ["kld_mean=0.5", "kld_p999=5", "answer_logprob=3", "accuracy=0.5"]
+    assert main(["report", str(SPLIT), *(a for m in loose_margins for a in ("--margin", m))]) == 0
+    loose = capsys.readouterr().out.replace("\n", " ")
+    assert main(["report", str(SPLIT)]) == 0
+    default = capsys.readouterr().out.replace("\n", " ")
+    rec = json.loads(before)["verdict"]["recommendation"]
+    assert f"use {rec['config']} " in default
+    assert f"use {rec['config']} " not in loose  # something cheaper passes margins this wide
+    assert SPLIT.read_text() == before
+
+
+@pytest.mark.parametrize("margin", ["kld=0.1", "kld_mean", "kld_mean=0", "kld_mean=-1", "kld_mean=nan"])
+def test_a_bad_margin_is_one_line_exit_2(margin: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["report", str(SPLIT), "--margin", margin]) == 2
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert len(err) == 1 and "--margin" in err[0]
