@@ -572,7 +572,13 @@ def test_split_kv_runs_both_halves_and_names_one(tmp_path: Path, tiny_model_path
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(out.read_text())
     # K-only, V-only, and the pair to use where K is at fault: K at 8 bits with V q4_0
-    assert [c["id"] for c in doc["configs"]] == ["f16", "q4_0", "k=q4_0,v=f16", "k=f16,v=q4_0", "k=q8_0,v=q4_0"]
+    assert [c["id"] for c in doc["configs"]] == [
+        "f16",
+        "q4_0",
+        "k=q4_0,v=f16",
+        "k=f16,v=q4_0",
+        "k=q8_0,v=q4_0",
+    ]
     assert [(c["type_k"], c["type_v"]) for c in doc["configs"]][2:] == [
         ("q4_0", "f16"), ("f16", "q4_0"), ("q8_0", "q4_0")
     ]  # fmt: skip

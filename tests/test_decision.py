@@ -51,24 +51,28 @@ def test_the_cheapest_equivalent_cache_is_recommended_with_its_memory() -> None:
     verdict = build_verdict(doc, seed=0)
     assert verdict is not None
     rec = verdict["recommendation"]
-    assert rec["config"] == "q8_0" and rec["equivalent"]
+    assert rec["config"] == "q8_0"
+    assert rec["equivalent"]
     assert rec["flags"] == "-ctk q8_0 -ctv q8_0 -fa on"
     f16 = kv_cache_bytes(LAYOUT, 4096, "f16", "f16")["total"]
     q8 = kv_cache_bytes(LAYOUT, 4096, "q8_0", "q8_0")["total"]
-    assert rec["memory_at_ctx"]["bytes"] == q8 and rec["memory_at_ctx"]["reference_bytes"] == f16
+    assert rec["memory_at_ctx"]["bytes"] == q8
+    assert rec["memory_at_ctx"]["reference_bytes"] == f16
     assert rec["memory_at_ctx"]["saved_pct"] == 100 * (f16 - q8) / f16
     train = rec["memory_at_training_context"]
     assert train["bytes"] == kv_cache_bytes(LAYOUT, 32768, "q8_0", "q8_0")["total"]
     assert [n["config"] for n in rec["not_chosen"]] == ["q4_0"]
     assert "worse" in rec["not_chosen"][0]["why"]
-    assert "saves" in rec["sentence"] and "-ctk q8_0 -ctv q8_0 -fa on" in rec["sentence"]
+    assert "saves" in rec["sentence"]
+    assert "-ctk q8_0 -ctv q8_0 -fa on" in rec["sentence"]
 
 
 def test_without_an_equivalent_cache_the_reference_stays() -> None:
     verdict = build_verdict(result({"f16": 0.0, "q8_0": -2.0, "q4_0": -3.0}), seed=0)
     assert verdict is not None
     rec = verdict["recommendation"]
-    assert rec["config"] == "f16" and not rec["equivalent"]
+    assert rec["config"] == "f16"
+    assert not rec["equivalent"]
     assert rec["sentence"].startswith("At 4,096 tokens, keep the f16 cache")
 
 
@@ -78,7 +82,8 @@ def test_k_at_fault_names_the_asymmetric_pair_and_it_wins_when_measured() -> Non
     assert verdict is not None
     assert verdict["k_vs_v"][0]["more_sensitive"] == "K"
     pair = verdict["recommendation"]["asymmetric"]
-    assert pair["config"] == "k=q8_0,v=q4_0" and not pair["measured"]
+    assert pair["config"] == "k=q8_0,v=q4_0"
+    assert not pair["measured"]
     assert "measure it with --split-kv" in verdict["recommendation"]["sentence"]
     measured = build_verdict(result({**shifts, "k=q8_0,v=q4_0": 0.0}), seed=0)
     assert measured is not None
@@ -106,9 +111,14 @@ def test_rules_of_thumb_are_checked_or_said_untested() -> None:
     assert lines["q8_0 is the comfortable cache floor (near-lossless)"]["finding"] == "holds"
     assert lines["don't quantize KV below Q8 for long context"]["finding"] == "holds"
     degrades = lines["a quantized KV cache degrades at 4K+ context"]
-    assert degrades["finding"] == "does not hold" and "2,048" in degrades["evidence"]  # earlier than 4K
-    assert lines["the K cache is more sensitive to quantization than V"]["finding"] == "not tested in this run"
-    assert lines["a Q4 KV cache hurts more than weight quantization does"]["finding"] == "not tested in this run"
+    assert degrades["finding"] == "does not hold"
+    assert "2,048" in degrades["evidence"]
+    assert (
+        lines["the K cache is more sensitive to quantization than V"]["finding"] == "not tested in this run"
+    )
+    assert (
+        lines["a Q4 KV cache hurts more than weight quantization does"]["finding"] == "not tested in this run"
+    )
 
 
 def test_flags() -> None:
@@ -123,4 +133,5 @@ def test_recommend_without_a_layout_still_ranks_by_bits() -> None:
     assert verdict is not None
     rows = frontier(doc, verdict)
     rec = recommend(doc, verdict, rows)
-    assert rec["config"] == "q8_0" and rec["memory_at_ctx"] is None
+    assert rec["config"] == "q8_0"
+    assert rec["memory_at_ctx"] is None

@@ -45,7 +45,8 @@ def test_bootstrap_t_interval_follows_the_data() -> None:
     assert found.ci[0] == pytest.approx(t_ci[0], abs=0.3 * se)
     assert found.ci[1] == pytest.approx(t_ci[1], abs=0.3 * se)
     assert found.status == EQUIVALENT
-    assert found.p is not None and found.p < 0.025
+    assert found.p is not None
+    assert found.p < 0.025
     again = tost_continuous(d, np.zeros(64), 0.25, metric="answer_logprob", seed=3)
     assert again == found  # seeded: the same file gives the same verdict
 
@@ -76,12 +77,13 @@ def test_binary_tost_is_the_newcombe_interval_inside_the_margin() -> None:
     assert found.ci == pytest.approx(newcombe_paired_interval(90, 3, 2, 5, confidence=0.95))
     assert found.value == pytest.approx(-0.01)
     lo, hi = found.ci
-    assert found.status == (EQUIVALENT if -0.05 < lo and hi < 0.05 else UNDECIDED)
+    assert found.status == (EQUIVALENT if lo > -0.05 and hi < 0.05 else UNDECIDED)
     assert tost_binary(test, ref, 0.2, metric="accuracy").status == EQUIVALENT
     # 16 items that all agree cannot show ±0.05: the interval is wider than the margin
     sixteen = tost_binary(np.ones(16), np.ones(16), 0.05, metric="accuracy")
     assert sixteen.status == UNDECIDED
-    assert sixteen.items_needed is not None and sixteen.items_needed > 16
+    assert sixteen.items_needed is not None
+    assert sixteen.items_needed > 16
 
 
 def test_bound_test() -> None:
@@ -116,7 +118,8 @@ def test_effective_context_ends_before_the_onset() -> None:
     ok = [_t("answer_logprob", EQUIVALENT)]
     tests = {1024: ok, 2048: ok, 4096: ok, 8192: ok}
     plain = equivalence(tests, None, [1024, 2048, 4096, 8192])
-    assert plain["status"] == EQUIVALENT and plain["effective_context"] == 8192
+    assert plain["status"] == EQUIVALENT
+    assert plain["effective_context"] == 8192
     # equivalent within the margins everywhere, but a significant (small) loss from 4,096
     capped = equivalence(tests, 4096, [1024, 2048, 4096, 8192])
     assert capped["effective_context"] == 2048
@@ -124,7 +127,9 @@ def test_effective_context_ends_before_the_onset() -> None:
     gap = equivalence({1024: ok, 2048: [_t("answer_logprob", UNDECIDED)], 4096: ok}, None, [1024, 2048, 4096])
     assert gap["effective_context"] == 1024  # a prefix: a later equivalent checkpoint does not reopen it
     lost = equivalence({1024: [_t("kld_mean", WORSE)]}, None, [1024])
-    assert lost["status"] == WORSE and lost["effective_context"] is None and lost["first_worse"] == 1024
+    assert lost["status"] == WORSE
+    assert lost["effective_context"] is None
+    assert lost["first_worse"] == 1024
 
 
 def test_false_equivalence_at_the_margin_stays_within_five_percent() -> None:

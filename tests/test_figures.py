@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from kvprobe.cli import main
-from kvprobe.probes import get_probe
+from kvprobe.probes import all_probes, get_probe
 from kvprobe.views.figures import Heatmap, LineFigure
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "results" / "examples"
@@ -103,12 +103,18 @@ def test_the_page_is_self_contained(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert "<script" not in text
     assert not re.search(r"(src|href)=\"https?:", text)  # nothing fetched from the network
     images = re.findall(r'src="data:image/svg\+xml;base64,([^"]+)"', text)
-    assert len(images) == 20  # the frontier and the probes' 19
+    expected = 1 + sum(len(p.figures(load(SPLIT))) for p in all_probes())  # the frontier, then the probes'
+    assert len(images) == expected
     for data in images:
         assert ET.fromstring(base64.b64decode(data)).tag.endswith("svg")
-    assert text.index("Recommendation") < text.index("Verdict") < text.index("<h2>needle") < text.index("Provenance")
+    assert (
+        text.index("Recommendation")
+        < text.index("Verdict")
+        < text.index("<h2>needle")
+        < text.index("Provenance")
+    )
     assert json.loads(SPLIT.read_text())["model"]["sha256"] in text
-    assert len(list((tmp_path / "png").glob("*.png"))) == 20
+    assert len(list((tmp_path / "png").glob("*.png"))) == expected
 
 
 def test_without_matplotlib_the_page_is_one_line_exit_2(tmp_path: Path) -> None:
@@ -153,7 +159,8 @@ def test_the_page_opens_in_a_real_browser(tmp_path: Path) -> None:
     wrapper = (tmp_path / "wrapper.html").as_uri()
     dom = subprocess.run([*flags, "--virtual-time-budget=15000", "--dump-dom", wrapper],
                          capture_output=True, text=True, check=True, timeout=120)  # fmt: skip
-    assert 'data-images="20:20"' in dom.stdout  # every image decodes
+    n = 1 + sum(len(p.figures(load(SPLIT))) for p in all_probes())
+    assert f'data-images="{n}:{n}"' in dom.stdout  # every image decodes
     shot = tmp_path / "shot.png"
     proc = subprocess.run([*flags, "--enable-logging=stderr", "--v=0", "--window-size=1200,2400",
                            f"--screenshot={shot}", page.as_uri()],

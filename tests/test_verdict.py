@@ -74,7 +74,8 @@ def test_no_significant_loss_is_undecided_with_the_items_that_would_decide() -> 
     assert q8["equivalence"]["status"] == "undecided"
     assert q8["effective_context"] == 1024  # equivalent at 1,024 (identical items), undecided at 2,048
     at_2048 = q8["equivalence"]["checkpoints"][1]
-    assert at_2048["ctx"] == 2048 and at_2048["items_needed"] > 30
+    assert at_2048["ctx"] == 2048
+    assert at_2048["items_needed"] > 30
     assert "is undecided" in v["sentences"][0]
     assert f"about {at_2048['items_needed']:,} items at 2,048 tokens would decide" in v["sentences"][0]
     assert "no loss at all" not in " ".join(v["sentences"])
@@ -94,7 +95,8 @@ def test_margins_change_the_decision() -> None:
     doc = doc_with({"f16": GOOD, "q8_0": slight})
     strict = build_verdict(doc, seed=0)
     loose = build_verdict(doc, seed=0, margin={"answer_logprob": 2.0, "accuracy": 0.5})
-    assert strict is not None and loose is not None
+    assert strict is not None
+    assert loose is not None
     assert strict["configs"]["q8_0"]["equivalence"]["status"] == "undecided"
     assert loose["configs"]["q8_0"]["equivalence"]["status"] == "equivalent"
     assert loose["margins"]["answer_logprob"] == 2.0
@@ -180,5 +182,6 @@ def test_a_marginal_p_on_a_tiny_effect_does_not_name_a_half() -> None:
     result = k_vs_v(verdicts, summary, "q4_0", items=k_items + v_items)
     assert result is not None
     lp = next(e for e in result["evidence"] if e["metric"] == "answer_logprob")
-    assert lp["p"] < 0.05 and lp["points_to"] is None
+    assert lp["p"] < 0.05
+    assert lp["points_to"] is None
     assert result["fault"] == "K"

@@ -274,9 +274,7 @@ def folklore(result: dict[str, Any], verdict: dict[str, Any]) -> list[dict[str, 
             finding = FAILS if ctx >= LONG_CONTEXT else UNTESTED
         elif min(found) < LONG_CONTEXT:
             finding = FAILS  # earlier than the rule says
-            parts.append(
-                f"earlier than 4K (the first checkpoint measured: {min(result['run']['checkpoints']):,})"
-            )
+            parts.append(f"so it degrades earlier than 4K, from {min(found):,} tokens")
         else:
             finding = HOLDS
         line(rule, finding, "; ".join(parts))
@@ -317,7 +315,7 @@ def folklore(result: dict[str, Any], verdict: dict[str, Any]) -> list[dict[str, 
         )  # fmt: skip
         line(rule, finding, "; ".join(
             f"{h['quant']}: {h['fault']} at fault"
-            + (f", {h['more_sensitive']} more so" if h.get("more_sensitive") else "")
+            + (f", {h['more_sensitive']} more so" if h["fault"] == "both" and h.get("more_sensitive") else "")
             for h in halves
         ))  # fmt: skip
 

@@ -29,6 +29,7 @@ LEVEL = 1 - ALPHA  # the interval that must lie inside the margin: 0.025 per sid
 POWER = 0.80
 MAX_ITEMS = 100_000  # "more than this" when the observed difference sits on the margin
 N_BOOT = 999
+Values = Sequence[float] | np.ndarray  # one value per item
 MIN_BOOT_ITEMS = 10  # fewer paired items: the t interval
 
 
@@ -105,8 +106,8 @@ def _bootstrap_t(d: np.ndarray, seed: int) -> tuple[np.ndarray, float, float] | 
 
 
 def tost_continuous(
-    test: Sequence[float],
-    reference: Sequence[float],
+    test: Values,
+    reference: Values,
     margin: float,
     *,
     metric: str,
@@ -152,9 +153,7 @@ def tost_continuous(
     return Tost(metric, diff, ci, margin, "two-sided", status, n, p, needed)
 
 
-def tost_binary(
-    test: Sequence[float], reference: Sequence[float], margin: float, *, metric: str, paired: bool = True
-) -> Tost:
+def tost_binary(test: Values, reference: Values, margin: float, *, metric: str, paired: bool = True) -> Tost:
     """TOST of the difference of two pass/fail rates within ±margin: the 95% Newcombe interval
     (paired: method 10 with the phi correlation) inside the margin."""
     t, r = np.asarray(test, dtype=float), np.asarray(reference, dtype=float)
@@ -183,15 +182,15 @@ def bound_test(value: float, ci: Sequence[float], bound: float, *, metric: str, 
 
 
 def equivalence_interval(
-    test: Sequence[float], reference: Sequence[float], *, binary: bool, paired: bool, seed: int = 0
+    test: Values, reference: Values, *, binary: bool, paired: bool, seed: int = 0
 ) -> tuple[float, float]:
     """The interval of mean(test) - mean(reference) that the TOST reads (margin-free)."""
     return tost(test, reference, math.inf, metric="", binary=binary, paired=paired, seed=seed).ci
 
 
 def tost(
-    test: Sequence[float],
-    reference: Sequence[float],
+    test: Values,
+    reference: Values,
     margin: float,
     *,
     metric: str,

@@ -445,7 +445,7 @@ def k_vs_v(
         )
     elif directions:
         fault = directions.pop()
-        why = f"{_evidence_list(evidence)} point to {fault}, and no evidence points the other way"
+        why = f"{_evidence_list(evidence)}; no evidence points the other way"
     elif both_worse:
         fault = "both"
         why = "both halves are worse than the reference beyond the margins; neither separates from the other"
