@@ -173,7 +173,7 @@ class Runner:
                             )
                 self._finish_unit(
                     key, rows=rows, started=started, evaluated=evaluated, contexts=feeding, on_unit=on_unit,
-                    feed_s=feed_s, reduce_s=reduce_s[0], prefill=(prefill, len(segment)),
+                    feed_s=feed_s, reduce_s=reduce_s[0], prefill=(prefill, len(segment), bool(readers)),
                 )  # fmt: skip
         return [row for u in self.units for row in u.items]
 
@@ -217,7 +217,7 @@ class Runner:
         on_unit: Callable[[Unit], None] | None,
         feed_s: float = 0.0,
         reduce_s: float = 0.0,
-        prefill: tuple[dict[str, float], int] = ({}, 0),
+        prefill: tuple[dict[str, float], int, bool] = ({}, 0, False),
     ) -> None:
         data = {name: d for name, run in self.runs.items() if (d := run.end_unit()) is not None}
         tokens = sum(c.tokens_evaluated for c in contexts) - evaluated
@@ -348,9 +348,15 @@ def run_probes(
 
 def prefill_by_depth(units: list[Unit], checkpoints: list[int]) -> dict[str, list[dict[str, Any]]]:
     """Per configuration and checkpoint, the document tokens fed since the previous checkpoint
-    and the seconds llama_decode took for them, over every document: prefill speed at depth."""
+    and the seconds llama_decode took for them: prefill speed at depth. Documents whose every
+    position's logits were computed (for the divergence probe) count only where no other
+    document reached that depth: computing all logits is slower, the same for every
+    configuration, and not what llama.cpp does in prefill (`all_logits` says which)."""
+    plain = {u.step for u in units if u.prefill_s and not u.prefill_logits}
     out: dict[str, dict[int, list[float]]] = {}
     for u in units:
+        if u.prefill_logits and u.step in plain:
+            continue
         for config, seconds in u.prefill_s.items():
             acc = out.setdefault(config, {}).setdefault(u.step, [0.0, 0.0])
             acc[0] += u.prefill_tokens
@@ -363,6 +369,7 @@ def prefill_by_depth(units: list[Unit], checkpoints: list[int]) -> dict[str, lis
                 "tokens": int(t),
                 "s": round(s, 3),
                 "tokens_per_s": round(t / s, 1) if s > 0 else None,
+                "all_logits": step not in plain,
             }
             for step, (t, s) in sorted(steps.items())
         ]

@@ -24,15 +24,16 @@ from kvprobe.stats.verdict import combine, equivalence
 
 
 def test_small_samples_use_the_t_interval_by_hand() -> None:
-    # Two items are too few for the bootstrap: the t interval. d = [0.3, 0.1]: mean 0.2,
-    # sd 0.141421, se 0.1, t(0.975, 1 df) = 12.7062.
-    d = np.array([0.3, 0.1])
-    found = tost_continuous(d, np.zeros(2), 0.25, metric="answer_logprob")
-    q = stats.t.isf(0.025, 1)
-    assert found.ci == pytest.approx((0.2 - q * 0.1, 0.2 + q * 0.1))
+    # Three items are too few for the bootstrap: the t interval. d = [0.3, 0.1, 0.2]: mean 0.2,
+    # sd 0.1, se 0.057735, t(0.975, 2 df) = 4.3027.
+    d = np.array([0.3, 0.1, 0.2])
+    found = tost_continuous(d, np.zeros(3), 0.25, metric="answer_logprob")
+    q, se = stats.t.isf(0.025, 2), 0.1 / math.sqrt(3)
+    assert found.ci == pytest.approx((0.2 - q * se, 0.2 + q * se))
     assert found.status == UNDECIDED
-    # p: the larger one-sided p, H0 diff >= +0.25 here: t = (0.2 - 0.25) / 0.1 = -0.5
-    assert found.p == pytest.approx(stats.t.cdf(-0.5, 1))
+    # p: the larger one-sided p, here H0 diff >= +0.25: t = (0.2 - 0.25) / se
+    assert found.p == pytest.approx(stats.t.cdf(-0.05 / se, 2))
+    assert tost_continuous(d, np.zeros(3), 1.0, metric="answer_logprob").status == EQUIVALENT
 
 
 def test_bootstrap_t_interval_follows_the_data() -> None:
@@ -111,7 +112,9 @@ def test_combine_lets_log_prob_decide_where_accuracy_cannot() -> None:
     assert combine([_t("accuracy", UNDECIDED), _t("answer_logprob", UNDECIDED)])[0] == UNDECIDED
     assert combine([_t("accuracy", WORSE), _t("answer_logprob", EQUIVALENT)]) == (WORSE, ["accuracy"])
     assert combine([_t("kld_mean", UNDECIDED), _t("answer_logprob", EQUIVALENT)]) == (UNDECIDED, ["kld_mean"])
-    assert combine([_t("accuracy", EQUIVALENT)])[0] == UNDECIDED  # pass/fail alone never decides it
+    assert combine([_t("accuracy", EQUIVALENT)])[0] == EQUIVALENT  # shown equivalent on its own
+    # KL (another probe) does not stand in for the needles' answers: accuracy still blocks
+    assert combine([_t("accuracy", UNDECIDED), _t("kld_mean", EQUIVALENT)])[0] == UNDECIDED
 
 
 def test_effective_context_ends_before_the_onset() -> None:
@@ -145,3 +148,40 @@ def test_false_equivalence_at_the_margin_stays_within_five_percent() -> None:
         for i in range(sims)
     )
     assert hits / sims <= 0.05 + 3 * math.sqrt(0.05 * 0.95 / sims)
+
+
+def test_too_few_items_are_never_evidence() -> None:
+    """One item, or two identical ones, give a zero-width interval: not equivalence."""
+    assert tost_continuous([-0.1], [0.0], 0.25, metric="m").status == UNDECIDED
+    assert tost_continuous([-1.0, -2.0], [-1.0, -2.0], 0.25, metric="m").status == UNDECIDED
+    assert tost_continuous([-0.1], [0.0], 0.25, metric="m", paired=False).status == UNDECIDED
+    assert tost_binary(np.ones(2), np.ones(2), 0.5, metric="accuracy").status == UNDECIDED
+
+
+def test_a_bound_without_an_upper_end_decides_nothing_unless_the_lower_is_past_it() -> None:
+    assert bound_test(0.1, [0.05, None], 0.5, metric="kld_p999", n=100).status == UNDECIDED
+    assert bound_test(0.9, [0.6, None], 0.5, metric="kld_p999", n=100).status == WORSE
+
+
+def test_tail_interval_from_order_statistics_by_hand() -> None:
+    from kvprobe.probes.kl import order_statistic_interval
+
+    values = np.arange(1, 5001, dtype=float)  # x_(k) = k
+    lo, hi = order_statistic_interval(values, 0.999)
+    # X ~ Binomial(5000, 0.999): the 2.5% and 97.5% points bracket the order statistics
+    assert lo == stats.binom.ppf(0.025, 5000, 0.999)
+    assert hi == stats.binom.ppf(0.975, 5000, 0.999) + 1
+    assert lo <= np.quantile(values, 0.999) <= hi
+    _, none = order_statistic_interval(values[:3000], 0.999)
+    assert none is None  # 3,000 positions cannot bound the 99.9th percentile from above
+
+
+def test_few_kl_blocks_give_no_interval() -> None:
+    from kvprobe.probes.kl import checkpoint_spans
+    from kvprobe.stats.metrics import by_name
+
+    arrays = {"f16": [{"kld": np.zeros(1100)}], "q8_0": [{"kld": np.full(1100, 0.001)}]}
+    spans = checkpoint_spans(arrays, "f16", [1024, 1030], [by_name("kld_mean")], block=32, seed=0)
+    first, last = spans["q8_0"]
+    assert first["kld_mean"]["ci"][1] is not None  # 32 blocks
+    assert last["kld_mean"]["ci"] == [None, None]  # positions 1,024-1,029: one block

@@ -185,3 +185,22 @@ def test_a_marginal_p_on_a_tiny_effect_does_not_name_a_half() -> None:
     assert lp["p"] < 0.05
     assert lp["points_to"] is None
     assert result["fault"] == "K"
+
+
+def test_k_vs_v_is_neither_when_both_halves_are_equivalent() -> None:
+    """A material, significant difference between two halves that are both equivalent to the
+    reference does not make one of them "at fault"; it still says which is more sensitive."""
+    base = {1024: [True] * 30, 2048: [True] * 30}
+    items = needle_items("f16", base) + needle_items("q4_0", base)
+    items += needle_items("k=q4_0,v=f16", base)
+    v_only = needle_items("k=f16,v=q4_0", base)
+    for it in v_only:
+        it["logprob"] += 0.15 + 0.001 * (int(it["key"][1:]) % 3)  # better by 0.15, within ±0.25
+    doc = doc_with({"f16": base, "q4_0": base, "k=q4_0,v=f16": base, "k=f16,v=q4_0": base})
+    doc["items"] = items + v_only
+    v = build_verdict(doc, seed=0)
+    assert v is not None
+    kv = v["k_vs_v"][0]
+    assert v["configs"]["k=f16,v=q4_0"]["equivalence"]["status"] == "equivalent"
+    assert kv["fault"] == "neither"
+    assert kv["more_sensitive"] == "K"

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from scipy import stats
 
 from kvprobe.stats.inference import holm, mann_whitney, significant_tail
 from kvprobe.stats.metrics import ALPHA, Metric
@@ -334,6 +335,28 @@ def divergence_curve(
     return rows, onsets
 
 
+MIN_BLOCKS = 10  # fewer blocks in a span: no interval (a bootstrap of 1 or 2 blocks is no evidence)
+
+
+def order_statistic_interval(
+    values: np.ndarray, q: float, level: float = 0.95
+) -> tuple[float | None, float | None]:
+    """Distribution-free interval for the q-quantile from order statistics (binomial counts):
+    the lower end exists once a few values lie below it, the upper end only once n is large
+    enough (n >= 3,687 for the 99.9th percentile at 97.5%); a missing end is None. A bootstrap
+    cannot bound a tail quantile: its upper end never exceeds the sample maximum."""
+    n = len(values)
+    if n == 0:
+        return None, None
+    ordered = np.sort(values)
+    alpha = (1 - level) / 2
+    k_lo = int(stats.binom.ppf(alpha, n, q))  # P(X < k_lo) <= alpha: x_(k_lo) is below the quantile
+    k_hi = int(stats.binom.ppf(1 - alpha, n, q)) + 1  # 1-based order statistic above it
+    lo = float(ordered[k_lo - 1]) if k_lo >= 1 else None
+    hi = float(ordered[k_hi - 1]) if k_hi <= n else None
+    return lo, hi
+
+
 def checkpoint_spans(
     arrays: dict[str, list[dict[str, np.ndarray]]],
     reference: str,
@@ -344,9 +367,11 @@ def checkpoint_spans(
     seed: int,
     level: float = 0.95,
 ) -> dict[str, list[dict[str, Any]]]:
-    """Per test configuration and checkpoint, each metric that has an equivalence bound over
-    the positions since the previous checkpoint ([1, first) for the first), with its
-    block-bootstrap interval at `level`: the equivalence test compares its ends with the bound."""
+    """Per test configuration and checkpoint, each metric that has an equivalence bound, with
+    its interval at `level`: the equivalence test compares its ends with the bound. A mean
+    (KL) covers the positions since the previous checkpoint ([1, first) for the first), with
+    a block-bootstrap interval (none below MIN_BLOCKS blocks); a tail percentile covers every
+    position up to the checkpoint, with an order-statistic interval."""
     bounded = [m for m in metrics if m.margin is not None and m.source is not None]
     edges = [1, *checkpoints]
     out: dict[str, list[dict[str, Any]]] = {}
@@ -358,18 +383,32 @@ def checkpoint_spans(
             span: dict[str, Any] = {"ctx": hi, "span": [lo, hi]}
             for metric in bounded:
                 values, positions = _stack(per_doc, metric.source or "")
+                if metric.name in PERCENTILES:
+                    # A tail needs every position up to the checkpoint, and order statistics.
+                    upto = values[positions < hi]
+                    if len(upto) == 0:
+                        continue
+                    q = PERCENTILES[metric.name]
+                    ends = order_statistic_interval(upto, q, level)
+                    value = float(np.quantile(upto, q))
+                    span[metric.name] = {
+                        "value": value,
+                        "ci": list(ends),
+                        "n": len(upto),
+                        "positions": [1, hi],
+                    }
+                    continue
                 blocks = split_blocks(values, positions, lo, hi, block)
                 if not blocks:
                     continue
                 span["n"] = int(sum(len(b) for b in blocks))
-                if metric.name in PERCENTILES:
-                    q = PERCENTILES[metric.name]
-                    value = float(np.quantile(np.concatenate(blocks), q))
-                    ci = block_bootstrap_quantile(blocks, q, seed=seed, level=level)
-                else:
-                    value = float(sum(b.sum() for b in blocks) / span["n"])
-                    ci = block_bootstrap_mean(blocks, seed=seed, level=level)
-                span[metric.name] = {"value": value, "ci": list(ci)}
+                value = float(sum(b.sum() for b in blocks) / span["n"])
+                ci = (
+                    block_bootstrap_mean(blocks, seed=seed, level=level)
+                    if len(blocks) >= MIN_BLOCKS
+                    else None
+                )
+                span[metric.name] = {"value": value, "ci": list(ci) if ci else [None, None], "n": span["n"]}
             if "n" in span:
                 spans.append(span)
         out[config] = spans

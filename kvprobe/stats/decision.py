@@ -130,13 +130,17 @@ def recommend(
     """The cheapest configuration by KV memory that is equivalent to the reference up to the
     longest context measured (the reference itself when none is), with what it saves, what
     it costs in prefill speed, and the evidence."""
-    from kvprobe.stats.verdict import tost_text
+    from kvprobe.stats.verdict import items_text, tost_text
 
     ctx, train = result["run"]["ctx"], (result.get("model") or {}).get("n_ctx_train") or 0
     ref = rows[0]
     usable = [r for r in rows if r["status"] in ("reference", EQUIVALENT)]
-    chosen = min(usable, key=lambda r: r["relative_size"])
-    cheaper = [r for r in rows if r["relative_size"] < chosen["relative_size"]]
+
+    def size(r: dict[str, Any]) -> float:
+        return float(r["kv_bytes"]) if all(o["kv_bytes"] is not None for o in rows) else r["relative_size"]
+
+    chosen = min(usable, key=size)
+    cheaper = [r for r in rows if size(r) < size(chosen)]
     rec: dict[str, Any] = {
         "ctx": ctx,
         "config": chosen["config"],
@@ -153,17 +157,23 @@ def recommend(
         rec["evidence"] = [tost_text(t) for t in last["tests"]]
     for r in cheaper:
         eq = verdict["configs"].get(r["config"], {}).get("equivalence") or {}
-        first = next(
-            (c for c in eq.get("checkpoints", []) if c["status"] != EQUIVALENT or c["significant_loss"]), None
-        )
+        checkpoints = eq.get("checkpoints", [])
+        first = next((c for c in checkpoints if c["status"] != EQUIVALENT or c["significant_loss"]), None)
         why = r["status"]
-        if first and not first["tests"]:
+        if not any(c["tests"] for c in checkpoints):
             why += ": no metric with an equivalence margin was measured"
+        elif first and not first["tests"]:
+            why += f": nothing measured at {first['ctx']:,} tokens"
         elif first:
+            label = (
+                "a significant loss within the margins" if first["status"] == EQUIVALENT else first["status"]
+            )
             decisive = [tost_text(t) for t in first["tests"] if t["metric"] in first["decided_by"]]
-            why += f" at {first['ctx']:,}" + (f": {'; '.join(decisive)}" if decisive else "")
+            why = f"{label} at {first['ctx']:,}" + (f": {'; '.join(decisive)}" if decisive else "")
             if first["status"] == UNDECIDED and first.get("items_needed"):
-                why += f"; about {first['items_needed']:,} items would decide"
+                why += f"; {items_text(first['items_needed'])} would decide"
+            if eq.get("first_worse") and eq["first_worse"] != first["ctx"]:
+                why += f"; worse from {eq['first_worse']:,}"
         rec["not_chosen"].append({"config": r["config"], "status": r["status"], "why": why})
     rec["asymmetric"] = _asymmetric(result, verdict, rows)
     rec["sentence"] = _recommendation_sentence(rec, result["baseline"])
@@ -243,9 +253,10 @@ HOLDS, FAILS, OPEN, UNTESTED = "holds", "does not hold", "undecided", "not teste
 
 
 def _first_loss(v: dict[str, Any]) -> int | None:
-    """The first checkpoint not shown equivalent (or at a significant loss), None if none."""
+    """The first checkpoint that is worse beyond a margin or at a significant loss: where the
+    configuration degrades (an undecided checkpoint is not evidence of it). None if none."""
     for c in (v.get("equivalence") or {}).get("checkpoints", []):
-        if c["status"] != EQUIVALENT or c["significant_loss"]:
+        if c["status"] == WORSE or c["significant_loss"]:
             return int(c["ctx"])
     return None
 
@@ -265,13 +276,19 @@ def folklore(result: dict[str, Any], verdict: dict[str, Any]) -> list[dict[str, 
         line(rule, UNTESTED, "no quantized cache was measured")
     else:
         losses = {cid: _first_loss(v) for cid, v in quantized.items()}
-        parts = [
-            f"{cid}: " + (f"not shown equivalent from {at:,}" if at else f"equivalent up to {ctx:,}")
-            for cid, at in losses.items()
-        ]
+        parts = []
+        for cid, v in quantized.items():
+            status = v["equivalence"]["status"]
+            at = losses[cid]
+            parts.append(
+                f"{cid}: worse or a significant loss from {at:,}" if at
+                else f"{cid}: equivalent up to {ctx:,}" if status == EQUIVALENT
+                else f"{cid}: {status}"
+            )  # fmt: skip
         found = [at for at in losses.values() if at]
         if not found:
-            finding = FAILS if ctx >= LONG_CONTEXT else UNTESTED
+            measured_all = all(v["equivalence"]["status"] == EQUIVALENT for v in quantized.values())
+            finding = FAILS if measured_all and ctx >= LONG_CONTEXT else OPEN
         elif min(found) < LONG_CONTEXT:
             finding = FAILS  # earlier than the rule says
             parts.append(f"so it degrades earlier than 4K, from {min(found):,} tokens")

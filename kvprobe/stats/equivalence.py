@@ -31,6 +31,7 @@ MAX_ITEMS = 100_000  # "more than this" when the observed difference sits on the
 N_BOOT = 999
 Values = Sequence[float] | np.ndarray  # one value per item
 MIN_BOOT_ITEMS = 10  # fewer paired items: the t interval
+MIN_ITEMS = 3  # fewer: never equivalent or worse (a zero-width interval from one item is no evidence)
 
 
 @dataclass(frozen=True)
@@ -50,7 +51,7 @@ class Tost:
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
-        out["ci"] = list(self.ci)
+        out["ci"] = [c if math.isfinite(c) else None for c in self.ci]  # None: no end (too little data)
         return out
 
 
@@ -82,7 +83,7 @@ def items_to_decide(
     sigma = half * math.sqrt(n) / z_level  # per-item spread implied by the interval
     if sigma == 0:
         return n
-    if gap == 0:
+    if gap == 0 or not math.isfinite(sigma):
         return MAX_ITEMS
     needed = math.ceil(((z_level + z_power) * sigma / abs(gap)) ** 2)
     return int(min(max(needed, n + 1), MAX_ITEMS))
@@ -135,7 +136,9 @@ def tost_continuous(
         df = (vt + vr) ** 2 / (vt**2 / max(len(t) - 1, 1) + vr**2 / max(len(r) - 1, 1)) if se > 0 else 1.0
     half = (1 - LEVEL) / 2
     p: float | None
-    if se == 0:
+    if n < MIN_ITEMS:  # too few items to claim anything: an interval of everything
+        ci, p = (-math.inf, math.inf), 1.0
+    elif se == 0:
         ci, p = (diff, diff), (0.0 if abs(diff) < margin else 1.0)
     elif boot is not None:
         stat, _, _ = boot
@@ -168,15 +171,19 @@ def tost_binary(test: Values, reference: Values, margin: float, *, metric: str, 
         ci = newcombe_unpaired_interval(int(t.sum()), len(t), int(r.sum()), len(r), confidence=LEVEL)
         n = min(len(t), len(r))
     diff = float(t.mean() - r.mean())
+    if n < MIN_ITEMS:
+        ci = (-math.inf, math.inf)
     status = _status_two_sided(ci, margin, lower_is_worse=True)
     needed = items_to_decide(diff, ci, n, margin, worse_side=diff < 0) if status == UNDECIDED else None
     return Tost(metric, diff, ci, margin, "two-sided", status, n, None, needed)
 
 
-def bound_test(value: float, ci: Sequence[float], bound: float, *, metric: str, n: int) -> Tost:
+def bound_test(value: float, ci: Sequence[float | None], bound: float, *, metric: str, n: int) -> Tost:
     """A metric that is zero at best (KL): equivalent when the 95% interval's upper end is
-    below the bound (a one-sided test at 0.025), worse when its lower end is above it."""
-    lo, hi = float(ci[0]), float(ci[1])
+    below the bound (a one-sided test at 0.025), worse when its lower end is above it. A
+    missing end (None, NaN: the data could not bound it) decides nothing."""
+    lo = -math.inf if ci[0] is None or math.isnan(ci[0]) else float(ci[0])
+    hi = math.inf if ci[1] is None or math.isnan(ci[1]) else float(ci[1])
     status = EQUIVALENT if hi < bound else WORSE if lo > bound else UNDECIDED
     return Tost(metric, float(value), (lo, hi), bound, "bound", status, n)
 

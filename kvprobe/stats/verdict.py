@@ -23,7 +23,7 @@ from kvprobe.stats.analysis import (
     paired_rows,
     paired_values,
 )
-from kvprobe.stats.equivalence import EQUIVALENT, UNDECIDED, WORSE, Tost, bound_test, tost
+from kvprobe.stats.equivalence import EQUIVALENT, MAX_ITEMS, UNDECIDED, WORSE, Tost, bound_test, tost
 from kvprobe.stats.inference import difference_test
 from kvprobe.stats.metrics import ALPHA, by_name, margins, metric_table, paired_item_metrics
 from kvprobe.stats.weights_vs_kv import weights_vs_kv
@@ -79,28 +79,41 @@ def checkpoint_tests(
         for name, bound in margin.items():
             if name in span:
                 found = span[name]
-                out.setdefault(int(span["ctx"]), []).append(
-                    bound_test(found["value"], found["ci"], bound, metric=name, n=int(span["n"]))
+                test = bound_test(
+                    found["value"], found["ci"], bound, metric=name, n=int(found.get("n", span["n"]))
                 )
+                if found["ci"][1] is None and test.status != WORSE and by_name(name).name in TAIL_METRICS:
+                    continue  # too few positions to bound a tail from above: it can only rule out
+                out.setdefault(int(span["ctx"]), []).append(test)
     return dict(sorted(out.items()))
+
+
+TAIL_METRICS = ("kld_p999",)  # bounded only where enough positions exist; otherwise they can only rule out
 
 
 def combine(tests: Sequence[Tost]) -> tuple[str, list[str]]:
     """One checkpoint's status from its metrics' tests, and the metrics that decided it.
 
     Worse if any metric is worse beyond its margin. Equivalent if every metric is, except that
-    a pass/fail metric left undecided does not block when a continuous metric is equivalent: on
-    tens of items accuracy can rarely show ±0.05, and answer log-prob measures the same answers
-    more finely. Undecided otherwise."""
+    a pass/fail metric left undecided does not block when a continuous metric of the same probe
+    (for needle accuracy: the answer log-prob, which measures the same answers more finely) is
+    equivalent: on tens of items accuracy can rarely show ±0.05. Undecided otherwise."""
     worse = [t.metric for t in tests if t.status == WORSE]
     if worse:
         return WORSE, worse
-    binary = {m.name for m in metric_table() if m.binary}
-    continuous_ok = [t.metric for t in tests if t.status == EQUIVALENT and t.metric not in binary]
-    blocking = [
-        t.metric for t in tests if t.status == UNDECIDED and not (t.metric in binary and continuous_ok)
-    ]
-    if tests and not blocking and continuous_ok:
+    table = {m.name: m for m in metric_table()}
+
+    def covered(t: Tost) -> bool:
+        """A pass/fail metric whose probe has a continuous metric shown equivalent here."""
+        m = table.get(t.metric)
+        return bool(m and m.binary) and any(
+            o.status == EQUIVALENT and (om := table.get(o.metric)) is not None and not om.binary
+            and om.probe == m.probe  # type: ignore[union-attr]
+            for o in tests
+        )  # fmt: skip
+
+    blocking = [t.metric for t in tests if t.status == UNDECIDED and not covered(t)]
+    if tests and not blocking:
         return EQUIVALENT, [t.metric for t in tests if t.status == EQUIVALENT]
     return UNDECIDED, blocking or [t.metric for t in tests]
 
@@ -249,9 +262,20 @@ def tost_text(t: dict[str, Any]) -> str:
     lo, hi = t["ci"]
     if t["kind"] == "bound":
         where = {EQUIVALENT: "below", WORSE: "above"}.get(t["status"], "against")
-        return f"{name} {t['value']:.3g} [95%: {lo:.3g}, {hi:.3g}] {where} the {t['margin']:g}{unit} bound"
+        if hi is None:
+            ends = f"[95%: at least {lo:.3g}]" if lo is not None else "[95%: too few positions to bound]"
+        else:
+            ends = f"[95%: {lo:.3g}, {hi:.3g}]"
+        return f"{name} {t['value']:.3g} {ends} {where} the {t['margin']:g}{unit} bound"
     where = {EQUIVALENT: "within", WORSE: "beyond"}.get(t["status"], "undecided against")
-    return f"{name} {t['value']:+.2f} [95%: {lo:+.2f}, {hi:+.2f}] {where} ±{t['margin']:g}{unit}"
+    ends = (
+        f"[95%: {lo:+.2f}, {hi:+.2f}]" if lo is not None and hi is not None else f"[too few items: {t['n']}]"
+    )
+    return f"{name} {t['value']:+.2f} {ends} {where} ±{t['margin']:g}{unit}"
+
+
+def items_text(n: int) -> str:
+    return f"more than {MAX_ITEMS:,} items" if n >= MAX_ITEMS else f"about {n:,} items"
 
 
 def equivalence_sentence(v: dict[str, Any], baseline: str, config: str) -> str | None:
@@ -285,17 +309,22 @@ def equivalence_sentence(v: dict[str, Any], baseline: str, config: str) -> str |
     first = next(r for r in eq["checkpoints"] if r["status"] != EQUIVALENT or r["significant_loss"])
     if first["status"] == EQUIVALENT:  # equivalent within the margins, yet a significant loss
         return (
-            f"{config} stays within the margins of {baseline} up to {longest:,} tokens, but its loss is "
-            f"significant from {first['ctx']:,} on, so the {eff_text}."
+            f"{config} stays within the margins of {baseline} at {first['ctx']:,} tokens, but its loss is "
+            f"significant from there on, so its {eff_text}."
         )
-    if not first["tests"]:
+    if not any(r["tests"] for r in eq["checkpoints"]):
         return (
             f"Whether {config} is equivalent to {baseline} is undecided: no metric with an equivalence "
             f"margin was measured (the needle and divergence probes have them); {eff_text}."
         )
+    if not first["tests"]:
+        return (
+            f"Whether {config} is equivalent to {baseline} is undecided: nothing measured at "
+            f"{first['ctx']:,} tokens; {eff_text}."
+        )
     decisive = [t for t in first["tests"] if t["metric"] in first["decided_by"]] or first["tests"]
     needed = (
-        f"; about {first['items_needed']:,} items at {first['ctx']:,} tokens would decide"
+        f"; {items_text(first['items_needed'])} at {first['ctx']:,} tokens would decide"
         if first["items_needed"]
         else ""
     )
@@ -443,6 +472,9 @@ def k_vs_v(
             f"both halves are worse than the reference beyond the margins, {more_sensitive} more so "
             f"({_evidence_list(evidence)})"
         )
+    elif directions and k["status"] == EQUIVALENT and v["status"] == EQUIVALENT:
+        fault = "neither"
+        why = f"both halves are equivalent to the reference, though {_evidence_list(evidence)}"
     elif directions:
         fault = directions.pop()
         why = f"{_evidence_list(evidence)}; no evidence points the other way"
@@ -533,7 +565,13 @@ def build_verdict(
         if c["id"] != baseline
     }
     quants = sorted(
-        {c["type_k"] for c in result["configs"] if c["type_k"] == c["type_v"] and c["type_k"] != baseline}
+        {
+            c["type_k"]
+            for c in result["configs"]
+            if c["type_k"] == c["type_v"]
+            and c["id"] != baseline
+            and CacheConfig(c["type_k"], c["type_v"]).k_quantized
+        }
     )
     halves = [
         kv

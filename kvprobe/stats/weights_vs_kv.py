@@ -80,7 +80,7 @@ def weights_vs_kv(result: dict[str, Any], seed: int) -> dict[str, Any] | None:
         return any(r["p_holm"] < ALPHA for r in rows)
 
     def negligible(rows: list[dict[str, Any]], metric: str) -> bool:
-        return all(
+        return bool(rows) and all(
             abs(r["ci"][0]) <= _negligible(metric) and abs(r["ci"][1]) <= _negligible(metric) for r in rows
         )
 
