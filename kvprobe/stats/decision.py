@@ -128,8 +128,8 @@ def recommend(
     result: dict[str, Any], verdict: dict[str, Any], rows: Sequence[dict[str, Any]]
 ) -> dict[str, Any]:
     """The cheapest configuration by KV memory that is equivalent to the reference up to the
-    longest context measured (the reference itself when none is), with what it saves, what
-    it costs in prefill speed, and the evidence."""
+    longest context measured (the reference itself when none is), with what it saves, the
+    evidence, and why each cheaper configuration was not chosen (speed joins at display)."""
     from kvprobe.stats.verdict import items_text, tost_text
 
     ctx, train = result["run"]["ctx"], (result.get("model") or {}).get("n_ctx_train") or 0
