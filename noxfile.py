@@ -1,5 +1,5 @@
-"""nox sessions, all run by CI through .ci/run: lint, typecheck, tests, and compare (the gate on
-a saved result)."""
+"""nox sessions. CI runs lint, typecheck, tests and compare (the gate on a saved result)
+through .ci/run; `nox -s bench` (minutes, timing figures) runs only when asked."""
 
 from __future__ import annotations
 
@@ -44,3 +44,12 @@ def compare(session: nox.Session) -> None:
         "kvprobe", "compare", "results/examples/quick-f16-q8_0-1024.json", new,
         "--fail-on", "accuracy:-0.05", "--fail-on", "kld_mean:+0.01",
     )  # fmt: skip
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """What kvprobe costs (benchmarks/bench.py): tokens saved, time outside llama_decode, peak
+    RSS against the estimate, and where the time goes; JSON to results/bench/. Timings: run
+    it on a quiet machine."""
+    session.install("-e", ".[model]")
+    session.run("python", "benchmarks/bench.py", *session.posargs)

@@ -1,0 +1,120 @@
+"""What kvprobe costs: runs `kvprobe run` jobs, each in a fresh process, and writes one JSON
+file with provenance to results/bench/ (`nox -s bench`). Per job:
+
+- P1: the tokens one fresh prompt per item would need (RULER's way) over the tokens kvprobe
+  evaluated;
+- wall time of the measuring part over the time spent inside `llama_decode` (a first look at
+  P2; the issue's bare replay of the same batch shapes is not built yet);
+- P3: peak RSS of the process against kvprobe's own pre-flight estimate;
+- where the time goes: feeding documents (inside llama_decode), needle queries and
+  continuations (the rest of llama_decode), the KL reduction, and the rest (Python, loading).
+
+    python benchmarks/bench.py                      # quick at 2K and the main job at 8K
+    python benchmarks/bench.py --job "--scenario quick --cache q4_0 --ctx 2048"
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+DEFAULT_JOBS = (
+    "--scenario quick --cache q4_0 --ctx 2048",
+    "--cache q4_0 --ctx 8192",  # the main job
+)
+# Runs kvprobe as a child and prints its peak RSS (KiB on Linux) as the last line.
+RSS_WRAPPER = (
+    "import resource, subprocess, sys; rc = subprocess.run(sys.argv[1:]).returncode; "
+    "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(rc)"
+)
+
+
+def run_job(args: str, folder: Path) -> dict[str, Any]:
+    out = folder / f"job-{abs(hash(args))}.json"
+    argv = [
+        sys.executable,
+        "-m",
+        "kvprobe",
+        "run",
+        *shlex.split(args),
+        "--out",
+        str(out),
+        "--force",
+        "--no-html",
+    ]
+    started = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, "-c", RSS_WRAPPER, *argv], capture_output=True, text=True, check=False
+    )
+    wall = time.perf_counter() - started
+    if proc.returncode != 0:
+        raise SystemExit(f"kvprobe {args} failed ({proc.returncode}): {proc.stderr.strip()[-300:]}")
+    peak_kib = int(proc.stdout.strip().splitlines()[-1])
+    estimate = re.search(r"memory: needs about ([\d.]+) GiB", proc.stdout)
+    doc = json.loads(out.read_text())
+    t = doc["timing"]
+    decode = sum(t["decode_s"].values())
+    feed = sum(s["s"] for spans in (t.get("prefill") or {}).values() for s in spans)
+    reduce_s = sum(u[5] for u in t["units"])
+    return {
+        "command": f"kvprobe run {args}",
+        "process_wall_s": round(wall, 1),
+        "run_wall_s": t["wall_s"],
+        "tokens_evaluated": t["tokens_evaluated"],
+        "naive_tokens": t["naive_tokens"],
+        "p1_naive_over_evaluated": round(t["naive_tokens"] / max(1, t["tokens_evaluated"]), 2),
+        "wall_over_llama_decode": round(t["wall_s"] / decode, 3) if decode else None,
+        "peak_rss_gib": round(peak_kib / 2**20, 2),
+        "estimate_gib": float(estimate.group(1)) if estimate else None,
+        "seconds": {
+            "document_feed_in_llama_decode": round(feed, 1),
+            "queries_and_continuations_in_llama_decode": round(decode - feed, 1),
+            "kl_reduction": round(reduce_s, 1),
+            "rest_python_and_journal": round(t["wall_s"] - decode - reduce_s, 1),
+            "loading_and_statistics": round(wall - t["wall_s"], 1),
+        },
+        "provenance": {
+            "model_sha256": doc["model"]["sha256"],
+            "runtime": doc["runtime"],
+            "host": doc["host"],
+            "configs": [c["id"] for c in doc["configs"]],
+        },
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--job", action="append", help="`kvprobe run` options of one job (repeatable)")
+    parser.add_argument("--out", default="results/bench", help="folder for the JSON (default results/bench)")
+    args = parser.parse_args()
+    jobs = args.job or list(DEFAULT_JOBS)
+    with tempfile.TemporaryDirectory() as tmp:
+        rows = []
+        for job in jobs:
+            row = run_job(job, Path(tmp))
+            rows.append(row)
+            s = row["seconds"]
+            print(
+                f"{row['command']}: {row['process_wall_s']} s; P1 {row['p1_naive_over_evaluated']}x fewer "
+                f"tokens than one prompt per item; wall / llama_decode {row['wall_over_llama_decode']}; "
+                f"peak RSS {row['peak_rss_gib']} GiB (estimate {row['estimate_gib']})"
+            )
+            print("  seconds: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in s.items()))
+    folder = Path(args.out)
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / f"bench-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}.json"
+    target.write_text(json.dumps({"jobs": rows}, indent=1) + "\n")
+    print(f"wrote {target}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
