@@ -9,6 +9,7 @@ from typing import Any
 from kvprobe.stats.decision import flags, folklore, frontier, kv_bytes, recommend
 from kvprobe.stats.verdict import build_verdict
 from kvprobe.weights.doctor import kv_cache_bytes
+from tests.test_verdict import config_row
 
 # Gemma 3 270M's layout: 18 layers, one KV head of 256, sliding window 512 on 5 of 6 layers.
 LAYOUT = {
@@ -29,15 +30,9 @@ def items(config: str, shift: float) -> list[dict[str, Any]]:
 
 
 def result(shifts: dict[str, float]) -> dict[str, Any]:
-    def cfg(cid: str) -> dict[str, str]:
-        if cid.startswith("k="):
-            k, v = (part.split("=")[1] for part in cid.split(","))
-            return {"id": cid, "type_k": k, "type_v": v}
-        return {"id": cid, "type_k": cid, "type_v": cid}
-
     return {
         "baseline": "f16",
-        "configs": [cfg(c) for c in shifts],
+        "configs": [config_row(c) for c in shifts],
         "items": [it for c, s in shifts.items() for it in items(c, s)],
         "summary": [],
         "divergence": None,

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from kvprobe.cache_types import parse_config_id
 from kvprobe.stats.verdict import build_verdict, k_vs_v, more_items_needed
 
 
@@ -30,20 +31,20 @@ def needle_items(
     return items
 
 
+def config_row(cid: str) -> dict[str, str]:
+    """A result's `configs` entry for a configuration id ("q4_0", "k=q8_0,v=f16")."""
+    cache = parse_config_id(cid)
+    return {"id": cid, "type_k": cache.type_k, "type_v": cache.type_v}
+
+
 def doc_with(configs: dict[str, dict[int, list[bool]]]) -> dict[str, Any]:
     items = []
     for cid, outcomes in configs.items():
         items += needle_items(cid, outcomes, logprob_shift=-4.0)
 
-    def cfg(cid: str) -> dict[str, str]:
-        if cid.startswith("k="):
-            k, v = (part.split("=")[1] for part in cid.split(","))
-            return {"id": cid, "type_k": k, "type_v": v}
-        return {"id": cid, "type_k": cid, "type_v": cid}
-
     return {
         "baseline": "f16",
-        "configs": [cfg(c) for c in configs],
+        "configs": [config_row(c) for c in configs],
         "items": items,
         "summary": [],
         "divergence": None,
