@@ -3,8 +3,9 @@ file with provenance to results/bench/ (`nox -s bench`). Per job:
 
 - P1: the tokens one fresh prompt per item would need (RULER's way) over the tokens kvprobe
   evaluated;
-- wall time of the measuring part over the time spent inside `llama_decode` (a first look at
-  P2; the issue's bare replay of the same batch shapes is not built yet);
+- P2: kvprobe's wall time over llama.cpp's own time for the same calls: the run writes a trace
+  of its llama.cpp calls (KVPROBE_TRACE) and benchmarks/replay.py times them in a bare loop,
+  in a fresh process; also the run's wall time over its time inside `llama_decode`;
 - P3: peak RSS of the process against kvprobe's own pre-flight estimate;
 - where the time goes: feeding documents (inside llama_decode), needle queries and
   continuations (the rest of llama_decode), the KL reduction, and the rest (Python, loading).
@@ -17,8 +18,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -37,8 +40,9 @@ RSS_WRAPPER = (
 )
 
 
-def run_job(args: str, folder: Path) -> dict[str, Any]:
+def run_job(args: str, folder: Path, *, replay: bool = True) -> dict[str, Any]:
     out = folder / f"job-{abs(hash(args))}.json"
+    trace = folder / f"trace-{abs(hash(args))}"
     argv = [
         sys.executable,
         "-m",
@@ -51,8 +55,9 @@ def run_job(args: str, folder: Path) -> dict[str, Any]:
         "--no-html",
     ]
     started = time.perf_counter()
+    env = {**os.environ, **({"KVPROBE_TRACE": str(trace)} if replay else {})}
     proc = subprocess.run(
-        [sys.executable, "-c", RSS_WRAPPER, *argv], capture_output=True, text=True, check=False
+        [sys.executable, "-c", RSS_WRAPPER, *argv], capture_output=True, text=True, check=False, env=env
     )
     wall = time.perf_counter() - started
     if proc.returncode != 0:
@@ -64,6 +69,7 @@ def run_job(args: str, folder: Path) -> dict[str, Any]:
     decode = sum(t["decode_s"].values())
     feed = sum(s["s"] for spans in (t.get("prefill") or {}).values() for s in spans)
     reduce_s = sum(u[5] for u in t["units"])
+    bare = replay_trace(trace, doc) if replay else None
     return {
         "command": f"kvprobe run {args}",
         "process_wall_s": round(wall, 1),
@@ -72,6 +78,10 @@ def run_job(args: str, folder: Path) -> dict[str, Any]:
         "naive_tokens": t["naive_tokens"],
         "p1_naive_over_evaluated": round(t["naive_tokens"] / max(1, t["tokens_evaluated"]), 2),
         "wall_over_llama_decode": round(t["wall_s"] / decode, 3) if decode else None,
+        # P2: the whole command, and the run's measuring loop, over the bare replay's time.
+        "p2_process_wall_over_replay": round(wall / bare["replay_s"], 3) if bare else None,
+        "p2_run_wall_over_replay": round(t["wall_s"] / bare["replay_s"], 3) if bare else None,
+        "replay": bare,
         "peak_rss_gib": round(peak_kib / 2**20, 2),
         "estimate_gib": float(estimate.group(1)) if estimate else None,
         "seconds": {
@@ -90,21 +100,44 @@ def run_job(args: str, folder: Path) -> dict[str, Any]:
     }
 
 
+def replay_trace(trace: Path, doc: dict[str, Any]) -> dict[str, Any]:
+    """benchmarks/replay.py on the run's trace, in a fresh process, with the run's model and
+    weight buffers."""
+    argv = [
+        sys.executable,
+        str(Path(__file__).with_name("replay.py")),
+        str(trace),
+        "--model",
+        doc["model"]["path"],
+    ]
+    if not doc["runtime"].get("extra_bufts", True):
+        argv.append("--no-repack")
+    proc = subprocess.run(argv, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise SystemExit(f"the replay failed ({proc.returncode}): {proc.stderr.strip()[-300:]}")
+    shutil.rmtree(trace, ignore_errors=True)
+    result: dict[str, Any] = json.loads(proc.stdout)
+    return {k: v for k, v in result.items() if k != "contexts"} | {"per_context": result["contexts"]}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--job", action="append", help="`kvprobe run` options of one job (repeatable)")
     parser.add_argument("--out", default="results/bench", help="folder for the JSON (default results/bench)")
+    parser.add_argument("--no-replay", action="store_true", help="skip P2's bare replay (halves the time)")
     args = parser.parse_args()
     jobs = args.job or list(DEFAULT_JOBS)
     with tempfile.TemporaryDirectory() as tmp:
         rows = []
         for job in jobs:
-            row = run_job(job, Path(tmp))
+            row = run_job(job, Path(tmp), replay=not args.no_replay)
             rows.append(row)
             s = row["seconds"]
             print(
                 f"{row['command']}: {row['process_wall_s']} s; P1 {row['p1_naive_over_evaluated']}x fewer "
-                f"tokens than one prompt per item; wall / llama_decode {row['wall_over_llama_decode']}; "
+                f"tokens than one prompt per item; P2 {row['p2_process_wall_over_replay']} (whole command) "
+                f"and {row['p2_run_wall_over_replay']} (measuring loop) over the bare replay; "
+                f"wall / llama_decode {row['wall_over_llama_decode']}; "
                 f"peak RSS {row['peak_rss_gib']} GiB (estimate {row['estimate_gib']})"
             )
             print("  seconds: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in s.items()))

@@ -144,6 +144,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="divergence probe: also run the reference against a second identical context (KL must be 0)",
     )
+    run.add_argument(
+        "--max-contexts",
+        type=int,
+        metavar="N",
+        help="at most N llama.cpp contexts at once: the cache types run in groups, the reference again in "
+        "each (same numbers on CPU; default: as many as fit in memory)",
+    )
     run.add_argument("--out", help="result file (default results/<utc>-<model>-<caches>-<ctx>.json)")
     run.add_argument("--force", action="store_true", help="overwrite an existing --out file")
     run.add_argument(

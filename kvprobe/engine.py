@@ -13,13 +13,15 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import hashlib
+import itertools
 import os
 import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import llama_cpp
 import numpy as np
@@ -33,6 +35,11 @@ FORK_SEQ = 1
 # shares the document's cells (unified cache), and keeps every sliding-window cell, so a fork
 # never evicts the prefix.
 FIXED_SETTINGS = {"kv_unified": True, "swa_full": True}
+# A folder: every context then writes there, when closed, each llama.cpp call that changed its
+# state (batches and sequence copies and removals), for benchmarks/replay.py to time the same
+# calls in a bare loop (P2: kvprobe's wall time over llama.cpp's own).
+TRACE_ENV = "KVPROBE_TRACE"
+_traced = itertools.count()
 
 
 # --- llama.cpp log capture -------------------------------------------------------------
@@ -102,6 +109,17 @@ class ContextSettings:
 
 
 _WEIGHT_BUFFER_LINE = re.compile(r"(\S+) model buffer size = +([\d.]+) MiB")
+
+
+def _teacher_forced(rows: Sequence[np.ndarray], answer: Sequence[int]) -> TeacherForced:
+    lps: list[float] = []
+    first_bad: int | None = None
+    for i, (row, tok) in enumerate(zip(rows, answer, strict=True)):
+        lp, top = _log_softmax_at(row, tok)
+        lps.append(lp)
+        if top != tok and first_bad is None:
+            first_bad = i
+    return TeacherForced(float(sum(lps)), lps, first_bad is None, first_bad)
 
 
 def _log_softmax_at(logits: np.ndarray, token: int) -> tuple[float, int]:
@@ -285,11 +303,14 @@ class Context:
                 f"K={self.applied.type_k} V={self.applied.type_v}"
             )
         self._batch = llama_cpp.llama_batch_init(settings.chunk, 0, 1)
+        self._trace: list[tuple[Any, ...]] | None = [] if os.environ.get(TRACE_ENV) else None
         self.n_past = 0  # tokens of the document in sequence 0
         self.tokens_evaluated = 0
         self.busy_s = 0.0  # seconds spent in llama_decode
 
     def close(self) -> None:
+        if self._trace is not None:
+            self._write_trace(Path(os.environ[TRACE_ENV]))
         if self._ctx:
             llama_cpp.llama_batch_free(self._batch)
             llama_cpp.llama_free(self._ctx)
@@ -304,7 +325,60 @@ class Context:
     def reset(self) -> None:
         """Forget everything: a fresh document (classic mode)."""
         llama_cpp.llama_memory_clear(self._mem, True)
+        if self._trace is not None:
+            self._trace.append(("clear",))
         self.n_past = 0
+
+    def _seq_cp(self, src: int, dst: int, p0: int, p1: int) -> None:
+        llama_cpp.llama_memory_seq_cp(self._mem, src, dst, p0, p1)
+        if self._trace is not None:
+            self._trace.append(("cp", src, dst, p0, p1))
+
+    def _seq_rm(self, seq: int, p0: int, p1: int) -> None:
+        llama_cpp.llama_memory_seq_rm(self._mem, seq, p0, p1)
+        if self._trace is not None:
+            self._trace.append(("rm", seq, p0, p1))
+
+    def replay(self, ops: Sequence[tuple[Any, ...]]) -> float:
+        """Seconds a bare loop takes for a trace's calls (TRACE_ENV) in this fresh context:
+        every batch is built before the clock starts, so only llama.cpp's own work is timed
+        (benchmarks/replay.py: P2)."""
+        batches: list[Any] = []
+        try:
+            for op in ops:
+                if op[0] == "decode":
+                    b = llama_cpp.llama_batch_init(len(op[1]), 0, 1)
+                    batches.append(b)
+                    for i, (t, pos, sq, want) in enumerate(zip(*op[1:], strict=True)):
+                        b.token[i], b.pos[i], b.n_seq_id[i], b.logits[i] = int(t), int(pos), 1, int(want)
+                        b.seq_id[i][0] = int(sq)
+                    b.n_tokens = len(op[1])
+            calls = iter(batches)
+            started = time.perf_counter()
+            for op in ops:
+                if op[0] == "decode":
+                    if llama_cpp.llama_decode(self._ctx, next(calls)) != 0:
+                        raise EngineError("llama_decode failed in the replay")
+                elif op[0] == "cp":
+                    llama_cpp.llama_memory_seq_cp(self._mem, *op[1:])
+                elif op[0] == "rm":
+                    llama_cpp.llama_memory_seq_rm(self._mem, *op[1:])
+                else:
+                    llama_cpp.llama_memory_clear(self._mem, True)
+            return time.perf_counter() - started
+        finally:
+            for b in batches:
+                llama_cpp.llama_batch_free(b)
+
+    def _write_trace(self, folder: Path) -> None:
+        import pickle
+
+        folder.mkdir(parents=True, exist_ok=True)
+        record = {"cache": [self.cache.type_k, self.cache.type_v], "settings": asdict(self.settings),
+                  "busy_s": self.busy_s, "ops": self._trace}  # fmt: skip
+        with (folder / f"{os.getpid()}-{next(_traced)}.pkl").open("wb") as fh:
+            pickle.dump(record, fh)
+        self._trace = None
 
     # low level ----------------------------------------------------------------------
     def _decode(self, tokens: Sequence[int], pos0: int, seq: int, want: Sequence[int]) -> None:
@@ -330,6 +404,9 @@ class Context:
             b.seq_id[i][0] = sq
             b.logits[i] = 1 if i in wanted else 0
         b.n_tokens = n
+        if self._trace is not None:
+            self._trace.append(("decode", np.array(tokens, np.int32), np.array(positions, np.int32),
+                                np.array(seqs, np.int32), np.isin(np.arange(n), list(wanted))))  # fmt: skip
         t0 = time.perf_counter()
         rc = llama_cpp.llama_decode(self._ctx, b)
         self.busy_s += time.perf_counter() - t0
@@ -361,11 +438,11 @@ class Context:
     # forks -------------------------------------------------------------------------
     @contextlib.contextmanager
     def _fork(self) -> Iterator[None]:
-        llama_cpp.llama_memory_seq_cp(self._mem, DOC_SEQ, FORK_SEQ, -1, -1)
+        self._seq_cp(DOC_SEQ, FORK_SEQ, -1, -1)
         try:
             yield
         finally:
-            llama_cpp.llama_memory_seq_rm(self._mem, FORK_SEQ, -1, -1)
+            self._seq_rm(FORK_SEQ, -1, -1)
 
     def _fork_decode(self, tokens: Sequence[int], want_tail: int) -> list[np.ndarray]:
         """Decode tokens after the document in the fork; logits of the last `want_tail`."""
@@ -388,14 +465,53 @@ class Context:
         tokens = list(prompt) + list(answer[:-1])
         with self._fork():
             rows = self._fork_decode(tokens, want_tail=len(answer))
-        lps: list[float] = []
-        first_bad: int | None = None
-        for i, (row, tok) in enumerate(zip(rows, answer, strict=True)):
-            lp, top = _log_softmax_at(row, tok)
-            lps.append(lp)
-            if top != tok and first_bad is None:
-                first_bad = i
-        return TeacherForced(float(sum(lps)), lps, first_bad is None, first_bad)
+        return _teacher_forced(rows, answer)
+
+    def score_many(self, requests: Sequence[tuple[Sequence[int], Sequence[int]]]) -> list[TeacherForced]:
+        """`score` for many (prompt, answer) pairs at once: each in its own fork of the
+        document, packed in order into as few llama_decode calls as the chunk and n_seq_max
+        allow. The packing depends only on the token counts, so every configuration gets the
+        same batches."""
+        out: list[TeacherForced] = []
+        for pack in _packs([len(p) + len(a) - 1 for p, a in requests], self):
+            if (
+                len(pack) == 1
+                and len(requests[pack[0]][0]) + len(requests[pack[0]][1]) - 1 > self.settings.chunk
+            ):
+                out.append(self.score(*requests[pack[0]]))  # longer than a chunk: its own decodes
+                continue
+            with _ForkGroup(self, len(pack)) as seqs:
+                tokens: list[int] = []
+                positions: list[int] = []
+                seq_ids: list[int] = []
+                wanted: list[list[int]] = []
+                for seq, j in zip(seqs, pack, strict=True):
+                    self._seq_cp(DOC_SEQ, seq, -1, -1)
+                    prompt, answer = requests[j]
+                    part = list(prompt) + list(answer[:-1])
+                    first = len(tokens) + len(part) - len(answer)
+                    wanted.append(list(range(first, first + len(answer))))
+                    tokens += part
+                    positions += range(self.n_past, self.n_past + len(part))
+                    seq_ids += [seq] * len(part)
+                self._decode_rows(tokens, positions, seq_ids, [i for rows in wanted for i in rows])
+                for j, rows in zip(pack, wanted, strict=True):
+                    out.append(_teacher_forced([self._logits(i) for i in rows], requests[j][1]))
+        return out
+
+    def generate_many(self, prompts: Sequence[Sequence[int]], max_tokens: Sequence[int]) -> list[list[int]]:
+        """`generate` for many prompts at once (`max_tokens` each): each in its own fork of the
+        document, the prompts packed as in score_many, then one token per unfinished fork per
+        decode."""
+        out: list[list[int]] = []
+        for pack in _packs([len(p) for p in prompts], self):
+            with _ForkGroup(self, len(pack)) as seqs:
+                for seq in seqs:
+                    self._seq_cp(DOC_SEQ, seq, -1, -1)
+                starts = [self.n_past] * len(pack)
+                limits = [max_tokens[j] for j in pack]
+                out += _greedy_parallel(self, seqs, [prompts[j] for j in pack], starts, limits)
+        return out
 
     def generate(self, prompt: Sequence[int], max_tokens: int) -> list[int]:
         """Greedy continuation of document + `prompt`, in a fork of the document."""
@@ -472,7 +588,62 @@ class _ForkGroup:
 
     def __exit__(self, *exc: object) -> None:
         for seq in self.seqs:
-            llama_cpp.llama_memory_seq_rm(self.context._mem, seq, -1, -1)
+            self.context._seq_rm(seq, -1, -1)
+
+
+def _packs(sizes: Sequence[int], context: Context) -> list[list[int]]:
+    """Consecutive indices packed so each pack's tokens fit one chunk and its forks the
+    context's sequences; an item longer than a chunk goes alone."""
+    chunk, room = context.settings.chunk, context.settings.n_seq_max - 1
+    packs: list[list[int]] = []
+    size = 0
+    for j, n in enumerate(sizes):
+        if not packs or size + n > chunk or len(packs[-1]) >= room:
+            packs.append([])
+            size = 0
+        packs[-1].append(j)
+        size += n
+    return packs
+
+
+def _greedy_parallel(
+    context: Context,
+    seqs: Sequence[int],
+    firsts: Sequence[Sequence[int]],
+    starts: Sequence[int],
+    max_tokens: Sequence[int],
+) -> list[list[int]]:
+    """Greedy continuations in parallel fork sequences: fork j first decodes `firsts[j]` from
+    position `starts[j]` (all forks in one batch), then every step decodes one token per
+    unfinished fork in a single batch. Fork j ends at end of generation or `max_tokens[j]`."""
+    outs: list[list[int]] = [[] for _ in seqs]
+    tokens = [t for f in firsts for t in f]
+    positions = [p for f, s in zip(firsts, starts, strict=True) for p in range(s, s + len(f))]
+    seq_ids = [q for f, q in zip(firsts, seqs, strict=True) for _ in f]
+    last = list(itertools.accumulate(len(f) for f in firsts))
+    context._decode_rows(tokens, positions, seq_ids, want=[i - 1 for i in last])
+    nxt = [int(np.argmax(context._logits(i - 1))) for i in last]
+    active = list(range(len(seqs)))
+    positions = [s + len(f) for f, s in zip(firsts, starts, strict=True)]
+    for _ in range(max(max_tokens, default=0)):
+        still: list[int] = []
+        for j, tok in zip(active, nxt, strict=True):
+            if context.model.is_eog(tok):
+                continue
+            outs[j].append(tok)
+            if len(outs[j]) < max_tokens[j] and positions[j] < context.applied.n_ctx:
+                still.append(j)
+        if not still:
+            break
+        step = [nxt[active.index(j)] for j in still]
+        context._decode_rows(
+            step, [positions[j] for j in still], [seqs[j] for j in still], want=range(len(still))
+        )
+        nxt = [int(np.argmax(context._logits(i))) for i in range(len(still))]
+        for j in still:
+            positions[j] += 1
+        active = still
+    return outs
 
 
 def generate_forks(context: Context, prefixes: Sequence[Sequence[int]], max_tokens: int) -> list[list[int]]:
@@ -485,30 +656,11 @@ def generate_forks(context: Context, prefixes: Sequence[Sequence[int]], max_toke
     points = [len(p) for p in prefixes]
     if any(p < 2 or p > context.n_past for p in points):
         raise EngineError(f"fork points {points} must lie in [2, {context.n_past}]")
-    outs: list[list[int]] = [[] for _ in prefixes]
     with _ForkGroup(context, len(prefixes)) as seqs:
         for seq, p in zip(seqs, points, strict=True):
-            llama_cpp.llama_memory_seq_cp(context._mem, DOC_SEQ, seq, 0, p - 1)
-        active = list(range(len(prefixes)))
-        tokens = [prefixes[j][-1] for j in active]
-        positions = [points[j] - 1 for j in active]
-        for _ in range(max_tokens):
-            context._decode_rows(tokens, positions, [seqs[j] for j in active], want=range(len(active)))
-            nxt = [int(np.argmax(context._logits(i))) for i in range(len(active))]
-            still: list[int] = []
-            for j, tok in zip(active, nxt, strict=True):
-                if context.model.is_eog(tok):
-                    continue
-                outs[j].append(tok)
-                if len(outs[j]) < max_tokens:
-                    still.append(j)
-            if not still:
-                break
-            keep = [active.index(j) for j in still]
-            tokens = [nxt[i] for i in keep]
-            positions = [positions[i] + 1 for i in keep]
-            active = still
-    return outs
+            context._seq_cp(DOC_SEQ, seq, 0, p - 1)
+        firsts = [[p[-1]] for p in prefixes]
+        return _greedy_parallel(context, seqs, firsts, [p - 1 for p in points], [max_tokens] * len(points))
 
 
 @dataclass(frozen=True)

@@ -105,10 +105,10 @@ class Pace:
                   if k for t in ts]  # fmt: skip
         return sum(r for r, _ in scored) / max(1, sum(n for _, n in scored))
 
-    def remaining(self, units: Sequence[tuple[int, int]]) -> float | None:
-        """Seconds for all of `units`; None before anything has been seen."""
+    def remaining(self, units: Sequence[tuple[int, ...]]) -> float | None:
+        """Seconds for all of `units` ((doc, step, ...)); None before anything has been seen."""
         total = 0.0
-        for doc, step in units:
+        for doc, step, *_ in units:
             t = self.predict(doc, step)
             if t is None:
                 return None

@@ -24,7 +24,7 @@ from kvprobe.kernel_check import KernelDecision
 
 if TYPE_CHECKING:  # the runner imports llama.cpp: only a run that gets past validation pays for it
     from kvprobe.plan.scenario import Scenario
-    from kvprobe.result.journal import Unit
+    from kvprobe.result.journal import Unit, UnitKey
     from kvprobe.result.records import RunOutcome
     from kvprobe.runner import RunSettings
 
@@ -161,6 +161,7 @@ class RunRequest:
     no_repack: bool
     warnings: list[str]
     memory: str  # the pre-flight estimate, in words
+    max_contexts: int | None  # contexts alive at once, when the configurations go in groups
     page: Path | None  # the HTML page to write beside the result
     margins: dict[str, float]  # equivalence margins the verdict uses (--margin)
 
@@ -177,37 +178,75 @@ class RunExecution:
 def estimate_memory(
     facts: list[dict[str, Any]],
     configs: list[CacheConfig],
+    *,
+    baseline: str | None,
     scenario: Scenario,
     args: argparse.Namespace,
     gpu_layers: int,
-) -> str:
-    """The run's peak memory, from the headers: refused when it cannot fit, else in words for
-    the run's first lines. With layers offloaded, weights, KV caches and compute buffers go to
-    the GPU's memory (checked through NVML) and the host keeps the rest."""
+) -> tuple[str, int | None]:
+    """The run's peak memory, from the headers, and how many contexts may exist at once: all
+    of them if they fit (None), else --max-contexts, else as many as fit (configuration
+    groups, kvprobe.runner.plan_groups). Refused when not even the smallest group fits; the
+    words for the run's first lines. With layers offloaded, weights, KV caches and compute
+    buffers go to the GPU's memory (checked through NVML) and the host keeps the rest."""
     from kvprobe.engine import gpu_offload_supported
     from kvprobe.probes.divergence import DivergenceSpec
+    from kvprobe.runner import plan_groups
     from kvprobe.weights.memory import GiB, available_bytes, check_fits, gpu_free_bytes, run_memory
 
     reads_logits = "divergence" in scenario.probes and args.mode == "onepass"
     scored = args.ctx * scenario.spec(DivergenceSpec).documents if reads_logits else 0
+    extra = 1 if args.null_check and baseline is not None else 0
     need = run_memory(
-        facts, configs, args.ctx + 256, scenario.plan.chunk,
-        extra_contexts=1 if args.null_check else 0, all_logits=reads_logits, scored_positions=scored,
+        facts, configs, args.ctx + 2 * scenario.plan.chunk, scenario.plan.chunk,
+        extra_contexts=extra, all_logits=reads_logits, scored_positions=scored,
     )  # fmt: skip
-    if gpu_layers != 0 and gpu_offload_supported():
-        free = gpu_free_bytes()
-        on_gpu = replace(need, arrays=0, process=0)
-        check_fits(on_gpu, free, args.ctx, where="GPU memory")
-        host = need.arrays + need.process + need.logits // 2
-        shown = f" of {free / GiB:.1f} GiB free" if free is not None else ""
-        return (
-            f"memory: needs about {on_gpu.total / GiB:.1f} GiB of GPU memory{shown} ({on_gpu.describe()}) "
-            f"and {host / GiB:.1f} GiB on the host"
+    n_runs = len(configs) * len(facts)
+    repeats_reference = baseline is not None and reads_logits
+    smallest = 2 if repeats_reference else 1
+    if args.max_contexts is not None and args.max_contexts < smallest:
+        raise UserError(
+            f"--max-contexts {args.max_contexts} is too few: give at least {smallest}"
+            + (
+                " (a group holds the reference beside the caches compared with it)"
+                if repeats_reference
+                else ""
+            )
         )
-    available = available_bytes()
-    check_fits(need, available, args.ctx)
-    shown = f" of {available / GiB:.1f} GiB available" if available is not None else ""
-    return f"memory: needs about {need.total / GiB:.1f} GiB{shown} ({need.describe()})"
+    on_gpu = gpu_layers != 0 and gpu_offload_supported()
+    limit = gpu_free_bytes() if on_gpu else available_bytes()
+
+    def peak(max_contexts: int | None) -> Any:
+        groups = plan_groups(n_runs, max_contexts, reference=repeats_reference, extra_first=extra)
+        grouped = need.for_groups(groups, extra)
+        return replace(grouped, arrays=0, process=0) if on_gpu else grouped
+
+    max_contexts = args.max_contexts
+    if max_contexts is None and limit is not None and peak(None).total > limit:
+        fitting = [k for k in range(n_runs + extra - 1, smallest - 1, -1) if peak(k).total <= limit]
+        max_contexts = fitting[0] if fitting else None
+    if max_contexts is not None and max_contexts >= n_runs + extra:
+        max_contexts = None  # one group holds them all
+    chosen = peak(max_contexts)
+    check_fits(chosen, limit, args.ctx, where="GPU memory" if on_gpu else "memory")
+    n_groups = len(plan_groups(n_runs, max_contexts, reference=repeats_reference, extra_first=extra))
+    groups = ""
+    if max_contexts is not None:
+        groups = f"; in {n_groups} groups of at most {max_contexts} contexts"
+        groups += " (the reference again in each)" if repeats_reference else ""
+        if args.max_contexts is None:
+            groups += f", since all {n_runs + extra} need about {peak(None).total / GiB:.1f} GiB"
+    if on_gpu:
+        host = need.arrays + need.process + chosen.logits // 2
+        shown = f" of {limit / GiB:.1f} GiB free" if limit is not None else ""
+        words = (
+            f"memory: needs about {chosen.total / GiB:.1f} GiB of GPU memory{shown} ({chosen.describe()}) "
+            f"and {host / GiB:.1f} GiB on the host{groups}"
+        )
+    else:
+        shown = f" of {limit / GiB:.1f} GiB available" if limit is not None else ""
+        words = f"memory: needs about {chosen.total / GiB:.1f} GiB{shown} ({chosen.describe()}){groups}"
+    return words, max_contexts
 
 
 def html_page_path(args: argparse.Namespace, out_path: Path) -> Path | None:
@@ -274,7 +313,9 @@ def validate_run(args: argparse.Namespace) -> RunRequest:
         probe.check_run(scenario, mode=args.mode, ctx=args.ctx, baseline=baseline, null_check=args.null_check)
     facts = [read_facts(p) for p in model_paths]  # checks the files are GGUF before llama.cpp sees them
     gpu_layers = args.gpu_layers if args.gpu_layers is not None else (-1 if gpu_offload_supported() else 0)
-    memory = estimate_memory(facts, configs, scenario, args, gpu_layers)
+    memory, max_contexts = estimate_memory(
+        facts, configs, baseline=baseline, scenario=scenario, args=args, gpu_layers=gpu_layers
+    )
     created = utc_now()
     out_path = (
         Path(args.out)
@@ -320,6 +361,7 @@ def validate_run(args: argparse.Namespace) -> RunRequest:
         no_repack=args.no_repack,
         warnings=warnings,
         memory=memory,
+        max_contexts=max_contexts,
         page=page,
     )
 
@@ -329,7 +371,7 @@ def execute_run(
     kernels: KernelDecision,
     console: Console,
     *,
-    done: dict[tuple[int, int], Unit] | None = None,
+    done: dict[UnitKey, Unit] | None = None,
     on_unit: Callable[[Unit], None] | None = None,
     time_budget: float | None = None,
     budget_start: float | None = None,
@@ -367,6 +409,7 @@ def execute_run(
         if models and baseline is not None:
             baseline = str(replace(ConfigId.parse(baseline), weights="ref"))
         runner = Runner(loaded[0], request.scenario, request.settings, baseline, request.null_check)
+        runner.set_groups(len(request.configs) * len(paths), request.max_contexts)
         ends = runner.checkpoints if request.settings.mode == "onepass" else [1]
         steps = [StepShape(start, end) for start, end in zip([0, *ends[:-1]], ends, strict=True)]
         scored = {d.index for d in runner.documents if any(r.scores_logits(d) for r in runner.runs.values())}
@@ -383,21 +426,20 @@ def execute_run(
                 if not restored and on_unit is not None:
                     on_unit(unit)
                 shown.unit_done(
-                    unit.doc,
-                    unit.step,
+                    unit.key,
                     unit.seconds,
                     feed_s=unit.feed_s,
                     reduce_s=unit.reduce_s,
                     restored=restored,
                 )
 
-            def may_start(key: tuple[int, int]) -> bool:
-                expected = pace.predict(*key) or 0.0
+            def may_start(key: UnitKey) -> bool:
+                expected = pace.predict(key[0], key[1]) or 0.0
                 return time_budget is None or time.monotonic() - started + expected <= time_budget
 
             outcome = run_probes(
                 runner, request.configs, shown.advance, models=models, done=done, on_unit=finished,
-                may_start=may_start if time_budget is not None else None,
+                may_start=may_start if time_budget is not None else None, max_contexts=request.max_contexts,
             )  # fmt: skip
         info = engine.runtime_info()
         settings = request.settings
@@ -495,10 +537,12 @@ def run_identity(request: RunRequest, infos: list[dict[str, Any]], kernels: Kern
         "extra_bufts": kernels.extra_bufts,
         "n_gpu_layers": request.gpu_layers,
         "n_threads": request.threads or os.cpu_count(),
+        # Groups give the same numbers on CPU, but a journal's units belong to its groups.
+        **({"max_contexts": request.max_contexts} if request.max_contexts is not None else {}),
     }
 
 
-STOP_SWITCH_ENV = "KVPROBE_TEST_STOP_AFTER"  # "DOC,STEP:kill|term|int": for tests only
+STOP_SWITCH_ENV = "KVPROBE_TEST_STOP_AFTER"  # "DOC,STEP[,GROUP]:kill|term|int": for tests only
 
 
 def resume_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> tuple[argparse.Namespace, Any]:
@@ -528,6 +572,9 @@ def resume_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> tu
         for key in carried:
             setattr(resumed, key, getattr(args, key))
         args = resumed
+    if args.max_contexts is None:
+        # The groups the run started with (chosen for the memory then, perhaps): its units are theirs.
+        args.max_contexts = saved.header["identity"].get("max_contexts")
     if args.out is None:
         args.out = saved.header["out"]
     elif Path(args.out).resolve() != Path(saved.header["out"]):
@@ -545,7 +592,7 @@ def cmd_run(args: argparse.Namespace, console: Console, argv: list[str] | None =
 
     command_start = time.monotonic()
     from kvprobe.cli import build_parser
-    from kvprobe.result.journal import Journal, differences, identity_hash, journal_path
+    from kvprobe.result.journal import Journal, differences, identity_hash, journal_path, key_json
 
     saved = None
     if args.resume:
@@ -591,7 +638,7 @@ def cmd_run(args: argparse.Namespace, console: Console, argv: list[str] | None =
         }
         journal = Journal(jpath, header)
         done = {}
-    console.print(request.memory, markup=False, highlight=False)
+    console.print(request.memory, markup=False, highlight=False, soft_wrap=True)
     console.print(
         f"kvprobe {__version__}: {' vs '.join(p.name for p in request.model_paths)}, "
         f"caches {', '.join(c.id for c in request.configs)}, ctx {request.settings.ctx}, "
@@ -608,7 +655,7 @@ def cmd_run(args: argparse.Namespace, console: Console, argv: list[str] | None =
         journal.append(unit)
         # Tests stop a run at a known point: SIGKILL (nothing runs after it) or SIGINT (Ctrl-C).
         switch = os.environ.get(STOP_SWITCH_ENV, "")
-        if switch.startswith(f"{unit.doc},{unit.step}:"):
+        if switch.startswith(",".join(map(str, key_json(unit.key))) + ":"):
             how = {"kill": signal.SIGKILL, "term": signal.SIGTERM}.get(
                 switch.rsplit(":", 1)[-1], signal.SIGINT
             )

@@ -16,7 +16,7 @@ from kvprobe.engine import ChunkCallback, Context, ContextSettings, Model, feed_
 from kvprobe.plan.documents import Document, build_plan
 from kvprobe.plan.scenario import Scenario
 from kvprobe.probes import ProbeRun, Row, RunSetup, check_mode, selected
-from kvprobe.result.journal import Unit
+from kvprobe.result.journal import Unit, UnitKey, key_json
 from kvprobe.result.records import RunOutcome
 
 Progress = Callable[[int, str], None]  # (tokens just evaluated, what is running)
@@ -72,6 +72,7 @@ class Runner:
         )
         self.runs: dict[str, ProbeRun] = {p.name: p.start(setup) for p in self.probes}
         self.units: list[Unit] = []  # finished units, in run order (run_all fills it)
+        self.n_groups = 1  # configuration groups the run goes in (run_probes sets it)
         self.stopped: str | None = None
         self.refeed_tokens, self.refeed_s = 0, 0.0
         if settings.mode != "onepass":
@@ -85,10 +86,12 @@ class Runner:
         self.naive_tokens = sum(b.naive_tokens for b in budgets)
 
     def planned_tokens(self, n_configs: int) -> int:
-        """Tokens the run will evaluate, without failure generations (for the progress bar)."""
+        """Tokens the run will evaluate, without failure generations (for the progress bar);
+        after set_groups, with the reference's documents fed again in every later group."""
         scored = sum(1 for d in self.documents if any(r.scores_logits(d) for r in self.runs.values()))
         null = self.settings.ctx * scored if self.null_check else 0
-        return (self.doc_tokens + self.probe_tokens) * n_configs + null
+        repeated = self.doc_tokens * (self.n_groups - 1) if scored and self.baseline is not None else 0
+        return (self.doc_tokens + self.probe_tokens) * n_configs + null + repeated
 
     def context_settings(self, n_threads: int) -> ContextSettings:
         return ContextSettings(
@@ -100,11 +103,26 @@ class Runner:
             n_seq_max=self.n_seq_max,
         )
 
-    def unit_keys(self) -> list[tuple[int, int]]:
-        """Every unit of work in run order: (document, checkpoint step), or (prompt, 0)."""
+    def set_groups(self, n_runs: int, max_contexts: int | None) -> list[list[int]]:
+        """Plan the configuration groups of a run of `n_runs` configurations (plan_groups):
+        the reference goes again in every group only where a probe compares logits with it."""
+        reads_logits = any(r.scores_logits(d) for d in self.documents for r in self.runs.values())
+        with_null = self.null_check and self.baseline is not None
+        groups = plan_groups(
+            n_runs, max_contexts, reference=self.baseline is not None and reads_logits,
+            extra_first=1 if with_null else 0,
+        )  # fmt: skip
+        self.n_groups = len(groups)
+        return groups
+
+    def unit_keys(self) -> list[UnitKey]:
+        """Every unit of work in run order: (document, checkpoint step, group), or (prompt, 0,
+        group); group by group."""
         if self.settings.mode != "onepass":
-            return [(i, 0) for run in self.runs.values() for i in range(run.n_prompts)]
-        return [(d.index, step) for d in self.documents for step in range(len(self.checkpoints))]
+            keys = [(i, 0) for run in self.runs.values() for i in range(run.n_prompts)]
+        else:
+            keys = [(d.index, step) for d in self.documents for step in range(len(self.checkpoints))]
+        return [(a, b, g) for g in range(self.n_groups) for a, b in keys]
 
     def run_all(
         self,
@@ -112,24 +130,32 @@ class Runner:
         progress: Progress,
         null_context: Context | None = None,
         *,
-        done: Mapping[tuple[int, int], Unit] | None = None,
+        done: Mapping[UnitKey, Unit] | None = None,
         on_unit: Callable[[Unit], None] | None = None,
-        may_start: Callable[[tuple[int, int]], bool] | None = None,
+        may_start: Callable[[UnitKey], bool] | None = None,
+        group: int = 0,
+        repeats: frozenset[str] = frozenset(),
     ) -> list[Row]:
-        """Evaluate every configuration. Documents advance checkpoint by checkpoint in all
-        contexts at once, so a probe that reads logits sees each chunk from every configuration
-        together; each probe then measures at the checkpoint, per context.
+        """Evaluate every configuration in `contexts` (configuration group `group`). Documents
+        advance checkpoint by checkpoint in all contexts at once, so a probe that reads logits
+        sees each chunk from every configuration together; each probe then measures at the
+        checkpoint, per context.
 
         Work goes in units (one document x checkpoint step, every configuration). Each finished
         unit goes to `on_unit` (the journal), restored ones too; units in `done` (from a journal)
         are restored instead of measured, re-feeding the document prefix with the same chunk grid where a
         later unit needs it. `may_start(unit)` false stops the run before that unit (a time
-        budget); `self.stopped` then says why. An interrupt leaves `self.units` complete."""
+        budget); `self.stopped` then says why. An interrupt leaves `self.units` complete.
+
+        `repeats` are configurations measured in an earlier group (the reference, fed again so
+        the others have its logits): they are fed, but give no rows. Group 0 starts afresh;
+        a later group adds its units to the earlier groups'."""
         done = done or {}
-        self.units, self.stopped = [], None
-        self.refeed_tokens, self.refeed_s = 0, 0.0
+        if group == 0:
+            self.units, self.stopped = [], None
+            self.refeed_tokens, self.refeed_s = 0, 0.0
         if self.settings.mode != "onepass":
-            self._run_prompts(contexts, progress, done, on_unit, may_start)
+            self._run_prompts(contexts, progress, done, on_unit, may_start, group=group, repeats=repeats)
             return [row for u in self.units for row in u.items]
         for document in self.documents:
             readers = [r for r in self.runs.values() if r.scores_logits(document)]
@@ -139,11 +165,11 @@ class Runner:
             names = [*contexts, NULL_ROWS][: len(feeding)]
             steps = range(len(self.checkpoints))
             for step, length in enumerate(self.checkpoints):
-                key = (document.index, step)
+                key = (document.index, step, group)
                 segment = document.tokens[feeding[0].n_past : length]
                 if key in done:
                     self._restore(done[key], progress, on_unit)
-                    if any((document.index, later) not in done for later in steps if later > step):
+                    if any((document.index, later, group) not in done for later in steps if later > step):
                         # Rebuild the lockstep state: the same segments, so the same batches.
                         started, before = time.perf_counter(), sum(c.tokens_evaluated for c in feeding)
                         feed_lockstep(feeding, segment)
@@ -163,6 +189,8 @@ class Runner:
                 prefill = {config: context.busy_s - busy[config] for config, context in contexts.items()}
                 rows: list[Row] = []
                 for config, context in contexts.items():
+                    if config in repeats:
+                        continue
                     for name, run in self.runs.items():
                         before = context.tokens_evaluated
                         found = run.at_checkpoint(context, config, document, length)
@@ -181,14 +209,18 @@ class Runner:
         self,
         contexts: dict[str, Context],
         progress: Progress,
-        done: Mapping[tuple[int, int], Unit],
+        done: Mapping[UnitKey, Unit],
         on_unit: Callable[[Unit], None] | None,
-        may_start: Callable[[tuple[int, int]], bool] | None,
+        may_start: Callable[[UnitKey], bool] | None,
+        *,
+        group: int,
+        repeats: frozenset[str],
     ) -> None:
-        """Modes other than onepass: one unit per prompt, every configuration."""
+        """Modes other than onepass: one unit per prompt, every configuration of the group."""
+        measured = {config: context for config, context in contexts.items() if config not in repeats}
         for run in self.runs.values():
             for i in range(run.n_prompts):
-                key = (i, 0)
+                key = (i, 0, group)
                 if key in done:
                     self._restore(done[key], progress, on_unit)
                     continue
@@ -196,7 +228,7 @@ class Runner:
                     self.stopped = "time budget"
                     return
                 started, evaluated = time.perf_counter(), sum(c.tokens_evaluated for c in contexts.values())
-                rows = run.run_prompt(i, contexts, progress)
+                rows = run.run_prompt(i, measured, progress)
                 self._finish_unit(
                     key,
                     rows=rows,
@@ -208,7 +240,7 @@ class Runner:
 
     def _finish_unit(
         self,
-        key: tuple[int, int],
+        key: UnitKey,
         *,
         rows: list[Row],
         started: float,
@@ -222,7 +254,16 @@ class Runner:
         data = {name: d for name, run in self.runs.items() if (d := run.end_unit()) is not None}
         tokens = sum(c.tokens_evaluated for c in contexts) - evaluated
         unit = Unit(
-            key[0], key[1], rows, data, tokens, time.perf_counter() - started, feed_s, reduce_s, *prefill
+            key[0],
+            key[1],
+            rows,
+            data,
+            tokens,
+            time.perf_counter() - started,
+            feed_s,
+            reduce_s,
+            *prefill,
+            group=key[2],
         )
         self.units.append(unit)
         if on_unit is not None:
@@ -233,7 +274,8 @@ class Runner:
             if name in unit.probe_data:
                 run.replay_unit(unit.probe_data[name])
         self.units.append(unit)
-        progress(unit.tokens, f"restored doc {unit.doc} step {unit.step}")
+        group = f" group {unit.group}" if unit.group else ""
+        progress(unit.tokens, f"restored doc {unit.doc} step {unit.step}{group}")
         if on_unit is not None:
             on_unit(unit)
 
@@ -258,15 +300,37 @@ def _handing_logits(
     return on_chunk
 
 
+def plan_groups(
+    n: int, max_contexts: int | None, *, reference: bool, extra_first: int = 0
+) -> list[list[int]]:
+    """Which configurations (indices into the run's list, the reference first) share contexts
+    at once. One group holds them all unless that is more than `max_contexts`; then each
+    group holds the reference (when `reference`: a probe compares logits with it in lockstep)
+    and the next configurations in order. `extra_first` contexts (the null check) go with the
+    first group."""
+    if max_contexts is None or n + extra_first <= max_contexts:
+        return [list(range(n))]
+    head = [0] if reference else []
+    rest = list(range(len(head), n))
+    room = max_contexts - len(head)
+    if room < 1:
+        raise ValueError(f"{max_contexts} contexts cannot hold a group")
+    groups = [head + rest[: room - extra_first]]
+    for i in range(room - extra_first, len(rest), room):
+        groups.append(head + rest[i : i + room])
+    return groups
+
+
 def run_probes(
     runner: Runner,
     configs: list[CacheConfig],
     progress: Progress,
     *,
     models: dict[str, Model] | None = None,
-    done: Mapping[tuple[int, int], Unit] | None = None,
+    done: Mapping[UnitKey, Unit] | None = None,
     on_unit: Callable[[Unit], None] | None = None,
-    may_start: Callable[[tuple[int, int]], bool] | None = None,
+    may_start: Callable[[UnitKey], bool] | None = None,
+    max_contexts: int | None = None,
 ) -> RunOutcome:
     """Evaluate every configuration (the runner's baseline first) on identical tokens.
 
@@ -274,7 +338,12 @@ def run_probes(
     every model's weights, as "<label>:<cache id>": the weights-vs-KV design. The models must
     share the runner's tokenizer, so the items are identical. `done`, `on_unit` and `may_start`
     are Runner.run_all's. Ctrl-C (KeyboardInterrupt) does not lose the finished units: the
-    outcome then holds them, with `stopped = "interrupted"` and the units still `missing`."""
+    outcome then holds them, with `stopped = "interrupted"` and the units still `missing`.
+
+    With `max_contexts`, no more than that many contexts exist at once: the configurations go
+    in groups (plan_groups), each fed the same documents with the same batches, the reference
+    again in every group where a probe compares logits with it. Its rows come from the first
+    group only; on CPU every group's numbers equal a single group's."""
     model, scenario = runner.model, runner.scenario
     ctx_settings = runner.context_settings(model.n_threads)
     runs: list[tuple[ConfigId, Model, CacheConfig]] = (
@@ -282,44 +351,64 @@ def run_probes(
         if models
         else [(ConfigId.of(c), model, c) for c in configs]
     )
+    with_null = runner.null_check and runner.baseline is not None
+    groups = runner.set_groups(len(runs), max_contexts)
     started = time.perf_counter()
-    with contextlib.ExitStack() as stack:
-        contexts = {str(cid): stack.enter_context(m.context(c, ctx_settings)) for cid, m, c in runs}
-        null_context = None
-        if runner.null_check and runner.baseline is not None:
-            _, ref_model, ref_cache = runs[0]
-            null_context = stack.enter_context(ref_model.context(ref_cache, ctx_settings))
-        try:
-            runner.run_all(contexts, progress, null_context, done=done, on_unit=on_unit, may_start=may_start)
-        except KeyboardInterrupt:
-            runner.stopped = "interrupted"
-        items = [row for unit in runner.units for row in unit.items]
-        applied = [
-            {**_applied(str(cid), contexts[str(cid)]), **({"model": cid.weights} if models else {})}
-            for cid, _, _ in runs
-        ]
-        tokens_evaluated = sum(c.tokens_evaluated for c in contexts.values())
-        decode_s = {cid: round(context.busy_s, 2) for cid, context in contexts.items()}
-        null_tokens = null_context.tokens_evaluated if null_context else 0
+    applied: dict[str, dict[str, Any]] = {}
+    decode_s: dict[str, float] = {}
+    tokens_evaluated = null_tokens = 0
+    for group, members in enumerate(groups):
+        with contextlib.ExitStack() as stack:
+            contexts = {
+                str(cid): stack.enter_context(m.context(c, ctx_settings))
+                for cid, m, c in (runs[i] for i in members)
+            }
+            null_context = None
+            if with_null and group == 0:
+                _, ref_model, ref_cache = runs[0]
+                null_context = stack.enter_context(ref_model.context(ref_cache, ctx_settings))
+            repeats = frozenset(c for c in contexts if c in applied)
+            try:
+                runner.run_all(
+                    contexts, progress, null_context, done=done, on_unit=on_unit, may_start=may_start,
+                    group=group, repeats=repeats,
+                )  # fmt: skip
+            except KeyboardInterrupt:
+                runner.stopped = "interrupted"
+            for cid, context in contexts.items():
+                applied.setdefault(cid, _applied(cid, context))
+                decode_s[cid] = decode_s.get(cid, 0.0) + context.busy_s
+            tokens_evaluated += sum(c.tokens_evaluated for c in contexts.values())
+            null_tokens += null_context.tokens_evaluated if null_context else 0
+        if runner.stopped is not None:
+            break
+    # Units in the order one group would have finished them: the same rows in the same order.
+    order = {k[:2]: i for i, k in enumerate(runner.unit_keys()) if k[2] == 0}
+    runner.units.sort(key=lambda u: (order.get(u.key[:2], 0), u.group))
+    items = [row for unit in runner.units for row in unit.items]
     for run in runner.runs.values():
         run.finish(items)
     errors: list[dict[str, str]] = []
     sections = {name: run.section(errors) for name, run in runner.runs.items()}
     finished = {u.key for u in runner.units}
     restored = [u for u in runner.units if done and u.key in done]
+    grouped = len(groups) > 1
     timing: dict[str, Any] = {
         "wall_s": round(time.perf_counter() - started, 2),
-        # [doc, step, seconds, tokens, of which feeding the document, of which reducing its logits]
+        # [doc, step, seconds, tokens, of which feeding the document, of which reducing its logits(, group)]
         "units": [
             [u.doc, u.step, round(u.seconds, 3), u.tokens, round(u.feed_s, 3), round(u.reduce_s, 3)]
+            + ([u.group] if grouped else [])
             for u in runner.units
         ],
-        "decode_s": decode_s,
+        "decode_s": {cid: round(s, 2) for cid, s in decode_s.items()},
         "prefill": prefill_by_depth(runner.units, runner.checkpoints),
         "tokens_evaluated": tokens_evaluated,
         "null_check_tokens": null_tokens,
         "naive_tokens": runner.naive_tokens * len(runs),
     }
+    if grouped:
+        timing["groups"] = [[str(runs[i][0]) for i in members] for members in groups]
     if done:
         timing["resume"] = {
             "units_restored": len(restored),
@@ -335,14 +424,18 @@ def run_probes(
         text_items=[row for run in runner.runs.values() for row in run.text_items()],
         sections={name: s for name, s in sections.items() if s is not None},
         measured={name: m for name, run in runner.runs.items() if (m := run.measured()) is not None},
-        applied=applied,
+        applied=[
+            {**applied[str(cid)], **({"model": cid.weights} if models else {})}
+            for cid, _, _ in runs
+            if str(cid) in applied
+        ],
         n_ctx=runner.n_ctx,
         n_seq_max=runner.n_seq_max,
         chunk=scenario.plan.chunk,
         timing=timing,
         errors=errors,
         stopped=runner.stopped,
-        missing=[list(k) for k in runner.unit_keys() if k not in finished],
+        missing=[key_json(k) for k in runner.unit_keys() if k not in finished],
     )
 
 

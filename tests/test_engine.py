@@ -280,3 +280,83 @@ def test_reading_every_positions_logits_leaves_the_cache_unchanged(tiny_model: M
     with tiny_model.context(cfg, settings()) as logged:
         feed_lockstep([logged], doc, lambda pos0, logits: None)
         assert logged.score(prompt, answer) == expected
+
+
+def _queries(model: Model) -> list[tuple[list[int], list[int]]]:
+    """Ten needle-like (query, answer) pairs: more tokens than one chunk holds."""
+    return [
+        (model.tokenize(f"\n\nThe number of sentence {i} is"), model.tokenize(f" {i * 7 % 13} and {i}"))
+        for i in range(10)
+    ]
+
+
+@pytest.mark.parametrize(
+    "cache", [CacheConfig("f16", "f16"), CacheConfig("q4_0", "q4_0")], ids=lambda c: c.id
+)
+def test_batched_queries_agree_with_one_at_a_time(tiny_model: Model, cache: CacheConfig) -> None:
+    from kvprobe.engine import _packs
+
+    doc = document(tiny_model, 400)
+    requests = _queries(tiny_model)
+    s = settings()
+    s = ContextSettings(s.n_ctx, s.chunk, s.n_threads, s.flash_attn, s.attn_rotation, n_seq_max=5)
+    with tiny_model.context(cache, s) as ctx:
+        ctx.feed(doc)
+        sizes = [len(q) + len(a) - 1 for q, a in requests]
+        packs = _packs(sizes, ctx)
+        assert len(packs) > 1
+        assert [j for p in packs for j in p] == list(range(10))  # in order
+        assert all(sum(sizes[j] for j in p) <= CHUNK and len(p) <= 4 for p in packs)
+        before = ctx.tokens_evaluated
+        batched = ctx.score_many(requests)
+        assert ctx.tokens_evaluated - before == sum(sizes)  # every query token once, no more
+        again = ctx.score_many(requests)
+        alone = [ctx.score(q, a) for q, a in requests]
+        prompts = [q for q, _ in requests]
+        generated = ctx.generate_many(prompts, [6] * len(prompts))
+        one_by_one = [ctx.generate(q, 6) for q in prompts]
+        rest = ctx.feed_logits(doc[:0] + document(tiny_model, 450)[400:])
+    assert [b.token_logprobs for b in batched] == [a.token_logprobs for a in again]  # deterministic
+    for b, a in zip(batched, alone, strict=True):
+        # Another batch shape: not bit-identical, but the same numbers to float precision.
+        assert b.token_logprobs == pytest.approx(a.token_logprobs, abs=1e-3)
+    assert generated == one_by_one
+    with tiny_model.context(cache, s) as ctx:
+        ctx.feed(doc)
+        plain = ctx.feed_logits(document(tiny_model, 450)[400:])
+    assert np.array_equal(rest, plain)  # the document never sees the forks
+
+
+def test_a_traced_context_replays_to_the_same_state(
+    tiny_model: Model, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The bare replay behind the P2 benchmark makes the same llama.cpp calls: a context
+    replayed from the trace continues with bit-identical logits."""
+    import pickle
+
+    from kvprobe.engine import TRACE_ENV
+
+    doc = document(tiny_model, 450)
+    s = settings()
+    s = ContextSettings(s.n_ctx, s.chunk, s.n_threads, s.flash_attn, s.attn_rotation, n_seq_max=5)
+    cache = CacheConfig("q8_0", "q8_0")
+    monkeypatch.setenv(TRACE_ENV, str(tmp_path))
+    with tiny_model.context(cache, s) as ctx:
+        ctx.feed(doc[:400])
+        ctx.score_many(_queries(tiny_model))
+        generate_forks(ctx, [doc[:300], doc[:200]], 5)
+        ctx._decode(doc[400:], 400, 0, want=range(50))
+        original = ctx._logits_rows(50).copy()
+    monkeypatch.delenv(TRACE_ENV)
+    (path,) = tmp_path.glob("*.pkl")
+    trace = pickle.loads(path.read_bytes())
+    assert trace["cache"] == ["q8_0", "q8_0"]
+    decodes = [op for op in trace["ops"] if op[0] == "decode"]
+    assert (
+        sum(len(op[1]) for op in decodes)
+        == 400 + sum(len(q) + len(a) - 1 for q, a in _queries(tiny_model)) + 2 * 5 + 50
+    )
+    with tiny_model.context(cache, ContextSettings(**trace["settings"])) as again:
+        assert again.replay(trace["ops"][:-1]) > 0  # all but the last batch
+        again._decode(doc[400:], 400, 0, want=range(50))
+        assert np.array_equal(again._logits_rows(50), original)

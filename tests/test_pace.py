@@ -56,13 +56,13 @@ def test_a_log_gets_a_plain_progress_line_about_once_a_minute() -> None:
     out = io.StringIO()
     console = Console(file=out, force_terminal=False, width=200)
     pace = Pace(STEPS, scored_docs=set())
-    units = [(0, 0), (0, 1), (0, 2)]
+    units = [(0, 0, 0), (0, 1, 0), (0, 2, 0)]
     with RunProgress(console, 3000, pace, units, interval=60.0, clock=lambda: now[0]) as shown:
         now[0] = 30.0
         shown.advance(500, "doc 0 L=1024 (document)")
         assert out.getvalue() == ""  # not yet a minute
         now[0] = 40.0
-        shown.unit_done(0, 0, 40.0)
+        shown.unit_done((0, 0, 0), 40.0)
         assert "estimated run time: about" in out.getvalue()  # said once, after the first unit
         now[0] = 61.0
         shown.advance(500, "f16 doc 0 L=2048 needles")

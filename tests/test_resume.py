@@ -158,3 +158,70 @@ def test_a_time_budget_ends_cleanly_and_the_rest_can_follow(
     assert doc["statistics"]["complete"]  # the statistics work from the items there are (none)
     assert kvprobe("run", "--resume", str(out)).returncode == 0
     assert fields(out) == fields(uninterrupted)
+
+
+@pytest.fixture(scope="module")
+def three_caches(run_args: list[str], tmp_path_factory: pytest.TempPathFactory) -> tuple[list[str], Path]:
+    """f16, q8_0 and q4_0 (with the null check: four contexts) in one group."""
+    args = [*run_args, "--cache", "q4_0"]
+    out = tmp_path_factory.mktemp("single") / "single.json"
+    proc = kvprobe("run", *args, "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert "groups" not in proc.stdout
+    assert "groups" not in json.loads(out.read_text())["timing"]
+    return args, out
+
+
+def grouped_fields(path: Path) -> dict[str, Any]:
+    """The fields a single group has; a grouped run also records how far its repeated
+    reference strayed from the first (on CPU: not at all)."""
+    got = fields(path)
+    assert got["divergence"].pop("reference_repeat_max_nll_gap") == 0.0
+    return got
+
+
+def test_configuration_groups_give_the_numbers_of_one_group(
+    three_caches: tuple[list[str], Path], tmp_path: Path
+) -> None:
+    args, single = three_caches
+    out = tmp_path / "g.json"
+    proc = kvprobe("run", *args, "--max-contexts", "2", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert "in 3 groups of at most 2 contexts (the reference again in each)" in proc.stdout
+    doc = json.loads(out.read_text())
+    # The null check goes with the reference alone; then the reference beside each cache.
+    assert doc["timing"]["groups"] == [["f16"], ["f16", "q8_0"], ["f16", "q4_0"]]
+    assert [c["id"] for c in doc["configs"]] == ["f16", "q8_0", "q4_0"]
+    assert grouped_fields(out) == fields(single)
+    assert doc["divergence"]["null_check"]["passed"] is True
+    # The reference's document is fed once more per extra group; its rows are not repeated.
+    one = json.loads(single.read_text())["timing"]
+    assert doc["timing"]["tokens_evaluated"] == one["tokens_evaluated"] + 2 * 2 * 1536
+
+
+def test_a_grouped_run_killed_in_a_later_group_resumes_to_the_same_numbers(
+    three_caches: tuple[list[str], Path], tmp_path: Path
+) -> None:
+    args, single = three_caches
+    out = tmp_path / "g.json"
+    killed = kvprobe("run", *args, "--max-contexts", "2", "--out", str(out), stop="0,1,1:kill")
+    assert killed.returncode == -9
+    journal = Path(str(out) + ".journal.jsonl")
+    units = [json.loads(ln).get("unit") for ln in journal.read_text().splitlines()[1:]]
+    assert units == [[0, 0], [0, 1], [1, 0], [1, 1], [0, 0, 1], [0, 1, 1]]
+    resumed = kvprobe("run", "--resume", str(journal))  # the groups come from the journal
+    assert resumed.returncode == 0, resumed.stderr
+    assert grouped_fields(out) == fields(single)
+    out = tmp_path / "other.json"
+    other = kvprobe("run", *args, "--max-contexts", "3", "--out", str(out), stop="0,0:kill")
+    assert other.returncode == -9
+    refused = kvprobe("run", *args, "--max-contexts", "2", "--resume", str(out))
+    assert refused.returncode == 2
+    assert "max_contexts (3 then, 2 now)" in refused.stderr
+
+
+def test_too_few_contexts_for_a_group_is_one_line(run_args: list[str]) -> None:
+    proc = kvprobe("run", *run_args, "--max-contexts", "1")
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0
+    assert "--max-contexts 1 is too few: give at least 2" in proc.stderr

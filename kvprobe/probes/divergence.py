@@ -143,6 +143,8 @@ class DivergenceRun(ProbeRun):
             "null_check": None,
             "positions": positions,
         }
+        if self.recorder is not None and self.recorder.repeat_nll_gap is not None:
+            section["reference_repeat_max_nll_gap"] = self.recorder.repeat_nll_gap
         null, reference = arrays.get(NULL_ROWS), arrays[self.reference]
         if null:
             section["null_check"] = guarded(errors, "null check", lambda: null_check_summary(reference, null))

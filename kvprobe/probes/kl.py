@@ -126,6 +126,10 @@ class DivergenceRecorder:
     def __init__(self, reference: str):
         self.reference = reference
         self.records: dict[tuple[str, int], DocumentArrays] = {}
+        # A run in configuration groups feeds the reference again in each group: its positions
+        # are kept once, and the largest NLL gap of a repeat against the first is recorded (0
+        # on CPU; anything else means the groups' KL had different references).
+        self.repeat_nll_gap: float | None = None
 
     def _record(self, config: str, doc: int) -> DocumentArrays:
         return self.records.setdefault((config, doc), DocumentArrays(config, doc))
@@ -142,7 +146,14 @@ class DivergenceRecorder:
         nxt = np.asarray(doc_tokens[pos0 + 1 : pos0 + 1 + n], dtype=np.int64)
         tests = {c: rows for c, rows in logits.items() if c != self.reference}
         nll_ref, per_config = position_stats(logits[self.reference], tests, nxt)
-        self._record(self.reference, doc).nll.append(nll_ref)
+        ref = self._record(self.reference, doc)
+        covered = sum(len(a) for a in ref.nll)
+        if covered >= pos0 + n:
+            first = np.concatenate(ref.nll)[pos0 : pos0 + n]
+            gap = float(np.max(np.abs(first - nll_ref)))
+            self.repeat_nll_gap = max(gap, self.repeat_nll_gap or 0.0)
+        else:
+            ref.nll.append(nll_ref)
         for config, st in per_config.items():
             rec = self._record(config, doc)
             rec.kld.append(st.kld)

@@ -34,12 +34,13 @@ from kvprobe.views.figures import Series
 if TYPE_CHECKING:
     from rich.console import RenderableType
 
-    from kvprobe.engine import Context
+    from kvprobe.engine import Context, TeacherForced
     from kvprobe.plan.documents import Document, Insert, Tokenizer
     from kvprobe.plan.scenario import Scenario
     from kvprobe.views.figures import Figure
 
 NEEDLE_LOOP_TOKENS = 6  # a failed answer such as "899999999" ends in >= 6 periodic tokens
+MAX_QUERY_FORKS = 32  # queries scored at once, each in its own sequence
 Progress = Callable[[int, str], None]
 
 
@@ -76,23 +77,43 @@ class NeedleRun(ProbeRun):
             self.answer.setdefault(it.key, setup.model.tokenize(self.spec.answer.format(value=it.expected)))
         longest = max((len(self.query[k]) + len(self.answer[k]) for k in self.query), default=0)
         scored = sum(len(self.query[i.key]) + len(self.answer[i.key]) - 1 for i in items)
+        per_checkpoint = max(
+            (len(items_at(d, L)) for d in setup.documents for L in setup.checkpoints), default=1
+        )
+        self.forks = (
+            min(MAX_QUERY_FORKS, per_checkpoint) if self.spec.batch_queries and not self.classic else 1
+        )
+        generated = max((len(a) + 4 for a in self.answer.values()), default=0)
+        generated = max(generated, self.spec.generate_tokens)
         self.budget = Budget(
-            fork_cells=longest + self.spec.generate_tokens + 1,
-            sequences=1,
+            # A pack of forks holds at most a chunk of query tokens, and each fork may then
+            # generate a failed answer's continuation.
+            fork_cells=(
+                setup.scenario.plan.chunk + self.forks * (generated + 1)
+                if self.forks > 1
+                else longest + self.spec.generate_tokens + 1
+            ),
+            sequences=self.forks,
             tokens=scored + (sum(c.item.ctx for c in self.cells) if self.classic else 0),
             # One prompt per (needle, checkpoint), as RULER evaluates it.
             naive_tokens=sum(i.ctx + len(self.query[i.key]) + len(self.answer[i.key]) - 1 for i in items),
         )
 
     def ask(self, context: Context, item: NeedleItem, config: str) -> Row:
+        """One query alone: scored, then (only a failure pays for it) generated."""
         query, answer = self.query[item.key], self.answer[item.key]
         scored = context.score(query, answer)
-        loop = None
-        if scored.argmax_match:
-            output = self.model.detokenize(answer)
-        else:
-            # Only failures pay for generation: show what the model said instead.
+        generated = None
+        if not scored.argmax_match:
             generated = context.generate(query, max(len(answer) + 4, self.spec.generate_tokens))
+        return self.row(item, config, scored, generated)
+
+    def row(self, item: NeedleItem, config: str, scored: TeacherForced, generated: list[int] | None) -> Row:
+        """The item's row; `generated` is what greedy decoding said instead of a failed answer."""
+        loop = None
+        if generated is None:
+            output = self.model.detokenize(self.answer[item.key])
+        else:
             output = self.model.detokenize(generated)
             loop = find_loop(generated, min_tokens=NEEDLE_LOOP_TOKENS)
         return {
@@ -116,7 +137,19 @@ class NeedleRun(ProbeRun):
         }
 
     def at_checkpoint(self, context: Context, config: str, document: Document, length: int) -> list[Row]:
-        return [self.ask(context, item, config) for item in items_at(document, length)]
+        items = items_at(document, length)
+        if self.forks == 1:
+            return [self.ask(context, item, config) for item in items]
+        scored = context.score_many([(self.query[it.key], self.answer[it.key]) for it in items])
+        failed = [j for j, s in enumerate(scored) if not s.argmax_match]
+        # Only failures pay for generation: show what the model said instead.
+        limits = [max(len(self.answer[items[j].key]) + 4, self.spec.generate_tokens) for j in failed]
+        outputs = context.generate_many([self.query[items[j].key] for j in failed], limits)
+        generated = dict(zip(failed, outputs, strict=True))
+        return [
+            self.row(it, config, sc, generated.get(j))
+            for j, (it, sc) in enumerate(zip(items, scored, strict=True))
+        ]
 
     def run_prompt(self, index: int, contexts: Mapping[str, Context], progress: Progress) -> list[Row]:
         """Classic mode: one prompt per cell, each from an empty context (RULER's grid)."""

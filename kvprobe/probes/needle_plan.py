@@ -51,6 +51,9 @@ class NeedleSpec:
     value_digits: int = 7
     per_segment: int = 4  # needles planted between consecutive checkpoints, per document
     generate_tokens: int = 12  # greedy tokens shown for a failed answer
+    # Score a checkpoint's queries as parallel fork sequences, packed into as few llama_decode
+    # calls as a chunk holds (false: one small decode per query, as before 0.2).
+    batch_queries: bool = True
 
 
 @dataclass(frozen=True)

@@ -52,9 +52,19 @@ def decode_exact(record: dict[str, Any]) -> np.ndarray:
     return np.frombuffer(raw, dtype="<f8").copy()
 
 
+UnitKey = tuple[int, int, int]  # (document, checkpoint step, configuration group)
+
+
+def key_json(key: UnitKey) -> list[int]:
+    """[doc, step], or [doc, step, group] past the first group: files of ungrouped runs keep
+    the two-number form they always had."""
+    return list(key) if key[2] else list(key[:2])
+
+
 @dataclass
 class Unit:
-    """One finished unit of work: document `doc` advanced to checkpoint index `step`."""
+    """One finished unit of work: document `doc` advanced to checkpoint index `step`, in the
+    contexts of configuration group `group` (0 unless the run goes in groups, --max-contexts)."""
 
     doc: int
     step: int
@@ -69,13 +79,14 @@ class Unit:
     prefill_s: dict[str, float] = field(default_factory=dict)
     prefill_tokens: int = 0
     prefill_logits: bool = False  # every position's logits were computed (a divergence document)
+    group: int = 0
 
     @property
-    def key(self) -> tuple[int, int]:
-        return (self.doc, self.step)
+    def key(self) -> UnitKey:
+        return (self.doc, self.step, self.group)
 
     def to_json(self) -> dict[str, Any]:
-        return {"unit": [self.doc, self.step], "items": self.items, "probe_data": self.probe_data,
+        return {"unit": key_json(self.key), "items": self.items, "probe_data": self.probe_data,
                 "tokens": self.tokens, "seconds": round(self.seconds, 3), "feed_s": round(self.feed_s, 3),
                 "reduce_s": round(self.reduce_s, 3),
                 "prefill_s": {c: round(v, 4) for c, v in self.prefill_s.items()},
@@ -83,12 +94,13 @@ class Unit:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Unit:
-        doc, step = data["unit"]
+        doc, step, *group = data["unit"]
         return cls(int(doc), int(step), data["items"], data.get("probe_data") or {},
                    int(data.get("tokens", 0)), float(data.get("seconds", 0.0)),
                    float(data.get("feed_s", 0.0)), float(data.get("reduce_s", 0.0)),
                    {str(c): float(v) for c, v in (data.get("prefill_s") or {}).items()},
-                   int(data.get("prefill_tokens", 0)), bool(data.get("prefill_logits", False)))  # fmt: skip
+                   int(data.get("prefill_tokens", 0)), bool(data.get("prefill_logits", False)),
+                   int(group[0]) if group else 0)  # fmt: skip
 
 
 class Journal:

@@ -24,4 +24,4 @@ class RunOutcome:
     timing: dict[str, Any]
     errors: list[dict[str, str]] = field(default_factory=list)  # statistics that failed while measuring
     stopped: str | None = None  # "interrupted" or "time budget" when the run ended early
-    missing: list[list[int]] = field(default_factory=list)  # units not measured: [doc, step]
+    missing: list[list[int]] = field(default_factory=list)  # units not measured: [doc, step(, group)]

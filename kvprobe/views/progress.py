@@ -23,7 +23,7 @@ class RunProgress:
         console: Console,
         total_tokens: int,
         pace: Pace,
-        units: Sequence[tuple[int, int]],
+        units: Sequence[tuple[int, int, int]],
         *,
         interval: float = PLAIN_EVERY_S,
         clock: Callable[[], float] = time.monotonic,
@@ -77,16 +77,16 @@ class RunProgress:
         )
 
     def unit_done(
-        self, doc: int, step: int, seconds: float, *, feed_s: float = 0.0, reduce_s: float = 0.0,
+        self, key: tuple[int, int, int], seconds: float, *, feed_s: float = 0.0, reduce_s: float = 0.0,
         restored: bool = False,
     ) -> None:  # fmt: skip
-        """A unit finished (or was restored from a journal): learn its time; after the first
-        measured one, say how long the whole run will take."""
-        if (doc, step) in self.left:
-            self.left.remove((doc, step))
+        """A unit (doc, step, group) finished (or was restored from a journal): learn its time;
+        after the first measured one, say how long the whole run will take."""
+        if key in self.left:
+            self.left.remove(key)
         if restored:
             return
-        self.pace.observe(doc, step, seconds, feed_s, reduce_s)
+        self.pace.observe(key[0], key[1], seconds, feed_s, reduce_s)
         if not self.estimated:
             self.estimated = True
             left = self.eta()

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from kvprobe.cache_types import CacheConfig
@@ -38,6 +38,24 @@ class RunMemory:
     arrays: int  # per-position arrays kept in memory
     process: int  # the interpreter and libraries
     contexts: int
+    # Per context, in run order (every model's configurations, then the extra contexts): its
+    # KV cache and its output and compute buffers, to plan configuration groups.
+    kv_each: tuple[int, ...] = ()
+    logits_each: tuple[int, ...] = ()
+
+    def for_groups(self, groups: Sequence[Sequence[int]], extra_first: int = 0) -> RunMemory:
+        """The peak when the contexts exist group by group (indices into the configurations;
+        the `extra_first` extra contexts go with the first group): the largest group's."""
+        n = len(self.kv_each) - extra_first
+        extra = list(range(n, n + extra_first))
+        members = [[*g, *(extra if i == 0 else [])] for i, g in enumerate(groups)]
+        peak = max(members, key=lambda m: sum(self.kv_each[j] + self.logits_each[j] for j in m))
+        return replace(
+            self,
+            kv=sum(self.kv_each[j] for j in peak),
+            logits=sum(self.logits_each[j] for j in peak),
+            contexts=len(peak),
+        )
 
     @property
     def total(self) -> int:
@@ -64,15 +82,19 @@ def run_memory(
     reference's f16 cache. `all_logits`: some probe reads every position's logits (divergence),
     so each context fills n_ubatch rows of logits; `scored_positions` are the positions whose
     numbers it keeps."""
-    kv = logits = contexts = 0
-    for f in facts:
-        for c in [*configs, *[CacheConfig("f16", "f16")] * extra_contexts]:
-            kv += kv_cache_bytes(f, n_ctx, c.type_k, c.type_v, n_ubatch=chunk, swa_full=True)["total"]
-            activations = ACTIVATION_FLOATS_PER_TOKEN * chunk * int(f.get("n_embd") or 0) * 4
-            logits += activations + (2 * chunk * f["n_vocab"] * 4 if all_logits else 8 * f["n_vocab"] * 4)
-            contexts += 1
-    arrays = scored_positions * ARRAY_BYTES_PER_POSITION * contexts
-    return RunMemory(sum(int(f["weights_bytes"]) for f in facts), kv, logits, arrays, PROCESS_BYTES, contexts)
+    kv: list[int] = []
+    logits: list[int] = []
+    pairs = [(f, c) for f in facts for c in configs]
+    pairs += [(facts[0], CacheConfig("f16", "f16"))] * extra_contexts
+    for f, c in pairs:
+        kv.append(kv_cache_bytes(f, n_ctx, c.type_k, c.type_v, n_ubatch=chunk, swa_full=True)["total"])
+        activations = ACTIVATION_FLOATS_PER_TOKEN * chunk * int(f.get("n_embd") or 0) * 4
+        logits.append(activations + (2 * chunk * f["n_vocab"] * 4 if all_logits else 8 * f["n_vocab"] * 4))
+    arrays = scored_positions * ARRAY_BYTES_PER_POSITION * len(pairs)
+    return RunMemory(
+        sum(int(f["weights_bytes"]) for f in facts), sum(kv), sum(logits), arrays, PROCESS_BYTES, len(pairs),
+        tuple(kv), tuple(logits),
+    )  # fmt: skip
 
 
 def available_bytes() -> int | None:
