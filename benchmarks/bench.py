@@ -7,11 +7,12 @@ file with provenance to results/bench/ (`nox -s bench`). Per job:
   of its llama.cpp calls (KVPROBE_TRACE) and benchmarks/replay.py times them in a bare loop,
   in a fresh process; also the run's wall time over its time inside `llama_decode`;
 - P3: peak RSS of the process against kvprobe's own pre-flight estimate;
-- where the time goes: feeding documents (inside llama_decode), needle queries and
-  continuations (the rest of llama_decode), the KL reduction, and the rest (Python, loading).
+- where the time goes: feeding the documents, each probe's work at the checkpoints (needle
+  queries, continuations), the KL reduction, the rest of the measuring loop, and the rest of
+  the command (hashing, loading, statistics).
 
     python benchmarks/bench.py                      # quick at 2K and the main job at 8K
-    python benchmarks/bench.py --job "--scenario quick --cache q4_0 --ctx 2048"
+    python benchmarks/bench.py --job "--scenario quick --cache q4_0 --ctx 32768" --no-replay
 """
 
 from __future__ import annotations
@@ -67,9 +68,7 @@ def run_job(args: str, folder: Path, *, replay: bool = True) -> dict[str, Any]:
     doc = json.loads(out.read_text())
     t = doc["timing"]
     decode = sum(t["decode_s"].values())
-    feed = sum(s["s"] for spans in (t.get("prefill") or {}).values() for s in spans)
-    reduce_s = sum(u[5] for u in t["units"])
-    bare = replay_trace(trace, doc) if replay else None
+    bare = replay_trace(trace) if replay else None
     return {
         "command": f"kvprobe run {args}",
         "process_wall_s": round(wall, 1),
@@ -82,15 +81,12 @@ def run_job(args: str, folder: Path, *, replay: bool = True) -> dict[str, Any]:
         "p2_process_wall_over_replay": round(wall / bare["replay_s"], 3) if bare else None,
         "p2_run_wall_over_replay": round(t["wall_s"] / bare["replay_s"], 3) if bare else None,
         "replay": bare,
+        "result_file": str(out),
         "peak_rss_gib": round(peak_kib / 2**20, 2),
         "estimate_gib": float(estimate.group(1)) if estimate else None,
-        "seconds": {
-            "document_feed_in_llama_decode": round(feed, 1),
-            "queries_and_continuations_in_llama_decode": round(decode - feed, 1),
-            "kl_reduction": round(reduce_s, 1),
-            "rest_python_and_journal": round(t["wall_s"] - decode - reduce_s, 1),
-            "loading_and_statistics": round(wall - t["wall_s"], 1),
-        },
+        # The estimate's parts: weights, KV caches and the output and compute buffers (GiB).
+        "estimate_parts": estimate_parts(proc.stdout),
+        "seconds": breakdown(t, wall),
         "provenance": {
             "model_sha256": doc["model"]["sha256"],
             "runtime": doc["runtime"],
@@ -100,18 +96,37 @@ def run_job(args: str, folder: Path, *, replay: bool = True) -> dict[str, Any]:
     }
 
 
-def replay_trace(trace: Path, doc: dict[str, Any]) -> dict[str, Any]:
-    """benchmarks/replay.py on the run's trace, in a fresh process, with the run's model and
-    weight buffers."""
-    argv = [
-        sys.executable,
-        str(Path(__file__).with_name("replay.py")),
-        str(trace),
-        "--model",
-        doc["model"]["path"],
-    ]
-    if not doc["runtime"].get("extra_bufts", True):
-        argv.append("--no-repack")
+def estimate_parts(stdout: str) -> dict[str, float] | None:
+    found = re.search(
+        r"weights ([\d.]+) GiB, KV caches ([\d.]+) GiB in (\d+) contexts, "
+        r"logits and compute buffers ([\d.]+) GiB",
+        stdout,
+    )
+    if not found:
+        return None
+    weights, kv, contexts, buffers = found.groups()
+    return {"weights": float(weights), "kv": float(kv), "contexts": int(contexts), "buffers": float(buffers)}
+
+
+def breakdown(timing: dict[str, Any], wall: float) -> dict[str, float]:
+    """Where a run's time went, from its result's timing: feeding the documents (every
+    context, llama_decode included), each probe's work at the checkpoints (needle queries,
+    continuations), reducing every position's logits (KL), the rest of the measuring loop,
+    and the rest of the command (hashing, loading, statistics, writing)."""
+    units = timing["units"]
+    feed, reduce_s = sum(u[4] for u in units), sum(u[5] for u in units)
+    probes = {name: w["s"] for name, w in (timing.get("probes") or {}).items() if w["s"]}
+    rest = timing["wall_s"] - feed - reduce_s - sum(probes.values())
+    out = {"document_feed": feed, **{f"{name}_at_checkpoints": s for name, s in probes.items()},
+           "kl_reduction": reduce_s, "rest_of_the_loop": rest,
+           "loading_hashing_and_statistics": wall - timing["wall_s"]}  # fmt: skip
+    return {k: round(v, 1) for k, v in out.items()}
+
+
+def replay_trace(trace: Path) -> dict[str, Any]:
+    """benchmarks/replay.py on the run's trace, in a fresh process (the trace names the model,
+    threads, GPU layers and weight buffers of every context)."""
+    argv = [sys.executable, str(Path(__file__).with_name("replay.py")), str(trace)]
     proc = subprocess.run(argv, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise SystemExit(f"the replay failed ({proc.returncode}): {proc.stderr.strip()[-300:]}")
@@ -125,6 +140,7 @@ def main() -> int:
     parser.add_argument("--job", action="append", help="`kvprobe run` options of one job (repeatable)")
     parser.add_argument("--out", default="results/bench", help="folder for the JSON (default results/bench)")
     parser.add_argument("--no-replay", action="store_true", help="skip P2's bare replay (halves the time)")
+    parser.add_argument("--keep", help="folder to keep each job's result file in")
     args = parser.parse_args()
     jobs = args.job or list(DEFAULT_JOBS)
     with tempfile.TemporaryDirectory() as tmp:
@@ -132,6 +148,12 @@ def main() -> int:
         for job in jobs:
             row = run_job(job, Path(tmp), replay=not args.no_replay)
             rows.append(row)
+            if args.keep:
+                Path(args.keep).mkdir(parents=True, exist_ok=True)
+                kept = Path(args.keep) / f"job-{len(rows)}.json"
+                shutil.copy(row.pop("result_file"), kept)
+                row["kept_as"] = str(kept)
+            row.pop("result_file", None)
             s = row["seconds"]
             print(
                 f"{row['command']}: {row['process_wall_s']} s; P1 {row['p1_naive_over_evaluated']}x fewer "

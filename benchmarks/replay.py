@@ -1,14 +1,15 @@
 """llama.cpp's own time for a kvprobe run's calls: replays a trace (KVPROBE_TRACE, written by
 every context of a run) in a bare loop, so P2 = kvprobe's wall time / this loop's time.
 
-Each traced context is created again with the same cache types and settings; every batch of
+Each traced context is created again with the same model, threads, GPU layers, weight
+buffers, cache types and context settings (all recorded in the trace); every batch of
 the run is built before the clock starts, and the loop then only calls llama_decode and the
 same sequence copies and removals, in the run's order per context (`Context.replay`).
 Contexts are replayed one after another; the run interleaves them in lockstep, with the same
 work per context.
 
     KVPROBE_TRACE=/tmp/trace kvprobe run --cache q4_0 --ctx 8192
-    python benchmarks/replay.py /tmp/trace [--model PATH] [--no-repack]
+    python benchmarks/replay.py /tmp/trace
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from kvprobe.cache_types import CacheConfig
 from kvprobe.engine import ContextSettings, Model
 
 
-def replay(folder: Path, model_path: Path, *, extra_bufts: bool = True) -> dict[str, Any]:
+def replay(folder: Path) -> dict[str, Any]:
     traces = []
     for path in sorted(folder.glob("*.pkl")):
         with path.open("rb") as fh:
@@ -32,18 +33,23 @@ def replay(folder: Path, model_path: Path, *, extra_bufts: bool = True) -> dict[
     if not traces:
         raise SystemExit(f"no trace in {folder}: run kvprobe with KVPROBE_TRACE={folder}")
     contexts = []
-    with Model(model_path, use_extra_bufts=extra_bufts) as model:
-        for trace in traces:
-            if not trace["ops"]:
-                continue
-            cache = CacheConfig(*trace["cache"])
-            with model.context(cache, ContextSettings(**trace["settings"])) as context:
-                seconds = context.replay(trace["ops"])
-            decodes = [op for op in trace["ops"] if op[0] == "decode"]
-            contexts.append({
-                "cache": cache.id, "decode_calls": len(decodes), "tokens": sum(len(op[1]) for op in decodes),
-                "replay_s": round(seconds, 2), "run_busy_s": round(trace["busy_s"], 2),
-            })  # fmt: skip
+    models: dict[tuple[Any, ...], Model] = {}
+    for trace in traces:
+        if not trace["ops"]:
+            continue
+        how = (trace["model"], trace["n_threads"], trace["n_gpu_layers"], trace["extra_bufts"])
+        if how not in models:
+            models[how] = Model(how[0], n_threads=how[1], n_gpu_layers=how[2], use_extra_bufts=how[3])
+        cache = CacheConfig(*trace["cache"])
+        with models[how].context(cache, ContextSettings(**trace["settings"])) as context:
+            seconds = context.replay(trace["ops"])
+        decodes = [op for op in trace["ops"] if op[0] == "decode"]
+        contexts.append({
+            "cache": cache.id, "decode_calls": len(decodes), "tokens": sum(len(op[1]) for op in decodes),
+            "replay_s": round(seconds, 2), "run_busy_s": round(trace["busy_s"], 2),
+        })  # fmt: skip
+    for model in models.values():
+        model.close()
     return {
         "contexts": contexts,
         "replay_s": round(sum(c["replay_s"] for c in contexts), 2),
@@ -54,15 +60,10 @@ def replay(folder: Path, model_path: Path, *, extra_bufts: bool = True) -> dict[
 
 
 def main() -> int:
-    from kvprobe.provenance import default_model_path
-
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("trace", help="the KVPROBE_TRACE folder of a run")
-    parser.add_argument("--model", help="the run's model (default: the default model)")
-    parser.add_argument("--no-repack", action="store_true", help="as the run: weights without repacking")
     args = parser.parse_args()
-    model = Path(args.model) if args.model else default_model_path()
-    print(json.dumps(replay(Path(args.trace), model, extra_bufts=not args.no_repack), indent=1))
+    print(json.dumps(replay(Path(args.trace)), indent=1))
     return 0
 
 

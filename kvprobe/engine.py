@@ -374,8 +374,10 @@ class Context:
         import pickle
 
         folder.mkdir(parents=True, exist_ok=True)
+        m = self.model
         record = {"cache": [self.cache.type_k, self.cache.type_v], "settings": asdict(self.settings),
-                  "busy_s": self.busy_s, "ops": self._trace}  # fmt: skip
+                  "model": str(m.path), "n_threads": m.n_threads, "n_gpu_layers": m.n_gpu_layers,
+                  "extra_bufts": m.use_extra_bufts, "busy_s": self.busy_s, "ops": self._trace}  # fmt: skip
         with (folder / f"{os.getpid()}-{next(_traced)}.pkl").open("wb") as fh:
             pickle.dump(record, fh)
         self._trace = None
@@ -505,6 +507,9 @@ class Context:
         decode."""
         out: list[list[int]] = []
         for pack in _packs([len(p) for p in prompts], self):
+            if len(prompts[pack[0]]) > self.settings.chunk:
+                out.append(self.generate(prompts[pack[0]], max_tokens[pack[0]]))  # its own decodes
+                continue
             with _ForkGroup(self, len(pack)) as seqs:
                 for seq in seqs:
                     self._seq_cp(DOC_SEQ, seq, -1, -1)

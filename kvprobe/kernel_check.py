@@ -185,7 +185,8 @@ def run_child(
     if not extra_bufts:
         cmd.append("--no-extra-bufts")
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+        env = {k: v for k, v in os.environ.items() if k != "KVPROBE_TRACE"}  # its test decode is no run's
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False, env=env)
     except subprocess.TimeoutExpired:
         return ChildOutcome(None, f"no answer within {timeout:.0f} s")
     lines = (proc.stdout if proc.returncode == 0 else proc.stderr).strip().splitlines()

@@ -58,16 +58,35 @@ class Pace:
     reduces them. `unscored_feed` is what feeding an unscored document costs relative to a
     scored one (fewer contexts, no output layer except at the end), from the model's shape."""
 
-    def __init__(self, steps: Sequence[StepShape], scored_docs: set[int], unscored_feed: float = 1.0):
+    def __init__(
+        self,
+        steps: Sequence[StepShape],
+        scored_docs: set[int],
+        unscored_feed: float = 1.0,
+        group_sizes: Sequence[int] = (1,),
+    ):
+        """`group_sizes`: the contexts of each configuration group (a run in groups); a unit's
+        time is taken as proportional to them."""
         self.steps = list(steps)
         self.scored_docs = scored_docs
         self.unscored_feed = unscored_feed
-        self.seen: dict[tuple[int, bool], list[UnitTime]] = {}  # (step, scored) -> times
+        self.group_sizes = list(group_sizes)
+        self.seen: dict[tuple[int, bool], list[UnitTime]] = {}  # (step, scored) -> times per context
 
     def observe(
-        self, doc: int, step: int, seconds: float, feed_s: float = 0.0, reduce_s: float = 0.0
+        self,
+        doc: int,
+        step: int,
+        seconds: float,
+        feed_s: float = 0.0,
+        reduce_s: float = 0.0,
+        *,
+        group: int = 0,
     ) -> None:
-        self.seen.setdefault((step, doc in self.scored_docs), []).append(UnitTime(seconds, feed_s, reduce_s))
+        n = self.group_sizes[group]
+        self.seen.setdefault((step, doc in self.scored_docs), []).append(
+            UnitTime(seconds / n, feed_s / n, reduce_s / n)
+        )
 
     def _reference(self, step: int, scored: bool) -> tuple[int, bool] | None:
         """The seen (step, kind) to scale from: this step of the other kind, else the nearest
@@ -80,8 +99,12 @@ class Pace:
             return (best, scored) if (best, scored) in self.seen else (best, not scored)
         return min(self.seen, key=lambda sk: (sk[0], sk[1] != scored), default=None)
 
-    def predict(self, doc: int, step: int) -> float | None:
-        """Seconds for unit (doc, step); None before any unit has been seen."""
+    def predict(self, doc: int, step: int, group: int = 0) -> float | None:
+        """Seconds for unit (doc, step, group); None before any unit has been seen."""
+        per_context = self._predict(doc, step)
+        return per_context * self.group_sizes[group] if per_context is not None else None
+
+    def _predict(self, doc: int, step: int) -> float | None:
         scored = doc in self.scored_docs
         if (step, scored) in self.seen:
             return _mean(self.seen[(step, scored)]).seconds
@@ -108,8 +131,8 @@ class Pace:
     def remaining(self, units: Sequence[tuple[int, ...]]) -> float | None:
         """Seconds for all of `units` ((doc, step, ...)); None before anything has been seen."""
         total = 0.0
-        for doc, step, *_ in units:
-            t = self.predict(doc, step)
+        for doc, step, *group in units:
+            t = self.predict(doc, step, group[0] if group else 0)
             if t is None:
                 return None
             total += t

@@ -190,15 +190,17 @@ def estimate_memory(
     words for the run's first lines. With layers offloaded, weights, KV caches and compute
     buffers go to the GPU's memory (checked through NVML) and the host keeps the rest."""
     from kvprobe.engine import gpu_offload_supported
+    from kvprobe.plan.groups import plan_groups, round_up
+    from kvprobe.probes import selected
     from kvprobe.probes.divergence import DivergenceSpec
-    from kvprobe.runner import plan_groups
     from kvprobe.weights.memory import GiB, available_bytes, check_fits, gpu_free_bytes, run_memory
 
     reads_logits = "divergence" in scenario.probes and args.mode == "onepass"
     scored = args.ctx * scenario.spec(DivergenceSpec).documents if reads_logits else 0
-    extra = 1 if args.null_check and baseline is not None else 0
+    extra = 1 if args.null_check and baseline is not None and reads_logits else 0
+    forks = max(p.fork_cells_bound(scenario) for p in selected(scenario.probes, args.mode))
     need = run_memory(
-        facts, configs, args.ctx + 2 * scenario.plan.chunk, scenario.plan.chunk,
+        facts, configs, round_up(args.ctx + forks, 256), scenario.plan.chunk,
         extra_contexts=extra, all_logits=reads_logits, scored_positions=scored,
     )  # fmt: skip
     n_runs = len(configs) * len(facts)
@@ -222,6 +224,12 @@ def estimate_memory(
         return replace(grouped, arrays=0, process=0) if on_gpu else grouped
 
     max_contexts = args.max_contexts
+    if getattr(args, "one_group", False) and limit is not None and peak(None).total > limit:
+        raise UserError(
+            f"the run being resumed had all {n_runs + extra} contexts at once, which need about "
+            f"{peak(None).total / GiB:.1f} GiB, but {limit / GiB:.1f} GiB are available now: free memory, "
+            "or start it again without --resume (it then goes in groups)"
+        )
     if max_contexts is None and limit is not None and peak(None).total > limit:
         fitting = [k for k in range(n_runs + extra - 1, smallest - 1, -1) if peak(k).total <= limit]
         max_contexts = fitting[0] if fitting else None
@@ -409,13 +417,13 @@ def execute_run(
         if models and baseline is not None:
             baseline = str(replace(ConfigId.parse(baseline), weights="ref"))
         runner = Runner(loaded[0], request.scenario, request.settings, baseline, request.null_check)
-        runner.set_groups(len(request.configs) * len(paths), request.max_contexts)
+        groups = runner.set_groups(len(request.configs) * len(paths), request.max_contexts)
         ends = runner.checkpoints if request.settings.mode == "onepass" else [1]
         steps = [StepShape(start, end) for start, end in zip([0, *ends[:-1]], ends, strict=True)]
         scored = {d.index for d in runner.documents if any(r.scores_logits(d) for r in runner.runs.values())}
-        n_configs = len(request.configs) * len(paths)
-        ratio = unscored_feed_cost(request.facts[0], n_configs, n_configs + (1 if request.null_check else 0))
-        pace = Pace(steps, scored, ratio)
+        sizes = [len(members) + (1 if i == 0 and runner.with_null else 0) for i, members in enumerate(groups)]
+        ratio = unscored_feed_cost(request.facts[0], len(groups[0]), sizes[0])
+        pace = Pace(steps, scored, ratio, sizes)
         units = runner.unit_keys()
         n_runs = len(request.configs) * len(paths)
         with RunProgress(console, runner.planned_tokens(n_runs), pace, units) as shown:
@@ -434,7 +442,7 @@ def execute_run(
                 )
 
             def may_start(key: UnitKey) -> bool:
-                expected = pace.predict(key[0], key[1]) or 0.0
+                expected = pace.predict(*key) or 0.0
                 return time_budget is None or time.monotonic() - started + expected <= time_budget
 
             outcome = run_probes(
@@ -573,8 +581,10 @@ def resume_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> tu
             setattr(resumed, key, getattr(args, key))
         args = resumed
     if args.max_contexts is None:
-        # The groups the run started with (chosen for the memory then, perhaps): its units are theirs.
+        # The groups the run started with (chosen for the memory then, perhaps): its units are
+        # theirs. A run that started in one group stays in one.
         args.max_contexts = saved.header["identity"].get("max_contexts")
+        args.one_group = args.max_contexts is None
     if args.out is None:
         args.out = saved.header["out"]
     elif Path(args.out).resolve() != Path(saved.header["out"]):

@@ -14,6 +14,7 @@ import numpy as np
 from kvprobe.cache_types import NULL_ROWS, CacheConfig, ConfigId
 from kvprobe.engine import ChunkCallback, Context, ContextSettings, Model, feed_lockstep
 from kvprobe.plan.documents import Document, build_plan
+from kvprobe.plan.groups import plan_groups, round_up
 from kvprobe.plan.scenario import Scenario
 from kvprobe.probes import ProbeRun, Row, RunSetup, check_mode, selected
 from kvprobe.result.journal import Unit, UnitKey, key_json
@@ -29,10 +30,6 @@ class RunSettings:
     mode: str  # "onepass" | "classic"
     flash_attn: bool
     attn_rotation: bool
-
-
-def round_up(n: int, multiple: int) -> int:
-    return -(-n // multiple) * multiple
 
 
 class Runner:
@@ -75,6 +72,8 @@ class Runner:
         self.n_groups = 1  # configuration groups the run goes in (run_probes sets it)
         self.stopped: str | None = None
         self.refeed_tokens, self.refeed_s = 0, 0.0
+        # Per probe, measured at checkpoints in this process: [seconds, tokens evaluated, rows].
+        self.probe_work: dict[str, list[float]] = {}
         if settings.mode != "onepass":
             self.checkpoints = sorted({n for r in self.runs.values() for n in r.prompt_lengths})
         budgets = [r.budget for r in self.runs.values()]
@@ -87,10 +86,10 @@ class Runner:
 
     def planned_tokens(self, n_configs: int) -> int:
         """Tokens the run will evaluate, without failure generations (for the progress bar);
-        after set_groups, with the reference's documents fed again in every later group."""
+        after set_groups, with the reference's scored documents fed again in every later group."""
         scored = sum(1 for d in self.documents if any(r.scores_logits(d) for r in self.runs.values()))
         null = self.settings.ctx * scored if self.null_check else 0
-        repeated = self.doc_tokens * (self.n_groups - 1) if scored and self.baseline is not None else 0
+        repeated = self.settings.ctx * scored * (self.n_groups - 1) if self.baseline is not None else 0
         return (self.doc_tokens + self.probe_tokens) * n_configs + null + repeated
 
     def context_settings(self, n_threads: int) -> ContextSettings:
@@ -103,14 +102,24 @@ class Runner:
             n_seq_max=self.n_seq_max,
         )
 
+    @property
+    def reads_logits(self) -> bool:
+        """Whether a probe reads every position's logits of some document (compares them with
+        the reference's)."""
+        return any(r.scores_logits(d) for d in self.documents for r in self.runs.values())
+
+    @property
+    def with_null(self) -> bool:
+        """Whether the null check's second reference context runs: it is read only with logits."""
+        return self.null_check and self.baseline is not None and self.reads_logits
+
     def set_groups(self, n_runs: int, max_contexts: int | None) -> list[list[int]]:
         """Plan the configuration groups of a run of `n_runs` configurations (plan_groups):
         the reference goes again in every group only where a probe compares logits with it."""
-        reads_logits = any(r.scores_logits(d) for d in self.documents for r in self.runs.values())
-        with_null = self.null_check and self.baseline is not None
+        reads_logits = self.reads_logits
         groups = plan_groups(
             n_runs, max_contexts, reference=self.baseline is not None and reads_logits,
-            extra_first=1 if with_null else 0,
+            extra_first=1 if self.with_null else 0,
         )  # fmt: skip
         self.n_groups = len(groups)
         return groups
@@ -154,15 +163,19 @@ class Runner:
         if group == 0:
             self.units, self.stopped = [], None
             self.refeed_tokens, self.refeed_s = 0, 0.0
+            self.probe_work = {}
         if self.settings.mode != "onepass":
             self._run_prompts(contexts, progress, done, on_unit, may_start, group=group, repeats=repeats)
             return [row for u in self.units for row in u.items]
         for document in self.documents:
             readers = [r for r in self.runs.values() if r.scores_logits(document)]
-            feeding = list(contexts.values()) + ([null_context] if readers and null_context else [])
+            # A repeated reference only gives its logits: it is fed where a probe reads them.
+            fed = {c: context for c, context in contexts.items() if readers or c not in repeats}
+            if readers and null_context:
+                fed[NULL_ROWS] = null_context
+            feeding, names = list(fed.values()), list(fed)
             for context in feeding:
                 context.reset()
-            names = [*contexts, NULL_ROWS][: len(feeding)]
             steps = range(len(self.checkpoints))
             for step, length in enumerate(self.checkpoints):
                 key = (document.index, step, group)
@@ -186,14 +199,22 @@ class Runner:
                 busy = {config: context.busy_s for config, context in contexts.items()}
                 feed_lockstep(feeding, segment, on_chunk, on_fed=_reporting(progress, what + " (document)"))
                 feed_s = time.perf_counter() - started - reduce_s[0]
-                prefill = {config: context.busy_s - busy[config] for config, context in contexts.items()}
+                prefill = {  # a repeated reference's speed is known from its first group
+                    config: context.busy_s - busy[config]
+                    for config, context in contexts.items()
+                    if config not in repeats
+                }
                 rows: list[Row] = []
                 for config, context in contexts.items():
                     if config in repeats:
                         continue
                     for name, run in self.runs.items():
-                        before = context.tokens_evaluated
+                        before, clock = context.tokens_evaluated, time.perf_counter()
                         found = run.at_checkpoint(context, config, document, length)
+                        spent = self.probe_work.setdefault(name, [0.0, 0, 0])
+                        spent[0] += time.perf_counter() - clock
+                        spent[1] += context.tokens_evaluated - before
+                        spent[2] += len(found)
                         if found or context.tokens_evaluated != before:
                             rows.extend(found)
                             progress(
@@ -300,27 +321,6 @@ def _handing_logits(
     return on_chunk
 
 
-def plan_groups(
-    n: int, max_contexts: int | None, *, reference: bool, extra_first: int = 0
-) -> list[list[int]]:
-    """Which configurations (indices into the run's list, the reference first) share contexts
-    at once. One group holds them all unless that is more than `max_contexts`; then each
-    group holds the reference (when `reference`: a probe compares logits with it in lockstep)
-    and the next configurations in order. `extra_first` contexts (the null check) go with the
-    first group."""
-    if max_contexts is None or n + extra_first <= max_contexts:
-        return [list(range(n))]
-    head = [0] if reference else []
-    rest = list(range(len(head), n))
-    room = max_contexts - len(head)
-    if room < 1:
-        raise ValueError(f"{max_contexts} contexts cannot hold a group")
-    groups = [head + rest[: room - extra_first]]
-    for i in range(room - extra_first, len(rest), room):
-        groups.append(head + rest[i : i + room])
-    return groups
-
-
 def run_probes(
     runner: Runner,
     configs: list[CacheConfig],
@@ -351,7 +351,7 @@ def run_probes(
         if models
         else [(ConfigId.of(c), model, c) for c in configs]
     )
-    with_null = runner.null_check and runner.baseline is not None
+    with_null = runner.with_null
     groups = runner.set_groups(len(runs), max_contexts)
     started = time.perf_counter()
     applied: dict[str, dict[str, Any]] = {}
@@ -402,6 +402,11 @@ def run_probes(
             for u in runner.units
         ],
         "decode_s": {cid: round(s, 2) for cid, s in decode_s.items()},
+        # Per probe, its work at the checkpoints (queries, continuations) in this process.
+        "probes": {
+            name: {"s": round(w[0], 2), "tokens": int(w[1]), "items": int(w[2])}
+            for name, w in runner.probe_work.items()
+        },
         "prefill": prefill_by_depth(runner.units, runner.checkpoints),
         "tokens_evaluated": tokens_evaluated,
         "null_check_tokens": null_tokens,
@@ -425,9 +430,11 @@ def run_probes(
         sections={name: s for name, s in sections.items() if s is not None},
         measured={name: m for name, run in runner.runs.items() if (m := run.measured()) is not None},
         applied=[
-            {**applied[str(cid)], **({"model": cid.weights} if models else {})}
-            for cid, _, _ in runs
-            if str(cid) in applied
+            {
+                **(applied.get(str(cid)) or _not_started(str(cid), cache, runner.settings.flash_attn)),
+                **({"model": cid.weights} if models else {}),
+            }
+            for cid, _, cache in runs
         ],
         n_ctx=runner.n_ctx,
         n_seq_max=runner.n_seq_max,
@@ -468,6 +475,13 @@ def prefill_by_depth(units: list[Unit], checkpoints: list[int]) -> dict[str, lis
         ]
         for config, steps in out.items()
     }
+
+
+def _not_started(config_id: str, cache: CacheConfig, flash_attn: bool) -> dict[str, Any]:
+    """A configuration whose group never started (the run stopped before it): listed as asked,
+    with nothing llama.cpp reported, so a partial result still names every configuration."""
+    return {"id": config_id, "type_k": cache.type_k, "type_v": cache.type_v, "flash_attn": flash_attn,
+            "attn_rot_k": None, "attn_rot_v": None, "n_ctx": None, "started": False}  # fmt: skip
 
 
 def _applied(config_id: str, context: Context) -> dict[str, Any]:

@@ -656,6 +656,23 @@ def test_weights_vs_kv_runs_the_2x2_design(tmp_path: Path, tiny_model_path: Path
     }
     assert keys["ref:f16"] == keys["test:q4_0"]
     assert attribution["sentence"] in doc["verdict"]["sentences"]
+    # In groups of two contexts (the reference again beside each), the same numbers.
+    grouped = tmp_path / "g.json"
+    proc = kvprobe(
+        "run", "--model", str(tiny_model_path), "--model", str(variants / "tiny-Q4_0.gguf"),
+        "--cache", "q4_0", "--scenario", "quick", "--ctx", "512", "--threads", "2", "--out", str(grouped),
+        "--max-contexts", "2",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    again = json.loads(grouped.read_text())
+    assert again["timing"]["groups"] == [
+        ["ref:f16", "ref:q4_0"],
+        ["ref:f16", "test:f16"],
+        ["ref:f16", "test:q4_0"],
+    ]
+    assert again["divergence"].pop("reference_repeat_max_nll_gap") == 0.0
+    for field in ("items", "summary", "verdict", "divergence"):
+        assert again[field] == doc[field], field
 
 
 def test_weights_vs_kv_refuses_different_tokenizers(tmp_path: Path, tiny_model_path: Path) -> None:
@@ -692,3 +709,30 @@ def test_failed_quantization_leaves_no_half_file(tmp_path: Path, tiny_model_path
     assert "Traceback" not in proc.stderr
     assert "imatrix" in proc.stderr
     assert list(out.iterdir()) == []
+
+
+def test_unbatched_needle_queries_give_the_same_items(tmp_path: Path, tiny_model_path: Path) -> None:
+    """`needle.batch_queries = false` scores one query per llama_decode: the same items, the same
+    numbers up to the numerics of another batch shape."""
+    runs = {}
+    for batched in (True, False):
+        scenario = tmp_path / f"s{batched}.toml"
+        scenario.write_text(
+            'name = "b"\nprobes = ["needle"]\n[needle]\nper_segment = 6\n'
+            f"batch_queries = {str(batched).lower()}\n[plan]\ndocuments = 2\nchunk = 128\n"
+        )
+        out = tmp_path / f"{batched}.json"
+        proc = kvprobe("run", "--model", str(tiny_model_path), "--scenario", str(scenario), "--cache", "q4_0",
+                       "--ctx", "1024", "--threads", "2", "--out", str(out), "--no-html")  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+        runs[batched] = json.loads(out.read_text())
+    items = {b: {(i["config"], i["doc"], i["ctx"], i["key"]): i for i in r["items"]} for b, r in runs.items()}
+    assert items[True].keys() == items[False].keys()
+    assert len(items[True]) > 20
+    for key, it in items[True].items():
+        # Packs of 64 rows or more take llama.cpp's tiled CPU attention for an f16 cache (f32
+        # accumulators) where a lone query takes the f16-accumulating one: close, not equal.
+        assert it["logprob"] == pytest.approx(items[False][key]["logprob"], rel=1e-3, abs=1e-3), key
+    # Fewer, larger batches: the same query tokens in fewer llama_decode calls.
+    work = {b: r["timing"]["probes"]["needle"] for b, r in runs.items()}
+    assert work[True]["items"] == work[False]["items"] == len(items[True])

@@ -10,9 +10,9 @@ import pytest
 
 from kvprobe.cli import build_parser
 from kvprobe.errors import UserError
+from kvprobe.plan.groups import plan_groups
 from kvprobe.plan.scenario import load_scenario
 from kvprobe.run import estimate_memory, parse_configs
-from kvprobe.runner import plan_groups
 from kvprobe.weights import memory
 from kvprobe.weights.doctor import read_facts
 
@@ -89,3 +89,18 @@ def test_a_group_of_one_config_when_nothing_compares_logits(tiny_model_path: Pat
     assert max_contexts == 1
     assert "in 2 groups of at most 1 contexts" in words
     assert "reference again" not in words
+
+
+def test_a_resumed_run_keeps_its_one_group_or_says_why_it_cannot(
+    tiny_model_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    argv = ["--cache", "q8_0", "--ctx", "2048"]
+    args = build_parser().parse_args(["run", "--model", str(tiny_model_path), *argv])
+    args.one_group = True  # what --resume sets for a journal without groups
+    configs, baseline = parse_configs(args)
+    monkeypatch.setattr(memory, "available_bytes", lambda: 1)
+    with pytest.raises(UserError, match="the run being resumed had all 2 contexts at once"):
+        estimate_memory(
+            [read_facts(tiny_model_path)], configs, baseline=baseline, scenario=load_scenario(args.scenario),
+            args=args, gpu_layers=0,
+        )  # fmt: skip

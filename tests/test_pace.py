@@ -72,3 +72,12 @@ def test_a_log_gets_a_plain_progress_line_about_once_a_minute() -> None:
         "progress: f16 doc 0 L=2048 needles: 1,000 of about 3,000 tokens, 61 s elapsed"
     )
     assert "left" in lines[1]
+
+
+def test_a_unit_of_a_smaller_group_is_predicted_smaller() -> None:
+    """In a run in configuration groups a unit's time goes with the contexts of its group."""
+    pace = Pace(STEPS, scored_docs=set(), group_sizes=[4, 2])
+    pace.observe(0, 0, 8.0, feed_s=4.0, group=0)
+    assert pace.predict(0, 0, 0) == pytest.approx(8.0)
+    assert pace.predict(0, 0, 1) == pytest.approx(4.0)
+    assert pace.remaining([(0, 0, 0), (0, 0, 1)]) == pytest.approx(12.0)

@@ -196,7 +196,8 @@ def test_configuration_groups_give_the_numbers_of_one_group(
     assert doc["divergence"]["null_check"]["passed"] is True
     # The reference's document is fed once more per extra group; its rows are not repeated.
     one = json.loads(single.read_text())["timing"]
-    assert doc["timing"]["tokens_evaluated"] == one["tokens_evaluated"] + 2 * 2 * 1536
+    # (only on the document the divergence probe scores: the other needs no reference logits)
+    assert doc["timing"]["tokens_evaluated"] == one["tokens_evaluated"] + 2 * 1536
 
 
 def test_a_grouped_run_killed_in_a_later_group_resumes_to_the_same_numbers(
@@ -225,3 +226,23 @@ def test_too_few_contexts_for_a_group_is_one_line(run_args: list[str]) -> None:
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0
     assert "--max-contexts 1 is too few: give at least 2" in proc.stderr
+
+
+def test_a_grouped_run_stopped_early_names_every_cache(
+    three_caches: tuple[list[str], Path], tmp_path: Path
+) -> None:
+    args, single = three_caches
+    out = tmp_path / "g.json"
+    stopped = kvprobe("run", *args, "--max-contexts", "2", "--out", str(out), stop="1,1:int")
+    assert stopped.returncode == 130
+    partial = json.loads(out.read_text())
+    # Only the first group (the reference and the null check) ran; the others are still named.
+    assert [(c["id"], c.get("started", True)) for c in partial["configs"]] == [
+        ("f16", True),
+        ("q8_0", False),
+        ("q4_0", False),
+    ]
+    assert len(partial["missing"]) == 8
+    assert {it["config"] for it in partial["items"]} == {"f16"}
+    assert kvprobe("run", "--resume", str(out)).returncode == 0
+    assert grouped_fields(out) == fields(single)

@@ -154,6 +154,11 @@ class Probe:
         """Token spans to plant into document `doc_index` (e.g. needles)."""
         return []
 
+    def fork_cells_bound(self, scenario: Scenario) -> int:
+        """At most the KV cells its forks take beyond the document (its Budget.fork_cells),
+        from the scenario alone: what the pre-flight memory estimate sizes contexts with."""
+        return 0
+
     # running ---------------------------------------------------------------------------------
     def start(self, setup: RunSetup) -> ProbeRun:
         return ProbeRun()

@@ -87,12 +87,18 @@ class DivergenceRun(ProbeRun):
                 data.append({"config": rec.config, "doc": rec.doc,
                              **{name: encode_exact(v) for name, v in new.arrays().items()}})  # fmt: skip
                 self.committed[key] = len(rec.nll)
+        if self.recorder.repeat_nll_gap is not None:  # a grouped run: the reference fed again
+            data.append({"repeat_nll_gap": self.recorder.repeat_nll_gap})
         return data
 
     def replay_unit(self, data: Any) -> None:
         if self.recorder is None:
             return
         for entry in data:
+            if "repeat_nll_gap" in entry:
+                gap = float(entry["repeat_nll_gap"])
+                self.recorder.repeat_nll_gap = max(gap, self.recorder.repeat_nll_gap or 0.0)
+                continue
             key = (entry["config"], int(entry["doc"]))
             rec = self.recorder.records.setdefault(key, DocumentArrays(*key))
             rec.nll.append(decode_exact(entry["nll"]))

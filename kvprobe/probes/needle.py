@@ -225,6 +225,13 @@ class NeedleProbe(Probe):
     ) -> list[Insert]:
         return needle_inserts(tok, scenario, checkpoints, doc_index, seed)
 
+    def fork_cells_bound(self, scenario: Scenario) -> int:
+        # A pack of queries fills at most a chunk; each fork may then generate a failed answer
+        # (its value's digits and a few tokens more, or generate_tokens).
+        spec = scenario.spec(NeedleSpec)
+        generated = max(spec.value_digits + 8, spec.generate_tokens) + 1
+        return scenario.plan.chunk + MAX_QUERY_FORKS * generated
+
     def start(self, setup: RunSetup) -> NeedleRun:
         return NeedleRun(setup)
 

@@ -148,6 +148,10 @@ class RepetitionProbe(Probe):
     def extra_document_tokens(self, scenario: Scenario) -> int:
         return scenario.spec(RepetitionSpec).tokens
 
+    def fork_cells_bound(self, scenario: Scenario) -> int:
+        spec = scenario.spec(RepetitionSpec)
+        return spec.offsets * (spec.tokens + 1)
+
     def start(self, setup: RunSetup) -> RepetitionRun:
         return RepetitionRun(setup)
 

@@ -86,7 +86,7 @@ class RunProgress:
             self.left.remove(key)
         if restored:
             return
-        self.pace.observe(key[0], key[1], seconds, feed_s, reduce_s)
+        self.pace.observe(key[0], key[1], seconds, feed_s, reduce_s, group=key[2])
         if not self.estimated:
             self.estimated = True
             left = self.eta()
