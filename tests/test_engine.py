@@ -360,3 +360,16 @@ def test_a_traced_context_replays_to_the_same_state(
         assert again.replay(trace["ops"][:-1]) > 0  # all but the last batch
         again._decode(doc[400:], 400, 0, want=range(50))
         assert np.array_equal(again._logits_rows(50), original)
+
+
+def test_a_trace_that_cannot_be_written_costs_the_run_nothing(
+    tiny_model: Model, tmp_path: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from kvprobe.engine import TRACE_ENV
+
+    blocked = tmp_path / "a-file"
+    blocked.write_text("not a folder")
+    monkeypatch.setenv(TRACE_ENV, str(blocked / "trace"))
+    with tiny_model.context(CacheConfig("f16", "f16"), settings()) as ctx:
+        ctx.feed(document(tiny_model, 100))
+    assert "could not write the trace" in capsys.readouterr().err
