@@ -186,14 +186,14 @@ def estimate_memory(
 ) -> tuple[str, int | None]:
     """The run's peak memory, from the headers, and how many contexts may exist at once: all
     of them if they fit (None), else --max-contexts, else as many as fit (configuration
-    groups, kvprobe.runner.plan_groups). Refused when not even the smallest group fits; the
+    groups, kvprobe.plan.groups). Refused when not even the smallest group fits; the
     words for the run's first lines. With layers offloaded, weights, KV caches and compute
     buffers go to the GPU's memory (checked through NVML) and the host keeps the rest."""
     from kvprobe.engine import gpu_offload_supported
     from kvprobe.plan.groups import plan_groups, round_up
     from kvprobe.probes import selected
     from kvprobe.probes.divergence import DivergenceSpec
-    from kvprobe.weights.memory import GiB, available_bytes, check_fits, gpu_free_bytes, run_memory
+    from kvprobe.weights.memory import GiB, RunMemory, available_bytes, check_fits, gpu_free_bytes, run_memory
 
     reads_logits = "divergence" in scenario.probes and args.mode == "onepass"
     scored = args.ctx * scenario.spec(DivergenceSpec).documents if reads_logits else 0
@@ -218,7 +218,7 @@ def estimate_memory(
     on_gpu = gpu_layers != 0 and gpu_offload_supported()
     limit = gpu_free_bytes() if on_gpu else available_bytes()
 
-    def peak(max_contexts: int | None) -> Any:
+    def peak(max_contexts: int | None) -> RunMemory:
         groups = plan_groups(n_runs, max_contexts, reference=repeats_reference, extra_first=extra)
         grouped = need.for_groups(groups, extra)
         return replace(grouped, arrays=0, process=0) if on_gpu else grouped
