@@ -130,3 +130,35 @@ def test_recommend_without_a_layout_still_ranks_by_bits() -> None:
     rec = recommend(doc, verdict, rows)
     assert rec["config"] == "q8_0"
     assert rec["memory_at_ctx"] is None
+
+
+def _with_speed(doc: dict[str, Any], speeds: dict[str, float]) -> dict[str, Any]:
+    doc["timing"] = {"prefill": {
+        c: [{"ctx": 4096, "depth": [2048, 4096], "tokens": 2048, "s": 2048 / v, "tokens_per_s": v,
+             "all_logits": False}]
+        for c, v in speeds.items()
+    }}  # fmt: skip
+    return doc
+
+
+def test_the_speed_sentence_compares_the_choice_or_else_what_was_not_chosen() -> None:
+    from kvprobe.stats.decision import speed_sentence
+
+    chosen = _with_speed(
+        result({"f16": 0.0, "q8_0": 0.0, "q4_0": -2.0}), {"f16": 600, "q8_0": 300, "q4_0": 150}
+    )
+    chosen["verdict"] = build_verdict(chosen, seed=0)
+    sentence = speed_sentence(chosen, frontier(chosen, chosen["verdict"]))
+    assert (
+        sentence
+        == "Prefill on this host at depth 2,048-4,096: q8_0 300 tokens/s (0.50x), against 600 for f16."
+    )
+    # Keeping f16: never f16 against itself, but what the cheaper caches would cost.
+    kept = _with_speed(result({"f16": 0.0, "q4_0": -2.0}), {"f16": 600.0, "q4_0": 150.0})
+    kept["verdict"] = build_verdict(kept, seed=0)
+    assert kept["verdict"]["recommendation"]["config"] == "f16"
+    sentence = speed_sentence(kept, frontier(kept, kept["verdict"]))
+    assert (
+        sentence
+        == "Prefill on this host at depth 2,048-4,096: q4_0 150 tokens/s (0.25x), against 600 for f16."
+    )
