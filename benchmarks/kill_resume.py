@@ -6,8 +6,8 @@ Default run options: --scenario quick --cache q4_0 --ctx 2048. The script runs t
 uninterrupted (the reference), then `--kills` times: starts it, sends SIGKILL after a random
 delay within the part of the reference's wall time where it measured (after loading), runs
 `kvprobe run --resume OUT`, and compares items, summary rows, verdict and divergence section
-with the reference's. Then once with SIGINT: the
-run must exit 130, leave a partial result (complete: false) and name the resume command.
+with the reference's. Then once with SIGINT, once the first unit is journaled: the run must
+exit 130, leave a partial result (complete: false) and name the resume command.
 Prints one row per kill: when it fell, how many units the journal held, and the outcome.
 """
 
@@ -30,6 +30,12 @@ DEFAULT_RUN = ["--scenario", "quick", "--cache", "q4_0", "--ctx", "2048"]
 
 def kvprobe(*args: str) -> list[str]:
     return [sys.executable, "-m", "kvprobe", *args]
+
+
+def default_sigint() -> None:
+    """The child takes Ctrl-C even when this script runs in the background (`nohup ... &`),
+    where it would inherit SIGINT ignored."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def fields(path: Path) -> dict[str, Any]:
@@ -91,8 +97,12 @@ def main() -> int:
     # Ctrl-C: a partial result and the resume command.
     out = work / "sigint.json"
     interrupted = subprocess.Popen(kvprobe("run", *opts.run, "--out", str(out)), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)  # fmt: skip
-    time.sleep(0.75 * wall)
+                            stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint)  # noqa: PLW1509 # fmt: skip
+    # Ctrl-C once the first unit is journaled, so it falls mid-run however loaded the machine is.
+    began = time.monotonic()
+    while interrupted.poll() is None and not journal_units(out) and time.monotonic() - began < 4 * wall:
+        time.sleep(0.2)
+    at = time.monotonic() - began
     interrupted.send_signal(signal.SIGINT)
     _, err = interrupted.communicate()
     partial = json.loads(out.read_text()) if out.exists() else {}
@@ -107,7 +117,7 @@ def main() -> int:
         and fields(out) == expected
     )
     print(
-        f"SIGINT at {0.75 * wall:.1f} s: exit {interrupted.returncode}, partial result with "
+        f"SIGINT at {at:.1f} s (first unit journaled): exit {interrupted.returncode}, partial result with "
         f"{len(partial.get('items', []))} items and {len(partial.get('missing', []))} units missing; "
         f"message: {err.strip()[-160:]!r}; resumed identical: {sigint_ok}"
     )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,9 +24,17 @@ if TYPE_CHECKING:  # runner imports llama.cpp: only `run` should pay for that
 
 MIN_CTX = 256
 MAX_CTX = 1 << 20  # the longest contexts GGUF models ship with; beyond it is a typo, not a plan
+MAX_VRAM_GB = 100_000  # more GPU memory than any node has: a typo
 
 
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # A value that starts with a minus and a digit (`--time-budget -5m`, `--seed -1`) is a
+        # value to check, not an unknown option: its own check then names the real problem.
+        # No option of kvprobe's looks like that.
+        self._negative_number_matcher = re.compile(r"^-\.?\d")
+
     def error(self, message: str) -> Any:  # one line, exit 2 (argparse prints usage too)
         raise UserError(f"{message} (see `{self.prog} --help`)")
 
@@ -44,8 +53,8 @@ def _ctx(text: str) -> int:
 
 def _duration(text: str) -> float:
     """ "15m", "1h30m", "90s" or plain seconds -> seconds."""
-    import re
-
+    if text.strip().startswith("-"):
+        raise argparse.ArgumentTypeError(f"--time-budget must be longer than zero, got {text!r}")
     parts = re.fullmatch(
         r"\s*(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m)?\s*(?:(\d+(?:\.\d+)?)s?)?\s*", text
     )
@@ -115,6 +124,21 @@ def build_parser() -> argparse.ArgumentParser:
         default="onepass",
         help="onepass: one document, queries forked at checkpoints; classic: one prompt per cell",
     )
+    run.add_argument(
+        "--prompt-format",
+        choices=("auto", "chat", "raw"),
+        default=None,
+        help="auto (the scenario's default): chat when the model has a chat template, else raw text; "
+        "chat: every probe through the template; raw: completion text",
+    )
+    run.add_argument(
+        "--chat-template", metavar="FILE", help="a Jinja chat template to use instead of the model's own"
+    )
+    run.add_argument(
+        "--system",
+        metavar="TEXT",
+        help="a system message in chat form (default: only what the template adds)",
+    )
     run.add_argument("--seed", type=int, default=0, help="seed of the plan (needles, documents)")
     run.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
     run.add_argument(
@@ -183,6 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--html", metavar="PAGE", help="also write one self-contained HTML page with the figures"
     )
     report.add_argument("--png", metavar="DIR", help="also write every figure as a PNG file into DIR")
+    report.add_argument("--force", action="store_true", help="overwrite an existing page or PNG files")
     _margin_option(report)
 
     compare = sub.add_parser("compare", help="compare two result files (paired where the items are the same)")
@@ -209,6 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument(
         "--html", metavar="PAGE", help="also write an HTML page with old and new on the same axes"
     )
+    compare.add_argument("--force", action="store_true", help="overwrite an existing --html page")
 
     doctor = sub.add_parser("doctor", help="diagnose a GGUF file's weights and its KV cache memory")
     doctor.add_argument("model", help="GGUF model file")
@@ -267,6 +293,7 @@ def cmd_report(args: argparse.Namespace, console: Console) -> int:
     from kvprobe.views.terminal import print_matrix, print_run_report
 
     margins = parse_margins(args.margin)
+    check_pictures(args.html, args.png, [Path(p) for p in args.results], force=args.force)
     loaded = [Result.load(Path(p)) for p in args.results]
     for r in loaded:  # other margins than the file's: the verdict again, from the file's own data
         if args.margin and r.doc.get("verdict") is not None and r.doc["verdict"].get("margins") != margins:
@@ -279,23 +306,35 @@ def cmd_report(args: argparse.Namespace, console: Console) -> int:
         print_run_report(loaded[0].doc, console)
     else:
         print_matrix(named, console)
-    write_pictures(named, args.html, args.png, console)
+    write_pictures(named, args.html, args.png, console, force=args.force)
     return 0
 
 
+def check_pictures(html_path: str | None, png_dir: str | None, inputs: list[Path], *, force: bool) -> None:
+    """--html PAGE and --png DIR, before any work: never onto an input, never over an existing
+    page without --force, each into a folder that takes it."""
+    from kvprobe.paths import Output, check_outputs
+
+    outputs = [Output(Path(html_path), "--html")] if html_path else []
+    if png_dir:
+        outputs.append(Output(Path(png_dir), "--png", folder=True))
+    check_outputs(outputs, inputs, force=force)
+
+
 def save_page(target: Path, text: str, console: Console) -> None:
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(text, encoding="utf-8")
-    except OSError as exc:
-        raise UserError(
-            f"cannot write --html {target} ({exc.strerror or exc}): choose another path"
-        ) from None
+    from kvprobe.paths import write_atomically
+
+    write_atomically(target, text.encode("utf-8"), "--html")
     console.print(f"page: {target}", markup=False, highlight=False)
 
 
 def write_pictures(
-    named: list[tuple[str, dict[str, Any]]], html_path: str | None, png_dir: str | None, console: Console
+    named: list[tuple[str, dict[str, Any]]],
+    html_path: str | None,
+    png_dir: str | None,
+    console: Console,
+    *,
+    force: bool,
 ) -> None:
     """--html PAGE and --png DIR for `report` (and `run`): matplotlib from the plot extra."""
     if not html_path and not png_dir:
@@ -321,7 +360,7 @@ def write_pictures(
             for i, (name, result) in enumerate(named)
             for f in every_figure(result)
         ]
-        paths = write_png(figures, png_dir)
+        paths = write_png(figures, png_dir, force=force)
         console.print(f"figures: {len(paths)} PNG files in {png_dir}", markup=False, highlight=False)
 
 
@@ -332,6 +371,7 @@ def cmd_compare(args: argparse.Namespace, console: Console) -> int:
     from kvprobe.result.store import finite_json, load_result
 
     rules = [FailRule.parse(text) for text in args.fail_on]
+    check_pictures(args.html, None, [Path(args.old), Path(args.new)], force=args.force)
     old, new = load_result(Path(args.old)), load_result(Path(args.new))
     report = compare(old, new, require_paired=args.paired, maps=args.map)
     tested = {tuple(p) for p in report["test_configs_compared"]}
@@ -370,8 +410,8 @@ def cmd_doctor(args: argparse.Namespace, console: Console) -> int:
 
     from kvprobe.weights.doctor import diagnose
 
-    if args.vram is not None and args.vram <= 0:
-        raise UserError("--vram must be a positive number of GB, e.g. --vram 24")
+    if args.vram is not None and not 0 < args.vram <= MAX_VRAM_GB:  # also refuses nan and inf
+        raise UserError(f"--vram must be a number of GB above 0 and at most {MAX_VRAM_GB:,}, e.g. --vram 24")
     report = diagnose(Path(args.model).expanduser(), args.vram)
     if args.json:
         print(json.dumps(report, indent=1))
@@ -384,13 +424,18 @@ def cmd_doctor(args: argparse.Namespace, console: Console) -> int:
 
 def cmd_quantize(args: argparse.Namespace, console: Console) -> int:
     from kvprobe import engine
+    from kvprobe.paths import Output, check_outputs
+    from kvprobe.run import MAX_THREADS
     from kvprobe.weights.doctor import KNOWN_FILE_TYPES
     from kvprobe.weights.quantize import load_imatrix, plan_jobs, provenance_metadata
 
     src = Path(args.source).expanduser()
-    if args.threads is not None and args.threads < 1:
-        raise UserError("--threads must be at least 1")
+    if args.threads is not None and not 1 <= args.threads <= MAX_THREADS:
+        raise UserError(f"--threads must be from 1 to {MAX_THREADS} (GGML_MAX_N_THREADS), got {args.threads}")
     out_dir = Path(args.out_dir).expanduser() if args.out_dir else src.parent
+
+    inputs = [src, *([Path(args.imatrix).expanduser()] if args.imatrix else [])]
+    check_outputs([Output(out_dir, "--out-dir", folder=True)], inputs, force=args.force)
     ftype_of = {name: i for name in KNOWN_FILE_TYPES if (i := engine.ftype_id(name)) is not None}
     jobs, origin = plan_jobs(
         src,
@@ -402,10 +447,8 @@ def cmd_quantize(args: argparse.Namespace, console: Console) -> int:
         pure=args.pure,
     )
     imatrix, metadata = load_imatrix(Path(args.imatrix).expanduser()) if args.imatrix else (None, {})
-    from kvprobe.run import check_out_path
-
-    check_out_path(out_dir / ".kvprobe-write-check", force=True)
     threads = args.threads or max(1, os.cpu_count() or 1)
+    out_dir.mkdir(parents=True, exist_ok=True)  # checked writable above; created only now
     for job in jobs:
         console.print(f"{src.name} -> {job.dst} ({job.type_name}: {job.note})", markup=False, highlight=False)
         tmp = job.dst.with_name(f".{job.dst.name}.partial")

@@ -116,6 +116,8 @@ def match_configs(
                 f"--map {text!r}: use OLD=NEW with OLD one of {', '.join(old_ids)} "
                 f"and NEW one of {', '.join(new_ids)}"
             )
+        if found in pairs:
+            raise UserError(f"--map {text!r} is given twice: give each OLD=NEW pair once")
         pairs.append(found)
     used_old = {a for a, _ in pairs}
     used_new = {b for _, b in pairs}
@@ -131,6 +133,8 @@ def match_configs(
 
 def pairing(old: dict[str, Any], new: dict[str, Any]) -> tuple[bool, str]:
     """Whether items can be paired, and why (not)."""
+    from kvprobe.plan.prompt import framing_label
+
     old_rt, new_rt = old.get("runtime") or {}, new.get("runtime") or {}
     checks = [
         ("scenario", old["scenario"]["sha256"], new["scenario"]["sha256"]),
@@ -138,6 +142,8 @@ def pairing(old: dict[str, Any], new: dict[str, Any]) -> tuple[bool, str]:
         ("seed", old["run"]["seed"], new["run"]["seed"]),
         ("--ctx", old["run"]["ctx"], new["run"]["ctx"]),
         ("mode", old["run"]["mode"], new["run"]["mode"]),
+        # Raw text and chat form, or two templates, are different prompts: different items.
+        ("prompt format", framing_label(old), framing_label(new)),
     ]
     # Same items but other numerics: a paired test would credit the cache with what the
     # engine changed.

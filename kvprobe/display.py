@@ -5,6 +5,7 @@ reach the user's terminal."""
 
 from __future__ import annotations
 
+import html
 import re
 from typing import Any
 
@@ -20,6 +21,12 @@ _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 def visible(text: object) -> str:
     """`text` with control characters written out (ESC as \\x1b): safe with markup off."""
     return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", str(text))
+
+
+def html_text(text: object) -> str:
+    """`text` for an HTML page: escaped, with control characters written out, so none reaches
+    the page as a raw byte."""
+    return html.escape(visible(text), quote=True)
 
 
 def plain(text: object) -> str:

@@ -194,15 +194,39 @@ class Model:
 
     def tokenize(self, text: str) -> list[int]:
         """Tokens of `text`, without BOS; special-token syntax is not parsed."""
+        return self._tokenize(text, parse_special=False)
+
+    def tokenize_special(self, text: str) -> list[int]:
+        """Tokens of template text, without an added BOS: "<|im_start|>" and the like become
+        their control tokens, as llama.cpp tokenizes a rendered chat prompt."""
+        return self._tokenize(text, parse_special=True)
+
+    def _tokenize(self, text: str, *, parse_special: bool) -> list[int]:
         data = text.encode("utf-8")
         cap = len(data) + 16
         buf = (llama_cpp.llama_token * cap)()
-        n = llama_cpp.llama_tokenize(self._vocab, data, len(data), buf, cap, False, False)
+        n = llama_cpp.llama_tokenize(self._vocab, data, len(data), buf, cap, False, parse_special)
         if n < 0:
             cap = -n
             buf = (llama_cpp.llama_token * cap)()
-            n = llama_cpp.llama_tokenize(self._vocab, data, len(data), buf, cap, False, False)
+            n = llama_cpp.llama_tokenize(self._vocab, data, len(data), buf, cap, False, parse_special)
         return list(buf[:n])
+
+    def token_text(self, token: int) -> str:
+        """A token's text with special tokens written out ("<s>", "<|im_end|>"): what a chat
+        template's bos_token and eos_token are."""
+        buf = ctypes.create_string_buffer(256)
+        n = llama_cpp.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, True)
+        return buf.raw[: max(n, 0)].decode("utf-8", errors="replace")
+
+    @property
+    def bos_id(self) -> int:
+        """The vocabulary's BOS token, whether or not the model adds it (-1: none)."""
+        return int(llama_cpp.llama_vocab_bos(self._vocab))
+
+    @property
+    def eos_id(self) -> int:
+        return int(llama_cpp.llama_vocab_eos(self._vocab))
 
     def piece(self, token: int) -> str:
         cached = self._pieces.get(token)
@@ -655,12 +679,18 @@ def _greedy_parallel(
     return outs
 
 
-def generate_forks(context: Context, prefixes: Sequence[Sequence[int]], max_tokens: int) -> list[list[int]]:
+def generate_forks(
+    context: Context,
+    prefixes: Sequence[Sequence[int]],
+    max_tokens: int,
+    prompt: Sequence[int] = (),
+) -> list[list[int]]:
     """Greedy continuations of the document cut at several points, in parallel sequences.
 
     `prefixes[j]` are the document's first p_j tokens (p_j <= context.n_past). Each fork shares
-    the cells of positions < p_j - 1 and re-evaluates token p_j - 1 to get its first logits;
-    every step then decodes one token per unfinished fork in a single batch.
+    the cells of positions < p_j - 1 and re-evaluates token p_j - 1 (then `prompt`, the same
+    for every fork: a request in chat form) to get its first logits; every step then decodes
+    one token per unfinished fork in a single batch.
     """
     points = [len(p) for p in prefixes]
     if any(p < 2 or p > context.n_past for p in points):
@@ -668,7 +698,7 @@ def generate_forks(context: Context, prefixes: Sequence[Sequence[int]], max_toke
     with _ForkGroup(context, len(prefixes)) as seqs:
         for seq, p in zip(seqs, points, strict=True):
             context._seq_cp(DOC_SEQ, seq, 0, p - 1)
-        firsts = [[p[-1]] for p in prefixes]
+        firsts = [[p[-1], *prompt] for p in prefixes]
         return _greedy_parallel(context, seqs, firsts, [p - 1 for p in points], [max_tokens] * len(points))
 
 

@@ -6,9 +6,13 @@ from typing import TypeVar
 
 
 class UserError(Exception):
-    """Bad input from the user; the message names the problem and the fix."""
+    """Bad input from the user; the message names the problem and the fix. It stays one line
+    whatever text from a file it quotes: a line break inside it is written out as \\n."""
 
     exit_code = 2
+
+    def __init__(self, message: str = "") -> None:
+        super().__init__(str(message).replace("\r", "\\r").replace("\n", "\\n"))
 
 
 class Interrupted(UserError):

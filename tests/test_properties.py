@@ -21,7 +21,6 @@ from kvprobe.errors import UserError
 from kvprobe.plan.scenario import load_scenario, parse_scenario
 from kvprobe.probes.needle_plan import NeedleSpec
 from kvprobe.probes.repetition_metrics import repetition_metrics
-from kvprobe.result.store import load_result
 from kvprobe.stats.analysis import effective_context, fit_decay, halving_interval, halving_length, onset
 from kvprobe.stats.verdict import build_verdict
 
@@ -86,25 +85,13 @@ def test_scenario_files_of_arbitrary_bytes(tmp_path: Path, data: bytes) -> None:
         load_scenario(str(path))
 
 
-# --- result loader ---------------------------------------------------------------------------
+# --- damaged result documents (the loader's own property tests: tests/test_fuzz_results.py) ----
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=10),
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
     max_leaves=20,
 )
-
-
-@given(st.one_of(st.binary(max_size=200), json_values.map(lambda v: json.dumps(v).encode())))
-@settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
-def test_result_loader_returns_a_document_or_a_user_error(tmp_path: Path, data: bytes) -> None:
-    path = tmp_path / "r.json"
-    path.write_bytes(data)
-    try:
-        doc = load_result(path)
-    except UserError:
-        return
-    assert doc["schema_version"] == 1
 
 
 # --- compare's pairing -------------------------------------------------------------------------

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -30,10 +31,18 @@ offsets = 2
 """
 
 
+def default_signals() -> None:
+    """In the child, before exec: SIGINT and SIGTERM as a terminal delivers them. A suite
+    started in the background (`nohup ... &`) hands its children SIGINT ignored, and a child
+    that ignores it cannot show what Ctrl-C does."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def kvprobe(*args: str, stop: str | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, **({"KVPROBE_TEST_STOP_AFTER": stop} if stop else {})}
     return subprocess.run([sys.executable, "-m", "kvprobe", *args], check=False, capture_output=True,
-                          text=True, env=env, cwd=cwd, timeout=600)  # fmt: skip
+                          text=True, env=env, cwd=cwd, timeout=600, preexec_fn=default_signals)  # fmt: skip
 
 
 def fields(path: Path) -> dict[str, Any]:

@@ -6,10 +6,14 @@ which is what plumbing tests (chunking, forks, cache types) need.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import gguf
 import numpy as np
+
+from tests.gguf_files import set_metadata
 
 N_EMBD = 128
 N_HEAD = 2  # head dim 64: quantized caches (block 32) and Hadamard rotation (multiple of 64) apply
@@ -19,7 +23,7 @@ N_LAYER = 2
 N_CTX_TRAIN = 4096
 
 
-def _vocab(extra: str = "\n") -> tuple[list[str], list[float], list[int]]:
+def _vocab(extra: str = "\n", control: tuple[str, ...] = ()) -> tuple[list[str], list[float], list[int]]:
     tokens = ["<unk>", "<s>", "</s>"]
     types = [gguf.TokenType.UNKNOWN, gguf.TokenType.CONTROL, gguf.TokenType.CONTROL]
     tokens += [f"<0x{b:02X}>" for b in range(256)]
@@ -32,6 +36,9 @@ def _vocab(extra: str = "\n") -> tuple[list[str], list[float], list[int]]:
     types += [gguf.TokenType.NORMAL] * len(pieces)
     # longer pieces score higher so SPM prefers them
     scores = [0.0] * 259 + [float(len(p)) - i * 1e-4 for i, p in enumerate(pieces)]
+    tokens += list(control)  # a chat template's markers (<|im_start|>), parsed as special tokens
+    types += [gguf.TokenType.CONTROL] * len(control)
+    scores += [0.0] * len(control)
     return tokens, scores, [int(t) for t in types]
 
 
@@ -43,14 +50,25 @@ def write_tiny_model(
     name: str = "kvprobe-tiny-test",
     arch: str = "llama",
     context_length: int | str = N_CTX_TRAIN,
+    metadata: Mapping[str, Any] | None = None,
+    alignment: int | None = None,
+    chat_template: str | None = None,
+    control_tokens: tuple[str, ...] = (),
+    eos_token: str | None = None,
 ) -> Path:
     """`last_piece` changes one vocabulary entry: a model with another tokenizer. `name`,
-    `arch` and a string `context_length` make hostile or broken files for the error tests."""
+    `arch` and a string `context_length` make hostile or broken files for the error tests;
+    `metadata` replaces or removes entries (`gguf_files.set_metadata`), and `alignment` sets
+    general.alignment with the data laid out for it. `chat_template` and `control_tokens` make
+    an "instruct" model: its template and the markers it uses, as control tokens (`eos_token`,
+    one of them, becomes EOS: the end of a turn)."""
     rng = np.random.default_rng(seed)
-    tokens, scores, types = _vocab(last_piece)
+    tokens, scores, types = _vocab(last_piece, control_tokens)
     n_vocab = len(tokens)
     head_dim = N_EMBD // N_HEAD
     w = gguf.GGUFWriter(str(path), arch)
+    if alignment is not None:
+        w.add_custom_alignment(alignment)
     w.add_name(name)
     if isinstance(context_length, str):
         w.add_string(f"{arch}.context_length", context_length)
@@ -69,9 +87,12 @@ def write_tiny_model(
     w.add_token_scores(scores)
     w.add_token_types(types)
     w.add_bos_token_id(1)
-    w.add_eos_token_id(2)
+    w.add_eos_token_id(tokens.index(eos_token) if eos_token else 2)
+    if chat_template is not None:
+        w.add_chat_template(chat_template)
     w.add_unk_token_id(0)
     w.add_add_bos_token(True)
+    set_metadata(w, metadata or {})
 
     def t(*shape: int, scale: float = 0.05) -> np.ndarray:
         return (rng.standard_normal(shape) * scale).astype(np.float32)

@@ -86,13 +86,18 @@ def plant(
     inserts: Sequence[Insert],
     *,
     seed: int,
+    lead: Sequence[int] | None = None,
 ) -> Document:
-    """Copy filler tokens, inserting each span, in order, at the first sentence end after its
-    target; returns exactly `length` tokens (spans that no longer fit are left out)."""
+    """Copy filler tokens after `lead` (BOS, or the chat template's text before the user's
+    message; None: the tokenizer's BOS), inserting each span, in order, at the first sentence
+    end after its target; returns exactly `length` tokens (spans that no longer fit are left
+    out)."""
     # ~3.5 characters per token for English; ask for plenty and cut.
     text = document_text(haystack.kind, haystack.path, doc_index, seed, min_chars=length * 6)
     filler = tok.tokenize(text)
-    out: list[int] = [tok.bos] if tok.bos is not None else []
+    if lead is None:
+        lead = [tok.bos] if tok.bos is not None else []
+    out: list[int] = list(lead)
     needles: list[Needle] = []
     src = 0
     for insert in inserts:
@@ -112,7 +117,13 @@ def plant(
 
 
 def build_plan(
-    tok: Tokenizer, scenario: Scenario, ctx: int, seed: int, probes: Sequence[Probe]
+    tok: Tokenizer,
+    scenario: Scenario,
+    ctx: int,
+    seed: int,
+    probes: Sequence[Probe],
+    *,
+    lead: Sequence[int] | None = None,
 ) -> tuple[list[int], list[Document]]:
     """Checkpoints, and documents of ctx tokens plus what the probes ask to carry past it (the
     text's own continuation after the last checkpoint, never fed) with the probes' spans."""
@@ -121,5 +132,5 @@ def build_plan(
     docs = []
     for d in range(scenario.plan.documents):
         inserts = [i for p in probes for i in p.inserts(tok, scenario, checkpoints, d, seed)]
-        docs.append(plant(tok, scenario.haystack, d, ctx + extra, inserts, seed=seed))
+        docs.append(plant(tok, scenario.haystack, d, ctx + extra, inserts, seed=seed, lead=lead))
     return checkpoints, docs

@@ -24,14 +24,16 @@ def prose_essays() -> list[str]:
     return essays
 
 
+MAX_HAYSTACK_BYTES = 64 << 20  # 1M tokens of text is about 4 MiB; more is a wrong file
+
+
 def read_user_text(path: str) -> str:
-    file = Path(path).expanduser()
-    try:
-        text = file.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UserError(f"haystack file {path} not found: give an existing UTF-8 text file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"haystack file {path} cannot be read as UTF-8 text ({exc})") from None
+    """A haystack file, whether named by --haystack or by a scenario: the same checks (a regular
+    UTF-8 text file of bounded size) either way."""
+    from kvprobe.paths import read_input_text
+
+    fix = "give prose, noise, or a UTF-8 text file"
+    text = read_input_text(Path(path).expanduser(), "haystack file", fix, max_bytes=MAX_HAYSTACK_BYTES)
     if "\x00" in text or sum(not (c.isprintable() or c.isspace()) for c in text[:100_000]) > 0.01 * min(
         len(text), 100_000
     ):

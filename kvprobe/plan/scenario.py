@@ -10,7 +10,7 @@ import hashlib
 import json
 import sys
 import tomllib
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -33,6 +33,29 @@ HAYSTACK_KINDS = ("prose", "noise", "file")
 class HaystackSpec:
     kind: str = "prose"
     path: str = ""  # only for kind = "file"
+
+
+# A key added after scenarios were first hashed carries this metadata: it is hashed only where
+# it differs from its default, so every scenario that does not set it keeps its sha256 (and its
+# results stay comparable with earlier ones).
+HASHED_IF_SET = {"hash": "if_set"}
+
+
+def hashed(section: Any) -> dict[str, Any]:
+    """A section's keys as the scenario hash covers them (see HASHED_IF_SET)."""
+    out = asdict(section)
+    for f in fields(section):
+        if f.metadata.get("hash") == "if_set" and out[f.name] == asdict(type(section)())[f.name]:
+            del out[f.name]
+    return out
+
+
+@dataclass(frozen=True)
+class PromptSpec:
+    """[prompt]: the form the model is spoken to in (kvprobe.plan.prompt)."""
+
+    format: str = field(default="auto", metadata=HASHED_IF_SET)  # auto | chat | raw
+    system: str = field(default="", metadata=HASHED_IF_SET)  # a system message ("": none)
 
 
 @dataclass(frozen=True)
@@ -66,6 +89,7 @@ class Scenario:
     probes: list[str] = field(default_factory=lambda: ["needle"])
     haystack: HaystackSpec = HaystackSpec()
     plan: PlanSpec = PlanSpec()
+    prompt: PromptSpec = PromptSpec()
     sections: dict[str, Any] = field(default_factory=_default_sections)
 
     def spec(self, cls: type[T]) -> T:
@@ -97,7 +121,9 @@ class Scenario:
             "haystack": asdict(self.haystack),
             "plan": asdict(self.plan),
         }
-        out.update({name: asdict(value) for name, value in kept.items()})
+        if hashed(self.prompt):
+            out["prompt"] = hashed(self.prompt)
+        out.update({name: hashed(value) for name, value in kept.items()})
         return out
 
     @property
@@ -106,7 +132,7 @@ class Scenario:
         return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-_CORE_SECTIONS: dict[str, type] = {"haystack": HaystackSpec, "plan": PlanSpec}
+_CORE_SECTIONS: dict[str, type] = {"haystack": HaystackSpec, "plan": PlanSpec, "prompt": PromptSpec}
 
 
 def _sections() -> dict[str, type]:
@@ -152,6 +178,7 @@ def _build_section(source: str, section: str, raw: Any) -> Any:
 
 
 MAX_CHECKPOINT = 1 << 20  # the longest --ctx
+MAX_SCENARIO_BYTES = 1 << 20  # a scenario is a page of TOML, not a data file
 
 
 def within(source: str, key: str, value: int, low: int, high: int) -> None:
@@ -178,6 +205,13 @@ def _validate(source: str, s: Scenario) -> None:
             )
     # Upper bounds: a typo (documents = 40000) must be refused at once, not become a plan that
     # runs for days or a loop that never ends.
+    from kvprobe.plan.chat import PROMPT_FORMATS
+    from kvprobe.plan.prompt import MAX_SYSTEM_CHARS
+
+    if s.prompt.format not in PROMPT_FORMATS:
+        raise bad(source, "prompt.format", f"must be one of {', '.join(PROMPT_FORMATS)}")
+    if len(s.prompt.system) > MAX_SYSTEM_CHARS:
+        raise bad(source, "prompt.system", f"must be at most {MAX_SYSTEM_CHARS:,} characters")
     within(source, "plan.documents", s.plan.documents, 1, 256)
     within(source, "plan.chunk", s.plan.chunk, 16, 4096)
     if any(
@@ -231,16 +265,19 @@ def load_scenario(name_or_path: str) -> Scenario:
         path = bundled[name_or_path]
     elif path.is_dir():
         raise UserError(f"scenario {name_or_path!r} is a folder: give a TOML file inside it")
-    elif not path.is_file():
+    elif not path.exists():
         known = ", ".join(bundled) or "none"
         raise UserError(
             f"scenario {name_or_path!r} not found{did_you_mean(name_or_path, bundled)}: "
             f"give a TOML file path or one of: {known}"
         )
+    from kvprobe.paths import read_input_text
+
+    text = read_input_text(path, "scenario", "give a TOML file", max_bytes=MAX_SCENARIO_BYTES)
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise UserError(f"scenario {path}: not valid TOML ({exc}); fix the syntax") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"scenario {path}: cannot read it ({exc})") from None
+    except RecursionError:  # tomllib recurses into nested arrays and inline tables
+        raise UserError(f"scenario {path}: nested too deeply to be a scenario; fix the file") from None
     return parse_scenario(data, str(path))

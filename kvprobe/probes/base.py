@@ -13,6 +13,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
+from kvprobe.plan.prompt import RAW_FRAME, PromptFrame
+
 if TYPE_CHECKING:
     import numpy as np
     from rich.console import RenderableType
@@ -35,6 +37,8 @@ class TextModel(Protocol):
     def detokenize(self, tokens: Sequence[int]) -> str: ...
 
     def piece(self, token: int) -> str: ...
+
+    def tokenize_special(self, text: str) -> list[int]: ...
 
     @property
     def bos(self) -> int | None: ...
@@ -64,6 +68,7 @@ class RunSetup:
     documents: list[Document]
     baseline: str | None
     null_check: bool
+    prompt: PromptFrame = RAW_FRAME  # raw text, or the model's chat framing (kvprobe.plan.prompt)
 
 
 class ProbeRun:
@@ -101,7 +106,8 @@ class ProbeRun:
         return None
 
     def replay_unit(self, data: Any) -> None:
-        """Take back what `end_unit` returned for a unit a resumed run does not measure again."""
+        """Take back what `end_unit` returned for a unit a resumed run does not measure again
+        (None where the journal holds nothing of this probe's for it)."""
 
     def finish(self, items: list[Row]) -> None:
         """Once every configuration has run: fill what compares configurations with each other."""
@@ -163,6 +169,12 @@ class Probe:
     def start(self, setup: RunSetup) -> ProbeRun:
         return ProbeRun()
 
+    def check_unit_data(self, data: Any) -> str | None:
+        """What is wrong with `data`, a journal's copy of what this probe's run returned from
+        `end_unit`, in words; None if `replay_unit` can take it. A probe that keeps data per unit
+        declares its shape here, next to the code that writes it."""
+        return f"probe_data.{self.name}: this probe keeps nothing per unit"
+
     # statistics and output ---------------------------------------------------------------------
     def summary(self, result: ResultDoc, seed: int, measured: Any) -> list[Row]:
         """Summary rows from the result's items (and `measured`, the run's own data, if given)."""
@@ -179,6 +191,13 @@ class Probe:
     def notes(self, result: ResultDoc) -> list[str]:
         """Plain-text paragraphs the HTML report shows under its figures."""
         return []
+
+    def reference_check(
+        self, items: list[Row], baseline: str, prompt: Mapping[str, Any], checkpoint: int
+    ) -> str | None:
+        """Why the reference itself cannot show what a cache costs, judged from its items at the
+        shortest `checkpoint` (None: it can). `prompt`: the result's prompt section."""
+        return None
 
     def sentence(self, result: ResultDoc, config: str, baseline: str, verdict: Row) -> str | None:
         """The verdict's sentence for `config` from this probe, if it has one."""

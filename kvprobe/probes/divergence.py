@@ -8,6 +8,7 @@ its section of the result file, its summary, tables, sentence and compare rows.
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections import defaultdict
 from collections.abc import Mapping
@@ -54,6 +55,55 @@ class DivergenceSpec:
     onset_reference: int = 256  # positions below this are "the shortest bins" KL is tested against
 
 
+EXACT_KINDS = {"nll": "f8", "kld": "f8", "top1_agree": "bool"}  # what end_unit journals, per array
+
+
+@functools.cache
+def _unit_data_validator() -> Any:
+    """The shape of `DivergenceRun.end_unit`'s data: per (configuration, document) the arrays of
+    the chunks the unit added, bit for bit; or the largest NLL gap of a repeated reference."""
+    from kvprobe.result.schema import check_against, integer, listing, number, record, text
+
+    exact = record({"kind": text(enum=["f8", "bool"]), "b64": text()}, ["kind", "b64"])
+    entry = record({"config": text(), "doc": integer(), "repeat_nll_gap": number(minimum=0),
+                    **dict.fromkeys(EXACT_KINDS, exact)})  # fmt: skip
+    return check_against(listing(entry))
+
+
+def unit_data_problem(data: Any, reference: str | None = None) -> str | None:
+    """What is wrong with a journal's copy of `end_unit`'s data (None: it replays): its shape,
+    the kind of each array, arrays that do not decode or differ in length; given the
+    reference, which configurations have KL."""
+    from kvprobe.result.schema import first_problem, where
+
+    root = "probe_data.divergence"
+    if (problem := first_problem(_unit_data_validator(), data, root)) is not None:
+        return problem
+    for i, entry in enumerate(data):
+        at = [i]
+        if "repeat_nll_gap" in entry:
+            if set(entry) != {"repeat_nll_gap"}:
+                return f"{where(at, root)} must hold repeat_nll_gap alone"
+            continue
+        names = [n for n in EXACT_KINDS if n in entry]
+        test = reference is None or entry.get("config") != reference
+        if "config" not in entry or "doc" not in entry or names not in (["nll"], list(EXACT_KINDS)):
+            return f"{where(at, root)} must hold config, doc and nll, or those with kld and top1_agree"
+        if reference is not None and (len(names) == 3) != test:
+            return f"{where(at, root)} must hold KL exactly where it is not the reference's"
+        lengths = set()
+        for name in names:
+            if entry[name]["kind"] != EXACT_KINDS[name]:
+                return f"{where([*at, name, 'kind'], root)} must be {EXACT_KINDS[name]!r}"
+            try:
+                lengths.add(len(decode_exact(entry[name])))
+            except ValueError:
+                return f"{where([*at, name], root)} does not decode"
+        if len(lengths) != 1:
+            return f"{where(at, root)} has arrays of different lengths"
+    return None
+
+
 class DivergenceRun(ProbeRun):
     def __init__(self, setup: RunSetup):
         self.spec = setup.scenario.spec(DivergenceSpec)
@@ -93,7 +143,13 @@ class DivergenceRun(ProbeRun):
 
     def replay_unit(self, data: Any) -> None:
         if self.recorder is None:
+            if data is not None:
+                raise UserError("a journaled unit holds divergence data, but this run has no reference; "
+                                "start the run again without --resume")  # fmt: skip
             return
+        problem = "holds no divergence data" if data is None else unit_data_problem(data, self.reference)
+        if problem is not None:  # arrays of the wrong shape would change the curve without a word
+            raise UserError(f"a journaled unit {problem}; start the run again without --resume")
         for entry in data:
             if "repeat_nll_gap" in entry:
                 gap = float(entry["repeat_nll_gap"])
@@ -237,6 +293,9 @@ class DivergenceProbe(Probe):
 
     def start(self, setup: RunSetup) -> DivergenceRun:
         return DivergenceRun(setup)
+
+    def check_unit_data(self, data: Any) -> str | None:
+        return unit_data_problem(data)
 
     def summary(self, result: ResultDoc, seed: int, measured: Any) -> list[Row]:
         """The decay curve: every metric in every position bin and pooled; sets the onsets.

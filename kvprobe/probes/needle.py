@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from kvprobe.views.figures import Figure
 
 NEEDLE_LOOP_TOKENS = 6  # a failed answer such as "899999999" ends in >= 6 periodic tokens
+REFERENCE_FLOOR = 0.75  # below this share at the shortest checkpoint the reference is the limit
 MAX_QUERY_FORKS = 32  # queries scored at once, each in its own sequence
 Progress = Callable[[int, str], None]
 
@@ -61,7 +62,9 @@ class NeedleRun(ProbeRun):
         self.spec = setup.scenario.spec(NeedleSpec)
         self.classic = setup.mode == "classic"
         self.cells = (
-            build_classic_cells(setup.model, setup.scenario, setup.ctx, setup.seed) if self.classic else []
+            build_classic_cells(setup.model, setup.scenario, setup.ctx, setup.seed, setup.prompt.lead)
+            if self.classic
+            else []
         )
         self.n_prompts = len(self.cells)
         self.prompt_lengths = sorted({c.item.ctx for c in self.cells})
@@ -72,8 +75,9 @@ class NeedleRun(ProbeRun):
         )
         self.query: dict[str, list[int]] = {}
         self.answer: dict[str, list[int]] = {}
+        self.chat = setup.prompt.chat
         for it in items:
-            self.query.setdefault(it.key, setup.model.tokenize("\n\n" + self.spec.query.format(key=it.key)))
+            self.query.setdefault(it.key, self.query_tokens(setup, it.key))
             self.answer.setdefault(it.key, setup.model.tokenize(self.spec.answer.format(value=it.expected)))
         longest = max((len(self.query[k]) + len(self.answer[k]) for k in self.query), default=0)
         scored = sum(len(self.query[i.key]) + len(self.answer[i.key]) - 1 for i in items)
@@ -98,6 +102,15 @@ class NeedleRun(ProbeRun):
             # One prompt per (needle, checkpoint), as RULER evaluates it.
             naive_tokens=sum(i.ctx + len(self.query[i.key]) + len(self.answer[i.key]) - 1 for i in items),
         )
+
+    def query_tokens(self, setup: RunSetup, key: str) -> list[int]:
+        """Raw: the needle's words up to the value. Chat: the question ends the user's message,
+        then the end of the turn, the assistant header and the reply's answer prefix."""
+        tok = setup.model
+        if not self.chat:
+            return tok.tokenize("\n\n" + self.spec.query.format(key=key))
+        question = tok.tokenize("\n\n" + self.spec.chat_query.format(key=key))
+        return [*question, *setup.prompt.turn_end, *tok.tokenize(self.spec.answer_prefix.format(key=key))]
 
     def ask(self, context: Context, item: NeedleItem, config: str) -> Row:
         """One query alone: scored, then (only a failure pays for it) generated."""
@@ -134,6 +147,8 @@ class NeedleRun(ProbeRun):
             # the argmax can differ (batch shape changes numerics), so both are recorded.
             "output_correct": first_number(output) == item.expected,
             "output_loop": loop is not None,
+            # Chat form: the reply ended its turn at once (a template or model problem).
+            **({"output_ended_turn": generated == []} if self.chat else {}),
         }
 
     def at_checkpoint(self, context: Context, config: str, document: Document, length: int) -> list[Row]:
@@ -179,6 +194,43 @@ class NeedleProbe(Probe):
                    compared=True, margin=0.25),
         )  # fmt: skip
 
+    def reference_check(
+        self, items: list[Row], baseline: str, prompt: Mapping[str, Any], checkpoint: int
+    ) -> str | None:
+        rows = [
+            it
+            for it in items
+            if it["probe"] == "needle" and it["config"] == baseline and it["ctx"] == checkpoint
+        ]
+        if len(rows) < 2:
+            return None
+        share = sum(bool(it["correct"]) for it in rows) / len(rows)
+        ended = sum(bool(it.get("output_ended_turn")) for it in rows) / len(rows)
+        chat = prompt.get("format") == "chat"
+        if ended >= 0.5:
+            cause = (
+                "it ends its turn at once: the chat template is likely wrong for this model "
+                "(give the right one with --chat-template FILE)"
+            )
+        elif share >= REFERENCE_FLOOR:
+            return None
+        elif chat and prompt.get("template_source") != "gguf":
+            cause = "a template from a file: if this is a base model, use --prompt-format raw"
+        elif not chat and "--prompt-format raw" in str(prompt.get("why")):
+            cause = (
+                "raw text to a model with a chat template: an instruct model is asked in chat form by default"
+            )
+        elif chat:
+            cause = (
+                "in its own chat form; a small model may confuse needles: plant fewer (needle.per_segment)"
+            )
+        else:
+            cause = "raw text, and the model has no chat template: a small or base model, or a wrong haystack"
+        return (
+            f"the {baseline} reference retrieves {share:.0%} of its needles at {checkpoint:,} tokens "
+            f"({cause}): the reference, not the cache, limits what accuracy can show"
+        )
+
     def validate(self, scenario: Scenario, source: str) -> None:
         s, classic = scenario.spec(NeedleSpec), scenario.spec(ClassicSpec)
         for key in ("template", "query"):
@@ -186,7 +238,10 @@ class NeedleProbe(Probe):
                 raise bad(source, f"needle.{key}", "must contain {key}")
         if "{value}" not in s.template or "{value}" not in s.answer:
             raise bad(source, "needle.template", "and needle.answer must contain {value}")
-        for key, fields in (("template", {"key", "value"}), ("query", {"key"}), ("answer", {"value"})):
+        for key, fields in (
+            ("template", {"key", "value"}), ("query", {"key"}), ("answer", {"value"}),
+            ("chat_query", {"key"}), ("answer_prefix", {"key"}),
+        ):  # fmt: skip
             try:
                 getattr(s, key).format(**dict.fromkeys(fields, "x"))
             except (KeyError, IndexError, ValueError) as exc:

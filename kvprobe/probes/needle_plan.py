@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from kvprobe.errors import UserError
 from kvprobe.plan.documents import Document, Insert, Tokenizer, default_checkpoints, plant
-from kvprobe.plan.scenario import Scenario
+from kvprobe.plan.scenario import HASHED_IF_SET, Scenario
 
 DEFAULT_ATTRIBUTES = (
     "locker number",
@@ -54,6 +54,11 @@ class NeedleSpec:
     # Score a checkpoint's queries as parallel fork sequences, packed into as few llama_decode
     # calls as a chunk holds (false: one small decode per query, as before 0.2).
     batch_queries: bool = True
+    # In chat form the question is the end of the user's message, and the reply starts with
+    # the answer prefix (RULER's answer_prefix), so a correct reply in a full sentence ("Vera
+    # Holm's locker number is 4818213.") is scored on its value, as the bare answer is.
+    chat_query: str = field(default="What is {key}? Answer with the number only.", metadata=HASHED_IF_SET)
+    answer_prefix: str = field(default="{key} is", metadata=HASHED_IF_SET)
 
 
 @dataclass(frozen=True)
@@ -234,7 +239,9 @@ class ClassicCell:
     item: NeedleItem
 
 
-def build_classic_cells(tok: Tokenizer, scenario: Scenario, ctx: int, seed: int) -> list[ClassicCell]:
+def build_classic_cells(
+    tok: Tokenizer, scenario: Scenario, ctx: int, seed: int, lead: list[int] | None = None
+) -> list[ClassicCell]:
     """One prompt per (length, depth, repeat), evaluated from scratch."""
     needle, classic = scenario.spec(NeedleSpec), scenario.spec(ClassicSpec)
     checkpoints = default_checkpoints(ctx, scenario.plan.checkpoints)
@@ -250,8 +257,9 @@ def build_classic_cells(tok: Tokenizer, scenario: Scenario, ctx: int, seed: int)
                 target = max(1, min(int(depth * length), length - len(ntoks) - 48))
                 while True:
                     doc = plant(
-                        tok, scenario.haystack, rep, length, [Insert(key, value, ntoks, target)], seed=seed
-                    )
+                        tok, scenario.haystack, rep, length, [Insert(key, value, ntoks, target)], seed=seed,
+                        lead=lead,
+                    )  # fmt: skip
                     # The next sentence end may lie past the prompt's end: move the target earlier.
                     if doc.needles or target <= 1:
                         break

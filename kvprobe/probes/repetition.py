@@ -7,14 +7,14 @@ metrics (kvprobe.probes.repetition_metrics).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from rich.table import Table
 
 from kvprobe.cache_types import TEXT_ROWS
 from kvprobe.display import plain
-from kvprobe.plan.scenario import within
+from kvprobe.plan.scenario import HASHED_IF_SET, within
 from kvprobe.probes.base import Budget, Probe, ProbeRun, ResultDoc, Row, RunSetup
 from kvprobe.probes.registry import register
 from kvprobe.probes.repetition_metrics import first_difference, repetition_metrics
@@ -35,6 +35,9 @@ class RepetitionSpec:
     tokens: int = 128  # greedy continuation length G
     offsets: int = 4  # continuation points per checkpoint and document: L, L - stride, ...
     stride: int = 96  # tokens between continuation points
+    # Chat form: the continuation is the assistant's reply to this request, appended to the
+    # document cut at each point (the document's own continuation stays real text's level).
+    chat_request: str = field(default="Continue the text above from where it stops.", metadata=HASHED_IF_SET)
 
 
 def continuation_points(checkpoint: int, offsets: int, stride: int) -> list[int]:
@@ -54,6 +57,12 @@ class RepetitionRun(ProbeRun):
         self.spec = setup.scenario.spec(RepetitionSpec)
         self.documents, self.checkpoints = setup.documents, setup.checkpoints
         self.baseline = setup.baseline
+        # Chat form: the request ends the user's message, then the turn's end and the reply.
+        self.request = (
+            [*setup.model.tokenize("\n\n" + self.spec.chat_request), *setup.prompt.turn_end]
+            if setup.prompt.chat
+            else []
+        )
         points = [
             p
             for _ in self.documents
@@ -61,11 +70,11 @@ class RepetitionRun(ProbeRun):
             for p in continuation_points(L, self.spec.offsets, self.spec.stride)
         ]
         self.budget = Budget(
-            fork_cells=self.spec.offsets * (self.spec.tokens + 1),
+            fork_cells=self.spec.offsets * (self.spec.tokens + 1 + len(self.request)),
             sequences=self.spec.offsets,
-            tokens=len(points) * self.spec.tokens,
+            tokens=len(points) * (self.spec.tokens + len(self.request)),
             # Each continuation from a fresh prompt of its prefix.
-            naive_tokens=len(points) * self.spec.tokens + sum(points),
+            naive_tokens=len(points) * (self.spec.tokens + len(self.request)) + sum(points),
         )
 
     def row(self, config: str, doc: int, length: int, point: int, tokens: list[int]) -> Row:
@@ -92,7 +101,7 @@ class RepetitionRun(ProbeRun):
         from kvprobe.engine import generate_forks
 
         points = continuation_points(length, self.spec.offsets, self.spec.stride)
-        outs = generate_forks(context, [document.tokens[:p] for p in points], self.spec.tokens)
+        outs = generate_forks(context, [document.tokens[:p] for p in points], self.spec.tokens, self.request)
         return [
             self.row(config, document.index, length, p, toks) for p, toks in zip(points, outs, strict=True)
         ]

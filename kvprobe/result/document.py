@@ -52,6 +52,7 @@ def build_result(
         "baseline": baseline,
         "scenario": {"name": scenario.name, "sha256": scenario.sha256, "spec": scenario.to_dict()},
         "run": run,
+        "prompt": outcome.prompt,  # raw text or chat form, and the template's framing
         "items": outcome.items,
         "text_items": outcome.text_items,
         "summary": [],

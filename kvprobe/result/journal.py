@@ -5,13 +5,20 @@ where it stopped instead of starting again.
 JSON lines. The first line is the header: the command, and the identity of the request (every
 input that determines the items, with its hash). Each further line is one finished unit (one
 document x checkpoint step, every configuration): its item rows and what each probe
-accumulated (`ProbeRun.end_unit`). Every line is flushed and fsync'd before the run goes on;
-a line torn by a crash is ignored when the journal is read back.
+accumulated (`ProbeRun.end_unit`). Every line is flushed and fsync'd before the run goes on.
+
+Every line carries the SHA-256 of the rest of it as its first field (`{"sha256":"<hex>",...}`:
+the line without that field is the JSON the writer serialised), so a line that changed is
+found. Read back, the header and every unit are checked like a result file (the same schema
+for items; each probe checks its own data, `Probe.check_unit_data`), and anything that does not
+verify is refused in one line naming the journal line; only a last line torn by a kill (no
+newline after it) is dropped, and its unit measured again.
 """
 
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import json
 import os
@@ -23,8 +30,10 @@ import numpy as np
 
 from kvprobe.errors import UserError
 
-JOURNAL_VERSION = 1
+JOURNAL_VERSION = 2  # 2: a checksum on every line
 SUFFIX = ".journal.jsonl"
+MAX_JOURNAL_BYTES = 16 << 30  # per-position arrays of a 1M-token run; more is not a journal
+CHECKSUM = b'{"sha256":"'  # every line starts so, then 64 hex digits and '",'
 
 
 def journal_path(out_path: Path) -> Path:
@@ -46,7 +55,8 @@ def encode_exact(values: np.ndarray) -> dict[str, Any]:
 
 
 def decode_exact(record: dict[str, Any]) -> np.ndarray:
-    raw = base64.b64decode(record["b64"])
+    """An array `encode_exact` wrote; ValueError (binascii.Error is one) where it is damaged."""
+    raw = base64.b64decode(record["b64"], validate=True)
     if record["kind"] == "bool":
         return np.frombuffer(raw, dtype=np.uint8).astype(bool)
     return np.frombuffer(raw, dtype="<f8").copy()
@@ -86,21 +96,37 @@ class Unit:
         return (self.doc, self.step, self.group)
 
     def to_json(self) -> dict[str, Any]:
-        return {"unit": key_json(self.key), "items": self.items, "probe_data": self.probe_data,
-                "tokens": self.tokens, "seconds": round(self.seconds, 3), "feed_s": round(self.feed_s, 3),
-                "reduce_s": round(self.reduce_s, 3),
-                "prefill_s": {c: round(v, 4) for c, v in self.prefill_s.items()},
-                "prefill_tokens": self.prefill_tokens, "prefill_logits": self.prefill_logits}  # fmt: skip
+        return {
+            "unit": key_json(self.key),
+            "items": self.items,
+            "probe_data": self.probe_data,
+            "tokens": self.tokens,
+            "seconds": round(self.seconds, 3),
+            "feed_s": round(self.feed_s, 3),
+            "reduce_s": round(self.reduce_s, 3),
+            "prefill_s": {c: round(v, 4) for c, v in self.prefill_s.items()},
+            "prefill_tokens": self.prefill_tokens,
+            "prefill_logits": self.prefill_logits,
+        }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Unit:
+        """A unit line that UNIT_LINE accepted."""
         doc, step, *group = data["unit"]
-        return cls(int(doc), int(step), data["items"], data.get("probe_data") or {},
-                   int(data.get("tokens", 0)), float(data.get("seconds", 0.0)),
-                   float(data.get("feed_s", 0.0)), float(data.get("reduce_s", 0.0)),
-                   {str(c): float(v) for c, v in (data.get("prefill_s") or {}).items()},
-                   int(data.get("prefill_tokens", 0)), bool(data.get("prefill_logits", False)),
-                   int(group[0]) if group else 0)  # fmt: skip
+        return cls(
+            doc,
+            step,
+            data["items"],
+            data["probe_data"],
+            data["tokens"],
+            float(data["seconds"]),
+            float(data["feed_s"]),
+            float(data["reduce_s"]),
+            {c: float(v) for c, v in data["prefill_s"].items()},
+            data["prefill_tokens"],
+            data["prefill_logits"],
+            group[0] if group else 0,
+        )
 
 
 class Journal:
@@ -146,8 +172,16 @@ def _ends_with_newline(fh: Any, size: int) -> bool:
     return bool(fh.read(1) == b"\n")
 
 
+def checksummed(record: dict[str, Any]) -> str:
+    """The line of `record`: its JSON (NaN as the writer has it) with the SHA-256 of that JSON as
+    a first field, so the reader can check the bytes it reads without serialising anything."""
+    payload = json.dumps(record, separators=(",", ":"), allow_nan=True)
+    digest = hashlib.sha256(payload.encode()).hexdigest()
+    return f'{CHECKSUM.decode()}{digest}",{payload[1:]}'
+
+
 def _write_line(fh: Any, record: dict[str, Any]) -> None:
-    fh.write(json.dumps(record, separators=(",", ":"), allow_nan=True) + "\n")
+    fh.write(checksummed(record) + "\n")
     fh.flush()
     os.fsync(fh.fileno())
 
@@ -162,42 +196,226 @@ class SavedRun:
     whole_bytes: int = 0  # the file's length up to the end of its last whole line
 
 
-def read_journal(path: Path) -> SavedRun:
-    """The header and every whole unit line; a torn last line (a kill during the write) is
-    dropped, anything else unreadable is a UserError."""
+def _line_schemas() -> tuple[Any, Any]:
+    """The header's and a unit line's schema (a unit's items are the result file's items)."""
+    from kvprobe.result.schema import (
+        INT,
+        STR,
+        flag,
+        integer,
+        listing,
+        mapping,
+        nullable,
+        number,
+        of,
+        record,
+        ref,
+        text,
+    )
+
+    seconds = number(minimum=0)
+    identity = record(
+        {
+            "kvprobe": STR,
+            "models_sha256": listing(STR),
+            "scenario_sha256": STR,
+            "seed": INT,
+            "ctx": INT,
+            "mode": STR,
+            "configs": listing(STR),
+            "baseline": nullable(STR),
+            "null_check": flag(),
+            "llama_cpp_python": nullable(STR),
+            "llama_cpp_build": nullable(STR),
+            "flash_attn": flag(),
+            "attn_rotation": flag(),
+            "extra_bufts": flag(),
+            "n_gpu_layers": integer(lo=-1),
+            "n_threads": nullable(INT),
+            "max_contexts": integer(lo=1, hi=1024),
+        }
+    )
+    header = record(
+        {
+            "kvprobe_journal": integer(lo=JOURNAL_VERSION, hi=JOURNAL_VERSION),
+            "argv": listing(STR),
+            "cwd": text(minLength=1),
+            "out": text(minLength=1),
+            "identity": identity,
+            "identity_sha256": STR,
+            "created": STR,
+        },
+        ["kvprobe_journal", "argv", "cwd", "out", "identity", "identity_sha256", "created"],
+    )
+    unit = record(
+        {
+            "unit": listing(INT, minItems=2, maxItems=3),
+            "items": listing(ref("item")),
+            "probe_data": of("object"),  # each probe checks its own: Probe.check_unit_data
+            "tokens": INT,
+            "seconds": seconds,
+            "feed_s": seconds,
+            "reduce_s": seconds,
+            "prefill_s": mapping(seconds),
+            "prefill_tokens": INT,
+            "prefill_logits": flag(),
+        },
+        [
+            "unit",
+            "items",
+            "probe_data",
+            "tokens",
+            "seconds",
+            "feed_s",
+            "reduce_s",
+            "prefill_s",
+            "prefill_tokens",
+            "prefill_logits",
+        ],
+    )
+    return header, unit
+
+
+@functools.cache
+def _checks() -> dict[str, tuple[Any, Any]]:
+    """Per kind of line: a fast check and jsonschema's validator, which names the field."""
+    from kvprobe.result.compiled import compile_schema
+    from kvprobe.result.schema import DEFS, check_against
+
+    header, unit = _line_schemas()
+    return {
+        name: (compile_schema(s, DEFS), check_against(s)) for name, s in (("header", header), ("unit", unit))
+    }
+
+
+def _schema_problem(kind: str, record: dict[str, Any]) -> str | None:
+    from kvprobe.result.schema import first_problem, too_deep
+
+    if too_deep(record):
+        return "it nests lists and objects too deep"
+    fast, full = _checks()[kind]
+    return None if fast(record) else first_problem(full, record)
+
+
+def _verified(line: bytes) -> tuple[dict[str, Any] | None, str]:
+    """The record of a line whose checksum holds, or None and what is wrong with it."""
+    digest, rest = line[len(CHECKSUM) : len(CHECKSUM) + 64], line[len(CHECKSUM) + 64 :]
+    if not line.startswith(CHECKSUM) or not rest.startswith(b'",'):
+        return None, "has no checksum"
+    payload = b"{" + rest[2:]
+    if hashlib.sha256(payload).hexdigest().encode() != digest:
+        return None, "is damaged: its checksum does not match"
     try:
-        raw = path.read_bytes()
-        lines = raw.decode("utf-8").splitlines()
-    except FileNotFoundError:
-        raise UserError(
-            f"--resume {path}: no such journal (kvprobe writes <out>{SUFFIX} beside --out)"
-        ) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"--resume {path}: cannot read it ({exc})") from None
+        record = json.loads(payload.decode("utf-8"))
+    except (ValueError, RecursionError):
+        return None, "is damaged: not JSON"
+    if not isinstance(record, dict):
+        return None, "is not a JSON object"
+    return record, ""
+
+
+def _older(line: bytes) -> int | None:
+    """The version of a journal from before checksums (its header is plain JSON), if it is one."""
+    try:
+        header = json.loads(line.decode("utf-8"))
+    except (ValueError, RecursionError):
+        return None
+    version = header.get("kvprobe_journal") if isinstance(header, dict) else None
+    return version if isinstance(version, int) and not isinstance(version, bool) else None
+
+
+def _lines(path: Path, raw: bytes) -> tuple[list[dict[str, Any]], int]:
+    """The records of every whole line that verifies, and where the last of them ends; an
+    unterminated last line that does not verify (torn by a kill) is dropped. Any other line that
+    does not verify is a UserError naming it."""
+    pieces = raw.split(b"\n")
     records: list[dict[str, Any]] = []
-    for i, line in enumerate(lines):
-        try:
-            record = json.loads(line)
-        except ValueError:
-            if i == len(lines) - 1:  # torn by a kill while it was written: that unit is redone
-                break
-            raise UserError(
-                f"--resume {path}: line {i + 1} is damaged; start the run again without --resume"
-            ) from None
-        if not isinstance(record, dict):
-            raise UserError(f"--resume {path}: line {i + 1} is not a JSON object; start the run again")
+    whole = 0
+    for i, line in enumerate(pieces):
+        torn = i == len(pieces) - 1  # no newline after it
+        if torn and not line:
+            break
+        record, problem = _verified(line)
+        if record is None:
+            if torn:
+                break  # the unit is measured again
+            version = _older(line) if i == 0 else None
+            if version is not None and version != JOURNAL_VERSION:
+                raise UserError(
+                    f"--resume {path}: a journal of version {version} (from an older kvprobe, without "
+                    f"checksums) cannot be verified; start the run again without --resume"
+                )
+            raise _damaged(path, i + 1, f"the line {problem}")
         records.append(record)
-    # Where the whole lines end: appending resumes there, never after a torn fragment.
-    whole = sum(len(line.encode("utf-8")) + 1 for line in lines[: len(records)])
-    if not records or records[0].get("kvprobe_journal") != JOURNAL_VERSION:
-        raise UserError(f"--resume {path}: not a kvprobe journal of version {JOURNAL_VERSION}")
-    try:
-        units = [Unit.from_json(r) for r in records[1:]]
-    except (KeyError, TypeError, ValueError) as exc:
+        whole += len(line) + (0 if torn else 1)
+    return records, whole
+
+
+def _damaged(path: Path, line: int, problem: str) -> UserError:
+    return UserError(f"--resume {path}: line {line}: {problem}; start the run again without --resume")
+
+
+def _header_problem(header: dict[str, Any]) -> str | None:
+    if header.get("kvprobe_journal") != JOURNAL_VERSION:
+        return f"not a kvprobe journal of version {JOURNAL_VERSION}"
+    problem = _schema_problem("header", header)
+    if problem is not None:
+        return problem
+    if identity_hash(header["identity"]) != header["identity_sha256"]:
+        return "identity_sha256 is not the hash of identity"
+    for key in ("cwd", "out"):
+        if "\x00" in header[key] or not Path(header[key]).is_absolute():
+            return f"{key} must be an absolute path"
+    return None
+
+
+def _unit_problem(record: dict[str, Any]) -> str | None:
+    from kvprobe.probes import all_probes
+    from kvprobe.result.schema import brief
+
+    problem = _schema_problem("unit", record)
+    if problem is not None:
+        return problem
+    probes = {p.name: p for p in all_probes()}
+    for name, data in record["probe_data"].items():
+        if name not in probes:
+            return f"probe_data names {brief(name)}, a probe this kvprobe does not have"
+        found = probes[name].check_unit_data(data)
+        if found is not None:
+            return found
+    return None
+
+
+def read_journal(path: Path) -> SavedRun:
+    """The header and every unit, each verified (checksum, schema, the probes' own checks); a
+    torn last line (a kill during the write) is dropped, anything else unverifiable is a
+    UserError naming the line."""
+    from kvprobe.paths import read_input_bytes
+
+    if not path.exists():
+        raise UserError(f"--resume {path}: no such journal (kvprobe writes <out>{SUFFIX} beside --out)")
+    raw = read_input_bytes(
+        path, "--resume", "give the journal of an interrupted run", max_bytes=MAX_JOURNAL_BYTES
+    )
+    records, whole = _lines(path, raw)
+    if not records:
         raise UserError(
-            f"--resume {path}: a unit is damaged ({type(exc).__name__}); start the run again"
-        ) from None
-    return SavedRun(path, records[0], units, min(whole, len(raw)))
+            f"--resume {path}: not a kvprobe journal of version {JOURNAL_VERSION} (no whole first line)"
+        )
+    header = records[0]
+    if (problem := _header_problem(header)) is not None:
+        raise _damaged(path, 1, problem)
+    units: list[Unit] = []
+    seen: dict[UnitKey, int] = {}
+    for number, record in enumerate(records[1:], start=2):
+        if (problem := _unit_problem(record)) is not None:
+            raise _damaged(path, number, problem)
+        unit = Unit.from_json(record)
+        if unit.key in seen:
+            raise _damaged(path, number, f"unit {key_json(unit.key)} is on line {seen[unit.key]} already")
+        seen[unit.key] = number
+        units.append(unit)
+    return SavedRun(path, header, units, whole)
 
 
 def differences(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:

@@ -25,3 +25,4 @@ class RunOutcome:
     errors: list[dict[str, str]] = field(default_factory=list)  # statistics that failed while measuring
     stopped: str | None = None  # "interrupted" or "time budget" when the run ended early
     missing: list[list[int]] = field(default_factory=list)  # units not measured: [doc, step(, group)]
+    prompt: dict[str, Any] = field(default_factory=dict)  # the prompt format that took effect

@@ -4,7 +4,9 @@ the current schema (docs/result-schema.md). Nothing else opens a result file."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
+import math
 import os
 import tempfile
 from collections.abc import Callable
@@ -17,6 +19,7 @@ import numpy as np
 from kvprobe.errors import UserError, guarded
 
 SCHEMA_VERSION = 3
+MAX_RESULT_BYTES = 1 << 30  # the largest real results are a few MB (per-position arrays are zlib'd)
 ResultDoc = dict[str, Any]
 
 
@@ -148,45 +151,66 @@ def _add_decisions(doc: ResultDoc) -> None:
 
 # Each step takes a document of version N (the key) to N + 1, in place.
 MIGRATIONS: dict[int, Callable[[ResultDoc], None]] = {1: _rename_first_difference, 2: _add_decisions}
+# What they change, for docs/result-schema.md (python -m kvprobe.result.schema writes the table).
+MIGRATION_NOTES = (
+    ("1", "2", "the repetition metric `divergence_index` is called `first_difference` (\"divergence\" "
+     "names only the KL probe), in items, text items and summary rows"),
+    ("1, no `statistics`", "2", "files from before statistics were recorded: `statistics` is added; where "
+     "the verdict is missing too, it is computed from the file's own summary rows"),
+    ("2", "3", "`model.kv_layout` from the recorded metadata; the divergence `kld_p999` rows and "
+     "`divergence.spans` from the file's float32 arrays; the verdict rebuilt with equivalence, the "
+     "recommendation and the rules of thumb (`verdict.migrated_from_schema: 2`). Items and existing "
+     "summary rows are unchanged; `timing.prefill` stays absent (speed \"not measured\")"),
+)  # fmt: skip
 
 
-def _expect(path: Path, where: str, value: Any, kind: type | tuple[type, ...], what: str) -> None:
-    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise UserError(f"result file {path}: {where} must be {what}; use an intact file or run it again")
+def parse_json(text: str) -> Any:
+    """Strict JSON, as kvprobe writes it: NaN, Infinity and numbers beyond a float are refused
+    (ValueError), and so is nesting deeper than the schema's (RecursionError, ValueError)."""
+    return json.loads(text, parse_constant=_no_constant, parse_float=_finite_float)
 
 
-def validate(doc: Any, path: Path) -> ResultDoc:
-    """The checks every reader relies on, each failing with one line that names the field."""
-    _expect(path, "the file", doc, dict, "a JSON object")
-    missing = [k for k in REQUIRED_FIELDS if k not in doc]
-    if missing:
-        raise UserError(f"result file {path} is incomplete: missing {', '.join(missing)}; run it again")
-    _expect(path, "configs", doc["configs"], list, "a list")
-    ids = []
-    for i, c in enumerate(doc["configs"]):
-        _expect(path, f"configs[{i}]", c, dict, "an object")
-        for key in ("id", "type_k", "type_v"):
-            _expect(path, f"configs[{i}].{key}", c.get(key), str, "text")
-        ids.append(c["id"])
-    if doc["baseline"] is not None and doc["baseline"] not in ids:
-        raise UserError(
-            f"result file {path}: baseline {str(doc['baseline'])[:40]!r} is not one of its configs"
-        )
-    _expect(path, "model", doc["model"], dict, "an object")
-    _expect(path, "model.sha256", doc["model"].get("sha256"), str, "text")
-    _expect(path, "scenario", doc["scenario"], dict, "an object")
-    _expect(path, "scenario.sha256", doc["scenario"].get("sha256"), str, "text")
-    _expect(path, "run", doc["run"], dict, "an object")
-    for key in ("ctx", "seed"):
-        _expect(path, f"run.{key}", doc["run"].get(key), int, "a whole number")
-    _expect(path, "run.checkpoints", doc["run"].get("checkpoints"), list, "a list")
-    for field in ("items", "summary"):
-        _expect(path, field, doc[field], list, "a list")
-        for i, row in enumerate(doc[field]):
-            _expect(path, f"{field}[{i}]", row, dict, "an object")
-            _expect(path, f"{field}[{i}].probe", row.get("probe"), str, "text")
-            _expect(path, f"{field}[{i}].config", row.get("config"), str, "text")
-            _expect(path, f"{field}[{i}].ctx", row.get("ctx"), int, "a whole number")
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON (kvprobe writes NaN and infinity as null)")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text[:20]} is beyond a double (kvprobe writes infinity as null)")
+    return value
+
+
+def schema_problem(doc: Any, *, shown: bool = True) -> str | None:
+    """The first thing `doc` breaks, in words naming its JSON path: too deep, a field of the
+    wrong type or missing (kvprobe.result.schema), a broken tie between fields (ties; `shown`:
+    those of the report's tables too)."""
+    from kvprobe.result import schema
+    from kvprobe.result.ties import first_tie_problem
+
+    if schema.too_deep(doc):
+        return f"it nests lists and objects deeper than {schema.MAX_DEPTH} levels"
+    if not _compiled()(doc):
+        problem = schema.first_problem(schema.validator(), doc)
+        if problem is not None:  # jsonschema is the reference: it names the field
+            return problem
+    return first_tie_problem(doc, shown=shown)
+
+
+@functools.cache
+def _compiled() -> Callable[[Any], bool]:
+    from kvprobe.result import schema
+    from kvprobe.result.compiled import compile_schema
+
+    return compile_schema(schema.SCHEMA, schema.DEFS)
+
+
+def validate(doc: Any, path: Path, *, shown: bool = True) -> ResultDoc:
+    """The checks every reader relies on (docs/result-schema.md), failing with one line that
+    names the first bad field; `shown`: also what the report's tables rely on."""
+    problem = schema_problem(doc, shown=shown)
+    if problem is not None:
+        raise UserError(f"result file {path}: {problem}; use an intact file or run it again")
     checked: ResultDoc = doc
     return checked
 
@@ -200,20 +224,27 @@ class Result:
     read_version: int  # the schema version the file was written in
 
     @classmethod
-    def load(cls, path: Path) -> Result:
+    def load(cls, path: Path, *, shown: bool = True) -> Result:
+        """The file, checked for every reader; `shown` (`kvprobe report`): also for the report's
+        tables, whose rows `compare` never reads (kvprobe.result.ties.TABLE_TIES)."""
+        from kvprobe.paths import read_input_text
+
+        text = read_input_text(
+            path, "result file", "give a result file of kvprobe run", max_bytes=MAX_RESULT_BYTES
+        )
         try:
-            doc = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise UserError(f"result file {path} not found") from None
+            doc = parse_json(text)
+        except RecursionError:
+            raise UserError(f"result file {path} is not a result: it nests far too deep") from None
         except (OSError, ValueError) as exc:
-            raise UserError(f"result file {path} is not valid JSON ({exc})") from None
+            raise UserError(f"result file {path} is not valid JSON ({str(exc)[:120]})") from None
         version = doc.get("schema_version") if isinstance(doc, dict) else None
         if not isinstance(version, int) or isinstance(version, bool) or not 1 <= version <= SCHEMA_VERSION:
             raise UserError(
-                f"result file {path} has schema_version {version!r}; this kvprobe reads versions 1 to "
-                f"{SCHEMA_VERSION}: a newer file needs a newer kvprobe"
+                f"result file {path} has schema_version {repr(version)[:40]}; this kvprobe reads versions 1 "
+                f"to {SCHEMA_VERSION}: a newer file needs a newer kvprobe"
             )
-        validate(doc, path)
+        validate(doc, path, shown=shown)
         for step in range(version, SCHEMA_VERSION):
             MIGRATIONS[step](doc)
         doc["schema_version"] = SCHEMA_VERSION
@@ -226,12 +257,17 @@ class Result:
                 doc["statistics"] = {"complete": not errors, "errors": errors}
             else:  # a verdict was written only when every statistic had succeeded
                 doc["statistics"] = {"complete": True, "errors": []}
+        if version < SCHEMA_VERSION:  # what the migration made must hold too: readers see only it
+            problem = schema_problem(doc, shown=shown)
+            if problem is not None:
+                raise UserError(
+                    f"result file {path} (schema {version}) cannot be read as schema {SCHEMA_VERSION}: "
+                    f"{problem}; run it again"
+                )
         return cls(path, doc, version)
 
 
 def load_result(path: Path) -> ResultDoc:
-    """The document of a result file, validated and migrated (see Result)."""
-    return Result.load(path).doc
-
-
-REQUIRED_FIELDS = ("configs", "baseline", "model", "scenario", "run", "items", "summary")
+    """The document of a result file, validated for every reader but the report's tables
+    (`compare`, the benchmarks) and migrated (see Result)."""
+    return Result.load(path, shown=False).doc

@@ -536,6 +536,15 @@ def _kv_sentence(fault: str, why: str, k: dict[str, Any], v: dict[str, Any], qua
 # --- the whole verdict ---------------------------------------------------------------------------
 
 
+def reference_checks(
+    items: list[dict[str, Any]], baseline: str, prompt: Mapping[str, Any], checkpoints: list[int]
+) -> list[str]:
+    """Each probe's word on the reference at the shortest checkpoint (kvprobe.probes.base)."""
+    if not checkpoints:
+        return []
+    return [s for p in all_probes() if (s := p.reference_check(items, baseline, prompt, min(checkpoints)))]
+
+
 def build_verdict(
     result: dict[str, Any], seed: int, margin: Mapping[str, float] | None = None
 ) -> dict[str, Any] | None:
@@ -584,7 +593,9 @@ def build_verdict(
         # the first probe (in registry order) with a detail sentence adds it
         parts.append(next((s for p in all_probes() if (s := p.sentence(result, cid, baseline, v))), None))
         v["sentence"] = " ".join(p for p in parts if p) or None
-    sentences = [v["sentence"] for v in per_config.values() if v.get("sentence")]
+    checks = reference_checks(result["items"], baseline, result.get("prompt") or {}, checkpoints)
+    sentences = [c[0].upper() + c[1:] + "." for c in checks]
+    sentences += [v["sentence"] for v in per_config.values() if v.get("sentence")]
     sentences += [h["sentence"] for h in halves]
     attribution = weights_vs_kv(result, seed)
     if attribution:
@@ -595,6 +606,7 @@ def build_verdict(
         "k_vs_v": halves,
         "weights_vs_kv": attribution,
         "sentences": sentences,
+        "reference_check": checks,  # why the reference itself limits the verdict ([]: it does not)
     }
     verdict.update(decide(result, verdict))
     return verdict

@@ -4,13 +4,12 @@ result document's `verdict`."""
 
 from __future__ import annotations
 
-import html
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
-from kvprobe.display import plain
+from kvprobe.display import html_text, plain
 from kvprobe.views.figures import Point, Scatter
 
 MIB = 1024 * 1024
@@ -107,7 +106,7 @@ def decision_html(result: dict[str, Any]) -> str:
         return ""
     from kvprobe.stats.decision import speed_sentence
 
-    e = html.escape
+    e = html_text
     header, cells = frontier_cells(result)
     speed = speed_sentence(result, _rows(result))
     table = (

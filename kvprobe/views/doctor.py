@@ -1,4 +1,6 @@
-"""Terminal output of `kvprobe doctor` (rich)."""
+"""Terminal output of `kvprobe doctor` (rich). Names, paths and metadata text come from the
+file: they pass `plain` (where markup is on) or `visible` (where it is off), so neither markup
+nor a control character in them reaches the terminal, whatever console prints them."""
 
 from __future__ import annotations
 
@@ -7,7 +9,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from kvprobe.display import plain
+from kvprobe.display import plain, visible
 from kvprobe.weights.doctor import GiB, MiB, short_type
 
 SEVERITY_STYLE = {"serious": "bold red", "warning": "yellow", "info": "cyan"}
@@ -21,6 +23,33 @@ def _params(n: int) -> str:
     if n >= 1e9:
         return f"{n / 1e9:.2f}B"
     return f"{n / 1e6:.0f}M" if n >= 1e6 else f"{n / 1e3:.0f}K"
+
+
+def template_text(facts: dict[str, Any]) -> str:
+    """The model's chat template in a line: family, sha256, its default system message."""
+    from kvprobe.errors import UserError
+    from kvprobe.plan.chat import ChatTemplate, find_framing
+
+    text = facts.get("chat_template")
+    if not text:
+        return "none (raw text only; kvprobe run uses raw text unless given --chat-template FILE)"
+    template = ChatTemplate(text, "gguf")
+    said = f"{template.family}, sha256 {template.sha256[:12]}"
+    try:
+        framing = find_framing(
+            template,
+            bos_token=facts.get("bos_text") or "",
+            eos_token=facts.get("eos_text") or "",
+            system=None,
+        )
+    except UserError as exc:
+        return f"{said}; kvprobe cannot use it: {str(exc).split(': ', 1)[-1][:160]}"
+    system = (
+        f'default system message "{framing.default_system[:80]}"'
+        if framing.default_system
+        else "no default system message"
+    )
+    return f"{said}, {system}" + ("; a thinking template" if template.thinking else "")
 
 
 def print_doctor(report: dict[str, Any], console: Console) -> None:
@@ -46,8 +75,9 @@ def print_doctor(report: dict[str, Any], console: Console) -> None:
         ("token_embd / output", f"{f['token_embd_type']} / {output}"),
         ("weight matrix types", ", ".join(f["weight_types"])),
         ("importance matrix", im_text),
+        ("chat template", template_text(f)),
     ):
-        console.print(f"  {label:>20}: {value}", markup=False, highlight=False)
+        console.print(f"  {label:>20}: {visible(value)}", markup=False, highlight=False)
 
     types = Table(title="Tensor types")
     for col in ("type", "tensors", "parameters", "share", "size"):
@@ -57,7 +87,7 @@ def print_doctor(report: dict[str, Any], console: Console) -> None:
             name,
             str(t["tensors"]),
             _params(t["params"]),
-            f"{t['params'] / f['n_params']:.1%}",
+            f"{t['params'] / f['n_params']:.1%}" if f["n_params"] else "-",  # every tensor may be empty
             _size(t["bytes"]),
         )
     console.print(types)

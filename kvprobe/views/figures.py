@@ -112,6 +112,34 @@ def _pyplot() -> Any:
 def render(figure: Figure, fmt: str = "svg") -> bytes:
     """The figure drawn as SVG or PNG bytes."""
     plt = _pyplot()
+    # Labels come from files (model names, configuration ids): "$" must not start mathtext (a
+    # stray one raises while drawing) and control characters are written out.
+    with plt.rc_context({"text.parse_math": False}):
+        return _render(plt, _visible_text(figure), fmt)
+
+
+def _visible_text(figure: Figure) -> Figure:
+    """The figure with every text written out visibly (display.visible)."""
+    from dataclasses import fields, is_dataclass, replace
+
+    from kvprobe.display import visible
+
+    def clean(value: Any) -> Any:
+        if isinstance(value, str):
+            return visible(value)
+        if isinstance(value, list):
+            return [clean(v) for v in value]
+        if isinstance(value, tuple):
+            return tuple(clean(v) for v in value)
+        if is_dataclass(value) and not isinstance(value, type):
+            return replace(value, **{f.name: clean(getattr(value, f.name)) for f in fields(value)})
+        return value
+
+    cleaned: Figure = clean(figure)
+    return cleaned
+
+
+def _render(plt: Any, figure: Figure, fmt: str) -> bytes:
     fig, ax = plt.subplots(figsize=(7.2, 4.2), dpi=110)
     try:
         if isinstance(figure, Heatmap):
@@ -190,18 +218,26 @@ def _draw_heatmap(ax: Any, fig: Any, figure: Heatmap) -> None:
     fig.colorbar(image, ax=ax, label=figure.colour_label)
 
 
-def write_png(figures: Sequence[Figure], folder: str) -> list[str]:
-    """Every figure as FOLDER/<key>.png; returns the paths."""
+def write_png(figures: Sequence[Figure], folder: str, *, force: bool = False) -> list[str]:
+    """Every figure as FOLDER/<key>.png; returns the paths. No file is written if one of them
+    exists already (unless `force`): a report never overwrites half of an earlier one."""
     from pathlib import Path
 
+    from kvprobe.paths import write_atomically
+
     out = Path(folder)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for figure in figures:
-        path = out / f"{figure.key}.png"
-        path.write_bytes(render(figure, "png"))
-        paths.append(str(path))
-    return paths
+    targets = [out / f"{figure.key}.png" for figure in figures]
+    existing = [p for p in targets if p.exists()]
+    if existing and not force:
+        raise UserError(
+            f"--png {out}: {existing[0].name} and {len(existing) - 1} more exist already: choose another "
+            "folder or pass --force"
+            if len(existing) > 1
+            else f"--png {out}: {existing[0].name} exists already: choose another folder or pass --force"
+        )
+    for figure, path in zip(figures, targets, strict=True):
+        write_atomically(path, render(figure, "png"), "--png")
+    return [str(p) for p in targets]
 
 
 def summary_series(

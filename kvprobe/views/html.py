@@ -5,10 +5,10 @@ page opens from a file, a mail attachment or a CI artifact the same way."""
 from __future__ import annotations
 
 import base64
-import html
 from collections.abc import Sequence
 from typing import Any
 
+from kvprobe.display import html_text
 from kvprobe.views.figures import Figure, LineFigure, render
 
 STYLE = """
@@ -21,8 +21,7 @@ th { background: #f4f4f4; text-align: left; } .note { font-size: .9em; white-spa
 """
 
 
-def _e(value: Any) -> str:
-    return html.escape(str(value), quote=True)
+_e = html_text  # every value on the page is untrusted text from a file
 
 
 def _img(figure: Figure) -> str:
@@ -36,6 +35,8 @@ def _table(rows: Sequence[tuple[str, Any]]) -> str:
 
 def provenance(result: dict[str, Any]) -> str:
     """Model, runtime, what took effect, host and timing."""
+    from kvprobe.plan.prompt import describe
+
     model, rt, host, timing = (
         result["model"],
         result.get("runtime") or {},
@@ -56,6 +57,7 @@ def provenance(result: dict[str, Any]) -> str:
             "seed, --ctx, mode",
             f"{result['run']['seed']}, {result['run']['ctx']:,}, {result['run'].get('mode')}",
         ),
+        ("prompt format", describe(result.get("prompt") or {})),
         ("llama-cpp-python", rt.get("llama_cpp_python")),
         ("llama.cpp build", rt.get("llama_cpp_build")),
         (

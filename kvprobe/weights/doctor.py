@@ -20,7 +20,9 @@ import gguf
 import numpy as np
 
 from kvprobe.errors import UserError
-from kvprobe.weights.model_info import field_value, file_type_name, open_gguf, whole_number
+from kvprobe.weights.gguf_header import field_value, printable
+from kvprobe.weights.hparams import LLAMA_MAX_LAYERS, read_hparams, whole_number
+from kvprobe.weights.model_info import open_gguf
 
 # Layers with a sliding window, for architectures whose pattern llama.cpp hard-codes
 # (src/models/<arch>.cpp: load_swa_pattern(ml, n[, dense_first])); the GGUF key
@@ -99,34 +101,26 @@ def _per_layer(value: Any, n_layer: int) -> list[int]:
     return [int(value)] * n_layer
 
 
+# A metadata value of a shape no check foresaw: still one line, never a traceback.
+FACT_ERRORS = (TypeError, ValueError, IndexError, KeyError, AttributeError, ZeroDivisionError, OverflowError)
+
+
 def read_facts(path: Path) -> dict[str, Any]:
     """Everything the findings and the KV table need, from metadata and tensor headers; a
-    value of the wrong type anywhere is one UserError naming the file, never a traceback."""
+    damaged header, a value of the wrong type or an implausible one (`hparams`) is one
+    UserError naming the file, never a traceback."""
     try:
         return _read_facts(path)
-    except (TypeError, ValueError, IndexError, KeyError, AttributeError, ZeroDivisionError) as exc:
+    except FACT_ERRORS as exc:
         raise UserError(
             f"model file {path}: its metadata does not hold what GGUF expects ({type(exc).__name__}: "
-            f"{str(exc)[:80]}): convert the model again"
+            f"{printable(str(exc), 80)}): convert the model again"
         ) from None
 
 
 def _read_facts(path: Path) -> dict[str, Any]:
     reader = open_gguf(path)
-    arch = str(field_value(reader, "general.architecture") or "unknown")
-
-    def meta(key: str, default: Any = None) -> Any:
-        value = field_value(reader, key.replace("{arch}", arch))
-        return default if value is None else value
-
-    def meta_int(key: str, default: int) -> int:
-        return whole_number(path, key.replace("{arch}", arch), meta(key, default))
-
-    n_layer = meta_int("{arch}.block_count", 0)
-    n_head = meta("{arch}.attention.head_count", 0)
-    n_embd = meta_int("{arch}.embedding_length", 0)
-    head_counts = _per_layer(n_head, n_layer)
-    head_dim_default = n_embd // head_counts[0] if head_counts and head_counts[0] else 0
+    hp = read_hparams(path, reader)
     types: dict[str, dict[str, int]] = defaultdict(lambda: {"tensors": 0, "params": 0, "bytes": 0})
     tensor_type: dict[str, str] = {}
     block_weights = 0
@@ -144,24 +138,18 @@ def _read_facts(path: Path) -> dict[str, Any]:
         if t.name.startswith("blk.") and len(t.shape) >= 2:
             block_weights += 1
     embd = next((t for t in reader.tensors if t.name == "token_embd.weight" and len(t.shape) >= 2), None)
-    n_swa = meta_int("{arch}.attention.sliding_window", 0)
-    swa_layers = _swa_layers(arch, n_layer, n_swa, meta("{arch}.attention.sliding_window_pattern"))
-    imatrix = {
-        key: meta(f"quantize.imatrix.{key}")
-        for key in ("file", "dataset", "entries_count", "chunks_count")
-        if meta(f"quantize.imatrix.{key}") is not None
-    }
+    source = field_value(reader, SOURCE_TYPE_KEY)
     return {
         "path": str(path),
         "name": path.name,
-        "general_name": meta("general.name"),
-        "basename": meta("general.basename"),
-        "architecture": arch,
+        "general_name": _text(field_value(reader, "general.name")),
+        "basename": _text(field_value(reader, "general.basename")),
+        "architecture": hp.architecture,
         "n_params": n_params,
-        "n_experts": meta_int("{arch}.expert_count", 0),
-        "n_experts_used": meta_int("{arch}.expert_used_count", 0),
-        "n_ctx_train": meta_int("{arch}.context_length", 0),
-        "file_type": file_type_name(meta("general.file_type")),
+        "n_experts": hp.n_experts,
+        "n_experts_used": hp.n_experts_used,
+        "n_ctx_train": hp.n_ctx_train,
+        "file_type": hp.file_type,
         "bits_per_weight": 8 * total_bytes / n_params if n_params else 0.0,
         "weights_bytes": total_bytes,
         "tensor_types": dict(sorted(types.items(), key=lambda kv: -kv[1]["params"])),
@@ -170,17 +158,65 @@ def _read_facts(path: Path) -> dict[str, Any]:
         "block_weight_tensors": block_weights,
         "bulk_type": _bulk_type(reader),
         "weight_types": sorted({tensor_type[t.name] for t in reader.tensors if len(t.shape) >= 2}),
-        "imatrix": imatrix or None,
-        "source_file_type": meta(SOURCE_TYPE_KEY),
-        "n_layer": n_layer,
-        "n_embd": n_embd,
+        "imatrix": _imatrix_facts(path, reader),
+        "source_file_type": None if source is None else _text(source),
+        "n_layer": hp.n_layer,
+        "n_embd": hp.n_embd,
         "n_vocab": int(embd.shape[1]) if embd is not None else 0,
-        "n_head_kv": _per_layer(meta("{arch}.attention.head_count_kv", n_head), n_layer),
-        "head_dim_k": meta_int("{arch}.attention.key_length", head_dim_default),
-        "head_dim_v": meta_int("{arch}.attention.value_length", head_dim_default),
-        "n_swa": n_swa,
-        "swa_layers": swa_layers,
+        "n_head_kv": hp.n_head_kv,
+        "head_dim_k": hp.head_dim_k,
+        "head_dim_v": hp.head_dim_v,
+        "n_swa": hp.n_swa,
+        "swa_layers": _swa_layers(hp.architecture, hp.n_layer, hp.n_swa, hp.swa_pattern),
+        **chat_facts(reader),
     }
+
+
+MAX_TEMPLATE_CHARS = 1 << 20  # real templates are a few KB (the longest seen, ~20 KB)
+
+
+def chat_facts(reader: Any) -> dict[str, Any]:
+    """The chat template and the BOS/EOS texts a template renders with (None where absent)."""
+    template = field_value(reader, "tokenizer.chat_template")
+    tokens = reader.get_field("tokenizer.ggml.tokens")
+
+    def token_text(key: str) -> str | None:
+        token_id = field_value(reader, key)
+        if not isinstance(token_id, int) or tokens is None or not 0 <= token_id < len(tokens.data):
+            return None
+        return bytes(tokens.parts[tokens.data[token_id]]).decode("utf-8", "replace")
+
+    return {
+        "chat_template": template
+        if isinstance(template, str) and len(template) <= MAX_TEMPLATE_CHARS
+        else None,
+        "bos_text": token_text("tokenizer.ggml.bos_token_id"),
+        "eos_text": token_text("tokenizer.ggml.eos_token_id"),
+    }
+
+
+def _text(value: Any) -> str | None:
+    """A metadata value shown as text (a converter may have written a number or a list)."""
+    return None if value is None else str(value)
+
+
+def _imatrix_facts(path: Path, reader: gguf.GGUFReader) -> dict[str, Any] | None:
+    """The quantize.imatrix.* metadata llama-quantize writes: the counts as whole numbers (the
+    findings compare them), the names as text."""
+    found: dict[str, Any] = {}
+    for key in ("file", "dataset", "entries_count", "chunks_count"):
+        value = field_value(reader, f"quantize.imatrix.{key}")
+        if value is None:
+            continue
+        found[key] = _count(path, f"quantize.imatrix.{key}", value) if key.endswith("_count") else str(value)
+    return found or None
+
+
+def _count(path: Path, key: str, value: Any) -> int:
+    n = whole_number(path, key, value)
+    if n < 0:
+        raise UserError(f"model file {path}: metadata {key} = {n}, not a count: convert the model again")
+    return n
 
 
 def _swa_layers(arch: str, n_layer: int, n_swa: int, swa_pattern: Any) -> list[bool]:
@@ -203,6 +239,8 @@ def kv_layout_from_metadata(arch: str, metadata: dict[str, Any]) -> dict[str, An
     recorded); None when it lacks what the layout needs."""
     try:
         n_layer = int(metadata[f"{arch}.block_count"])
+        if not 0 < n_layer <= LLAMA_MAX_LAYERS:  # a damaged result file must not size a huge list
+            return None
         n_head = metadata[f"{arch}.attention.head_count"]
         heads = _per_layer(n_head, n_layer)
         default_dim = int(metadata[f"{arch}.embedding_length"]) // heads[0]

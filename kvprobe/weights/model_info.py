@@ -12,25 +12,21 @@ import numpy as np
 
 from kvprobe.errors import UserError
 from kvprobe.provenance import sha256_file
+from kvprobe.weights.gguf_header import MAGIC as GGUF_MAGIC
+from kvprobe.weights.gguf_header import field_value, read_gguf
+from kvprobe.weights.hparams import read_hparams, whole_number
 
-GGUF_MAGIC = b"GGUF"
-
-
-def field_value(reader: gguf.GGUFReader, key: str) -> Any:
-    field = reader.get_field(key)
-    if field is None:
-        return None
-    return field.contents()
+__all__ = ["GGUF_MAGIC", "field_value", "open_gguf", "read_model_info", "whole_number"]
 
 
 def open_gguf(path: Path) -> gguf.GGUFReader:
     """A reader over the file's metadata and tensor headers; a one-line UserError if it is not
-    a readable GGUF file. Parsed once per process: gguf parses every tokenizer entry one by
-    one (about 9 s for a 262,144-token vocabulary), whatever the size of the weights."""
-    if path.is_dir():
-        raise UserError(f"model file {path} is a folder: give the path of a .gguf file inside it")
-    if not path.is_file():
-        raise UserError(f"model file {path} not found: give --model PATH to a .gguf file")
+    a readable GGUF file (every count and length in the header is checked against the file's
+    size first: `gguf_header`). Parsed once per process: gguf parses every tokenizer entry one
+    by one (about 9 s for a 262,144-token vocabulary), whatever the size of the weights."""
+    from kvprobe.paths import input_file
+
+    input_file(path, "model file", "give --model PATH to a .gguf file")  # a FIFO or a device would hang
     with path.open("rb") as fh:
         magic = fh.read(4)
     if magic != GGUF_MAGIC:
@@ -51,12 +47,7 @@ def forget_headers() -> None:
 
 @functools.lru_cache(maxsize=4)
 def _parse(path: str, mtime_ns: int, size: int) -> gguf.GGUFReader:
-    try:
-        return gguf.GGUFReader(path, "r")
-    except (ValueError, IndexError, OSError, EOFError) as exc:
-        raise UserError(
-            f"model file {path} is a damaged or truncated GGUF file ({exc}): download it again"
-        ) from None
+    return read_gguf(Path(path), "model file")  # a failure is not cached: UserError propagates
 
 
 def file_type_name(value: Any) -> str | None:
@@ -69,23 +60,11 @@ def file_type_name(value: Any) -> str | None:
         return f"unknown ({str(value)[:40]})"
 
 
-def whole_number(path: Path, key: str, value: Any) -> int:
-    """A metadata value that must be an integer, or a one-line UserError naming the key."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise UserError(
-            f"model file {path}: metadata {key} is {str(value)[:60]!r}, not a whole number: "
-            "the file was written by a broken converter; convert the model again"
-        )
-    return int(value)
-
-
 def read_model_info(path: Path) -> dict[str, Any]:
     """Path, sha256 and metadata of a GGUF file; a one-line UserError if it is not one."""
     reader = open_gguf(path)
-    arch = str(field_value(reader, "general.architecture") or "unknown")
-    context_length = whole_number(
-        path, f"{arch}.context_length", field_value(reader, f"{arch}.context_length") or 0
-    )
+    hparams = read_hparams(path, reader)
+    arch = hparams.architecture
     n_params = int(sum(int(np.prod(t.shape)) for t in reader.tensors))
     metadata = {
         key: field_value(reader, key)
@@ -110,8 +89,8 @@ def read_model_info(path: Path) -> dict[str, Any]:
         "size_bytes": path.stat().st_size,
         "sha256": sha256_file(path),
         "architecture": arch,
-        "n_ctx_train": context_length,
-        "file_type": file_type_name(field_value(reader, "general.file_type")),
+        "n_ctx_train": hparams.n_ctx_train,
+        "file_type": hparams.file_type,
         "n_params": n_params,
         "metadata": metadata,
     }

@@ -7,13 +7,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import gguf
 import numpy as np
+from gguf import GGMLQuantizationType, ReaderTensor
 
 from kvprobe.errors import UserError, did_you_mean
 from kvprobe.weights.doctor import QUANT_TAG, SOURCE_TYPE_KEY, UNQUANTIZED_FILE_TYPES, read_facts, short_type
+from kvprobe.weights.gguf_header import MAGIC as GGUF_MAGIC
+from kvprobe.weights.gguf_header import field_value, printable, read_gguf
 
 DEQUANTIZED = ("F16", "BF16", "F32")
+F32 = GGMLQuantizationType.F32
 
 
 @dataclass(frozen=True)
@@ -88,43 +91,79 @@ def plan_jobs(
 def load_imatrix(path: Path) -> tuple[dict[str, np.ndarray], dict[str, str | int]]:
     """Importance matrix from a GGUF imatrix file (llama-imatrix's output), normalised as
     llama-quantize does (sum of squared activations / count), and the quantize.imatrix.*
-    metadata llama-quantize writes into the model."""
-    if not path.is_file():
-        raise UserError(f"--imatrix {path}: file not found")
-    try:
-        reader = gguf.GGUFReader(str(path), "r")
-    except (ValueError, IndexError, OSError, EOFError):
+    metadata llama-quantize writes into the model. The header is walked within the file's
+    bounds first (`gguf_header`); a damaged file is one UserError, never a traceback."""
+    from kvprobe.paths import input_file
+
+    input_file(path, "--imatrix", "give the GGUF file llama-imatrix wrote")
+    with path.open("rb") as fh:
+        magic = fh.read(len(GGUF_MAGIC))
+    if magic != GGUF_MAGIC:
         raise UserError(
             f"--imatrix {path} is not a GGUF imatrix; convert a legacy .dat file with "
             f"`llama-imatrix --in-file {path.name} -o {path.stem}.gguf`"
-        ) from None
+        )
+    reader = read_gguf(path, "--imatrix")
     tensors = {t.name: t for t in reader.tensors}
-    data: dict[str, np.ndarray] = {}
-    for name, t in tensors.items():
-        if not name.endswith(".in_sum2"):
-            continue
-        base = name.removesuffix(".in_sum2")
-        counts_t = tensors.get(base + ".counts")
-        if counts_t is None:
-            raise UserError(f"--imatrix {path}: {base} has sums but no counts; the file is damaged")
-        sums = np.asarray(t.data, dtype=np.float32).reshape(-1)
-        counts = np.asarray(counts_t.data, dtype=np.float32).reshape(-1)
-        per = sums.reshape(len(counts), -1)
-        safe = np.where(counts > 0, counts, 1.0)[:, None]
-        data[base] = np.where(counts[:, None] > 0, per / safe, 1.0).reshape(-1)
+    data = {
+        name.removesuffix(".in_sum2"): _importance(path, tensors, name.removesuffix(".in_sum2"))
+        for name in tensors
+        if name.endswith(".in_sum2")
+    }
     if not data:
         raise UserError(f"--imatrix {path}: no importance data (no *.in_sum2 tensors)")
-    datasets = reader.get_field("imatrix.datasets")
-    chunks = reader.get_field("imatrix.chunk_count")
     metadata: dict[str, str | int] = {
         "quantize.imatrix.file": path.name,
         "quantize.imatrix.entries_count": len(data),
     }
-    if datasets is not None and datasets.contents():
-        metadata["quantize.imatrix.dataset"] = str(datasets.contents()[0])
+    datasets = field_value(reader, "imatrix.datasets")
+    if isinstance(datasets, list) and datasets:
+        metadata["quantize.imatrix.dataset"] = str(datasets[0])
+    elif isinstance(datasets, str):
+        metadata["quantize.imatrix.dataset"] = datasets
+    chunks = field_value(reader, "imatrix.chunk_count")
     if chunks is not None:
-        metadata["quantize.imatrix.chunks_count"] = int(chunks.contents())
+        metadata["quantize.imatrix.chunks_count"] = _imatrix_count(path, chunks)
     return data, metadata
+
+
+def _importance(path: Path, tensors: dict[str, ReaderTensor], base: str) -> np.ndarray:
+    """One tensor's importance per input column: sums / counts, 1 where nothing was counted."""
+    sums_t, counts_t = tensors[base + ".in_sum2"], tensors.get(base + ".counts")
+    where = f"--imatrix {path}: {printable(base)}"
+    if counts_t is None:
+        raise UserError(f"{where} has sums but no counts; the file is damaged")
+    if sums_t.tensor_type != F32 or counts_t.tensor_type != F32:  # llama-imatrix writes both as F32
+        raise UserError(
+            f"{where} is stored as {sums_t.tensor_type.name} sums and {counts_t.tensor_type.name} counts, "
+            "not F32; the file is damaged"
+        )
+    sums = np.asarray(sums_t.data, dtype=np.float32).reshape(-1)
+    counts = np.asarray(counts_t.data, dtype=np.float32).reshape(-1)
+    if counts.size == 0 or sums.size == 0 or sums.size % counts.size:
+        raise UserError(
+            f"{where} has {sums.size} sums for {counts.size} counts, not a whole number per count; "
+            "the file is damaged"
+        )
+    if not (np.isfinite(sums).all() and np.isfinite(counts).all() and (sums >= 0).all()):
+        raise UserError(
+            f"{where} holds values that are not finite, non-negative numbers; the file is damaged"
+        )
+    per = sums.reshape(counts.size, -1)
+    with np.errstate(over="ignore"):  # a huge sum over a tiny count: refused just below
+        importance = np.where(counts[:, None] > 0, per / np.where(counts > 0, counts, 1.0)[:, None], 1.0)
+    if not np.isfinite(importance).all():
+        raise UserError(f"{where} has sums too large for its counts; the file is damaged")
+    return np.asarray(importance.reshape(-1), dtype=np.float32)
+
+
+def _imatrix_count(path: Path, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+        raise UserError(
+            f"--imatrix {path}: metadata imatrix.chunk_count is {str(value)[:40]!r}, not a count; "
+            "the file is damaged"
+        )
+    return int(value)
 
 
 def provenance_metadata(origin: str) -> dict[str, str | int]:

@@ -1,0 +1,206 @@
+"""Chat templates: how an instruct model frames the prompt its users send it.
+
+The GGUF's `tokenizer.chat_template` (or a file) is rendered as llama.cpp's `--jinja` and
+llama-cpp-python do: Jinja2 in a sandbox, with `messages`, `add_generation_prompt`,
+`bos_token`, `eos_token` and the helpers common templates call. A run in chat form needs only
+the template's *framing*: the text before the user's content, and the text after it up to the
+generation prompt (the assistant header). It is found by rendering sentinel contents; a
+template that rewrites the content, or whose framing depends on it, is refused, since kvprobe
+would then score a prompt other than the one it records.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from kvprobe.errors import UserError
+
+PROMPT_FORMATS = ("auto", "chat", "raw")
+# Mixed case, digits and punctuation, no edge whitespace: a template that trims the content
+# (Llama 3 does) keeps it whole; one that lower-cases, escapes or moves it loses it.
+SENTINELS = ("KvProbe-Sentinel-7f3a: Who? 12.", "Second kvprobe sentinel #41, longer text.")
+# strftime_now answers this fixed date, so that a template that prints today's date (Llama 3.1)
+# frames every run the same way and results stay reproducible.
+FIXED_DATE = "2024-07-26"
+THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+
+FAMILIES = (  # (family, a marker only its templates use), most specific first
+    ("Llama 3", "<|start_header_id|>"),
+    ("Gemma", "<start_of_turn>"),
+    ("ChatML", "<|im_start|>"),
+    ("Mistral", "[INST]"),
+    ("Phi 3", "<|user|>"),
+    ("DeepSeek", "<｜User｜>"),
+)
+
+
+@dataclass(frozen=True)
+class ChatTemplate:
+    text: str
+    source: str  # "gguf" or the file it came from
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.text.encode("utf-8")).hexdigest()
+
+    @property
+    def family(self) -> str:
+        return next((name for name, marker in FAMILIES if marker in self.text), "unrecognised")
+
+    @property
+    def thinking(self) -> bool:
+        """A reasoning template: it knows a thinking block."""
+        return THINK_OPEN in self.text or "enable_thinking" in self.text
+
+
+@dataclass(frozen=True)
+class Framing:
+    """What surrounds the user's content in a rendered prompt."""
+
+    prefix: str  # the text before the content (system turn, user header; maybe BOS text)
+    suffix: str  # after it: the end of the user turn, the generation prompt
+    thinking: str  # "none", "disabled" (the template's own switch), "closed" (kvprobe closed it)
+    default_system: str  # what the template puts before the user turn by itself ("" if nothing)
+
+
+def _environment() -> Any:
+    import jinja2
+    import jinja2.ext
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    class IgnoreGenerationTags(jinja2.ext.Extension):
+        """HuggingFace's `{% generation %}` tag, passed through as llama-cpp-python does."""
+
+        tags = {"generation"}  # noqa: RUF012
+
+        def parse(self, parser: Any) -> Any:
+            parser.stream.skip(1)
+            return parser.parse_statements(("name:endgeneration",), drop_needle=True)
+
+    env = ImmutableSandboxedEnvironment(
+        loader=jinja2.BaseLoader(),
+        trim_blocks=True,
+        lstrip_blocks=True,
+        extensions=[IgnoreGenerationTags, jinja2.ext.loopcontrols],
+    )
+
+    def tojson(
+        x: Any, ensure_ascii: bool = False, indent: int | None = None, separators: Any = None,
+        sort_keys: bool = False,
+    ) -> str:  # fmt: skip
+        return json.dumps(
+            x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys
+        )
+
+    env.filters["tojson"] = tojson
+    return env
+
+
+def _raise_exception(message: str) -> None:
+    raise ValueError(message)
+
+
+def _strftime_now(fmt: str) -> str:
+    from datetime import datetime
+
+    return datetime.fromisoformat(FIXED_DATE).strftime(fmt)
+
+
+def render(
+    template: ChatTemplate,
+    messages: list[dict[str, str]],
+    *,
+    bos_token: str,
+    eos_token: str,
+    add_generation_prompt: bool = True,
+) -> str:
+    """The template's text for `messages`; one line naming the template and the error if it
+    cannot render."""
+    try:
+        compiled = _environment().from_string(template.text)
+        return str(
+            compiled.render(
+                messages=messages,
+                add_generation_prompt=add_generation_prompt,
+                bos_token=bos_token,
+                eos_token=eos_token,
+                raise_exception=_raise_exception,
+                strftime_now=_strftime_now,
+                enable_thinking=False,  # Qwen 3's switch: answer without a thinking block
+                tools=None,
+                documents=None,
+            )
+        )
+    except Exception as exc:
+        what = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise UserError(
+            f"the chat template ({template.source}, sha256 {template.sha256[:12]}) does not render: {what}; "
+            "give a working one with --chat-template FILE, or use --prompt-format raw"
+        ) from None
+
+
+def find_framing(template: ChatTemplate, *, bos_token: str, eos_token: str, system: str | None) -> Framing:
+    """Split the rendered prompt around the user's content; refuse a template that rewrites
+    the content or frames different contents differently."""
+    where = f"the chat template ({template.source}, sha256 {template.sha256[:12]})"
+    splits = []
+    for sentinel in SENTINELS:
+        messages = [{"role": "system", "content": system}] if system is not None else []
+        text = render(
+            template,
+            [*messages, {"role": "user", "content": sentinel}],
+            bos_token=bos_token,
+            eos_token=eos_token,
+        )
+        if text.count(sentinel) != 1:
+            raise UserError(
+                f"{where} rewrites the user's message (a test content does not come through unchanged): "
+                "kvprobe would score a prompt other than the one it records; give another template with "
+                "--chat-template FILE, or use --prompt-format raw"
+            )
+        head, tail = text.split(sentinel)
+        splits.append((head, tail))
+    if splits[0] != splits[1]:
+        raise UserError(
+            f"{where} frames different messages differently: kvprobe feeds the document once and must "
+            "know the framing; give another template with --chat-template FILE, or use --prompt-format raw"
+        )
+    prefix, suffix = splits[0]
+    if suffix.strip() == "":
+        raise UserError(
+            f"{where} writes nothing after the user's message (no end of turn, no assistant header): "
+            "give another template with --chat-template FILE, or use --prompt-format raw"
+        )
+    thinking = "none"
+    if suffix.rstrip().endswith(THINK_OPEN):  # the generation prompt opens a thinking block
+        suffix = suffix.rstrip() + "\n\n" + THINK_CLOSE + "\n\n"
+        thinking = "closed"
+    elif THINK_OPEN in suffix and THINK_CLOSE in suffix:
+        thinking = "disabled"
+    default_system = _default_system(template, prefix, bos_token, eos_token) if system is None else ""
+    return Framing(prefix=prefix, suffix=suffix, thinking=thinking, default_system=default_system)
+
+
+def _default_system(template: ChatTemplate, prefix: str, bos_token: str, eos_token: str) -> str:
+    """The system message the template adds by itself (SmolLM2's "You are a helpful AI
+    assistant named SmolLM..."): where a given system message would stand in `prefix`."""
+    marker = "KvProbe system sentinel 9c1."
+    try:
+        text = render(
+            template,
+            [{"role": "system", "content": marker}, {"role": "user", "content": SENTINELS[0]}],
+            bos_token=bos_token,
+            eos_token=eos_token,
+        )
+    except UserError:
+        return ""  # a template without a system role
+    if text.count(marker) != 1 or SENTINELS[0] not in text:
+        return ""
+    before, after = text.split(marker)
+    between = after.split(SENTINELS[0])[0]
+    if prefix.startswith(before) and prefix.endswith(between) and len(prefix) > len(before) + len(between):
+        return prefix[len(before) : len(prefix) - len(between)]
+    return ""
