@@ -196,14 +196,21 @@ def test_chat_forks_score_exactly_the_fresh_chat_prompt(chat_models: dict[str, P
             ctx.feed(doc.tokens[:512])
             forked = [ctx.score(run.query[n.key], run.answer[n.key]) for n in needles]  # type: ignore[attr-defined]
         for n, scored in zip(needles, forked, strict=True):
-            query = run.query[n.key]  # type: ignore[attr-defined]
+            query, answer = run.query[n.key], run.answer[n.key]  # type: ignore[attr-defined]
             prefix = model.tokenize(run.spec.answer_prefix.format(key=n.key))  # type: ignore[attr-defined]
             assert query[len(query) - len(prefix) - len(turn_end) : len(query) - len(prefix)] == turn_end
+            # a fresh context, no forks: the whole chat prompt fed as one sequence
             with model.context(cache, s) as fresh:
                 fresh.feed(doc.tokens[:512])
-                again = fresh.score(query, run.answer[n.key])  # type: ignore[attr-defined]
-            assert scored.token_logprobs == again.token_logprobs
-            assert np.isfinite(scored.logprob)
+                rows = fresh.feed_logits(query + answer[:-1])[len(query) - 1 :]
+            lps = []
+            for row, tok in zip(rows, answer, strict=True):
+                x = row.astype(np.float64)
+                lps.append(x[tok] - (x.max() + np.log(np.exp(x - x.max()).sum())))
+            assert scored.token_logprobs == pytest.approx(lps, abs=0, rel=0)
+            assert scored.argmax_match == all(
+                int(np.argmax(r)) == t for r, t in zip(rows, answer, strict=True)
+            )
 
 
 def test_a_run_in_chat_form_records_its_framing(chat_models: dict[str, Path], tmp_path: Path) -> None:
