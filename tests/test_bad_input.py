@@ -56,6 +56,15 @@ def _big_model(world: World) -> str:
     return str(write_gguf(world.root / "inputs" / "big-13b.gguf", spec))
 
 
+_ENDLESS_TEMPLATE = "{% for i in range(100000) %}{% for j in range(100000) %}x{% endfor %}{% endfor %}"
+
+
+def _endless_template_model(world: World) -> str:
+    path = world.root / "inputs" / "endless-template.gguf"
+    path.parent.mkdir(exist_ok=True)
+    return str(write_tiny_model(path, chat_template=_ENDLESS_TEMPLATE))
+
+
 _TEXT = "The ferry crossed the river at dawn. " * 40
 CASES: dict[str, tuple[Callable[[World], list[str]], tuple[str, ...]]] = {
     # run: the model
@@ -102,6 +111,14 @@ CASES: dict[str, tuple[Callable[[World], list[str]], tuple[str, ...]]] = {
     ),
     "--threads 0": (lambda w: _run(w, "--threads", "0"), ("--threads",)),
     "--chat-template /dev/zero": (lambda w: _run(w, "--chat-template", "/dev/zero"), ("character device",)),
+    "--chat-template whose nested loops never end": (
+        lambda w: _run(w, "--chat-template", _file(w, "loops.jinja", _ENDLESS_TEMPLATE)),
+        ("chat template", "too long", "--prompt-format raw"),
+    ),
+    "a GGUF whose own chat template never ends": (
+        lambda w: ["run", "--model", _endless_template_model(w), "--ctx", "512", "--prompt-format", "chat"],
+        ("chat template", "too long"),
+    ),
     "--prompt-format chat without a template": (
         lambda w: _run(w, "--prompt-format", "chat"),
         ("has no chat template", "--chat-template FILE"),

@@ -105,8 +105,26 @@ def test_an_open_thinking_block_is_closed_before_the_answer() -> None:
         ("{% for m in messages %}{{ m.content }}{% endfor %}", "writes nothing after"),
         ("{{ raise_exception('Only user and assistant roles are supported!') }}", "does not render"),
         ("{% for m in messages %}", "does not render"),
+        ("{% for i in range(100000) %}{% for j in range(100000) %}x{% endfor %}{% endfor %}", "too much"),
+        ("{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}", "too long"),
+        ("{{ 'x' * 10000000000 }}", "too much"),
+        (
+            "{% set n = namespace(a='x') %}{% for i in range(60) %}{% set n.a = n.a + n.a %}{% endfor %}",
+            "much",
+        ),
     ],
-    ids=["lower-cases", "cuts", "content-dependent", "nothing-after", "raises", "syntax"],
+    ids=[
+        "lower-cases",
+        "cuts",
+        "content-dependent",
+        "nothing-after",
+        "raises",
+        "syntax",
+        "nested-loops-writing",
+        "nested-loops-silent",
+        "huge-repeat",
+        "doubling",
+    ],
 )
 def test_a_template_kvprobe_cannot_frame_is_refused_in_one_line(template: str, words: str) -> None:
     with pytest.raises(UserError) as info:
@@ -298,6 +316,15 @@ def test_doctor_names_the_template(chat_models: dict[str, Path], tiny_model_path
     assert "SmolLM" in line
     bare = kvprobe("doctor", str(tiny_model_path))
     assert "chat template: none" in bare.stdout
+
+
+def test_doctor_finishes_on_a_template_that_never_ends(tmp_path: Path) -> None:
+    endless = "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}"
+    model = write_tiny_model(tmp_path / "endless.gguf", chat_template=endless)
+    proc = kvprobe("doctor", str(model))
+    assert proc.returncode == 0, proc.stderr
+    said = " ".join(proc.stdout.split())
+    assert "kvprobe cannot use it: it takes too long" in said
 
 
 def test_scenarios_that_set_no_chat_key_keep_their_hash() -> None:

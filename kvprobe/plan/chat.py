@@ -13,6 +13,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +31,15 @@ SENTINELS = ("KvProbe-Sentinel-7f3a: Who? 12.", "Second kvprobe sentinel #41, lo
 # frames every run the same way and results stay reproducible.
 FIXED_DATE = "2024-07-26"
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+# A template is code from a file: real ones render in milliseconds to a few KB, so a render
+# past these bounds is a hostile or broken template, refused rather than waited for.
+RENDER_SECONDS = 5.0
+MAX_RENDER_CHARS = 1_000_000
+
+
+class _TooCostly(Exception):
+    """A render past its time or size bound."""
+
 
 FAMILIES = (  # (family, a marker only its templates use), most specific first
     ("Llama 3", "<|start_header_id|>"),
@@ -66,10 +80,27 @@ class Framing:
     default_system: str  # what the template puts before the user turn by itself ("" if nothing)
 
 
-def _environment() -> Any:
+def _environment(deadline: float) -> Any:
     import jinja2
     import jinja2.ext
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
+    from jinja2.sandbox import ImmutableSandboxedEnvironment, safe_range
+
+    class BoundedEnvironment(ImmutableSandboxedEnvironment):
+        """The sandbox, with sizes bounded: `"x" * 10**10` is one C call no timer interrupts."""
+
+        intercepted_binops = frozenset({"*", "**", "+"})
+
+        def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+            if _too_big(operator, left, right):
+                raise _TooCostly
+            return super().call_binop(context, operator, left, right)
+
+    def bounded_range(*args: int) -> Iterator[int]:
+        # Checked as it runs: a loop that writes nothing is not caught by the output bound.
+        for n, value in enumerate(safe_range(*args)):
+            if n % 4096 == 0 and time.monotonic() > deadline:
+                raise _TooCostly
+            yield value
 
     class IgnoreGenerationTags(jinja2.ext.Extension):
         """HuggingFace's `{% generation %}` tag, passed through as llama-cpp-python does."""
@@ -80,7 +111,7 @@ def _environment() -> Any:
             parser.stream.skip(1)
             return parser.parse_statements(("name:endgeneration",), drop_needle=True)
 
-    env = ImmutableSandboxedEnvironment(
+    env = BoundedEnvironment(
         loader=jinja2.BaseLoader(),
         trim_blocks=True,
         lstrip_blocks=True,
@@ -96,7 +127,38 @@ def _environment() -> Any:
         )
 
     env.filters["tojson"] = tojson
+    env.globals["range"] = bounded_range
     return env
+
+
+def _too_big(operator: str, left: Any, right: Any) -> bool:
+    """Would `left operator right` build a result past the render's size bound?"""
+    sized = (str, list, tuple)
+    if operator == "**":
+        return isinstance(right, int) and abs(right) > 64
+    if operator == "*":
+        count, seq = (left, right) if isinstance(left, int) else (right, left)
+        return isinstance(count, int) and isinstance(seq, sized) and count * len(seq) > MAX_RENDER_CHARS
+    return isinstance(left, sized) and isinstance(right, sized) and len(left) + len(right) > MAX_RENDER_CHARS
+
+
+@contextmanager
+def _alarm(seconds: float) -> Iterator[None]:
+    """Interrupt pure-Python work past `seconds`, where a timer signal can (the main thread)."""
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "setitimer"):
+        yield
+        return
+
+    def on_alarm(signum: int, frame: Any) -> None:
+        raise _TooCostly
+
+    previous = signal.signal(signal.SIGALRM, on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def _raise_exception(message: str) -> None:
@@ -119,10 +181,11 @@ def render(
 ) -> str:
     """The template's text for `messages`; one line naming the template and the error if it
     cannot render."""
+    deadline = time.monotonic() + RENDER_SECONDS
     try:
-        compiled = _environment().from_string(template.text)
-        return str(
-            compiled.render(
+        with _alarm(RENDER_SECONDS):
+            compiled = _environment(deadline).from_string(template.text)
+            pieces = compiled.generate(
                 messages=messages,
                 add_generation_prompt=add_generation_prompt,
                 bos_token=bos_token,
@@ -133,7 +196,21 @@ def render(
                 tools=None,
                 documents=None,
             )
-        )
+            out: list[str] = []
+            size = 0
+            for piece in pieces:
+                size += len(piece)
+                if size > MAX_RENDER_CHARS or time.monotonic() > deadline:
+                    raise _TooCostly
+                out.append(piece)
+            return "".join(out)
+    except _TooCostly:
+        raise UserError(
+            f"the chat template ({template.source}, sha256 {template.sha256[:12]}) takes too long or writes "
+            f"too much to render (past {RENDER_SECONDS:g} s or {MAX_RENDER_CHARS:,} characters; real "
+            "templates need milliseconds); give a working one with --chat-template FILE, "
+            "or use --prompt-format raw"
+        ) from None
     except Exception as exc:
         what = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
         raise UserError(

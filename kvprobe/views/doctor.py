@@ -43,7 +43,8 @@ def template_text(facts: dict[str, Any]) -> str:
             system=None,
         )
     except UserError as exc:
-        return f"{said}; kvprobe cannot use it: {str(exc).split(': ', 1)[-1][:160]}"
+        why = str(exc).split(") ", 1)[-1]  # the message without "the chat template (gguf, sha256 …)"
+        return f"{said}; kvprobe cannot use it: it {why[:200]}"
     system = (
         f'default system message "{framing.default_system[:80]}"'
         if framing.default_system
