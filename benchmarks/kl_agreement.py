@@ -30,7 +30,7 @@ import numpy as np
 from kvprobe.cache_types import CacheConfig
 from kvprobe.engine import ContextSettings, Model, feed_lockstep
 from kvprobe.kernel_check import check_models
-from kvprobe.probes.kl import DivergenceRecorder
+from kvprobe.probes.divergence.metrics import DivergenceRecorder
 from kvprobe.provenance import default_model_path
 
 

@@ -21,17 +21,17 @@ from typing import Any
 
 import numpy as np
 
-from kvprobe.probes.divergence import divergence_arrays
-from kvprobe.probes.kl import (
+from kvprobe.probes.divergence.metrics import (
     MIN_BLOCKS,
     block_bootstrap_mean,
     order_statistic_interval,
     split_blocks,
 )
+from kvprobe.probes.divergence.probe import divergence_arrays
 from kvprobe.result.store import load_result
 
 STRIDES = (1, 2, 4, 8, 16)
-KLD_BOUND, P999_BOUND = 0.02, 0.5  # the default margins (kvprobe.probes.divergence metrics)
+KLD_BOUND, P999_BOUND = 0.02, 0.5  # the default margins (kvprobe.probes.divergence.probe metrics)
 
 
 def spans_at_stride(

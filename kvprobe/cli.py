@@ -266,7 +266,7 @@ def cmd_scenarios(console: Console) -> int:
     from rich.table import Table
 
     from kvprobe.plan.scenario import bundled_scenarios, load_scenario
-    from kvprobe.probes.needle_plan import NeedleSpec
+    from kvprobe.probes.needle.plan import NeedleSpec
 
     table = Table(title="Bundled scenarios (kvprobe run --scenario NAME)")
     for col in ("name", "probes", "haystack", "documents", "needles/segment", "description"):
@@ -347,7 +347,7 @@ def write_pictures(
     if png_dir:
         from dataclasses import replace
 
-        from kvprobe.probes import all_probes
+        from kvprobe.api import all_probes
         from kvprobe.views.decision import frontier_figure
 
         def every_figure(result: dict[str, Any]) -> list[Figure]:

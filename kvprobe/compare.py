@@ -16,17 +16,18 @@ from typing import Any
 
 import numpy as np
 
-from kvprobe.errors import UserError
-from kvprobe.stats.equivalence import equivalence_interval
-from kvprobe.stats.inference import difference_test
-from kvprobe.stats.metrics import (
+from kvprobe.api import (
     ALPHA,
     MIN_RELATIVE_CHANGE,
     Metric,
+    all_probes,
     by_name,
     compared_metrics,
     lower_is_worse,
 )
+from kvprobe.errors import UserError
+from kvprobe.stats.equivalence import equivalence_interval
+from kvprobe.stats.inference import difference_test
 
 
 @dataclass(frozen=True)
@@ -281,9 +282,12 @@ def _compare(
             f"the two results share no configuration to compare (old: {', '.join(unmatched_old)}; "
             f"new: {', '.join(unmatched_new)}): pair them with --map OLD=NEW"
         )
-    from kvprobe.probes import all_probes
-
-    rows = [row for probe in all_probes() for row in probe.compare_rows(old, new, pairs, paired, seed)]
+    rows = []
+    for probe in all_probes():
+        own = probe.compare_rows(old, new, pairs, paired, seed)
+        rows += (
+            own if own is not None else item_rows(old, new, probe.metrics, pairs, paired=paired, seed=seed)
+        )
     for row in rows:
         row["mark"] = _mark(row)
     return {

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from rich.console import Console
 
 from kvprobe import __version__
+from kvprobe.api import RAW_FRAME, all_probes, check_mode, run_needs, selected
 from kvprobe.cache_types import CacheConfig, ConfigId, check_cache_type, check_flash_attn
 from kvprobe.display import plain
 from kvprobe.errors import Interrupted, UserError
@@ -31,7 +32,7 @@ if TYPE_CHECKING:  # the runner imports llama.cpp: only a run that gets past val
 def parse_margins(texts: list[str]) -> dict[str, float]:
     """--margin METRIC=VALUE (repeatable): the equivalence margins the verdict uses, the
     metrics' defaults for the rest."""
-    from kvprobe.stats.metrics import by_name, margins
+    from kvprobe.api import by_name, margins
 
     out = margins()
     for text in texts:
@@ -198,14 +199,13 @@ def estimate_memory(
     buffers go to the GPU's memory (checked through NVML) and the host keeps the rest."""
     from kvprobe.engine import gpu_offload_supported
     from kvprobe.plan.groups import plan_groups, round_up
-    from kvprobe.probes import selected
-    from kvprobe.probes.divergence import DivergenceSpec
     from kvprobe.weights.memory import GiB, RunMemory, available_bytes, check_fits, gpu_free_bytes, run_memory
 
-    reads_logits = "divergence" in scenario.probes and args.mode == "onepass"
-    scored = args.ctx * scenario.spec(DivergenceSpec).documents if reads_logits else 0
+    needs = run_needs(selected(scenario.probes, args.mode), scenario, args.mode)
+    reads_logits = needs.reads_logits
+    scored = args.ctx * needs.logit_documents
     extra = 1 if args.null_check and baseline is not None and reads_logits else 0
-    forks = max(p.fork_cells_bound(scenario) for p in selected(scenario.probes, args.mode))
+    forks = needs.fork_cells
     need = run_memory(
         facts, configs, round_up(args.ctx + forks, 256), scenario.plan.chunk,
         extra_contexts=extra, all_logits=reads_logits, scored_positions=scored,
@@ -341,7 +341,6 @@ def validate_run(args: argparse.Namespace) -> RunRequest:
 
     from kvprobe.engine import gpu_offload_supported
     from kvprobe.plan.scenario import HaystackSpec, load_scenario
-    from kvprobe.probes import check_mode, selected
     from kvprobe.provenance import default_model_path
     from kvprobe.result.document import utc_now
     from kvprobe.result.store import default_out_path
@@ -370,9 +369,16 @@ def validate_run(args: argparse.Namespace) -> RunRequest:
             "two --model files run the 2x2 weights-vs-KV design: give a quantized --cache (e.g. q4_0) "
             "and keep the f16 baseline"
         )
-    if args.null_check and "divergence" not in scenario.probes:
-        raise UserError("--null-check needs the divergence probe: use --scenario divergence or default")
     check_mode(scenario.probes, args.mode)
+    if (
+        args.null_check
+        and not run_needs(selected(scenario.probes, args.mode), scenario, args.mode).null_check
+    ):
+        owners = [p.name for p in all_probes() if p.needs(scenario, mode=args.mode).null_check]
+        raise UserError(
+            f"--null-check needs the {' or '.join(owners)} probe: "
+            "use a scenario that runs it (e.g. --scenario default)"
+        )
     for probe in selected(scenario.probes, args.mode):
         probe.check_run(scenario, mode=args.mode, ctx=args.ctx, baseline=baseline, null_check=args.null_check)
     facts = [read_facts(p) for p in model_paths]  # checks the files are GGUF before llama.cpp sees them
@@ -477,7 +483,7 @@ def execute_run(
         groups = runner.set_groups(len(request.configs) * len(paths), request.max_contexts)
         ends = runner.checkpoints if request.settings.mode == "onepass" else [1]
         steps = [StepShape(start, end) for start, end in zip([0, *ends[:-1]], ends, strict=True)]
-        scored = {d.index for d in runner.documents if any(r.scores_logits(d) for r in runner.runs.values())}
+        scored = {d.index for d in runner.documents if runner.readers(d)}
         sizes = [len(members) + (1 if i == 0 and runner.with_null else 0) for i, members in enumerate(groups)]
         ratio = unscored_feed_cost(request.facts[0], len(groups[0]), sizes[0])
         pace = Pace(steps, scored, ratio, sizes)
@@ -582,7 +588,7 @@ def _describe_models(request: RunRequest) -> tuple[list[dict[str, Any]], dict[Pa
 def run_identity(request: RunRequest, infos: list[dict[str, Any]], kernels: KernelDecision) -> dict[str, Any]:
     """Everything that determines the items: a journal resumes only a request with the same."""
     from kvprobe import engine
-    from kvprobe.plan.prompt import RAW_FRAME, framing_key, prompt_record
+    from kvprobe.plan.prompt import framing_key, prompt_record
 
     info = engine.runtime_info()
     settings = request.settings
@@ -721,7 +727,7 @@ def _run_validated(
     """`kvprobe run` once the request is valid and its result path locked."""
     import signal
 
-    from kvprobe.plan.prompt import RAW_FRAME, describe, prompt_record
+    from kvprobe.plan.prompt import describe, prompt_record
     from kvprobe.result.journal import Journal, differences, identity_hash, journal_path, key_json
 
     infos, serious = _describe_models(request)

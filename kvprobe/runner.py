@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from kvprobe.api import ProbeRun, Row, RunSetup, check_mode, selected
 from kvprobe.cache_types import NULL_ROWS, CacheConfig, ConfigId
 from kvprobe.engine import ChunkCallback, Context, ContextSettings, Model, feed_lockstep
 from kvprobe.errors import UserError
@@ -18,7 +19,6 @@ from kvprobe.plan.documents import Document, build_plan
 from kvprobe.plan.groups import plan_groups, round_up
 from kvprobe.plan.prompt import RAW_CHOICE, PromptChoice, frame_tokens, prompt_record
 from kvprobe.plan.scenario import Scenario
-from kvprobe.probes import ProbeRun, Row, RunSetup, check_mode, selected
 from kvprobe.result.journal import Unit, UnitKey, key_json
 from kvprobe.result.records import RunOutcome
 
@@ -73,6 +73,7 @@ class Runner:
             prompt=self.prompt,
         )
         self.runs: dict[str, ProbeRun] = {p.name: p.start(setup) for p in self.probes}
+        self.needs = {p.name: p.needs(scenario, mode=settings.mode) for p in self.probes}
         self.units: list[Unit] = []  # finished units, in run order (run_all fills it)
         self.n_groups = 1  # configuration groups the run goes in (run_probes sets it)
         self.stopped: str | None = None
@@ -92,7 +93,7 @@ class Runner:
     def planned_tokens(self, n_configs: int) -> int:
         """Tokens the run will evaluate, without failure generations (for the progress bar);
         after set_groups, with the reference's scored documents fed again in every later group."""
-        scored = sum(1 for d in self.documents if any(r.scores_logits(d) for r in self.runs.values()))
+        scored = sum(1 for d in self.documents if self.readers(d))
         null = self.settings.ctx * scored if self.null_check else 0
         repeated = self.settings.ctx * scored * (self.n_groups - 1) if self.baseline is not None else 0
         return (self.doc_tokens + self.probe_tokens) * n_configs + null + repeated
@@ -111,7 +112,13 @@ class Runner:
     def reads_logits(self) -> bool:
         """Whether a probe reads every position's logits of some document (compares them with
         the reference's)."""
-        return any(r.scores_logits(d) for d in self.documents for r in self.runs.values())
+        return any(self.readers(d) for d in self.documents)
+
+    def readers(self, document: Document) -> list[ProbeRun]:
+        """The probe runs that read every position's logits of `document` (their Needs)."""
+        return [
+            self.runs[name] for name, needs in self.needs.items() if document.index < needs.logit_documents
+        ]
 
     @property
     def with_null(self) -> bool:
@@ -173,7 +180,7 @@ class Runner:
             self._run_prompts(contexts, progress, done, on_unit, may_start, group=group, repeats=repeats)
             return [row for u in self.units for row in u.items]
         for document in self.documents:
-            readers = [r for r in self.runs.values() if r.scores_logits(document)]
+            readers = self.readers(document)
             # A repeated reference only gives its logits: it is fed where a probe reads them.
             fed = {c: context for c, context in contexts.items() if readers or c not in repeats}
             if readers and null_context:

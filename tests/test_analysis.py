@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 
+from kvprobe.api import ALPHA, paired_item_metrics
 from kvprobe.stats.analysis import (
     effective_context,
     fit_decay,
@@ -23,7 +24,6 @@ from kvprobe.stats.inference import (
     newcombe_unpaired_interval,
     wilcoxon_paired,
 )
-from kvprobe.stats.metrics import ALPHA, paired_item_metrics
 
 
 def test_mcnemar_exact_by_hand() -> None:

@@ -208,7 +208,7 @@ def test_chat_forks_score_exactly_the_fresh_chat_prompt(chat_models: dict[str, P
         turn_end = model.tokenize_special(choice.framing.suffix)
         cache = CacheConfig("q8_0", "q8_0")
         s = ContextSettings(n_ctx=1024, chunk=64, n_threads=2, flash_attn=True, attn_rotation=True)
-        needles = [n for n in doc.needles if n.end <= 512]
+        needles = [n for n in doc.spans if n.end <= 512]
         assert needles
         with model.context(cache, s) as ctx:
             ctx.feed(doc.tokens[:512])

@@ -122,7 +122,7 @@ DIVERGENCE_MEMORY_PROBE = (
 import sys
 from kvprobe.cache_types import CacheConfig
 from kvprobe.engine import ContextSettings, Model, feed_lockstep
-from kvprobe.probes.kl import DivergenceRecorder
+from kvprobe.probes.divergence.metrics import DivergenceRecorder
 with Model(sys.argv[1], n_gpu_layers=0, n_threads=2, use_extra_bufts=sys.argv[2] == '1') as m:
     s = ContextSettings(n_ctx=8448, chunk=512, n_threads=2, flash_attn=True, attn_rotation=True)
     text = " ".join("The ferry crossed the river at dawn and returned at dusk." for _ in range(300))
@@ -148,7 +148,7 @@ def test_divergence_memory_is_bounded_by_the_chunk_not_the_context(
 def test_divergence_on_default_model_null_is_zero_and_q8_below_q4(gemma: Model) -> None:
     from dataclasses import replace
 
-    from kvprobe.probes.divergence import DivergenceSpec
+    from kvprobe.probes.divergence.probe import DivergenceSpec
 
     base = load_scenario("divergence")
     one_doc = replace(base.spec(DivergenceSpec), documents=1)

@@ -8,10 +8,9 @@ import math
 import numpy as np
 import pytest
 
+from kvprobe.api import get_probe
 from kvprobe.errors import UserError
-from kvprobe.probes import get_probe
-from kvprobe.probes.divergence import null_check_summary
-from kvprobe.probes.kl import (
+from kvprobe.probes.divergence.metrics import (
     CurveSettings,
     bin_edges,
     divergence_curve,
@@ -21,6 +20,7 @@ from kvprobe.probes.kl import (
     onset_tests,
     position_stats,
 )
+from kvprobe.probes.divergence.probe import null_check_summary
 from kvprobe.result.arrays import decode_array, encode_array
 from kvprobe.stats.inference import holm
 

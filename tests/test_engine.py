@@ -207,7 +207,7 @@ def test_too_many_forks_for_the_context(tiny_model: Model) -> None:
 
 def test_lockstep_streaming_equals_direct_computation_from_full_logits(tiny_model: Model) -> None:
     from kvprobe.engine import feed_lockstep
-    from kvprobe.probes.kl import DivergenceRecorder, kl_divergence, log_softmax
+    from kvprobe.probes.divergence.metrics import DivergenceRecorder, kl_divergence, log_softmax
 
     doc = document(tiny_model, 300)  # 300 is not a multiple of the chunk: a partial last chunk
     ref_cfg, test_cfg = CacheConfig("f16", "f16"), CacheConfig("q4_0", "q4_0")
@@ -239,7 +239,7 @@ def test_lockstep_streaming_equals_direct_computation_from_full_logits(tiny_mode
 
 def test_null_check_gives_exactly_zero_on_cpu(tiny_model: Model) -> None:
     from kvprobe.engine import feed_lockstep
-    from kvprobe.probes.kl import DivergenceRecorder
+    from kvprobe.probes.divergence.metrics import DivergenceRecorder
 
     doc = document(tiny_model, 400)
     recorder = DivergenceRecorder("f16")

@@ -164,7 +164,7 @@ def test_a_bound_without_an_upper_end_decides_nothing_unless_the_lower_is_past_i
 
 
 def test_tail_interval_from_order_statistics_by_hand() -> None:
-    from kvprobe.probes.kl import order_statistic_interval
+    from kvprobe.probes.divergence.metrics import order_statistic_interval
 
     values = np.arange(1, 5001, dtype=float)  # x_(k) = k
     lo, hi = order_statistic_interval(values, 0.999)
@@ -177,8 +177,8 @@ def test_tail_interval_from_order_statistics_by_hand() -> None:
 
 
 def test_few_kl_blocks_give_no_interval() -> None:
-    from kvprobe.probes.kl import checkpoint_spans
-    from kvprobe.stats.metrics import by_name
+    from kvprobe.api import by_name
+    from kvprobe.probes.divergence.metrics import checkpoint_spans
 
     arrays = {"f16": [{"kld": np.zeros(1100)}], "q8_0": [{"kld": np.full(1100, 0.001)}]}
     spans = checkpoint_spans(arrays, "f16", [1024, 1030], [by_name("kld_mean")], block=32, seed=0)

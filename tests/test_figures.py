@@ -16,9 +16,8 @@ from typing import Any
 
 import pytest
 
+from kvprobe.api import Heatmap, LineFigure, all_probes, get_probe
 from kvprobe.cli import main
-from kvprobe.probes import all_probes, get_probe
-from kvprobe.views.figures import Heatmap, LineFigure
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "results" / "examples"
 SPLIT = EXAMPLES / "splitkv-f16-q8_0-q4_0-8192.json"

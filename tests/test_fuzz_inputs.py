@@ -17,13 +17,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from kvprobe.api import by_name, compared_metrics, margins
 from kvprobe.cli import build_parser
 from kvprobe.compare import FailRule, match_configs
 from kvprobe.errors import UserError
 from kvprobe.plan.haystack import read_user_text
 from kvprobe.plan.scenario import bundled_scenarios, load_scenario, parse_scenario
 from kvprobe.run import MAX_GPU_LAYERS, MAX_SEED, MAX_THREADS, check_numbers, parse_margins
-from kvprobe.stats.metrics import by_name, compared_metrics, margins
 
 pytestmark = pytest.mark.fuzz
 

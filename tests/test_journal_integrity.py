@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from kvprobe.errors import UserError
-from kvprobe.probes.divergence import DivergenceProbe, DivergenceRun, unit_data_problem
+from kvprobe.probes.divergence.probe import DivergenceProbe, DivergenceRun, unit_data_problem
 from kvprobe.result.journal import (
     JOURNAL_VERSION,
     SavedRun,
@@ -243,8 +243,8 @@ def _divergence_run(tiny_model: Any) -> DivergenceRun:
     """The divergence probe's state for a run of the resume scenario, as a run starts it."""
     import tomllib
 
+    from kvprobe.api import RunSetup
     from kvprobe.plan.scenario import parse_scenario
-    from kvprobe.probes import RunSetup
 
     scenario = parse_scenario(tomllib.loads(SCENARIO), "resume.toml")
     setup = RunSetup(tiny_model, scenario, 1536, 0, "onepass", [1024, 1536], [], "f16", True)

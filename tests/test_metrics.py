@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from kvprobe.api import by_name, compared_metrics, metric_table, paired_item_metrics
 from kvprobe.compare import FailRule
 from kvprobe.errors import UserError
 from kvprobe.stats.inference import significant_tail
-from kvprobe.stats.metrics import by_name, compared_metrics, metric_table, paired_item_metrics
 
 
 def test_every_metric_is_declared_once_with_what_its_users_need() -> None:

@@ -6,11 +6,11 @@ from dataclasses import replace
 
 import pytest
 
+from kvprobe.api import selected
 from kvprobe.engine import Model
 from kvprobe.plan.documents import build_plan, default_checkpoints
 from kvprobe.plan.scenario import load_scenario
-from kvprobe.probes import selected
-from kvprobe.probes.needle_plan import ClassicSpec, NeedleSpec, build_classic_cells, items_at
+from kvprobe.probes.needle.plan import ClassicSpec, NeedleSpec, build_classic_cells, items_at
 
 
 def test_default_checkpoints() -> None:
@@ -31,9 +31,9 @@ def test_needle_positions_and_depths_match_tokens(tiny_model: Model, haystack: s
     for doc in docs:
         assert len(doc.tokens) == 2048
         assert doc.tokens[0] == tiny_model.bos
-        keys = [n.key for n in doc.needles]
+        keys = [n.key for n in doc.spans]
         assert len(set(keys)) == len(keys)
-        for needle in doc.needles:
+        for needle in doc.spans:
             expected = tiny_model.tokenize(
                 " " + scenario.spec(NeedleSpec).template.format(key=needle.key, value=needle.value)
             )
@@ -45,7 +45,7 @@ def test_needle_positions_and_depths_match_tokens(tiny_model: Model, haystack: s
             for item in items:
                 # Where the needle's text really is in the first `length` tokens, found by search,
                 # not by the plan's own arithmetic.
-                needle = next(n for n in doc.needles if n.key == item.key)
+                needle = next(n for n in doc.spans if n.key == item.key)
                 text = tiny_model.tokenize(
                     " " + scenario.spec(NeedleSpec).template.format(key=item.key, value=needle.value)
                 )
@@ -55,7 +55,7 @@ def test_needle_positions_and_depths_match_tokens(tiny_model: Model, haystack: s
                 assert 0 <= item.depth < 1
                 assert item.distance == length - (found[0] + len(text))
                 assert item.distance >= 0
-    values = [n.value for d in docs for n in d.needles]
+    values = [n.value for d in docs for n in d.spans]
     assert all(len(v) == scenario.spec(NeedleSpec).value_digits for v in values)
 
 
@@ -83,9 +83,9 @@ def test_classic_cells_one_needle_each(tiny_model: Model) -> None:
     cells = build_classic_cells(tiny_model, scenario, 2048, seed=0)
     assert len(cells) == 2 * len(scenario.spec(ClassicSpec).depths) * scenario.spec(ClassicSpec).repeats
     for cell in cells:
-        assert len(cell.document.needles) == 1
+        assert len(cell.document.spans) == 1
         assert len(cell.document.tokens) == cell.item.ctx
-        assert cell.item.depth == pytest.approx(cell.document.needles[0].position / cell.item.ctx, abs=1e-4)
+        assert cell.item.depth == pytest.approx(cell.document.spans[0].position / cell.item.ctx, abs=1e-4)
 
 
 @pytest.mark.parametrize("n", [100, 300])
@@ -94,7 +94,7 @@ def test_keys_are_distinct_for_every_seed(n: int) -> None:
     these 200 seeds repeated a key at 100 needles and 142 at 300."""
     import random
 
-    from kvprobe.probes.needle_plan import DEFAULT_ATTRIBUTES, draw_keys_values
+    from kvprobe.probes.needle.plan import DEFAULT_ATTRIBUTES, draw_keys_values
 
     repeated = [
         seed
@@ -109,7 +109,7 @@ def test_a_plan_with_more_needles_than_values_is_refused_not_looped_on() -> None
     import random
 
     from kvprobe.errors import UserError
-    from kvprobe.probes.needle_plan import DEFAULT_ATTRIBUTES, draw_keys_values
+    from kvprobe.probes.needle.plan import DEFAULT_ATTRIBUTES, draw_keys_values
 
     with pytest.raises(UserError, match="value_digits"):
         draw_keys_values(10_000, 4, random.Random(0), list(DEFAULT_ATTRIBUTES))
@@ -121,7 +121,7 @@ def test_a_plan_with_more_needles_than_values_is_refused_not_looped_on() -> None
 def test_keys_and_values_are_distinct_at_any_size(n: int) -> None:
     import random
 
-    from kvprobe.probes.needle_plan import DEFAULT_ATTRIBUTES, draw_keys_values
+    from kvprobe.probes.needle.plan import DEFAULT_ATTRIBUTES, draw_keys_values
 
     pairs = draw_keys_values(n, 7, random.Random(0), list(DEFAULT_ATTRIBUTES))
     assert len(pairs) == n

@@ -13,18 +13,28 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import pytest
 from rich.table import Table
 
+from kvprobe.api import (
+    Budget,
+    Metric,
+    Probe,
+    ProbeRun,
+    Row,
+    RunSetup,
+    by_config_and_ctx,
+    get_probe,
+    register,
+    registered,
+)
 from kvprobe.cli import main
 from kvprobe.errors import UserError
 from kvprobe.plan.scenario import bad, load_scenario
-from kvprobe.probes import Budget, Probe, ProbeRun, Row, RunSetup, get_probe, register, registered
-from kvprobe.probes.rows import by_config_and_ctx, rate_row
-from kvprobe.stats.metrics import Metric
+from kvprobe.probes.rows import rate_row
 
 if TYPE_CHECKING:
     from rich.console import RenderableType
 
+    from kvprobe.api import Document
     from kvprobe.engine import Context
-    from kvprobe.plan.documents import Document
     from kvprobe.plan.scenario import Scenario
 
 

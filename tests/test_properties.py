@@ -19,8 +19,8 @@ from kvprobe.cache_types import parse_config_id
 from kvprobe.compare import compare, pairing
 from kvprobe.errors import UserError
 from kvprobe.plan.scenario import load_scenario, parse_scenario
-from kvprobe.probes.needle_plan import NeedleSpec
-from kvprobe.probes.repetition_metrics import repetition_metrics
+from kvprobe.probes.needle.plan import NeedleSpec
+from kvprobe.probes.repetition.metrics import repetition_metrics
 from kvprobe.stats.analysis import effective_context, fit_decay, halving_interval, halving_length, onset
 from kvprobe.stats.verdict import build_verdict
 

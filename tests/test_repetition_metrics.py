@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from kvprobe.probes.repetition_metrics import (
+from kvprobe.probes.repetition.metrics import (
     Loop,
     compression_ratio,
     distinct_n,

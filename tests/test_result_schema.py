@@ -223,7 +223,7 @@ def _one_line(capsys: pytest.CaptureFixture[str], rc: int, what: str) -> None:
 
 
 def _figures(doc: dict[str, Any]) -> list[Any]:
-    from kvprobe.probes import all_probes
+    from kvprobe.api import all_probes
     from kvprobe.views.decision import frontier_figure
 
     return [frontier_figure(doc), *(f for p in all_probes() for f in p.figures(doc))]
@@ -231,7 +231,7 @@ def _figures(doc: dict[str, Any]) -> list[Any]:
 
 def _page_text(doc: dict[str, Any]) -> str:
     """What the page shows besides its figures (the figures are drawn where they changed)."""
-    from kvprobe.probes import all_probes
+    from kvprobe.api import all_probes
     from kvprobe.views.decision import decision_html
     from kvprobe.views.html import matrix, provenance
 

@@ -4,7 +4,7 @@ import pytest
 
 from kvprobe.errors import UserError
 from kvprobe.plan.scenario import bundled_scenarios, load_scenario
-from kvprobe.probes.needle_plan import NeedleSpec
+from kvprobe.probes.needle.plan import NeedleSpec
 
 
 def test_bundled_scenarios_load() -> None:

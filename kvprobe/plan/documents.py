@@ -9,55 +9,11 @@ position is recorded. Which spans go in, and where they aim, is the probes' busi
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
 
+from kvprobe.api import Document, HaystackSpec, Insert, PlantedSpan, Probe, Scenario, Tokenizer
 from kvprobe.plan.haystack import document_text
 
-if TYPE_CHECKING:
-    from kvprobe.plan.scenario import HaystackSpec, Scenario
-    from kvprobe.probes.base import Probe
-
-
-class Tokenizer(Protocol):
-    def tokenize(self, text: str) -> list[int]: ...
-
-    def piece(self, token: int) -> str: ...
-
-    @property
-    def bos(self) -> int | None: ...
-
-
-@dataclass(frozen=True)
-class Insert:
-    """A span a probe wants planted: its tokens, and the position it should land just after."""
-
-    key: str
-    value: str
-    tokens: list[int]
-    target: int
-
-
-@dataclass(frozen=True)
-class Needle:
-    """A span as planted."""
-
-    doc: int
-    key: str
-    value: str
-    position: int  # token index of the span's first token in the document
-    n_tokens: int
-
-    @property
-    def end(self) -> int:
-        return self.position + self.n_tokens
-
-
-@dataclass(frozen=True)
-class Document:
-    index: int
-    tokens: list[int]
-    needles: list[Needle]
+__all__ = ["Document", "Insert", "PlantedSpan", "Tokenizer", "build_plan", "default_checkpoints", "plant"]
 
 
 def default_checkpoints(ctx: int, explicit: list[int] | None = None) -> list[int]:
@@ -98,7 +54,7 @@ def plant(
     if lead is None:
         lead = [tok.bos] if tok.bos is not None else []
     out: list[int] = list(lead)
-    needles: list[Needle] = []
+    spans: list[PlantedSpan] = []
     src = 0
     for insert in inserts:
         while src < len(filler) and (len(out) < insert.target or not _is_sentence_end(tok.piece(out[-1]))):
@@ -106,14 +62,14 @@ def plant(
             src += 1
         if len(out) + len(insert.tokens) > length:
             break
-        needles.append(Needle(doc_index, insert.key, insert.value, len(out), len(insert.tokens)))
+        spans.append(PlantedSpan(doc_index, insert.key, insert.value, len(out), len(insert.tokens)))
         out.extend(insert.tokens)
     while len(out) < length:
         if src >= len(filler):
             src = 0
         out.append(filler[src])
         src += 1
-    return Document(doc_index, out[:length], needles)
+    return Document(doc_index, out[:length], spans)
 
 
 def build_plan(

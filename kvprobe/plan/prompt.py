@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from kvprobe.api import PromptFrame
 from kvprobe.errors import UserError
 from kvprobe.plan.chat import ChatTemplate, Framing, find_framing
 
@@ -33,22 +34,6 @@ class PromptChoice:
     system: str | None = None  # the system message kvprobe adds (None: only the template's own)
 
 
-@dataclass(frozen=True)
-class PromptFrame:
-    """The choice in tokens: the document is fed after `lead`; in chat form each question is
-    followed by `turn_end` (end of the user turn, the assistant header)."""
-
-    format: str
-    lead: list[int] | None  # None: the tokenizer's BOS, as raw text has always been fed
-    turn_end: list[int]
-    bos: str  # where the one BOS comes from: "template", "tokenizer" or "none"
-
-    @property
-    def chat(self) -> bool:
-        return self.format == "chat"
-
-
-RAW_FRAME = PromptFrame("raw", None, [], "tokenizer")
 RAW_CHOICE = PromptChoice("raw", "the model has no chat template")
 
 

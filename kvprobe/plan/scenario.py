@@ -6,15 +6,28 @@ one-line UserError that names the file and the key.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import sys
 import tomllib
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
+from kvprobe.api import (
+    HASHED_IF_SET,
+    HaystackSpec,
+    PlanSpec,
+    PromptSpec,
+    Scenario,
+    all_probes,
+    is_built_in,
+    probe_names,
+)
 from kvprobe.errors import UserError, did_you_mean
+from kvprobe.paths import read_input_text
+from kvprobe.plan.chat import PROMPT_FORMATS
+from kvprobe.plan.prompt import MAX_SYSTEM_CHARS
+
+__all__ = ["HASHED_IF_SET", "HaystackSpec", "PlanSpec", "PromptSpec", "Scenario", "load_scenario"]
 
 
 def _scenario_dir() -> Path:
@@ -29,107 +42,13 @@ SCENARIO_DIR = _scenario_dir()
 HAYSTACK_KINDS = ("prose", "noise", "file")
 
 
-@dataclass(frozen=True)
-class HaystackSpec:
-    kind: str = "prose"
-    path: str = ""  # only for kind = "file"
-
-
-# A key added after scenarios were first hashed carries this metadata: it is hashed only where
-# it differs from its default, so every scenario that does not set it keeps its sha256 (and its
-# results stay comparable with earlier ones).
-HASHED_IF_SET = {"hash": "if_set"}
-
-
-def hashed(section: Any) -> dict[str, Any]:
-    """A section's keys as the scenario hash covers them (see HASHED_IF_SET)."""
-    out = asdict(section)
-    for f in fields(section):
-        if f.metadata.get("hash") == "if_set" and out[f.name] == asdict(type(section)())[f.name]:
-            del out[f.name]
-    return out
-
-
-@dataclass(frozen=True)
-class PromptSpec:
-    """[prompt]: the form the model is spoken to in (kvprobe.plan.prompt)."""
-
-    format: str = field(default="auto", metadata=HASHED_IF_SET)  # auto | chat | raw
-    system: str = field(default="", metadata=HASHED_IF_SET)  # a system message ("": none)
-
-
-@dataclass(frozen=True)
-class PlanSpec:
-    documents: int = 4
-    checkpoints: list[int] = field(default_factory=list)  # empty: 1024, 2048, ... up to --ctx
-    chunk: int = 512  # tokens per llama_decode call, identical for every configuration
-
-
-T = TypeVar("T")
-
-
 def probe_sections() -> dict[str, type]:
     """Every scenario section a registered probe owns: name -> dataclass."""
-    from kvprobe.probes import all_probes
-
     return {name: cls for p in all_probes() for name, cls in p.sections.items()}
 
 
 def _default_sections() -> dict[str, Any]:
     return {name: cls() for name, cls in probe_sections().items()}
-
-
-@dataclass(frozen=True)
-class Scenario:
-    """What to measure: the probes, the haystack, the plan, and each probe's own section
-    (every registered probe's, with its defaults where the file gives none)."""
-
-    name: str
-    description: str = ""
-    probes: list[str] = field(default_factory=lambda: ["needle"])
-    haystack: HaystackSpec = HaystackSpec()
-    plan: PlanSpec = PlanSpec()
-    prompt: PromptSpec = PromptSpec()
-    sections: dict[str, Any] = field(default_factory=_default_sections)
-
-    def spec(self, cls: type[T]) -> T:
-        """The section whose dataclass is `cls`, typed (the probes' way to read their own)."""
-        for value in self.sections.values():
-            if type(value) is cls:
-                return value
-        raise KeyError(f"scenario has no {cls.__name__} section: is its probe registered?")
-
-    def to_dict(self) -> dict[str, Any]:
-        """What the scenario hash covers: the built-in probes' sections always (so the hash of
-        a scenario does not change with the plug-ins installed), a plug-in's only when the
-        scenario runs it."""
-        from kvprobe.probes import all_probes
-        from kvprobe.probes.registry import BUILT_IN
-
-        owner = {name: p for p in all_probes() for name in p.sections}
-        kept = {
-            name: value
-            for name, value in self.sections.items()
-            if name not in owner
-            or type(owner[name]).__module__ in BUILT_IN
-            or owner[name].name in self.probes
-        }
-        out = {
-            "name": self.name,
-            "description": self.description,
-            "probes": list(self.probes),
-            "haystack": asdict(self.haystack),
-            "plan": asdict(self.plan),
-        }
-        if hashed(self.prompt):
-            out["prompt"] = hashed(self.prompt)
-        out.update({name: hashed(value) for name, value in kept.items()})
-        return out
-
-    @property
-    def sha256(self) -> str:
-        canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 _CORE_SECTIONS: dict[str, type] = {"haystack": HaystackSpec, "plan": PlanSpec, "prompt": PromptSpec}
@@ -187,8 +106,6 @@ def within(source: str, key: str, value: int, low: int, high: int) -> None:
 
 
 def _validate(source: str, s: Scenario) -> None:
-    from kvprobe.probes import all_probes, probe_names
-
     if s.haystack.kind not in HAYSTACK_KINDS:
         raise bad(source, "haystack.kind", f"must be one of {', '.join(HAYSTACK_KINDS)}")
     if s.haystack.kind == "file" and not s.haystack.path:
@@ -205,9 +122,6 @@ def _validate(source: str, s: Scenario) -> None:
             )
     # Upper bounds: a typo (documents = 40000) must be refused at once, not become a plan that
     # runs for days or a loop that never ends.
-    from kvprobe.plan.chat import PROMPT_FORMATS
-    from kvprobe.plan.prompt import MAX_SYSTEM_CHARS
-
     if s.prompt.format not in PROMPT_FORMATS:
         raise bad(source, "prompt.format", f"must be one of {', '.join(PROMPT_FORMATS)}")
     if len(s.prompt.system) > MAX_SYSTEM_CHARS:
@@ -248,7 +162,8 @@ def parse_scenario(data: dict[str, Any], source: str) -> Scenario:
             allowed = ", ".join(["name", "description", "probes", *sections])
             raise bad(source, key, f"is unknown (allowed: {allowed})")
     top.setdefault("name", Path(source).stem)
-    scenario = Scenario(**top, sections=probe_owned)
+    plug_ins = {name: p.name for p in all_probes() if not is_built_in(p) for name in p.sections}
+    scenario = Scenario(**top, sections=probe_owned, plug_in_sections=plug_ins)
     _validate(source, scenario)
     return scenario
 
@@ -271,8 +186,6 @@ def load_scenario(name_or_path: str) -> Scenario:
             f"scenario {name_or_path!r} not found{did_you_mean(name_or_path, bundled)}: "
             f"give a TOML file path or one of: {known}"
         )
-    from kvprobe.paths import read_input_text
-
     text = read_input_text(path, "scenario", "give a TOML file", max_bytes=MAX_SCENARIO_BYTES)
     try:
         data = tomllib.loads(text)

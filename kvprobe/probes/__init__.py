@@ -1,29 +1,8 @@
-"""Probes: each one is a module here that registers a Probe (kvprobe.probes.base)."""
+"""The built-in probes, one folder each; importing this package registers them (the registry,
+kvprobe.api.registry, imports it by name when it first needs the probes; `Probe.order` sets
+their order). Nothing else in kvprobe imports a probe: every stage goes through the contract in
+kvprobe.api."""
 
-from kvprobe.probes.base import Budget, Probe, ProbeRun, Row, RunSetup
-from kvprobe.probes.registry import (
-    all_probes,
-    check_mode,
-    get_probe,
-    probe_names,
-    register,
-    registered,
-    selected,
-    unregister,
-)
-
-__all__ = [
-    "Budget",
-    "Probe",
-    "ProbeRun",
-    "Row",
-    "RunSetup",
-    "all_probes",
-    "check_mode",
-    "get_probe",
-    "probe_names",
-    "register",
-    "registered",
-    "selected",
-    "unregister",
-]
+import kvprobe.probes.divergence.probe
+import kvprobe.probes.needle.probe
+import kvprobe.probes.repetition.probe  # noqa: F401 - registered on import

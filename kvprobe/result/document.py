@@ -8,9 +8,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from kvprobe import __version__
+from kvprobe.api import Probe, all_probes
 from kvprobe.errors import guarded
 from kvprobe.plan.scenario import Scenario
-from kvprobe.probes import Probe, all_probes
 from kvprobe.result.records import RunOutcome
 from kvprobe.result.store import SCHEMA_VERSION, ResultDoc
 

@@ -370,7 +370,7 @@ def _header_problem(header: dict[str, Any]) -> str | None:
 
 
 def _unit_problem(record: dict[str, Any]) -> str | None:
-    from kvprobe.probes import all_probes
+    from kvprobe.api import all_probes
     from kvprobe.result.schema import brief
 
     problem = _schema_problem("unit", record)

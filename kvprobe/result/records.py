@@ -16,7 +16,7 @@ class RunOutcome:
     items: list[Row]
     text_items: list[Row]
     sections: dict[str, Any]  # per probe with a section of its own, as measured
-    measured: dict[str, Any]  # per probe, in-memory data its statistics read (kvprobe.probes.base)
+    measured: dict[str, Any]  # per probe, in-memory data its statistics read (kvprobe.api)
     applied: list[dict[str, Any]]  # per configuration, the settings llama.cpp reported
     n_ctx: int
     n_seq_max: int

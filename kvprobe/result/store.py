@@ -138,7 +138,7 @@ def _add_decisions(doc: ResultDoc) -> None:
         model["kv_layout"] = kv_layout_from_metadata(str(model.get("architecture")), model["metadata"])
     errors: list[dict[str, str]] = (doc.get("statistics") or {}).get("errors", [])
     if doc.get("divergence") and doc.get("baseline") is not None:
-        from kvprobe.probes.divergence import add_tail
+        from kvprobe.probes.divergence.probe import add_tail
 
         guarded(errors, "divergence curve", lambda: add_tail(doc, doc["run"]["seed"]))
     if doc.get("verdict") is not None:

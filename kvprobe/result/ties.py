@@ -84,7 +84,7 @@ def _models(doc: Doc) -> Iterator[tuple[list[Any], Doc]]:
 def baseline_items_measured(doc: Doc) -> str | None:
     """The verdict pairs each item with the baseline's (and, in the weights-vs-KV design, with
     every cell's): those must have a value for every paired metric."""
-    from kvprobe.stats.metrics import paired_item_metrics
+    from kvprobe.api import paired_item_metrics
 
     if doc["baseline"] is None:
         return None

@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 from scipy import optimize
 
+from kvprobe.api import ALPHA, Metric, paired_item_metrics
 from kvprobe.stats.inference import difference_test, holm, significant_tail
-from kvprobe.stats.metrics import ALPHA, Metric, paired_item_metrics
 
 EFFECTIVE_THRESHOLD = 0.85  # share of the baseline's score that still counts as "effective"
 

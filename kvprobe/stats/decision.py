@@ -15,8 +15,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from kvprobe.api import pooled_row
 from kvprobe.cache_types import ConfigId
-from kvprobe.probes.rows import pooled_row
 from kvprobe.stats.equivalence import EQUIVALENT, UNDECIDED, WORSE
 from kvprobe.weights.doctor import kv_cache_bytes, type_bits
 

@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
+from kvprobe.api import ALPHA
 from kvprobe.stats.inference import newcombe_paired_interval, newcombe_unpaired_interval
-from kvprobe.stats.metrics import ALPHA
 
 EQUIVALENT, WORSE, UNDECIDED = "equivalent", "worse", "undecided"
 LEVEL = 1 - ALPHA  # the interval that must lie inside the margin: 0.025 per side

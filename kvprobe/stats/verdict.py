@@ -12,9 +12,8 @@ from typing import Any
 import numpy as np
 from scipy import stats as sps
 
+from kvprobe.api import ALPHA, all_probes, by_name, margins, metric_table, paired_item_metrics, pooled_row
 from kvprobe.cache_types import CacheConfig
-from kvprobe.probes import all_probes
-from kvprobe.probes.rows import pooled_row
 from kvprobe.stats.analysis import (
     EFFECTIVE_THRESHOLD,
     effective_context,
@@ -25,7 +24,6 @@ from kvprobe.stats.analysis import (
 )
 from kvprobe.stats.equivalence import EQUIVALENT, MAX_ITEMS, UNDECIDED, WORSE, Tost, bound_test, tost
 from kvprobe.stats.inference import difference_test
-from kvprobe.stats.metrics import ALPHA, by_name, margins, metric_table, paired_item_metrics
 from kvprobe.stats.weights_vs_kv import weights_vs_kv
 
 POWER_Z = 1.6449 + 0.8416  # one-sided alpha 0.05, power 0.8
@@ -539,7 +537,7 @@ def _kv_sentence(fault: str, why: str, k: dict[str, Any], v: dict[str, Any], qua
 def reference_checks(
     items: list[dict[str, Any]], baseline: str, prompt: Mapping[str, Any], checkpoints: list[int]
 ) -> list[str]:
-    """Each probe's word on the reference at the shortest checkpoint (kvprobe.probes.base)."""
+    """Each probe's word on the reference at the shortest checkpoint (kvprobe.api)."""
     if not checkpoints:
         return []
     return [s for p in all_probes() if (s := p.reference_check(items, baseline, prompt, min(checkpoints)))]

@@ -9,11 +9,11 @@ from typing import Any
 
 import numpy as np
 
+from kvprobe.api import ALPHA, by_name, paired_item_metrics
 from kvprobe.cache_types import ConfigId
 from kvprobe.stats.analysis import paired_rows
 from kvprobe.stats.inference import bootstrap_mean_interval
 from kvprobe.stats.inference import wilcoxon_paired as wilcoxon
-from kvprobe.stats.metrics import ALPHA, by_name, paired_item_metrics
 
 
 def _diff(r: dict[str, Any], unit: str = "") -> str:

@@ -10,82 +10,27 @@ from __future__ import annotations
 
 import io
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
+from kvprobe.api.figures import Figure, Heatmap, LineFigure, Marker, Point, Scatter, Series, summary_series
 from kvprobe.errors import UserError
+
+__all__ = [
+    "Figure",
+    "Heatmap",
+    "LineFigure",
+    "Marker",
+    "Point",
+    "Scatter",
+    "Series",
+    "render",
+    "summary_series",
+    "write_png",
+]
 
 OKABE_ITO = ("#E69F00", "#56B4E9", "#009E73", "#0072B2", "#D55E00", "#CC79A7", "#F0E442")
 REFERENCE_COLOUR = "#000000"
 INSTALL_PLOT = 'pip install "kvprobe[plot]"'
-
-
-@dataclass(frozen=True)
-class Series:
-    label: str
-    x: list[float]
-    y: list[float]
-    lo: list[float] | None = None  # 95% interval, drawn as a band
-    hi: list[float] | None = None
-    reference: bool = False
-
-
-@dataclass(frozen=True)
-class Marker:
-    """A point to mark on a series: an onset."""
-
-    series: str
-    x: float
-    y: float
-    label: str
-
-
-@dataclass(frozen=True)
-class LineFigure:
-    key: str  # file name stem for --png
-    title: str
-    xlabel: str
-    ylabel: str
-    series: list[Series]
-    markers: list[Marker] = field(default_factory=list)
-    log2_x: bool = False
-    level: tuple[float, str] | None = None  # a horizontal reference line (y, label)
-    zero_line: bool = False
-
-
-@dataclass(frozen=True)
-class Heatmap:
-    key: str
-    title: str
-    xlabel: str
-    ylabel: str
-    x_labels: list[str]
-    y_labels: list[str]
-    values: list[list[float | None]]  # rows (y) x columns (x); None: no item there
-    colour_label: str
-    diverging: bool = False  # a difference: centred on 0
-    vmin: float = 0.0
-    vmax: float = 1.0
-
-
-@dataclass(frozen=True)
-class Point:
-    label: str
-    x: float
-    y: float
-    group: str  # the legend entry, and the colour: see GROUP_COLOURS
-    note: str = ""  # written beside the point
-
-
-@dataclass(frozen=True)
-class Scatter:
-    key: str
-    title: str
-    xlabel: str
-    ylabel: str
-    points: list[Point]
-    level: tuple[float, str] | None = None
-    symlog_y: float | None = None  # linear below this, logarithmic above (0 stays on the axis)
 
 
 GROUP_COLOURS = {
@@ -94,8 +39,6 @@ GROUP_COLOURS = {
     "undecided": "#E69F00",
     "worse": "#D55E00",
 }
-
-Figure = LineFigure | Heatmap | Scatter
 
 
 def _pyplot() -> Any:
@@ -238,26 +181,3 @@ def write_png(figures: Sequence[Figure], folder: str, *, force: bool = False) ->
     for figure, path in zip(figures, targets, strict=True):
         write_atomically(path, render(figure, "png"), "--png")
     return [str(p) for p in targets]
-
-
-def summary_series(
-    summary: Sequence[dict[str, Any]], metric: str, config: str, *, reference: bool = False,
-    label: str | None = None, scope: str | None = None,
-) -> Series | None:  # fmt: skip
-    """One configuration's summary rows of `metric` as a series with its intervals, by ctx."""
-    rows = sorted(
-        (r for r in summary if r["metric"] == metric and r["config"] == config
-         and (scope is None or r.get("scope") == scope) and r.get("value") is not None),
-        key=lambda r: int(r["ctx"]),
-    )  # fmt: skip
-    if not rows:
-        return None
-    cis = [[r["value"] if c is None else c for c in (r.get("ci") or [r["value"], r["value"]])] for r in rows]
-    return Series(
-        label or config,
-        [float(r["ctx"]) for r in rows],
-        [float(r["value"]) for r in rows],
-        [float(c[0]) for c in cis],
-        [float(c[1]) for c in cis],
-        reference,
-    )

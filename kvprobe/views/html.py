@@ -87,7 +87,7 @@ def provenance(result: dict[str, Any]) -> str:
 
 def result_sections(result: dict[str, Any]) -> str:
     """The verdict, each probe's figures and notes, and the provenance of one result."""
-    from kvprobe.probes import all_probes
+    from kvprobe.api import all_probes
 
     parts = []
     if result.get("complete") is False:
@@ -166,7 +166,7 @@ def merged(old: Figure, new: Figure) -> list[Figure]:
 def comparison_page(old: tuple[str, dict[str, Any]], new: tuple[str, dict[str, Any]], rows: str) -> str:
     """`kvprobe compare OLD NEW --html`: both verdicts, the comparison's rows, and every figure
     with old and new on the same axes."""
-    from kvprobe.probes import all_probes
+    from kvprobe.api import all_probes
 
     title = f"kvprobe compare: {old[0]} → {new[0]}"
     body = [f"<h1>{_e(title)}</h1>", rows]

@@ -14,8 +14,8 @@ from kvprobe.display import plain
 def print_run_report(result: dict[str, Any], console: Console) -> None:
     """The recommendation and its frontier first, then each probe's tables, the cost, the
     warnings, the verdict and the rules of thumb."""
+    from kvprobe.api import all_probes
     from kvprobe.plan.prompt import describe
-    from kvprobe.probes import all_probes
     from kvprobe.views.decision import print_decision, print_folklore
 
     console.print(f"prompt: {describe(result.get('prompt') or {})}", markup=False, highlight=False)

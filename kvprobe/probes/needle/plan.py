@@ -9,8 +9,9 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
+from kvprobe.api import Document, Insert, Tokenizer
 from kvprobe.errors import UserError
-from kvprobe.plan.documents import Document, Insert, Tokenizer, default_checkpoints, plant
+from kvprobe.plan.documents import default_checkpoints, plant
 from kvprobe.plan.scenario import HASHED_IF_SET, Scenario
 
 DEFAULT_ATTRIBUTES = (
@@ -226,7 +227,7 @@ def items_at(document: Document, length: int) -> list[NeedleItem]:
             depth=round(n.position / length, 4),
             distance=length - n.end,
         )
-        for n in document.needles
+        for n in document.spans
         if n.end <= length
     ]
 
@@ -261,7 +262,7 @@ def build_classic_cells(
                         lead=lead,
                     )  # fmt: skip
                     # The next sentence end may lie past the prompt's end: move the target earlier.
-                    if doc.needles or target <= 1:
+                    if doc.spans or target <= 1:
                         break
                     target = max(1, target - 64)
                 cells.extend(ClassicCell(doc, it) for it in items_at(doc, length))

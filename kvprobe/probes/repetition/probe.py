@@ -2,7 +2,7 @@
 
 At each checkpoint a few continuations fork from the document (at L, L - stride, ...) and run
 greedily for G tokens; the document's own next G tokens give real text's level of the same
-metrics (kvprobe.probes.repetition_metrics).
+metrics (kvprobe.probes.repetition.metrics).
 """
 
 from __future__ import annotations
@@ -12,22 +12,31 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from rich.table import Table
 
+from kvprobe.api import (
+    Budget,
+    Metric,
+    Needs,
+    Probe,
+    ProbeRun,
+    ResultDoc,
+    Row,
+    RunSetup,
+    by_config_and_ctx,
+    fmt_ci,
+    register,
+)
 from kvprobe.cache_types import TEXT_ROWS
 from kvprobe.display import plain
 from kvprobe.plan.scenario import HASHED_IF_SET, within
-from kvprobe.probes.base import Budget, Probe, ProbeRun, ResultDoc, Row, RunSetup
-from kvprobe.probes.registry import register
-from kvprobe.probes.repetition_metrics import first_difference, repetition_metrics
-from kvprobe.probes.rows import by_config_and_ctx, fmt_ci, mean_row, rate_row
-from kvprobe.stats.metrics import Metric
+from kvprobe.probes.repetition.metrics import first_difference, repetition_metrics
+from kvprobe.probes.rows import mean_row, rate_row
 
 if TYPE_CHECKING:
     from rich.console import RenderableType
 
+    from kvprobe.api import Document, Figure
     from kvprobe.engine import Context
-    from kvprobe.plan.documents import Document
     from kvprobe.plan.scenario import Scenario
-    from kvprobe.views.figures import Figure
 
 
 @dataclass(frozen=True)
@@ -134,6 +143,7 @@ class RepetitionRun(ProbeRun):
 
 class RepetitionProbe(Probe):
     name = "repetition"
+    order = 1
     sections: ClassVar[dict[str, type]] = {"repetition": RepetitionSpec}
     summary_label = "repetition summary"
 
@@ -157,9 +167,9 @@ class RepetitionProbe(Probe):
     def extra_document_tokens(self, scenario: Scenario) -> int:
         return scenario.spec(RepetitionSpec).tokens
 
-    def fork_cells_bound(self, scenario: Scenario) -> int:
+    def needs(self, scenario: Scenario, *, mode: str) -> Needs:
         spec = scenario.spec(RepetitionSpec)
-        return spec.offsets * (spec.tokens + 1)
+        return Needs(fork_cells=spec.offsets * (spec.tokens + 1))
 
     def start(self, setup: RunSetup) -> RepetitionRun:
         return RepetitionRun(setup)
@@ -230,7 +240,7 @@ register(RepetitionProbe())
 def repetition_figures(result: ResultDoc) -> list[Figure]:
     """Loop rate and seq-rep-4 against context per configuration, with the document's own text
     as the reference line."""
-    from kvprobe.views.figures import LineFigure, summary_series
+    from kvprobe.api import LineFigure, summary_series
 
     summary = result["summary"]
     configs = [c["id"] for c in result["configs"]]

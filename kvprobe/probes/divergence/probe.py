@@ -2,7 +2,7 @@
 reference's, position by position along the documents (KL, top-1 agreement, perplexity).
 
 The numerics (KL from logits, the recorder, the decay curve and its onset) are in
-kvprobe.probes.kl; this module is the probe: its scenario section, what it does during a run,
+kvprobe.probes.divergence.metrics; this module is the probe: its scenario section, what it does during a run,
 its section of the result file, its summary, tables, sentence and compare rows.
 """
 
@@ -18,12 +18,12 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 from rich.table import Table
 
+from kvprobe.api import Budget, Metric, Needs, Probe, ProbeRun, ResultDoc, Row, RunSetup, pooled_row, register
 from kvprobe.cache_types import NULL_ROWS
 from kvprobe.display import plain
 from kvprobe.errors import UserError, guarded
 from kvprobe.plan.scenario import MAX_CHECKPOINT, bad, within
-from kvprobe.probes.base import Budget, Probe, ProbeRun, ResultDoc, Row, RunSetup
-from kvprobe.probes.kl import (
+from kvprobe.probes.divergence.metrics import (
     CurveSettings,
     DivergenceRecorder,
     DocumentArrays,
@@ -32,18 +32,14 @@ from kvprobe.probes.kl import (
     divergence_curve,
     split_blocks,
 )
-from kvprobe.probes.registry import register
-from kvprobe.probes.rows import pooled_row
 from kvprobe.result.arrays import ARRAY_DTYPES, decode_array, encode_array
 from kvprobe.result.journal import decode_exact, encode_exact
-from kvprobe.stats.metrics import Metric
 
 if TYPE_CHECKING:
     from rich.console import RenderableType
 
-    from kvprobe.plan.documents import Document
+    from kvprobe.api import Document, Figure
     from kvprobe.plan.scenario import Scenario
-    from kvprobe.views.figures import Figure
 
 Arrays = dict[str, list[dict[str, np.ndarray]]]  # per configuration, per document: name -> values
 
@@ -113,9 +109,6 @@ class DivergenceRun(ProbeRun):
         self.committed: dict[tuple[str, int], int] = {}  # chunks per record that belong to finished units
         # A curve at each checkpoint from separate runs (llama-perplexity -c L per length).
         self.budget = Budget(naive_tokens=sum(setup.checkpoints) * self.spec.documents)
-
-    def scores_logits(self, document: Document) -> bool:
-        return self.recorder is not None and document.index < self.spec.documents
 
     def on_chunk(self, document: Document, pos0: int, logits: Mapping[str, np.ndarray]) -> None:
         # Score predictions of tokens 1 .. ctx - 1 only: the same positions whatever extra tokens
@@ -254,6 +247,7 @@ def divergence_arrays(result: ResultDoc) -> Arrays:
 
 class DivergenceProbe(Probe):
     name = "divergence"
+    order = 2
     sections: ClassVar[dict[str, type]] = {"divergence": DivergenceSpec}
     has_section = True
     summary_label = "divergence curve"
@@ -290,6 +284,11 @@ class DivergenceProbe(Probe):
     ) -> None:
         if baseline is None:
             raise UserError("the divergence probe compares against a reference: drop --baseline none")
+
+    def needs(self, scenario: Scenario, *, mode: str) -> Needs:
+        # Every position's logits of the first documents, in one pass; the null check is its.
+        reads = scenario.spec(DivergenceSpec).documents if mode == "onepass" else 0
+        return Needs(logit_documents=reads, null_check=True)
 
     def start(self, setup: RunSetup) -> DivergenceRun:
         return DivergenceRun(setup)
@@ -478,7 +477,7 @@ register(DivergenceProbe())
 def divergence_figures(result: ResultDoc) -> list[Figure]:
     """Mean KL from the reference by position bin (bootstrap bands, ▲ onset), and top-1
     agreement; x is each bin's upper edge."""
-    from kvprobe.views.figures import LineFigure, Marker, summary_series
+    from kvprobe.api import LineFigure, Marker, summary_series
 
     section = result.get("divergence")
     if not section:

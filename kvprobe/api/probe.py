@@ -13,17 +13,17 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
-from kvprobe.plan.prompt import RAW_FRAME, PromptFrame
+from kvprobe.api.documents import Document, Insert, Tokenizer
+from kvprobe.api.figures import Figure
+from kvprobe.api.metric import Metric
+from kvprobe.api.prompt import RAW_FRAME, PromptFrame
+from kvprobe.api.scenario import Scenario
 
 if TYPE_CHECKING:
     import numpy as np
     from rich.console import RenderableType
 
     from kvprobe.engine import Context
-    from kvprobe.plan.documents import Document, Insert, Tokenizer
-    from kvprobe.plan.scenario import Scenario
-    from kvprobe.stats.metrics import Metric
-    from kvprobe.views.figures import Figure
 
 Row = dict[str, Any]  # one item or summary row, as stored in the result file
 ResultDoc = dict[str, Any]  # a whole result document (kvprobe.result)
@@ -56,6 +56,20 @@ class Budget:
 
 
 @dataclass(frozen=True)
+class Needs:
+    """What a probe needs of a run, from the scenario alone, before any model is loaded: the
+    pre-flight memory estimate and the runner both read it, so they cannot disagree."""
+
+    fork_cells: int = 0  # at most the KV cells its forks take beyond the document
+    logit_documents: int = 0  # the plan's first N documents have every position's logits read
+    null_check: bool = False  # it measures --null-check (the reference against a second copy)
+
+    @property
+    def reads_logits(self) -> bool:
+        return self.logit_documents > 0
+
+
+@dataclass(frozen=True)
 class RunSetup:
     """Everything a probe may read when a run starts."""
 
@@ -73,7 +87,7 @@ class RunSetup:
 
 class ProbeRun:
     """A probe's part of one run. The runner calls, for every document: `on_chunk` with each
-    chunk's logits from every configuration (when `scores_logits` says so), then at every
+    chunk's logits from every configuration (where the probe's `needs` says so), then at every
     checkpoint `at_checkpoint` once per configuration; after the last document, `finish`."""
 
     budget: Budget = Budget()
@@ -83,12 +97,9 @@ class ProbeRun:
     n_prompts: int = 0
     prompt_lengths: list[int] = []  # noqa: RUF012
 
-    def scores_logits(self, document: Document) -> bool:
-        """Whether this probe reads the logits of every position of `document`."""
-        return False
-
     def on_chunk(self, document: Document, pos0: int, logits: Mapping[str, np.ndarray]) -> None:
-        """Rows of logits for positions pos0, pos0 + 1, ... from every configuration."""
+        """Rows of logits for positions pos0, pos0 + 1, ... from every configuration (called for
+        the documents its Needs.logit_documents names)."""
 
     def at_checkpoint(self, context: Context, config: str, document: Document, length: int) -> list[Row]:
         """Item rows for `config`, whose context holds `document` up to `length` tokens."""
@@ -131,6 +142,7 @@ class Probe:
     every method has a default that takes part in nothing."""
 
     name: ClassVar[str]
+    order: ClassVar[int] = 100  # where a built-in probe's rows and tables stand among the others
     sections: ClassVar[Mapping[str, type]] = {}  # scenario sections it owns: name -> dataclass
     modes: ClassVar[tuple[str, ...]] = ("onepass",)  # run modes it measures in
     has_section: ClassVar[bool] = False  # the result file has a top-level section named after it
@@ -138,7 +150,7 @@ class Probe:
 
     @property
     def metrics(self) -> tuple[Metric, ...]:
-        """Every metric this probe reports (kvprobe.stats.metrics)."""
+        """Every metric this probe reports (kvprobe.api)."""
         return ()
 
     # scenario and request ------------------------------------------------------------------
@@ -160,10 +172,10 @@ class Probe:
         """Token spans to plant into document `doc_index` (e.g. needles)."""
         return []
 
-    def fork_cells_bound(self, scenario: Scenario) -> int:
-        """At most the KV cells its forks take beyond the document (its Budget.fork_cells),
-        from the scenario alone: what the pre-flight memory estimate sizes contexts with."""
-        return 0
+    def needs(self, scenario: Scenario, *, mode: str) -> Needs:
+        """What it needs of the run's memory and feeding (Needs), from the scenario alone; its
+        fork cells bound its Budget.fork_cells."""
+        return Needs()
 
     # running ---------------------------------------------------------------------------------
     def start(self, setup: RunSetup) -> ProbeRun:
@@ -205,9 +217,17 @@ class Probe:
 
     def compare_rows(
         self, old: ResultDoc, new: ResultDoc, pairs: list[tuple[str, str]], paired: bool, seed: int
-    ) -> list[Row]:
-        """Rows for `kvprobe compare`: by default one per per-item metric, config pair and
-        checkpoint (kvprobe.compare.item_rows)."""
-        from kvprobe.compare import item_rows
+    ) -> list[Row] | None:
+        """Rows for `kvprobe compare`; None (the default): compare's own, one per per-item metric,
+        configuration pair and checkpoint (kvprobe.compare.item_rows)."""
+        return None
 
-        return item_rows(old, new, self.metrics, pairs, paired=paired, seed=seed)
+
+def run_needs(probes: Sequence[Probe], scenario: Scenario, mode: str) -> Needs:
+    """What a run of `probes` needs, all together."""
+    each = [p.needs(scenario, mode=mode) for p in probes]
+    return Needs(
+        fork_cells=max((n.fork_cells for n in each), default=0),
+        logit_documents=max((n.logit_documents for n in each), default=0),
+        null_check=any(n.null_check for n in each),
+    )

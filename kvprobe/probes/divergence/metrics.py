@@ -23,8 +23,8 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
+from kvprobe.api import ALPHA, Metric
 from kvprobe.stats.inference import holm, mann_whitney, significant_tail
-from kvprobe.stats.metrics import ALPHA, Metric
 
 ROWS_PER_BLOCK = 16  # logits rows reduced at once: 16 x 262,144 floats = 16 MiB per temporary
 

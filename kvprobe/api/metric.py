@@ -31,6 +31,10 @@ class Metric:
     # The equivalence margin (TOST): a paired difference within ±margin counts as no loss; for
     # a divergence metric, which is zero at best, an upper bound on its value. `--margin` sets it.
     margin: float | None = None
+    role: str | None = None  # a part it plays in the decision ("pooled_divergence": ranked by)
+    unit: str = ""  # written after its values in sentences (" nats")
+    label: str = ""  # its name in sentences ("mean KL"); "" : the metric's name
+    tail: bool = False  # a tail statistic: bounded only where enough positions exist
 
     @property
     def item_field(self) -> str:
@@ -43,37 +47,3 @@ class Metric:
         if self.key is None:
             raise TypeError(f"{self.name} is not a per-item metric")
         return self.key(item)
-
-
-def metric_table() -> tuple[Metric, ...]:
-    """The metrics of every registered probe, in registration order."""
-    from kvprobe.probes import all_probes
-
-    return tuple(m for p in all_probes() for m in p.metrics)
-
-
-def by_name(name: str) -> Metric:
-    found = {m.name: m for m in metric_table()}
-    if name not in found:
-        raise KeyError(f"no metric {name!r}")
-    return found[name]
-
-
-def paired_item_metrics() -> tuple[Metric, ...]:
-    return tuple(m for m in metric_table() if m.field is not None)
-
-
-def compared_metrics() -> tuple[str, ...]:
-    return tuple(m.name for m in metric_table() if m.compared)
-
-
-def margins() -> dict[str, float]:
-    """The default equivalence margin of every metric that has one."""
-    return {m.name: m.margin for m in metric_table() if m.margin is not None}
-
-
-def lower_is_worse(name: str) -> bool:
-    direction = by_name(name).lower_is_worse
-    if direction is None:
-        raise KeyError(f"metric {name} has no direction")
-    return direction

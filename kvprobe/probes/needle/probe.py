@@ -13,10 +13,23 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from rich.table import Table
 
+from kvprobe.api import (
+    Budget,
+    Metric,
+    Needs,
+    Probe,
+    ProbeRun,
+    ResultDoc,
+    Row,
+    RunSetup,
+    Series,
+    by_config_and_ctx,
+    fmt_ci,
+    register,
+)
 from kvprobe.display import plain
 from kvprobe.plan.scenario import bad, within
-from kvprobe.probes.base import Budget, Probe, ProbeRun, ResultDoc, Row, RunSetup
-from kvprobe.probes.needle_plan import (
+from kvprobe.probes.needle.plan import (
     ClassicSpec,
     NeedleItem,
     NeedleSpec,
@@ -25,19 +38,15 @@ from kvprobe.probes.needle_plan import (
     items_at,
     needle_inserts,
 )
-from kvprobe.probes.registry import register
-from kvprobe.probes.repetition_metrics import find_loop
-from kvprobe.probes.rows import by_config_and_ctx, fmt_ci, mean_row, rate_row
-from kvprobe.stats.metrics import Metric
-from kvprobe.views.figures import Series
+from kvprobe.probes.repetition.metrics import find_loop
+from kvprobe.probes.rows import mean_row, rate_row
 
 if TYPE_CHECKING:
     from rich.console import RenderableType
 
+    from kvprobe.api import Document, Figure, Insert, Tokenizer
     from kvprobe.engine import Context, TeacherForced
-    from kvprobe.plan.documents import Document, Insert, Tokenizer
     from kvprobe.plan.scenario import Scenario
-    from kvprobe.views.figures import Figure
 
 NEEDLE_LOOP_TOKENS = 6  # a failed answer such as "899999999" ends in >= 6 periodic tokens
 REFERENCE_FLOOR = 0.75  # below this share at the shortest checkpoint the reference is the limit
@@ -181,6 +190,7 @@ class NeedleRun(ProbeRun):
 
 class NeedleProbe(Probe):
     name = "needle"
+    order = 0
     sections: ClassVar[dict[str, type]] = {"needle": NeedleSpec, "classic": ClassicSpec}
     modes = ("onepass", "classic")
     summary_label = "needle summary"
@@ -280,12 +290,12 @@ class NeedleProbe(Probe):
     ) -> list[Insert]:
         return needle_inserts(tok, scenario, checkpoints, doc_index, seed)
 
-    def fork_cells_bound(self, scenario: Scenario) -> int:
+    def needs(self, scenario: Scenario, *, mode: str) -> Needs:
         # A pack of queries fills at most a chunk; each fork may then generate a failed answer
         # (its value's digits and a few tokens more, or generate_tokens).
         spec = scenario.spec(NeedleSpec)
         generated = max(spec.value_digits + 8, spec.generate_tokens) + 1
-        return scenario.plan.chunk + MAX_QUERY_FORKS * generated
+        return Needs(fork_cells=scenario.plan.chunk + MAX_QUERY_FORKS * generated)
 
     def start(self, setup: RunSetup) -> NeedleRun:
         return NeedleRun(setup)
@@ -364,7 +374,7 @@ def needle_figures(result: ResultDoc) -> list[Figure]:
     """Accuracy and the answer log-prob's difference against context, with intervals and
     onsets; the length x depth accuracy heatmap per configuration and its difference to the
     reference."""
-    from kvprobe.views.figures import Heatmap, LineFigure, Marker, summary_series
+    from kvprobe.api import Heatmap, LineFigure, Marker, summary_series
 
     summary, baseline = result["summary"], result.get("baseline")
     configs = [c["id"] for c in result["configs"]]

@@ -1,0 +1,97 @@
+"""A scenario as data: what to measure (kvprobe.plan.scenario parses and checks the files)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, TypeVar
+
+
+@dataclass(frozen=True)
+class HaystackSpec:
+    kind: str = "prose"
+    path: str = ""  # only for kind = "file"
+
+
+# A key added after scenarios were first hashed carries this metadata: it is hashed only where
+# it differs from its default, so every scenario that does not set it keeps its sha256 (and its
+# results stay comparable with earlier ones).
+HASHED_IF_SET = {"hash": "if_set"}
+
+
+def hashed(section: Any) -> dict[str, Any]:
+    """A section's keys as the scenario hash covers them (see HASHED_IF_SET)."""
+    out = asdict(section)
+    for f in fields(section):
+        if f.metadata.get("hash") == "if_set" and out[f.name] == asdict(type(section)())[f.name]:
+            del out[f.name]
+    return out
+
+
+@dataclass(frozen=True)
+class PromptSpec:
+    """[prompt]: the form the model is spoken to in (kvprobe.plan.prompt)."""
+
+    format: str = field(default="auto", metadata=HASHED_IF_SET)  # auto | chat | raw
+    system: str = field(default="", metadata=HASHED_IF_SET)  # a system message ("": none)
+
+
+@dataclass(frozen=True)
+class PlanSpec:
+    documents: int = 4
+    checkpoints: list[int] = field(default_factory=list)  # empty: 1024, 2048, ... up to --ctx
+    chunk: int = 512  # tokens per llama_decode call, identical for every configuration
+
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """What to measure: the probes, the haystack, the plan, and each probe's own section
+    (every registered probe's, with its defaults where the file gives none)."""
+
+    name: str
+    description: str = ""
+    probes: list[str] = field(default_factory=lambda: ["needle"])
+    haystack: HaystackSpec = HaystackSpec()
+    plan: PlanSpec = PlanSpec()
+    prompt: PromptSpec = PromptSpec()
+    sections: dict[str, Any] = field(default_factory=dict)  # the parser gives every probe's
+    # Sections of plug-in probes (name -> its probe): hashed only when the scenario runs that
+    # probe, so a scenario's sha256 does not change with the plug-ins installed.
+    plug_in_sections: dict[str, str] = field(default_factory=dict, compare=False)
+
+    def spec(self, cls: type[T]) -> T:
+        """The section whose dataclass is `cls`, typed (the probes' way to read their own)."""
+        for value in self.sections.values():
+            if type(value) is cls:
+                return value
+        raise KeyError(f"scenario has no {cls.__name__} section: is its probe registered?")
+
+    def to_dict(self) -> dict[str, Any]:
+        """What the scenario hash covers: the built-in probes' sections always (so the hash of
+        a scenario does not change with the plug-ins installed), a plug-in's only when the
+        scenario runs it."""
+        kept = {
+            name: value
+            for name, value in self.sections.items()
+            if name not in self.plug_in_sections or self.plug_in_sections[name] in self.probes
+        }
+        out = {
+            "name": self.name,
+            "description": self.description,
+            "probes": list(self.probes),
+            "haystack": asdict(self.haystack),
+            "plan": asdict(self.plan),
+        }
+        if hashed(self.prompt):
+            out["prompt"] = hashed(self.prompt)
+        out.update({name: hashed(value) for name, value in kept.items()})
+        return out
+
+    @property
+    def sha256(self) -> str:
+        canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()
