@@ -26,6 +26,7 @@ from kvprobe.api import (
     lower_is_worse,
 )
 from kvprobe.errors import UserError
+from kvprobe.plan.prompt import framing_label
 from kvprobe.stats.equivalence import equivalence_interval
 from kvprobe.stats.inference import difference_test
 
@@ -134,8 +135,6 @@ def match_configs(
 
 def pairing(old: dict[str, Any], new: dict[str, Any]) -> tuple[bool, str]:
     """Whether items can be paired, and why (not)."""
-    from kvprobe.plan.prompt import framing_label
-
     old_rt, new_rt = old.get("runtime") or {}, new.get("runtime") or {}
     checks = [
         ("scenario", old["scenario"]["sha256"], new["scenario"]["sha256"]),

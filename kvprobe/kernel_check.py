@@ -29,6 +29,9 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from kvprobe.cache_types import CacheConfig
+from kvprobe.weights.doctor import read_facts
+
 # Weight types that llama.cpp's CPU extra buffer types handle: ggml-cpu/repack.cpp
 # (ggml_repack_get_optimal_repack_type) and ggml-cpu/amx/common.h (qtype_has_amx_kernels).
 # F32, F16 and BF16 weights never leave the plain CPU buffer, so they need no check.
@@ -293,8 +296,7 @@ def check_models(
 ) -> tuple[KernelDecision, str]:
     """`decide` for model files: reads their weight types and this llama.cpp build's features.
     Returns the decision and the build's system info (for `fallback_message`)."""
-    from kvprobe import engine
-    from kvprobe.weights.doctor import read_facts
+    from kvprobe import engine  # llama_cpp, slow: only a run that decides its kernels pays for it
 
     runtime = engine.runtime_info()
     system_info = str(runtime["llama_cpp_build"])
@@ -341,8 +343,7 @@ def _child(argv: Sequence[str]) -> int:
 
     import numpy as np
 
-    from kvprobe.cache_types import CacheConfig
-    from kvprobe.engine import ContextSettings, Model
+    from kvprobe.engine import ContextSettings, Model  # llama_cpp: in the child process only
 
     with Model(
         args.model, n_gpu_layers=args.gpu_layers, n_threads=args.threads, use_extra_bufts=extra_bufts

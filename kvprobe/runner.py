@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -17,8 +17,9 @@ from kvprobe.engine import ChunkCallback, Context, ContextSettings, Model, feed_
 from kvprobe.errors import UserError
 from kvprobe.plan.documents import Document, build_plan
 from kvprobe.plan.groups import plan_groups, round_up
-from kvprobe.plan.prompt import RAW_CHOICE, PromptChoice, frame_tokens, prompt_record
+from kvprobe.plan.prompt import frame_tokens, prompt_record
 from kvprobe.plan.scenario import Scenario
+from kvprobe.request import RunSettings
 from kvprobe.result.journal import Unit, UnitKey, key_json
 from kvprobe.result.records import RunOutcome
 
@@ -26,13 +27,16 @@ Progress = Callable[[int, str], None]  # (tokens just evaluated, what is running
 
 
 @dataclass(frozen=True)
-class RunSettings:
-    ctx: int
-    seed: int
-    mode: str  # "onepass" | "classic"
-    flash_attn: bool
-    attn_rotation: bool
-    prompt: PromptChoice = RAW_CHOICE  # raw text or the chat template (kvprobe.plan.prompt)
+class _GroupWork:
+    """What Runner.run_all was asked to do for one configuration group (see there)."""
+
+    contexts: dict[str, Context]
+    progress: Progress
+    done: Mapping[UnitKey, Unit]
+    on_unit: Callable[[Unit], None] | None
+    may_start: Callable[[UnitKey], bool] | None
+    group: int
+    repeats: frozenset[str]
 
 
 class Runner:
@@ -171,104 +175,134 @@ class Runner:
         `repeats` are configurations measured in an earlier group (the reference, fed again so
         the others have its logits): they are fed, but give no rows. Group 0 starts afresh;
         a later group adds its units to the earlier groups'."""
-        done = done or {}
         if group == 0:
             self.units, self.stopped = [], None
             self.refeed_tokens, self.refeed_s = 0, 0.0
             self.probe_work = {}
+        work = _GroupWork(contexts, progress, done or {}, on_unit, may_start, group, repeats)
         if self.settings.mode != "onepass":
-            self._run_prompts(contexts, progress, done, on_unit, may_start, group=group, repeats=repeats)
-            return [row for u in self.units for row in u.items]
-        for document in self.documents:
-            readers = self.readers(document)
-            # A repeated reference only gives its logits: it is fed where a probe reads them.
-            fed = {c: context for c, context in contexts.items() if readers or c not in repeats}
-            if readers and null_context:
-                fed[NULL_ROWS] = null_context
-            feeding, names = list(fed.values()), list(fed)
-            for context in feeding:
-                context.reset()
-            steps = range(len(self.checkpoints))
-            for step, length in enumerate(self.checkpoints):
-                key = (document.index, step, group)
-                segment = document.tokens[feeding[0].n_past : length]
-                if key in done:
-                    self._restore(done[key], progress, on_unit)
-                    if any((document.index, later, group) not in done for later in steps if later > step):
-                        # Rebuild the lockstep state: the same segments, so the same batches.
-                        started, before = time.perf_counter(), sum(c.tokens_evaluated for c in feeding)
-                        feed_lockstep(feeding, segment)
-                        self.refeed_s += time.perf_counter() - started
-                        self.refeed_tokens += sum(c.tokens_evaluated for c in feeding) - before
-                    continue
-                if may_start is not None and not may_start(key):
-                    self.stopped = "time budget"
-                    return [row for u in self.units for row in u.items]
-                started, evaluated = time.perf_counter(), sum(c.tokens_evaluated for c in feeding)
-                what = f"doc {document.index} L={length}"
-                reduce_s = [0.0]
-                on_chunk = _handing_logits(readers, document, names, reduce_s) if readers else None
-                busy = {config: context.busy_s for config, context in contexts.items()}
-                feed_lockstep(feeding, segment, on_chunk, on_fed=_reporting(progress, what + " (document)"))
-                feed_s = time.perf_counter() - started - reduce_s[0]
-                prefill = {  # a repeated reference's speed is known from its first group
-                    config: context.busy_s - busy[config]
-                    for config, context in contexts.items()
-                    if config not in repeats
-                }
-                rows: list[Row] = []
-                for config, context in contexts.items():
-                    if config in repeats:
-                        continue
-                    for name, run in self.runs.items():
-                        before, clock = context.tokens_evaluated, time.perf_counter()
-                        found = run.at_checkpoint(context, config, document, length)
-                        spent = self.probe_work.setdefault(name, [0.0, 0, 0])
-                        spent[0] += time.perf_counter() - clock
-                        spent[1] += context.tokens_evaluated - before
-                        spent[2] += len(found)
-                        if found or context.tokens_evaluated != before:
-                            rows.extend(found)
-                            progress(
-                                context.tokens_evaluated - before, f"{config} {what} {run.label or name}"
-                            )
-                self._finish_unit(
-                    key, rows=rows, started=started, evaluated=evaluated, contexts=feeding, on_unit=on_unit,
-                    feed_s=feed_s, reduce_s=reduce_s[0], prefill=(prefill, len(segment), bool(readers)),
-                )  # fmt: skip
+            self._run_prompts(work)
+        else:
+            for document in self.documents:
+                if not self._run_document(document, work, null_context):
+                    break
         return [row for u in self.units for row in u.items]
 
-    def _run_prompts(
+    def _run_document(self, document: Document, work: _GroupWork, null_context: Context | None) -> bool:
+        """Feed `document` checkpoint by checkpoint in every context of the group, measuring (or
+        restoring) each unit; False when the time budget stopped the run."""
+        readers = self.readers(document)
+        # A repeated reference only gives its logits: it is fed where a probe reads them.
+        fed = {c: context for c, context in work.contexts.items() if readers or c not in work.repeats}
+        if readers and null_context:
+            fed[NULL_ROWS] = null_context
+        feeding, names = list(fed.values()), list(fed)
+        for context in feeding:
+            context.reset()
+        steps = range(len(self.checkpoints))
+        for step, length in enumerate(self.checkpoints):
+            key = (document.index, step, work.group)
+            segment = document.tokens[feeding[0].n_past : length]
+            if key in work.done:
+                self._restore(work.done[key], work.progress, work.on_unit)
+                if any(
+                    (document.index, later, work.group) not in work.done for later in steps if later > step
+                ):
+                    self._refeed(feeding, segment)
+                continue
+            if work.may_start is not None and not work.may_start(key):
+                self.stopped = "time budget"
+                return False
+            self._measure_unit(
+                key, work, document=document, length=length, segment=segment, feeding=feeding, names=names,
+                readers=readers,
+            )  # fmt: skip
+        return True
+
+    def _refeed(self, feeding: list[Context], segment: Sequence[int]) -> None:
+        """Rebuild the lockstep state past a restored unit: the same segments, so the same batches."""
+        started, before = time.perf_counter(), sum(c.tokens_evaluated for c in feeding)
+        feed_lockstep(feeding, segment)
+        self.refeed_s += time.perf_counter() - started
+        self.refeed_tokens += sum(c.tokens_evaluated for c in feeding) - before
+
+    def _measure_unit(
         self,
-        contexts: dict[str, Context],
-        progress: Progress,
-        done: Mapping[UnitKey, Unit],
-        on_unit: Callable[[Unit], None] | None,
-        may_start: Callable[[UnitKey], bool] | None,
+        key: UnitKey,
+        work: _GroupWork,
         *,
-        group: int,
-        repeats: frozenset[str],
+        document: Document,
+        length: int,
+        segment: Sequence[int],
+        feeding: list[Context],
+        names: list[str],
+        readers: list[ProbeRun],
     ) -> None:
+        """One unit: feed the segment up to checkpoint `length` in lockstep (the readers get
+        each chunk's logits), then every probe measures in every context of the group."""
+        contexts = work.contexts
+        started, evaluated = time.perf_counter(), sum(c.tokens_evaluated for c in feeding)
+        what = f"doc {document.index} L={length}"
+        reduce_s = [0.0]
+        on_chunk = _handing_logits(readers, document, names, reduce_s) if readers else None
+        busy = {config: context.busy_s for config, context in contexts.items()}
+        feed_lockstep(feeding, segment, on_chunk, on_fed=_reporting(work.progress, what + " (document)"))
+        feed_s = time.perf_counter() - started - reduce_s[0]
+        prefill = {  # a repeated reference's speed is known from its first group
+            config: context.busy_s - busy[config]
+            for config, context in contexts.items()
+            if config not in work.repeats
+        }
+        rows: list[Row] = []
+        for config, context in contexts.items():
+            if config not in work.repeats:
+                rows += self._at_checkpoint(
+                    context, config, document, length, what=what, progress=work.progress
+                )
+        self._finish_unit(
+            key, rows=rows, started=started, evaluated=evaluated, contexts=feeding, on_unit=work.on_unit,
+            feed_s=feed_s, reduce_s=reduce_s[0], prefill=(prefill, len(segment), bool(readers)),
+        )  # fmt: skip
+
+    def _at_checkpoint(
+        self, context: Context, config: str, document: Document, length: int, *, what: str, progress: Progress
+    ) -> list[Row]:
+        """Every probe's rows for `config` at the checkpoint, its work counted per probe."""
+        rows: list[Row] = []
+        for name, run in self.runs.items():
+            before, clock = context.tokens_evaluated, time.perf_counter()
+            found = run.at_checkpoint(context, config, document, length)
+            spent = self.probe_work.setdefault(name, [0.0, 0, 0])
+            spent[0] += time.perf_counter() - clock
+            spent[1] += context.tokens_evaluated - before
+            spent[2] += len(found)
+            if found or context.tokens_evaluated != before:
+                rows.extend(found)
+                progress(context.tokens_evaluated - before, f"{config} {what} {run.label or name}")
+        return rows
+
+    def _run_prompts(self, work: _GroupWork) -> None:
         """Modes other than onepass: one unit per prompt, every configuration of the group."""
-        measured = {config: context for config, context in contexts.items() if config not in repeats}
+        contexts = work.contexts
+        measured = {config: context for config, context in contexts.items() if config not in work.repeats}
         for run in self.runs.values():
             for i in range(run.n_prompts):
-                key = (i, 0, group)
-                if key in done:
-                    self._restore(done[key], progress, on_unit)
+                key = (i, 0, work.group)
+                if key in work.done:
+                    self._restore(work.done[key], work.progress, work.on_unit)
                     continue
-                if may_start is not None and not may_start(key):
+                if work.may_start is not None and not work.may_start(key):
                     self.stopped = "time budget"
                     return
                 started, evaluated = time.perf_counter(), sum(c.tokens_evaluated for c in contexts.values())
-                rows = run.run_prompt(i, measured, progress)
+                rows = run.run_prompt(i, measured, work.progress)
                 self._finish_unit(
                     key,
                     rows=rows,
                     started=started,
                     evaluated=evaluated,
                     contexts=list(contexts.values()),
-                    on_unit=on_unit,
+                    on_unit=work.on_unit,
                 )
 
     def _finish_unit(
@@ -338,6 +372,19 @@ def _handing_logits(
     return on_chunk
 
 
+ConfigRun = tuple[ConfigId, Model, CacheConfig]  # one context to open: its id, weights and cache
+
+
+@dataclass
+class _Totals:
+    """What the contexts of every group reported, added up over the groups."""
+
+    applied: dict[str, dict[str, Any]] = field(default_factory=dict)  # per configuration, its first
+    decode_s: dict[str, float] = field(default_factory=dict)
+    tokens_evaluated: int = 0
+    null_tokens: int = 0
+
+
 def run_probes(
     runner: Runner,
     configs: list[CacheConfig],
@@ -361,42 +408,20 @@ def run_probes(
     in groups (plan_groups), each fed the same documents with the same batches, the reference
     again in every group where a probe compares logits with it. Its rows come from the first
     group only; on CPU every group's numbers equal a single group's."""
-    model, scenario = runner.model, runner.scenario
-    ctx_settings = runner.context_settings(model.n_threads)
-    runs: list[tuple[ConfigId, Model, CacheConfig]] = (
+    model = runner.model
+    runs: list[ConfigRun] = (
         [(ConfigId.of(c, label), m, c) for label, m in models.items() for c in configs]
         if models
         else [(ConfigId.of(c), model, c) for c in configs]
     )
-    with_null = runner.with_null
     groups = runner.set_groups(len(runs), max_contexts)
     started = time.perf_counter()
-    applied: dict[str, dict[str, Any]] = {}
-    decode_s: dict[str, float] = {}
-    tokens_evaluated = null_tokens = 0
+    totals = _Totals()
     for group, members in enumerate(groups):
-        with contextlib.ExitStack() as stack:
-            contexts = {
-                str(cid): stack.enter_context(m.context(c, ctx_settings))
-                for cid, m, c in (runs[i] for i in members)
-            }
-            null_context = None
-            if with_null and group == 0:
-                _, ref_model, ref_cache = runs[0]
-                null_context = stack.enter_context(ref_model.context(ref_cache, ctx_settings))
-            repeats = frozenset(c for c in contexts if c in applied)
-            try:
-                runner.run_all(
-                    contexts, progress, null_context, done=done, on_unit=on_unit, may_start=may_start,
-                    group=group, repeats=repeats,
-                )  # fmt: skip
-            except KeyboardInterrupt:
-                runner.stopped = "interrupted"
-            for cid, context in contexts.items():
-                applied.setdefault(cid, _applied(cid, context))
-                decode_s[cid] = decode_s.get(cid, 0.0) + context.busy_s
-            tokens_evaluated += sum(c.tokens_evaluated for c in contexts.values())
-            null_tokens += null_context.tokens_evaluated if null_context else 0
+        _run_group(
+            runner, [runs[i] for i in members], group, totals, progress=progress, done=done, on_unit=on_unit,
+            may_start=may_start,
+        )  # fmt: skip
         if runner.stopped is not None:
             break
     # Units in the order one group would have finished them: the same rows in the same order.
@@ -408,7 +433,78 @@ def run_probes(
     errors: list[dict[str, str]] = []
     sections = {name: run.section(errors) for name, run in runner.runs.items()}
     finished = {u.key for u in runner.units}
-    restored = [u for u in runner.units if done and u.key in done]
+    timing = _timing(runner, runs, groups, totals, started=started, done=done)
+    return RunOutcome(
+        checkpoints=runner.checkpoints,
+        items=items,
+        text_items=[row for run in runner.runs.values() for row in run.text_items()],
+        sections={name: s for name, s in sections.items() if s is not None},
+        measured={name: m for name, run in runner.runs.items() if (m := run.measured()) is not None},
+        applied=[
+            {
+                **(totals.applied.get(str(cid)) or _not_started(str(cid), cache, runner.settings.flash_attn)),
+                **({"model": cid.weights} if models else {}),
+            }
+            for cid, _, cache in runs
+        ],
+        n_ctx=runner.n_ctx,
+        n_seq_max=runner.n_seq_max,
+        chunk=runner.scenario.plan.chunk,
+        prompt=prompt_record(runner.settings.prompt, runner.prompt),
+        timing=timing,
+        errors=errors,
+        stopped=runner.stopped,
+        missing=[key_json(k) for k in runner.unit_keys() if k not in finished],
+    )
+
+
+def _run_group(
+    runner: Runner,
+    members: list[ConfigRun],
+    group: int,
+    totals: _Totals,
+    *,
+    progress: Progress,
+    done: Mapping[UnitKey, Unit] | None,
+    on_unit: Callable[[Unit], None] | None,
+    may_start: Callable[[UnitKey], bool] | None,
+) -> None:
+    """One configuration group: its contexts opened (the null check's with the first group's),
+    run, closed, and what they report added to `totals`. Ctrl-C stops the run, not the group's
+    bookkeeping."""
+    ctx_settings = runner.context_settings(runner.model.n_threads)
+    with contextlib.ExitStack() as stack:
+        contexts = {str(cid): stack.enter_context(m.context(c, ctx_settings)) for cid, m, c in members}
+        null_context = None
+        if runner.with_null and group == 0:
+            _, ref_model, ref_cache = members[0]
+            null_context = stack.enter_context(ref_model.context(ref_cache, ctx_settings))
+        repeats = frozenset(c for c in contexts if c in totals.applied)
+        try:
+            runner.run_all(
+                contexts, progress, null_context, done=done, on_unit=on_unit, may_start=may_start,
+                group=group, repeats=repeats,
+            )  # fmt: skip
+        except KeyboardInterrupt:
+            runner.stopped = "interrupted"
+        for cid, context in contexts.items():
+            totals.applied.setdefault(cid, _applied(cid, context))
+            totals.decode_s[cid] = totals.decode_s.get(cid, 0.0) + context.busy_s
+        totals.tokens_evaluated += sum(c.tokens_evaluated for c in contexts.values())
+        totals.null_tokens += null_context.tokens_evaluated if null_context else 0
+
+
+def _timing(
+    runner: Runner,
+    runs: list[ConfigRun],
+    groups: list[list[int]],
+    totals: _Totals,
+    *,
+    started: float,
+    done: Mapping[UnitKey, Unit] | None,
+) -> dict[str, Any]:
+    """The result's timing section: wall time, every unit's, decoding per configuration, each
+    probe's work, prefill speed at depth, tokens; the groups, and what resuming restored."""
     grouped = len(groups) > 1
     timing: dict[str, Any] = {
         "wall_s": round(time.perf_counter() - started, 2),
@@ -418,20 +514,21 @@ def run_probes(
             + ([u.group] if grouped else [])
             for u in runner.units
         ],
-        "decode_s": {cid: round(s, 2) for cid, s in decode_s.items()},
+        "decode_s": {cid: round(s, 2) for cid, s in totals.decode_s.items()},
         # Per probe, its work at the checkpoints (queries, continuations) in this process.
         "probes": {
             name: {"s": round(w[0], 2), "tokens": int(w[1]), "items": int(w[2])}
             for name, w in runner.probe_work.items()
         },
         "prefill": prefill_by_depth(runner.units, runner.checkpoints),
-        "tokens_evaluated": tokens_evaluated,
-        "null_check_tokens": null_tokens,
+        "tokens_evaluated": totals.tokens_evaluated,
+        "null_check_tokens": totals.null_tokens,
         "naive_tokens": runner.naive_tokens * len(runs),
     }
     if grouped:
         timing["groups"] = [[str(runs[i][0]) for i in members] for members in groups]
     if done:
+        restored = [u for u in runner.units if u.key in done]
         timing["resume"] = {
             "units_restored": len(restored),
             "restored_tokens": sum(u.tokens for u in restored),
@@ -440,28 +537,7 @@ def run_probes(
             "refeed_tokens": runner.refeed_tokens,
             "refeed_s": round(runner.refeed_s, 2),
         }
-    return RunOutcome(
-        checkpoints=runner.checkpoints,
-        items=items,
-        text_items=[row for run in runner.runs.values() for row in run.text_items()],
-        sections={name: s for name, s in sections.items() if s is not None},
-        measured={name: m for name, run in runner.runs.items() if (m := run.measured()) is not None},
-        applied=[
-            {
-                **(applied.get(str(cid)) or _not_started(str(cid), cache, runner.settings.flash_attn)),
-                **({"model": cid.weights} if models else {}),
-            }
-            for cid, _, cache in runs
-        ],
-        n_ctx=runner.n_ctx,
-        n_seq_max=runner.n_seq_max,
-        chunk=scenario.plan.chunk,
-        prompt=prompt_record(runner.settings.prompt, runner.prompt),
-        timing=timing,
-        errors=errors,
-        stopped=runner.stopped,
-        missing=[key_json(k) for k in runner.unit_keys() if k not in finished],
-    )
+    return timing
 
 
 def prefill_by_depth(units: list[Unit], checkpoints: list[int]) -> dict[str, list[dict[str, Any]]]:

@@ -15,7 +15,8 @@ from kvprobe.errors import UserError
 from kvprobe.plan.chat import ChatTemplate, find_framing
 from kvprobe.plan.prompt import PromptChoice, choose_prompt, frame_tokens
 from kvprobe.plan.scenario import load_scenario
-from kvprobe.runner import Runner, RunSettings
+from kvprobe.request import RunSettings
+from kvprobe.runner import Runner
 from tests.test_cli import kvprobe
 from tests.tiny_model import write_tiny_model
 

@@ -11,7 +11,8 @@ import pytest
 from kvprobe.cache_types import CacheConfig
 from kvprobe.engine import ContextSettings, Model
 from kvprobe.plan.scenario import load_scenario
-from kvprobe.runner import Runner, RunSettings, run_probes
+from kvprobe.request import RunSettings
+from kvprobe.runner import Runner, run_probes
 
 pytestmark = pytest.mark.slow
 

@@ -49,8 +49,8 @@ def _estimate(model: Path, argv: list[str]) -> tuple[str, int | None]:
     args = build_parser().parse_args(["run", "--model", str(model), *argv])
     configs, baseline = parse_configs(args)
     return estimate_memory(
-        [read_facts(model)], configs, baseline=baseline, scenario=load_scenario(args.scenario), args=args,
-        gpu_layers=0,
+        [read_facts(model)], configs, baseline=baseline, scenario=load_scenario(args.scenario), ctx=args.ctx,
+        mode=args.mode, null_check=args.null_check, max_contexts=args.max_contexts, gpu_layers=0,
     )  # fmt: skip
 
 
@@ -102,5 +102,6 @@ def test_a_resumed_run_keeps_its_one_group_or_says_why_it_cannot(
     with pytest.raises(UserError, match="the run being resumed had all 2 contexts at once"):
         estimate_memory(
             [read_facts(tiny_model_path)], configs, baseline=baseline, scenario=load_scenario(args.scenario),
-            args=args, gpu_layers=0,
+            ctx=args.ctx, mode=args.mode, null_check=args.null_check, max_contexts=args.max_contexts,
+            one_group=args.one_group, gpu_layers=0,
         )  # fmt: skip

@@ -17,15 +17,8 @@ import pytest
 
 from kvprobe.errors import UserError
 from kvprobe.probes.divergence.probe import DivergenceProbe, DivergenceRun, unit_data_problem
-from kvprobe.result.journal import (
-    JOURNAL_VERSION,
-    SavedRun,
-    checksummed,
-    decode_exact,
-    encode_exact,
-    identity_hash,
-    read_journal,
-)
+from kvprobe.result.exact import decode_exact, encode_exact
+from kvprobe.result.journal import JOURNAL_VERSION, SavedRun, checksummed, identity_hash, read_journal
 from tests.test_resume import SCENARIO, kvprobe
 
 Record = dict[str, Any]

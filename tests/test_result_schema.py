@@ -20,6 +20,7 @@ import pytest
 from kvprobe.cli import main
 from kvprobe.errors import UserError
 from kvprobe.result import schema
+from kvprobe.result.blocks import first_problem, where
 from kvprobe.result.compiled import compile_schema
 from kvprobe.result.store import Result, load_result
 from tests.test_cli import kvprobe
@@ -50,26 +51,28 @@ onset_reference = 64
 def test_the_doc_tables_are_generated_from_the_schema() -> None:
     text = DOC.read_text(encoding="utf-8")
     assert schema.render_doc(text) == text, "run: python -m kvprobe.result.schema docs/result-schema.md"
-    assert text.count("<!-- table: ") == len(schema.TABLES) + 1  # and the migrations
-    for name, (table_schema, _) in schema.TABLES.items():
+    tables = schema.documented().tables  # the file's own, and each built-in probe's
+    assert text.count("<!-- table: ") == len(tables) + 1  # and the migrations
+    for name, (table_schema, _) in tables.items():
         for field in table_schema["properties"]:
             assert f"`{field}`" in text, (name, field)
 
 
 def test_the_schema_is_a_json_schema_of_draft_2020_12() -> None:
-    jsonschema.Draft202012Validator.check_schema(schema.SCHEMA)
-    assert json.loads(json.dumps(schema.SCHEMA)) == schema.SCHEMA  # plain JSON, printable (--json)
+    whole = schema.built().schema
+    jsonschema.Draft202012Validator.check_schema(whole)
+    assert json.loads(json.dumps(whole)) == whole  # plain JSON, printable (--json)
 
 
 def test_the_json_schema_is_printed(capsys: pytest.CaptureFixture[str]) -> None:
     assert schema.main(["--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["$defs"]["item"] == schema.ITEM
+    assert json.loads(capsys.readouterr().out)["$defs"]["item"] == schema.built().defs["item"]
 
 
 @pytest.mark.parametrize("path", COMMITTED, ids=[p.name for p in COMMITTED])
 def test_every_committed_result_keeps_the_schema(path: Path) -> None:
     doc = json.loads(path.read_text())
-    assert schema.first_problem(schema.validator(), doc) is None
+    assert first_problem(schema.validator(), doc) is None
     assert _fast(doc)
     assert Result.load(path).doc["schema_version"] == 3
 
@@ -111,7 +114,7 @@ class Mutation:
     value: Any = None
 
     def __str__(self) -> str:
-        return f"{self.kind} at {schema.where(list(self.path)) or '$'}"
+        return f"{self.kind} at {where(list(self.path)) or '$'}"
 
 
 _DEEP = "[" * 200_000 + "]" * 200_000  # past json's recursion limit
@@ -199,7 +202,7 @@ _COMPILED: list[Callable[[Any], bool]] = []
 
 def _compiled() -> Callable[[Any], bool]:
     if not _COMPILED:
-        _COMPILED.append(compile_schema(schema.SCHEMA, schema.DEFS))
+        _COMPILED.append(compile_schema(schema.built().schema, schema.built().defs))
     return _COMPILED[0]
 
 
@@ -310,7 +313,7 @@ def test_the_compiled_check_agrees_with_jsonschema(tiny_quick_result: Path) -> N
     verdicts = set()
     for m in [m for m in mutations(doc) if m.kind not in _LITERALS][::5]:
         mutated = json.loads(mutated_text(doc, m))
-        valid = schema.first_problem(validator, mutated) is None
+        valid = first_problem(validator, mutated) is None
         assert _fast(mutated) == valid, str(m)
         verdicts.add(valid)
     assert verdicts == {True, False}
@@ -320,5 +323,5 @@ def test_nan_in_a_journal_is_a_number_to_both(rich_result: Path) -> None:
     """A journal may hold NaN (an answer's log-prob): both checks take it as jsonschema does."""
     item = next(it for it in json.loads(rich_result.read_text())["items"] if it["probe"] == "needle")
     item = {**item, "logprob": math.nan}
-    assert schema.first_problem(schema.validator("item"), item) is None
-    assert compile_schema({"$ref": "#/$defs/item"}, schema.DEFS)(item)
+    assert first_problem(schema.validator("item"), item) is None
+    assert compile_schema({"$ref": "#/$defs/item"}, schema.built().defs)(item)

@@ -11,7 +11,8 @@ import pytest
 
 from kvprobe.cache_types import CacheConfig, ConfigId
 from kvprobe.errors import UserError
-from kvprobe.result.store import SCHEMA_VERSION, Result, load_result
+from kvprobe.result.migrations import SCHEMA_VERSION
+from kvprobe.result.store import Result, load_result
 
 EXAMPLES = sorted((Path(__file__).resolve().parent.parent / "results" / "examples").glob("*.json"))
 

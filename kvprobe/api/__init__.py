@@ -5,8 +5,28 @@ none names a concrete probe; this package imports nothing of kvprobe above it.""
 
 from kvprobe.api.documents import Document, Insert, PlantedSpan, Tokenizer
 from kvprobe.api.figures import Figure, Heatmap, LineFigure, Marker, Point, Scatter, Series, summary_series
-from kvprobe.api.metric import ALPHA, MIN_RELATIVE_CHANGE, Metric
-from kvprobe.api.probe import Budget, Needs, Probe, ProbeRun, ResultDoc, Row, RunSetup, TextModel, run_needs
+from kvprobe.api.metric import (
+    ALPHA,
+    MIN_RELATIVE_CHANGE,
+    POOLED_DIVERGENCE,
+    RETRIEVAL,
+    RETRIEVAL_LOGPROB,
+    ROLES,
+    Metric,
+)
+from kvprobe.api.probe import (
+    Budget,
+    MatrixColumn,
+    Needs,
+    PositionEvidence,
+    Probe,
+    ProbeRun,
+    ResultDoc,
+    Row,
+    RunSetup,
+    TextModel,
+    run_needs,
+)
 from kvprobe.api.prompt import RAW_FRAME, PromptFrame
 from kvprobe.api.registry import (
     ENTRY_POINT_GROUP,
@@ -27,8 +47,9 @@ from kvprobe.api.registry import (
     selected,
     unregister,
 )
-from kvprobe.api.rows import POOLED_DIVERGENCE, by_config_and_ctx, fmt_ci, pooled_row
+from kvprobe.api.rows import by_config_and_ctx, fmt_ci, pooled_row
 from kvprobe.api.scenario import HASHED_IF_SET, HaystackSpec, PlanSpec, PromptSpec, Scenario, hashed
+from kvprobe.api.schema_part import SchemaPart
 
 __all__ = [
     "ALPHA",
@@ -37,6 +58,9 @@ __all__ = [
     "MIN_RELATIVE_CHANGE",
     "POOLED_DIVERGENCE",
     "RAW_FRAME",
+    "RETRIEVAL",
+    "RETRIEVAL_LOGPROB",
+    "ROLES",
     "Budget",
     "Document",
     "Figure",
@@ -45,11 +69,13 @@ __all__ = [
     "Insert",
     "LineFigure",
     "Marker",
+    "MatrixColumn",
     "Metric",
     "Needs",
     "PlanSpec",
     "PlantedSpan",
     "Point",
+    "PositionEvidence",
     "Probe",
     "ProbeRun",
     "PromptFrame",
@@ -59,6 +85,7 @@ __all__ = [
     "RunSetup",
     "Scatter",
     "Scenario",
+    "SchemaPart",
     "Series",
     "TextModel",
     "Tokenizer",

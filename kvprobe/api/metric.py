@@ -12,6 +12,12 @@ from typing import Any
 ALPHA = 0.05  # every test and onset in kvprobe
 MIN_RELATIVE_CHANGE = 0.10  # compare marks smaller changes of metrics without their own min_change
 
+# The parts a metric can play in the verdict; a probe declares them, the verdict reads them.
+POOLED_DIVERGENCE = "pooled_divergence"  # pooled over every position: the decision ranks by it
+RETRIEVAL = "retrieval"  # pass/fail per item: its onset, its share of the reference, its halving
+RETRIEVAL_LOGPROB = "retrieval_logprob"  # the same items' answers, finer: its onset, K vs V
+ROLES = (POOLED_DIVERGENCE, RETRIEVAL, RETRIEVAL_LOGPROB)
+
 
 @dataclass(frozen=True)
 class Metric:
@@ -31,10 +37,16 @@ class Metric:
     # The equivalence margin (TOST): a paired difference within ±margin counts as no loss; for
     # a divergence metric, which is zero at best, an upper bound on its value. `--margin` sets it.
     margin: float | None = None
-    role: str | None = None  # a part it plays in the decision ("pooled_divergence": ranked by)
+    role: str | None = None  # the part it plays in the verdict (ROLES)
     unit: str = ""  # written after its values in sentences (" nats")
-    label: str = ""  # its name in sentences ("mean KL"); "" : the metric's name
-    tail: bool = False  # a tail statistic: bounded only where enough positions exist
+    label: str = ""  # its name in sentences ("mean KL"); "": the metric's name
+    # A tail statistic, bounded only where enough positions exist (else it can only rule out):
+    # what deciding by it means, in words ("" for a metric that is not a tail).
+    tail: str = ""
+
+    @property
+    def words(self) -> str:
+        return self.label or self.name
 
     @property
     def item_field(self) -> str:

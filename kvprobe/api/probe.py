@@ -18,6 +18,7 @@ from kvprobe.api.figures import Figure
 from kvprobe.api.metric import Metric
 from kvprobe.api.prompt import RAW_FRAME, PromptFrame
 from kvprobe.api.scenario import Scenario
+from kvprobe.api.schema_part import SchemaPart
 
 if TYPE_CHECKING:
     import numpy as np
@@ -67,6 +68,26 @@ class Needs:
     @property
     def reads_logits(self) -> bool:
         return self.logit_documents > 0
+
+
+@dataclass(frozen=True)
+class PositionEvidence:
+    """Per configuration, a probe's per-position evidence for the verdict: the onset of a
+    significant rise (a row with `ctx`), and the checkpoint spans whose metrics carry a value,
+    a 95% interval and a count, each tested against its metric's margin as a bound."""
+
+    onsets: Mapping[str, Row]
+    spans: Mapping[str, list[Row]]
+
+
+@dataclass(frozen=True)
+class MatrixColumn:
+    """A column of the many-runs table: the summary row of `metric` at each (run, config, ctx)."""
+
+    header: str  # "accuracy"
+    metric: str
+    text: Callable[[Row], str]  # the cell from its summary row
+    title: str  # what the table's title says of it: "accuracy (95% Wilson)"
 
 
 @dataclass(frozen=True)
@@ -143,6 +164,7 @@ class Probe:
 
     name: ClassVar[str]
     order: ClassVar[int] = 100  # where a built-in probe's rows and tables stand among the others
+    by_default: ClassVar[bool] = False  # a scenario that names no probes runs those with this set
     sections: ClassVar[Mapping[str, type]] = {}  # scenario sections it owns: name -> dataclass
     modes: ClassVar[tuple[str, ...]] = ("onepass",)  # run modes it measures in
     has_section: ClassVar[bool] = False  # the result file has a top-level section named after it
@@ -176,6 +198,10 @@ class Probe:
         """What it needs of the run's memory and feeding (Needs), from the scenario alone; its
         fork cells bound its Budget.fork_cells."""
         return Needs()
+
+    def scenario_note(self, scenario: Scenario) -> str | None:
+        """A few words on what this probe does in `scenario`, for `kvprobe scenarios`."""
+        return None
 
     # running ---------------------------------------------------------------------------------
     def start(self, setup: RunSetup) -> ProbeRun:
@@ -211,6 +237,19 @@ class Probe:
         shortest `checkpoint` (None: it can). `prompt`: the result's prompt section."""
         return None
 
+    def position_evidence(self, result: ResultDoc) -> PositionEvidence | None:
+        """What it measured per position that the verdict tests (None: nothing)."""
+        return None
+
+    def verdict_part(self, items: Sequence[Row], baseline: str, config: str, verdict: Row, seed: int) -> Row:
+        """Fields it adds to `config`'s verdict, from the items and the verdict so far (its paired
+        rows, onsets, equivalence). A probe adds the same keys whether or not it ran."""
+        return {}
+
+    def matrix_columns(self) -> list[MatrixColumn]:
+        """Its columns in the table of many runs (`kvprobe report A.json B.json`)."""
+        return []
+
     def sentence(self, result: ResultDoc, config: str, baseline: str, verdict: Row) -> str | None:
         """The verdict's sentence for `config` from this probe, if it has one."""
         return None
@@ -221,6 +260,22 @@ class Probe:
         """Rows for `kvprobe compare`; None (the default): compare's own, one per per-item metric,
         configuration pair and checkpoint (kvprobe.compare.item_rows)."""
         return None
+
+    # the result file ------------------------------------------------------------------------
+    def schema_part(self) -> SchemaPart | None:
+        """Its part of the result file's schema: its item rows, summary rules, section, and
+        their docs (kvprobe.result.schema assembles the whole). None: it adds none."""
+        return None
+
+    def ties(self, *, shown: bool) -> tuple[Callable[[ResultDoc], str | None], ...]:
+        """Checks of how its parts of a schema-valid result refer to each other, which every
+        reader relies on; with `shown` (the report's tables will show the file) also those its
+        `tables` rely on. Each returns the first problem in words naming the JSON path, or None."""
+        return ()
+
+    def migrate(self, doc: ResultDoc, read_version: int, errors: list[dict[str, str]]) -> None:
+        """Bring its parts of a result written in schema `read_version` up to date, in place
+        (kvprobe.result.migrations); a statistic it recomputes is guarded into `errors`."""
 
 
 def run_needs(probes: Sequence[Probe], scenario: Scenario, mode: str) -> Needs:

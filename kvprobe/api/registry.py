@@ -146,6 +146,6 @@ def lower_is_worse(name: str) -> bool:
 
 
 def pooled_metric(role: str) -> Metric | None:
-    """The metric that plays `role` in the decision (e.g. "pooled_divergence": the mean KL the
-    decision table ranks configurations by), if a registered probe declares one."""
+    """The metric that plays `role` in the verdict (kvprobe.api.metric.ROLES), if a registered
+    probe declares one."""
     return next((m for m in metric_table() if m.role == role), None)

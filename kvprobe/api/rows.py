@@ -5,10 +5,9 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable
 
+from kvprobe.api.metric import POOLED_DIVERGENCE
 from kvprobe.api.probe import Row
 from kvprobe.api.registry import by_name, pooled_metric
-
-POOLED_DIVERGENCE = "pooled_divergence"  # the role of the metric the decision ranks by
 
 
 def by_config_and_ctx(items: Iterable[Row], probe: str) -> list[tuple[tuple[str, int], list[Row]]]:

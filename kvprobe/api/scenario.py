@@ -54,7 +54,7 @@ class Scenario:
 
     name: str
     description: str = ""
-    probes: list[str] = field(default_factory=lambda: ["needle"])
+    probes: list[str] = field(default_factory=list)  # the parser's default: Probe.by_default
     haystack: HaystackSpec = HaystackSpec()
     plan: PlanSpec = PlanSpec()
     prompt: PromptSpec = PromptSpec()

@@ -10,6 +10,7 @@ import random
 from pathlib import Path
 
 from kvprobe.errors import UserError
+from kvprobe.paths import read_input_text
 
 PROSE_DIR = Path(__file__).resolve().parent / "haystacks" / "prose"
 # RULER's "noise" haystack (Hsieh et al., 2024): the same five sentences repeated.
@@ -30,8 +31,6 @@ MAX_HAYSTACK_BYTES = 64 << 20  # 1M tokens of text is about 4 MiB; more is a wro
 def read_user_text(path: str) -> str:
     """A haystack file, whether named by --haystack or by a scenario: the same checks (a regular
     UTF-8 text file of bounded size) either way."""
-    from kvprobe.paths import read_input_text
-
     fix = "give prose, noise, or a UTF-8 text file"
     text = read_input_text(Path(path).expanduser(), "haystack file", fix, max_bytes=MAX_HAYSTACK_BYTES)
     if "\x00" in text or sum(not (c.isprintable() or c.isspace()) for c in text[:100_000]) > 0.01 * min(

@@ -10,6 +10,7 @@ from typing import Any, Protocol
 
 from kvprobe.api import PromptFrame
 from kvprobe.errors import UserError
+from kvprobe.paths import read_input_text
 from kvprobe.plan.chat import ChatTemplate, Framing, find_framing
 
 MAX_TEMPLATE_BYTES = 1 << 20
@@ -38,8 +39,6 @@ RAW_CHOICE = PromptChoice("raw", "the model has no chat template")
 
 
 def read_template_file(path: str) -> ChatTemplate:
-    from kvprobe.paths import read_input_text
-
     text = read_input_text(
         Path(path).expanduser(),
         "chat template",

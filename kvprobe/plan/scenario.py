@@ -162,6 +162,7 @@ def parse_scenario(data: dict[str, Any], source: str) -> Scenario:
             allowed = ", ".join(["name", "description", "probes", *sections])
             raise bad(source, key, f"is unknown (allowed: {allowed})")
     top.setdefault("name", Path(source).stem)
+    top.setdefault("probes", [p.name for p in all_probes() if p.by_default])
     plug_ins = {name: p.name for p in all_probes() if not is_built_in(p) for name in p.sections}
     scenario = Scenario(**top, sections=probe_owned, plug_in_sections=plug_ins)
     _validate(source, scenario)

@@ -11,8 +11,9 @@ from kvprobe import __version__
 from kvprobe.api import Probe, all_probes
 from kvprobe.errors import guarded
 from kvprobe.plan.scenario import Scenario
+from kvprobe.result.migrations import SCHEMA_VERSION
 from kvprobe.result.records import RunOutcome
-from kvprobe.result.store import SCHEMA_VERSION, ResultDoc
+from kvprobe.result.store import ResultDoc
 
 
 def utc_now() -> str:

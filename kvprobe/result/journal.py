@@ -17,7 +17,6 @@ newline after it) is dropped, and its unit measured again.
 
 from __future__ import annotations
 
-import base64
 import functools
 import hashlib
 import json
@@ -26,9 +25,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
+from kvprobe.api import all_probes
 from kvprobe.errors import UserError
+from kvprobe.paths import read_input_bytes
+from kvprobe.result import blocks, schema
+from kvprobe.result.blocks import brief, first_problem, too_deep
+from kvprobe.result.compiled import compile_schema
 
 JOURNAL_VERSION = 2  # 2: a checksum on every line
 SUFFIX = ".journal.jsonl"
@@ -44,22 +46,6 @@ def journal_path(out_path: Path) -> Path:
 def identity_hash(identity: dict[str, Any]) -> str:
     canonical = json.dumps(identity, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
-
-
-def encode_exact(values: np.ndarray) -> dict[str, Any]:
-    """A per-position array bit for bit (float64, bool as uint8): a resumed run's statistics
-    must equal an uninterrupted run's, so the journal keeps what the result file rounds."""
-    kind = "bool" if values.dtype == np.bool_ else "f8"
-    raw = np.ascontiguousarray(values, dtype=np.uint8 if kind == "bool" else "<f8").tobytes()
-    return {"kind": kind, "b64": base64.b64encode(raw).decode()}
-
-
-def decode_exact(record: dict[str, Any]) -> np.ndarray:
-    """An array `encode_exact` wrote; ValueError (binascii.Error is one) where it is damaged."""
-    raw = base64.b64decode(record["b64"], validate=True)
-    if record["kind"] == "bool":
-        return np.frombuffer(raw, dtype=np.uint8).astype(bool)
-    return np.frombuffer(raw, dtype="<f8").copy()
 
 
 UnitKey = tuple[int, int, int]  # (document, checkpoint step, configuration group)
@@ -198,67 +184,52 @@ class SavedRun:
 
 def _line_schemas() -> tuple[Any, Any]:
     """The header's and a unit line's schema (a unit's items are the result file's items)."""
-    from kvprobe.result.schema import (
-        INT,
-        STR,
-        flag,
-        integer,
-        listing,
-        mapping,
-        nullable,
-        number,
-        of,
-        record,
-        ref,
-        text,
-    )
-
-    seconds = number(minimum=0)
-    identity = record(
+    seconds = blocks.number(minimum=0)
+    identity = blocks.record(
         {
-            "kvprobe": STR,
-            "models_sha256": listing(STR),
-            "scenario_sha256": STR,
-            "seed": INT,
-            "ctx": INT,
-            "mode": STR,
-            "configs": listing(STR),
-            "baseline": nullable(STR),
-            "null_check": flag(),
-            "llama_cpp_python": nullable(STR),
-            "llama_cpp_build": nullable(STR),
-            "flash_attn": flag(),
-            "attn_rotation": flag(),
-            "extra_bufts": flag(),
-            "n_gpu_layers": integer(lo=-1),
-            "n_threads": nullable(INT),
-            "max_contexts": integer(lo=1, hi=1024),
+            "kvprobe": blocks.STR,
+            "models_sha256": blocks.listing(blocks.STR),
+            "scenario_sha256": blocks.STR,
+            "seed": blocks.INT,
+            "ctx": blocks.INT,
+            "mode": blocks.STR,
+            "configs": blocks.listing(blocks.STR),
+            "baseline": blocks.nullable(blocks.STR),
+            "null_check": blocks.flag(),
+            "llama_cpp_python": blocks.nullable(blocks.STR),
+            "llama_cpp_build": blocks.nullable(blocks.STR),
+            "flash_attn": blocks.flag(),
+            "attn_rotation": blocks.flag(),
+            "extra_bufts": blocks.flag(),
+            "n_gpu_layers": blocks.integer(lo=-1),
+            "n_threads": blocks.nullable(blocks.INT),
+            "max_contexts": blocks.integer(lo=1, hi=1024),
         }
     )
-    header = record(
+    header = blocks.record(
         {
-            "kvprobe_journal": integer(lo=JOURNAL_VERSION, hi=JOURNAL_VERSION),
-            "argv": listing(STR),
-            "cwd": text(minLength=1),
-            "out": text(minLength=1),
+            "kvprobe_journal": blocks.integer(lo=JOURNAL_VERSION, hi=JOURNAL_VERSION),
+            "argv": blocks.listing(blocks.STR),
+            "cwd": blocks.text(minLength=1),
+            "out": blocks.text(minLength=1),
             "identity": identity,
-            "identity_sha256": STR,
-            "created": STR,
+            "identity_sha256": blocks.STR,
+            "created": blocks.STR,
         },
         ["kvprobe_journal", "argv", "cwd", "out", "identity", "identity_sha256", "created"],
     )
-    unit = record(
+    unit = blocks.record(
         {
-            "unit": listing(INT, minItems=2, maxItems=3),
-            "items": listing(ref("item")),
-            "probe_data": of("object"),  # each probe checks its own: Probe.check_unit_data
-            "tokens": INT,
+            "unit": blocks.listing(blocks.INT, minItems=2, maxItems=3),
+            "items": blocks.listing(blocks.ref("item")),
+            "probe_data": blocks.of("object"),  # each probe checks its own: Probe.check_unit_data
+            "tokens": blocks.INT,
             "seconds": seconds,
             "feed_s": seconds,
             "reduce_s": seconds,
-            "prefill_s": mapping(seconds),
-            "prefill_tokens": INT,
-            "prefill_logits": flag(),
+            "prefill_s": blocks.mapping(seconds),
+            "prefill_tokens": blocks.INT,
+            "prefill_logits": blocks.flag(),
         },
         [
             "unit",
@@ -276,24 +247,21 @@ def _line_schemas() -> tuple[Any, Any]:
     return header, unit
 
 
-@functools.cache
-def _checks() -> dict[str, tuple[Any, Any]]:
-    """Per kind of line: a fast check and jsonschema's validator, which names the field."""
-    from kvprobe.result.compiled import compile_schema
-    from kvprobe.result.schema import DEFS, check_against
-
+@functools.lru_cache(maxsize=4)
+def _checks(assembled: schema.Built) -> dict[str, tuple[Any, Any]]:
+    """Per kind of line: a fast check and jsonschema's validator, which names the field (with
+    the result schema of the registered probes: a unit's items are checked as the file's)."""
     header, unit = _line_schemas()
     return {
-        name: (compile_schema(s, DEFS), check_against(s)) for name, s in (("header", header), ("unit", unit))
+        name: (compile_schema(s, assembled.defs), assembled.check_against(s))
+        for name, s in (("header", header), ("unit", unit))
     }
 
 
 def _schema_problem(kind: str, record: dict[str, Any]) -> str | None:
-    from kvprobe.result.schema import first_problem, too_deep
-
     if too_deep(record):
         return "it nests lists and objects too deep"
-    fast, full = _checks()[kind]
+    fast, full = _checks(schema.built())[kind]
     return None if fast(record) else first_problem(full, record)
 
 
@@ -370,9 +338,6 @@ def _header_problem(header: dict[str, Any]) -> str | None:
 
 
 def _unit_problem(record: dict[str, Any]) -> str | None:
-    from kvprobe.api import all_probes
-    from kvprobe.result.schema import brief
-
     problem = _schema_problem("unit", record)
     if problem is not None:
         return problem
@@ -390,8 +355,6 @@ def read_journal(path: Path) -> SavedRun:
     """The header and every unit, each verified (checksum, schema, the probes' own checks); a
     torn last line (a kill during the write) is dropped, anything else unverifiable is a
     UserError naming the line."""
-    from kvprobe.paths import read_input_bytes
-
     if not path.exists():
         raise UserError(f"--resume {path}: no such journal (kvprobe writes <out>{SUFFIX} beside --out)")
     raw = read_input_bytes(

@@ -6,112 +6,52 @@ whose descriptions are the tables of docs/result-schema.md:
     python -m kvprobe.result.schema docs/result-schema.md --check   # exit 1 if they are stale
     python -m kvprobe.result.schema --json                          # the schema itself
 
-A field is typed wherever it appears; it is required where a reader indexes it. Semantic ties
-between fields (the baseline among the configs, ...) are kvprobe.result.ties.
+The file's own fields are stated here; each registered probe adds its own part (its item rows,
+the rules of its summary rows, its section, and their docs: `Probe.schema_part`), so the whole
+is assembled from the registry when first needed (`built`). A field is typed wherever it
+appears; it is required where a reader indexes it. Semantic ties between fields (the baseline
+among the configs, ...) are kvprobe.result.ties.
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import re
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
-import jsonschema  # type: ignore[import-untyped]
+from kvprobe.api import Probe, SchemaPart, all_probes, is_built_in
+from kvprobe.result.blocks import (
+    ANY_NUM,
+    INT,
+    INTERVAL,
+    MAX_CTX,
+    MAX_LAYERS,
+    NUM,
+    OPEN_INTERVAL,
+    STATUS,
+    STR,
+    Schema,
+    checker,
+    flag,
+    integer,
+    listing,
+    mapping,
+    nullable,
+    number,
+    of,
+    pair,
+    record,
+    ref,
+    text,
+    when,
+)
+from kvprobe.result.compiled import compile_schema
+from kvprobe.result.migrations import MIGRATION_NOTES, SCHEMA_VERSION
 
-Schema = dict[str, Any]
-
-# Bounds that keep every reader's arithmetic finite and its loops short.
-MAX_TOKENS = 2**31 - 1  # positions, token counts: llama.cpp's int32
-MAX_CTX = 2**24  # --ctx (kvprobe takes up to 2**20): bounds what a per-position array may decompress to
-MAX_LAYERS = 100_000  # kv_cache_bytes loops over the layers
-MAX_DEPTH = 64  # nesting: the deepest real file is about 10 levels deep
-
-
-# --- building blocks ------------------------------------------------------------------------------
-
-
-def of(kind: str | list[str], doc: str = "", **more: Any) -> Schema:
-    out: Schema = {"type": kind, **more}
-    if doc:
-        out["description"] = doc
-    return out
-
-
-def integer(doc: str = "", lo: int = 0, hi: int = MAX_TOKENS, **more: Any) -> Schema:
-    return of("integer", doc, minimum=lo, maximum=hi, **more)
-
-
-def number(doc: str = "", **more: Any) -> Schema:
-    return of("number", doc, **more)
-
-
-def text(doc: str = "", **more: Any) -> Schema:
-    return of("string", doc, **more)
-
-
-def flag(doc: str = "") -> Schema:
-    return of("boolean", doc)
-
-
-def nullable(schema: Schema) -> Schema:
-    kind = schema["type"]
-    out = {**schema, "type": [*(kind if isinstance(kind, list) else [kind]), "null"]}
-    if "enum" in schema:
-        out["enum"] = [*schema["enum"], None]
-    return out
-
-
-def listing(items: Schema, doc: str = "", **more: Any) -> Schema:
-    return of("array", doc, items=items, **more)
-
-
-def pair(items: Schema, doc: str = "") -> Schema:
-    return listing(items, doc, minItems=2, maxItems=2)
-
-
-def record(properties: dict[str, Schema], required: Sequence[str] = (), doc: str = "", **more: Any) -> Schema:
-    """An object. jsonschema reports in the order of the keywords: what is missing first, then
-    what a kind of row must hold (`allOf`), then the fields' own types."""
-    out: Schema = {"type": "object"}
-    if required:
-        out["required"] = list(required)
-    if "allOf" in more:
-        out["allOf"] = more.pop("allOf")
-    out |= {"properties": properties, **more}
-    if doc:
-        out["description"] = doc
-    return out
-
-
-def mapping(values: Schema, doc: str = "") -> Schema:
-    """An object whose keys are names (config ids, probes, ...), each with a value of `values`."""
-    return of("object", doc, additionalProperties=values)
-
-
-def ref(name: str, doc: str = "") -> Schema:
-    out: Schema = {"$ref": f"#/$defs/{name}"}
-    if doc:
-        out["description"] = doc
-    return out
-
-
-def when(condition: Schema, then: Schema) -> Schema:
-    return {"if": {"properties": condition, "required": list(condition)}, "then": then}
-
-
-NUM = number()
-ANY_NUM = nullable(number())  # a value that may have been NaN (stored as null)
-INT = integer()
-STR = text()
-INTERVAL = pair(NUM)  # [lo, hi]
-OPEN_INTERVAL = pair(ANY_NUM)  # an end may be missing (too little data)
-STATUS = text(enum=["equivalent", "undecided", "worse"])
-
-
-# --- items ------------------------------------------------------------------------------------------
+# --- item and summary rows: what every probe's have ------------------------------------------------
 
 ITEM_COMMON = {
     "probe": text("the probe that measured it"),
@@ -119,152 +59,11 @@ ITEM_COMMON = {
     "doc": INT,
     "ctx": integer(lo=1),
 }
-
-NEEDLE_ITEM = record(
-    {
-        "config": text("configuration id"),
-        "doc": integer("document index (one-pass) or repeat index (classic)"),
-        "ctx": integer("checkpoint: the query follows the first `ctx` document tokens", lo=1),
-        "position": integer("token index of the needle's first token in the document"),
-        "depth": number("`position / ctx`", minimum=0, maximum=1),
-        "distance": integer("tokens between the needle's last token and the query"),
-        "key": text("the needle's key (\"Vera Holm's locker number\") and value"),
-        "expected": text("the needle's key (\"Vera Holm's locker number\") and value"),
-        "correct": flag(
-            "every answer token is the argmax under teacher forcing, i.e. greedy decoding would produce "
-            "the answer exactly"
-        ),
-        "logprob": nullable(
-            number("sum of the answer tokens' log-probabilities (natural log); null where it was NaN")
-        ),
-        "first_wrong_token": nullable(
-            integer("index of the first answer token that is not the argmax, or null")
-        ),
-        "output": text(
-            "the answer when correct; otherwise what greedy decoding produced (up to `generate_tokens`)"
-        ),
-        "output_correct": flag(
-            "the first number in `output` equals `expected`. Greedy decoding feeds one token at a time "
-            "while teacher forcing feeds the answer in one batch; batch shape changes numerics, so on a "
-            "near-tie the two can disagree. `correct` (teacher forced, identical batch shapes for every "
-            "configuration) is what the statistics use."
-        ),
-        "output_loop": flag(
-            "the greedy output of a failed answer ends in a periodic run of ≥ 6 tokens (e.g. `899999999`)"
-        ),
-    },
-    ["doc", "key", "depth", "correct", "logprob"],
-)
-
-_AS_FOR_NEEDLES = "as for needles; `ctx` is the checkpoint"
-_SEQ_REP = "1 − unique n-grams / all n-grams of the token ids (Welleck et al. 2019)"
-_DISTINCT = "unique n-grams / all n-grams"
-_LOOP = (
-    "the continuation ends in a periodic suffix of ≥ 16 tokens spanning ≥ 2 periods; its shortest "
-    "period and number of whole periods"
-)
-_FIRST_DIFFERENCE = (
-    "first token index where the continuation differs from the baseline's continuation at the same "
-    "point (the common length if none); null for the baseline"
-)
-SHARE = number(minimum=0, maximum=1)
-REPETITION_ITEM = record(
-    {
-        "config": text(_AS_FOR_NEEDLES),
-        "doc": integer(_AS_FOR_NEEDLES),
-        "ctx": integer(_AS_FOR_NEEDLES, lo=1),
-        "offset": integer("the fork point: the continuation follows the document's first `offset` tokens"),
-        "tokens": listing(INT, "the continuation (token ids, and decoded)"),
-        "text": text("the continuation (token ids, and decoded)"),
-        **{f"seq_rep_{n}": {**SHARE, "description": _SEQ_REP} for n in range(1, 5)},
-        **{f"distinct_{n}": {**SHARE, "description": _DISTINCT} for n in range(1, 5)},
-        "compression_ratio": number(
-            "UTF-8 bytes / zlib-compressed bytes of `text` (Whisper treats > 2.4 as looping)", minimum=0
-        ),
-        "loop": flag(_LOOP),
-        "loop_period": nullable(integer(_LOOP)),
-        "loop_repeats": nullable(integer(_LOOP)),
-        "first_difference": nullable(integer(_FIRST_DIFFERENCE)),
-        "divergence_index": nullable(integer("schema 1's name of `first_difference`")),
-    },
-    ["doc", "offset", "text", "seq_rep_4", "loop"],
-)
-
-ITEM = record(
-    ITEM_COMMON,
-    ["probe", "config", "ctx"],
-    allOf=[
-        when({"probe": {"const": "needle"}}, ref("needle_item")),
-        when({"probe": {"const": "repetition"}}, ref("repetition_item")),
-    ],
-)
-
-
-# --- summary rows ---------------------------------------------------------------------------------
-
-SUMMARY_ROW = record(
-    {
-        "probe": text("`needle`, `repetition` or `divergence`"),
-        "metric": text(
-            "needle: `accuracy` (share of correct items; `ci` is the 95% Wilson interval), "
-            "`answer_logprob` (mean answer log-prob; 95% percentile bootstrap). repetition: `seq_rep_4`, "
-            "`distinct_2`, `compression_ratio`, `first_difference` (means, 95% bootstrap), `loop_rate` "
-            "(share of looping continuations, 95% Wilson); config `(text)` rows describe the document's "
-            "own continuation. divergence: `kld_mean` (mean KL(reference ‖ config) in nats), `kld_p99`, "
-            "`kld_p999` (99th and 99.9th percentiles, linear interpolation as llama-perplexity; `ci` is "
-            "`null`), `top1_agree` (share of positions where both argmaxes agree), `ppl` (exp of the mean "
-            "NLL of the true next token); intervals are 95% percentile bootstraps over blocks of "
-            "`divergence.block` consecutive positions; the reference configuration has only `ppl`"
-        ),
-        "config": text(
-            "as in items; for divergence rows `ctx` is the bin's upper edge (pooled rows: `run.ctx`)"
-        ),
-        "ctx": integer(
-            "as in items; for divergence rows `ctx` is the bin's upper edge (pooled rows: `run.ctx`)", lo=1
-        ),
-        "value": nullable(number("estimate, interval [lo, hi], number of items (divergence: positions)")),
-        "ci": nullable(pair(ANY_NUM, "estimate, interval [lo, hi], number of items (divergence: positions)")),
-        "n": integer("estimate, interval [lo, hi], number of items (divergence: positions)"),
-        "bin": pair(
-            integer(),
-            "divergence only: `bin` [lo, hi) are the predicted-token positions aggregated; `scope` is "
-            "`bin` (one position bin) or `pooled` (the whole document, positions 1 .. ctx − 1)",
-        ),
-        "scope": text(
-            "divergence only: `bin` [lo, hi) are the predicted-token positions aggregated; `scope` is "
-            "`bin` (one position bin) or `pooled` (the whole document, positions 1 .. ctx − 1)",
-            enum=["bin", "pooled"],
-        ),
-        "p_vs_shortest": nullable(
-            number(
-                "divergence `kld_mean` bin rows at or past `onset_reference` only: Holm-adjusted one-sided "
-                "Mann-Whitney p-value that the bin's block means exceed those of positions below "
-                "`onset_reference`"
-            )
-        ),
-    },
-    ["probe", "metric", "config", "ctx"],
-    # What the tables print: a value with its interval. NaN (null) is possible only where a mean
-    # of items may be NaN (answer_logprob); a percentile has no interval.
-    allOf=[
-        when(
-            {"probe": {"const": "needle"}, "metric": {"const": "accuracy"}},
-            record({"value": SHARE, "ci": INTERVAL, "n": integer(lo=1)}, ["value", "ci", "n"]),
-        ),
-        when(
-            {"probe": {"const": "repetition"}},
-            record({"value": NUM, "ci": INTERVAL, "n": integer(lo=1)}, ["value", "ci", "n"]),
-        ),
-        when(
-            {"probe": {"const": "divergence"}},
-            record({"value": NUM, "n": integer(lo=1)}, ["value", "n", "bin", "scope"]),
-        ),
-        when(
-            {"probe": {"const": "divergence"}, "metric": {"enum": ["kld_mean", "top1_agree", "ppl"]}},
-            record({"ci": INTERVAL}, ["ci"]),
-        ),
-    ],
-)
+ITEM_REQUIRED = ["probe", "config", "ctx"]
+SUMMARY_REQUIRED = ["probe", "metric", "config", "ctx"]
+_AS_IN_ITEMS = "as in items"
+_ESTIMATE = "estimate, interval [lo, hi], number of items"
+TEXT_ITEMS = 'rows of the documents\' own text, measured by no configuration (`config: "(text)"`)'
 
 
 # --- the file's sections ----------------------------------------------------------------------------
@@ -436,14 +235,6 @@ CONFIG = record(
     ["id", "type_k", "type_v"],
 )
 
-SCENARIO = record(
-    {
-        "name": STR,
-        "sha256": STR,
-        "spec": record({"repetition": record({"tokens": integer(lo=1)}, ["tokens"])}),
-    },
-    ["name", "sha256"],
-)
 
 RUN = record(
     {
@@ -714,99 +505,6 @@ VERDICT = record(
 )
 
 
-# --- the divergence section -------------------------------------------------------------------------
-
-ARRAY = record(
-    {"dtype": text(enum=["<f4", "|u1"]), "n": INT, "zlib_base64": STR},
-    ["dtype", "n", "zlib_base64"],
-)
-BOUND_STAT = record(
-    {"value": NUM, "ci": OPEN_INTERVAL, "n": INT, "positions": pair(INT), "upto": INT},
-    ["value", "ci"],
-)
-SPAN = record(
-    {"ctx": integer(lo=1), "span": pair(INT), "n": INT, "kld_mean": BOUND_STAT, "kld_p999": BOUND_STAT},
-    ["ctx", "n"],
-    additionalProperties=BOUND_STAT,  # every metric with a bound has the same shape
-)
-DIVERGENCE = record(
-    {
-        "reference": text("the configuration the others are compared with (the baseline)"),
-        "documents": integer("how many of the plan's documents were scored at every position"),
-        "bin_edges": listing(
-            integer(lo=1),
-            "edges of the position bins [e_i, e_i+1): 1, powers of two from 64 below the first checkpoint, "
-            "then every checkpoint",
-            minItems=2,
-        ),
-        "block": integer(
-            "consecutive positions per bootstrap and test unit (neighbouring tokens are correlated)",
-            lo=1,
-            hi=1024,
-        ),
-        "onset_reference": integer(
-            'positions below this are "the shortest bins" the later bins are tested against', lo=2
-        ),
-        "onset": mapping(
-            nullable(
-                record({"bin": pair(integer(lo=1)), "ctx": INT, "p_holm": NUM}, ["bin", "ctx", "p_holm"])
-            ),
-            "{config: `null`, or {`bin` [lo, hi), `ctx` (hi), `p_holm`}}: the first bin from which every "
-            "longer bin's KL is significantly above the shortest bins' (one-sided Mann-Whitney U on block "
-            "means, Holm-corrected, α = 0.05)",
-        ),
-        "spans": mapping(
-            listing(ref("span")),
-            "{test config: [{`ctx`, `span` [lo, hi) (positions since the previous checkpoint), `n`, "
-            "`kld_mean` {`value`, `ci` (95% block bootstrap over those positions; `[null, null]` below 10 "
-            "blocks), `n`}, `kld_p999` {`value`, `ci` (95% from order statistics over every position up to "
-            "`upto`; `null` upper end below 3,687 positions), `n`, `upto`}}]}: what the equivalence test "
-            "compares with the bounds",
-        ),
-        "reference_repeat_max_nll_gap": number(
-            "a grouped run only: the largest NLL difference between the reference fed again in a later "
-            "group and the first time (0 on CPU; anything else means the groups' KL used different "
-            "references)"
-        ),
-        "null_check": nullable(
-            record(
-                {
-                    "positions": INT,
-                    "max_kld": NUM,
-                    "mean_kld": NUM,
-                    "nonzero_kld": INT,
-                    "top1_agree": NUM,
-                    "max_nll_gap": NUM,
-                    "passed": flag(),
-                },
-                ["positions", "max_kld", "nonzero_kld", "max_nll_gap", "passed"],
-                doc="`null` without `--null-check`; else the reference against a second context "
-                "with the same settings: `positions`, `max_kld`, `mean_kld`, `nonzero_kld` (positions with "
-                "KL ≠ 0), `top1_agree`, `max_nll_gap` (largest NLL difference), `passed` (KL exactly 0 and "
-                "identical NLL everywhere, as it must be on CPU)",
-            )
-        ),
-        "positions": listing(
-            record(
-                {
-                    "config": STR,
-                    "doc": INT,
-                    "nll": ref("array"),
-                    "kld": ref("array"),
-                    "top1_agree": ref("array"),
-                },
-                ["config", "doc", "nll"],
-            ),
-            "one entry per (config, document): `config`, `doc`, and per-position arrays `nll` (every "
-            "configuration), `kld`, `top1_agree` (test configurations); each array is `{dtype, n, "
-            "zlib_base64}`: little-endian binary (`<f4` float32, `|u1` 0/1), zlib-compressed, base64 text; "
-            "index *j* is position *j* + 1",
-        ),
-    },
-    ["reference", "bin_edges", "block", "documents", "onset_reference", "onset", "positions"],
-)
-
-
 # --- the whole file ----------------------------------------------------------------------------------
 
 _TIMING_DOC = (
@@ -828,124 +526,112 @@ _TIMING_DOC = (
     "per checkpoint length); schema 1 had `per_config_s` {config id: seconds}"
 )
 
-RESULT = record(
-    {
-        "schema_version": integer(
-            "`3`. Bumped on any incompatible change, with a migration from the version before.", lo=1, hi=3
-        ),
-        "kvprobe_version": text("version of kvprobe that wrote the file"),
-        "created": text("UTC time the run started, ISO 8601 (`2026-11-22T05:10:03Z`)"),
-        "command": text("the command line as typed"),
-        "model": ref("model", "the weights, see below"),
-        "runtime": {**RUNTIME, "description": "llama.cpp build and the settings every context used"},
-        "host": {**HOST, "description": "the machine"},
-        "configs": listing(
-            ref("config"),
-            "one entry per cache configuration, in run order (baseline first); one whose configuration "
-            "group never started (a run stopped early) has `started: false` and `null` for what llama.cpp "
-            "reports",
-            minItems=1,
-        ),
-        "baseline": nullable(text("`id` of the reference configuration (`null` with `--baseline none`)")),
-        "scenario": {
-            **SCENARIO,
-            "description": "`name`, `sha256` (of the canonical JSON of `spec`) and `spec` (the parsed "
-            "scenario, every key with its value)",
-        },
-        "run": {
-            **RUN,
-            "description": "`ctx` (the `--ctx` asked for), `seed`, `mode` (`onepass` or `classic`), "
-            "`checkpoints` (context lengths at which queries were asked), `chunk` (tokens per "
-            "`llama_decode`), `null_check` (whether `--null-check` was given)",
-        },
-        "prompt": record(
-            {
-                "format": text(
-                    enum=["raw", "chat"], doc="`raw` (completion text) or `chat` (the model's chat template)"
-                ),
-                "why": text(
-                    "what decided the format (`--prompt-format chat`, the model has no chat template, ...)"
-                ),
-                "bos": text(enum=["template", "tokenizer", "none"], doc="where the one BOS token came from"),
-                "template_sha256": text("chat form: sha256 of the template text"),
-                "template_source": text("`gguf` (tokenizer.chat_template) or `file NAME` (--chat-template)"),
-                "template_family": text("ChatML, Llama 3, Gemma, Mistral, ... or `unrecognised`"),
-                "system": nullable(text("the system message kvprobe added (`--system`); null: none")),
-                "default_system": text('the system message the template adds by itself ("": none)'),
-                "thinking": text(
-                    enum=["none", "disabled", "closed"],
-                    doc="a reasoning template's thinking block: `disabled` by its own switch, `closed` by "
-                    "kvprobe after the generation prompt, `none`",
-                ),
-                "prefix_tokens": integer("tokens before the document (the documents' offset)", lo=0),
-                "turn_end_tokens": integer("tokens after each question up to the reply", lo=0),
-                "prefix_text": text("the template's text before the user's message"),
-                "turn_end_text": text("its text after the message, up to the assistant header"),
-            },
-            ["format"],
-            doc="the prompt format that took effect; files without it are raw",
-        ),
-        "items": listing(ref("item"), "one row per probe item, see below"),
-        "text_items": listing(
-            ref("item"), "repetition rows of the document's own text (calibration), see below"
-        ),
-        "summary": listing(ref("summary_row"), "long-format aggregate rows, see below"),
-        "models": nullable(
-            record(
-                {"ref": ref("model"), "test": ref("model")},
-                ["ref", "test"],
-                description="with two `--model` files (weights-vs-KV): {`ref`: model, `test`: model}, each "
-                "as `model` below; `model` is then the REF one",
-                allOf=[{"properties": {k: {"required": ["name"]} for k in ("ref", "test")}}],
-            )
-        ),
-        "verdict": ref(
-            "verdict",
-            "equivalence, effective context, onset and decay per configuration, K-vs-V, weights-vs-KV, the "
-            "recommendation, the rules of thumb, and the sentences shown to the user; see below",
-        ),
-        "divergence": ref(
-            "divergence",
-            "the divergence probe's settings, onsets, null check and per-position arrays, see below (`null` "
-            "when the scenario has no divergence probe)",
-        ),
-        "complete": flag(
-            "false when the run ended early: interrupted (Ctrl-C, SIGTERM) or at its `--time-budget`. Files "
-            "without it are complete"
-        ),
-        "stopped": nullable(text('`"interrupted"` or `"time budget"`; null for a complete run')),
-        "missing": listing(
-            listing(INT, minItems=2, maxItems=3),
-            "the units not measured, as `[doc, step]` (step: index into `run.checkpoints`; in classic mode "
-            "`[prompt, 0]`), or `[doc, step, group]` for a unit of configuration group 1 or later "
-            "(`timing.groups`)",
-        ),
-        "timing": {**TIMING, "description": _TIMING_DOC},
-        "statistics": {
-            **STATISTICS,
-            "description": "`complete` (every statistic was computed) and `errors`: [{`what` (needle "
-            "summary, repetition summary, divergence curve, null check, verdict), `error`}] for each that "
-            "failed; the measured items are in the file either way, and the statistics can be recomputed "
-            "from it",
-        },
-        "non_finite": listing(
-            STR,
-            "JSON paths (`$.summary[3].ci[1]`) of values that were NaN or infinite and are stored as `null` "
-            "(JSON has neither)",
-        ),
-        "warnings": listing(
-            STR,
-            "plain-language warnings shown during the run (e.g. `--ctx` beyond the training context)",
-        ),
+# The file's own fields; the probes' sections follow `verdict` and `_result` fills in what they add.
+RESULT_FIELDS: dict[str, Schema] = {
+    "schema_version": integer(
+        "`3`. Bumped on any incompatible change, with a migration from the version before.", lo=1, hi=3
+    ),
+    "kvprobe_version": text("version of kvprobe that wrote the file"),
+    "created": text("UTC time the run started, ISO 8601 (`2026-11-22T05:10:03Z`)"),
+    "command": text("the command line as typed"),
+    "model": ref("model", "the weights, see below"),
+    "runtime": {**RUNTIME, "description": "llama.cpp build and the settings every context used"},
+    "host": {**HOST, "description": "the machine"},
+    "configs": listing(
+        ref("config"),
+        "one entry per cache configuration, in run order (baseline first); one whose configuration "
+        "group never started (a run stopped early) has `started: false` and `null` for what llama.cpp "
+        "reports",
+        minItems=1,
+    ),
+    "baseline": nullable(text("`id` of the reference configuration (`null` with `--baseline none`)")),
+    "scenario": {},  # _scenario: with the probes' `scenario.spec` sections
+    "run": {
+        **RUN,
+        "description": "`ctx` (the `--ctx` asked for), `seed`, `mode` (`onepass` or `classic`), "
+        "`checkpoints` (context lengths at which queries were asked), `chunk` (tokens per "
+        "`llama_decode`), `null_check` (whether `--null-check` was given)",
     },
-    ["schema_version", "configs", "baseline", "model", "scenario", "run", "items", "summary", "timing"],
-)
+    "prompt": record(
+        {
+            "format": text(
+                enum=["raw", "chat"], doc="`raw` (completion text) or `chat` (the model's chat template)"
+            ),
+            "why": text(
+                "what decided the format (`--prompt-format chat`, the model has no chat template, ...)"
+            ),
+            "bos": text(enum=["template", "tokenizer", "none"], doc="where the one BOS token came from"),
+            "template_sha256": text("chat form: sha256 of the template text"),
+            "template_source": text("`gguf` (tokenizer.chat_template) or `file NAME` (--chat-template)"),
+            "template_family": text("ChatML, Llama 3, Gemma, Mistral, ... or `unrecognised`"),
+            "system": nullable(text("the system message kvprobe added (`--system`); null: none")),
+            "default_system": text('the system message the template adds by itself ("": none)'),
+            "thinking": text(
+                enum=["none", "disabled", "closed"],
+                doc="a reasoning template's thinking block: `disabled` by its own switch, `closed` by "
+                "kvprobe after the generation prompt, `none`",
+            ),
+            "prefix_tokens": integer("tokens before the document (the documents' offset)", lo=0),
+            "turn_end_tokens": integer("tokens after each question up to the reply", lo=0),
+            "prefix_text": text("the template's text before the user's message"),
+            "turn_end_text": text("its text after the message, up to the assistant header"),
+        },
+        ["format"],
+        doc="the prompt format that took effect; files without it are raw",
+    ),
+    "items": listing(ref("item"), "one row per probe item, see below"),
+    "text_items": {},  # _result: with what the probes say of them
+    "summary": listing(ref("summary_row"), "long-format aggregate rows, see below"),
+    "models": nullable(
+        record(
+            {"ref": ref("model"), "test": ref("model")},
+            ["ref", "test"],
+            description="with two `--model` files (weights-vs-KV): {`ref`: model, `test`: model}, each "
+            "as `model` below; `model` is then the REF one",
+            allOf=[{"properties": {k: {"required": ["name"]} for k in ("ref", "test")}}],
+        )
+    ),
+    "verdict": ref(
+        "verdict",
+        "equivalence, effective context, onset and decay per configuration, K-vs-V, weights-vs-KV, the "
+        "recommendation, the rules of thumb, and the sentences shown to the user; see below",
+    ),
+    "complete": flag(
+        "false when the run ended early: interrupted (Ctrl-C, SIGTERM) or at its `--time-budget`. Files "
+        "without it are complete"
+    ),
+    "stopped": nullable(text('`"interrupted"` or `"time budget"`; null for a complete run')),
+    "missing": listing(
+        listing(INT, minItems=2, maxItems=3),
+        "the units not measured, as `[doc, step]` (step: index into `run.checkpoints`; in classic mode "
+        "`[prompt, 0]`), or `[doc, step, group]` for a unit of configuration group 1 or later "
+        "(`timing.groups`)",
+    ),
+    "timing": {**TIMING, "description": _TIMING_DOC},
+    "statistics": {},  # _result: with what the probes call their statistics
+    "non_finite": listing(
+        STR,
+        "JSON paths (`$.summary[3].ci[1]`) of values that were NaN or infinite and are stored as `null` "
+        "(JSON has neither)",
+    ),
+    "warnings": listing(
+        STR,
+        "plain-language warnings shown during the run (e.g. `--ctx` beyond the training context)",
+    ),
+}
+RESULT_REQUIRED = [
+    "schema_version",
+    "configs",
+    "baseline",
+    "model",
+    "scenario",
+    "run",
+    "items",
+    "summary",
+    "timing",
+]
 
-DEFS: dict[str, Schema] = {  # null where a null is what every use of it allows
-    "item": ITEM,
-    "needle_item": NEEDLE_ITEM,
-    "repetition_item": REPETITION_ITEM,
-    "summary_row": SUMMARY_ROW,
+DEFS: dict[str, Schema] = {  # the file's own definitions; null where a null is what every use of it allows
     "model": MODEL,
     "kv_layout": nullable(KV_LAYOUT),
     "config": CONFIG,
@@ -955,144 +641,196 @@ DEFS: dict[str, Schema] = {  # null where a null is what every use of it allows
     "test": TEST,
     "paired_row": PAIRED_ROW,
     "recommendation": nullable(RECOMMENDATION),
-    "divergence": nullable(DIVERGENCE),
-    "span": SPAN,
-    "array": ARRAY,
 }
-
-SCHEMA: Schema = {
-    "$schema": "https://json-schema.org/draft/2020-12/schema",
-    "$id": "https://kvprobe.invalid/result-schema-3.json",
-    "title": "kvprobe result file, schema version 3",
-    **RESULT,
-    "$defs": DEFS,
-}
+TABLES: dict[str, Schema] = {"model": MODEL, "verdict": VERDICT, "runtime": RUNTIME, "config": CONFIG}
 
 
-# --- validation ------------------------------------------------------------------------------------------
+# --- the whole, from the registered probes --------------------------------------------------------------
+
+Parts = list[tuple[Probe, SchemaPart]]
 
 
-def _whole_number(checker: Any, value: Any) -> bool:
-    """JSON Schema counts 1.0 as an integer; the readers index and loop with these."""
-    return isinstance(value, int) and not isinstance(value, bool)
+def _parts(probes: Sequence[Probe]) -> Parts:
+    return [(p, part) for p in probes if (part := p.schema_part()) is not None]
 
 
-_Validator = jsonschema.validators.extend(
-    jsonschema.Draft202012Validator,
-    type_checker=jsonschema.Draft202012Validator.TYPE_CHECKER.redefine("integer", _whole_number),
-)
+def _notes(parts: Parts, key: str) -> list[str]:
+    """What the probes add to the description of a shared field (SchemaPart.notes)."""
+    return [part.notes[key] for _, part in parts if key in part.notes]
 
 
-@functools.cache
+def _either(names: Sequence[str]) -> str:
+    shown = [f"`{n}`" for n in names]
+    return " or ".join(shown) if len(shown) < 3 else f"{', '.join(shown[:-1])} or {shown[-1]}"
+
+
+def _rules(rules: list[Schema]) -> dict[str, Any]:
+    return {"allOf": rules} if rules else {}  # JSON Schema allows no empty allOf
+
+
+def _joined(target: dict[str, Schema], more: dict[str, Schema], what: str) -> None:
+    """`more` added to `target`: a name two of them define is an error, not a silent overwrite."""
+    clash = sorted(set(target) & set(more))
+    if clash:
+        raise ValueError(f"the result schema has {what} {', '.join(clash)} twice (a probe's SchemaPart)")
+    target.update(more)
+
+
+def _item(parts: Parts) -> Schema:
+    """An item row: the fields every probe's have, and those of the probe that measured it."""
+    rules = [when({"probe": {"const": p.name}}, ref(part.item)) for p, part in parts if part.item]
+    return record(ITEM_COMMON, ITEM_REQUIRED, **_rules(rules))
+
+
+def _summary_row(probes: Sequence[Probe], parts: Parts) -> Schema:
+    def along(base: str, key: str) -> str:
+        return "; ".join([base, *_notes(parts, key)])
+
+    def estimate(key: str) -> str:
+        return " ".join([_ESTIMATE, *(f"({note})" for note in _notes(parts, key))])
+
+    fields: dict[str, Schema] = {
+        "probe": text(_either([p.name for p in probes])),
+        "metric": text(" ".join(_notes(parts, "summary_row.metric")) or "the metric's name"),
+        "config": text(along(_AS_IN_ITEMS, "summary_row.config")),
+        "ctx": integer(along(_AS_IN_ITEMS, "summary_row.ctx"), lo=1),
+        "value": nullable(number(estimate("summary_row.value"))),
+        "ci": nullable(pair(ANY_NUM, estimate("summary_row.ci"))),
+        "n": integer(estimate("summary_row.n")),
+    }
+    for _, part in parts:
+        _joined(fields, dict(part.summary_fields), "the summary-row field")
+    return record(fields, SUMMARY_REQUIRED, **_rules([r for _, part in parts for r in part.summary_rules]))
+
+
+def _scenario(parts: Parts) -> Schema:
+    spec: dict[str, Schema] = {}
+    for _, part in parts:
+        _joined(spec, dict(part.spec), "the scenario section")
+    return record(
+        {"name": STR, "sha256": STR, "spec": record(spec)},
+        ["name", "sha256"],
+        doc="`name`, `sha256` (of the canonical JSON of `spec`) and `spec` (the parsed scenario, every key "
+        "with its value)",
+    )
+
+
+def _statistics(probes: Sequence[Probe], parts: Parts) -> Schema:
+    """`statistics`, naming what each probe's failed statistics are called (`what`)."""
+    extra = {p.name: part.statistics for p, part in parts}
+    labels: list[str] = []
+    for p in probes:
+        labels += [p.summary_label] if p.summary_label else []
+        labels += extra.get(p.name, ())
+    return {
+        **STATISTICS,
+        "description": f"`complete` (every statistic was computed) and `errors`: [{{`what` "
+        f"({', '.join([*labels, 'verdict'])}), `error`}}] for each that failed; the measured items are in "
+        "the file either way, and the statistics can be recomputed from it",
+    }
+
+
+def _result(probes: Sequence[Probe], parts: Parts) -> Schema:
+    """The top level: the file's own fields, with each probe's section after the verdict."""
+    sections = {p.name: part.section for p, part in parts if p.has_section and part.section is not None}
+    text_notes = _notes(parts, "result.text_items")
+    own = {
+        "scenario": _scenario(parts),
+        "text_items": listing(ref("item"), ": ".join([TEXT_ITEMS, *text_notes]) + "; see below"),
+        "statistics": _statistics(probes, parts),
+    }  # fmt: skip
+    fields: dict[str, Schema] = {}
+    for name, value in RESULT_FIELDS.items():
+        fields[name] = own.get(name, value)
+        if name == "verdict":
+            _joined(fields, sections, "the top-level field")
+    return record(fields, RESULT_REQUIRED)
+
+
+def _defs(probes: Sequence[Probe], parts: Parts) -> dict[str, Schema]:
+    defs: dict[str, Schema] = {"item": _item(parts), "summary_row": _summary_row(probes, parts)}
+    for _, part in parts:
+        _joined(defs, dict(part.defs), "the definition")
+    _joined(defs, dict(DEFS), "the definition")
+    return defs
+
+
+class Built:
+    """The result schema of a set of probes: the JSON Schema, its definitions, the doc's tables,
+    and the checks made of them (each made once, when first asked for)."""
+
+    def __init__(self, probes: Sequence[Probe]):
+        self.probes = tuple(probes)
+        parts = _parts(self.probes)
+        self.parts = parts
+        self.defs = _defs(self.probes, parts)
+        self.result = _result(self.probes, parts)
+        self.schema: Schema = {
+            "$schema": "https://json-schema.org/draft/2020-12/schema",
+            "$id": f"https://kvprobe.invalid/result-schema-{SCHEMA_VERSION}.json",
+            "title": f"kvprobe result file, schema version {SCHEMA_VERSION}",
+            **self.result,
+            "$defs": self.defs,
+        }
+        # The doc's tables: whose fields, with a type column.
+        self.tables: dict[str, tuple[Schema, bool]] = {"result": (self.result, True)}
+        self.tables |= {name: (s, False) for name, s in TABLES.items()}
+        self.tables["summary_row"] = (self.defs["summary_row"], False)
+        for _, part in parts:
+            self.tables |= {name: (s, False) for name, s in part.tables.items()}
+        self._validators: dict[str | None, Any] = {}
+        self._compiled: list[Callable[[Any], bool]] = []
+
+    def validator(self, definition: str | None = None) -> Any:
+        """jsonschema's validator of the whole file, or of one of its definitions ("item", ...)."""
+        if definition not in self._validators:
+            whole = self.schema if definition is None else {"$ref": f"#/$defs/{definition}"}
+            self._validators[definition] = checker(whole, self.defs)
+        return self._validators[definition]
+
+    def check_against(self, schema: Schema) -> Any:
+        """A validator for another document's schema (a journal line) that may use these definitions."""
+        return checker(schema, self.defs)
+
+    def compiled(self) -> Callable[[Any], bool]:
+        """The fast check of the whole file (kvprobe.result.compiled)."""
+        if not self._compiled:
+            self._compiled.append(compile_schema(self.schema, self.defs))
+        return self._compiled[0]
+
+
+_BUILT: dict[tuple[int, ...], Built] = {}  # a Built keeps its probes alive: their ids stay theirs
+
+
+def built(probes: Sequence[Probe] | None = None) -> Built:
+    """The result schema of `probes`, by default of every registered probe (built once)."""
+    chosen = all_probes() if probes is None else list(probes)
+    key = tuple(id(p) for p in chosen)
+    if key not in _BUILT:
+        _BUILT[key] = Built(chosen)
+    return _BUILT[key]
+
+
+def documented() -> Built:
+    """The schema docs/result-schema.md describes: kvprobe's own probes' (not the plug-ins installed)."""
+    return built([p for p in all_probes() if is_built_in(p)])
+
+
 def validator(definition: str | None = None) -> Any:
-    """The validator of the whole file, or of one of its definitions ("item", ...)."""
-    schema = SCHEMA if definition is None else {"$defs": DEFS, "$ref": f"#/$defs/{definition}"}
-    return _Validator(schema)
+    """The validator of the whole file, or of one of its definitions, with every registered probe."""
+    return built().validator(definition)
 
 
 def check_against(schema: Schema) -> Any:
-    """A validator for another document's schema (a journal line) that may use these definitions."""
-    return _Validator({**schema, "$defs": DEFS})
-
-
-def first_problem(validating: Any, value: Any, root: str = "") -> str | None:
-    """The first field of `value` that `validating` refuses, in words: "verdict must be an
-    object or null, not a string", "missing items"; None when it is valid. `root` names
-    `value` itself where it is part of something else ("probe_data.divergence")."""
-    error = next(iter(validating.iter_errors(value)), None)
-    if error is None:
-        return None
-    return describe(error, root)
-
-
-def where(path: Sequence[Any], root: str = "") -> str:
-    """A JSON path as the user reads it: `verdict.configs["k=q4_0,v=f16"].sentence`, `items[3]`."""
-    out = root
-    for step in path:
-        if isinstance(step, int):
-            out += f"[{step}]"
-        elif re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", step):
-            out += f".{step}" if out else step
-        else:
-            out += f"[{brief(step)}]"
-    return out
-
-
-def brief(value: Any) -> str:
-    """A value in one short line: JSON escapes every control character."""
-    try:
-        shown = json.dumps(value, ensure_ascii=True)
-    except (TypeError, ValueError, RecursionError):
-        shown = type(value).__name__
-    return shown if len(shown) <= 40 else shown[:37] + "..."
-
-
-_KINDS = {
-    "integer": "a whole number",
-    "number": "a number",
-    "string": "text",
-    "boolean": "true or false",
-    "object": "an object",
-    "array": "a list",
-    "null": "null",
-}
-
-
-def _kind(value: Any) -> str:
-    if isinstance(value, (bool, int, float)) or value is None:
-        return brief(value)
-    names: dict[type, str] = {dict: "an object", list: "a list", str: "a string"}
-    return names.get(type(value), type(value).__name__)
-
-
-def describe(error: Any, root: str = "") -> str:
-    """One jsonschema error in words, naming the JSON path of the field."""
-    path = list(error.absolute_path)
-    at = where(path, root) or "the file"
-    value, limit, keyword = error.instance, error.validator_value, error.validator
-    if keyword == "type":
-        kinds = [limit] if isinstance(limit, str) else list(limit)
-        return f"{at} must be {' or '.join(_KINDS.get(k, k) for k in kinds)}, not {_kind(value)}"
-    if keyword == "required":
-        missing = next((k for k in limit if isinstance(value, dict) and k not in value), limit[0])
-        return f"missing {where([*path, missing], root)}"
-    if keyword in ("enum", "const"):
-        options = limit if keyword == "enum" else [limit]
-        return f"{at} must be {' or '.join(brief(o) for o in options)}, not {brief(value)}"
-    bounds = {
-        "minimum": "at least",
-        "maximum": "at most",
-        "exclusiveMinimum": "above",
-        "exclusiveMaximum": "below",
-    }
-    if keyword in bounds:
-        return f"{at} must be {bounds[keyword]} {limit:,}, not {brief(value)}"
-    if keyword == "minLength":
-        return f"{at} must not be empty"
-    if keyword in ("minItems", "maxItems"):
-        most = "at least" if keyword == "minItems" else "at most"
-        return f"{at} must hold {most} {limit:,} entries, not {len(value):,}"
-    return f"{at} is not valid ({error.message[:80]})"
-
-
-def too_deep(value: Any, limit: int = MAX_DEPTH) -> bool:
-    """Whether `value` nests deeper than `limit` lists and objects (no recursion: a hostile file
-    must not exhaust the stack of whatever reads it next)."""
-    stack: list[tuple[Any, int]] = [(value, 1)]
-    while stack:
-        node, depth = stack.pop()
-        children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else None
-        if children is None:
-            continue
-        if depth > limit:
-            return True
-        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
-    return False
+    return built().check_against(schema)
 
 
 # --- the tables of docs/result-schema.md ---------------------------------------------------------------
 
 MARKER = re.compile(r"^<!-- table: (?P<name>[a-z_]+) -->$")
+# Between these two lines the doc holds every probe's own sections (SchemaPart.doc), in order.
+PROBES_BEGIN = "<!-- the probes' sections (SchemaPart.doc) -->"
+PROBES_END = "<!-- end of the probes' sections -->"
 TYPE_NAMES = {
     "integer": "int",
     "number": "number",
@@ -1104,8 +842,8 @@ TYPE_NAMES = {
 }
 
 
-def _resolve(schema: Schema) -> Schema:
-    return DEFS[schema["$ref"].rsplit("/", 1)[-1]] if "$ref" in schema else schema
+def _resolve(schema: Schema, defs: dict[str, Schema]) -> Schema:
+    return defs[schema["$ref"].rsplit("/", 1)[-1]] if "$ref" in schema else schema
 
 
 def _types(schema: Schema) -> list[str]:
@@ -1113,25 +851,25 @@ def _types(schema: Schema) -> list[str]:
     return [kind] if isinstance(kind, str) else list(kind)
 
 
-def type_name(schema: Schema) -> str:
+def type_name(schema: Schema, defs: dict[str, Schema]) -> str:
     """`int`, `str or null`, `list of str`, ... for the top-level table."""
-    resolved = _resolve(schema)
+    resolved = _resolve(schema, defs)
     names = []
     for kind in _types(resolved):
         name = TYPE_NAMES[kind]
-        if kind == "array" and _types(_resolve(resolved.get("items", {}))) == ["string"]:
+        if kind == "array" and _types(_resolve(resolved.get("items", {}), defs)) == ["string"]:
             name = "list of str"
         names.append(name)
     return " or ".join(names)
 
 
-def _rows(properties: dict[str, Schema]) -> Iterator[tuple[list[str], str, Schema]]:
+def _rows(properties: dict[str, Schema], defs: dict[str, Schema]) -> Iterator[tuple[list[str], str, Schema]]:
     """Neighbouring fields with the same description share a row."""
     names: list[str] = []
     last = ""
     first: Schema = {}
     for name, schema in properties.items():
-        doc = _resolve(schema).get("description") if "description" not in schema else schema["description"]
+        doc = schema["description"] if "description" in schema else _resolve(schema, defs).get("description")
         if not doc:
             continue
         if names and doc == last:
@@ -1144,39 +882,47 @@ def _rows(properties: dict[str, Schema]) -> Iterator[tuple[list[str], str, Schem
         yield names, last, first
 
 
-TABLES: dict[str, tuple[Schema, bool]] = {  # the doc's tables: whose fields, with a type column
-    "result": (RESULT, True),
-    "model": (MODEL, False),
-    "verdict": (VERDICT, False),
-    "runtime": (RUNTIME, False),
-    "config": (CONFIG, False),
-    "needle_item": (NEEDLE_ITEM, False),
-    "repetition_item": (REPETITION_ITEM, False),
-    "summary_row": (SUMMARY_ROW, False),
-    "divergence": (DIVERGENCE, False),
-}
+def migration_rows(assembled: Built) -> list[tuple[str, str, str]]:
+    """The file's own migrations and the probes', by the version they start from (a plain step
+    before one with a condition)."""
+    rows = [*MIGRATION_NOTES, *(row for _, part in assembled.parts for row in part.migrations)]
+    return sorted(rows, key=lambda row: (row[0][:1], row[0] != row[0][:1]))  # 1, then 1 with a condition
 
 
-def table(name: str) -> list[str]:
+def table(name: str, assembled: Built | None = None) -> list[str]:
     """One table of the doc, as markdown lines."""
+    assembled = assembled or documented()
     if name == "migrations":
-        from kvprobe.result.store import MIGRATION_NOTES
-
         lines = ["| from | to | change |", "|---|---|---|"]
-        return lines + [f"| {a} | {b} | {change} |" for a, b, change in MIGRATION_NOTES]
-    schema, typed = TABLES[name]
+        return lines + [f"| {a} | {b} | {change} |" for a, b, change in migration_rows(assembled)]
+    schema, typed = assembled.tables[name]
     head = ["| field | type | meaning |", "|---|---|---|"] if typed else ["| field | meaning |", "|---|---|"]
     body = []
-    for names, doc, first in _rows(schema["properties"]):
+    for names, doc, first in _rows(schema["properties"], assembled.defs):
         label = ", ".join(f"`{n}`" for n in names)
-        body.append(f"| {label} | {type_name(first)} | {doc} |" if typed else f"| {label} | {doc} |")
+        body.append(
+            f"| {label} | {type_name(first, assembled.defs)} | {doc} |" if typed else f"| {label} | {doc} |"
+        )
     return head + body
 
 
+def _probe_sections(lines: list[str], assembled: Built) -> list[str]:
+    """`lines` with what stands between PROBES_BEGIN and PROBES_END written afresh from the
+    probes' docs."""
+    if PROBES_BEGIN not in lines:
+        return lines
+    begin = lines.index(PROBES_BEGIN)
+    end = lines.index(PROBES_END, begin)
+    docs = [part.doc.strip("\n") for _, part in assembled.parts if part.doc.strip()]
+    return [*lines[: begin + 1], "", *"\n\n".join(docs).splitlines(), "", *lines[end:]]
+
+
 def render_doc(markdown: str) -> str:
-    """`markdown` with every table after a `<!-- table: NAME -->` marker generated afresh."""
+    """`markdown` with the probes' sections, and every table after a `<!-- table: NAME -->`
+    marker, generated afresh."""
+    assembled = documented()
     out: list[str] = []
-    lines = markdown.splitlines()
+    lines = _probe_sections(markdown.splitlines(), assembled)
     i = 0
     while i < len(lines):
         out.append(lines[i])
@@ -1185,20 +931,18 @@ def render_doc(markdown: str) -> str:
         if found:
             while i < len(lines) and lines[i].startswith("|"):
                 i += 1  # the table as it was
-            out += table(found["name"])
+            out += table(found["name"], assembled)
     return "\n".join(out) + "\n"
 
 
 def main(argv: Sequence[str]) -> int:
     if "--json" in argv:
-        print(json.dumps(SCHEMA, indent=1, ensure_ascii=False))
+        print(json.dumps(built().schema, indent=1, ensure_ascii=False))
         return 0
     paths = [a for a in argv if not a.startswith("--")]
     if len(paths) != 1:
         print("usage: python -m kvprobe.result.schema DOC.md [--check] | --json", file=sys.stderr)
         return 2
-    from pathlib import Path
-
     path = Path(paths[0])
     old = path.read_text(encoding="utf-8")
     new = render_doc(old)

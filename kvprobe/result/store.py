@@ -4,21 +4,23 @@ the current schema (docs/result-schema.md). Nothing else opens a result file."""
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import math
 import os
 import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from kvprobe.errors import UserError, guarded
+from kvprobe.errors import UserError
+from kvprobe.paths import read_input_text
+from kvprobe.result import schema
+from kvprobe.result.blocks import MAX_DEPTH, first_problem, too_deep
+from kvprobe.result.migrations import SCHEMA_VERSION, migrate
+from kvprobe.result.ties import first_tie_problem
 
-SCHEMA_VERSION = 3
 MAX_RESULT_BYTES = 1 << 30  # the largest real results are a few MB (per-position arrays are zlib'd)
 ResultDoc = dict[str, Any]
 
@@ -116,54 +118,6 @@ def _recover(text: str, path: Path) -> Path | None:
 # --- reading ------------------------------------------------------------------------------
 
 
-def _rename_first_difference(doc: ResultDoc) -> None:
-    """v1 -> v2: the repetition metric "divergence_index" is "first_difference" ("divergence"
-    names only the KL probe)."""
-    for it in [*doc.get("items", []), *(doc.get("text_items") or [])]:
-        if isinstance(it, dict) and "divergence_index" in it:
-            it["first_difference"] = it.pop("divergence_index")
-    for row in doc.get("summary", []):
-        if isinstance(row, dict) and row.get("metric") == "divergence_index":
-            row["metric"] = "first_difference"
-
-
-def _add_decisions(doc: ResultDoc) -> None:
-    """v2 -> v3: the KV layout (from the recorded metadata), KL's 99.9th percentile and the
-    per-checkpoint KL intervals (from the file's float32 arrays), and the verdict rebuilt with
-    equivalence, the recommendation and the rules of thumb. Items and existing rows stay."""
-    from kvprobe.weights.doctor import kv_layout_from_metadata
-
-    model = doc.get("model") or {}
-    if "kv_layout" not in model and isinstance(model.get("metadata"), dict):
-        model["kv_layout"] = kv_layout_from_metadata(str(model.get("architecture")), model["metadata"])
-    errors: list[dict[str, str]] = (doc.get("statistics") or {}).get("errors", [])
-    if doc.get("divergence") and doc.get("baseline") is not None:
-        from kvprobe.probes.divergence.probe import add_tail
-
-        guarded(errors, "divergence curve", lambda: add_tail(doc, doc["run"]["seed"]))
-    if doc.get("verdict") is not None:
-        from kvprobe.stats.verdict import build_verdict
-
-        doc["verdict"] = guarded(errors, "verdict", lambda: build_verdict(doc, doc["run"]["seed"]))
-        if doc["verdict"] is not None:
-            doc["verdict"]["migrated_from_schema"] = 2
-
-
-# Each step takes a document of version N (the key) to N + 1, in place.
-MIGRATIONS: dict[int, Callable[[ResultDoc], None]] = {1: _rename_first_difference, 2: _add_decisions}
-# What they change, for docs/result-schema.md (python -m kvprobe.result.schema writes the table).
-MIGRATION_NOTES = (
-    ("1", "2", "the repetition metric `divergence_index` is called `first_difference` (\"divergence\" "
-     "names only the KL probe), in items, text items and summary rows"),
-    ("1, no `statistics`", "2", "files from before statistics were recorded: `statistics` is added; where "
-     "the verdict is missing too, it is computed from the file's own summary rows"),
-    ("2", "3", "`model.kv_layout` from the recorded metadata; the divergence `kld_p999` rows and "
-     "`divergence.spans` from the file's float32 arrays; the verdict rebuilt with equivalence, the "
-     "recommendation and the rules of thumb (`verdict.migrated_from_schema: 2`). Items and existing "
-     "summary rows are unchanged; `timing.prefill` stays absent (speed \"not measured\")"),
-)  # fmt: skip
-
-
 def parse_json(text: str) -> Any:
     """Strict JSON, as kvprobe writes it: NaN, Infinity and numbers beyond a float are refused
     (ValueError), and so is nesting deeper than the schema's (RecursionError, ValueError)."""
@@ -185,24 +139,14 @@ def schema_problem(doc: Any, *, shown: bool = True) -> str | None:
     """The first thing `doc` breaks, in words naming its JSON path: too deep, a field of the
     wrong type or missing (kvprobe.result.schema), a broken tie between fields (ties; `shown`:
     those of the report's tables too)."""
-    from kvprobe.result import schema
-    from kvprobe.result.ties import first_tie_problem
-
-    if schema.too_deep(doc):
-        return f"it nests lists and objects deeper than {schema.MAX_DEPTH} levels"
-    if not _compiled()(doc):
-        problem = schema.first_problem(schema.validator(), doc)
+    if too_deep(doc):
+        return f"it nests lists and objects deeper than {MAX_DEPTH} levels"
+    assembled = schema.built()
+    if not assembled.compiled()(doc):
+        problem = first_problem(assembled.validator(), doc)
         if problem is not None:  # jsonschema is the reference: it names the field
             return problem
     return first_tie_problem(doc, shown=shown)
-
-
-@functools.cache
-def _compiled() -> Callable[[Any], bool]:
-    from kvprobe.result import schema
-    from kvprobe.result.compiled import compile_schema
-
-    return compile_schema(schema.SCHEMA, schema.DEFS)
 
 
 def validate(doc: Any, path: Path, *, shown: bool = True) -> ResultDoc:
@@ -226,9 +170,7 @@ class Result:
     @classmethod
     def load(cls, path: Path, *, shown: bool = True) -> Result:
         """The file, checked for every reader; `shown` (`kvprobe report`): also for the report's
-        tables, whose rows `compare` never reads (kvprobe.result.ties.TABLE_TIES)."""
-        from kvprobe.paths import read_input_text
-
+        tables, whose rows `compare` never reads (the probes' ties with `shown`, kvprobe.result.ties)."""
         text = read_input_text(
             path, "result file", "give a result file of kvprobe run", max_bytes=MAX_RESULT_BYTES
         )
@@ -245,18 +187,7 @@ class Result:
                 f"to {SCHEMA_VERSION}: a newer file needs a newer kvprobe"
             )
         validate(doc, path, shown=shown)
-        for step in range(version, SCHEMA_VERSION):
-            MIGRATIONS[step](doc)
-        doc["schema_version"] = SCHEMA_VERSION
-        if "statistics" not in doc:  # written before statistics were guarded and recorded
-            if doc.get("verdict") is None:  # ... and before the verdict: add it from the file's rows
-                from kvprobe.stats.verdict import build_verdict
-
-                errors: list[dict[str, str]] = []
-                doc["verdict"] = guarded(errors, "verdict", lambda: build_verdict(doc, doc["run"]["seed"]))
-                doc["statistics"] = {"complete": not errors, "errors": errors}
-            else:  # a verdict was written only when every statistic had succeeded
-                doc["statistics"] = {"complete": True, "errors": []}
+        migrate(doc, version)  # kvprobe.result.migrations: each probe migrates its own parts
         if version < SCHEMA_VERSION:  # what the migration made must hold too: readers see only it
             problem = schema_problem(doc, shown=shown)
             if problem is not None:

@@ -18,6 +18,7 @@ from typing import Any
 from kvprobe.api import pooled_row
 from kvprobe.cache_types import ConfigId
 from kvprobe.stats.equivalence import EQUIVALENT, UNDECIDED, WORSE
+from kvprobe.stats.words import items_text, tost_text
 from kvprobe.weights.doctor import kv_cache_bytes, type_bits
 
 MIB = 1024 * 1024
@@ -130,8 +131,6 @@ def recommend(
     """The cheapest configuration by KV memory that is equivalent to the reference up to the
     longest context measured (the reference itself when none is), with what it saves, the
     evidence, and why each cheaper configuration was not chosen (speed joins at display)."""
-    from kvprobe.stats.verdict import items_text, tost_text
-
     ctx, train = result["run"]["ctx"], (result.get("model") or {}).get("n_ctx_train") or 0
     ref = rows[0]
     usable = [r for r in rows if r["status"] in ("reference", EQUIVALENT)]
@@ -261,89 +260,101 @@ def _first_loss(v: dict[str, Any]) -> int | None:
     return None
 
 
+def _line(rule: str, finding: str, evidence: str) -> dict[str, Any]:
+    return {"rule": rule, "finding": finding, "evidence": evidence}
+
+
+def _rule_long_context(quantized: dict[str, dict[str, Any]], ctx: int) -> dict[str, Any]:
+    rule = "a quantized KV cache degrades at 4K+ context"
+    if not quantized:
+        return _line(rule, UNTESTED, "no quantized cache was measured")
+    losses = {cid: _first_loss(v) for cid, v in quantized.items()}
+    parts = []
+    for cid, v in quantized.items():
+        status = v["equivalence"]["status"]
+        at = losses[cid]
+        parts.append(
+            f"{cid}: worse or a significant loss from {at:,}" if at
+            else f"{cid}: equivalent up to {ctx:,}" if status == EQUIVALENT
+            else f"{cid}: {status}"
+        )  # fmt: skip
+    found = [at for at in losses.values() if at]
+    if not found:
+        measured_all = all(v["equivalence"]["status"] == EQUIVALENT for v in quantized.values())
+        finding = FAILS if measured_all and ctx >= LONG_CONTEXT else OPEN
+    elif min(found) < LONG_CONTEXT:
+        finding = FAILS  # earlier than the rule says
+        parts.append(f"so it degrades earlier than 4K, from {min(found):,} tokens")
+    else:
+        finding = HOLDS
+    return _line(rule, finding, "; ".join(parts))
+
+
+def _rule_q8_floor(configs: dict[str, dict[str, Any]], baseline: str, ctx: int) -> dict[str, Any]:
+    rule = "q8_0 is the comfortable cache floor (near-lossless)"
+    v = configs.get("q8_0") or next((x for c, x in configs.items() if c.endswith(":q8_0")), None)
+    if v is None:
+        return _line(rule, UNTESTED, "q8_0 was not measured (add --cache q8_0)")
+    status = v["equivalence"]["status"]
+    finding = {EQUIVALENT: HOLDS, WORSE: FAILS}.get(status, OPEN)
+    return _line(rule, finding, f"q8_0 is {status} to {baseline} up to {ctx:,} tokens")
+
+
+def _rule_below_q8(configs: dict[str, dict[str, Any]], ctx: int) -> dict[str, Any]:
+    rule = "don't quantize KV below Q8 for long context"
+    low = {cid: v for cid, v in configs.items() if min(type_bits(t.upper()) for t in _types(cid)) < 8}
+    if not low:
+        return _line(rule, UNTESTED, "no cache below 8 bits was measured")
+    if ctx < LONG_CONTEXT:
+        return _line(
+            rule, UNTESTED, f"the longest context measured is {ctx:,} tokens (below {LONG_CONTEXT:,})"
+        )
+    ok = [cid for cid, v in low.items() if v["equivalence"]["status"] == EQUIVALENT]
+    statuses = ", ".join(f"{cid} {v['equivalence']['status']}" for cid, v in low.items())
+    finding = (
+        FAILS if ok else HOLDS if all(v["equivalence"]["status"] == WORSE for v in low.values()) else OPEN
+    )
+    return _line(rule, finding, f"at {ctx:,} tokens: {statuses}")
+
+
+def _rule_k_more_sensitive(halves: list[dict[str, Any]]) -> dict[str, Any]:
+    rule = "the K cache is more sensitive to quantization than V"
+    if not halves:
+        return _line(rule, UNTESTED, "K and V were not measured apart (add --split-kv)")
+    sensitive = {h["quant"]: h.get("more_sensitive") for h in halves}
+    finding = (
+        HOLDS if "K" in sensitive.values() and "V" not in sensitive.values()
+        else FAILS if "V" in sensitive.values() and "K" not in sensitive.values()
+        else OPEN
+    )  # fmt: skip
+    return _line(rule, finding, "; ".join(
+        f"{h['quant']}: {h['fault']} at fault"
+        + (f", {h['more_sensitive']} more so" if h["fault"] == "both" and h.get("more_sensitive") else "")
+        for h in halves
+    ))  # fmt: skip
+
+
+def _rule_kv_over_weights(attribution: dict[str, Any] | None) -> dict[str, Any]:
+    rule = "a Q4 KV cache hurts more than weight quantization does"
+    if not attribution:
+        return _line(
+            rule, UNTESTED, "one weight file was measured (give two --model files for the 2x2 design)"
+        )
+    return _line(rule, {"kv": HOLDS, "weights": FAILS}.get(attribution["fault"], OPEN), attribution["reason"])
+
+
 def folklore(result: dict[str, Any], verdict: dict[str, Any]) -> list[dict[str, Any]]:
     """One line per rule of thumb: does this model show it, with the measured numbers."""
     ctx = result["run"]["ctx"]
     configs = {cid: v for cid, v in verdict["configs"].items() if cid in _same_weights(result)}
     quantized = {cid: v for cid, v in configs.items() if _types(cid)[0] == _types(cid)[1] != "f16"}
-    lines = []
-
-    def line(rule: str, finding: str, evidence: str) -> None:
-        lines.append({"rule": rule, "finding": finding, "evidence": evidence})
-
-    rule = "a quantized KV cache degrades at 4K+ context"
-    if not quantized:
-        line(rule, UNTESTED, "no quantized cache was measured")
-    else:
-        losses = {cid: _first_loss(v) for cid, v in quantized.items()}
-        parts = []
-        for cid, v in quantized.items():
-            status = v["equivalence"]["status"]
-            at = losses[cid]
-            parts.append(
-                f"{cid}: worse or a significant loss from {at:,}" if at
-                else f"{cid}: equivalent up to {ctx:,}" if status == EQUIVALENT
-                else f"{cid}: {status}"
-            )  # fmt: skip
-        found = [at for at in losses.values() if at]
-        if not found:
-            measured_all = all(v["equivalence"]["status"] == EQUIVALENT for v in quantized.values())
-            finding = FAILS if measured_all and ctx >= LONG_CONTEXT else OPEN
-        elif min(found) < LONG_CONTEXT:
-            finding = FAILS  # earlier than the rule says
-            parts.append(f"so it degrades earlier than 4K, from {min(found):,} tokens")
-        else:
-            finding = HOLDS
-        line(rule, finding, "; ".join(parts))
-
-    rule = "q8_0 is the comfortable cache floor (near-lossless)"
-    v = configs.get("q8_0") or next((x for c, x in configs.items() if c.endswith(":q8_0")), None)
-    if v is None:
-        line(rule, UNTESTED, "q8_0 was not measured (add --cache q8_0)")
-    else:
-        status = v["equivalence"]["status"]
-        finding = {EQUIVALENT: HOLDS, WORSE: FAILS}.get(status, OPEN)
-        line(rule, finding, f"q8_0 is {status} to {result['baseline']} up to {ctx:,} tokens")
-
-    rule = "don't quantize KV below Q8 for long context"
-    low = {cid: v for cid, v in configs.items() if min(type_bits(t.upper()) for t in _types(cid)) < 8}
-    if not low:
-        line(rule, UNTESTED, "no cache below 8 bits was measured")
-    elif ctx < LONG_CONTEXT:
-        line(rule, UNTESTED, f"the longest context measured is {ctx:,} tokens (below {LONG_CONTEXT:,})")
-    else:
-        ok = [cid for cid, v in low.items() if v["equivalence"]["status"] == EQUIVALENT]
-        statuses = ", ".join(f"{cid} {v['equivalence']['status']}" for cid, v in low.items())
-        finding = (
-            FAILS if ok else HOLDS if all(v["equivalence"]["status"] == WORSE for v in low.values()) else OPEN
-        )
-        line(rule, finding, f"at {ctx:,} tokens: {statuses}")
-
-    rule = "the K cache is more sensitive to quantization than V"
-    halves = verdict.get("k_vs_v") or []
-    if not halves:
-        line(rule, UNTESTED, "K and V were not measured apart (add --split-kv)")
-    else:
-        sensitive = {h["quant"]: h.get("more_sensitive") for h in halves}
-        finding = (
-            HOLDS if "K" in sensitive.values() and "V" not in sensitive.values()
-            else FAILS if "V" in sensitive.values() and "K" not in sensitive.values()
-            else OPEN
-        )  # fmt: skip
-        line(rule, finding, "; ".join(
-            f"{h['quant']}: {h['fault']} at fault"
-            + (f", {h['more_sensitive']} more so" if h["fault"] == "both" and h.get("more_sensitive") else "")
-            for h in halves
-        ))  # fmt: skip
-
-    rule = "a Q4 KV cache hurts more than weight quantization does"
-    attribution = verdict.get("weights_vs_kv")
-    if not attribution:
-        line(rule, UNTESTED, "one weight file was measured (give two --model files for the 2x2 design)")
-    else:
-        finding = {"kv": HOLDS, "weights": FAILS}.get(attribution["fault"], OPEN)
-        line(rule, finding, attribution["reason"])
-    return lines
+    return [
+        _rule_long_context(quantized, ctx),
+        _rule_q8_floor(configs, result["baseline"], ctx),
+        _rule_below_q8(configs, ctx),
+        _rule_k_more_sensitive(verdict.get("k_vs_v") or []),
+        _rule_kv_over_weights(verdict.get("weights_vs_kv")),
+    ]
 
 
 def decide(result: dict[str, Any], verdict: dict[str, Any]) -> dict[str, Any]:
@@ -365,7 +376,7 @@ def speed_sentence(result: dict[str, Any], rows: Sequence[dict[str, Any]]) -> st
         return None
     lo, hi = chosen["prefill_depth"]
     logits = (
-        " (every position's logits computed, as the divergence probe does)"
+        " (every position's logits computed, for the probes that compare them)"
         if chosen["prefill_all_logits"]
         else ""
     )

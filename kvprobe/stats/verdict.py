@@ -9,22 +9,32 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import numpy as np
 from scipy import stats as sps
 
-from kvprobe.api import ALPHA, all_probes, by_name, margins, metric_table, paired_item_metrics, pooled_row
+from kvprobe.api import (
+    ALPHA,
+    POOLED_DIVERGENCE,
+    RETRIEVAL,
+    RETRIEVAL_LOGPROB,
+    all_probes,
+    by_name,
+    margins,
+    metric_table,
+    paired_item_metrics,
+    pooled_metric,
+    pooled_row,
+)
 from kvprobe.cache_types import CacheConfig
 from kvprobe.stats.analysis import (
-    EFFECTIVE_THRESHOLD,
-    effective_context,
-    halving_interval,
     onset,
     paired_rows,
     paired_values,
 )
-from kvprobe.stats.equivalence import EQUIVALENT, MAX_ITEMS, UNDECIDED, WORSE, Tost, bound_test, tost
+from kvprobe.stats.decision import decide
+from kvprobe.stats.equivalence import EQUIVALENT, UNDECIDED, WORSE, Tost, bound_test, tost
 from kvprobe.stats.inference import difference_test
 from kvprobe.stats.weights_vs_kv import weights_vs_kv
+from kvprobe.stats.words import diff_text, fmt_p, items_text, metric_words, tost_text
 
 POWER_Z = 1.6449 + 0.8416  # one-sided alpha 0.05, power 0.8
 
@@ -40,15 +50,6 @@ def more_items_needed(p_worse: float, n: int) -> int | None:
     return max(0, needed - n)
 
 
-def _fmt_p(p: float) -> str:
-    return f"{p:.2g}"
-
-
-def _diff(r: dict[str, Any], unit: str = "") -> str:
-    """A difference with its interval: "-0.20 [-0.33, -0.07]"."""
-    return f"{r['diff']:+.2f}{unit} [{r['ci'][0]:+.2f}, {r['ci'][1]:+.2f}]"
-
-
 # --- equivalence per checkpoint ----------------------------------------------------------------
 
 
@@ -62,8 +63,8 @@ def checkpoint_tests(
     seed: int = 0,
 ) -> dict[int, list[Tost]]:
     """Per checkpoint, the equivalence test of every metric that has a margin: paired TOST on
-    the items of per-item metrics, the one-sided bound on the position spans of divergence
-    metrics (their 95% intervals come with the spans)."""
+    the items of per-item metrics, the one-sided bound on the position spans of per-position
+    metrics (their 95% intervals come with the spans, kvprobe.api PositionEvidence)."""
     out: dict[int, list[Tost]] = {}
     for metric in paired_item_metrics():
         if metric.name not in margin:
@@ -80,13 +81,10 @@ def checkpoint_tests(
                 test = bound_test(
                     found["value"], found["ci"], bound, metric=name, n=int(found.get("n", span["n"]))
                 )
-                if found["ci"][1] is None and test.status != WORSE and by_name(name).name in TAIL_METRICS:
+                if found["ci"][1] is None and test.status != WORSE and by_name(name).tail:
                     continue  # too few positions to bound a tail from above: it can only rule out
                 out.setdefault(int(span["ctx"]), []).append(test)
     return dict(sorted(out.items()))
-
-
-TAIL_METRICS = ("kld_p999",)  # bounded only where enough positions exist; otherwise they can only rule out
 
 
 def combine(tests: Sequence[Tost]) -> tuple[str, list[str]]:
@@ -94,7 +92,7 @@ def combine(tests: Sequence[Tost]) -> tuple[str, list[str]]:
 
     Worse if any metric is worse beyond its margin. Equivalent if every metric is, except that
     a pass/fail metric left undecided does not block when a continuous metric of the same probe
-    (for needle accuracy: the answer log-prob, which measures the same answers more finely) is
+    (for retrieval accuracy: the answer log-prob, which measures the same answers more finely) is
     equivalent: on tens of items accuracy can rarely show ±0.05. Undecided otherwise."""
     worse = [t.metric for t in tests if t.status == WORSE]
     if worse:
@@ -157,58 +155,26 @@ def equivalence(
     }
 
 
-# --- the 85% figure, secondary ------------------------------------------------------------------
-
-
-def accuracy_share_context(
-    items: Sequence[dict[str, Any]],
-    baseline: str,
-    config: str,
-    *,
-    seed: int,
-    threshold: float = EFFECTIVE_THRESHOLD,
-    n_boot: int = 400,
-) -> dict[str, Any] | None:
-    """The longest checkpoint up to which the configuration keeps >= threshold of the
-    reference's needle accuracy (point estimate), with a percentile-bootstrap 95% interval
-    resampling the paired items within each checkpoint. 0 stands for "below the first"."""
-    values = paired_values(items, by_name("accuracy"), baseline, config)
-    if not values:
-        return None
-    arrays = {ctx: (np.asarray(t), np.asarray(b)) for ctx, (t, b) in values.items()}
-
-    def point(chosen: dict[int, np.ndarray] | None) -> int:
-        test, base = {}, {}
-        for ctx, (t, b) in arrays.items():
-            idx = chosen[ctx] if chosen is not None else np.arange(len(t))
-            test[ctx], base[ctx] = float(t[idx].mean()), float(b[idx].mean())
-        return effective_context(test, base, threshold) or 0
-
-    rng = np.random.default_rng(seed)
-    boots = sorted(
-        point({ctx: rng.integers(0, len(t), len(t)) for ctx, (t, _) in arrays.items()}) for _ in range(n_boot)
-    )
-    lo, hi = boots[math.floor(0.025 * (n_boot - 1))], boots[math.ceil(0.975 * (n_boot - 1))]
-    return {"threshold": threshold, "ctx": point(None), "ci": [lo, hi], "first": min(arrays)}
-
-
 def config_verdict(
     items: Sequence[dict[str, Any]],
     baseline: str,
     config: str,
-    divergence_onset: dict[str, Any] | None,
+    position_onset: dict[str, Any] | None,
     *,
     seed: int,
     spans: Sequence[dict[str, Any]] = (),
     checkpoints: Sequence[int] = (),
     margin: Mapping[str, float] | None = None,
 ) -> dict[str, Any]:
+    """One configuration's verdict: its paired rows, the onsets of a significant loss of the
+    retrieval metrics (kvprobe.api ROLES), equivalence per checkpoint and the effective context,
+    the onset of the position evidence, and each probe's own fields (`Probe.verdict_part`)."""
     rows = paired_rows(items, baseline, config, seed)
-    acc = [r for r in rows if r["metric"] == "accuracy"]
-    lp = [r for r in rows if r["metric"] == "answer_logprob"]
     out: dict[str, Any] = {"config": config, "paired": rows}
-    out["onset_accuracy"] = onset(acc) if acc else None
-    out["onset_logprob"] = onset(lp) if lp else None
+    for key, role in (("onset_accuracy", RETRIEVAL), ("onset_logprob", RETRIEVAL_LOGPROB)):
+        metric = pooled_metric(role)
+        mine = [r for r in rows if metric is not None and r["metric"] == metric.name]
+        out[key] = onset(mine) if mine else None
     losses = [o for o in (out["onset_accuracy"], out["onset_logprob"]) if o is not None]
     tests = checkpoint_tests(
         items, baseline, config, spans, margin if margin is not None else margins(), seed=seed
@@ -216,64 +182,19 @@ def config_verdict(
     measured = sorted(set(checkpoints) | set(tests)) if tests else list(checkpoints)
     out["equivalence"] = equivalence(tests, min(losses) if losses else None, measured)
     out["effective_context"] = out["equivalence"]["effective_context"]
-    out["divergence_onset"] = divergence_onset["ctx"] if divergence_onset else None
-    if not acc:
-        out.update(accuracy_share=None, halving=None)
-        return out
-    out["accuracy_share"] = accuracy_share_context(items, baseline, config, seed=seed)
-    reference = acc[0]["baseline_value"]
-    if out["onset_accuracy"] is None:  # no measured loss: a fitted collapse would be extrapolation
-        out["halving"] = {
-            "length": None,
-            "ci": None,
-            "reference_accuracy": reference,
-            "not_estimable": "accuracy does not fall significantly: nothing to fit a decay to",
-        }
-        return out
-    mine = [it for it in items if it["probe"] == "needle" and it["config"] == config]
-    halving = halving_interval(
-        [it["ctx"] for it in mine], [float(it["correct"]) for it in mine], reference, seed
-    )
-    out["halving"] = {
-        "length": halving.length,
-        "ci": halving.ci,
-        "reference_accuracy": reference,
-        "not_estimable": halving.reason,
-    }
+    out["divergence_onset"] = position_onset["ctx"] if position_onset else None
+    for probe in all_probes():
+        out.update(probe.verdict_part(items, baseline, config, out, seed))
     return out
 
 
 # --- sentences ----------------------------------------------------------------------------------
 
-_UNITS = {"answer_logprob": " nats", "kld_mean": " nats", "kld_p999": " nats"}
-_NAMES = {
-    "accuracy": "accuracy",
-    "answer_logprob": "answer log-prob",
-    "kld_mean": "mean KL",
-    "kld_p999": "KL 99.9th percentile",
-}
 
-
-def tost_text(t: dict[str, Any]) -> str:
-    """One test in words: "answer log-prob +0.07 [95%: +0.03, +0.11] within ±0.25 nats"."""
-    name, unit = _NAMES.get(t["metric"], t["metric"]), _UNITS.get(t["metric"], "")
-    lo, hi = t["ci"]
-    if t["kind"] == "bound":
-        where = {EQUIVALENT: "below", WORSE: "above"}.get(t["status"], "against")
-        if hi is None:
-            ends = f"[95%: at least {lo:.3g}]" if lo is not None else "[95%: too few positions to bound]"
-        else:
-            ends = f"[95%: {lo:.3g}, {hi:.3g}]"
-        return f"{name} {t['value']:.3g} {ends} {where} the {t['margin']:g}{unit} bound"
-    where = {EQUIVALENT: "within", WORSE: "beyond"}.get(t["status"], "undecided against")
-    ends = (
-        f"[95%: {lo:+.2f}, {hi:+.2f}]" if lo is not None and hi is not None else f"[too few items: {t['n']}]"
-    )
-    return f"{name} {t['value']:+.2f} {ends} {where} ±{t['margin']:g}{unit}"
-
-
-def items_text(n: int) -> str:
-    return f"more than {MAX_ITEMS:,} items" if n >= MAX_ITEMS else f"about {n:,} items"
+def _margin_owners() -> str:
+    """The probes whose metrics have equivalence margins, in words: "needle and divergence"."""
+    owners = list(dict.fromkeys(m.probe for m in metric_table() if m.margin is not None))
+    return ", ".join(owners[:-1]) + " and " + owners[-1] if len(owners) > 1 else "".join(owners)
 
 
 def equivalence_sentence(v: dict[str, Any], baseline: str, config: str) -> str | None:
@@ -298,8 +219,9 @@ def equivalence_sentence(v: dict[str, Any], baseline: str, config: str) -> str |
         r = rows[eq["first_worse"]]
         decisive = [t for t in r["tests"] if t["metric"] in r["decided_by"]]
         tail = ""
-        if r["decided_by"] == ["kld_p999"]:
-            tail = " (decided by the tail of the KL distribution, not its mean)"
+        deciders = [m for m in metric_table() if m.name in r["decided_by"]]
+        if len(r["decided_by"]) == 1 and deciders and deciders[0].tail:
+            tail = f" (decided by {deciders[0].tail})"
         return (
             f"{config} is worse than {baseline} beyond the margins from {r['ctx']:,} tokens on"
             f"{tail} ({'; '.join(tost_text(t) for t in decisive)}); {eff_text}."
@@ -313,7 +235,7 @@ def equivalence_sentence(v: dict[str, Any], baseline: str, config: str) -> str |
     if not any(r["tests"] for r in eq["checkpoints"]):
         return (
             f"Whether {config} is equivalent to {baseline} is undecided: no metric with an equivalence "
-            f"margin was measured (the needle and divergence probes have them); {eff_text}."
+            f"margin was measured (the {_margin_owners()} probes have them); {eff_text}."
         )
     if not first["tests"]:
         return (
@@ -333,62 +255,17 @@ def equivalence_sentence(v: dict[str, Any], baseline: str, config: str) -> str |
     )
 
 
-def needle_sentence(v: dict[str, Any], baseline: str, config: str) -> str | None:
-    """The needle probe's detail for one configuration: the onset of a significant loss, the
-    85% share as a secondary figure with its interval, and the decay fit where accuracy fell."""
-    acc = [r for r in v["paired"] if r["metric"] == "accuracy"]
-    lp = [r for r in v["paired"] if r["metric"] == "answer_logprob"]
-    if not acc:
-        return None
-    if v["onset_accuracy"] is not None:
-        r = next(r for r in acc if r["ctx"] == v["onset_accuracy"])
-        earlier = ""
-        if v["onset_logprob"] is not None and v["onset_logprob"] < r["ctx"]:
-            earlier = f" (the answers' log-probability already from {v['onset_logprob']:,})"
-        head = (
-            f"Its needle accuracy falls significantly below {baseline} from {r['ctx']:,} tokens on "
-            f"({_diff(r)}, Holm p = {_fmt_p(r['p_holm'])}){earlier}"
-        )
-    elif v["onset_logprob"] is not None:
-        r = next(r for r in lp if r["ctx"] == v["onset_logprob"])
-        head = (
-            f"Its needle accuracy does not fall significantly, but the answers' log-probability does "
-            f"from {r['ctx']:,} tokens on ({_diff(r, ' nats')}, Holm p = {_fmt_p(r['p_holm'])})"
-        )
-    else:
-        last = lp[-1] if lp else acc[-1]
-        head = (
-            f"No significant needle loss at any checkpoint (at {last['ctx']:,}: {last['metric']} "
-            f"{_diff(last)})"
-        )
-    share = v.get("accuracy_share")
-    if share:
-        pct = f"{share['threshold']:.0%} of {baseline}'s accuracy"
-
-        def at(c: int) -> str:
-            return f"{c:,}" if c else f"below {share['first']:,}"
-
-        lo, hi = share["ci"]
-        interval = f"bootstrap 95% interval {at(lo)} to {at(hi)}"
-        head += (
-            f"; secondary: it keeps >= {pct} up to {share['ctx']:,} tokens ({interval})"
-            if share["ctx"]
-            else f"; secondary: below {pct} already at {share['first']:,} tokens ({interval})"
-        )
-    halving = v.get("halving")
-    if v["onset_accuracy"] is not None and halving and halving["length"] is not None and halving["ci"]:
-        lo, hi = halving["ci"]
-        upper = f"{hi:,.0f}" if hi is not None else "beyond 16x the longest context"
-        bounds = f"[{lo:,.0f}, {upper}]" if lo is not None else "(interval not within reach)"
-        head += f"; by a logistic fit, accuracy halves at about {halving['length']:,.0f} tokens {bounds}"
-    return head + "."
-
-
 # --- which half of the cache ---------------------------------------------------------------------
 
 
+def _role_name(role: str) -> str:
+    """The name of the metric that plays `role` ("" where no probe declares one)."""
+    metric = pooled_metric(role)
+    return metric.name if metric is not None else ""
+
+
 def _half_evidence(v: dict[str, Any], summary: Sequence[dict[str, Any]], config: str) -> dict[str, Any]:
-    lp = [r for r in v["paired"] if r["metric"] == "answer_logprob"]
+    lp = [r for r in v["paired"] if r["metric"] == _role_name(RETRIEVAL_LOGPROB)]
     last = lp[-1] if lp else None
     kld = pooled_row(summary, config)
     return {
@@ -444,15 +321,16 @@ def k_vs_v(
     m = dict(margins()) | dict(margin or {})
     k, v = _half_evidence(verdicts[k_id], summary, k_id), _half_evidence(verdicts[v_id], summary, v_id)
     evidence: list[dict[str, Any]] = []
+    pooled = _role_name(POOLED_DIVERGENCE)
     if k["kld_ci"] and v["kld_ci"]:
         hi, lo = (k, v) if k["kld_mean"] >= v["kld_mean"] else (v, k)
         separated = hi["kld_ci"][0] > lo["kld_ci"][1]
-        material = hi["kld_mean"] >= 2 * lo["kld_mean"] and hi["kld_mean"] > m.get("kld_mean", 0.0) / 2
+        material = hi["kld_mean"] >= 2 * lo["kld_mean"] and hi["kld_mean"] > m.get(pooled, 0.0) / 2
         evidence.append({
-            "metric": "kld_mean", "k": k["kld_mean"], "v": v["kld_mean"],
+            "metric": pooled, "k": k["kld_mean"], "v": v["kld_mean"],
             "points_to": ("K" if hi is k else "V") if separated and material else None,
         })  # fmt: skip
-    for name in ("answer_logprob", "accuracy"):
+    for name in filter(None, (_role_name(RETRIEVAL_LOGPROB), _role_name(RETRIEVAL))):
         c = _contrast(items, k_id, v_id, name, seed)
         if c is None:
             continue
@@ -500,12 +378,13 @@ def _evidence_list(evidence: Sequence[dict[str, Any]]) -> str:
     for e in evidence:
         if not e["points_to"]:
             continue
-        if e["metric"] == "kld_mean":
-            parts.append(f"mean KL (K-only {e['k']:.3g}, V-only {e['v']:.3g}) points to {e['points_to']}")
+        if e["metric"] == _role_name(POOLED_DIVERGENCE):
+            name = metric_words(e["metric"])[0]
+            parts.append(f"{name} (K-only {e['k']:.3g}, V-only {e['v']:.3g}) points to {e['points_to']}")
         else:
             parts.append(
-                f"{_NAMES[e['metric']]} K-only minus V-only {_diff(e)} at {e['ctx']:,} "
-                f"(p = {_fmt_p(e['p'])}) points to {e['points_to']}"
+                f"{metric_words(e['metric'])[0]} K-only minus V-only {diff_text(e)} at {e['ctx']:,} "
+                f"(p = {fmt_p(e['p'])}) points to {e['points_to']}"
             )
     return "; ".join(parts) or "no evidence separates the halves"
 
@@ -513,10 +392,12 @@ def _evidence_list(evidence: Sequence[dict[str, Any]]) -> str:
 def _evidence_text(e: dict[str, Any]) -> str:
     parts = [f"{e['status'] or 'no equivalence test'}"]
     if e["logprob_diff"] is not None:
-        p = _fmt_p(e["logprob_p_holm"])
-        parts.append(f"answer log-prob {e['logprob_diff']:+.2f} at {e['ctx']:,} (Holm p = {p})")
+        p = fmt_p(e["logprob_p_holm"])
+        name = metric_words(_role_name(RETRIEVAL_LOGPROB))[0]
+        parts.append(f"{name} {e['logprob_diff']:+.2f} at {e['ctx']:,} (Holm p = {p})")
     if e["kld_mean"] is not None:
-        parts.append(f"mean KL {e['kld_mean']:.3g} [{e['kld_ci'][0]:.3g}, {e['kld_ci'][1]:.3g}]")
+        name = metric_words(_role_name(POOLED_DIVERGENCE))[0]
+        parts.append(f"{name} {e['kld_mean']:.3g} [{e['kld_ci'][0]:.3g}, {e['kld_ci'][1]:.3g}]")
     return ", ".join(parts)
 
 
@@ -543,19 +424,32 @@ def reference_checks(
     return [s for p in all_probes() if (s := p.reference_check(items, baseline, prompt, min(checkpoints)))]
 
 
+def position_evidence(result: dict[str, Any]) -> tuple[dict[str, Any], dict[str, list[dict[str, Any]]]]:
+    """Every probe's per-position evidence (kvprobe.api PositionEvidence), merged: per
+    configuration the first onset any probe found, and all their spans."""
+    onsets: dict[str, Any] = {}
+    spans: dict[str, list[dict[str, Any]]] = {}
+    for probe in all_probes():
+        found = probe.position_evidence(result)
+        if found is None:
+            continue
+        for config, row in found.onsets.items():
+            onsets.setdefault(config, row)
+        for config, rows in found.spans.items():
+            spans.setdefault(config, []).extend(rows)
+    return onsets, spans
+
+
 def build_verdict(
     result: dict[str, Any], seed: int, margin: Mapping[str, float] | None = None
 ) -> dict[str, Any] | None:
     """The result file's `verdict`: per test configuration, K-vs-V for split runs, weights vs
     KV for two weight files, the recommendation, and the sentences."""
-    from kvprobe.stats.decision import decide
-
     baseline = result.get("baseline")
     if baseline is None:
         return None
     used = dict(margins()) | dict(margin or {})
-    section = result.get("divergence") or {}
-    onsets, spans = section.get("onset", {}), section.get("spans") or {}
+    onsets, spans = position_evidence(result)
     checkpoints = (result.get("run") or {}).get("checkpoints") or []
     per_config = {
         c["id"]: config_verdict(

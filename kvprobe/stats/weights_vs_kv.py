@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from kvprobe.api import ALPHA, by_name, paired_item_metrics
+from kvprobe.api import ALPHA, RETRIEVAL, RETRIEVAL_LOGPROB, by_name, paired_item_metrics, pooled_metric
 from kvprobe.cache_types import ConfigId
 from kvprobe.stats.analysis import paired_rows
 from kvprobe.stats.inference import bootstrap_mean_interval
@@ -65,7 +65,10 @@ def weights_vs_kv(result: dict[str, Any], seed: int) -> dict[str, Any] | None:
     cache = caches[0]
     items = result["items"]
     effects: dict[str, Any] = {}
-    for metric in ("accuracy", "answer_logprob"):
+    retrieval, logprob = pooled_metric(RETRIEVAL), pooled_metric(RETRIEVAL_LOGPROB)
+    if retrieval is None or logprob is None:
+        return None  # no probe measures retrieval: nothing to attribute
+    for metric in (retrieval.name, logprob.name):
         kv_ref = [r for r in paired_rows(items, "ref:f16", f"ref:{cache}", seed) if r["metric"] == metric]
         kv_test = [r for r in paired_rows(items, "test:f16", f"test:{cache}", seed) if r["metric"] == metric]
         weights = [r for r in paired_rows(items, "ref:f16", "test:f16", seed) if r["metric"] == metric]
@@ -86,7 +89,7 @@ def weights_vs_kv(result: dict[str, Any], seed: int) -> dict[str, Any] | None:
 
     kv = any(significant(e["kv_at_ref_weights"]) for e in effects.values())
     w = any(significant(e["weights_at_f16_cache"]) for e in effects.values())
-    lp = effects["answer_logprob"]
+    lp = effects[logprob.name]
     kv_rows, w_rows = lp["kv_at_ref_weights"], lp["weights_at_f16_cache"]
     kv_growth = (kv_rows[-1]["diff"] - kv_rows[0]["diff"]) if kv_rows else 0.0
     shortest = w_rows[0] if w_rows else None
@@ -110,7 +113,7 @@ def weights_vs_kv(result: dict[str, Any], seed: int) -> dict[str, Any] | None:
         f"{grows} with context); the TEST weights change it by {_diff(shortest, ' nats')} already at "
         f"{shortest['ctx']:,}"
         if kv_rows and shortest
-        else "no needle items to compare"
+        else f"no {retrieval.probe} items to compare"
     )
     names = {"ref": result["models"]["ref"]["name"], "test": result["models"]["test"]["name"]}
     head = {

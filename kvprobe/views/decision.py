@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from kvprobe.display import html_text, plain
+from kvprobe.stats.decision import frontier, speed_sentence
 from kvprobe.views.figures import Point, Scatter
 
 MIB = 1024 * 1024
@@ -31,8 +32,6 @@ def _rows(result: dict[str, Any]) -> list[dict[str, Any]]:
     verdict = result.get("verdict") or {}
     if not verdict.get("configs") or not verdict.get("recommendation"):
         return []
-    from kvprobe.stats.decision import frontier
-
     return frontier(result, verdict)
 
 
@@ -69,8 +68,6 @@ def print_decision(result: dict[str, Any], console: Console) -> None:
     rec = verdict.get("recommendation")
     if not rec:
         return
-    from kvprobe.stats.decision import speed_sentence
-
     console.print("[bold]Recommendation[/]")
     console.print(f"  {rec['sentence']}", markup=False, highlight=False)
     if speed := speed_sentence(result, _rows(result)):
@@ -104,8 +101,6 @@ def decision_html(result: dict[str, Any]) -> str:
     rec = verdict.get("recommendation")
     if not rec:
         return ""
-    from kvprobe.stats.decision import speed_sentence
-
     e = html_text
     header, cells = frontier_cells(result)
     speed = speed_sentence(result, _rows(result))

@@ -10,6 +10,8 @@ from rich.console import Console
 from rich.table import Table
 
 from kvprobe.display import plain, visible
+from kvprobe.errors import UserError
+from kvprobe.plan.chat import ChatTemplate, find_framing
 from kvprobe.weights.doctor import GiB, MiB, short_type
 
 SEVERITY_STYLE = {"serious": "bold red", "warning": "yellow", "info": "cyan"}
@@ -27,9 +29,6 @@ def _params(n: int) -> str:
 
 def template_text(facts: dict[str, Any]) -> str:
     """The model's chat template in a line: family, sha256, its default system message."""
-    from kvprobe.errors import UserError
-    from kvprobe.plan.chat import ChatTemplate, find_framing
-
     text = facts.get("chat_template")
     if not text:
         return "none (raw text only; kvprobe run uses raw text unless given --chat-template FILE)"

@@ -13,7 +13,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from kvprobe.api.figures import Figure, Heatmap, LineFigure, Marker, Point, Scatter, Series, summary_series
+from kvprobe.display import visible
 from kvprobe.errors import UserError
+from kvprobe.paths import write_atomically
 
 __all__ = [
     "Figure",
@@ -64,8 +66,6 @@ def render(figure: Figure, fmt: str = "svg") -> bytes:
 def _visible_text(figure: Figure) -> Figure:
     """The figure with every text written out visibly (display.visible)."""
     from dataclasses import fields, is_dataclass, replace
-
-    from kvprobe.display import visible
 
     def clean(value: Any) -> Any:
         if isinstance(value, str):
@@ -165,8 +165,6 @@ def write_png(figures: Sequence[Figure], folder: str, *, force: bool = False) ->
     """Every figure as FOLDER/<key>.png; returns the paths. No file is written if one of them
     exists already (unless `force`): a report never overwrites half of an earlier one."""
     from pathlib import Path
-
-    from kvprobe.paths import write_atomically
 
     out = Path(folder)
     targets = [out / f"{figure.key}.png" for figure in figures]

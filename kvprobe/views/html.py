@@ -8,8 +8,12 @@ import base64
 from collections.abc import Sequence
 from typing import Any
 
+from kvprobe.api import all_probes
 from kvprobe.display import html_text
+from kvprobe.plan.prompt import describe
+from kvprobe.views.decision import decision_html, frontier_figure
 from kvprobe.views.figures import Figure, LineFigure, render
+from kvprobe.views.terminal import matrix_rows
 
 STYLE = """
 body { font-family: system-ui, sans-serif; max-width: 980px; margin: 2em auto; padding: 0 1em; color: #222; }
@@ -35,8 +39,6 @@ def _table(rows: Sequence[tuple[str, Any]]) -> str:
 
 def provenance(result: dict[str, Any]) -> str:
     """Model, runtime, what took effect, host and timing."""
-    from kvprobe.plan.prompt import describe
-
     model, rt, host, timing = (
         result["model"],
         result.get("runtime") or {},
@@ -87,16 +89,12 @@ def provenance(result: dict[str, Any]) -> str:
 
 def result_sections(result: dict[str, Any]) -> str:
     """The verdict, each probe's figures and notes, and the provenance of one result."""
-    from kvprobe.api import all_probes
-
     parts = []
     if result.get("complete") is False:
         parts.append(
             f'<p class="partial">Partial result ({_e(result.get("stopped"))}): '
             f"{len(result.get('missing') or [])} units were not measured.</p>"
         )
-    from kvprobe.views.decision import decision_html, frontier_figure
-
     parts.append(decision_html(result))
     if (figure := frontier_figure(result)) is not None:
         parts.append(_img(figure))
@@ -140,8 +138,6 @@ def page(results: Sequence[tuple[str, dict[str, Any]]]) -> str:
 
 def matrix(results: Sequence[tuple[str, dict[str, Any]]]) -> str:
     """Accuracy, answer log-prob and mean KL per (run, configuration, context)."""
-    from kvprobe.views.terminal import matrix_rows
-
     head = "".join(f"<th>{_e(c)}</th>" for c in ("run", "model", "config", "context", "accuracy",
                                                   "answer log-prob", "KL (10⁻³ nats)"))  # fmt: skip
     rows = "".join(
@@ -166,8 +162,6 @@ def merged(old: Figure, new: Figure) -> list[Figure]:
 def comparison_page(old: tuple[str, dict[str, Any]], new: tuple[str, dict[str, Any]], rows: str) -> str:
     """`kvprobe compare OLD NEW --html`: both verdicts, the comparison's rows, and every figure
     with old and new on the same axes."""
-    from kvprobe.api import all_probes
-
     title = f"kvprobe compare: {old[0]} → {new[0]}"
     body = [f"<h1>{_e(title)}</h1>", rows]
     for label, (name, result) in (("old", old), ("new", new)):

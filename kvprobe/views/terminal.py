@@ -8,16 +8,15 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from kvprobe.api import MatrixColumn, all_probes
 from kvprobe.display import plain
+from kvprobe.plan.prompt import describe
+from kvprobe.views.decision import print_decision, print_folklore
 
 
 def print_run_report(result: dict[str, Any], console: Console) -> None:
     """The recommendation and its frontier first, then each probe's tables, the cost, the
     warnings, the verdict and the rules of thumb."""
-    from kvprobe.api import all_probes
-    from kvprobe.plan.prompt import describe
-    from kvprobe.views.decision import print_decision, print_folklore
-
     console.print(f"prompt: {describe(result.get('prompt') or {})}", markup=False, highlight=False)
     print_decision(result, console)
     for probe in all_probes():
@@ -54,37 +53,36 @@ def _at(summary: list[dict[str, Any]], metric: str, config: str, ctx: int) -> di
     )  # fmt: skip
 
 
-MATRIX_COLUMNS = ("run", "model", "config", "context", "accuracy", "answer log-prob", "KL (10⁻³ nats)")
+MATRIX_LEAD = ("run", "model", "config", "context")
+
+
+def matrix_columns() -> list[MatrixColumn]:
+    """Every probe's columns of the many-runs table (kvprobe.api MatrixColumn)."""
+    return [c for p in all_probes() for c in p.matrix_columns()]
 
 
 def matrix_rows(results: list[tuple[str, dict[str, Any]]] | Any) -> list[list[str]]:
-    """One row per (run, configuration, context): needle accuracy with its interval, mean answer
-    log-prob and the mean KL of the position bin that ends there ("-" where a run has none)."""
+    """One row per (run, configuration, context) with the probes' columns (e.g. accuracy with its
+    interval, mean answer log-prob, the mean KL of the position bin that ends there; "-" where a
+    run has none)."""
+    columns = matrix_columns()
     rows = []
     for name, result in results:
         model = str(result["model"].get("name") or result["model"].get("path") or "?")
         summary = result["summary"]
         for config in [c["id"] for c in result["configs"]]:
             for ctx in result["run"]["checkpoints"]:
-                acc = _at(summary, "accuracy", config, ctx)
-                lp = _at(summary, "answer_logprob", config, ctx)
-                kl = _at(summary, "kld_mean", config, ctx)
-                if acc or lp or kl:
-                    rows.append([
-                        name, model, config, f"{ctx:,}",
-                        f"{acc['value']:.2f} [{acc['ci'][0]:.2f}, {acc['ci'][1]:.2f}]" if acc else "-",
-                        f"{lp['value']:+.2f}" if lp else "-",
-                        f"{1e3 * kl['value']:.3g}" if kl else "-",
-                    ])  # fmt: skip
+                found = [_at(summary, c.metric, config, ctx) for c in columns]
+                if any(found):
+                    cells = [c.text(r) if r else "-" for c, r in zip(columns, found, strict=True)]
+                    rows.append([name, model, config, f"{ctx:,}", *cells])
     return rows
 
 
 def print_matrix(results: list[tuple[str, dict[str, Any]]], console: Console) -> None:
-    """Several runs side by side (matrix_rows)."""
-    table = Table(
-        title=f"{len(results)} runs: accuracy (95% Wilson), answer log-prob, mean KL from the reference"
-    )
-    for col in MATRIX_COLUMNS:
+    columns = matrix_columns()
+    table = Table(title=f"{len(results)} runs: {', '.join(c.title for c in columns)}")
+    for col in [*MATRIX_LEAD, *(c.header for c in columns)]:
         table.add_column(col, justify="left" if col in ("run", "model", "config") else "right", no_wrap=True)
     previous = None
     for row in matrix_rows(results):

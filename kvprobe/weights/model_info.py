@@ -11,6 +11,7 @@ import gguf
 import numpy as np
 
 from kvprobe.errors import UserError
+from kvprobe.paths import input_file
 from kvprobe.provenance import sha256_file
 from kvprobe.weights.gguf_header import MAGIC as GGUF_MAGIC
 from kvprobe.weights.gguf_header import field_value, read_gguf
@@ -24,8 +25,6 @@ def open_gguf(path: Path) -> gguf.GGUFReader:
     a readable GGUF file (every count and length in the header is checked against the file's
     size first: `gguf_header`). Parsed once per process: gguf parses every tokenizer entry one
     by one (about 9 s for a 262,144-token vocabulary), whatever the size of the weights."""
-    from kvprobe.paths import input_file
-
     input_file(path, "model file", "give --model PATH to a .gguf file")  # a FIFO or a device would hang
     with path.open("rb") as fh:
         magic = fh.read(4)

@@ -11,6 +11,7 @@ import numpy as np
 from gguf import GGMLQuantizationType, ReaderTensor
 
 from kvprobe.errors import UserError, did_you_mean
+from kvprobe.paths import input_file
 from kvprobe.weights.doctor import QUANT_TAG, SOURCE_TYPE_KEY, UNQUANTIZED_FILE_TYPES, read_facts, short_type
 from kvprobe.weights.gguf_header import MAGIC as GGUF_MAGIC
 from kvprobe.weights.gguf_header import field_value, printable, read_gguf
@@ -93,8 +94,6 @@ def load_imatrix(path: Path) -> tuple[dict[str, np.ndarray], dict[str, str | int
     llama-quantize does (sum of squared activations / count), and the quantize.imatrix.*
     metadata llama-quantize writes into the model. The header is walked within the file's
     bounds first (`gguf_header`); a damaged file is one UserError, never a traceback."""
-    from kvprobe.paths import input_file
-
     input_file(path, "--imatrix", "give the GGUF file llama-imatrix wrote")
     with path.open("rb") as fh:
         magic = fh.read(len(GGUF_MAGIC))

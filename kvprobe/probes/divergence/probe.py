@@ -11,18 +11,38 @@ from __future__ import annotations
 import functools
 import itertools
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 from rich.table import Table
 
-from kvprobe.api import Budget, Metric, Needs, Probe, ProbeRun, ResultDoc, Row, RunSetup, pooled_row, register
+from kvprobe.api import (
+    POOLED_DIVERGENCE,
+    Budget,
+    LineFigure,
+    Marker,
+    MatrixColumn,
+    Metric,
+    Needs,
+    PositionEvidence,
+    Probe,
+    ProbeRun,
+    ResultDoc,
+    Row,
+    RunSetup,
+    SchemaPart,
+    pooled_row,
+    register,
+    summary_series,
+)
 from kvprobe.cache_types import NULL_ROWS
+from kvprobe.compare import difference_row
 from kvprobe.display import plain
 from kvprobe.errors import UserError, guarded
 from kvprobe.plan.scenario import MAX_CHECKPOINT, bad, within
+from kvprobe.probes.divergence import schema as part
 from kvprobe.probes.divergence.metrics import (
     CurveSettings,
     DivergenceRecorder,
@@ -33,7 +53,8 @@ from kvprobe.probes.divergence.metrics import (
     split_blocks,
 )
 from kvprobe.result.arrays import ARRAY_DTYPES, decode_array, encode_array
-from kvprobe.result.journal import decode_exact, encode_exact
+from kvprobe.result.blocks import checker, first_problem, integer, listing, number, record, text, where
+from kvprobe.result.exact import decode_exact, encode_exact
 
 if TYPE_CHECKING:
     from rich.console import RenderableType
@@ -58,20 +79,16 @@ EXACT_KINDS = {"nll": "f8", "kld": "f8", "top1_agree": "bool"}  # what end_unit 
 def _unit_data_validator() -> Any:
     """The shape of `DivergenceRun.end_unit`'s data: per (configuration, document) the arrays of
     the chunks the unit added, bit for bit; or the largest NLL gap of a repeated reference."""
-    from kvprobe.result.schema import check_against, integer, listing, number, record, text
-
     exact = record({"kind": text(enum=["f8", "bool"]), "b64": text()}, ["kind", "b64"])
     entry = record({"config": text(), "doc": integer(), "repeat_nll_gap": number(minimum=0),
                     **dict.fromkeys(EXACT_KINDS, exact)})  # fmt: skip
-    return check_against(listing(entry))
+    return checker(listing(entry))
 
 
 def unit_data_problem(data: Any, reference: str | None = None) -> str | None:
     """What is wrong with a journal's copy of `end_unit`'s data (None: it replays): its shape,
     the kind of each array, arrays that do not decode or differ in length; given the
     reference, which configurations have KL."""
-    from kvprobe.result.schema import first_problem, where
-
     root = "probe_data.divergence"
     if (problem := first_problem(_unit_data_validator(), data, root)) is not None:
         return problem
@@ -259,9 +276,11 @@ class DivergenceProbe(Probe):
             # weights cost Llama 3 8B (0.0281, "best balance" in the source documents' table),
             # twice Q5_K_M's (0.0108). At the 99.9th percentile, 0.5 nats bounds how far the
             # rare worst positions may move.
-            Metric("divergence", "kld_mean", lower_is_worse=False, source="kld", compared=True, margin=0.02),
+            Metric("divergence", "kld_mean", lower_is_worse=False, source="kld", compared=True, margin=0.02,
+                   role=POOLED_DIVERGENCE, unit=" nats", label="mean KL"),
             Metric("divergence", "kld_p99", source="kld"),
-            Metric("divergence", "kld_p999", source="kld", margin=0.5),
+            Metric("divergence", "kld_p999", source="kld", margin=0.5, unit=" nats",
+                   label="KL 99.9th percentile", tail="the tail of the KL distribution, not its mean"),
             Metric("divergence", "top1_agree", lower_is_worse=True, source="top1_agree", compared=True,
                    min_change=0.01),
             Metric("divergence", "ppl", source="nll"),
@@ -295,6 +314,17 @@ class DivergenceProbe(Probe):
 
     def check_unit_data(self, data: Any) -> str | None:
         return unit_data_problem(data)
+
+    def schema_part(self) -> SchemaPart:
+        return part.PART
+
+    def ties(self, *, shown: bool) -> tuple[Callable[[ResultDoc], str | None], ...]:
+        return (*part.TIES, *(part.TABLE_TIES if shown else ()))
+
+    def migrate(self, doc: ResultDoc, read_version: int, errors: list[dict[str, str]]) -> None:
+        """Schema 2 -> 3: KL's 99.9th percentile rows and the spans, from the file's arrays."""
+        if read_version < 3 and doc.get("divergence") and doc.get("baseline") is not None:
+            guarded(errors, self.summary_label, lambda: add_tail(doc, doc["run"]["seed"]))
 
     def summary(self, result: ResultDoc, seed: int, measured: Any) -> list[Row]:
         """The decay curve: every metric in every position bin and pooled; sets the onsets.
@@ -340,13 +370,25 @@ class DivergenceProbe(Probe):
             f"(Holm p = {found['p_holm']:.2g})."
         )
 
+    def position_evidence(self, result: ResultDoc) -> PositionEvidence | None:
+        section = result.get("divergence") or {}
+        return PositionEvidence(onsets=section.get("onset", {}), spans=section.get("spans") or {})
+
+    def matrix_columns(self) -> list[MatrixColumn]:
+        return [
+            MatrixColumn(
+                "KL (10⁻³ nats)",
+                "kld_mean",
+                lambda r: f"{1e3 * r['value']:.3g}",
+                "mean KL from the reference",
+            )
+        ]
+
     def compare_rows(
         self, old: ResultDoc, new: ResultDoc, pairs: list[tuple[str, str]], paired: bool, seed: int
     ) -> list[Row]:
         """Block means of KL and top-1 agreement per position bin and pooled: blocks of
         consecutive positions are the units, as in the curve's intervals."""
-        from kvprobe.compare import difference_row
-
         if not old.get("divergence") or not new.get("divergence"):
             return []
         edges = old["divergence"]["bin_edges"]
@@ -477,8 +519,6 @@ register(DivergenceProbe())
 def divergence_figures(result: ResultDoc) -> list[Figure]:
     """Mean KL from the reference by position bin (bootstrap bands, ▲ onset), and top-1
     agreement; x is each bin's upper edge."""
-    from kvprobe.api import LineFigure, Marker, summary_series
-
     section = result.get("divergence")
     if not section:
         return []

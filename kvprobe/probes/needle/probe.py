@@ -8,13 +8,19 @@ pay for generation, to show what the model said instead (design §3).
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from rich.table import Table
 
 from kvprobe.api import (
+    RETRIEVAL,
+    RETRIEVAL_LOGPROB,
     Budget,
+    Heatmap,
+    LineFigure,
+    Marker,
+    MatrixColumn,
     Metric,
     Needs,
     Probe,
@@ -22,13 +28,17 @@ from kvprobe.api import (
     ResultDoc,
     Row,
     RunSetup,
+    SchemaPart,
     Series,
     by_config_and_ctx,
     fmt_ci,
     register,
+    summary_series,
 )
 from kvprobe.display import plain
 from kvprobe.plan.scenario import bad, within
+from kvprobe.probes.needle import schema as part
+from kvprobe.probes.needle import verdict as needle_verdict
 from kvprobe.probes.needle.plan import (
     ClassicSpec,
     NeedleItem,
@@ -191,6 +201,7 @@ class NeedleRun(ProbeRun):
 class NeedleProbe(Probe):
     name = "needle"
     order = 0
+    by_default = True
     sections: ClassVar[dict[str, type]] = {"needle": NeedleSpec, "classic": ClassicSpec}
     modes = ("onepass", "classic")
     summary_label = "needle summary"
@@ -199,9 +210,9 @@ class NeedleProbe(Probe):
     def metrics(self) -> tuple[Metric, ...]:
         return (
             Metric("needle", "accuracy", binary=True, lower_is_worse=True, field="correct", key=needle_key,
-                   compared=True, min_change=0.05, margin=0.05),
+                   compared=True, min_change=0.05, margin=0.05, role=RETRIEVAL, label="accuracy"),
             Metric("needle", "answer_logprob", lower_is_worse=True, field="logprob", key=needle_key,
-                   compared=True, margin=0.25),
+                   compared=True, margin=0.25, role=RETRIEVAL_LOGPROB, unit=" nats", label="answer log-prob"),
         )  # fmt: skip
 
     def reference_check(
@@ -297,8 +308,14 @@ class NeedleProbe(Probe):
         generated = max(spec.value_digits + 8, spec.generate_tokens) + 1
         return Needs(fork_cells=scenario.plan.chunk + MAX_QUERY_FORKS * generated)
 
+    def scenario_note(self, scenario: Scenario) -> str | None:
+        return f"{scenario.spec(NeedleSpec).per_segment} needles/segment"
+
     def start(self, setup: RunSetup) -> NeedleRun:
         return NeedleRun(setup)
+
+    def schema_part(self) -> SchemaPart:
+        return part.PART
 
     def summary(self, result: ResultDoc, seed: int, measured: Any) -> list[Row]:
         """Accuracy (Wilson 95%) and mean answer log-prob (bootstrap 95%) per configuration
@@ -320,9 +337,20 @@ class NeedleProbe(Probe):
         return needle_figures(result)
 
     def sentence(self, result: ResultDoc, config: str, baseline: str, verdict: Row) -> str | None:
-        from kvprobe.stats.verdict import needle_sentence
+        return needle_verdict.needle_sentence(verdict, baseline, config)
 
-        return needle_sentence(verdict, baseline, config)
+    def verdict_part(self, items: Sequence[Row], baseline: str, config: str, verdict: Row, seed: int) -> Row:
+        return needle_verdict.verdict_part(items, baseline, config, verdict, seed)
+
+    def matrix_columns(self) -> list[MatrixColumn]:
+        return [
+            MatrixColumn(
+                "accuracy", "accuracy", lambda r: fmt_ci(r["value"], r["ci"]), "accuracy (95% Wilson)"
+            ),
+            MatrixColumn(
+                "answer log-prob", "answer_logprob", lambda r: f"{r['value']:+.2f}", "answer log-prob"
+            ),
+        ]
 
 
 def needle_table(result: ResultDoc) -> Table:
@@ -374,8 +402,6 @@ def needle_figures(result: ResultDoc) -> list[Figure]:
     """Accuracy and the answer log-prob's difference against context, with intervals and
     onsets; the length x depth accuracy heatmap per configuration and its difference to the
     reference."""
-    from kvprobe.api import Heatmap, LineFigure, Marker, summary_series
-
     summary, baseline = result["summary"], result.get("baseline")
     configs = [c["id"] for c in result["configs"]]
     verdicts = ((result.get("verdict") or {}).get("configs")) or {}

@@ -7,6 +7,7 @@ metrics (kvprobe.probes.repetition.metrics).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -14,6 +15,7 @@ from rich.table import Table
 
 from kvprobe.api import (
     Budget,
+    LineFigure,
     Metric,
     Needs,
     Probe,
@@ -21,13 +23,16 @@ from kvprobe.api import (
     ResultDoc,
     Row,
     RunSetup,
+    SchemaPart,
     by_config_and_ctx,
     fmt_ci,
     register,
+    summary_series,
 )
 from kvprobe.cache_types import TEXT_ROWS
 from kvprobe.display import plain
 from kvprobe.plan.scenario import HASHED_IF_SET, within
+from kvprobe.probes.repetition import schema as part
 from kvprobe.probes.repetition.metrics import first_difference, repetition_metrics
 from kvprobe.probes.rows import mean_row, rate_row
 
@@ -107,7 +112,7 @@ class RepetitionRun(ProbeRun):
         }
 
     def at_checkpoint(self, context: Context, config: str, document: Document, length: int) -> list[Row]:
-        from kvprobe.engine import generate_forks
+        from kvprobe.engine import generate_forks  # engine imports llama_cpp: not on every command
 
         points = continuation_points(length, self.spec.offsets, self.spec.stride)
         outs = generate_forks(context, [document.tokens[:p] for p in points], self.spec.tokens, self.request)
@@ -173,6 +178,16 @@ class RepetitionProbe(Probe):
 
     def start(self, setup: RunSetup) -> RepetitionRun:
         return RepetitionRun(setup)
+
+    def schema_part(self) -> SchemaPart:
+        return part.PART
+
+    def ties(self, *, shown: bool) -> tuple[Callable[[ResultDoc], str | None], ...]:
+        return part.TABLE_TIES if shown else ()
+
+    def migrate(self, doc: ResultDoc, read_version: int, errors: list[dict[str, str]]) -> None:
+        if read_version < 2:
+            part.rename_first_difference(doc)
 
     def summary(self, result: ResultDoc, seed: int, measured: Any) -> list[Row]:
         """Per configuration and checkpoint (the text's own level included): means of
@@ -240,8 +255,6 @@ register(RepetitionProbe())
 def repetition_figures(result: ResultDoc) -> list[Figure]:
     """Loop rate and seq-rep-4 against context per configuration, with the document's own text
     as the reference line."""
-    from kvprobe.api import LineFigure, summary_series
-
     summary = result["summary"]
     configs = [c["id"] for c in result["configs"]]
     figures: list[Figure] = []

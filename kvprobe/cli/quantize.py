@@ -1,0 +1,82 @@
+"""`kvprobe quantize`: weight variants of a GGUF file, with llama.cpp's quantizer."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from rich.console import Console
+
+from kvprobe.cli.options import Subparsers
+from kvprobe.errors import UserError
+from kvprobe.paths import Output, check_outputs
+from kvprobe.run import MAX_THREADS
+from kvprobe.weights.doctor import KNOWN_FILE_TYPES
+from kvprobe.weights.quantize import load_imatrix, plan_jobs, provenance_metadata
+
+
+def add_parser(subparsers: Subparsers) -> None:
+    quantize = subparsers.add_parser("quantize", help="make weight variants with llama.cpp's quantizer")
+    quantize.add_argument("source", help="GGUF model file to quantize (ideally f16/bf16)")
+    quantize.add_argument(
+        "--type", action="append", required=True, metavar="T", dest="types",
+        help="target type, repeatable: F16 BF16 F32 Q8_0 Q6_K Q5_K_M Q4_K_M Q4_0 Q3_K_M Q2_K ...",
+    )  # fmt: skip
+    quantize.add_argument("--out-dir", help="folder for the variants (default: the source's folder)")
+    quantize.add_argument("--imatrix", help="importance matrix (GGUF, from llama-imatrix)")
+    quantize.add_argument(
+        "--allow-requantize", action="store_true", help="quantize an already quantized source anyway"
+    )
+    quantize.add_argument(
+        "--pure", action="store_true", help="every tensor to the same type (no protected embedding/output)"
+    )
+    quantize.add_argument("--threads", type=int, default=None, help="threads (default: all cores)")
+    quantize.add_argument("--force", action="store_true", help="overwrite existing output files")
+
+
+def cmd_quantize(args: argparse.Namespace, console: Console, words: list[str]) -> int:
+    from kvprobe import engine  # llama_cpp, slow: only `quantize` and `run` pay for it
+
+    src = Path(args.source).expanduser()
+    if args.threads is not None and not 1 <= args.threads <= MAX_THREADS:
+        raise UserError(f"--threads must be from 1 to {MAX_THREADS} (GGML_MAX_N_THREADS), got {args.threads}")
+    out_dir = Path(args.out_dir).expanduser() if args.out_dir else src.parent
+
+    inputs = [src, *([Path(args.imatrix).expanduser()] if args.imatrix else [])]
+    check_outputs([Output(out_dir, "--out-dir", folder=True)], inputs, force=args.force)
+    ftype_of = {name: i for name in KNOWN_FILE_TYPES if (i := engine.ftype_id(name)) is not None}
+    jobs, origin = plan_jobs(
+        src,
+        args.types,
+        out_dir,
+        allow_requantize=args.allow_requantize,
+        force=args.force,
+        ftype_of=ftype_of,
+        pure=args.pure,
+    )
+    imatrix, metadata = load_imatrix(Path(args.imatrix).expanduser()) if args.imatrix else (None, {})
+    threads = args.threads or max(1, os.cpu_count() or 1)
+    out_dir.mkdir(parents=True, exist_ok=True)  # checked writable above; created only now
+    for job in jobs:
+        console.print(f"{src.name} -> {job.dst} ({job.type_name}: {job.note})", markup=False, highlight=False)
+        tmp = job.dst.with_name(f".{job.dst.name}.partial")
+        try:
+            engine.quantize(
+                src,
+                tmp,
+                job.ftype,
+                allow_requantize=True,  # plan_jobs has already refused what the user did not allow
+                pure=args.pure,
+                n_threads=threads,
+                imatrix=imatrix,
+                metadata={**metadata, **provenance_metadata(origin)},
+            )
+        except BaseException:
+            tmp.unlink(missing_ok=True)  # variants already written stay; no half file is left
+            raise
+        tmp.replace(job.dst)  # a finished file or none: an interrupted run leaves no half model
+        console.print(
+            f"  wrote {job.dst} ({job.dst.stat().st_size / 2**20:.1f} MiB)", markup=False, highlight=False
+        )
+    return 0
