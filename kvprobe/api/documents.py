@@ -18,12 +18,14 @@ class Tokenizer(Protocol):
 
 @dataclass(frozen=True)
 class Insert:
-    """A span a probe wants planted: its tokens, and the position it should land just after."""
+    """A span a probe wants planted: its tokens, and the position it should land just after.
+    `probe` names the probe that asked for it: several probes plant into one document."""
 
     key: str
     value: str
     tokens: list[int]
     target: int
+    probe: str = ""
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,7 @@ class PlantedSpan:
     value: str
     position: int  # token index of the span's first token in the document
     n_tokens: int
+    probe: str = ""  # the probe that planted it
 
     @property
     def end(self) -> int:
@@ -46,3 +49,7 @@ class Document:
     index: int
     tokens: list[int]
     spans: list[PlantedSpan]
+
+    def spans_of(self, probe: str) -> list[PlantedSpan]:
+        """The spans `probe` planted, in document order."""
+        return [s for s in self.spans if s.probe == probe]

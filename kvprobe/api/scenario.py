@@ -59,9 +59,10 @@ class Scenario:
     plan: PlanSpec = PlanSpec()
     prompt: PromptSpec = PromptSpec()
     sections: dict[str, Any] = field(default_factory=dict)  # the parser gives every probe's
-    # Sections of plug-in probes (name -> its probe): hashed only when the scenario runs that
-    # probe, so a scenario's sha256 does not change with the plug-ins installed.
-    plug_in_sections: dict[str, str] = field(default_factory=dict, compare=False)
+    # Sections hashed only when the scenario runs their probe (name -> its probe): those of every
+    # probe but the first built-in ones (Probe.hashed_always), so a scenario's sha256 does not
+    # change with the probes installed or added since.
+    optional_sections: dict[str, str] = field(default_factory=dict, compare=False)
 
     def spec(self, cls: type[T]) -> T:
         """The section whose dataclass is `cls`, typed (the probes' way to read their own)."""
@@ -71,13 +72,13 @@ class Scenario:
         raise KeyError(f"scenario has no {cls.__name__} section: is its probe registered?")
 
     def to_dict(self) -> dict[str, Any]:
-        """What the scenario hash covers: the built-in probes' sections always (so the hash of
-        a scenario does not change with the plug-ins installed), a plug-in's only when the
-        scenario runs it."""
+        """What the scenario hash covers: the sections of the first built-in probes always, any
+        other probe's only when the scenario runs it (so the hash of a scenario does not change
+        with the probes installed)."""
         kept = {
             name: value
             for name, value in self.sections.items()
-            if name not in self.plug_in_sections or self.plug_in_sections[name] in self.probes
+            if name not in self.optional_sections or self.optional_sections[name] in self.probes
         }
         out = {
             "name": self.name,

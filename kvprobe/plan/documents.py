@@ -45,7 +45,7 @@ def plant(
     lead: Sequence[int] | None = None,
 ) -> Document:
     """Copy filler tokens after `lead` (BOS, or the chat template's text before the user's
-    message; None: the tokenizer's BOS), inserting each span, in order, at the first sentence
+    message; None: the tokenizer's BOS), inserting each span, in target order, at the first sentence
     end after its target; returns exactly `length` tokens (spans that no longer fit are left
     out)."""
     # ~3.5 characters per token for English; ask for plenty and cut.
@@ -62,7 +62,9 @@ def plant(
             src += 1
         if len(out) + len(insert.tokens) > length:
             break
-        spans.append(PlantedSpan(doc_index, insert.key, insert.value, len(out), len(insert.tokens)))
+        spans.append(
+            PlantedSpan(doc_index, insert.key, insert.value, len(out), len(insert.tokens), insert.probe)
+        )
         out.extend(insert.tokens)
     while len(out) < length:
         if src >= len(filler):
@@ -87,6 +89,11 @@ def build_plan(
     extra = max((p.extra_document_tokens(scenario) for p in probes), default=0)
     docs = []
     for d in range(scenario.plan.documents):
-        inserts = [i for p in probes for i in p.inserts(tok, scenario, checkpoints, d, seed)]
+        # Several probes plant into one document: in target order (stable, so one probe's own
+        # order among equal targets is kept).
+        inserts = sorted(
+            (i for p in probes for i in p.inserts(tok, scenario, checkpoints, d, seed)),
+            key=lambda i: i.target,
+        )
         docs.append(plant(tok, scenario.haystack, d, ctx + extra, inserts, seed=seed, lead=lead))
     return checkpoints, docs

@@ -19,7 +19,6 @@ from kvprobe.api import (
     PromptSpec,
     Scenario,
     all_probes,
-    is_built_in,
     probe_names,
 )
 from kvprobe.errors import UserError, did_you_mean
@@ -163,8 +162,8 @@ def parse_scenario(data: dict[str, Any], source: str) -> Scenario:
             raise bad(source, key, f"is unknown (allowed: {allowed})")
     top.setdefault("name", Path(source).stem)
     top.setdefault("probes", [p.name for p in all_probes() if p.by_default])
-    plug_ins = {name: p.name for p in all_probes() if not is_built_in(p) for name in p.sections}
-    scenario = Scenario(**top, sections=probe_owned, plug_in_sections=plug_ins)
+    optional = {name: p.name for p in all_probes() if not p.hashed_always for name in p.sections}
+    scenario = Scenario(**top, sections=probe_owned, optional_sections=optional)
     _validate(source, scenario)
     return scenario
 

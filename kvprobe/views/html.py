@@ -13,6 +13,7 @@ from kvprobe.display import html_text
 from kvprobe.plan.prompt import describe
 from kvprobe.views.decision import decision_html, frontier_figure
 from kvprobe.views.figures import Figure, LineFigure, render
+from kvprobe.views.probes import probe_table_html
 from kvprobe.views.terminal import matrix_rows
 
 STYLE = """
@@ -96,6 +97,7 @@ def result_sections(result: dict[str, Any]) -> str:
             f"{len(result.get('missing') or [])} units were not measured.</p>"
         )
     parts.append(decision_html(result))
+    parts.append(probe_table_html(result))
     if (figure := frontier_figure(result)) is not None:
         parts.append(_img(figure))
     sentences = (result.get("verdict") or {}).get("sentences") or []

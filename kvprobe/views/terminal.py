@@ -12,6 +12,7 @@ from kvprobe.api import MatrixColumn, all_probes
 from kvprobe.display import plain
 from kvprobe.plan.prompt import describe
 from kvprobe.views.decision import print_decision, print_folklore
+from kvprobe.views.probes import print_probe_table
 
 
 def print_run_report(result: dict[str, Any], console: Console) -> None:
@@ -22,6 +23,7 @@ def print_run_report(result: dict[str, Any], console: Console) -> None:
     for probe in all_probes():
         for renderable in probe.tables(result):
             console.print(renderable)
+    print_probe_table(result, console)
     timing = result["timing"]
     ratio = timing["tokens_evaluated"] / max(1, timing["naive_tokens"])
     console.print(

@@ -268,6 +268,7 @@ class DivergenceProbe(Probe):
     sections: ClassVar[dict[str, type]] = {"divergence": DivergenceSpec}
     has_section = True
     summary_label = "divergence curve"
+    hashed_always = True
 
     @property
     def metrics(self) -> tuple[Metric, ...]:

@@ -210,7 +210,7 @@ def needle_inserts(
     longest = max(len(t) for t in needle_tokens)
     targets = needle_targets(checkpoints, spec.per_segment, margin=longest + 48, rng=rng)
     return [
-        Insert(k, v, toks, target)
+        Insert(k, v, toks, target, probe="needle")
         for (k, v), toks, target in zip(keys_values, needle_tokens, targets[: len(keys_values)], strict=False)
     ]
 
@@ -227,7 +227,7 @@ def items_at(document: Document, length: int) -> list[NeedleItem]:
             depth=round(n.position / length, 4),
             distance=length - n.end,
         )
-        for n in document.spans
+        for n in document.spans_of("needle")
         if n.end <= length
     ]
 
@@ -258,8 +258,8 @@ def build_classic_cells(
                 target = max(1, min(int(depth * length), length - len(ntoks) - 48))
                 while True:
                     doc = plant(
-                        tok, scenario.haystack, rep, length, [Insert(key, value, ntoks, target)], seed=seed,
-                        lead=lead,
+                        tok, scenario.haystack, rep, length,
+                        [Insert(key, value, ntoks, target, probe="needle")], seed=seed, lead=lead,
                     )  # fmt: skip
                     # The next sentence end may lie past the prompt's end: move the target earlier.
                     if doc.spans or target <= 1:

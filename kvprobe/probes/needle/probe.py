@@ -205,6 +205,7 @@ class NeedleProbe(Probe):
     sections: ClassVar[dict[str, type]] = {"needle": NeedleSpec, "classic": ClassicSpec}
     modes = ("onepass", "classic")
     summary_label = "needle summary"
+    hashed_always = True
 
     @property
     def metrics(self) -> tuple[Metric, ...]:

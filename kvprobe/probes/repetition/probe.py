@@ -151,6 +151,7 @@ class RepetitionProbe(Probe):
     order = 1
     sections: ClassVar[dict[str, type]] = {"repetition": RepetitionSpec}
     summary_label = "repetition summary"
+    hashed_always = True
 
     @property
     def metrics(self) -> tuple[Metric, ...]:

@@ -1,0 +1,1 @@
+"""Shared parts of the question probes: asking planted facts back, their rows, tables and schema."""

@@ -1,0 +1,89 @@
+"""What the question probes plant: words, codes and numbers drawn without repeats from a seeded
+stream, and where the spans of each group aim within a checkpoint segment. Pure functions."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Sequence
+
+from kvprobe.errors import UserError
+
+# Concrete, common words: most are one token in the tokenizers of small models, and none is a
+# number, so an answer made of them is told apart from a planted value.
+NOUNS = (
+    "apple anchor badger basket beacon bottle bridge candle canyon carpet castle cedar cherry "
+    "cobalt comet copper cotton crystal dagger desert dolphin dragon eagle ember falcon feather "
+    "forest fossil garden glacier granite harbor hammer helmet island jacket jungle kettle ladder "
+    "lantern lemon magnet marble meadow mirror monkey needle orchid otter paddle pepper pillow "
+    "planet pocket quartz rabbit ribbon river rocket saddle salmon shadow silver spider spruce "
+    "statue stone sugar thunder tiger timber tomato tunnel velvet violin walnut willow window "
+    "winter wizard zebra"
+).split()
+PLACES = (
+    "harbour orchard market quarry library bakery station museum garage chapel workshop "
+    "lighthouse greenhouse warehouse observatory pharmacy brewery foundry stable armoury "
+    "boathouse dairy gallery laundry mill pantry smithy tannery vineyard courthouse"
+).split()
+LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+HEX = "0123456789abcdef"
+
+
+def distinct(
+    n: int, make: Callable[[random.Random], str], rng: random.Random, what: str, capacity: int
+) -> list[str]:
+    """`n` different strings from `make`; a plan that needs more than exist is refused."""
+    if n > capacity:
+        raise UserError(
+            f"the plan needs {n:,} distinct {what}, but only {capacity:,} exist: plant fewer per segment"
+        )
+    out: list[str] = []
+    seen: set[str] = set()
+    while len(out) < n:
+        value = make(rng)
+        if value not in seen:
+            seen.add(value)
+            out.append(value)
+    return out
+
+
+def value_count(digits: int) -> int:
+    """How many numbers of `digits` digits there are."""
+    return int(9 * 10 ** (digits - 1))
+
+
+def number(digits: int) -> Callable[[random.Random], str]:
+    return lambda rng: str(rng.randint(10 ** (digits - 1), 10**digits - 1))
+
+
+def pair_of_words(rng: random.Random) -> str:
+    """A key such as "amber-falcon": two nouns (RULER's keys are word pairs too)."""
+    return "-".join(rng.sample(NOUNS, 2))
+
+
+PAIRS_OF_WORDS = len(NOUNS) * (len(NOUNS) - 1)
+
+
+def group_targets(
+    checkpoints: list[int], sizes: Sequence[int], margin: int, rng: random.Random
+) -> list[list[int]]:
+    """Where each group's spans aim (`sizes`: every group's span count, the first segment's
+    groups first): for every checkpoint segment, its groups' spans spread evenly over the
+    segment (jittered, the groups interleaved at random), each group's targets in order. Groups
+    of segments too short to hold them get no targets (an empty list)."""
+    per_segment = len(sizes) // len(checkpoints)
+    out: list[list[int]] = []
+    start = 0
+    for segment, end in enumerate(checkpoints):
+        sizes_per_segment = sizes[segment * per_segment : (segment + 1) * per_segment]
+        n = sum(sizes_per_segment)
+        usable = end - margin - start
+        slots: list[int] = []
+        if usable > 2 * n:
+            step = usable / n
+            slots = [int(start + (i + 0.5) * step + rng.uniform(-0.3, 0.3) * step) for i in range(n)]
+        owners = [g for g, size in enumerate(sizes_per_segment) for _ in range(size)]
+        rng.shuffle(owners)
+        for g in range(len(sizes_per_segment)):
+            out.append(sorted(t for t, o in zip(slots, owners, strict=False) if o == g))
+        start = end
+    return out

@@ -1,0 +1,1 @@
+"""Multi-key needles with look-alike distractors (RULER niah_multikey)."""

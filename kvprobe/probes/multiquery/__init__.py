@@ -1,0 +1,1 @@
+"""Multi-query needles: one question names several keys (RULER niah_multiquery)."""

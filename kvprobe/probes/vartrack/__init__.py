@@ -1,0 +1,1 @@
+"""Variable tracking: chains of assignments, asked which variables hold a value (RULER vt)."""

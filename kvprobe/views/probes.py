@@ -1,0 +1,87 @@
+"""The table of probes side by side (kvprobe.stats.by_probe), in the terminal and on the page:
+one row per probe and test configuration. Shown where a run has two probes or more to compare."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from kvprobe.api import by_name
+from kvprobe.display import html_text, plain
+from kvprobe.stats.by_probe import probe_rows
+
+HEADER = [
+    "probe", "config", "n", "reference accuracy", "Δ accuracy", "reference log-prob",
+    "Δ answer log-prob [95%]", "effective context", "loss from", "z²/min",
+]  # fmt: skip
+
+
+def _split(metrics: dict[str, Any]) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """The pass/fail metric and the continuous one of a probe's row."""
+    binary = next((v for k, v in metrics.items() if by_name(k).binary), None)
+    finer = next((v for k, v in metrics.items() if not by_name(k).binary), None)
+    return binary, finer
+
+
+def _ctx(value: int | None) -> str:
+    return f"{value:,}" if value is not None else "none"
+
+
+def probe_cells(result: dict[str, Any]) -> list[list[str]]:
+    rows = probe_rows(result)
+    if len({r["probe"] for r in rows}) < 2:
+        return []
+    cells = []
+    for r in rows:
+        acc, lp = _split(r["metrics"])
+        lp_ci = (
+            f"{lp['diff']:+.2f} [{lp['ci'][0]:+.2f}, {lp['ci'][1]:+.2f}]"
+            if lp and None not in lp["ci"]
+            else "-"
+        )
+        rate = lp.get("z2_per_minute") if lp else None
+        cells.append([
+            r["probe"], r["config"], str((lp or acc or {}).get("n", "-")),
+            f"{acc['reference']:.2f}" if acc else "-", f"{acc['diff']:+.2f}" if acc else "-",
+            f"{lp['reference']:+.2f}" if lp else "-", lp_ci,
+            _ctx(r["effective_context"]), _ctx(r["loss_from"]) if r["loss_from"] else "-",
+            f"{rate:.0f}" if rate is not None else "-",
+        ])  # fmt: skip
+    return cells
+
+
+def title(result: dict[str, Any]) -> str:
+    longest = max(result["run"]["checkpoints"])
+    return (
+        f"Probes side by side at {longest:,} tokens (paired against {result.get('baseline')}; effective "
+        "context and loss onset from each probe's own metrics; z²/min: the log-prob effect's evidence "
+        "per minute of the probe's run time)"
+    )
+
+
+def print_probe_table(result: dict[str, Any], console: Console) -> None:
+    cells = probe_cells(result)
+    if not cells:
+        return
+    table = Table(title=plain(title(result)))
+    for h in HEADER:
+        table.add_column(h, justify="left" if h in ("probe", "config") else "right")
+    for row in cells:
+        table.add_row(*(plain(c) for c in row))
+    console.print(table)
+
+
+def probe_table_html(result: dict[str, Any]) -> str:
+    cells = probe_cells(result)
+    if not cells:
+        return ""
+    e = html_text
+    return (
+        f"<h2>Probes side by side</h2><p>{e(title(result))}</p><table><tr>"
+        + "".join(f"<th>{e(h)}</th>" for h in HEADER)
+        + "</tr>"
+        + "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>" for row in cells)
+        + "</table>"
+    )
