@@ -177,11 +177,15 @@ def test_onset_finds_a_planted_drop() -> None:
     assert hits / n >= 0.90
 
 
+RULER = ("multikey", "multivalue", "multiquery", "vartrack", "aggregation", "nearduplicate")
+
+
 def test_metrics_table_names_what_it_pairs() -> None:
     assert {(m.probe, m.name) for m in paired_item_metrics()} == {
         ("needle", "accuracy"),
         ("needle", "answer_logprob"),
         ("repetition", "seq_rep_4"),
+        *((p, f"{p}_{m}") for p in RULER for m in ("accuracy", "logprob")),
     }
 
 

@@ -16,7 +16,14 @@ def test_every_metric_is_declared_once_with_what_its_users_need() -> None:
         if m.compared:
             assert m.lower_is_worse is not None, m.name  # compare must know which way is worse
             assert m.field is not None or m.source is not None, m.name
-    assert {m.name for m in paired_item_metrics()} == {"accuracy", "answer_logprob", "seq_rep_4"}
+    ruler = ("multikey", "multivalue", "multiquery", "vartrack", "aggregation", "nearduplicate")
+    question_metrics = {f"{p}_{m}" for p in ruler for m in ("accuracy", "logprob")}
+    assert {m.name for m in paired_item_metrics()} == {
+        "accuracy",
+        "answer_logprob",
+        "seq_rep_4",
+        *question_metrics,
+    }
     assert by_name("accuracy").margin == 0.05
     assert by_name("answer_logprob").margin == 0.25
 

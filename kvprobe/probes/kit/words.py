@@ -76,7 +76,9 @@ def group_targets(
     for segment, end in enumerate(checkpoints):
         sizes_per_segment = sizes[segment * per_segment : (segment + 1) * per_segment]
         n = sum(sizes_per_segment)
-        usable = end - margin - start
+        # The last tenth stays free too: a span lands at the first sentence end after its aim,
+        # and a group with a span past the checkpoint is asked only at the next one.
+        usable = int((end - start) * 0.9) - margin
         slots: list[int] = []
         if usable > 2 * n:
             step = usable / n
