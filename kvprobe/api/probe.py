@@ -169,8 +169,9 @@ class Probe:
     modes: ClassVar[tuple[str, ...]] = ("onepass",)  # run modes it measures in
     has_section: ClassVar[bool] = False  # the result file has a top-level section named after it
     summary_label: ClassVar[str] = ""  # what a failed summary is called in statistics.errors
-    # Its sections are hashed into every scenario's sha256, run or not: only the probes whose
-    # sections were hashed so before others existed (every other probe's only where it runs).
+    # Its sections are hashed into every scenario's sha256 and its margins listed in every
+    # verdict, run or not: only the probes that were so before others existed (every other
+    # probe's only where it runs).
     hashed_always: ClassVar[bool] = False
 
     @property

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from importlib.metadata import entry_points
 
 from kvprobe.api.metric import Metric
@@ -133,9 +133,16 @@ def compared_metrics() -> tuple[str, ...]:
     return tuple(m.name for m in metric_table() if m.compared)
 
 
-def margins() -> dict[str, float]:
-    """The default equivalence margin of every metric that has one."""
-    return {m.name: m.margin for m in metric_table() if m.margin is not None}
+def margins(ran: Collection[str] | None = None) -> dict[str, float]:
+    """The default equivalence margin of every metric that has one; with `ran`, only of the
+    metrics of those probes and of the first ones (`Probe.hashed_always`), which every verdict
+    has always listed."""
+    always = {p.name for p in all_probes() if p.hashed_always}
+    return {
+        m.name: m.margin
+        for m in metric_table()
+        if m.margin is not None and (ran is None or m.probe in always or m.probe in ran)
+    }
 
 
 def lower_is_worse(name: str) -> bool:

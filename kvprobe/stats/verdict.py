@@ -192,8 +192,12 @@ def config_verdict(
 
 
 def _margin_owners() -> str:
-    """The probes whose metrics have equivalence margins, in words: "needle and divergence"."""
-    owners = list(dict.fromkeys(m.probe for m in metric_table() if m.margin is not None))
+    """The first probes (hashed_always) whose metrics have equivalence margins, in words: "needle
+    and divergence" (the suggestion to a run that measured none)."""
+    default = {p.name for p in all_probes() if p.hashed_always}
+    owners = list(
+        dict.fromkeys(m.probe for m in metric_table() if m.margin is not None and m.probe in default)
+    )
     return ", ".join(owners[:-1]) + " and " + owners[-1] if len(owners) > 1 else "".join(owners)
 
 
@@ -448,7 +452,9 @@ def build_verdict(
     baseline = result.get("baseline")
     if baseline is None:
         return None
-    used = dict(margins()) | dict(margin or {})
+    # The margins of the probes that ran (a file lists no margin of a probe it never measured).
+    ran = ((result.get("scenario") or {}).get("spec") or {}).get("probes")
+    used = dict(margins(ran)) | dict(margin or {})
     onsets, spans = position_evidence(result)
     checkpoints = (result.get("run") or {}).get("checkpoints") or []
     per_config = {
