@@ -191,6 +191,8 @@ def test_default_scenario_documents_are_unchanged_by_the_new_probes(tiny_model: 
         ("nearduplicate", "duplicates", 9, "between 2 and 8"),
         ("multiquery", "query", "no keys", "must contain {keys}"),
         ("multivalue", "values", 1, "between 2 and 8"),
+        ("multikey", "template", "{key} is {value} {oops}.", "unknown placeholder or a stray brace"),
+        ("vartrack", "query", "value {value} count {count} {", "unknown placeholder or a stray brace"),
     ],
 )
 def test_bad_sections_are_refused_in_one_line(section: str, key: str, value: Any, words: str) -> None:

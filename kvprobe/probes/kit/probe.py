@@ -31,6 +31,7 @@ from kvprobe.api import (
 from kvprobe.display import plain
 from kvprobe.errors import UserError
 from kvprobe.plan.documents import default_checkpoints
+from kvprobe.plan.scenario import bad
 from kvprobe.probes.kit import schema as kit_schema
 from kvprobe.probes.kit.questions import GENERATE_CAP, MAX_FORKS, Question, QuestionRun, complete_groups
 from kvprobe.probes.rows import mean_row, rate_row
@@ -40,6 +41,10 @@ if TYPE_CHECKING:
 
     from kvprobe.api import Document, Figure, Scenario
     from kvprobe.result.blocks import Schema
+
+
+# Every name a question probe's templates fill in (each probe checks which it needs).
+PLACEHOLDERS = ("key", "value", "keys", "count", "tally", "word", "book", "ordinal")
 
 
 def item_key(it: Row) -> tuple[Any, ...]:
@@ -96,7 +101,16 @@ class QuestionProbe(Probe):
         )  # fmt: skip
 
     def validate(self, scenario: Scenario, source: str) -> None:
-        self.check_spec(scenario.spec(self.spec_type), source)
+        spec: Any = scenario.spec(self.spec_type)
+        for name, value in vars(spec).items():  # a template with a stray brace fails here, not mid-run
+            if isinstance(value, str):
+                try:
+                    value.format(**dict.fromkeys(PLACEHOLDERS, "x"))
+                except (KeyError, IndexError, ValueError) as exc:
+                    raise bad(
+                        source, f"{self.name}.{name}", f"has an unknown placeholder or a stray brace ({exc})"
+                    ) from None
+        self.check_spec(spec, source)
 
     def check_run(
         self, scenario: Scenario, *, mode: str, ctx: int, baseline: str | None, null_check: bool
