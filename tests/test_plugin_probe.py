@@ -186,7 +186,8 @@ def test_unknown_probe_names_get_a_did_you_mean(echo: Probe, tmp_path: Path) -> 
     with pytest.raises(
         UserError,
         match=r"unknown probe 'needel' \(did you mean needle\?\) "
-        r"\(known: needle, repetition, divergence, echo\)",
+        r"\(known: needle, repetition, divergence, multikey, multivalue, multiquery, vartrack, aggregation, "
+        r"nearduplicate, echo\)",
     ):
         load_scenario(str(path))
 

@@ -15,6 +15,8 @@ from kvprobe.stats.verdict import checkpoint_tests, equivalence
 
 Row = dict[str, Any]
 Z_95 = 1.959964  # a 95% interval spans ±1.96 standard errors
+# What a paired row must hold to take part (a file may hold less: the table then leaves it out).
+PAIRED_FIELDS = {"probe", "metric", "ctx", "diff", "ci", "baseline_value", "n", "p_holm"}
 
 
 def z_score(diff: float, ci: Sequence[float | None]) -> float | None:
@@ -50,7 +52,11 @@ def probe_rows(result: Mapping[str, Any]) -> list[Row]:
             continue
         seconds = _probe_seconds(result, probe.name)
         for config in tests_of:
-            paired = [r for r in verdict["configs"][config].get("paired", []) if r["probe"] == probe.name]
+            paired = [
+                r
+                for r in (verdict["configs"][config] or {}).get("paired") or []
+                if r.get("probe") == probe.name and set(r) >= PAIRED_FIELDS and None not in r["ci"]
+            ]
             if not paired:
                 continue
             longest = max(r["ctx"] for r in paired)

@@ -53,7 +53,7 @@ def probe_cells(result: dict[str, Any]) -> list[list[str]]:
 
 
 def title(result: dict[str, Any]) -> str:
-    longest = max(result["run"]["checkpoints"])
+    longest = max(result["run"]["checkpoints"], default=0)
     return (
         f"Probes side by side at {longest:,} tokens (paired against {result.get('baseline')}; effective "
         "context and loss onset from each probe's own metrics; z²/min: the log-prob effect's evidence "
