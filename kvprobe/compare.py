@@ -183,6 +183,22 @@ def numerics_notes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     return []
 
 
+def early_stop_notes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """Configurations --until-decided stopped in either file: compared on less than the run."""
+    notes = []
+    for label, doc in (("old", old), ("new", new)):
+        stops = ((doc.get("run") or {}).get("until_decided") or {}).get("stopped") or {}
+        for config, stop in stops.items():
+            what = f"worse at {stop['ctx']:,} tokens" if stop["status"] == "worse" else "equivalent"
+            looks = (doc["run"]["until_decided"] or {}).get("looks", "?")
+            notes.append(
+                f"{label}: {config} was stopped once decided {what} (--until-decided, after "
+                f"{stop['look']} of {looks} documents): it is compared only on the checkpoints and items "
+                "both files measured"
+            )
+    return notes
+
+
 def _item_values(doc: dict[str, Any], metric: Metric, config: str) -> dict[int, dict[tuple[Any, ...], float]]:
     out: dict[int, dict[tuple[Any, ...], float]] = defaultdict(dict)
     for it in doc["items"]:
@@ -292,7 +308,7 @@ def _compare(
     return {
         "paired": paired,
         "pairing": reason,
-        "notes": numerics_notes(old, new),
+        "notes": numerics_notes(old, new) + early_stop_notes(old, new),
         "configs": [list(p) for p in pairs],
         "unmatched": {"old": unmatched_old, "new": unmatched_new},
         "test_configs_compared": [

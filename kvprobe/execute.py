@@ -18,12 +18,12 @@ from typing import Any
 from rich.console import Console
 
 from kvprobe import __version__, engine
-from kvprobe.api import RAW_FRAME
+from kvprobe.api import RAW_FRAME, margins
 from kvprobe.cache_types import ConfigId
 from kvprobe.display import plain
 from kvprobe.errors import Interrupted, UserError
 from kvprobe.kernel_check import KernelDecision, check_models, fallback_message
-from kvprobe.pace import Pace, StepShape, unscored_feed_cost
+from kvprobe.pace import Pace, StepShape, format_duration, unscored_feed_cost
 from kvprobe.paths import OutputLock
 from kvprobe.plan.prompt import describe, framing_key, prompt_record
 from kvprobe.provenance import host_info
@@ -42,7 +42,10 @@ from kvprobe.result.journal import (
 from kvprobe.result.records import RunOutcome
 from kvprobe.result.store import write_result
 from kvprobe.runner import Runner, run_probes
+from kvprobe.stats.equivalence import WORSE
+from kvprobe.stats.sequential import Design
 from kvprobe.stats.verdict import reference_checks
+from kvprobe.until_decided import Stopped, UntilDecided
 from kvprobe.views.pictures import write_pictures
 from kvprobe.views.progress import RunProgress
 from kvprobe.views.terminal import print_run_report
@@ -189,6 +192,8 @@ def run_identity(request: RunRequest, infos: list[dict[str, Any]], kernels: Kern
         "n_threads": request.threads or os.cpu_count(),
         # Groups give the same numbers on CPU, but a journal's units belong to its groups.
         **({"max_contexts": request.max_contexts} if request.max_contexts is not None else {}),
+        # A run that stops configurations once decided journals fewer rows per unit.
+        **({"until_decided": True} if request.until_decided else {}),
     }
 
 
@@ -311,8 +316,9 @@ def execute_run(
             baseline = str(replace(ConfigId.parse(baseline), weights="ref"))
         runner = Runner(loaded[0], request.scenario, request.settings, baseline, request.null_check)
         outcome = run_with_progress(
-            runner, request, console, models=models, done=done, on_unit=on_unit, budget_start=budget_start
-        )
+            runner, request, console, models=models, done=done, on_unit=on_unit, budget_start=budget_start,
+            baseline=baseline,
+        )  # fmt: skip
         runtime = runtime_record(request, kernels, loaded, outcome)
     return RunExecution(outcome, baseline, runtime)
 
@@ -349,14 +355,20 @@ def run_with_progress(
     done: dict[UnitKey, Unit] | None,
     on_unit: Callable[[Unit], None] | None,
     budget_start: float | None,
+    baseline: str | None = None,
 ) -> RunOutcome:
     """run_probes under the progress display, each unit passed on as it finishes, none started
-    past the time budget."""
+    past the time budget; with --until-decided, each configuration measured until decided."""
     n_runs = len(request.configs) * len(request.model_paths)
     groups = runner.set_groups(n_runs, request.max_contexts)
     pace = run_pace(runner, request, groups)
     time_budget = request.time_budget
     with RunProgress(console, runner.planned_tokens(n_runs), pace, runner.unit_keys()) as shown:
+        decider = (
+            deciding(runner, request, baseline, models, shown=shown, groups=groups)
+            if request.until_decided and baseline is not None
+            else None
+        )
         started = budget_start if budget_start is not None else time.monotonic()
 
         def finished(unit: Unit) -> None:
@@ -374,7 +386,60 @@ def run_with_progress(
         return run_probes(
             runner, request.configs, shown.advance, models=models, done=done, on_unit=finished,
             may_start=may_start if time_budget is not None else None, max_contexts=request.max_contexts,
+            decider=decider,
         )  # fmt: skip
+
+
+def deciding(
+    runner: Runner,
+    request: RunRequest,
+    baseline: str,
+    models: dict[str, engine.Model] | None,
+    *,
+    shown: RunProgress,
+    groups: list[list[int]],
+) -> UntilDecided:
+    """--until-decided's rule for this run: looks after each of the plan's documents, position
+    evidence from the look where every scored document has passed; each configuration stopped
+    is said with the decode time it saves (the pace's prediction for what it would have run)."""
+    ids = (
+        [str(ConfigId.of(c, label)) for label in models for c in request.configs]
+        if models
+        else [str(ConfigId.of(c)) for c in request.configs]
+    )
+    group_of = {ids[i]: g for g, members in enumerate(groups) for i in members}
+    scored = max((n.logit_documents for n in runner.needs.values()), default=0)
+    looks = max(1, len(runner.documents))
+    design = Design(looks=looks, evidence_look=min(max(scored, 1), looks) - 1)
+    checkpoints = runner.checkpoints
+
+    def said(stop: Stopped, before: int) -> None:
+        group = group_of.get(stop.config, 0)
+        spared = [k for k in shown.left if k[2] == group and stop.step <= k[1] < before]
+        # One context's share of each unit it leaves (a unit's time is taken as proportional to them).
+        shares = [(shown.pace.predict(d, s, g), shown.pace.contexts(g, s)) for d, s, g in spared]
+        stop.saved_s = sum(p / n for p, n in shares if p is not None)
+        members = [c for c, g in group_of.items() if g == group and c in rule[0].limits]
+        shown.drop(group, stop.step, before, skip_from=max(rule[0].limits[c] for c in members))
+        what = (
+            f"decided worse at {stop.ctx:,} tokens"
+            if stop.status == WORSE
+            else f"decided equivalent at every checkpoint up to {stop.ctx:,}"
+        )
+        where = "the rest of the run" if stop.step == 0 else f"checkpoints from {checkpoints[stop.step]:,} on"
+        docs = f"{looks} document{'' if looks == 1 else 's'}"
+        shown.console.print(
+            f"until decided: {stop.config} {what} after {stop.look} of {docs}; dropped from {where}, "
+            f"saving about {format_duration(stop.saved_s)}",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
+
+    used = dict(margins(request.scenario.probes)) | dict(request.margins)
+    tested = [c for c in ids if c != baseline]
+    rule = [UntilDecided(design, baseline, tested, checkpoints, used, request.settings.seed, said)]
+    return rule[0]
 
 
 def runtime_record(
@@ -426,6 +491,7 @@ def assemble_run(
             "checkpoints": outcome.checkpoints,
             "chunk": outcome.chunk,
             "null_check": request.null_check,
+            **({"until_decided": outcome.until_decided} if outcome.until_decided is not None else {}),
         },
         warnings=request.warnings,
     )

@@ -72,6 +72,16 @@ class Pace:
         self.unscored_feed = unscored_feed
         self.group_sizes = list(group_sizes)
         self.seen: dict[tuple[int, bool], list[UnitTime]] = {}  # (step, scored) -> times per context
+        self.dropped: list[tuple[int, int, int]] = []  # (group, from step, to step): a context fewer
+
+    def drop(self, group: int, step: int, before: int) -> None:
+        """One context of `group` is fed no more at steps step .. before - 1 (--until-decided)."""
+        self.dropped.append((group, step, before))
+
+    def contexts(self, group: int, step: int) -> int:
+        """Contexts fed at this step of a unit of `group`."""
+        fewer = sum(1 for g, lo, hi in self.dropped if g == group and lo <= step < hi)
+        return max(1, self.group_sizes[group] - fewer)
 
     def observe(
         self,
@@ -83,7 +93,7 @@ class Pace:
         *,
         group: int = 0,
     ) -> None:
-        n = self.group_sizes[group]
+        n = self.contexts(group, step)
         self.seen.setdefault((step, doc in self.scored_docs), []).append(
             UnitTime(seconds / n, feed_s / n, reduce_s / n)
         )
@@ -102,7 +112,7 @@ class Pace:
     def predict(self, doc: int, step: int, group: int = 0) -> float | None:
         """Seconds for unit (doc, step, group); None before any unit has been seen."""
         per_context = self._predict(doc, step)
-        return per_context * self.group_sizes[group] if per_context is not None else None
+        return per_context * self.contexts(group, step) if per_context is not None else None
 
     def _predict(self, doc: int, step: int) -> float | None:
         scored = doc in self.scored_docs

@@ -45,3 +45,4 @@ class RunRequest:
     page: Path | None  # the HTML page to write beside the result
     margins: dict[str, float]  # equivalence margins the verdict uses (--margin)
     time_budget: float | None  # seconds (--time-budget), counted from the command's start
+    until_decided: bool = False  # --until-decided: stop each configuration once decided

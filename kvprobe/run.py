@@ -314,6 +314,27 @@ def check_probes(scenario: Scenario, *, mode: str, ctx: int, baseline: str | Non
         probe.check_run(scenario, mode=mode, ctx=ctx, baseline=baseline, null_check=null_check)
 
 
+def check_until_decided(
+    args: argparse.Namespace, scenario: Scenario, configs: list[CacheConfig], baseline: str | None
+) -> bool:
+    """Whether the run stops each configuration once decided (--until-decided, else the
+    scenario's plan.until_decided), and that it can: a reference to decide against, a
+    configuration to test, one pass."""
+    given = getattr(args, "until_decided", None)
+    wanted = bool(scenario.plan.until_decided if given is None else given)
+    if not wanted:
+        return False
+    where = "--until-decided" if given else f"the scenario's plan.until_decided ({scenario.name})"
+    if args.mode != "onepass":
+        raise UserError(f"{where} needs --mode onepass (classic mode has no documents to look after)")
+    if baseline is None or len(configs) < 2:
+        raise UserError(
+            f"{where} needs a reference and a cache type to test against it, e.g. --cache q4_0 "
+            "(f16 is the reference); or run with --no-until-decided"
+        )
+    return True
+
+
 def run_warnings(
     ctx: int, facts: list[dict[str, Any]], configs: list[CacheConfig], gpu_layers: int
 ) -> list[str]:
@@ -343,6 +364,7 @@ def validate_run(args: argparse.Namespace) -> RunRequest:
     check_flash_attn(configs, not args.no_flash_attn)
     model_paths = run_models(args, configs, baseline)
     check_probes(scenario, mode=args.mode, ctx=args.ctx, baseline=baseline, null_check=args.null_check)
+    until_decided = check_until_decided(args, scenario, configs, baseline)
     facts = [read_facts(p) for p in model_paths]  # checks the files are GGUF before llama.cpp sees them
     gpu_layers = args.gpu_layers if args.gpu_layers is not None else (-1 if can_offload() else 0)
     memory, max_contexts = estimate_memory(
@@ -374,5 +396,5 @@ def validate_run(args: argparse.Namespace) -> RunRequest:
         gpu_layers=gpu_layers, out_path=out_path, created=created, settings=settings,
         null_check=args.null_check, margins=margins, threads=args.threads, no_repack=args.no_repack,
         warnings=warnings, memory=memory, max_contexts=max_contexts, page=page,
-        time_budget=getattr(args, "time_budget", None),
+        time_budget=getattr(args, "time_budget", None), until_decided=until_decided,
     )  # fmt: skip

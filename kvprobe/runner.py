@@ -22,6 +22,7 @@ from kvprobe.plan.scenario import Scenario
 from kvprobe.request import RunSettings
 from kvprobe.result.journal import Unit, UnitKey, key_json
 from kvprobe.result.records import RunOutcome
+from kvprobe.until_decided import UntilDecided
 
 Progress = Callable[[int, str], None]  # (tokens just evaluated, what is running)
 
@@ -37,6 +38,7 @@ class _GroupWork:
     may_start: Callable[[UnitKey], bool] | None
     group: int
     repeats: frozenset[str]
+    decider: UntilDecided | None = None
 
 
 class Runner:
@@ -79,6 +81,7 @@ class Runner:
         self.runs: dict[str, ProbeRun] = {p.name: p.start(setup) for p in self.probes}
         self.needs = {p.name: p.needs(scenario, mode=settings.mode) for p in self.probes}
         self.units: list[Unit] = []  # finished units, in run order (run_all fills it)
+        self.skipped: set[UnitKey] = set()  # units --until-decided left out: nothing to measure
         self.n_groups = 1  # configuration groups the run goes in (run_probes sets it)
         self.stopped: str | None = None
         self.refeed_tokens, self.refeed_s = 0, 0.0
@@ -160,6 +163,7 @@ class Runner:
         may_start: Callable[[UnitKey], bool] | None = None,
         group: int = 0,
         repeats: frozenset[str] = frozenset(),
+        decider: UntilDecided | None = None,
     ) -> list[Row]:
         """Evaluate every configuration in `contexts` (configuration group `group`). Documents
         advance checkpoint by checkpoint in all contexts at once, so a probe that reads logits
@@ -174,12 +178,15 @@ class Runner:
 
         `repeats` are configurations measured in an earlier group (the reference, fed again so
         the others have its logits): they are fed, but give no rows. Group 0 starts afresh;
-        a later group adds its units to the earlier groups'."""
+        a later group adds its units to the earlier groups'.
+
+        With a `decider` (--until-decided), a configuration it has decided is fed and measured
+        no more at the steps it says; a unit with no test configuration left is skipped."""
         if group == 0:
-            self.units, self.stopped = [], None
+            self.units, self.stopped, self.skipped = [], None, set()
             self.refeed_tokens, self.refeed_s = 0, 0.0
             self.probe_work = {}
-        work = _GroupWork(contexts, progress, done or {}, on_unit, may_start, group, repeats)
+        work = _GroupWork(contexts, progress, done or {}, on_unit, may_start, group, repeats, decider)
         if self.settings.mode != "onepass":
             self._run_prompts(work)
         else:
@@ -196,12 +203,16 @@ class Runner:
         fed = {c: context for c, context in work.contexts.items() if readers or c not in work.repeats}
         if readers and null_context:
             fed[NULL_ROWS] = null_context
-        feeding, names = list(fed.values()), list(fed)
-        for context in feeding:
+        for context in fed.values():
             context.reset()
         steps = range(len(self.checkpoints))
         for step, length in enumerate(self.checkpoints):
             key = (document.index, step, work.group)
+            live = self._live(work, fed, step)
+            if not live:  # --until-decided: every test configuration decided up to here
+                self.skipped.update((document.index, later, work.group) for later in steps if later >= step)
+                return True
+            feeding, names = list(live.values()), list(live)
             segment = document.tokens[feeding[0].n_past : length]
             if key in work.done:
                 self._restore(work.done[key], work.progress, work.on_unit)
@@ -209,15 +220,40 @@ class Runner:
                     (document.index, later, work.group) not in work.done for later in steps if later > step
                 ):
                     self._refeed(feeding, segment)
+                self._decide(work, document.index)
                 continue
             if work.may_start is not None and not work.may_start(key):
                 self.stopped = "time budget"
                 return False
+            measured = {c: x for c, x in work.contexts.items() if c in live}
             self._measure_unit(
                 key, work, document=document, length=length, segment=segment, feeding=feeding, names=names,
-                readers=readers,
+                readers=readers, contexts=measured,
             )  # fmt: skip
+            self._decide(work, document.index)
         return True
+
+    def _live(self, work: _GroupWork, fed: dict[str, Context], step: int) -> dict[str, Context]:
+        """The contexts fed at `step`: all of `fed`, or with a decider those of the test
+        configurations it still measures there, with the reference (and the null check)
+        while any is; empty when none is."""
+        decider = work.decider
+        if decider is None:
+            return fed
+        tested = [c for c in fed if c in decider.limits]
+        if tested and not decider.live(tested, step):
+            return {}
+        return {c: x for c, x in fed.items() if c not in decider.limits or decider.active(c, step)}
+
+    def _decide(self, work: _GroupWork, doc: int) -> None:
+        """--until-decided: test again on everything measured so far (restored units too)."""
+        if work.decider is None:
+            return
+        evidence: dict[str, list[Row]] = {}
+        for run in self.runs.values():
+            for config, spans in run.evidence().items():
+                evidence.setdefault(config, []).extend(spans)
+        work.decider.after_unit(doc, [row for u in self.units for row in u.items], evidence)
 
     def _refeed(self, feeding: list[Context], segment: Sequence[int]) -> None:
         """Rebuild the lockstep state past a restored unit: the same segments, so the same batches."""
@@ -237,10 +273,11 @@ class Runner:
         feeding: list[Context],
         names: list[str],
         readers: list[ProbeRun],
+        contexts: dict[str, Context],
     ) -> None:
         """One unit: feed the segment up to checkpoint `length` in lockstep (the readers get
-        each chunk's logits), then every probe measures in every context of the group."""
-        contexts = work.contexts
+        each chunk's logits), then every probe measures in every context of `contexts` (the
+        group's, less those --until-decided dropped)."""
         started, evaluated = time.perf_counter(), sum(c.tokens_evaluated for c in feeding)
         what = f"doc {document.index} L={length}"
         reduce_s = [0.0]
@@ -395,6 +432,7 @@ def run_probes(
     on_unit: Callable[[Unit], None] | None = None,
     may_start: Callable[[UnitKey], bool] | None = None,
     max_contexts: int | None = None,
+    decider: UntilDecided | None = None,
 ) -> RunOutcome:
     """Evaluate every configuration (the runner's baseline first) on identical tokens.
 
@@ -407,7 +445,10 @@ def run_probes(
     With `max_contexts`, no more than that many contexts exist at once: the configurations go
     in groups (plan_groups), each fed the same documents with the same batches, the reference
     again in every group where a probe compares logits with it. Its rows come from the first
-    group only; on CPU every group's numbers equal a single group's."""
+    group only; on CPU every group's numbers equal a single group's.
+
+    With `decider` (--until-decided) configurations it has decided are measured no more, and
+    units with nothing left to measure are skipped: not missing, the run is complete."""
     model = runner.model
     runs: list[ConfigRun] = (
         [(ConfigId.of(c, label), m, c) for label, m in models.items() for c in configs]
@@ -420,7 +461,7 @@ def run_probes(
     for group, members in enumerate(groups):
         _run_group(
             runner, [runs[i] for i in members], group, totals, progress=progress, done=done, on_unit=on_unit,
-            may_start=may_start,
+            may_start=may_start, decider=decider,
         )  # fmt: skip
         if runner.stopped is not None:
             break
@@ -454,7 +495,8 @@ def run_probes(
         timing=timing,
         errors=errors,
         stopped=runner.stopped,
-        missing=[key_json(k) for k in runner.unit_keys() if k not in finished],
+        missing=[key_json(k) for k in runner.unit_keys() if k not in finished and k not in runner.skipped],
+        until_decided=decider.to_json() if decider is not None else None,
     )
 
 
@@ -468,6 +510,7 @@ def _run_group(
     done: Mapping[UnitKey, Unit] | None,
     on_unit: Callable[[Unit], None] | None,
     may_start: Callable[[UnitKey], bool] | None,
+    decider: UntilDecided | None = None,
 ) -> None:
     """One configuration group: its contexts opened (the null check's with the first group's),
     run, closed, and what they report added to `totals`. Ctrl-C stops the run, not the group's
@@ -483,7 +526,7 @@ def _run_group(
         try:
             runner.run_all(
                 contexts, progress, null_context, done=done, on_unit=on_unit, may_start=may_start,
-                group=group, repeats=repeats,
+                group=group, repeats=repeats, decider=decider,
             )  # fmt: skip
         except KeyboardInterrupt:
             runner.stopped = "interrupted"
@@ -546,12 +589,13 @@ def prefill_by_depth(units: list[Unit], checkpoints: list[int]) -> dict[str, lis
     position's logits were computed (for the divergence probe) count only where no other
     document reached that depth: computing all logits is slower, the same for every
     configuration, and not what llama.cpp does in prefill (`all_logits` says which)."""
-    plain = {u.step for u in units if u.prefill_s and not u.prefill_logits}
+    # per configuration: --until-decided may have stopped one before any unscored document
+    plain = {(c, u.step) for u in units if not u.prefill_logits for c in u.prefill_s}
     out: dict[str, dict[int, list[float]]] = {}
     for u in units:
-        if u.prefill_logits and u.step in plain:
-            continue
         for config, seconds in u.prefill_s.items():
+            if u.prefill_logits and (config, u.step) in plain:
+                continue
             acc = out.setdefault(config, {}).setdefault(u.step, [0.0, 0.0])
             acc[0] += u.prefill_tokens
             acc[1] += seconds
@@ -563,7 +607,7 @@ def prefill_by_depth(units: list[Unit], checkpoints: list[int]) -> dict[str, lis
                 "tokens": int(t),
                 "s": round(s, 3),
                 "tokens_per_s": round(t / s, 1) if s > 0 else None,
-                "all_logits": step not in plain,
+                "all_logits": (config, step) not in plain,
             }
             for step, (t, s) in sorted(steps.items())
         ]

@@ -152,6 +152,12 @@ class ProbeRun:
         """In-memory data the statistics read more precisely than the file (None: none)."""
         return None
 
+    def evidence(self) -> Mapping[str, list[Row]]:
+        """Per test configuration, the position spans measured so far (as
+        PositionEvidence.spans, one per checkpoint its data covers): what --until-decided tests
+        after every unit, the same the summary computes at the end. Default: none."""
+        return {}
+
     def section(self, errors: list[dict[str, str]]) -> Any:
         """The probe's own section of the result file, as measured (None: it has none). A
         statistic it computes while measuring is guarded into `errors` (kvprobe.errors.guarded)."""

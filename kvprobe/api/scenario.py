@@ -42,6 +42,8 @@ class PlanSpec:
     documents: int = 4
     checkpoints: list[int] = field(default_factory=list)  # empty: 1024, 2048, ... up to --ctx
     chunk: int = 512  # tokens per llama_decode call, identical for every configuration
+    # Stop measuring a configuration once decided (--until-decided, kvprobe.until_decided).
+    until_decided: bool = field(default=False, metadata=HASHED_IF_SET)
 
 
 T = TypeVar("T")
@@ -85,7 +87,7 @@ class Scenario:
             "description": self.description,
             "probes": list(self.probes),
             "haystack": asdict(self.haystack),
-            "plan": asdict(self.plan),
+            "plan": hashed(self.plan),
         }
         if hashed(self.prompt):
             out["prompt"] = hashed(self.prompt)

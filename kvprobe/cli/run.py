@@ -150,6 +150,13 @@ def add_output_options(run: Parser) -> None:
         metavar="TIME",
         help="end cleanly after the last whole unit that fits, e.g. 15m, 2h, 90s (resumable)",
     )
+    run.add_argument(
+        "--until-decided",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="measure a cache type no more once its decision is known (group-sequential tests that keep "
+        "the error rates) and end when every one is decided (default: the scenario's plan.until_decided)",
+    )
 
 
 def run_parser() -> argparse.ArgumentParser:

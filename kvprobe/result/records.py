@@ -26,3 +26,4 @@ class RunOutcome:
     stopped: str | None = None  # "interrupted" or "time budget" when the run ended early
     missing: list[list[int]] = field(default_factory=list)  # units not measured: [doc, step(, group)]
     prompt: dict[str, Any] = field(default_factory=dict)  # the prompt format that took effect
+    until_decided: dict[str, Any] | None = None  # --until-decided: its design and what it stopped

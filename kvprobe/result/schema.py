@@ -236,6 +236,39 @@ CONFIG = record(
 )
 
 
+UNTIL_DECIDED = record(
+    {
+        "method": STR,
+        "spending": text(enum=["obrien-fleming", "pocock"]),
+        "alpha_per_side": number(exclusiveMinimum=0, maximum=0.5),
+        "looks": integer(lo=1),
+        "evidence_look": integer(),
+        "z": listing(NUM),
+        "stopped": mapping(
+            record(
+                {
+                    "status": text(enum=["worse", "equivalent"]),
+                    "ctx": INT,
+                    "measured_steps": INT,
+                    "look": integer(lo=1),
+                    "saved_s": NUM,
+                },
+                ["status", "ctx", "measured_steps", "look"],
+            )
+        ),
+    },
+    ["method", "spending", "alpha_per_side", "looks", "evidence_look", "stopped"],
+)
+UNTIL_DECIDED_DOC = (
+    "with `--until-decided`: the group-sequential design the equivalence tests read (`method`, "
+    "`spending` (`obrien-fleming` or `pocock`), `alpha_per_side` 0.025, `looks` (one after each "
+    "document), `evidence_look` (the first look, 0-based, at which per-position evidence is final), `z` "
+    "(the one-sided boundary of each look)) and `stopped` {config: {`status` (`worse`: decided worse at "
+    "`ctx`, measured only below it from then on; `equivalent`: every checkpoint decided), `ctx`, "
+    "`measured_steps` (checkpoint steps it was still measured at: 0 = none), `look` (documents finished "
+    "when decided), `saved_s` (the decoding it did not spend, as the pace predicted)}}"
+)
+
 RUN = record(
     {
         "ctx": integer(lo=1, hi=MAX_CTX),
@@ -244,6 +277,7 @@ RUN = record(
         "checkpoints": listing(integer(lo=1), minItems=1),
         "chunk": integer(lo=1),
         "null_check": flag(),
+        "until_decided": {**UNTIL_DECIDED, "description": UNTIL_DECIDED_DOC},
     },
     ["ctx", "seed", "mode", "checkpoints"],
 )
@@ -325,6 +359,8 @@ EQUIVALENCE = record(
                     "significant_loss": flag(),
                     "items_needed": nullable(INT),
                     "tests": listing(ref("test")),
+                    "look": nullable(integer(lo=1)),
+                    "items_level": nullable(number(minimum=0, maximum=1)),
                 },
                 ["ctx", "status", "decided_by", "significant_loss", "tests"],
             )
@@ -447,7 +483,9 @@ VERDICT = record(
             "about how many items would decide at 80% power), `tests` [{`metric`, `value` (difference test "
             "− reference; for a bound, the value), `ci` (95%: bootstrap-t for continuous items (t below 10 "
             "items), Newcombe for pass/fail, block bootstrap for KL), `margin`, `kind` (`two-sided` or "
-            "`bound`), `status`, `n`, `p` (larger one-sided p, continuous only), `items_needed`}]}]}, "
+            "`bound`), `status`, `n`, `p` (larger one-sided p, continuous only), `items_needed`}], with "
+            "`--until-decided` also `look` (the document after which the checkpoint was decided, or its "
+            "last) and `items_level` (the confidence of the item intervals at that look)}]}, "
             "`effective_context` (the longest checkpoint up to which every checkpoint is equivalent, before "
             "the onset), `onset_accuracy`, `onset_logprob` (the shortest checkpoint from which the "
             "configuration is significantly worse than the baseline at every longer one: exact McNemar / "
@@ -460,6 +498,7 @@ VERDICT = record(
             "`baseline_value`, `diff`, `ci` (Newcombe for accuracy, bootstrap for means), `p_worse`, "
             "`p_holm`, `test`, `n`)}}",
         ),
+        "until_decided": nullable({**UNTIL_DECIDED, "description": UNTIL_DECIDED_DOC + " (from `run`)"}),
         "k_vs_v": listing(
             K_VS_V,
             "with `--split-kv`, per quantized type: `fault` (`K`, `V`, `both`, `neither`, `undecided`), "
@@ -550,7 +589,7 @@ RESULT_FIELDS: dict[str, Schema] = {
         **RUN,
         "description": "`ctx` (the `--ctx` asked for), `seed`, `mode` (`onepass` or `classic`), "
         "`checkpoints` (context lengths at which queries were asked), `chunk` (tokens per "
-        "`llama_decode`), `null_check` (whether `--null-check` was given)",
+        "`llama_decode`), `null_check` (whether `--null-check` was given), `until_decided` (see below)",
     },
     "prompt": record(
         {

@@ -31,6 +31,7 @@ MAX_ITEMS = 100_000  # "more than this" when the observed difference sits on the
 N_BOOT = 999
 Values = Sequence[float] | np.ndarray  # one value per item
 MIN_BOOT_ITEMS = 10  # fewer paired items: the t interval
+MIN_TAIL_RESAMPLES = 10  # a bootstrap quantile needs this many resamples beyond it
 MIN_ITEMS = 3  # fewer: never equivalent or worse (a zero-width interval from one item is no evidence)
 
 
@@ -65,7 +66,7 @@ def _status_two_sided(ci: tuple[float, float], margin: float, lower_is_worse: bo
 
 
 def items_to_decide(
-    diff: float, ci: tuple[float, float], n: int, margin: float, *, worse_side: bool
+    diff: float, ci: tuple[float, float], n: int, margin: float, *, worse_side: bool, level: float = LEVEL
 ) -> int | None:
     """About how many items (in all) would decide at 80% power, taking the observed difference
     as the truth and scaling the interval's half-width with 1/sqrt(n): equivalence when the
@@ -79,7 +80,7 @@ def items_to_decide(
         return None
     if n == 0:
         return None
-    z_level, z_power = stats.norm.isf((1 - LEVEL) / 2), stats.norm.isf(1 - POWER)
+    z_level, z_power = stats.norm.isf((1 - level) / 2), stats.norm.isf(1 - POWER)
     sigma = half * math.sqrt(n) / z_level  # per-item spread implied by the interval
     if sigma == 0:
         return n
@@ -115,11 +116,13 @@ def tost_continuous(
     lower_is_worse: bool = True,
     paired: bool = True,
     seed: int = 0,
+    level: float = LEVEL,
 ) -> Tost:
     """TOST of mean(test) - mean(reference) within ±margin. Paired: the studentized
     (bootstrap-t) 95% interval of the mean item difference, which follows the skew of the
-    differences (plain t below MIN_BOOT_ITEMS items or without spread); independent samples:
-    Welch t."""
+    differences (plain t below MIN_BOOT_ITEMS items or without spread, or at a level whose
+    tail the resamples cannot resolve); independent samples: Welch t. `level`: the interval's
+    confidence (a group-sequential look reads a wider one, kvprobe.stats.sequential)."""
     t, r = np.asarray(test, dtype=float), np.asarray(reference, dtype=float)
     boot = None
     if paired:
@@ -134,7 +137,9 @@ def tost_continuous(
         vr = float(r.var(ddof=1)) / len(r) if len(r) > 1 else 0.0
         se = math.sqrt(vt + vr)  # Welch
         df = (vt + vr) ** 2 / (vt**2 / max(len(t) - 1, 1) + vr**2 / max(len(r) - 1, 1)) if se > 0 else 1.0
-    half = (1 - LEVEL) / 2
+    half = (1 - level) / 2
+    if boot is not None and half * (N_BOOT + 1) < MIN_TAIL_RESAMPLES:
+        boot = None  # too few resamples beyond the quantile to place it: Student t
     p: float | None
     if n < MIN_ITEMS:  # too few items to claim anything: an interval of everything
         ci, p = (-math.inf, math.inf), 1.0
@@ -152,29 +157,35 @@ def tost_continuous(
         p = max(float(stats.t.sf((diff + margin) / se, df)), float(stats.t.cdf((diff - margin) / se, df)))
     status = _status_two_sided(ci, margin, lower_is_worse)
     worse_side = diff < 0 if lower_is_worse else diff > 0
-    needed = items_to_decide(diff, ci, n, margin, worse_side=worse_side) if status == UNDECIDED else None
+    needed = None
+    if status == UNDECIDED:
+        needed = items_to_decide(diff, ci, n, margin, worse_side=worse_side, level=level)
     return Tost(metric, diff, ci, margin, "two-sided", status, n, p, needed)
 
 
-def tost_binary(test: Values, reference: Values, margin: float, *, metric: str, paired: bool = True) -> Tost:
-    """TOST of the difference of two pass/fail rates within ±margin: the 95% Newcombe interval
-    (paired: method 10 with the phi correlation) inside the margin."""
+def tost_binary(
+    test: Values, reference: Values, margin: float, *, metric: str, paired: bool = True, level: float = LEVEL
+) -> Tost:
+    """TOST of the difference of two pass/fail rates within ±margin: the 95% (`level`)
+    Newcombe interval (paired: method 10 with the phi correlation) inside the margin."""
     t, r = np.asarray(test, dtype=float), np.asarray(reference, dtype=float)
     if paired:
         both = int(np.sum((t == 1) & (r == 1)))
         only_r = int(np.sum((t == 0) & (r == 1)))
         only_t = int(np.sum((t == 1) & (r == 0)))
         neither = int(np.sum((t == 0) & (r == 0)))
-        ci = newcombe_paired_interval(both, only_r, only_t, neither, confidence=LEVEL)
+        ci = newcombe_paired_interval(both, only_r, only_t, neither, confidence=level)
         n = len(t)
     else:
-        ci = newcombe_unpaired_interval(int(t.sum()), len(t), int(r.sum()), len(r), confidence=LEVEL)
+        ci = newcombe_unpaired_interval(int(t.sum()), len(t), int(r.sum()), len(r), confidence=level)
         n = min(len(t), len(r))
     diff = float(t.mean() - r.mean())
     if n < MIN_ITEMS:
         ci = (-math.inf, math.inf)
     status = _status_two_sided(ci, margin, lower_is_worse=True)
-    needed = items_to_decide(diff, ci, n, margin, worse_side=diff < 0) if status == UNDECIDED else None
+    needed = None
+    if status == UNDECIDED:
+        needed = items_to_decide(diff, ci, n, margin, worse_side=diff < 0, level=level)
     return Tost(metric, diff, ci, margin, "two-sided", status, n, None, needed)
 
 
@@ -205,10 +216,13 @@ def tost(
     lower_is_worse: bool = True,
     paired: bool = True,
     seed: int = 0,
+    level: float = LEVEL,
 ) -> Tost:
-    """The TOST that fits the data: Newcombe for pass/fail, bootstrap-t for continuous values."""
+    """The TOST that fits the data: Newcombe for pass/fail, bootstrap-t for continuous values;
+    `level` the interval's confidence."""
     if binary:
-        return tost_binary(test, reference, margin, metric=metric, paired=paired)
+        return tost_binary(test, reference, margin, metric=metric, paired=paired, level=level)
     return tost_continuous(
-        test, reference, margin, metric=metric, lower_is_worse=lower_is_worse, paired=paired, seed=seed
-    )
+        test, reference, margin, metric=metric, lower_is_worse=lower_is_worse, paired=paired, seed=seed,
+        level=level,
+    )  # fmt: skip

@@ -31,8 +31,9 @@ from kvprobe.stats.analysis import (
     paired_values,
 )
 from kvprobe.stats.decision import decide
-from kvprobe.stats.equivalence import EQUIVALENT, UNDECIDED, WORSE, Tost, bound_test, tost
+from kvprobe.stats.equivalence import EQUIVALENT, LEVEL, UNDECIDED, WORSE, Tost, bound_test, tost
 from kvprobe.stats.inference import difference_test
+from kvprobe.stats.sequential import Design
 from kvprobe.stats.weights_vs_kv import weights_vs_kv
 from kvprobe.stats.words import diff_text, fmt_p, items_text, metric_words, tost_text
 
@@ -61,10 +62,12 @@ def checkpoint_tests(
     margin: Mapping[str, float],
     *,
     seed: int = 0,
+    level: float = LEVEL,
 ) -> dict[int, list[Tost]]:
     """Per checkpoint, the equivalence test of every metric that has a margin: paired TOST on
-    the items of per-item metrics, the one-sided bound on the position spans of per-position
-    metrics (their 95% intervals come with the spans, kvprobe.api PositionEvidence)."""
+    the items of per-item metrics (their interval at `level`), the one-sided bound on the
+    position spans of per-position metrics (their 95% intervals come with the spans,
+    kvprobe.api PositionEvidence)."""
     out: dict[int, list[Tost]] = {}
     for metric in paired_item_metrics():
         if metric.name not in margin:
@@ -72,7 +75,7 @@ def checkpoint_tests(
         for ctx, (t, b) in paired_values(items, metric, baseline, config).items():
             out.setdefault(ctx, []).append(
                 tost(t, b, margin[metric.name], metric=metric.name, binary=metric.binary,
-                     lower_is_worse=bool(metric.lower_is_worse), seed=seed)
+                     lower_is_worse=bool(metric.lower_is_worse), seed=seed, level=level)
             )  # fmt: skip
     for span in spans:
         for name, bound in margin.items():
@@ -85,6 +88,36 @@ def checkpoint_tests(
                     continue  # too few positions to bound a tail from above: it can only rule out
                 out.setdefault(int(span["ctx"]), []).append(test)
     return dict(sorted(out.items()))
+
+
+def sequential_tests(
+    items: Sequence[dict[str, Any]],
+    baseline: str,
+    config: str,
+    spans: Sequence[dict[str, Any]],
+    margin: Mapping[str, float],
+    *,
+    design: Design,
+    seed: int = 0,
+) -> tuple[dict[int, list[Tost]], dict[int, int]]:
+    """checkpoint_tests look by look (--until-decided): at look j the items of documents 0..j,
+    their intervals at the look's group-sequential level, the position spans from the look
+    where they are final. A checkpoint is decided at its first look whose combined status is
+    equivalent or worse, and keeps that look's tests; an undecided one keeps its last look's.
+    Returns the tests and the look of each checkpoint."""
+    docs = [int(it.get("doc", 0)) for it in items if it["config"] == config]
+    chosen: dict[int, list[Tost]] = {}
+    looks: dict[int, int] = {}
+    for j in range(min(max(docs, default=-1), design.looks - 1) + 1):
+        seen = [it for it in items if int(it.get("doc", 0)) <= j]
+        found = checkpoint_tests(
+            seen, baseline, config, spans if j >= design.evidence_look else (), margin, seed=seed,
+            level=design.level(j),
+        )  # fmt: skip
+        for ctx, tests in found.items():
+            if ctx not in chosen or combine(chosen[ctx])[0] == UNDECIDED:
+                chosen[ctx], looks[ctx] = tests, j
+    return dict(sorted(chosen.items())), looks
 
 
 def combine(tests: Sequence[Tost]) -> tuple[str, list[str]]:
@@ -155,6 +188,17 @@ def equivalence(
     }
 
 
+def loss_onsets(rows: Sequence[dict[str, Any]]) -> dict[str, int | None]:
+    """The onsets of a significant loss of the retrieval metrics (kvprobe.api ROLES) in a
+    configuration's paired rows: `onset_accuracy`, `onset_logprob`."""
+    out: dict[str, int | None] = {}
+    for key, role in (("onset_accuracy", RETRIEVAL), ("onset_logprob", RETRIEVAL_LOGPROB)):
+        metric = pooled_metric(role)
+        mine = [r for r in rows if metric is not None and r["metric"] == metric.name]
+        out[key] = onset(mine) if mine else None
+    return out
+
+
 def config_verdict(
     items: Sequence[dict[str, Any]],
     baseline: str,
@@ -165,22 +209,28 @@ def config_verdict(
     spans: Sequence[dict[str, Any]] = (),
     checkpoints: Sequence[int] = (),
     margin: Mapping[str, float] | None = None,
+    design: Design | None = None,
 ) -> dict[str, Any]:
     """One configuration's verdict: its paired rows, the onsets of a significant loss of the
     retrieval metrics (kvprobe.api ROLES), equivalence per checkpoint and the effective context,
-    the onset of the position evidence, and each probe's own fields (`Probe.verdict_part`)."""
+    the onset of the position evidence, and each probe's own fields (`Probe.verdict_part`).
+    With a group-sequential `design` (--until-decided) each checkpoint is tested look by look."""
     rows = paired_rows(items, baseline, config, seed)
-    out: dict[str, Any] = {"config": config, "paired": rows}
-    for key, role in (("onset_accuracy", RETRIEVAL), ("onset_logprob", RETRIEVAL_LOGPROB)):
-        metric = pooled_metric(role)
-        mine = [r for r in rows if metric is not None and r["metric"] == metric.name]
-        out[key] = onset(mine) if mine else None
+    out: dict[str, Any] = {"config": config, "paired": rows, **loss_onsets(rows)}
     losses = [o for o in (out["onset_accuracy"], out["onset_logprob"]) if o is not None]
-    tests = checkpoint_tests(
-        items, baseline, config, spans, margin if margin is not None else margins(), seed=seed
-    )
+    used = margin if margin is not None else margins()
+    looks: dict[int, int] = {}
+    if design is None:
+        tests = checkpoint_tests(items, baseline, config, spans, used, seed=seed)
+    else:
+        tests, looks = sequential_tests(items, baseline, config, spans, used, design=design, seed=seed)
     measured = sorted(set(checkpoints) | set(tests)) if tests else list(checkpoints)
     out["equivalence"] = equivalence(tests, min(losses) if losses else None, measured)
+    if design is not None:
+        for row in out["equivalence"]["checkpoints"]:
+            look = looks.get(row["ctx"])
+            row["look"] = None if look is None else look + 1  # 1-based: "after 1 of 4 documents"
+            row["items_level"] = None if look is None else round(design.level(look), 6)
     out["effective_context"] = out["equivalence"]["effective_context"]
     out["divergence_onset"] = position_onset["ctx"] if position_onset else None
     for probe in all_probes():
@@ -260,6 +310,26 @@ def equivalence_sentence(v: dict[str, Any], baseline: str, config: str) -> str |
 
 
 # --- which half of the cache ---------------------------------------------------------------------
+
+
+def until_decided_record(early: Mapping[str, Any] | None, design: Design | None) -> dict[str, Any] | None:
+    return (design.to_json() | {"stopped": dict(early.get("stopped") or {})}) if early and design else None
+
+
+def stopped_sentence(early: Mapping[str, Any] | None, config: str) -> str | None:
+    """What --until-decided did with a configuration: stopped once decided, at which checkpoint
+    and after how many of the documents."""
+    stop = ((early or {}).get("stopped") or {}).get(config)
+    if not stop:
+        return None
+    looks = int(early["looks"]) if early else 0
+    after = f"after {stop['look']} of {looks} document{'' if looks == 1 else 's'}"
+    if stop["status"] == WORSE:
+        return (
+            f"Stopped early (--until-decided): decided worse at {stop['ctx']:,} tokens {after}, "
+            f"so not measured at {stop['ctx']:,} tokens or longer from then on."
+        )
+    return f"Stopped early (--until-decided): every checkpoint decided {after}."
 
 
 def _role_name(role: str) -> str:
@@ -457,6 +527,8 @@ def build_verdict(
     used = dict(margins(ran)) | dict(margin or {})
     onsets, spans = position_evidence(result)
     checkpoints = (result.get("run") or {}).get("checkpoints") or []
+    early = (result.get("run") or {}).get("until_decided")
+    design = Design.from_json(early) if early else None
     per_config = {
         c["id"]: config_verdict(
             result["items"],
@@ -467,6 +539,7 @@ def build_verdict(
             spans=spans.get(c["id"], []),
             checkpoints=checkpoints,
             margin=used,
+            design=design,
         )
         for c in result["configs"]
         if c["id"] != baseline
@@ -487,7 +560,7 @@ def build_verdict(
         is not None
     ]
     for cid, v in per_config.items():
-        parts = [equivalence_sentence(v, baseline, cid)]
+        parts = [equivalence_sentence(v, baseline, cid), stopped_sentence(early, cid)]
         # the first probe (in registry order) with a detail sentence adds it
         parts.append(next((s for p in all_probes() if (s := p.sentence(result, cid, baseline, v))), None))
         v["sentence"] = " ".join(p for p in parts if p) or None
@@ -505,6 +578,9 @@ def build_verdict(
         "weights_vs_kv": attribution,
         "sentences": sentences,
         "reference_check": checks,  # why the reference itself limits the verdict ([]: it does not)
+        "until_decided": (design.to_json() | {"stopped": early.get("stopped", {})})
+        if early and design
+        else None,
     }
     verdict.update(decide(result, verdict))
     return verdict

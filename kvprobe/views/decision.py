@@ -62,6 +62,33 @@ def frontier_cells(result: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     return header, cells
 
 
+def stopped_early_line(result: dict[str, Any]) -> str | None:
+    """--until-decided in one line: the design, and each configuration stopped once decided."""
+    early = (result.get("verdict") or {}).get("until_decided")
+    if not early:
+        return None
+    looks = early["looks"]
+    stops = early.get("stopped") or {}
+    names = {"obrien-fleming": "O'Brien–Fleming", "pocock": "Pocock"}
+    spending = names.get(early["spending"], early["spending"])
+    design = f"{spending} alpha spending over {looks} looks, one per document"
+    if not stops:
+        return f"Until decided ({design}): no configuration was decided before the end, every one ran to it."
+    parts = []
+    for config, stop in stops.items():
+        what = f"worse at {stop['ctx']:,}" if stop["status"] == "worse" else "equivalent at every checkpoint"
+        later = "" if not stop.get("measured_steps") else ", measured below it to the end"
+        parts.append(f"{config} ({what}, after {stop['look']} of {looks}{later})")
+    saved = sum(s.get("saved_s") or 0.0 for s in stops.values())
+    return (
+        f"Stopped early, once decided ({design}): {'; '.join(parts)}; about {saved:,.0f} s of decoding "
+        "not spent. The others ran to the end."
+        if len(stops) < sum(1 for c in result.get("configs", []) if c["id"] != result.get("baseline"))
+        else f"Stopped early, once decided ({design}): {'; '.join(parts)}; about {saved:,.0f} s of "
+        "decoding not spent."
+    )
+
+
 def print_decision(result: dict[str, Any], console: Console) -> None:
     """The recommendation, then the frontier table."""
     verdict = result.get("verdict") or {}
@@ -72,6 +99,8 @@ def print_decision(result: dict[str, Any], console: Console) -> None:
     console.print(f"  {rec['sentence']}", markup=False, highlight=False)
     if speed := speed_sentence(result, _rows(result)):
         console.print(f"  {speed}", markup=False, highlight=False)
+    if early := stopped_early_line(result):
+        console.print(f"  {early}", markup=False, highlight=False)
     header, cells = frontier_cells(result)
     table = Table(
         title="Quality, memory and speed per configuration (● on the frontier: no other is as good in "
@@ -104,6 +133,7 @@ def decision_html(result: dict[str, Any]) -> str:
     e = html_text
     header, cells = frontier_cells(result)
     speed = speed_sentence(result, _rows(result))
+    early = stopped_early_line(result)
     table = (
         "<table><tr>"
         + "".join(f"<th>{e(h)}</th>" for h in header)
@@ -118,6 +148,7 @@ def decision_html(result: dict[str, Any]) -> str:
     return (
         f"<h2>Recommendation</h2><p class='recommendation'>{e(rec['sentence'])}</p>"
         + (f"<p>{e(speed)}</p>" if speed else "")
+        + (f"<p class='stopped'>{e(early)}</p>" if early else "")
         + f"<h3>Quality, memory and speed</h3>{table}"
         + (f"<h3>Rules of thumb, checked on this model</h3><ul>{folklore}</ul>" if folklore else "")
     )

@@ -76,6 +76,13 @@ class RunProgress:
             f"{format_duration(self.clock() - self.started)} elapsed{eta}"
         )
 
+    def drop(self, group: int, step: int, before: int, *, skip_from: int) -> None:
+        """--until-decided stopped one configuration of `group` at steps step .. before - 1:
+        the ETA counts one context fewer there, and no unit from `skip_from` on (nothing left
+        to measure in them)."""
+        self.pace.drop(group, step, before)
+        self.left = [k for k in self.left if k[2] != group or k[1] < skip_from]
+
     def unit_done(
         self, key: tuple[int, int, int], seconds: float, *, feed_s: float = 0.0, reduce_s: float = 0.0,
         restored: bool = False,

@@ -318,7 +318,11 @@ def divergence_curve(
         for metric in ("ppl",) if config == reference else tuple(source):
             series = _stack(per_doc, source[metric])
             last = int(series[1].max()) + 1 if len(series[1]) else 1
-            for span in [*spans, Span(1, last, "pooled")]:
+            # Bins the data covers to their end: a configuration --until-decided stopped at a
+            # checkpoint holds one prediction past it, which is no bin's measurement.
+            covered = [sp for sp in spans if sp.hi <= last]
+            pooled = Span(1, covered[-1].hi if covered and covered[-1].hi < last else last, "pooled")
+            for span in [*covered, pooled]:
                 row = _metric_row(config, metric, series, span, cs)
                 if row:
                     rows.append(row)
@@ -390,7 +394,12 @@ def checkpoint_spans(
         if config == reference:
             continue
         spans = []
+        # Positions 1 .. hi - 1 in every document, or the span is not measured (a run that
+        # stopped a configuration early, or before the end).
+        reached = min((len(d["kld"]) for d in per_doc if "kld" in d), default=0)
         for lo, hi in itertools.pairwise(edges):
+            if reached < hi - 1:
+                break
             span: dict[str, Any] = {"ctx": hi, "span": [lo, hi]}
             for metric in bounded:
                 values, positions = _stack(per_doc, metric.source or "")

@@ -120,7 +120,7 @@ def unit_data_problem(data: Any, reference: str | None = None) -> str | None:
 class DivergenceRun(ProbeRun):
     def __init__(self, setup: RunSetup):
         self.spec = setup.scenario.spec(DivergenceSpec)
-        self.ctx, self.checkpoints = setup.ctx, setup.checkpoints
+        self.ctx, self.checkpoints, self.seed = setup.ctx, setup.checkpoints, setup.seed
         self.reference = setup.baseline
         self.recorder = DivergenceRecorder(setup.baseline) if setup.baseline is not None else None
         self.committed: dict[tuple[str, int], int] = {}  # chunks per record that belong to finished units
@@ -187,6 +187,14 @@ class DivergenceRun(ProbeRun):
 
     def measured(self) -> Arrays:
         return {c: a for c, a in self.arrays().items() if c != NULL_ROWS}
+
+    def evidence(self) -> Mapping[str, list[Row]]:
+        if self.reference is None or self.reference not in (measured := self.measured()):
+            return {}
+        metrics = DivergenceProbe().metrics
+        return checkpoint_spans(
+            measured, self.reference, self.checkpoints, metrics, block=self.spec.block, seed=self.seed
+        )
 
     def section(self, errors: list[dict[str, str]]) -> Row | None:
         """The `divergence` section as measured: the per-position arrays. The onset is a
@@ -395,9 +403,9 @@ class DivergenceProbe(Probe):
         edges = old["divergence"]["bin_edges"]
         if edges != new["divergence"]["bin_edges"]:
             edges = [edges[0], min(edges[-1], new["divergence"]["bin_edges"][-1])]
-        spans = [(lo, hi, "bin") for lo, hi in itertools.pairwise(edges)] + [(1, 1 << 30, "pooled")]
         rows = []
         for c_old, c_new in pairs:
+            spans = _compared_spans(edges, min(_reach(old, c_old), _reach(new, c_new)))
             for metric in (m for m in self.metrics if m.compared and m.source):
                 for lo, hi, scope in spans:
                     vo = _block_means(old, c_old, metric.source, lo, hi)
@@ -415,6 +423,25 @@ class DivergenceProbe(Probe):
                         {**where, "ctx": ctx, "scope": scope, **difference_row(vo, vn, False, paired, seed)}
                     )
         return rows
+
+
+def _reach(result: ResultDoc, config: str) -> int:
+    """The last position every document of `config` holds (a configuration --until-decided
+    stopped holds fewer than the run's context)."""
+    found = [
+        int(rec["kld"]["n"]) if isinstance(rec.get("kld"), dict) and "n" in rec["kld"] else 1 << 30
+        for rec in (result.get("divergence") or {}).get("positions", [])
+        if rec["config"] == config
+    ]
+    return min(found, default=1 << 30)
+
+
+def _compared_spans(edges: list[int], reach: int) -> list[tuple[int, int, str]]:
+    """The bins both files measured to their end, and the pooled span over them (everything,
+    where both measured every bin)."""
+    bins = [(lo, hi, "bin") for lo, hi in itertools.pairwise(edges) if hi - 1 <= reach]
+    whole = len(bins) == len(edges) - 1
+    return [*bins, (1, 1 << 30 if whole else (bins[-1][1] if bins else 1), "pooled")]
 
 
 def _block_means(result: ResultDoc, config: str, name: str | None, lo: int, hi: int) -> list[float]:
@@ -462,11 +489,16 @@ def divergence_table(result: ResultDoc) -> Table:
             continue
         cells = [label, str(ppl["n"]), f"{ppl['value']:.2f}"]
         for cid in configs:
-            kld = rows[(cid, "kld_mean", scope, lo)]
+            kld = rows.get((cid, "kld_mean", scope, lo))
+            if kld is None:  # --until-decided stopped it before this bin
+                cells += ["not measured", ""]
+                continue
             onset = section["onset"].get(cid)
             text = _milli(kld["value"], kld["ci"])
             if scope == "bin" and onset is not None and onset["bin"][0] == lo:
                 text = f"[bold red]▲ {text}[/]"
+            if scope == "pooled" and kld["bin"][1] < ppl["bin"][1]:
+                text += f" (to {kld['bin'][1] - 1:,})"
             cells += [text, f"{rows[(cid, 'top1_agree', scope, lo)]['value']:.3f}"]
         table.add_row(*cells, end_section=scope == "bin" and lo == spans[-1][1])
     return table

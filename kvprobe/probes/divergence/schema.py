@@ -240,6 +240,16 @@ def _divergence_rows(doc: Doc) -> dict[tuple[str, str, str, int], Doc]:
     }
 
 
+def _reach(section: Doc) -> dict[str, int]:
+    """Per configuration, the positions every one of its documents holds."""
+    out: dict[str, int] = {}
+    for rec in section.get("positions") or []:
+        n = rec.get("kld", {}).get("n") if isinstance(rec.get("kld"), dict) else None
+        if isinstance(n, int):
+            out[rec["config"]] = min(n, out.get(rec["config"], n))
+    return out
+
+
 def divergence_rows_complete(doc: Doc) -> str | None:
     """The divergence table has, per position bin the reference's perplexity has, a KL and a
     top-1 row of every other configuration; the lines below it pool every metric of every
@@ -251,11 +261,15 @@ def divergence_rows_complete(doc: Doc) -> str | None:
     reference = section["reference"]
     needed = [(reference, "ppl", "pooled", 1)]
     needed += [(cid, m, "pooled", 1) for cid in section["onset"] for m in POOLED]
-    for config, metric, scope, lo in list(rows):
+    reach = _reach(section)
+    for (config, metric, scope, lo), row in list(rows.items()):
         if config == reference and metric == "ppl":
             needed += [
-                (c, m, scope, lo) for c in _ids(doc) if c != reference for m in ("kld_mean", "top1_agree")
-            ]
+                (c, m, scope, lo)
+                for c in _ids(doc)
+                if c != reference and (scope != "bin" or row["bin"][1] - 1 <= reach.get(c, 1 << 62))
+                for m in ("kld_mean", "top1_agree")
+            ]  # a bin past a configuration's data (--until-decided stopped it) has no row
     for config, metric, scope, lo in needed:
         if (config, metric, scope, lo) not in rows:
             return (

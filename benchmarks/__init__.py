@@ -1,0 +1,1 @@
+"""Benchmarks and calibrations: scripts run by hand, their results under results/bench/."""
