@@ -428,9 +428,15 @@ def deciding(
         )
         where = "the rest of the run" if stop.step == 0 else f"checkpoints from {checkpoints[stop.step]:,} on"
         docs = f"{looks} document{'' if looks == 1 else 's'}"
+        left = shown.eta()
+        after = (
+            "nothing left to run"
+            if not shown.left
+            else (f"about {format_duration(left)} left" if left is not None else "")
+        )
         shown.console.print(
             f"until decided: {stop.config} {what} after {stop.look} of {docs}; dropped from {where}, "
-            f"saving about {format_duration(stop.saved_s)}",
+            f"saving about {format_duration(stop.saved_s)}" + (f"; {after}" if after else ""),
             markup=False,
             highlight=False,
             soft_wrap=True,
