@@ -192,8 +192,8 @@ def early_stop_notes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
             what = f"worse at {stop['ctx']:,} tokens" if stop["status"] == "worse" else "equivalent"
             looks = (doc["run"]["until_decided"] or {}).get("looks", "?")
             notes.append(
-                f"{label}: {config} was stopped once decided {what} (--until-decided, after "
-                f"{stop['look']} of {looks} documents): it is compared only on the checkpoints and items "
+                f"{label}: {config} was stopped once decided {what} (--until-decided, on "
+                f"document {stop['look']} of {looks}): it is compared only on the checkpoints and items "
                 "both files measured"
             )
     return notes

@@ -418,8 +418,11 @@ def deciding(
         spared = [k for k in shown.left if k[2] == group and stop.step <= k[1] < before]
         # One context's share of each unit it leaves (a unit's time is taken as proportional to them).
         shares = [(shown.pace.predict(d, s, g), shown.pace.contexts(g, s)) for d, s, g in spared]
-        stop.saved_s = sum(p / n for p, n in shares if p is not None)
-        members = [c for c, g in group_of.items() if g == group and c in rule[0].limits]
+        known = [p / n for p, n in shares if p is not None]
+        # None: nothing measured yet to predict from (decisions remade from a journal on --resume)
+        stop.saved_s = sum(known) if known or not spared else None
+        # The first group measures the reference for every group: its units go on while any does.
+        members = [c for c, g in group_of.items() if group in {g, 0} and c in rule[0].limits]
         shown.drop(group, stop.step, before, skip_from=max(rule[0].limits[c] for c in members))
         what = (
             f"decided worse at {stop.ctx:,} tokens"
@@ -427,7 +430,6 @@ def deciding(
             else f"decided equivalent at every checkpoint up to {stop.ctx:,}"
         )
         where = "the rest of the run" if stop.step == 0 else f"checkpoints from {checkpoints[stop.step]:,} on"
-        docs = f"{looks} document{'' if looks == 1 else 's'}"
         left = shown.eta()
         after = (
             "nothing left to run"
@@ -435,8 +437,9 @@ def deciding(
             else (f"about {format_duration(left)} left" if left is not None else "")
         )
         shown.console.print(
-            f"until decided: {stop.config} {what} after {stop.look} of {docs}; dropped from {where}, "
-            f"saving about {format_duration(stop.saved_s)}" + (f"; {after}" if after else ""),
+            f"until decided: {stop.config} {what} on document {stop.look} of {looks}; dropped from {where}"
+            + (f", saving about {format_duration(stop.saved_s)}" if stop.saved_s is not None else "")
+            + (f"; {after}" if after else ""),
             markup=False,
             highlight=False,
             soft_wrap=True,

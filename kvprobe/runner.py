@@ -213,19 +213,21 @@ class Runner:
                 self.skipped.update((document.index, later, work.group) for later in steps if later >= step)
                 return True
             feeding, names = list(live.values()), list(live)
-            segment = document.tokens[feeding[0].n_past : length]
             if key in work.done:
                 self._restore(work.done[key], work.progress, work.on_unit)
-                if any(
-                    (document.index, later, work.group) not in work.done for later in steps if later > step
-                ):
-                    self._refeed(feeding, segment)
                 self._decide(work, document.index)
+                # Rebuild the lockstep state of the contexts a later, missing unit still feeds.
+                later = [s for s in steps if s > step and (document.index, s, work.group) not in work.done]
+                going_on = self._live(work, fed, later[0]) if later else {}
+                if going_on:  # in lockstep with one another (each was rebuilt at every step so far)
+                    refed = list(going_on.values())
+                    self._refeed(refed, document.tokens[refed[0].n_past : length])
                 continue
             if work.may_start is not None and not work.may_start(key):
                 self.stopped = "time budget"
                 return False
             measured = {c: x for c, x in work.contexts.items() if c in live}
+            segment = document.tokens[feeding[0].n_past : length]
             self._measure_unit(
                 key, work, document=document, length=length, segment=segment, feeding=feeding, names=names,
                 readers=readers, contexts=measured,
@@ -240,7 +242,10 @@ class Runner:
         decider = work.decider
         if decider is None:
             return fed
-        tested = [c for c in fed if c in decider.limits]
+        # The group that measures the reference's rows (the first) keeps it for every group's
+        # test configurations: later groups pair with its rows.
+        measures_reference = self.baseline in fed and self.baseline not in work.repeats
+        tested = list(decider.limits) if measures_reference else [c for c in fed if c in decider.limits]
         if tested and not decider.live(tested, step):
             return {}
         return {c: x for c, x in fed.items() if c not in decider.limits or decider.active(c, step)}

@@ -18,6 +18,7 @@ from kvprobe.result.store import Result
 from kvprobe.stats.equivalence import EQUIVALENT, UNDECIDED, WORSE
 from kvprobe.stats.sequential import OBRIEN_FLEMING, POCOCK, Design, boundaries, spent
 from kvprobe.stats.verdict import combine, sequential_tests
+from kvprobe.until_decided import UntilDecided
 from tests.test_resume import kvprobe
 
 # Published Lan–DeMets boundaries, one-sided alpha 0.025, four equally spaced looks (e.g.
@@ -97,6 +98,74 @@ def test_a_small_difference_is_not_decided_at_the_first_look_though_the_fixed_te
     assert looks[1024] > 0
 
 
+def _checkpoint_items(per: dict[tuple[int, int], list[float]]) -> list[dict[str, Any]]:
+    """Needle items of f16 (log-prob 0) and q, per (document, checkpoint)."""
+    return [it for (doc, ctx), diffs in per.items() for it in _items([[]] * doc + [diffs], ctx=ctx)]
+
+
+def test_a_checkpoint_is_tested_again_only_when_a_document_brings_items_there() -> None:
+    """2,048 has document 0's items only: after document 1 reached 1,024 it keeps look 1's
+    (strict) test, not the same items at look 2's looser level, which would call it equivalent."""
+    rng = np.random.default_rng(5)
+    spread = rng.standard_normal(32)
+    at_2048 = list(0.35 * (spread - spread.mean()) / spread.std(ddof=1))  # mean 0, sd 0.35
+    per = {(0, 1024): list(0.2 * rng.standard_normal(16)), (0, 2048): at_2048}
+    per[(1, 1024)] = list(0.2 * rng.standard_normal(16))
+    margin = {"answer_logprob": 0.25}
+    tests, looks = sequential_tests(_checkpoint_items(per), "f16", "q", [], margin, design=Design(4))
+    assert looks[2048] == 0
+    assert combine(tests[2048])[0] == UNDECIDED
+    assert looks[1024] == 1
+    # the same items at the second look's level would have decided it
+    second = sequential_tests(
+        _checkpoint_items({(1, 2048): at_2048}), "f16", "q", [], margin, design=Design(4)
+    )
+    assert combine(second[0][2048])[0] == EQUIVALENT
+
+
+def _rule(checkpoints: list[int]) -> UntilDecided:
+    return UntilDecided(Design(4), "f16", ["q"], checkpoints, {"answer_logprob": 0.25}, seed=0)
+
+
+def test_worse_at_a_later_checkpoint_keeps_measuring_below_it_then_stops() -> None:
+    rng = np.random.default_rng(6)
+    rule = _rule([1024, 2048])
+    per = {
+        (0, 1024): list(0.2 * rng.standard_normal(16)),
+        (0, 2048): list(-2.0 + 0.05 * rng.standard_normal(16)),
+    }
+    stops = rule.after_unit(0, _checkpoint_items(per), {})
+    assert [(s.status, s.ctx, s.step) for s in stops] == [(WORSE, 2048, 1)]
+    assert rule.active("q", 0)
+    assert not rule.active("q", 1)
+    assert rule.active("f16", 1)  # the reference is not the rule's to stop
+    for doc in (1, 2, 3):
+        per[(doc, 1024)] = list(0.2 * rng.standard_normal(16))
+        rule.after_unit(doc, _checkpoint_items(per), {})
+        if rule.limits["q"] == 0:
+            break
+    assert rule.limits["q"] == 0
+    assert rule.all_decided
+    assert rule.stopped["q"].status == WORSE
+    assert rule.stopped["q"].ctx == 2048
+
+
+def test_an_equivalent_configuration_with_a_significant_loss_is_not_stopped() -> None:
+    """Within ±0.25 nats at every look, yet 0.1 nats lower every time: the verdict gives it no
+    effective context while the loss stands, so the run keeps measuring it."""
+    rng = np.random.default_rng(8)
+    rule = _rule([1024])
+    per = {(doc, 1024): list(-0.1 + 0.01 * rng.standard_normal(16)) for doc in range(2)}
+    items = _checkpoint_items(per)
+    tests, _ = sequential_tests(items, "f16", "q", [], rule.margin, design=rule.design)
+    assert combine(tests[1024])[0] == EQUIVALENT
+    assert rule.after_unit(1, items, {}) == []
+    assert rule.limits["q"] == 1
+    calm = _rule([1024])  # the same spread around zero: stopped as equivalent
+    zero = _checkpoint_items({k: [d + 0.1 for d in v] for k, v in per.items()})
+    assert [s.status for s in calm.after_unit(1, zero, {})] == [EQUIVALENT]
+
+
 def test_a_null_configuration_is_not_dropped_in_simulation_beyond_alpha() -> None:
     """No true difference (q8_0-shaped answer log-prob differences, and the reference against
     itself): called worse at most alpha = 2.5% of the time under --until-decided's design."""
@@ -173,7 +242,7 @@ def test_a_clearly_worse_configuration_is_dropped_after_its_first_unit(
 ) -> None:
     out, stdout = decided
     doc = json.loads(out.read_text())
-    assert "until decided: q4_0 decided worse at 1,024 tokens after 1 of 2 documents" in stdout
+    assert "until decided: q4_0 decided worse at 1,024 tokens on document 1 of 2" in stdout
     stop = doc["run"]["until_decided"]["stopped"]
     assert set(stop) == {"q4_0"}  # q8_0 (undecided) runs on
     assert stop["q4_0"]["status"] == WORSE
@@ -257,6 +326,34 @@ def test_compare_says_it_compares_only_what_both_measured(
     assert all(r["ctx"] <= 1024 or r.get("scope") == "pooled" for r in rows)
     pooled = [r for r in rows if r.get("scope") == "pooled"]
     assert all(r["n_old"] == r["n_new"] for r in pooled)  # the same blocks on both sides
+
+
+def test_in_groups_the_reference_runs_on_for_the_later_groups(
+    args: list[str], full: dict[str, Any], tmp_path: Path
+) -> None:
+    """--max-contexts 2: q4_0 beside the reference in the first group, q8_0 in the second. q4_0
+    is dropped after the first unit; the first group still measures the reference in every
+    unit, since the second group's q8_0 pairs with its rows."""
+    out = tmp_path / "grouped.json"
+    grouped = [a for a in args if a not in ("q8_0", "q4_0", "--cache")] + [
+        "--cache",
+        "q4_0",
+        "--cache",
+        "q8_0",
+    ]
+    proc = kvprobe("run", *grouped, "--until-decided", "--max-contexts", "2", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(out.read_text())
+    assert doc["timing"]["groups"] == [["f16", "q4_0"], ["f16", "q8_0"]]
+    assert set(doc["run"]["until_decided"]["stopped"]) == {"q4_0"}
+    for config in ("f16", "q8_0"):
+        mine = sorted(_key(it) for it in doc["items"] if it["config"] == config and it["probe"] == "needle")
+        theirs = sorted(
+            _key(it) for it in full["items"] if it["config"] == config and it["probe"] == "needle"
+        )
+        assert mine == theirs, config
+    status = doc["verdict"]["configs"]["q8_0"]["equivalence"]["status"]
+    assert status == full["verdict"]["configs"]["q8_0"]["equivalence"]["status"]
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,8 @@ from typing import Any
 
 from kvprobe.api import all_probes, paired_item_metrics
 from kvprobe.stats.analysis import onset
-from kvprobe.stats.verdict import checkpoint_tests, equivalence
+from kvprobe.stats.sequential import Design
+from kvprobe.stats.verdict import checkpoint_tests, equivalence, sequential_tests
 
 Row = dict[str, Any]
 Z_95 = 1.959964  # a 95% interval spans ±1.96 standard errors
@@ -44,6 +45,8 @@ def probe_rows(result: Mapping[str, Any]) -> list[Row]:
     items, seed = result["items"], int(result["run"].get("seed", 0))
     checkpoints = list(result["run"]["checkpoints"])
     tests_of = [c for c in verdict["configs"] if c != baseline]
+    early = result["run"].get("until_decided")
+    design = Design.from_json(early) if early else None
     configs_n = max(1, len({c["id"] for c in result["configs"]}))
     rows: list[Row] = []
     for probe in all_probes():
@@ -60,8 +63,11 @@ def probe_rows(result: Mapping[str, Any]) -> list[Row]:
             if not paired:
                 continue
             longest = max(r["ctx"] for r in paired)
-            tests = checkpoint_tests(
-                items, baseline, config, (), {m.name: margin[m.name] for m in own}, seed=seed
+            own_margins = {m.name: margin[m.name] for m in own}
+            tests = (  # --until-decided: look by look, as the verdict
+                sequential_tests(items, baseline, config, (), own_margins, design=design, seed=seed)[0]
+                if design is not None
+                else checkpoint_tests(items, baseline, config, (), own_margins, seed=seed)
             )
             onsets = [
                 o for m in own if (o := onset([r for r in paired if r["metric"] == m.name])) is not None

@@ -105,17 +105,23 @@ def sequential_tests(
     where they are final. A checkpoint is decided at its first look whose combined status is
     equivalent or worse, and keeps that look's tests; an undecided one keeps its last look's.
     Returns the tests and the look of each checkpoint."""
-    docs = [int(it.get("doc", 0)) for it in items if it["config"] == config]
+    # A checkpoint's look j is document j's arrival there: it is tested at look j's level only
+    # when document j brought this configuration's items at it (or, at the evidence look, its
+    # position spans), never again on older data at a later, looser level.
+    arrived = {(int(it.get("doc", 0)), int(it["ctx"])) for it in items if it["config"] == config}
+    span_ctx = {int(s["ctx"]) for s in spans}
+    last = max([d for d, _ in arrived] + ([design.evidence_look] if span_ctx else []), default=-1)
     chosen: dict[int, list[Tost]] = {}
     looks: dict[int, int] = {}
-    for j in range(min(max(docs, default=-1), design.looks - 1) + 1):
+    for j in range(min(last, design.looks - 1) + 1):
         seen = [it for it in items if int(it.get("doc", 0)) <= j]
         found = checkpoint_tests(
             seen, baseline, config, spans if j >= design.evidence_look else (), margin, seed=seed,
             level=design.level(j),
         )  # fmt: skip
         for ctx, tests in found.items():
-            if ctx not in chosen or combine(chosen[ctx])[0] == UNDECIDED:
+            fresh = (j, ctx) in arrived or (j == design.evidence_look and ctx in span_ctx)
+            if fresh and (ctx not in chosen or combine(chosen[ctx])[0] == UNDECIDED):
                 chosen[ctx], looks[ctx] = tests, j
     return dict(sorted(chosen.items())), looks
 
@@ -323,7 +329,7 @@ def stopped_sentence(early: Mapping[str, Any] | None, config: str) -> str | None
     if not stop:
         return None
     looks = int(early["looks"]) if early else 0
-    after = f"after {stop['look']} of {looks} document{'' if looks == 1 else 's'}"
+    after = f"on document {stop['look']} of {looks}"
     if stop["status"] == WORSE:
         return (
             f"Stopped early (--until-decided): decided worse at {stop['ctx']:,} tokens {after}, "
@@ -353,6 +359,12 @@ def _half_evidence(v: dict[str, Any], summary: Sequence[dict[str, Any]], config:
         "kld_mean": kld["value"] if kld else None,
         "kld_ci": kld["ci"] if kld else None,
     }
+
+
+def _pooled_to(summary: Sequence[dict[str, Any]], config: str) -> int | None:
+    """Where a configuration's pooled KL ends (the positions it holds)."""
+    row = pooled_row(summary, config)
+    return (row.get("bin") or [None, None])[1] if row else None
 
 
 def _contrast(
@@ -396,7 +408,8 @@ def k_vs_v(
     k, v = _half_evidence(verdicts[k_id], summary, k_id), _half_evidence(verdicts[v_id], summary, v_id)
     evidence: list[dict[str, Any]] = []
     pooled = _role_name(POOLED_DIVERGENCE)
-    if k["kld_ci"] and v["kld_ci"]:
+    # Pooled over the same positions only (--until-decided may have stopped one half early).
+    if k["kld_ci"] and v["kld_ci"] and _pooled_to(summary, k["config"]) == _pooled_to(summary, v["config"]):
         hi, lo = (k, v) if k["kld_mean"] >= v["kld_mean"] else (v, k)
         separated = hi["kld_ci"][0] > lo["kld_ci"][1]
         material = hi["kld_mean"] >= 2 * lo["kld_mean"] and hi["kld_mean"] > m.get(pooled, 0.0) / 2

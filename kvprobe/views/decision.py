@@ -78,15 +78,12 @@ def stopped_early_line(result: dict[str, Any]) -> str | None:
     for config, stop in stops.items():
         what = f"worse at {stop['ctx']:,}" if stop["status"] == "worse" else "equivalent at every checkpoint"
         later = "" if not stop.get("measured_steps") else ", measured below it to the end"
-        parts.append(f"{config} ({what}, after {stop['look']} of {looks}{later})")
-    saved = sum(s.get("saved_s") or 0.0 for s in stops.values())
-    return (
-        f"Stopped early, once decided ({design}): {'; '.join(parts)}; about {saved:,.0f} s of decoding "
-        "not spent. The others ran to the end."
-        if len(stops) < sum(1 for c in result.get("configs", []) if c["id"] != result.get("baseline"))
-        else f"Stopped early, once decided ({design}): {'; '.join(parts)}; about {saved:,.0f} s of "
-        "decoding not spent."
-    )
+        parts.append(f"{config} ({what}, on document {stop['look']} of {looks}{later})")
+    known = [s["saved_s"] for s in stops.values() if s.get("saved_s") is not None]
+    saved = f"; about {sum(known):,.0f} s of decoding not spent" if known else ""
+    tested = sum(1 for c in result.get("configs", []) if c["id"] != result.get("baseline"))
+    rest = " The others ran to the end." if len(stops) < tested else ""
+    return f"Stopped early, once decided ({design}): {'; '.join(parts)}{saved}.{rest}"
 
 
 def print_decision(result: dict[str, Any], console: Console) -> None:

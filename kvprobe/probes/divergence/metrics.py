@@ -317,7 +317,8 @@ def divergence_curve(
     for config, per_doc in arrays.items():
         for metric in ("ppl",) if config == reference else tuple(source):
             series = _stack(per_doc, source[metric])
-            last = int(series[1].max()) + 1 if len(series[1]) else 1
+            # positions every document holds (one --until-decided stopped early holds fewer)
+            last = min((len(d[source[metric]]) for d in per_doc), default=0) + 1
             # Bins the data covers to their end: a configuration --until-decided stopped at a
             # checkpoint holds one prediction past it, which is no bin's measurement.
             covered = [sp for sp in spans if sp.hi <= last]
