@@ -19,6 +19,7 @@ from kvprobe.stats.equivalence import EQUIVALENT, UNDECIDED, WORSE
 from kvprobe.stats.sequential import OBRIEN_FLEMING, POCOCK, Design, boundaries, spent
 from kvprobe.stats.verdict import combine, sequential_tests
 from kvprobe.until_decided import UntilDecided
+from kvprobe.views.decision import frontier_cells
 from tests.test_resume import kvprobe
 
 # Published Lan–DeMets boundaries, one-sided alpha 0.025, four equally spaced looks (e.g.
@@ -292,6 +293,8 @@ def test_the_verdict_says_who_stopped_and_the_report_rebuilds_it(
             (r["ctx"], r["status"], r["look"]) for r in v["equivalence"]["checkpoints"]
         ]
     assert rebuilt["verdict"]["recommendation"] == verdict["recommendation"]
+    _, cells = frontier_cells(doc)
+    assert cells[2][:2] == ["q4_0", "worse (stopped: decided worse at 1,024)"]
     report = kvprobe("report", str(out))
     assert report.returncode == 0, report.stderr
     assert "Stopped early, once decided (O'Brien–Fleming alpha spending over 2 looks" in report.stdout

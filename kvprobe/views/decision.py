@@ -45,6 +45,7 @@ def frontier_cells(result: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
         "config", "vs reference", "effective context", "mean KL", f"KV MiB at {ctx:,}", "saves",
         f"KV MiB at {train:,}", "prefill tokens/s (depth)", "llama.cpp flags", "frontier",
     ]  # fmt: skip
+    stops = ((result.get("verdict") or {}).get("until_decided") or {}).get("stopped") or {}
     cells = []
     for r in rows:
         saves = (
@@ -53,8 +54,13 @@ def frontier_cells(result: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
             else f"{100 * (1 - r['relative_size']):.0f}%"
         )
         eff = r["effective_context"]
+        stop = stops.get(r["config"])
+        status = r["status"]
+        if stop:  # --until-decided: its rows end where it was decided
+            where = f" at {stop['ctx']:,}" if stop["status"] == "worse" else ""
+            status += f" (stopped: decided {stop['status']}{where})"
         cells.append([
-            r["config"], r["status"], f"{eff:,}" if eff else "none",
+            r["config"], status, f"{eff:,}" if eff else "none",
             f"{r['kld_mean']:.4f}" if r["kld_mean"] is not None else "-",
             _mib(r["kv_bytes"]), saves, _mib(r["kv_bytes_train"]), _speed(r), r["flags"],
             "●" if r["frontier"] else "",
