@@ -32,6 +32,7 @@ N_BOOT = 999
 Values = Sequence[float] | np.ndarray  # one value per item
 MIN_BOOT_ITEMS = 10  # fewer paired items: the t interval
 MIN_TAIL_RESAMPLES = 10  # a bootstrap quantile needs this many resamples beyond it
+MAX_BOOT = 20_000  # resamples for a group-sequential look's narrow tail; beyond: Student t
 MIN_ITEMS = 3  # fewer: never equivalent or worse (a zero-width interval from one item is no evidence)
 
 
@@ -90,7 +91,7 @@ def items_to_decide(
     return int(min(max(needed, n + 1), MAX_ITEMS))
 
 
-def _bootstrap_t(d: np.ndarray, seed: int) -> tuple[np.ndarray, float, float] | None:
+def _bootstrap_t(d: np.ndarray, seed: int, n_boot: int = N_BOOT) -> tuple[np.ndarray, float, float] | None:
     """Studentized bootstrap of a mean: the resampled t statistics, the mean and its standard
     error; None where the data cannot carry it (fewer than MIN_BOOT_ITEMS items, where the
     resampled t is erratic, or no spread)."""
@@ -98,10 +99,10 @@ def _bootstrap_t(d: np.ndarray, seed: int) -> tuple[np.ndarray, float, float] | 
     mean, se = float(d.mean()), float(d.std(ddof=1)) / math.sqrt(n) if n > 1 else 0.0
     if n < MIN_BOOT_ITEMS or se == 0:
         return None
-    x = d[np.random.default_rng(seed).integers(0, n, (N_BOOT, n))]
+    x = d[np.random.default_rng(seed).integers(0, n, (n_boot, n))]
     spread = x.std(axis=1, ddof=1)
     keep = spread > 0
-    if keep.sum() < N_BOOT // 2:
+    if keep.sum() < n_boot // 2:
         return None
     t = (x.mean(axis=1)[keep] - mean) / (spread[keep] / math.sqrt(n))
     return t, mean, se
@@ -121,7 +122,7 @@ def tost_continuous(
     """TOST of mean(test) - mean(reference) within ±margin. Paired: the studentized
     (bootstrap-t) 95% interval of the mean item difference, which follows the skew of the
     differences (plain t below MIN_BOOT_ITEMS items or without spread, or at a level whose
-    tail the resamples cannot resolve); independent samples: Welch t. `level`: the interval's
+    tail MAX_BOOT resamples cannot place); independent samples: Welch t. `level`: the interval's
     confidence (a group-sequential look reads a wider one, kvprobe.stats.sequential)."""
     t, r = np.asarray(test, dtype=float), np.asarray(reference, dtype=float)
     boot = None
@@ -130,7 +131,9 @@ def tost_continuous(
         n, diff = len(d), float(d.mean())
         sd = float(d.std(ddof=1)) if n > 1 else 0.0
         se, df = sd / math.sqrt(max(n, 1)), float(max(n - 1, 1))
-        boot = _bootstrap_t(d, seed)
+        # A group-sequential look's wider interval needs more resamples to place its tail.
+        n_boot = max(N_BOOT, math.ceil(MIN_TAIL_RESAMPLES / ((1 - level) / 2)) - 1)
+        boot = _bootstrap_t(d, seed, n_boot) if n_boot <= MAX_BOOT else None
     else:
         n, diff = min(len(t), len(r)), float(t.mean() - r.mean())
         vt = float(t.var(ddof=1)) / len(t) if len(t) > 1 else 0.0
@@ -138,8 +141,6 @@ def tost_continuous(
         se = math.sqrt(vt + vr)  # Welch
         df = (vt + vr) ** 2 / (vt**2 / max(len(t) - 1, 1) + vr**2 / max(len(r) - 1, 1)) if se > 0 else 1.0
     half = (1 - level) / 2
-    if boot is not None and half * (N_BOOT + 1) < MIN_TAIL_RESAMPLES:
-        boot = None  # too few resamples beyond the quantile to place it: Student t
     p: float | None
     if n < MIN_ITEMS:  # too few items to claim anything: an interval of everything
         ci, p = (-math.inf, math.inf), 1.0
