@@ -27,7 +27,7 @@ from kvprobe.pace import Pace, StepShape, format_duration, unscored_feed_cost
 from kvprobe.paths import OutputLock
 from kvprobe.plan.prompt import describe, framing_key, prompt_record
 from kvprobe.provenance import host_info
-from kvprobe.request import RunRequest
+from kvprobe.request import STOP_SWITCH_ENV, RunRequest
 from kvprobe.result.document import add_statistics, build_result
 from kvprobe.result.journal import (
     Journal,
@@ -51,8 +51,6 @@ from kvprobe.views.progress import RunProgress
 from kvprobe.views.terminal import print_run_report
 from kvprobe.weights.doctor import findings, kv_layout
 from kvprobe.weights.model_info import forget_headers, read_model_info
-
-STOP_SWITCH_ENV = "KVPROBE_TEST_STOP_AFTER"  # "DOC,STEP[,GROUP]:kill|term|int": for tests only
 
 
 @dataclass(frozen=True)
@@ -237,10 +235,11 @@ def journaling(request: RunRequest, journal: Journal, console: Console) -> Calla
             first = min(int(it["ctx"]) for it in unit.items)
             for line in reference_checks(unit.items, request.baseline, record, [first]):
                 console.print(f"reference check: {line}", markup=False, highlight=False)
-        # Tests stop a run at a known point: SIGKILL (nothing runs after it) or SIGINT (Ctrl-C).
+        # Tests stop a run at a known point: SIGKILL (nothing runs after it), SIGINT (Ctrl-C),
+        # or SIGSTOP (frozen, for a test to kill what runs it: a sweep, a Ray worker).
         switch = os.environ.get(STOP_SWITCH_ENV, "")
         if switch.startswith(",".join(map(str, key_json(unit.key))) + ":"):
-            how = {"kill": signal.SIGKILL, "term": signal.SIGTERM}.get(
+            how = {"kill": signal.SIGKILL, "term": signal.SIGTERM, "stop": signal.SIGSTOP}.get(
                 switch.rsplit(":", 1)[-1], signal.SIGINT
             )
             os.kill(os.getpid(), how)

@@ -11,6 +11,8 @@ from kvprobe.api import Scenario
 from kvprobe.cache_types import CacheConfig
 from kvprobe.plan.prompt import RAW_CHOICE, PromptChoice
 
+STOP_SWITCH_ENV = "KVPROBE_TEST_STOP_AFTER"  # "DOC,STEP[,GROUP]:kill|term|int|stop": for tests only
+
 
 @dataclass(frozen=True)
 class RunSettings:

@@ -129,6 +129,28 @@ def can_offload() -> bool:
     return engine.gpu_offload_supported()
 
 
+def memory_need(
+    facts: list[dict[str, Any]],
+    configs: list[CacheConfig],
+    *,
+    baseline: str | None,
+    scenario: Scenario,
+    ctx: int,
+    mode: str,
+    null_check: bool,
+) -> tuple[RunMemory, bool, int]:
+    """What a run needs with every context at once, from the headers alone; whether a probe
+    reads every position's logits; and the extra contexts (the null check's)."""
+    needs = run_needs(selected(scenario.probes, mode), scenario, mode)
+    reads_logits = needs.reads_logits
+    extra = 1 if null_check and baseline is not None and reads_logits else 0
+    need = run_memory(
+        facts, configs, round_up(ctx + needs.fork_cells, 256), scenario.plan.chunk,
+        extra_contexts=extra, all_logits=reads_logits, scored_positions=ctx * needs.logit_documents,
+    )  # fmt: skip
+    return need, reads_logits, extra
+
+
 def estimate_memory(
     facts: list[dict[str, Any]],
     configs: list[CacheConfig],
@@ -148,13 +170,9 @@ def estimate_memory(
     at once) all or none. Refused when not even the smallest group fits; the words for the
     run's first lines. With layers offloaded, weights, KV caches and compute buffers go to
     the GPU's memory (checked through NVML) and the host keeps the rest."""
-    needs = run_needs(selected(scenario.probes, mode), scenario, mode)
-    reads_logits = needs.reads_logits
-    extra = 1 if null_check and baseline is not None and reads_logits else 0
-    need = run_memory(
-        facts, configs, round_up(ctx + needs.fork_cells, 256), scenario.plan.chunk,
-        extra_contexts=extra, all_logits=reads_logits, scored_positions=ctx * needs.logit_documents,
-    )  # fmt: skip
+    need, reads_logits, extra = memory_need(
+        facts, configs, baseline=baseline, scenario=scenario, ctx=ctx, mode=mode, null_check=null_check
+    )
     n_runs = len(configs) * len(facts)
     repeats_reference = baseline is not None and reads_logits
     smallest = 2 if repeats_reference else 1

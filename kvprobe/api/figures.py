@@ -54,6 +54,10 @@ class Heatmap:
     diverging: bool = False  # a difference: centred on 0
     vmin: float = 0.0
     vmax: float = 1.0
+    # Categories instead of a scale: each value is an index into them, drawn in its colour
+    # (GROUP_COLOURS), and `text` is written in the cells instead of the numbers.
+    categories: list[str] = field(default_factory=list)
+    text: list[list[str]] | None = None
 
 
 @dataclass(frozen=True)

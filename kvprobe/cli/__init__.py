@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 from rich.console import Console
 
-from kvprobe.cli import compare, doctor, quantize, report, run, scenarios
+from kvprobe.cli import compare, doctor, quantize, report, run, scenarios, sweep
 from kvprobe.cli.options import Subparsers, root_parser
 from kvprobe.display import SafeConsole
 from kvprobe.errors import EngineError, Interrupted, UserError
@@ -28,6 +28,7 @@ COMMANDS: dict[str, tuple[Callable[[Subparsers], None], Command]] = {
     "compare": (compare.add_parser, compare.cmd_compare),
     "doctor": (doctor.add_parser, doctor.cmd_doctor),
     "quantize": (quantize.add_parser, quantize.cmd_quantize),
+    "sweep": (sweep.add_parser, sweep.cmd_sweep),
 }
 
 

@@ -68,7 +68,7 @@ def duration(text: str) -> float:
     return seconds
 
 
-def margin_option(parser: argparse.ArgumentParser) -> None:
+def margin_option(parser: argparse._ActionsContainer) -> None:
     parser.add_argument(
         "--margin",
         action="append",

@@ -1,42 +1,73 @@
-"""`kvprobe report`: saved results, one as at the end of its run, several side by side."""
+"""`kvprobe report`: saved results, one as at the end of its run, several side by side, or a
+sweep folder merged (kvprobe.views.sweep)."""
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 
 from kvprobe.cli.options import Subparsers, margin_option
+from kvprobe.errors import UserError
 from kvprobe.result.store import Result
 from kvprobe.run import parse_margins
 from kvprobe.stats.verdict import build_verdict
-from kvprobe.views.pictures import check_pictures, write_pictures
+from kvprobe.sweep.manifest import is_sweep_folder
+from kvprobe.views.figures import write_png
+from kvprobe.views.pictures import check_pictures, save_page, write_pictures
 from kvprobe.views.terminal import print_matrix, print_run_report
+
+SWEEP_PAGE = "report.html"  # a sweep's merged page, in its folder unless --html says elsewhere
 
 
 def add_parser(subparsers: Subparsers) -> None:
     report = subparsers.add_parser(
-        "report", help="show saved results: one as at the end of its run, several side by side"
+        "report",
+        help="show saved results: one as at the end of its run, several side by side, or a sweep folder",
     )
-    report.add_argument("results", nargs="+", metavar="RESULT", help="result files (JSON from kvprobe run)")
     report.add_argument(
-        "--html", metavar="PAGE", help="also write one self-contained HTML page with the figures"
+        "results",
+        nargs="+",
+        metavar="RESULT",
+        help="result files (JSON from kvprobe run), or one sweep folder",
     )
+    report.add_argument(
+        "--html", metavar="PAGE", help="also write one self-contained HTML page with the figures (a sweep: "
+        f"default <SWEEP_DIR>/{SWEEP_PAGE})",
+    )  # fmt: skip
     report.add_argument("--png", metavar="DIR", help="also write every figure as a PNG file into DIR")
     report.add_argument("--force", action="store_true", help="overwrite an existing page or PNG files")
     margin_option(report)
 
 
+def _rebuild(args: argparse.Namespace, margins: dict[str, float]) -> Any:
+    def rebuild(doc: dict[str, Any]) -> None:  # other margins than the file's: the verdict again
+        if args.margin and doc.get("verdict") is not None and doc["verdict"].get("margins") != margins:
+            doc["verdict"] = build_verdict(doc, doc["run"]["seed"], margins)
+
+    return rebuild
+
+
 def cmd_report(args: argparse.Namespace, console: Console, words: list[str]) -> int:
     """One file: its tables and verdict, as at the end of `kvprobe run` (the same function);
-    several: the matrix across runs. Only the files are read, never the model."""
+    several: the matrix across runs; a sweep folder: the sweep merged. Only the files are read,
+    never the model."""
     margins = parse_margins(args.margin)
+    folders = [p for p in args.results if Path(p).is_dir()]
+    if folders:
+        if len(args.results) > 1 or not is_sweep_folder(Path(folders[0])):
+            raise UserError(
+                f"{folders[0]} is a folder: give result files, or one folder that `kvprobe sweep` wrote"
+            )
+        return report_sweep(Path(folders[0]), args, margins, console)
     check_pictures(args.html, args.png, [Path(p) for p in args.results], force=args.force)
     loaded = [Result.load(Path(p)) for p in args.results]
-    for r in loaded:  # other margins than the file's: the verdict again, from the file's own data
-        if args.margin and r.doc.get("verdict") is not None and r.doc["verdict"].get("margins") != margins:
-            r.doc["verdict"] = build_verdict(r.doc, r.doc["run"]["seed"], margins)
+    rebuild = _rebuild(args, margins)
+    for r in loaded:
+        rebuild(r.doc)
     named = [(r.path.name, r.doc) for r in loaded]
     if len(loaded) == 1:
         console.print(f"{loaded[0].path}: {loaded[0].doc.get('command', '')}", markup=False, highlight=False)
@@ -44,4 +75,24 @@ def cmd_report(args: argparse.Namespace, console: Console, words: list[str]) -> 
     else:
         print_matrix(named, console)
     write_pictures(named, args.html, args.png, console, force=args.force)
+    return 0
+
+
+def report_sweep(folder: Path, args: argparse.Namespace, margins: dict[str, float], console: Console) -> int:
+    """The sweep's tables; its page (in the folder by default, replaced: it is made from the
+    files) and PNG files where asked."""
+    from kvprobe.sweep.collect import collect
+    from kvprobe.views.sweep import cell_page_links, every_figure, print_sweep, sweep_page
+
+    default_page = folder / SWEEP_PAGE
+    has_plot = importlib.util.find_spec("matplotlib") is not None
+    page = Path(args.html) if args.html else (default_page if has_plot else None)
+    check_pictures(str(page) if page and page != default_page else None, args.png, [], force=args.force)
+    report = collect(folder, _rebuild(args, margins))
+    print_sweep(report, console)
+    if page is not None:
+        save_page(page, sweep_page(report, cell_page_links(report, page)), console)
+    if args.png:
+        paths = write_png(every_figure(report), args.png, force=args.force)
+        console.print(f"figures: {len(paths)} PNG files in {args.png}", markup=False, highlight=False)
     return 0

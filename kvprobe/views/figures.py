@@ -88,13 +88,15 @@ def _render(plt: Any, figure: Figure, fmt: str) -> bytes:
         if isinstance(figure, Heatmap):
             _draw_heatmap(ax, fig, figure)
         elif isinstance(figure, Scatter):
-            _draw_scatter(ax, figure)
+            labels = _draw_scatter(ax, figure)
         else:
             _draw_lines(ax, figure)
         ax.set_title(figure.title, fontsize=10)
         ax.set_xlabel(figure.xlabel)
         ax.set_ylabel(figure.ylabel)
         fig.tight_layout()
+        if isinstance(figure, Scatter):
+            _untangle(fig, ax, labels)
         buf = io.BytesIO()
         fig.savefig(buf, format=fmt, metadata={"Date": None} if fmt == "svg" else None)
         return buf.getvalue()
@@ -128,27 +130,71 @@ def _draw_lines(ax: Any, figure: LineFigure) -> None:
     ax.legend(fontsize=8, frameon=False)
 
 
-def _draw_scatter(ax: Any, figure: Scatter) -> None:
+def _draw_scatter(ax: Any, figure: Scatter) -> list[Any]:
+    """The points and their labels (placed by _untangle once the layout is final)."""
     seen: set[str] = set()
+    labels = []
     for p in figure.points:
         colour = GROUP_COLOURS.get(p.group, "#0072B2")
         ax.plot([p.x], [p.y], marker="o", markersize=8, color=colour, linestyle="none",
                 label=None if p.group in seen else p.group)  # fmt: skip
         seen.add(p.group)
         text = f"{p.label}\n{p.note}" if p.note else p.label
-        ax.annotate(text, (p.x, p.y), textcoords="offset points", xytext=(6, 4), fontsize=7)
+        labels.append(ax.annotate(text, (p.x, p.y), textcoords="offset points", xytext=(6, 4), fontsize=7))
     if figure.level is not None:
         ax.axhline(figure.level[0], color="#666666", linestyle=":", linewidth=1.2, label=figure.level[1])
     if figure.symlog_y is not None:
         ax.set_yscale("symlog", linthresh=figure.symlog_y)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8, frameon=False)
+    return labels
+
+
+# Where a label may go beside its point, in points: right or left, above or below; then
+# further up or down the same side. The first place inside the axes that overlaps no label
+# placed before wins.
+_SPOTS = [
+    (6, 4, "left", "bottom"),
+    (6, -4, "left", "top"),
+    (-6, 4, "right", "bottom"),
+    (-6, -4, "right", "top"),
+]
+_SPOTS += [(dx, dy * k, ha, va) for k in (3, 5, 7, 9) for dx, dy, ha, va in _SPOTS[:2]]
+
+
+def _untangle(fig: Any, ax: Any, labels: Sequence[Any]) -> None:
+    """Move each point's label to the first spot (_SPOTS) where it stays inside the axes (so it
+    never runs into the title) and overlaps no label placed before; left where it was if none."""
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    inside = ax.get_window_extent(renderer)
+    placed: list[Any] = []
+    for label in sorted(labels, key=lambda a: (-a.xy[1], a.xy[0])):
+        for dx, dy, ha, va in _SPOTS:
+            label.set_position((dx, dy))
+            label.set_ha(ha)
+            label.set_va(va)
+            box = label.get_window_extent(renderer)
+            within = (
+                inside.x0 <= box.x0 and box.x1 <= inside.x1 and inside.y0 <= box.y0 and box.y1 <= inside.y1
+            )
+            if within and not any(box.overlaps(other) for other in placed):
+                break
+        else:
+            label.set_position((6, 4))
+            label.set_ha("left")
+            label.set_va("bottom")
+            box = label.get_window_extent(renderer)
+        placed.append(box)
 
 
 def _draw_heatmap(ax: Any, fig: Any, figure: Heatmap) -> None:
     import numpy as np
 
     data = np.array([[np.nan if v is None else v for v in row] for row in figure.values], dtype=float)
+    if figure.categories:
+        _draw_categories(ax, fig, figure, data)
+        return
     cmap = "PuOr" if figure.diverging else "viridis"
     image = ax.imshow(data, cmap=cmap, vmin=figure.vmin, vmax=figure.vmax, aspect="auto", origin="lower")
     ax.set_xticks(range(len(figure.x_labels)), figure.x_labels)
@@ -159,6 +205,26 @@ def _draw_heatmap(ax: Any, fig: Any, figure: Heatmap) -> None:
             dark = not figure.diverging and v < 0.5
             ax.text(j, i, text, ha="center", va="center", fontsize=7, color="white" if dark else "black")
     fig.colorbar(image, ax=ax, label=figure.colour_label)
+
+
+def _draw_categories(ax: Any, fig: Any, figure: Heatmap, data: Any) -> None:
+    """Each cell in its category's colour, with its text; the colour bar names the categories."""
+    import numpy as np
+    from matplotlib.colors import ListedColormap
+
+    n = len(figure.categories)
+    cmap = ListedColormap([GROUP_COLOURS.get(c, "#0072B2") for c in figure.categories])
+    image = ax.imshow(data, cmap=cmap, vmin=-0.5, vmax=n - 0.5, aspect="auto", origin="lower")
+    ax.set_xticks(range(len(figure.x_labels)), figure.x_labels)
+    ax.set_yticks(range(len(figure.y_labels)), figure.y_labels)
+    for (i, j), v in np.ndenumerate(data):
+        text = figure.text[i][j] if figure.text is not None else ""
+        if text:
+            dark = not np.isnan(v) and figure.categories[int(v)] in ("reference", "worse")
+            ax.text(j, i, text, ha="center", va="center", fontsize=7, color="white" if dark else "black")
+    bar = fig.colorbar(image, ax=ax, ticks=range(n))
+    bar.ax.set_yticklabels(figure.categories)
+    bar.set_label(figure.colour_label)
 
 
 def write_png(figures: Sequence[Figure], folder: str, *, force: bool = False) -> list[str]:

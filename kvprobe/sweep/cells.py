@@ -1,0 +1,133 @@
+"""A sweep's cells: the cross product of its axes, less the cells left out. Each cell is an
+ordinary `kvprobe run` with its own result file; its reference runs beside its test
+configurations, in the same process, so every pairing stays valid."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kvprobe.errors import UserError
+from kvprobe.plan.scenario import bundled_scenarios
+from kvprobe.sweep.spec import DEFAULT_MODEL, ModelChoice, SweepSpec
+
+MAX_CELLS = 10_000  # more is a typo in an axis, not a sweep anyone will wait for
+CELLS_DIR = "cells"
+_UNSAFE = re.compile(r"[^A-Za-z0-9._+=-]+")
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One `kvprobe run`: a model (or REF/TEST pair), a cache set, --split-kv, a context, a
+    scenario and a prompt format."""
+
+    id: str
+    model: ModelChoice
+    caches: tuple[str, ...]
+    split_kv: bool
+    ctx: int
+    scenario: str
+    format: str
+
+    @property
+    def scenario_name(self) -> str:
+        return self.scenario if self.scenario in bundled_scenarios() else Path(self.scenario).stem
+
+    def axes(self) -> dict[str, Any]:
+        """The cell's value on each axis, by the words [[exclude]] uses."""
+        return {
+            "model": self.model.label,
+            "caches": list(self.caches),
+            "split_kv": self.split_kv,
+            "ctx": self.ctx,
+            "scenario": self.scenario,
+            "format": self.format,
+        }
+
+    def out(self, sweep_dir: Path) -> Path:
+        return sweep_dir / CELLS_DIR / f"{self.id}.json"
+
+    def argv(self, spec: SweepSpec, sweep_dir: Path) -> list[str]:
+        """The cell as `kvprobe run` words (the sweep's run options included)."""
+        words: list[str] = []
+        for path in self.model.paths:
+            if path != DEFAULT_MODEL:
+                words += ["--model", path]
+        for cache in self.caches:
+            words += ["--cache", cache]
+        if self.split_kv:
+            words.append("--split-kv")
+        words += ["--ctx", str(self.ctx), "--scenario", self.scenario]
+        if self.format != "auto":
+            words += ["--prompt-format", self.format]
+        words += spec.run.argv()
+        return [*words, "--out", str(self.out(sweep_dir))]
+
+
+def _matches(entry: dict[str, Any], cell: Cell) -> bool:
+    axes = cell.axes()
+    for key, value in entry.items():
+        if key == "model":
+            if value not in (cell.model.label, *cell.model.paths):
+                return False
+        elif key == "caches":
+            if sorted(value) != sorted(axes["caches"]):
+                return False
+        elif axes[key] != value:
+            return False
+    return True
+
+
+def cell_id(model: ModelChoice, caches: tuple[str, ...], split_kv: bool, ctx: int, extra: list[str]) -> str:
+    parts = [model.label, "+".join(caches) + ("-splitkv" if split_kv else ""), str(ctx), *extra]
+    return _UNSAFE.sub("-", "_".join(parts))[:200]
+
+
+def expand(spec: SweepSpec) -> list[Cell]:
+    """Every cell, in a stable order (models slowest, contexts fastest); duplicates and
+    exclude entries that match nothing are refused in one line."""
+    axes = (spec.models, spec.caches, spec.split_kv, spec.scenarios, spec.formats, spec.contexts)
+    total = 1
+    for axis in axes:
+        total *= len(axis)
+    if total > MAX_CELLS:  # before building them: six axes of 256 would never end
+        raise UserError(f"sweep {spec.source}: {total:,} cells, more than {MAX_CELLS:,}: split the sweep")
+    several_scenarios, several_formats = len(spec.scenarios) > 1, len(spec.formats) > 1
+    cells: list[Cell] = []
+    seen: dict[tuple[Any, ...], Cell] = {}
+    for model, caches, split, scenario, fmt, ctx in itertools.product(*axes):
+        extra = ([Path(scenario).stem] if several_scenarios else []) + ([fmt] if several_formats else [])
+        cell = Cell(cell_id(model, caches, split, ctx, extra), model, caches, split, ctx, scenario, fmt)
+        key = (
+            tuple(os.path.realpath(p) for p in model.paths),
+            tuple(sorted(caches)),
+            split,
+            ctx,
+            scenario,
+            fmt,
+        )
+        if key in seen:
+            raise UserError(
+                f"sweep {spec.source}: cell {cell.id} appears twice (an axis lists the same value twice, or "
+                "two entries name the same file): remove the duplicate"
+            )
+        seen[key] = cell
+        cells.append(cell)
+    ids = [c.id for c in cells]
+    if len(set(ids)) != len(ids):
+        twice = next(i for i in ids if ids.count(i) > 1)
+        raise UserError(f"sweep {spec.source}: two cells would share the name {twice}: give the models names")
+    kept = [c for c in cells if not any(_matches(e, c) for e in spec.exclude)]
+    for i, entry in enumerate(spec.exclude):
+        if not any(_matches(entry, c) for c in cells):
+            raise UserError(
+                f"sweep {spec.source}: exclude[{i}] ({entry}) matches no cell: check its values against "
+                "the axes"
+            )
+    if not kept:
+        raise UserError(f"sweep {spec.source}: every cell is excluded: nothing to run")
+    return kept

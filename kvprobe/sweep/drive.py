@@ -1,0 +1,293 @@
+"""`kvprobe sweep`, once its options are read: plan the cells (each checked as `kvprobe run`
+checks its options), print them for --dry-run, or take the sweep folder's lock, write the
+manifest, and run the cells that are not finished with the chosen executor."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from kvprobe.display import plain
+from kvprobe.errors import Interrupted, UserError
+from kvprobe.pace import format_duration
+from kvprobe.paths import OutputLock, check_folder_writable
+from kvprobe.result.document import utc_now
+from kvprobe.sweep.cell_run import FAILED, result_state
+from kvprobe.sweep.cells import Cell, expand
+from kvprobe.sweep.jobs import CellJob
+from kvprobe.sweep.manifest import MANIFEST, CellRecord, Manifest, is_sweep_folder, load_manifest
+from kvprobe.sweep.preflight import Calibration, CellCheck, Headers, check_cells, memory_bytes
+from kvprobe.sweep.progress import SweepProgress
+from kvprobe.sweep.spec import SweepSpec
+
+GiB = 2**30
+
+
+@dataclass(frozen=True)
+class SweepOptions:
+    """How to run the sweep (not what it measures)."""
+
+    executor: str = "local"  # local | ray
+    address: str | None = None  # Ray: auto, HOST:PORT, ray://HOST:10001; None: a local Ray instance
+    retries: int = 3  # Ray: attempts after a lost worker
+    gpus_per_cell: float | None = None  # Ray: None decides from the cluster and --gpu-layers
+    dry_run: bool = False
+
+
+def default_folder(spec: SweepSpec, created: str) -> Path:
+    stamp = created.replace("-", "").replace(":", "").replace("Z", "")
+    return Path("results") / "sweeps" / f"{stamp}-{spec.name.replace(' ', '_').replace('/', '-')}"
+
+
+def check_new_folder(folder: Path) -> None:
+    """A new sweep goes into a folder that does not exist yet, or an empty one."""
+    if is_sweep_folder(folder):
+        raise UserError(
+            f"{folder} holds a sweep already: continue it with `kvprobe sweep --resume {folder}`, "
+            "or choose another --out"
+        )
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"--out {folder} is a file: give a folder for the sweep")
+    if folder.is_dir() and any(folder.iterdir()):
+        raise UserError(f"--out {folder} is not empty: give a new or empty folder for the sweep")
+    check_folder_writable(folder, "--out", folder)
+
+
+def _records(checks: Sequence[CellCheck], folder: Path) -> dict[str, CellRecord]:
+    return {
+        c.cell.id: CellRecord(
+            argv=c.argv, out=str(c.cell.out(folder).relative_to(folder)), axes=c.cell.axes()
+        )
+        for c in checks
+    }
+
+
+def _size(n: int | None) -> str:
+    return f"{n / GiB:.2f} GiB" if n is not None else "?"
+
+
+def _memory(checks: Sequence[CellCheck], headers: Headers) -> dict[str, int | str]:
+    """Each cell's memory estimate, or the reason it has none (a model file that is not GGUF)."""
+    out: dict[str, int | str] = {}
+    for c in checks:
+        try:
+            out[c.cell.id] = memory_bytes(c, headers)
+        except UserError as exc:
+            out[c.cell.id] = str(exc)
+    return out
+
+
+def print_dry_run(
+    checks: Sequence[CellCheck],
+    memory: dict[str, int | str],
+    calibration: Calibration,
+    folder: Path,
+    console: Console,
+) -> None:
+    table = Table(title=f"kvprobe sweep --dry-run: {len(checks)} cells into {plain(folder)}")
+    for col in ("cell", "model", "caches", "ctx", "scenario", "format", "memory", "time", "state"):
+        table.add_column(col, justify="right" if col in ("ctx", "memory", "time") else "left")
+    total, measured_any = 0.0, False
+    problems = []
+    for c in checks:
+        seconds, measured = calibration.seconds(c)
+        total += seconds
+        measured_any |= measured
+        mem = memory[c.cell.id]
+        if isinstance(mem, str):
+            problems.append(f"{c.cell.id}: {mem}")
+        state = result_state(c.cell.out(folder)) if folder.exists() else "new"
+        table.add_row(
+            plain(c.cell.id),
+            plain(c.cell.model.label),
+            plain("+".join(c.cell.caches) + (" split-kv" if c.cell.split_kv else "")),
+            f"{c.cell.ctx:,}",
+            plain(c.cell.scenario_name),
+            c.cell.format,
+            _size(mem) if not isinstance(mem, str) else "cannot tell",
+            format_duration(seconds),
+            {"partial": "resumes", "done": "done", "absent": "to run", "new": "to run"}[state],
+        )
+    console.print(table)
+    how = (
+        "from the finished cells' speed"
+        if measured_any
+        else "rough, from the models' sizes and this host's cores"
+    )
+    console.print(
+        f"about {format_duration(total)} one cell after another ({how})", markup=False, highlight=False
+    )
+    for line in problems:
+        console.print(f"cannot run: {line}", markup=False, highlight=False, soft_wrap=True)
+
+
+def _calibrated(checks: Sequence[CellCheck], manifest: Manifest | None) -> Calibration:
+    """Calibration from cells an earlier part of this sweep finished (their measured seconds)."""
+    calibration = Calibration()
+    if manifest is not None:
+        for c in checks:
+            rec = manifest.cells.get(c.cell.id)
+            if rec is not None and rec.status == "done" and rec.seconds:
+                calibration.observe(c, rec.seconds)
+    return calibration
+
+
+def run_sweep(
+    spec: SweepSpec,
+    folder: Path,
+    options: SweepOptions,
+    console: Console,
+    *,
+    resume: Manifest | None,
+    command: str,
+) -> int:
+    """Plan, then --dry-run's table, or the sweep itself."""
+    cells: list[Cell] = expand(spec)
+    if resume is not None and [c.id for c in cells] != list(resume.cells):
+        raise UserError(f"sweep manifest {resume.path} does not match its own spec: start a new sweep")
+    checks = check_cells(cells, spec, folder)
+    if resume is not None:  # the words the sweep started with, not today's spelling of them
+        checks = [CellCheck(**{**vars(c), "argv": resume.cells[c.cell.id].argv}) for c in checks]
+    calibration = _calibrated(checks, resume)
+    needs_memory = options.dry_run or options.executor == "ray"
+    memory = _memory(checks, Headers()) if needs_memory else {}
+    if options.dry_run:
+        print_dry_run(checks, memory, calibration, folder, console)
+        return 0
+    if resume is None:
+        check_new_folder(folder)
+    owner = {"pid": os.getpid(), "started": utc_now(), "command": command}
+    folder.mkdir(parents=True, exist_ok=True)
+    with OutputLock(folder / MANIFEST, owner):
+        manifest = resume or Manifest(folder, spec, _records(checks, folder), command=command)
+        manifest.executor = options.executor
+        return _run_locked(
+            manifest, checks=checks, memory=memory, calibration=calibration, options=options, console=console
+        )
+
+
+def _run_locked(
+    manifest: Manifest,
+    *,
+    checks: Sequence[CellCheck],
+    memory: dict[str, int | str],
+    calibration: Calibration,
+    options: SweepOptions,
+    console: Console,
+) -> int:
+    folder = manifest.folder
+    todo: list[CellCheck] = []
+    for c in checks:
+        record = manifest.cells[c.cell.id]
+        state = result_state(c.cell.out(folder))
+        if isinstance(mem := memory.get(c.cell.id), int):
+            record.memory_bytes = mem
+        record.estimate_s = round(calibration.seconds(c)[0], 1)
+        if state == "done":
+            record.status = "done"
+        else:
+            record.status = "pending" if record.status in ("running", "done") else record.status
+            todo.append(c)
+    manifest.save()
+    done = len(checks) - len(todo)
+    progress = SweepProgress(console, manifest, todo, calibration)
+    progress.say(
+        f"sweep {folder}: {len(checks)} cells ({_shape(manifest.spec)}), {done} done before, "
+        f"{len(todo)} to run with the {options.executor} executor; about "
+        f"{format_duration(progress.eta())} one after another"
+    )
+    jobs = [
+        CellJob(
+            c.cell.id,
+            c.argv,
+            c.cell.out(folder),
+            result_state(c.cell.out(folder)) == "partial",
+            memory_bytes=mem if isinstance(mem := memory.get(c.cell.id), int) else None,
+            threads=manifest.spec.run.threads,
+            on_gpu=manifest.spec.run.gpu_layers != 0,
+        )
+        for c in todo
+    ]
+    previous = signal.signal(signal.SIGTERM, _as_interrupt)
+    try:
+        if options.executor == "ray":
+            from kvprobe.sweep.ray_executor import run_ray
+
+            run_ray(
+                jobs,
+                progress,
+                folder,
+                address=options.address,
+                retries=options.retries,
+                gpus_per_cell=options.gpus_per_cell,
+            )
+        else:
+            from kvprobe.sweep.local import run_local
+
+            run_local(jobs, progress)
+    except KeyboardInterrupt:
+        manifest.save()
+        counts = manifest.counts()
+        raise Interrupted(
+            f"interrupted; {counts['done']} of {len(checks)} cells done, the rest in {folder}: continue with "
+            f"`kvprobe sweep --resume {folder}`"
+        ) from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    return _final(manifest, console)
+
+
+def _as_interrupt(signum: int, frame: object) -> None:  # SIGTERM (a scheduler's stop) as Ctrl-C
+    raise KeyboardInterrupt
+
+
+def _shape(spec: SweepSpec) -> str:
+    parts = [
+        (len(spec.models), "model"),
+        (len(spec.caches), "cache set"),
+        (len(spec.split_kv), "split"),
+        (len(spec.contexts), "context"),
+        (len(spec.scenarios), "scenario"),
+        (len(spec.formats), "format"),
+    ]
+    shown = [
+        f"{n} {word}{'s' if n != 1 else ''}" for n, word in parts if n > 1 or word in ("model", "context")
+    ]
+    cut = f", {len(spec.exclude)} exclusions" if spec.exclude else ""
+    return " × ".join(shown) + cut
+
+
+def _final(manifest: Manifest, console: Console) -> int:
+    counts = manifest.counts()
+    failed = [cid for cid, r in manifest.cells.items() if r.status == FAILED]
+    console.print(
+        f"sweep: {counts['done']} of {len(manifest.cells)} cells done"
+        + (
+            f", {len(failed)} failed ({', '.join(failed[:5])}{', …' if len(failed) > 5 else ''})"
+            if failed
+            else ""
+        )
+        + f"; the merged report: kvprobe report {manifest.folder}",
+        markup=False,
+        highlight=False,
+        soft_wrap=True,
+    )
+    console.print(f"sweep: {manifest.folder}", markup=False, highlight=False)
+    return 1 if failed else 0
+
+
+def load_for_resume(folder: Path) -> Manifest:
+    if not folder.is_dir():
+        raise UserError(f"--resume {folder}: no such folder; give the folder `kvprobe sweep` wrote")
+    return load_manifest(folder)
+
+
+def command_line() -> str:
+    return " ".join(["kvprobe", *sys.argv[1:]])
