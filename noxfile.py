@@ -1,11 +1,12 @@
-"""nox sessions. CI runs lint, typecheck, tests and compare (the gate on a saved result)
-through .ci/run; `nox -s bench` (minutes, timing figures) runs only when asked."""
+"""nox sessions. CI runs lint, typecheck, tests, fuzz, compare (the gate on a saved result) and
+docs (the site, built strictly) through .ci/run; `nox -s bench` (minutes, timing figures) runs
+only when asked."""
 
 from __future__ import annotations
 
 import nox
 
-nox.options.sessions = ["lint", "typecheck", "tests", "fuzz", "compare"]
+nox.options.sessions = ["lint", "typecheck", "tests", "fuzz", "compare", "docs"]
 FUZZ_EXAMPLES_CI = 200  # per reader's property test: bounded, so CI's time is known
 nox.options.default_venv_backend = "venv"
 nox.options.reuse_existing_virtualenvs = True
@@ -49,8 +50,8 @@ def fuzz(session: nox.Session) -> None:
 @nox.session
 def lint(session: nox.Session) -> None:
     session.install("ruff")
-    session.run("ruff", "check", "kvprobe", "tests", "benchmarks", "noxfile.py")
-    session.run("ruff", "format", "--check", "kvprobe", "tests", "benchmarks", "noxfile.py")
+    session.run("ruff", "check", "kvprobe", "tests", "benchmarks", "docs/pictures.py", "noxfile.py")
+    session.run("ruff", "format", "--check", "kvprobe", "tests", "benchmarks", "docs/pictures.py", "noxfile.py")
 
 
 @nox.session
@@ -73,6 +74,15 @@ def compare(session: nox.Session) -> None:
         "kvprobe", "compare", "results/examples/quick-f16-q8_0-1024.json", new,
         "--fail-on", "accuracy:-0.05", "--fail-on", "kld_mean:+0.01",
     )  # fmt: skip
+
+
+@nox.session
+def docs(session: nox.Session) -> None:
+    """The docs site (mkdocs, material theme) into site/, with every warning an error: a broken
+    link, a missing picture, a page left out of the navigation. The tests check that the CLI
+    reference and the home page are current."""
+    session.install("-e", ".[docs]")
+    session.run("mkdocs", "build", "--strict", env={"NO_MKDOCS_2_WARNING": "1"})
 
 
 @nox.session

@@ -367,7 +367,7 @@ def run_warnings(
     if gpu_layers != 0 and any(c.type_k != c.type_v for c in configs):
         warnings.append(
             "on CUDA, llama.cpp compiles flash-attention kernels only for matching K/V types unless built "
-            "with -DGGML_CUDA_FA_QUANTS=all: an asymmetric pair runs on a much slower path"
+            "with -DGGML_CUDA_FA_ALL_QUANTS=ON: an asymmetric pair runs on a much slower path"
         )
     return warnings
 

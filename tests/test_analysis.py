@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from kvprobe.api import ALPHA, paired_item_metrics
+from kvprobe.api import ALPHA
 from kvprobe.stats.analysis import (
     effective_context,
     fit_decay,
@@ -175,18 +175,6 @@ def test_onset_finds_a_planted_drop() -> None:
     )
     print(f"planted drop at 2048: onset at 2048 or 4096 in {hits / n:.3f} of {n} simulations")
     assert hits / n >= 0.90
-
-
-RULER = ("multikey", "multivalue", "multiquery", "vartrack", "aggregation", "nearduplicate")
-
-
-def test_metrics_table_names_what_it_pairs() -> None:
-    assert {(m.probe, m.name) for m in paired_item_metrics()} == {
-        ("needle", "accuracy"),
-        ("needle", "answer_logprob"),
-        ("repetition", "seq_rep_4"),
-        *((p, f"{p}_{m}") for p in RULER for m in ("accuracy", "logprob")),
-    }
 
 
 def test_halving_length_that_overflows_is_not_estimable() -> None:

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from kvprobe.cli import COMMANDS
 from tests.gguf_files import BIG, Spec, write_gguf
 from tests.test_cli import assert_one_line_error, kvprobe
 from tests.tiny_model import write_tiny_model
@@ -418,7 +419,57 @@ CASES: dict[str, tuple[Callable[[World], list[str]], tuple[str, ...]]] = {
         ],
         ("--out-dir",),
     ),
+    # sweep
+    "sweep file with an unknown key": (
+        lambda w: ["sweep", _sweep(w, 'caches = ["q8_0"]\ncontext = [512]\n'), "--out", str(w.root / "sw")],
+        ("context", "did you mean contexts"),
+    ),
+    "sweep file that is /dev/zero": (
+        lambda w: ["sweep", "/dev/zero", "--out", str(w.root / "sw")],
+        ("character device",),
+    ),
+    "sweep of a model that is not there": (
+        lambda w: [
+            "sweep",
+            "--model",
+            str(w.root / "none.gguf"),
+            "--cache",
+            "q8_0",
+            "--out",
+            str(w.root / "sw"),
+        ],
+        ("no such file",),
+    ),
+    "sweep whose every cell is excluded": (
+        lambda w: [
+            "sweep",
+            _sweep(w, f'models = ["{w.model}"]\ncaches = ["q8_0"]\n[[exclude]]\nctx = 8192\n'),
+            "--out",
+            str(w.root / "sw"),
+        ],
+        ("every cell is excluded",),
+    ),
+    "sweep into a folder that holds files": (
+        lambda w: ["sweep", "--model", str(w.model), "--cache", "q8_0", "--out", str(w.root / "results")],
+        ("not empty",),
+    ),
+    "sweep --resume of a folder that is not a sweep": (
+        lambda w: ["sweep", "--resume", str(w.root / "results")],
+        ("sweep manifest", "not found"),
+    ),
+    "sweep --resume with a sweep file too": (
+        lambda w: ["sweep", _sweep(w, 'caches = ["q8_0"]\n'), "--resume", str(w.root / "results")],
+        ("--resume DIR continues the sweep as it was asked",),
+    ),
+    "report of a folder that is not a sweep": (
+        lambda w: ["report", str(w.root / "results")],
+        ("is a folder", "kvprobe sweep"),
+    ),
 }
+
+
+def _sweep(world: World, toml: str) -> str:
+    return _file(world, "sweep.toml", toml)
 
 
 def _fifo(world: World) -> str:
@@ -473,8 +524,15 @@ def _snapshot(root: Path) -> dict[str, tuple[int, int, str]]:
     return found
 
 
-def test_the_matrix_has_at_least_25_cases() -> None:
-    assert len(CASES) >= 25
+POSITIONALS = {"report": ["r.json"], "compare": ["a.json", "b.json"], "doctor": ["m.gguf"],
+               "quantize": ["m.gguf", "--type", "q8_0"]}  # fmt: skip
+
+
+@pytest.mark.parametrize("command", list(COMMANDS))
+def test_every_command_refuses_an_unknown_option_in_one_line(command: str) -> None:
+    """Every command's parser ends in the same one line, exit 2, naming the option and the help."""
+    proc = kvprobe(command, *POSITIONALS.get(command, []), "--no-such-option")
+    assert_one_line_error(proc, "unrecognized arguments: --no-such-option", f"kvprobe {command} --help")
 
 
 @pytest.mark.parametrize("case", sorted(CASES))

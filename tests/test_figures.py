@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from kvprobe.api import Heatmap, LineFigure, all_probes, get_probe
+from kvprobe.api import Scatter as Scatter_
 from kvprobe.cli import main
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "results" / "examples"
@@ -202,3 +203,75 @@ def test_compare_draws_old_and_new_on_the_same_axes(
     assert "old and new" in text
     assert "Verdict, old" in text
     assert "Verdict, new" in text
+
+
+# --- no overlaps, nothing cut: where the drawn parts land -------------------------------------
+
+
+def inside(inner: Any, outer: Any) -> bool:
+    return bool(outer.x0 <= inner.x0 <= inner.x1 <= outer.x1 and outer.y0 <= inner.y0 <= inner.y1 <= outer.y1)
+
+
+def crowded() -> Any:
+    from kvprobe.api import Point, Scatter
+
+    points = [Point(f"k=q{4 + i % 2}_0,v=f16 @ {1024 * (1 + i % 3):,}", 10 + i * 0.4, 0.01 + 0.001 * i,
+                    ["equivalent", "worse"][i % 2], "140 tok/s") for i in range(8)]  # fmt: skip
+    points.append(Point("f16", 40, 0.0, "reference", "479 tok/s"))
+    title = "Quality against KV memory at 8,192 tokens (colour: equivalence to the reference), crowded"
+    return Scatter("crowded", title, "KV MiB", "mean KL (nats)", points, level=(0.02, "bound"), log_y=True)
+
+
+def test_scatter_labels_overlap_nothing_and_stay_inside_the_axes() -> None:
+    from kvprobe.views.figures import layout
+
+    drawn = layout(crowded())
+    assert len(drawn.texts) == 9
+    for i, box in enumerate(drawn.texts):
+        assert inside(box, drawn.axes), i  # so no label runs into the title or off the figure
+        for other in drawn.texts[:i]:
+            assert not box.overlaps(other), i
+    assert inside(drawn.title, drawn.figure)  # the long title is wrapped, not cut
+
+
+def test_a_log_axis_invents_no_region_below_zero_for_the_reference() -> None:
+    from kvprobe.views.figures import layout
+
+    drawn = layout(crowded())
+    assert drawn.y_ticks
+    assert all(v > 0 for v in drawn.y_ticks)
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in EXAMPLES.glob("*.json")))
+def test_every_examples_figures_fit_their_frame(name: str) -> None:
+    """Every figure of every example result: the title inside the figure, the labels of a
+    scatter inside its axes and apart, a legend of many entries beside the axes."""
+    from kvprobe.views.figures import layout
+    from kvprobe.views.pictures import every_figure
+
+    for figure in every_figure(load(EXAMPLES / name)):
+        drawn = layout(figure)
+        assert inside(drawn.title, drawn.figure), figure.key
+        for i, box in enumerate(drawn.texts if isinstance(figure, Scatter_) else []):
+            assert inside(box, drawn.axes), figure.key
+            assert not any(box.overlaps(o) for o in drawn.texts[:i]), figure.key
+        if drawn.legend is not None and isinstance(figure, LineFigure) and len(figure.series) > 4:
+            assert drawn.legend.x0 >= drawn.axes.x1, figure.key  # beside the axes, not over the data
+            assert drawn.legend.x1 <= drawn.figure.x1, figure.key
+
+
+def test_no_two_series_look_alike_past_the_palette() -> None:
+    from kvprobe.api import Series
+    from kvprobe.views.figures import _pyplot, render
+
+    series = [Series(f"s{i}", [1.0, 2.0], [float(i), float(i)]) for i in range(9)]
+    figure = LineFigure("many", "nine series", "x", "y", series)
+    render(figure, "png")
+    plt = _pyplot()
+    fig, ax = plt.subplots()
+    from kvprobe.views.figures import _draw_lines
+
+    _draw_lines(ax, figure)
+    looks = [(line.get_color(), line.get_linestyle(), line.get_marker()) for line in ax.get_lines()]
+    plt.close(fig)
+    assert len(set(looks)) == 9

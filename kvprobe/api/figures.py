@@ -77,7 +77,9 @@ class Scatter:
     ylabel: str
     points: list[Point]
     level: tuple[float, str] | None = None
-    symlog_y: float | None = None  # linear below this, logarithmic above (0 stays on the axis)
+    # Logarithmic y. A point at exactly 0 (the reference's KL) has no place on it: it is drawn on
+    # the bottom edge as a triangle, and its label says "= 0"; no negative region is invented.
+    log_y: bool = False
 
 
 Figure = LineFigure | Heatmap | Scatter

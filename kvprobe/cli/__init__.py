@@ -39,12 +39,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """The options; words no command knows are refused by that command's own parser, so the
+    line names its help (`kvprobe run --help`), not the root's."""
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        action.choices[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     # Redirected to a file, rich would wrap tables at 80 columns; a log reads better wide.
     console = SafeConsole(stderr=False, width=None if sys.stdout.isatty() else 160)
     err = SafeConsole(stderr=True)
     try:
-        args = build_parser().parse_args(argv)
+        args = parse(build_parser(), argv)
         _, command = COMMANDS[args.command]
         return command(args, console, list(argv if argv is not None else sys.argv[1:]))
     except Interrupted as exc:

@@ -184,5 +184,5 @@ def frontier_figure(result: dict[str, Any]) -> Scatter | None:
         "mean KL from the reference (nats)",
         points,
         level=(bound, f"KL bound {bound:g}") if bound else None,
-        symlog_y=1e-3,
+        log_y=True,
     )

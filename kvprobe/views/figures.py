@@ -8,8 +8,11 @@ from every other series.
 
 from __future__ import annotations
 
+import contextlib
 import io
-from collections.abc import Sequence
+import textwrap
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from kvprobe.api.figures import Figure, Heatmap, LineFigure, Marker, Point, Scatter, Series, summary_series
@@ -33,6 +36,8 @@ __all__ = [
 OKABE_ITO = ("#E69F00", "#56B4E9", "#009E73", "#0072B2", "#D55E00", "#CC79A7", "#F0E442")
 REFERENCE_COLOUR = "#000000"
 INSTALL_PLOT = 'pip install "kvprobe[plot]"'
+TITLE_CHARS = 80  # what fits on one line of a 7.2-inch figure at 10 points
+LEGEND_INSIDE = 4  # legend entries that fit inside the axes without covering the data
 
 
 GROUP_COLOURS = {
@@ -56,11 +61,66 @@ def _pyplot() -> Any:
 
 def render(figure: Figure, fmt: str = "svg") -> bytes:
     """The figure drawn as SVG or PNG bytes."""
+    with _drawn(figure) as (fig, _, _):
+        buf = io.BytesIO()
+        fig.savefig(buf, format=fmt, metadata={"Date": None} if fmt == "svg" else None)
+        return buf.getvalue()
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where the parts of a drawn figure landed, in pixels (for the tests of overlaps)."""
+
+    figure: Any  # every box: matplotlib Bbox
+    axes: Any
+    title: Any
+    texts: list[Any]  # the points' labels (a scatter), or the cells' texts (a heatmap)
+    legend: Any | None
+    y_ticks: list[float]  # the y axis's major tick values inside its limits
+
+
+def layout(figure: Figure) -> Layout:
+    """The figure drawn, and where its title, labels and legend landed."""
+    with _drawn(figure) as (fig, ax, labels):
+        renderer = fig.canvas.get_renderer()
+        legend = ax.get_legend()
+        low, high = ax.get_ylim()
+        return Layout(
+            fig.bbox, ax.get_window_extent(renderer), ax.title.get_window_extent(renderer),
+            [t.get_window_extent(renderer) for t in labels],
+            legend.get_window_extent(renderer) if legend is not None else None,
+            [float(v) for v in ax.get_yticks() if low <= v <= high],
+        )  # fmt: skip
+
+
+@contextlib.contextmanager
+def _drawn(figure: Figure) -> Iterator[tuple[Any, Any, list[Any]]]:
+    """The figure drawn with matplotlib, laid out; closed afterwards."""
     plt = _pyplot()
     # Labels come from files (model names, configuration ids): "$" must not start mathtext (a
     # stray one raises while drawing) and control characters are written out.
     with plt.rc_context({"text.parse_math": False}):
-        return _render(plt, _visible_text(figure), fmt)
+        figure = _visible_text(figure)
+        fig, ax = plt.subplots(figsize=(7.2, 4.2), dpi=110)
+        try:
+            labels: list[Any] = []
+            if isinstance(figure, Heatmap):
+                _draw_heatmap(ax, fig, figure)
+            elif isinstance(figure, Scatter):
+                labels = _draw_scatter(ax, figure)
+            else:
+                _draw_lines(ax, figure)
+            # A long title is wrapped, not cut at the figure's edge.
+            ax.set_title(textwrap.fill(figure.title, TITLE_CHARS), fontsize=10)
+            ax.set_xlabel(figure.xlabel)
+            ax.set_ylabel(figure.ylabel)
+            fig.tight_layout()
+            if isinstance(figure, Scatter):
+                _untangle(fig, ax, labels)
+            fig.canvas.draw()
+            yield fig, ax, labels
+        finally:
+            plt.close(fig)
 
 
 def _visible_text(figure: Figure) -> Figure:
@@ -82,35 +142,18 @@ def _visible_text(figure: Figure) -> Figure:
     return cleaned
 
 
-def _render(plt: Any, figure: Figure, fmt: str) -> bytes:
-    fig, ax = plt.subplots(figsize=(7.2, 4.2), dpi=110)
-    try:
-        if isinstance(figure, Heatmap):
-            _draw_heatmap(ax, fig, figure)
-        elif isinstance(figure, Scatter):
-            labels = _draw_scatter(ax, figure)
-        else:
-            _draw_lines(ax, figure)
-        ax.set_title(figure.title, fontsize=10)
-        ax.set_xlabel(figure.xlabel)
-        ax.set_ylabel(figure.ylabel)
-        fig.tight_layout()
-        if isinstance(figure, Scatter):
-            _untangle(fig, ax, labels)
-        buf = io.BytesIO()
-        fig.savefig(buf, format=fmt, metadata={"Date": None} if fmt == "svg" else None)
-        return buf.getvalue()
-    finally:
-        plt.close(fig)
-
-
 def _draw_lines(ax: Any, figure: LineFigure) -> None:
-    colours = iter(OKABE_ITO * 4)
     colour_of: dict[str, str] = {}
+    others = 0
     for s in figure.series:
-        colour = REFERENCE_COLOUR if s.reference else next(colours)
+        # Past the palette's seven colours a series takes a colour again with another line and
+        # marker, so no two series look alike.
+        colour = REFERENCE_COLOUR if s.reference else OKABE_ITO[others % len(OKABE_ITO)]
+        second_round = not s.reference and others >= len(OKABE_ITO)
+        others += 0 if s.reference else 1
         colour_of[s.label] = colour
-        ax.plot(s.x, s.y, marker="o", markersize=3.5, color=colour, linestyle="--" if s.reference else "-",
+        style = "--" if s.reference else ("-." if second_round else "-")
+        ax.plot(s.x, s.y, marker="s" if second_round else "o", markersize=3.5, color=colour, linestyle=style,
                 linewidth=1.6, label=s.label)  # fmt: skip
         if s.lo is not None and s.hi is not None:
             ax.fill_between(s.x, s.lo, s.hi, color=colour, alpha=0.15, linewidth=0)
@@ -127,65 +170,103 @@ def _draw_lines(ax: Any, figure: LineFigure) -> None:
         ax.set_xticks(ticks, [f"{int(t):,}" for t in ticks])
         ax.minorticks_off()
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8, frameon=False)
+    _legend(ax)
+
+
+def _legend(ax: Any) -> None:
+    """Inside the axes where "best" finds room for a few entries; beside them, to the right, for
+    more (the bands of many series leave no corner free, and a legend must not cover data)."""
+    entries = len(ax.get_legend_handles_labels()[1])
+    if entries > LEGEND_INSIDE:
+        ax.legend(fontsize=8, frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    elif entries:
+        ax.legend(fontsize=8, frameon=False)
 
 
 def _draw_scatter(ax: Any, figure: Scatter) -> list[Any]:
     """The points and their labels (placed by _untangle once the layout is final)."""
     seen: set[str] = set()
     labels = []
+    floor = _log_floor(figure) if figure.log_y else None
     for p in figure.points:
         colour = GROUP_COLOURS.get(p.group, "#0072B2")
-        ax.plot([p.x], [p.y], marker="o", markersize=8, color=colour, linestyle="none",
-                label=None if p.group in seen else p.group)  # fmt: skip
+        at_zero = floor is not None and p.y <= 0
+        y = floor if at_zero and floor is not None else p.y
+        ax.plot([p.x], [y], marker="v" if at_zero else "o", markersize=8, color=colour, linestyle="none",
+                clip_on=not at_zero, label=None if p.group in seen else p.group)  # fmt: skip
         seen.add(p.group)
-        text = f"{p.label}\n{p.note}" if p.note else p.label
-        labels.append(ax.annotate(text, (p.x, p.y), textcoords="offset points", xytext=(6, 4), fontsize=7))
+        name = f"{p.label} (= 0)" if at_zero else p.label
+        text = f"{name}\n{p.note}" if p.note else name
+        labels.append(ax.annotate(text, (p.x, y), textcoords="offset points", xytext=(6, 4), fontsize=7))
     if figure.level is not None:
         ax.axhline(figure.level[0], color="#666666", linestyle=":", linewidth=1.2, label=figure.level[1])
-    if figure.symlog_y is not None:
-        ax.set_yscale("symlog", linthresh=figure.symlog_y)
+    if floor is not None:
+        from matplotlib.ticker import FuncFormatter, NullFormatter
+
+        ax.set_yscale("log")
+        top = max([p.y for p in figure.points] + ([figure.level[0]] if figure.level else []))
+        ax.set_ylim(floor, max(top, floor) * 4)
+        # Plain numbers: the page draws text without mathtext ($ in a model name must stay text).
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.yaxis.set_minor_formatter(NullFormatter())
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8, frameon=False)
     return labels
 
 
+def _log_floor(figure: Scatter) -> float:
+    """The bottom of a logarithmic y axis: a third of the smallest positive value (or of the
+    level line), where the points at 0 are drawn."""
+    positive = [p.y for p in figure.points if p.y > 0] + ([figure.level[0]] if figure.level else [])
+    return min(positive, default=1e-3) / 3
+
+
 # Where a label may go beside its point, in points: right or left, above or below; then
-# further up or down the same side. The first place inside the axes that overlaps no label
-# placed before wins.
+# further up or down, either side. The first place inside the axes that overlaps no label
+# placed before wins; where none is free, the place that overlaps least.
 _SPOTS = [
-    (6, 4, "left", "bottom"),
-    (6, -4, "left", "top"),
-    (-6, 4, "right", "bottom"),
-    (-6, -4, "right", "top"),
-]
-_SPOTS += [(dx, dy * k, ha, va) for k in (3, 5, 7, 9) for dx, dy, ha, va in _SPOTS[:2]]
+    (6, 4, "left", "bottom"), (6, -4, "left", "top"), (-6, 4, "right", "bottom"), (-6, -4, "right", "top")
+]  # fmt: skip
+_SPOTS += [(dx, dy * k, ha, va) for k in range(3, 40, 2) for dx, dy, ha, va in _SPOTS]
+
+
+def _overlap(box: Any, others: Sequence[Any]) -> float:
+    """The area `box` shares with the others."""
+    return float(sum(max(0.0, min(box.x1, o.x1) - max(box.x0, o.x0)) * max(0.0, min(box.y1, o.y1)
+                                                                            - max(box.y0, o.y0))
+                     for o in others))  # fmt: skip
 
 
 def _untangle(fig: Any, ax: Any, labels: Sequence[Any]) -> None:
     """Move each point's label to the first spot (_SPOTS) where it stays inside the axes (so it
-    never runs into the title) and overlaps no label placed before; left where it was if none."""
+    never runs into the title) and overlaps no label placed before."""
     fig.canvas.draw()
     renderer = fig.canvas.get_renderer()
     inside = ax.get_window_extent(renderer)
     placed: list[Any] = []
+
+    def put(label: Any, spot: tuple[int, int, str, str]) -> Any:
+        dx, dy, ha, va = spot
+        label.set_position((dx, dy))
+        label.set_ha(ha)
+        label.set_va(va)
+        return label.get_window_extent(renderer)
+
     for label in sorted(labels, key=lambda a: (-a.xy[1], a.xy[0])):
-        for dx, dy, ha, va in _SPOTS:
-            label.set_position((dx, dy))
-            label.set_ha(ha)
-            label.set_va(va)
-            box = label.get_window_extent(renderer)
-            within = (
-                inside.x0 <= box.x0 and box.x1 <= inside.x1 and inside.y0 <= box.y0 and box.y1 <= inside.y1
-            )
-            if within and not any(box.overlaps(other) for other in placed):
+        best: tuple[float, tuple[int, int, str, str]] | None = None
+        for spot in _SPOTS:
+            box = put(label, spot)
+            if (
+                not inside.x0 <= box.x0 <= box.x1 <= inside.x1
+                or not inside.y0 <= box.y0 <= box.y1 <= inside.y1
+            ):
+                continue
+            crowd = _overlap(box, placed)
+            if best is None or crowd < best[0]:
+                best = (crowd, spot)
+            if crowd == 0:
                 break
-        else:
-            label.set_position((6, 4))
-            label.set_ha("left")
-            label.set_va("bottom")
-            box = label.get_window_extent(renderer)
-        placed.append(box)
+        placed.append(put(label, best[1] if best is not None else _SPOTS[0]))
 
 
 def _draw_heatmap(ax: Any, fig: Any, figure: Heatmap) -> None:

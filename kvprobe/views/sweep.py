@@ -161,8 +161,8 @@ def decision_heatmap(rows: Sequence[SweepRow], ctx: int) -> Heatmap | None:
 
 
 def frontier_figure(rows: Sequence[SweepRow], model: str, index: int) -> Scatter | None:
-    """The model's configurations at every context: KV memory against mean KL, coloured by the
-    decision; the reference sits at KL 0 on a linear axis."""
+    """The model's configurations at every context: KV memory against mean KL (logarithmic: KL
+    spans orders of magnitude), coloured by the decision; the reference, KL 0, on the bottom edge."""
     points, seen = [], set()
     for r in rows:
         if r.model != model or r.kld_mean is None or r.kv_bytes is None or (r.config, r.ctx) in seen:
@@ -177,6 +177,7 @@ def frontier_figure(rows: Sequence[SweepRow], model: str, index: int) -> Scatter
         "KV cache for one sequence (MiB)",
         "mean KL from the reference (nats)",
         points,
+        log_y=True,
     )
 
 
