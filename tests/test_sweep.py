@@ -487,3 +487,16 @@ def test_ray_sweep_survives_a_lost_worker_with_identical_results(
     assert {c["status"] for c in cells.values()} == {"done"}
     assert cells[STOPPED]["attempts"] == 2
     assert_same_as(folder, uninterrupted)
+
+
+def test_a_cell_whose_result_is_complete_is_not_run_again(tmp_path: Path) -> None:
+    """A Ray task retried after its run had finished (the worker lost just after): the complete
+    result stands, nothing runs, nothing is logged."""
+    from kvprobe.sweep.cell_run import DONE, log_path, run_cell
+
+    out = tmp_path / "cells" / "c.json"
+    out.parent.mkdir()
+    out.write_text(json.dumps({"complete": True, "baseline": "f16", "verdict": {}}))
+    outcome = run_cell("c", ["--model", "/nowhere.gguf", "--out", str(out)], out)
+    assert (outcome.status, outcome.seconds) == (DONE, 0.0)
+    assert not log_path(out).exists()
