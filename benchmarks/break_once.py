@@ -16,6 +16,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 CASES = [
     (
+        "ray: joins the last cluster ray start recorded",
+        "kvprobe/sweep/ray_executor.py",
+        '            address=address or "local",',
+        "            address=address,",
+        "tests/test_sweep.py::test_without_an_address_ray_starts_afresh_whatever_ray_start_left_behind",
+    ),
+    (
         "scenario range checks",
         "kvprobe/plan/scenario.py",
         '    if not low <= value <= high:\n        raise bad(source, key, f"must be between {low:,} and {high:,}, got {value:,}")',

@@ -404,16 +404,20 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.fixture
-def ray_cluster() -> Iterator[tuple[str, dict[str, str]]]:
-    """`ray start --head` on loopback, 2 CPUs, token authentication with a token of its own;
-    the stop switch in its environment (its workers, and so the cells' runs, inherit it)."""
+def require_ray() -> None:
     try:
         import ray  # noqa: F401
     except ImportError:
         if os.environ.get("CI"):
             pytest.fail("Ray is not installed in CI: the dev extra installs it")  # CI never skips it
         pytest.skip("Ray is not installed: pip install 'kvprobe[ray]'")
+
+
+@pytest.fixture
+def ray_cluster() -> Iterator[tuple[str, dict[str, str]]]:
+    """`ray start --head` on loopback, 2 CPUs, token authentication with a token of its own;
+    the stop switch in its environment (its workers, and so the cells' runs, inherit it)."""
+    require_ray()
     port = free_port()
     # Ray's Unix sockets live under its temp dir, and a socket's path has at most 107 bytes.
     temp = tempfile.mkdtemp(prefix="kvray-", dir="/tmp")
@@ -500,3 +504,32 @@ def test_a_cell_whose_result_is_complete_is_not_run_again(tmp_path: Path) -> Non
     outcome = run_cell("c", ["--model", "/nowhere.gguf", "--out", str(out)], out)
     assert (outcome.status, outcome.seconds) == (DONE, 0.0)
     assert not log_path(out).exists()
+
+
+def test_without_an_address_ray_starts_afresh_whatever_ray_start_left_behind(
+    models: Path, tmp_path: Path
+) -> None:
+    """`ray start` records its cluster on the machine; once that cluster is gone, a plain
+    `ray.init()` would join it and wait. `--executor ray` without --address starts its own."""
+    require_ray()
+    temp = Path(tempfile.mkdtemp(prefix="kvray-", dir="/tmp"))  # short: Ray's socket paths
+    try:
+        (temp / "ray").mkdir()
+        (temp / "ray" / "ray_current_cluster").write_text(f"127.0.0.1:{free_port()}")  # long gone
+        folder = tmp_path / "fresh"
+        proc = start(["sweep", "--model", str(models / "tiny.gguf"), "--cache", "q8_0", "--ctx", "512",
+                      "--scenario", "quick", "--threads", "1", "--no-html", "--out", str(folder),
+                      "--executor", "ray"], {"RAY_TMPDIR": str(temp)})  # fmt: skip
+        try:
+            stdout, stderr = proc.communicate(timeout=240)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise AssertionError("the sweep waited for a cluster that is gone") from None
+        assert proc.returncode == 0, stderr
+        assert "ray: 1 node" in stdout
+        assert manifest(folder)["cells"]["tiny_q8_0_512"]["status"] == "done"
+    finally:
+        for pid in ray_processes(str(temp)):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        shutil.rmtree(temp, ignore_errors=True)

@@ -51,10 +51,12 @@ def cell_task(cell: str, argv: list[str], out: str, folder: str) -> dict[str, An
 
 def connect(ray: Any, address: str | None) -> None:
     """Join the cluster at `address` ('auto': the one `ray start` made on this machine), or
-    start a local Ray instance on this machine without one."""
+    start a new Ray instance on this machine without one. Never `address=None`: Ray would then
+    join the last cluster `ray start` recorded on this machine, and wait for it even when it is
+    long gone."""
     try:
         ray.init(
-            address=address,
+            address=address or "local",
             include_dashboard=False,
             log_to_driver=False,
             logging_level=logging.WARNING,
