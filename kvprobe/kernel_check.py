@@ -16,20 +16,19 @@ decodes through `kvprobe.engine`, the one module that talks to llama.cpp.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import hashlib
 import json
 import os
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from kvprobe.cache_types import CacheConfig
+from kvprobe.user_cache import cache_file, read_cache, write_entry
 from kvprobe.weights.doctor import read_facts
 
 # Weight types that llama.cpp's CPU extra buffer types handle: ggml-cpu/repack.cpp
@@ -41,7 +40,6 @@ EXTRA_BUFT_WEIGHT_TYPES = frozenset(
 # Build features (llama_print_system_info) that turn the extra buffer types on.
 EXTRA_BUFT_FEATURES = ("AMX_INT8", "REPACK")
 
-CACHE_DIR_ENV = "KVPROBE_CACHE_DIR"
 # Tests only: "1" makes the child segfault where the kernels would (a real crash, for the
 # fallback); "kill" makes it die by SIGKILL, as under the OOM killer (no verdict on kernels).
 CRASH_SWITCH_ENV = "KVPROBE_TEST_KERNEL_CHECK_CRASH"
@@ -131,35 +129,7 @@ def cache_key(build: str, cpu: str, weight_types: Iterable[str], crash_switch: b
 
 
 def cache_path() -> Path:
-    base = os.environ.get(CACHE_DIR_ENV)
-    if base:
-        return Path(base) / "kernel-checks.json"
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    root = Path(xdg) if xdg else Path.home() / ".cache"
-    return root / "kvprobe" / "kernel-checks.json"
-
-
-def _read_cache(path: Path) -> dict[str, dict[str, object]]:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}  # no cache, or an unreadable one: check again
-    return data if isinstance(data, dict) else {}
-
-
-def _write_cache(path: Path, key: str, entry: dict[str, object]) -> None:
-    """Best effort: a cache that cannot be written only costs another check next time."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        data = _read_cache(path)
-        data[key] = entry
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".kernel-checks.", suffix=".tmp")
-        with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh, indent=1, sort_keys=True)
-        os.replace(tmp, path)
-    except OSError:
-        with contextlib.suppress(OSError, UnboundLocalError):
-            os.unlink(tmp)
+    return cache_file("kernel-checks.json")
 
 
 @dataclass(frozen=True)
@@ -227,7 +197,7 @@ def decide(
             passed.append(f"{model.name}: not checked, {why_not}")
             continue
         key = cache_key(build or system_info, cpu, types, crash_switch)
-        found = _read_cache(path).get(key)
+        found = read_cache(path).get(key)
         cached = isinstance(found, dict) and isinstance(found.get("ok"), bool)
         entry: dict[str, object] = found if cached and isinstance(found, dict) else {}
         if not cached:
@@ -257,7 +227,7 @@ def decide(
                 "seconds": seconds,
                 "checked_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             }
-            _write_cache(path, key, entry)
+            write_entry(path, key, entry)
         if not entry["ok"]:
             where = ", ".join(f for f in EXTRA_BUFT_FEATURES if f in features)
             what = entry.get("signal") or "a signal"

@@ -39,7 +39,7 @@ def tiny_model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _kernel_check_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """The kernel check's cache lives in a fresh folder per test session (subprocesses inherit
     it): tests never depend on, or write into, the user's cache."""
-    from kvprobe.kernel_check import CACHE_DIR_ENV
+    from kvprobe.user_cache import CACHE_DIR_ENV
 
     patch = pytest.MonkeyPatch()
     patch.setenv(CACHE_DIR_ENV, str(tmp_path_factory.mktemp("kvprobe-cache")))

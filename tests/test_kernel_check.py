@@ -14,7 +14,6 @@ import pytest
 
 from kvprobe import kernel_check
 from kvprobe.kernel_check import (
-    CACHE_DIR_ENV,
     CRASH_SWITCH_ENV,
     KernelDecision,
     build_features,
@@ -22,6 +21,7 @@ from kvprobe.kernel_check import (
     check_models,
     skip_reason,
 )
+from kvprobe.user_cache import CACHE_DIR_ENV
 from tests.test_cli import kvprobe
 
 SYSTEM_INFO = "CPU : SSE3 = 1 | AVX2 = 1 | AVX512 = 1 | AMX_INT8 = 1 | LLAMAFILE = 1 | REPACK = 1 | "

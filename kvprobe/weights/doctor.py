@@ -20,6 +20,7 @@ import gguf
 import numpy as np
 
 from kvprobe.errors import UserError
+from kvprobe.weights import facts as facts_cache
 from kvprobe.weights.gguf_header import field_value, printable
 from kvprobe.weights.hparams import LLAMA_MAX_LAYERS, read_hparams, whole_number
 from kvprobe.weights.model_info import open_gguf
@@ -108,14 +109,21 @@ FACT_ERRORS = (TypeError, ValueError, IndexError, KeyError, AttributeError, Zero
 def read_facts(path: Path) -> dict[str, Any]:
     """Everything the findings and the KV table need, from metadata and tensor headers; a
     damaged header, a value of the wrong type or an implausible one (`hparams`) is one
-    UserError naming the file, never a traceback."""
+    UserError naming the file, never a traceback. Kept between runs (kvprobe.weights.facts):
+    the gguf package takes seconds over a large vocabulary, and a sweep reads each file again
+    in every cell."""
+    cached = facts_cache.get(path)
+    if cached is not None:
+        return cached
     try:
-        return _read_facts(path)
+        facts = _read_facts(path)
     except FACT_ERRORS as exc:
         raise UserError(
             f"model file {path}: its metadata does not hold what GGUF expects ({type(exc).__name__}: "
             f"{printable(str(exc), 80)}): convert the model again"
         ) from None
+    facts_cache.put(path, facts)
+    return facts
 
 
 def _read_facts(path: Path) -> dict[str, Any]:

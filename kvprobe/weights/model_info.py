@@ -13,6 +13,7 @@ import numpy as np
 from kvprobe.errors import UserError
 from kvprobe.paths import input_file
 from kvprobe.provenance import sha256_file
+from kvprobe.weights import facts as header_cache
 from kvprobe.weights.gguf_header import MAGIC as GGUF_MAGIC
 from kvprobe.weights.gguf_header import field_value, read_gguf
 from kvprobe.weights.hparams import read_hparams, whole_number
@@ -60,7 +61,16 @@ def file_type_name(value: Any) -> str | None:
 
 
 def read_model_info(path: Path) -> dict[str, Any]:
-    """Path, sha256 and metadata of a GGUF file; a one-line UserError if it is not one."""
+    """Path, sha256 and metadata of a GGUF file; a one-line UserError if it is not one. The
+    metadata is kept between runs (kvprobe.weights.facts); the sha256 is computed every time."""
+    info = header_cache.get(path, "info")
+    if info is None:
+        info = _read_info(path)
+        header_cache.put(path, info, "info")
+    return {**info, "sha256": sha256_file(path)}
+
+
+def _read_info(path: Path) -> dict[str, Any]:
     reader = open_gguf(path)
     hparams = read_hparams(path, reader)
     arch = hparams.architecture
@@ -86,7 +96,6 @@ def read_model_info(path: Path) -> dict[str, Any]:
         "path": str(path.resolve()),
         "name": path.name,
         "size_bytes": path.stat().st_size,
-        "sha256": sha256_file(path),
         "architecture": arch,
         "n_ctx_train": hparams.n_ctx_train,
         "file_type": hparams.file_type,

@@ -1,0 +1,53 @@
+"""kvprobe's cache folder ($KVPROBE_CACHE_DIR, else $XDG_CACHE_HOME/kvprobe or ~/.cache/kvprobe):
+small JSON files of answers that are slow to get and keyed by everything they depend on. Best
+effort both ways: an unreadable cache is an empty one, an unwritable one costs the work again."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+CACHE_DIR_ENV = "KVPROBE_CACHE_DIR"
+MAX_CACHE_BYTES = 16 << 20  # a cache file is a few KiB per entry; more is not ours
+
+
+def cache_file(name: str) -> Path:
+    base = os.environ.get(CACHE_DIR_ENV)
+    if base:
+        return Path(base) / name
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "kvprobe" / name
+
+
+def read_cache(path: Path) -> dict[str, Any]:
+    try:
+        if path.stat().st_size > MAX_CACHE_BYTES:
+            return {}
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def write_entry(path: Path, key: str, entry: Any, *, keep: int | None = None) -> None:
+    """Add `entry` under `key` (the newest `keep` entries stay), written whole by rename."""
+    tmp = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        data = read_cache(path)
+        data.pop(key, None)
+        data[key] = entry  # the newest last
+        if keep is not None:
+            data = dict(list(data.items())[-keep:])
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(data, fh, indent=1)
+        os.replace(tmp, path)
+    except OSError:
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
