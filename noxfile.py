@@ -50,8 +50,9 @@ def fuzz(session: nox.Session) -> None:
 @nox.session
 def lint(session: nox.Session) -> None:
     session.install("ruff")
-    session.run("ruff", "check", "kvprobe", "tests", "benchmarks", "docs/pictures.py", "noxfile.py")
-    session.run("ruff", "format", "--check", "kvprobe", "tests", "benchmarks", "docs/pictures.py", "noxfile.py")
+    paths = ("kvprobe", "tests", "benchmarks", "docs/pictures.py", "noxfile.py")
+    session.run("ruff", "check", *paths)
+    session.run("ruff", "format", "--check", *paths)
 
 
 @nox.session

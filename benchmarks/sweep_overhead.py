@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import importlib.metadata
 import json
-import platform
 import shutil
 import statistics
 import subprocess
@@ -30,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from kvprobe import __version__
-from kvprobe.provenance import default_model_path
+from kvprobe.provenance import default_model_path, host_info
 from kvprobe.sweep.cells import expand
 from kvprobe.sweep.preflight import check_cells
 from kvprobe.sweep.spec import RunOptions, from_command_line
@@ -119,7 +118,7 @@ def main() -> None:
         "command": " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
         "kvprobe": __version__,
         "ray": importlib.metadata.version("ray"),
-        "host": {"cpu": platform.processor() or platform.machine(), "cores": __import__("os").cpu_count()},
+        "host": host_info(),
         "models": [m.name for m in models],
         "sweep": sweep_words(models, args.ctx, args.scenario),
         "rounds": rounds,

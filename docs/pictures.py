@@ -102,7 +102,7 @@ def main() -> None:
         if args.check_widths:
             (IMG / "check").mkdir(exist_ok=True)
             for width in (1280, 800):
-                screenshot(args.chromium, html, IMG / "check" / f"{stem}-{width}.png", width, 9000)
+                screenshot(args.chromium, html, IMG / "check" / f"{stem}-{width}.png", width, 16000)
     (IMG / "pictures.json").write_text(json.dumps(prints, indent=1, sort_keys=True) + "\n")
     print(f"wrote {len(FIGURES)} figures and {len(pages)} screenshots into {IMG}")
 

@@ -4,6 +4,7 @@ known result (not pixels), and the page is opened in a real browser when one is 
 from __future__ import annotations
 
 import base64
+import itertools
 import json
 import re
 import shutil
@@ -17,7 +18,6 @@ from typing import Any
 import pytest
 
 from kvprobe.api import Heatmap, LineFigure, all_probes, get_probe
-from kvprobe.api import Scatter as Scatter_
 from kvprobe.cli import main
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "results" / "examples"
@@ -242,22 +242,61 @@ def test_a_log_axis_invents_no_region_below_zero_for_the_reference() -> None:
     assert all(v > 0 for v in drawn.y_ticks)
 
 
+def fits_its_frame(figure: Any) -> None:
+    """The title and every text (colour bar ticks too) inside the figure, a scatter's labels
+    and a heatmap's cell texts inside the axes and apart, a legend of many entries beside the
+    axes."""
+    from kvprobe.views.figures import layout
+
+    drawn = layout(figure)
+    assert inside(drawn.title, drawn.figure), figure.key
+    assert inside(drawn.drawn, drawn.figure), figure.key
+    ticks = drawn.x_tick_labels
+    assert not any(box.overlaps(o) for i, box in enumerate(ticks) for o in ticks[:i]), figure.key
+    for i, box in enumerate(drawn.texts):  # a scatter's labels, a heatmap's cell texts
+        assert inside(box, drawn.axes), figure.key
+        assert not any(box.overlaps(o) for o in drawn.texts[:i]), figure.key
+    if drawn.legend is not None and isinstance(figure, LineFigure) and len(figure.series) > 4:
+        assert drawn.legend.x0 >= drawn.axes.x1, figure.key  # beside the axes, not over the data
+        assert drawn.legend.x1 <= drawn.figure.x1, figure.key
+
+
 @pytest.mark.parametrize("name", sorted(p.name for p in EXAMPLES.glob("*.json")))
 def test_every_examples_figures_fit_their_frame(name: str) -> None:
-    """Every figure of every example result: the title inside the figure, the labels of a
-    scatter inside its axes and apart, a legend of many entries beside the axes."""
-    from kvprobe.views.figures import layout
     from kvprobe.views.pictures import every_figure
 
     for figure in every_figure(load(EXAMPLES / name)):
-        drawn = layout(figure)
-        assert inside(drawn.title, drawn.figure), figure.key
-        for i, box in enumerate(drawn.texts if isinstance(figure, Scatter_) else []):
-            assert inside(box, drawn.axes), figure.key
-            assert not any(box.overlaps(o) for o in drawn.texts[:i]), figure.key
-        if drawn.legend is not None and isinstance(figure, LineFigure) and len(figure.series) > 4:
-            assert drawn.legend.x0 >= drawn.axes.x1, figure.key  # beside the axes, not over the data
-            assert drawn.legend.x1 <= drawn.figure.x1, figure.key
+        fits_its_frame(figure)
+
+
+@pytest.mark.parametrize("name", sorted(p.parent.name for p in EXAMPLES.glob("*/sweep.json")))
+def test_every_sweep_examples_figures_fit_their_frame(name: str) -> None:
+    from kvprobe.sweep.collect import collect
+    from kvprobe.views.sweep import every_figure
+
+    figures = every_figure(collect(EXAMPLES / name))
+    assert any(isinstance(f, Heatmap) for f in figures)
+    for figure in figures:
+        fits_its_frame(figure)
+
+
+def test_a_large_sweep_grid_keeps_its_texts_apart_and_inside() -> None:
+    """Eight split-kv configurations by six long model names: the figure grows with the grid,
+    the column labels slant, the cell texts shrink until they fit, and all of them stay shown."""
+    from kvprobe.views.figures import layout
+
+    caches = ["q8_0", "q4_0"] + [
+        f"k={k},v={v}" for k, v in itertools.permutations(["f16", "q8_0", "q4_0"], 2)
+    ]
+    models = [f"model-{i}-Q4_K_M-with-a-long-name" for i in range(6)]
+    grid = Heatmap(
+        "sweep-decisions-16384", "Decision at 16,384 tokens (cell text: effective context)", "cache",
+        "model", caches, models, [[float((i + j) % 3) for j in range(len(caches))] for i in range(6)],
+        "decision", categories=["equivalent", "undecided", "worse"],
+        text=[["undecided\n16,384"] * len(caches) for _ in models],
+    )  # fmt: skip
+    fits_its_frame(grid)
+    assert len(layout(grid).texts) == len(caches) * len(models)
 
 
 def test_no_two_series_look_alike_past_the_palette() -> None:

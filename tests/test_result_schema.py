@@ -23,12 +23,22 @@ from kvprobe.result import schema
 from kvprobe.result.blocks import first_problem, where
 from kvprobe.result.compiled import compile_schema
 from kvprobe.result.store import Result, load_result
+from kvprobe.sweep.manifest import KIND as MANIFEST_KIND
+from kvprobe.sweep.manifest import MANIFEST, load_manifest
 from tests.test_cli import kvprobe
 
 ROOT = Path(__file__).resolve().parent.parent
+# Result files only: a sweep folder's manifest (sweep.json) has its own loader, tested below.
+# Result files only (a user's own sweeps under results/sweeps/ are not the project's): a sweep
+# folder's manifest (sweep.json) has its own loader, tested below.
 COMMITTED = sorted(
-    p for p in (ROOT / "results").rglob("*.json") if "schema_version" in json.loads(p.read_text())
+    p
+    for p in (ROOT / "results").rglob("*.json")
+    if "sweeps" not in p.relative_to(ROOT / "results").parts
+    and "schema_version" in (doc := json.loads(p.read_text()))
+    and doc.get("kind") != MANIFEST_KIND
 )
+SWEEPS = sorted(p.parent for p in (ROOT / "results" / "examples").rglob(MANIFEST))
 DOC = ROOT / "docs" / "result-schema.md"
 # Every needle, repetition and divergence field, K-vs-V and the null check: two documents,
 # a K/V split, every probe.
@@ -67,6 +77,16 @@ def test_the_schema_is_a_json_schema_of_draft_2020_12() -> None:
 def test_the_json_schema_is_printed(capsys: pytest.CaptureFixture[str]) -> None:
     assert schema.main(["--json"]) == 0
     assert json.loads(capsys.readouterr().out)["$defs"]["item"] == schema.built().defs["item"]
+
+
+@pytest.mark.parametrize("folder", SWEEPS, ids=[p.name for p in SWEEPS])
+def test_every_committed_sweep_loads_and_its_cells_keep_the_schema(folder: Path) -> None:
+    manifest = load_manifest(folder)
+    done = [cell for cell in manifest.cells.values() if cell.status == "done"]
+    assert done
+    for cell in done:
+        doc = json.loads((folder / cell.out).read_text())
+        assert first_problem(schema.validator(), doc) is None, cell.out
 
 
 @pytest.mark.parametrize("path", COMMITTED, ids=[p.name for p in COMMITTED])

@@ -77,6 +77,8 @@ class Layout:
     texts: list[Any]  # the points' labels (a scatter), or the cells' texts (a heatmap)
     legend: Any | None
     y_ticks: list[float]  # the y axis's major tick values inside its limits
+    drawn: Any  # the box around everything drawn, colour bar and its tick labels included
+    x_tick_labels: list[Any]  # the x axis's tick labels shown
 
 
 def layout(figure: Figure) -> Layout:
@@ -90,6 +92,8 @@ def layout(figure: Figure) -> Layout:
             [t.get_window_extent(renderer) for t in labels],
             legend.get_window_extent(renderer) if legend is not None else None,
             [float(v) for v in ax.get_yticks() if low <= v <= high],
+            fig.get_tightbbox(renderer).transformed(fig.dpi_scale_trans),
+            [t.get_window_extent(renderer) for t in ax.get_xticklabels() if t.get_visible() and t.get_text()],
         )  # fmt: skip
 
 
@@ -101,11 +105,14 @@ def _drawn(figure: Figure) -> Iterator[tuple[Any, Any, list[Any]]]:
     # stray one raises while drawing) and control characters are written out.
     with plt.rc_context({"text.parse_math": False}):
         figure = _visible_text(figure)
-        fig, ax = plt.subplots(figsize=(7.2, 4.2), dpi=110)
+        # A heatmap's colour bar and its tick labels are laid out only by the constrained engine
+        # (tight_layout leaves the labels past the right edge).
+        engine = "constrained" if isinstance(figure, Heatmap) else None
+        fig, ax = plt.subplots(figsize=_figure_size(figure), dpi=110, layout=engine)
         try:
             labels: list[Any] = []
             if isinstance(figure, Heatmap):
-                _draw_heatmap(ax, fig, figure)
+                labels = _draw_heatmap(ax, fig, figure)
             elif isinstance(figure, Scatter):
                 labels = _draw_scatter(ax, figure)
             else:
@@ -114,9 +121,12 @@ def _drawn(figure: Figure) -> Iterator[tuple[Any, Any, list[Any]]]:
             ax.set_title(textwrap.fill(figure.title, TITLE_CHARS), fontsize=10)
             ax.set_xlabel(figure.xlabel)
             ax.set_ylabel(figure.ylabel)
-            fig.tight_layout()
+            if engine is None:
+                fig.tight_layout()
             if isinstance(figure, Scatter):
                 _untangle(fig, ax, labels)
+            if isinstance(figure, Heatmap):
+                labels = _fit_cell_texts(fig, labels)
             fig.canvas.draw()
             yield fig, ax, labels
         finally:
@@ -269,26 +279,67 @@ def _untangle(fig: Any, ax: Any, labels: Sequence[Any]) -> None:
         placed.append(put(label, best[1] if best is not None else _SPOTS[0]))
 
 
-def _draw_heatmap(ax: Any, fig: Any, figure: Heatmap) -> None:
+def _figure_size(figure: Figure) -> tuple[float, float]:
+    """Inches: a heatmap grows with its grid (a sweep of many models and caches), up to a page."""
+    if not isinstance(figure, Heatmap):
+        return (7.2, 4.2)
+    columns, rows = len(figure.x_labels), len(figure.y_labels)
+    return (min(16.0, max(7.2, 3.0 + 1.0 * columns)), min(12.0, max(4.2, 1.6 + 0.55 * rows)))
+
+
+def _grid_ticks(ax: Any, figure: Heatmap) -> None:
+    """The cells' labels on both axes; long column labels (split-kv pairs) broken at their
+    commas so that neighbours do not run together."""
+    crowded = max((len(x) for x in figure.x_labels), default=0) * len(figure.x_labels) > 48
+    columns = [x.replace(",", ",\n") if crowded else x for x in figure.x_labels]
+    ax.set_xticks(range(len(columns)), columns)
+    ax.set_yticks(range(len(figure.y_labels)), figure.y_labels)
+
+
+def _fit_cell_texts(fig: Any, texts: list[Any]) -> list[Any]:
+    """Cell texts made smaller until no two overlap; hidden if even 5 pt is too big (the colours
+    and the tables still say it). Returns the texts still shown."""
+    if not texts:
+        return texts
+    size = texts[0].get_fontsize()
+    while True:
+        fig.canvas.draw()
+        renderer = fig.canvas.get_renderer()
+        boxes = [t.get_window_extent(renderer) for t in texts]
+        crowded = any(b.overlaps(o) for i, b in enumerate(boxes) for o in boxes[:i])
+        if not crowded:
+            return texts
+        if size <= 5:
+            for t in texts:
+                t.set_visible(False)
+            return []
+        size -= 1
+        for t in texts:
+            t.set_fontsize(size)
+
+
+def _draw_heatmap(ax: Any, fig: Any, figure: Heatmap) -> list[Any]:
+    """The heatmap drawn; returns the cells' texts."""
     import numpy as np
 
     data = np.array([[np.nan if v is None else v for v in row] for row in figure.values], dtype=float)
     if figure.categories:
-        _draw_categories(ax, fig, figure, data)
-        return
+        return _draw_categories(ax, fig, figure, data)
     cmap = "PuOr" if figure.diverging else "viridis"
     image = ax.imshow(data, cmap=cmap, vmin=figure.vmin, vmax=figure.vmax, aspect="auto", origin="lower")
-    ax.set_xticks(range(len(figure.x_labels)), figure.x_labels)
-    ax.set_yticks(range(len(figure.y_labels)), figure.y_labels)
+    _grid_ticks(ax, figure)
+    texts = []
     for (i, j), v in np.ndenumerate(data):
         if not np.isnan(v):
             text = f"{v:+.2f}" if figure.diverging else f"{v:.2f}"
             dark = not figure.diverging and v < 0.5
-            ax.text(j, i, text, ha="center", va="center", fontsize=7, color="white" if dark else "black")
+            colour = "white" if dark else "black"
+            texts.append(ax.text(j, i, text, ha="center", va="center", fontsize=7, color=colour))
     fig.colorbar(image, ax=ax, label=figure.colour_label)
+    return texts
 
 
-def _draw_categories(ax: Any, fig: Any, figure: Heatmap, data: Any) -> None:
+def _draw_categories(ax: Any, fig: Any, figure: Heatmap, data: Any) -> list[Any]:
     """Each cell in its category's colour, with its text; the colour bar names the categories."""
     import numpy as np
     from matplotlib.colors import ListedColormap
@@ -296,16 +347,17 @@ def _draw_categories(ax: Any, fig: Any, figure: Heatmap, data: Any) -> None:
     n = len(figure.categories)
     cmap = ListedColormap([GROUP_COLOURS.get(c, "#0072B2") for c in figure.categories])
     image = ax.imshow(data, cmap=cmap, vmin=-0.5, vmax=n - 0.5, aspect="auto", origin="lower")
-    ax.set_xticks(range(len(figure.x_labels)), figure.x_labels)
-    ax.set_yticks(range(len(figure.y_labels)), figure.y_labels)
+    _grid_ticks(ax, figure)
+    texts = []
     for (i, j), v in np.ndenumerate(data):
         text = figure.text[i][j] if figure.text is not None else ""
         if text:
             dark = not np.isnan(v) and figure.categories[int(v)] in ("reference", "worse")
-            ax.text(j, i, text, ha="center", va="center", fontsize=7, color="white" if dark else "black")
-    bar = fig.colorbar(image, ax=ax, ticks=range(n))
+            colour = "white" if dark else "black"
+            texts.append(ax.text(j, i, text, ha="center", va="center", fontsize=8, color=colour))
+    bar = fig.colorbar(image, ax=ax, ticks=range(n), label=figure.colour_label)
     bar.ax.set_yticklabels(figure.categories)
-    bar.set_label(figure.colour_label)
+    return texts
 
 
 def write_png(figures: Sequence[Figure], folder: str, *, force: bool = False) -> list[str]:

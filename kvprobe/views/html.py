@@ -20,7 +20,8 @@ STYLE = """
 body { font-family: system-ui, sans-serif; max-width: 980px; margin: 2em auto; padding: 0 1em; color: #222; }
 h1 { font-size: 1.5em; } h2 { font-size: 1.2em; margin-top: 2em; border-bottom: 1px solid #ccc; }
 .verdict li { margin: .4em 0; } img { max-width: 100%; display: block; margin: 1em 0; }
-table { border-collapse: collapse; font-size: .85em; } td, th { border: 1px solid #ddd; padding: 2px 6px; }
+table { border-collapse: collapse; font-size: .85em; max-width: 100%; }
+td, th { border: 1px solid #ddd; padding: 2px 6px; overflow-wrap: anywhere; } /* paths wrap */
 th { background: #f4f4f4; text-align: left; } .note { font-size: .9em; white-space: pre-wrap; }
 .partial { background: #fff3cd; padding: .5em; }
 """
