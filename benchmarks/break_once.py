@@ -128,6 +128,27 @@ CASES = [
         "tests/test_figures.py::test_a_log_axis_invents_no_region_below_zero_for_the_reference",
     ),
     (
+        "heatmap: colour bar labels past the edge (tight_layout)",
+        "kvprobe/views/figures.py",
+        '        engine = "constrained" if isinstance(figure, Heatmap) else None',
+        "        engine = None",
+        "tests/test_figures.py::test_every_sweep_examples_figures_fit_their_frame",
+    ),
+    (
+        "heatmap: cell texts left overlapping",
+        "kvprobe/views/figures.py",
+        "                labels = _fit_cell_texts(fig, labels)",
+        "                pass",
+        "tests/test_figures.py::test_a_large_sweep_grid_keeps_its_texts_apart_and_inside",
+    ),
+    (
+        "sweep manifest: a cell's result file not where it says",
+        "kvprobe/sweep/manifest.py",
+        "    out: str  # relative to the sweep folder",
+        "    out: str  # relative to the sweep folder\n    def __post_init__(self) -> None: self.out = 'cells/' + self.out",
+        "tests/test_result_schema.py::test_every_committed_sweep_loads_and_its_cells_keep_the_schema",
+    ),
+    (
         "sweep: finished cells run again",
         "kvprobe/sweep/drive.py",
         '        if state == "done":\n            record.status = "done"',

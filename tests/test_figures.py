@@ -280,18 +280,20 @@ def test_every_sweep_examples_figures_fit_their_frame(name: str) -> None:
         fits_its_frame(figure)
 
 
-def test_a_large_sweep_grid_keeps_its_texts_apart_and_inside() -> None:
-    """Eight split-kv configurations by six long model names: the figure grows with the grid,
-    the column labels slant, the cell texts shrink until they fit, and all of them stay shown."""
+@pytest.mark.parametrize(
+    ("types", "n_models"), [(["f16", "q8_0", "q4_0"], 6), (["f16", "q8_0", "q5_0", "q4_0"], 48)]
+)
+def test_a_large_sweep_grid_keeps_its_texts_apart_and_inside(types: list[str], n_models: int) -> None:
+    """Split-kv configurations by models: the figure grows with the grid (up to a page), the
+    column labels break at their commas, and past a page the cell texts shrink until apart;
+    every one of them stays shown."""
     from kvprobe.views.figures import layout
 
-    caches = ["q8_0", "q4_0"] + [
-        f"k={k},v={v}" for k, v in itertools.permutations(["f16", "q8_0", "q4_0"], 2)
-    ]
-    models = [f"model-{i}-Q4_K_M-with-a-long-name" for i in range(6)]
+    caches = types[1:] + [f"k={k},v={v}" for k, v in itertools.permutations(types, 2)]
+    models = [f"model-{i}-Q4_K_M-with-a-long-name" for i in range(n_models)]
     grid = Heatmap(
         "sweep-decisions-16384", "Decision at 16,384 tokens (cell text: effective context)", "cache",
-        "model", caches, models, [[float((i + j) % 3) for j in range(len(caches))] for i in range(6)],
+        "model", caches, models, [[float((i + j) % 3) for j in range(len(caches))] for i in range(n_models)],
         "decision", categories=["equivalent", "undecided", "worse"],
         text=[["undecided\n16,384"] * len(caches) for _ in models],
     )  # fmt: skip
