@@ -149,6 +149,13 @@ CASES = [
         "tests/test_result_schema.py::test_every_committed_sweep_loads_and_its_cells_keep_the_schema",
     ),
     (
+        "ray: an address where nothing answers handed to ray.init",
+        "kvprobe/sweep/ray_executor.py",
+        "            check_reachable(_resolved(ray, address), address)",
+        "            pass",
+        "tests/test_sweep.py::test_an_address_where_nothing_answers_is_one_line_within_seconds",
+    ),
+    (
         "sweep: finished cells run again",
         "kvprobe/sweep/drive.py",
         '        if state == "done":\n            record.status = "done"',

@@ -424,6 +424,21 @@ CASES: dict[str, tuple[Callable[[World], list[str]], tuple[str, ...]]] = {
         lambda w: ["sweep", _sweep(w, 'caches = ["q8_0"]\ncontext = [512]\n'), "--out", str(w.root / "sw")],
         ("context", "did you mean contexts"),
     ),
+    "sweep with a Ray address of no form": (
+        lambda w: [
+            "sweep",
+            "--cache",
+            "q8_0",
+            "--executor",
+            "ray",
+            "--address",
+            ":::",
+            "--dry-run",
+            "--out",
+            str(w.root / "sw"),
+        ],
+        ("--address ':::'", "HOST:PORT"),
+    ),
     "sweep file that is /dev/zero": (
         lambda w: ["sweep", "/dev/zero", "--out", str(w.root / "sw")],
         ("character device",),

@@ -506,6 +506,40 @@ def test_a_cell_whose_result_is_complete_is_not_run_again(tmp_path: Path) -> Non
     assert not log_path(out).exists()
 
 
+@pytest.mark.parametrize("how", ["HOST:PORT", "ray://HOST:PORT", "auto, as ray start left it"])
+def test_an_address_where_nothing_answers_is_one_line_within_seconds(
+    how: str, models: Path, tmp_path: Path
+) -> None:
+    """A head that is not there (a closed port; `--address auto` reading the cluster `ray start`
+    recorded before it went): one line naming the address, exit 2, in seconds, not the minutes
+    ray.init spends retrying."""
+    require_ray()
+    port = free_port()  # nothing listens on it
+    address = {"HOST:PORT": f"127.0.0.1:{port}", "ray://HOST:PORT": f"ray://127.0.0.1:{port}"}.get(
+        how, "auto"
+    )
+    temp = Path(tempfile.mkdtemp(prefix="kvray-", dir="/tmp"))
+    try:
+        (temp / "ray").mkdir()
+        (temp / "ray" / "ray_current_cluster").write_text(f"127.0.0.1:{port}")
+        env = {"RAY_TMPDIR": str(temp), "RAY_ADDRESS": ""}
+        proc = start(["sweep", "--model", str(models / "tiny.gguf"), "--cache", "q8_0", "--ctx", "512",
+                      "--scenario", "quick", "--no-html", "--out", str(tmp_path / "s"),
+                      "--executor", "ray", "--address", address], env)  # fmt: skip
+        try:
+            _, stderr = proc.communicate(timeout=90)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise AssertionError("the sweep waited for a head that is not there") from None
+        assert proc.returncode == 2, stderr
+        lines = stderr.strip().splitlines()
+        assert len(lines) == 1, stderr
+        assert lines[0].startswith("kvprobe: error: nothing answers at "), stderr
+        assert f":{port} " in lines[0], stderr  # Ray may write the machine's own IP for 127.0.0.1
+    finally:
+        shutil.rmtree(temp, ignore_errors=True)
+
+
 def test_without_an_address_ray_starts_afresh_whatever_ray_start_left_behind(
     models: Path, tmp_path: Path
 ) -> None:

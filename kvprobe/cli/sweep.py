@@ -13,6 +13,7 @@ from kvprobe.cli.options import Subparsers, margin_option
 from kvprobe.errors import UserError
 from kvprobe.result.document import utc_now
 from kvprobe.sweep.drive import SweepOptions, command_line, default_folder, load_for_resume, run_sweep
+from kvprobe.sweep.ray_executor import host_and_port
 from kvprobe.sweep.spec import RUN_TYPES, RunOptions, from_command_line, load_sweep, override_run
 
 AXIS_OPTIONS = {
@@ -131,6 +132,8 @@ def _options(args: argparse.Namespace) -> SweepOptions:
         for flag, value in (("--address", args.address), ("--gpus-per-cell", args.gpus_per_cell)):
             if value is not None:
                 raise UserError(f"{flag} is for --executor ray: add --executor ray, or drop {flag}")
+    if args.address is not None:
+        host_and_port(args.address)  # its form checked before any cell, dry run included
     return SweepOptions(args.executor, args.address, args.retries, args.gpus_per_cell, args.dry_run)
 
 

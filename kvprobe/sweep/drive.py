@@ -199,7 +199,8 @@ def _run_locked(
     done = len(checks) - len(todo)
     progress = SweepProgress(console, manifest, todo, calibration)
     progress.say(
-        f"sweep {folder}: {len(checks)} cells ({_shape(manifest.spec)}), {done} done before, "
+        f"sweep {folder}: {len(checks)} cell{'s' if len(checks) != 1 else ''} ({_shape(manifest.spec)}), "
+        f"{done} done before, "
         f"{len(todo)} to run with the {options.executor} executor; about "
         f"{format_duration(progress.eta())} one after another"
     )

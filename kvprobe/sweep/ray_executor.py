@@ -21,6 +21,7 @@ from kvprobe.sweep.manifest import MANIFEST
 from kvprobe.sweep.progress import SweepProgress
 
 INSTALL_RAY = 'pip install "kvprobe[ray]"'
+REACH_S = 5.0  # how long a cluster's port may take to answer before the sweep says so
 POLL_S = 0.5  # how often the driver looks for cells that started
 CANCEL_WAIT_S = 150.0  # cancelled cells finish their unit's bookkeeping (cell_run's grace period)
 
@@ -49,12 +50,61 @@ def cell_task(cell: str, argv: list[str], out: str, folder: str) -> dict[str, An
     return run_cell(cell, argv, Path(out)).to_dict()
 
 
+def host_and_port(address: str) -> tuple[str, int] | None:
+    """The HOST and PORT of `--address` HOST:PORT or ray://HOST:PORT; None for 'auto'. A one-line
+    error for anything else: Ray would otherwise retry a malformed address for minutes."""
+    if address == "auto":
+        return None
+    rest = address.removeprefix("ray://")
+    host, sep, port = rest.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")  # [::1]:6379
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise UserError(
+            f"--address {address!r} is not auto, HOST:PORT or ray://HOST:PORT: give the address "
+            "`ray start --head` printed (e.g. 10.0.0.5:6379), or ray://HOST:10001 for Ray Client"
+        )
+    return host, int(port)
+
+
+def check_reachable(address: str, given: str | None = None) -> None:
+    """A one-line error, within seconds, when nothing answers at a cluster's address: ray.init
+    would wait minutes for a head that is not there."""
+    import socket
+
+    where = host_and_port(address)
+    if where is None:
+        return
+    try:
+        socket.create_connection(where, timeout=REACH_S).close()
+    except OSError as exc:
+        why = exc.strerror or type(exc).__name__
+        said = f"--address {address}" if given in (None, address) else f"{address} (--address {given})"
+        raise UserError(
+            f"nothing answers at {said} ({why}): start the cluster's head with "
+            "`ray start --head` there, or give the address it printed"
+        ) from None
+
+
+def _resolved(ray: Any, address: str) -> str:
+    """'auto' as Ray resolves it (RAY_ADDRESS, else the cluster `ray start` last recorded, which
+    may be long gone), through Ray's own function; the address itself if Ray has moved it."""
+    if address != "auto":
+        return address
+    try:
+        from ray._private.services import canonicalize_bootstrap_address
+    except ImportError:
+        return address
+    return str(canonicalize_bootstrap_address("auto") or address)
+
+
 def connect(ray: Any, address: str | None) -> None:
     """Join the cluster at `address` ('auto': the one `ray start` made on this machine), or
     start a new Ray instance on this machine without one. Never `address=None`: Ray would then
     join the last cluster `ray start` recorded on this machine, and wait for it even when it is
     long gone."""
     try:
+        if address is not None:
+            check_reachable(_resolved(ray, address), address)
         ray.init(
             address=address or "local",
             include_dashboard=False,
