@@ -272,12 +272,15 @@ def test_every_examples_figures_fit_their_frame(name: str) -> None:
 @pytest.mark.parametrize("name", sorted(p.parent.name for p in EXAMPLES.glob("*/sweep.json")))
 def test_every_sweep_examples_figures_fit_their_frame(name: str) -> None:
     from kvprobe.sweep.collect import collect
+    from kvprobe.views.figures import layout
     from kvprobe.views.sweep import every_figure
 
     figures = every_figure(collect(EXAMPLES / name))
     assert any(isinstance(f, Heatmap) for f in figures)
     for figure in figures:
         fits_its_frame(figure)
+        if isinstance(figure, Heatmap):
+            assert layout(figure).texts, figure.key  # the cells still say what they are
 
 
 @pytest.mark.parametrize(

@@ -28,7 +28,6 @@ from kvprobe.sweep.manifest import MANIFEST, load_manifest
 from tests.test_cli import kvprobe
 
 ROOT = Path(__file__).resolve().parent.parent
-# Result files only: a sweep folder's manifest (sweep.json) has its own loader, tested below.
 # Result files only (a user's own sweeps under results/sweeps/ are not the project's): a sweep
 # folder's manifest (sweep.json) has its own loader, tested below.
 COMMITTED = sorted(

@@ -27,6 +27,7 @@ from typing import Any
 
 import pytest
 
+from kvprobe.errors import UserError
 from kvprobe.sweep.cells import expand
 from kvprobe.sweep.spec import RunOptions, from_command_line, parse_sweep
 from tests.test_cli import assert_one_line_error
@@ -506,38 +507,62 @@ def test_a_cell_whose_result_is_complete_is_not_run_again(tmp_path: Path) -> Non
     assert not log_path(out).exists()
 
 
-@pytest.mark.parametrize("how", ["HOST:PORT", "ray://HOST:PORT", "auto, as ray start left it"])
+@pytest.mark.parametrize(
+    ("address", "ray_address"),
+    [("127.0.0.1:{port}", ""), ("ray://127.0.0.1:{port}", ""), ("auto", ""), ("auto", "127.0.0.1:{port}")],
+    ids=["HOST:PORT", "ray://HOST:PORT", "auto, as ray start left it", "auto, from RAY_ADDRESS"],
+)
 def test_an_address_where_nothing_answers_is_one_line_within_seconds(
-    how: str, models: Path, tmp_path: Path
+    address: str, ray_address: str, models: Path, tmp_path: Path
 ) -> None:
-    """A head that is not there (a closed port; `--address auto` reading the cluster `ray start`
-    recorded before it went): one line naming the address, exit 2, in seconds, not the minutes
-    ray.init spends retrying."""
+    """A head that is not there (a closed port; `--address auto` reading RAY_ADDRESS, or the
+    cluster `ray start` recorded before it went): one line naming the address, exit 2, in
+    seconds, not the minutes ray.init spends retrying."""
     require_ray()
     port = free_port()  # nothing listens on it
-    address = {"HOST:PORT": f"127.0.0.1:{port}", "ray://HOST:PORT": f"ray://127.0.0.1:{port}"}.get(
-        how, "auto"
-    )
     temp = Path(tempfile.mkdtemp(prefix="kvray-", dir="/tmp"))
     try:
         (temp / "ray").mkdir()
         (temp / "ray" / "ray_current_cluster").write_text(f"127.0.0.1:{port}")
-        env = {"RAY_TMPDIR": str(temp), "RAY_ADDRESS": ""}
+        env = {"RAY_TMPDIR": str(temp), "RAY_ADDRESS": ray_address.format(port=port)}
         proc = start(["sweep", "--model", str(models / "tiny.gguf"), "--cache", "q8_0", "--ctx", "512",
                       "--scenario", "quick", "--no-html", "--out", str(tmp_path / "s"),
-                      "--executor", "ray", "--address", address], env)  # fmt: skip
+                      "--executor", "ray", "--address", address.format(port=port)], env)  # fmt: skip
         try:
             _, stderr = proc.communicate(timeout=90)
         except subprocess.TimeoutExpired:
             proc.kill()
             raise AssertionError("the sweep waited for a head that is not there") from None
         assert proc.returncode == 2, stderr
-        lines = stderr.strip().splitlines()
-        assert len(lines) == 1, stderr
-        assert lines[0].startswith("kvprobe: error: nothing answers at "), stderr
-        assert f":{port} " in lines[0], stderr  # Ray may write the machine's own IP for 127.0.0.1
+        assert "Traceback" not in stderr
+        ours = [line for line in stderr.splitlines() if line.startswith("kvprobe:")]  # not Ray's log
+        assert len(ours) == 1, stderr
+        assert ours[0].startswith("kvprobe: error: nothing answers at "), stderr
+        assert f":{port} " in ours[0], stderr  # Ray may write the machine's own IP for 127.0.0.1
     finally:
         shutil.rmtree(temp, ignore_errors=True)
+
+
+@pytest.mark.parametrize(
+    "address",
+    ["h:\u00b2", "http://h:8265", "RAY://h:10001", "::1", "fe80::1:6379", "ray://h:1/x", "h:0", "h"],
+)
+def test_an_address_of_no_known_form_is_refused_in_one_line(address: str) -> None:
+    from kvprobe.sweep.ray_executor import host_and_port
+
+    with pytest.raises(UserError, match="is not auto, HOST:PORT or ray://HOST:PORT"):
+        host_and_port(address)
+
+
+@pytest.mark.parametrize(
+    ("address", "where"),
+    [("auto", None), ("10.0.0.5:6379", ("10.0.0.5", 6379)), ("ray://head:10001", ("head", 10001)),
+     ("[::1]:6379", ("::1", 6379)), ("head.example.org:6379", ("head.example.org", 6379))],
+)  # fmt: skip
+def test_the_addresses_ray_takes_are_read(address: str, where: tuple[str, int] | None) -> None:
+    from kvprobe.sweep.ray_executor import host_and_port
+
+    assert host_and_port(address) == where
 
 
 def test_without_an_address_ray_starts_afresh_whatever_ray_start_left_behind(

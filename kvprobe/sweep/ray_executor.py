@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -51,14 +52,26 @@ def cell_task(cell: str, argv: list[str], out: str, folder: str) -> dict[str, An
 
 
 def host_and_port(address: str) -> tuple[str, int] | None:
-    """The HOST and PORT of `--address` HOST:PORT or ray://HOST:PORT; None for 'auto'. A one-line
-    error for anything else: Ray would otherwise retry a malformed address for minutes."""
+    """The HOST and PORT of `--address` HOST:PORT or ray://HOST:PORT ([IPv6]:PORT too); None for
+    'auto'. A one-line error for anything else: Ray would otherwise retry a malformed address
+    for minutes, or answer a dashboard's http:// address with a traceback."""
     if address == "auto":
         return None
-    rest = address.removeprefix("ray://")
+    scheme, has_scheme, rest = address.partition("://")
+    if not has_scheme:
+        rest = address
     host, sep, port = rest.rpartition(":")
-    host = host.removeprefix("[").removesuffix("]")  # [::1]:6379
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]  # [::1]:6379
+    elif ":" in host:
+        host = ""  # an IPv6 address needs its brackets: [fe80::1]:6379
+    if (
+        (has_scheme and scheme != "ray")
+        or not sep
+        or not host
+        or "/" in host
+        or not (port.isascii() and port.isdigit() and 0 < int(port) < 65536)
+    ):
         raise UserError(
             f"--address {address!r} is not auto, HOST:PORT or ray://HOST:PORT: give the address "
             "`ray start --head` printed (e.g. 10.0.0.5:6379), or ray://HOST:10001 for Ray Client"
@@ -86,15 +99,23 @@ def check_reachable(address: str, given: str | None = None) -> None:
 
 
 def _resolved(ray: Any, address: str) -> str:
-    """'auto' as Ray resolves it (RAY_ADDRESS, else the cluster `ray start` last recorded, which
-    may be long gone), through Ray's own function; the address itself if Ray has moved it."""
+    """'auto' as Ray resolves it: RAY_ADDRESS when set (ray:// included), else the cluster
+    `ray start` last recorded on this machine, which may be long gone (Ray's own function).
+    'auto' itself, so no check, where that cannot be said."""
     if address != "auto":
         return address
+    if env := os.environ.get("RAY_ADDRESS", "").strip():
+        try:
+            host_and_port(env)
+        except UserError:
+            return address  # Ray reports its own variable
+        return env
     try:
         from ray._private.services import canonicalize_bootstrap_address
-    except ImportError:
+
+        return str(canonicalize_bootstrap_address("auto") or address)
+    except (ImportError, ValueError):
         return address
-    return str(canonicalize_bootstrap_address("auto") or address)
 
 
 def connect(ray: Any, address: str | None) -> None:

@@ -284,7 +284,9 @@ def _figure_size(figure: Figure) -> tuple[float, float]:
     if not isinstance(figure, Heatmap):
         return (7.2, 4.2)
     columns, rows = len(figure.x_labels), len(figure.y_labels)
-    return (min(16.0, max(7.2, 3.0 + 1.0 * columns)), min(12.0, max(4.2, 1.6 + 0.55 * rows)))
+    # At most 12 inches wide: the page shows figures at most 980 px wide, and a wider one's
+    # text would shrink below reading there.
+    return (min(12.0, max(7.2, 3.0 + 1.0 * columns)), min(12.0, max(4.2, 1.6 + 0.55 * rows)))
 
 
 def _grid_ticks(ax: Any, figure: Heatmap) -> None:
@@ -292,7 +294,7 @@ def _grid_ticks(ax: Any, figure: Heatmap) -> None:
     commas so that neighbours do not run together."""
     crowded = max((len(x) for x in figure.x_labels), default=0) * len(figure.x_labels) > 48
     columns = [x.replace(",", ",\n") if crowded else x for x in figure.x_labels]
-    ax.set_xticks(range(len(columns)), columns)
+    ax.set_xticks(range(len(columns)), columns, fontsize=8 if crowded else None)
     ax.set_yticks(range(len(figure.y_labels)), figure.y_labels)
 
 
