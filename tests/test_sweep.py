@@ -78,6 +78,15 @@ def start(args: list[str], env: dict[str, str] | None = None) -> subprocess.Pope
     )
 
 
+def finish(proc: subprocess.Popen[str], timeout: float, hung: str) -> tuple[str, str]:
+    """The process's stdout and stderr; killed and failed with `hung` if it outlives `timeout`."""
+    try:
+        return proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise AssertionError(hung) from None
+
+
 def kvprobe(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     proc = start(list(args), env)
     out, err = proc.communicate(timeout=600)
@@ -528,11 +537,7 @@ def test_an_address_where_nothing_answers_is_one_line_within_seconds(
         proc = start(["sweep", "--model", str(models / "tiny.gguf"), "--cache", "q8_0", "--ctx", "512",
                       "--scenario", "quick", "--no-html", "--out", str(tmp_path / "s"),
                       "--executor", "ray", "--address", address.format(port=port)], env)  # fmt: skip
-        try:
-            _, stderr = proc.communicate(timeout=90)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            raise AssertionError("the sweep waited for a head that is not there") from None
+        _, stderr = finish(proc, 90, "the sweep waited for a head that is not there")
         assert proc.returncode == 2, stderr
         assert "Traceback" not in stderr
         ours = [line for line in stderr.splitlines() if line.startswith("kvprobe:")]  # not Ray's log
@@ -579,11 +584,7 @@ def test_without_an_address_ray_starts_afresh_whatever_ray_start_left_behind(
         proc = start(["sweep", "--model", str(models / "tiny.gguf"), "--cache", "q8_0", "--ctx", "512",
                       "--scenario", "quick", "--threads", "1", "--no-html", "--out", str(folder),
                       "--executor", "ray"], {"RAY_TMPDIR": str(temp)})  # fmt: skip
-        try:
-            stdout, stderr = proc.communicate(timeout=240)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            raise AssertionError("the sweep waited for a cluster that is gone") from None
+        stdout, stderr = finish(proc, 240, "the sweep waited for a cluster that is gone")
         assert proc.returncode == 0, stderr
         assert "ray: 1 node" in stdout
         assert manifest(folder)["cells"]["tiny_q8_0_512"]["status"] == "done"
