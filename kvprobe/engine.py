@@ -29,6 +29,8 @@ import numpy as np
 
 from kvprobe.cache_types import GGML_TYPE_IDS, CacheConfig, check_flash_attn
 from kvprobe.errors import EngineError, UserError
+from kvprobe.paths import open_input
+from kvprobe.provenance import MODEL_FIX
 
 DOC_SEQ = 0
 FORK_SEQ = 1
@@ -109,6 +111,7 @@ class ContextSettings:
     n_seq_max: int = 2  # the document plus forks: 1 for queries, k for parallel continuations
 
 
+_SPLIT_NAME = re.compile(r"-\d{5}-of-\d{5}\.gguf$")  # llama-gguf-split's names
 _WEIGHT_BUFFER_LINE = re.compile(r"(\S+) model buffer size = +([\d.]+) MiB")
 
 
@@ -148,10 +151,21 @@ class Model:
         params = llama_cpp.llama_model_default_params()
         params.n_gpu_layers = n_gpu_layers
         params.use_extra_bufts = use_extra_bufts
+        # The weights are read into the process's own memory, never mapped from the file: a file
+        # rewritten during a run cannot change them, nor a truncated one end it with SIGBUS (the
+        # run checks the file against its sha256 instead: kvprobe.paths.Fingerprint).
+        params.load_mode = llama_cpp.LLAMA_LOAD_MODE_NONE
+        params.lazy_mode = llama_cpp.LLAMA_LAZY_MODE_OFF
         self.n_gpu_layers = n_gpu_layers
         self.use_extra_bufts = use_extra_bufts
-        with _captured_log() as log:
-            model = llama_cpp.llama_model_load_from_file(str(self.path).encode(), params)
+        # Loaded through the descriptor the bounded reader opened: the file checked (regular, not
+        # a FIFO swapped in since) is the one read, inode and all. A split model's first file is
+        # named, since llama.cpp finds the others by its name.
+        with open_input(self.path, "model file", MODEL_FIX) as (fh, _), _captured_log() as log:
+            source = str(self.path)
+            if not _SPLIT_NAME.search(self.path.name) and os.path.isdir("/proc/self/fd"):
+                source = f"/proc/self/fd/{fh.fileno()}"
+            model = llama_cpp.llama_model_load_from_file(source.encode(), params)
         if not model:
             reason = next((ln for ln in reversed(log) if "error" in ln.lower()), "unknown error")
             raise UserError(f"llama.cpp could not load {self.path}: {reason.strip()}")
@@ -166,7 +180,8 @@ class Model:
     @property
     def weight_buffers(self) -> dict[str, float]:
         """The buffers llama.cpp put the weights in, MiB by buffer type, from its load log
-        (CPU_Mapped, CPU_REPACK, AMX, CUDA0, ...): which kernels the weights actually use."""
+        (CPU, CPU_REPACK, AMX, CUDA0, ...; CPU_Mapped while weights were mapped from the file): which
+        kernels the weights actually use."""
         found: dict[str, float] = {}
         for line in self.load_log:
             m = _WEIGHT_BUFFER_LINE.search(line)

@@ -24,9 +24,10 @@ from kvprobe.display import plain
 from kvprobe.errors import Interrupted, UserError
 from kvprobe.kernel_check import KernelDecision, check_models, fallback_message
 from kvprobe.pace import Pace, StepShape, format_duration, unscored_feed_cost
-from kvprobe.paths import OutputLock
+from kvprobe.paths import Fingerprint, OutputLock, fingerprint_input
+from kvprobe.plan.haystack import MAX_HAYSTACK_BYTES
 from kvprobe.plan.prompt import describe, framing_key, prompt_record
-from kvprobe.provenance import host_info
+from kvprobe.provenance import MODEL_FIX, host_info
 from kvprobe.request import STOP_SWITCH_ENV, RunRequest
 from kvprobe.result.document import add_statistics, build_result
 from kvprobe.result.journal import (
@@ -86,12 +87,14 @@ def _run_locked(
     command_start: float,
 ) -> int:
     """Describe the models, decide the kernels, open the journal, announce, execute, finish."""
-    infos, serious = describe_models(request)
+    infos, serious, pins = describe_models(request)
+    inputs = RunInputs([*pins, *pin_haystack(request)])
     show_warnings(request, serious, console)
     kernels = kernel_decision(request, console)
     forget_headers()  # the parsed headers are done with: 0.7 GiB for a 262K vocabulary
-    identity = run_identity(request, infos, kernels)
+    identity = run_identity(request, infos, kernels, inputs)
     journal, done = open_journal(request, saved, identity, argv)
+    inputs.journal, inputs.kept = journal, bool(done)
     console.print(request.memory, markup=False, highlight=False, soft_wrap=True)
     console.print(
         f"kvprobe {__version__}: {' vs '.join(p.name for p in request.model_paths)}, "
@@ -103,25 +106,78 @@ def _run_locked(
         highlight=False,
     )
     execution = execute_journaled(
-        request, kernels, console, journal=journal, done=done, command_start=command_start
+        request, kernels, console, journal=journal, done=done, command_start=command_start, inputs=inputs
     )
+    # Hashed again (not after Ctrl-C, which wants the run to end now): the result names the files
+    # by their sha256.
+    inputs.check(whole=execution.outcome.stopped != "interrupted")
     return finish_run(request, infos, execution, console, journal.path)
 
 
-def describe_models(request: RunRequest) -> tuple[list[dict[str, Any]], dict[Path, list[str]]]:
+class RunInputs:
+    """The files a run reads while it runs (the models, a haystack file), fingerprinted by
+    content when it starts. Checked by their stat after loading and at every unit, and by
+    their content at the end: a file changed under the run ends it in one line, its finished
+    units in the journal, before a number from other bytes is kept."""
+
+    def __init__(self, pins: list[Fingerprint]) -> None:
+        self.pins = pins
+        self.journal: Journal | None = None
+        self.kept = False  # whether the journal holds units (this run's, or those it resumes)
+
+    def sha256(self, what: str) -> str | None:
+        return next((p.sha256 for p in self.pins if p.what == what), None)
+
+    def check(self, *, whole: bool = False) -> None:
+        """Every file as it was: by its stat (cheap), hashed again where that moved (the same
+        bytes written again pass) or where `whole` asks."""
+        for i, pin in enumerate(self.pins):
+            if whole or pin.changed() is not None:
+                problem, self.pins[i] = pin.verify(INPUT_FIX)
+                if problem is not None:
+                    raise UserError(f"{problem} during the run: {self._left()}")
+
+    def _left(self) -> str:
+        journal = self.journal
+        if journal is None or not self.kept:
+            return "no result file was written; run again once the file stays as it is"
+        return (
+            f"the units measured before are in {journal.path}; restore the file and continue with "
+            f"`kvprobe run --resume {journal.path}`, or run again"
+        )
+
+
+INPUT_FIX = "give a file that stays as it is while kvprobe runs"
+
+
+def pin_haystack(request: RunRequest) -> list[Fingerprint]:
+    """A haystack file, hashed: the documents are built from it after the models load."""
+    haystack = request.scenario.haystack
+    if haystack.kind != "file":
+        return []
+    path = Path(haystack.path).expanduser()
+    return [fingerprint_input(path, "haystack file", INPUT_FIX, max_bytes=MAX_HAYSTACK_BYTES)]
+
+
+def describe_models(
+    request: RunRequest,
+) -> tuple[list[dict[str, Any]], dict[Path, list[str]], list[Fingerprint]]:
     """Path, sha256 and metadata per model (hashing reads the whole file: after validation),
-    with the doctor's findings; and the serious findings per file, to show before the run."""
+    with the doctor's findings; the serious findings per file, to show before the run; and
+    each file's fingerprint, which the run checks it against."""
     infos: list[dict[str, Any]] = []
     serious: dict[Path, list[str]] = {}
+    pins: list[Fingerprint] = []
     for path, facts in zip(request.model_paths, request.facts, strict=True):
-        info = read_model_info(path)
+        pins.append(fingerprint_input(path, "model file", MODEL_FIX))
+        info = read_model_info(path, sha256=pins[-1].sha256)
         found = findings(facts)
         info["findings"] = [asdict(f) for f in found]
         info["kv_layout"] = kv_layout(facts)  # what the KV memory of any cache type needs, later
         infos.append(info)
         if messages := [f.message for f in found if f.severity == "serious"]:
             serious[path] = messages
-    return infos, serious
+    return infos, serious, pins
 
 
 def show_warnings(request: RunRequest, serious: dict[Path, list[str]], console: Console) -> None:
@@ -162,14 +218,20 @@ def kernel_decision(request: RunRequest, console: Console) -> KernelDecision:
     return decision
 
 
-def run_identity(request: RunRequest, infos: list[dict[str, Any]], kernels: KernelDecision) -> dict[str, Any]:
-    """Everything that determines the items: a journal resumes only a request with the same."""
+def run_identity(
+    request: RunRequest, infos: list[dict[str, Any]], kernels: KernelDecision, inputs: RunInputs
+) -> dict[str, Any]:
+    """Everything that determines the items: a journal resumes only a request with the same.
+    Files count by their content (the scenario's and the chat template's are hashed as read)."""
     info = engine.runtime_info()
     settings = request.settings
+    haystack = inputs.sha256("haystack file")
     return {
         "kvprobe": __version__,
         "models_sha256": [i["sha256"] for i in infos],
         "scenario_sha256": request.scenario.sha256,
+        # The scenario names a haystack file by its path: its content is what the documents are.
+        **({"haystack_sha256": haystack} if haystack is not None else {}),
         "seed": settings.seed,
         "ctx": settings.ctx,
         "mode": settings.mode,
@@ -221,13 +283,18 @@ def open_journal(
     return Journal(journal_path(request.out_path), header), {}
 
 
-def journaling(request: RunRequest, journal: Journal, console: Console) -> Callable[[Unit], None]:
-    """What happens to each unit as it finishes: into the journal; the first of the reference's
-    checked (said as soon as its items exist); and, for tests, the stop switch."""
+def journaling(
+    request: RunRequest, journal: Journal, console: Console, inputs: RunInputs
+) -> Callable[[Unit], None]:
+    """What happens to each unit as it finishes: its inputs checked, then into the journal; the
+    first of the reference's checked (said as soon as its items exist); and, for tests, the
+    stop switch."""
     checked: list[bool] = []
 
     def journaled(unit: Unit) -> None:
+        inputs.check()  # a unit measured while a file changed is not kept
         journal.append(unit)
+        inputs.kept = True
         if not checked and request.baseline is not None and unit.items:
             # The reference's own short-context items, said as soon as they exist.
             checked.append(True)
@@ -255,9 +322,10 @@ def execute_journaled(
     journal: Journal,
     done: dict[UnitKey, Unit],
     command_start: float,
+    inputs: RunInputs,
 ) -> RunExecution:
-    """execute_run with every finished unit journaled, SIGTERM taken as Ctrl-C, and an
-    interrupt before the result said as what it left to resume."""
+    """execute_run with every finished unit journaled (its inputs checked first), SIGTERM taken
+    as Ctrl-C, and an interrupt before the result said as what it left to resume."""
 
     def stop(signum: int, frame: object) -> None:  # SIGTERM (kill, systemd, a scheduler) as Ctrl-C
         raise KeyboardInterrupt
@@ -265,8 +333,8 @@ def execute_journaled(
     previous = signal.signal(signal.SIGTERM, stop)
     try:
         execution = execute_run(
-            request, kernels, console, done=done, on_unit=journaling(request, journal, console),
-            budget_start=command_start,
+            request, kernels, console, done=done, on_unit=journaling(request, journal, console, inputs),
+            budget_start=command_start, loaded=inputs.check,
         )  # fmt: skip
     except KeyboardInterrupt:  # while loading the models, or while assembling what was measured
         if not done and not journal.written:
@@ -292,13 +360,15 @@ def execute_run(
     done: dict[UnitKey, Unit] | None = None,
     on_unit: Callable[[Unit], None] | None = None,
     budget_start: float | None = None,
+    loaded: Callable[[], None] | None = None,
 ) -> RunExecution:
     """Step 2: load the models and run every probe in lockstep, showing progress. Finished
     units go to `on_unit` (the journal); `done` ones are restored; with the request's time
     budget no unit starts that would not end within it, counted from `budget_start` (the
-    command's start: hashing, the kernel check and loading count too)."""
+    command's start: hashing, the kernel check and loading count too). `loaded` hears when the
+    models are loaded and the documents built (the run's files are checked then)."""
     with contextlib.ExitStack() as stack:
-        loaded = [
+        models_loaded = [
             stack.enter_context(
                 engine.Model(
                     p,
@@ -309,16 +379,18 @@ def execute_run(
             )
             for p in request.model_paths
         ]
-        models = weights_vs_kv_models(request.model_paths, loaded)
+        models = weights_vs_kv_models(request.model_paths, models_loaded)
         baseline = request.baseline
         if models and baseline is not None:
             baseline = str(replace(ConfigId.parse(baseline), weights="ref"))
-        runner = Runner(loaded[0], request.scenario, request.settings, baseline, request.null_check)
+        runner = Runner(models_loaded[0], request.scenario, request.settings, baseline, request.null_check)
+        if loaded is not None:
+            loaded()
         outcome = run_with_progress(
             runner, request, console, models=models, done=done, on_unit=on_unit, budget_start=budget_start,
             baseline=baseline,
         )  # fmt: skip
-        runtime = runtime_record(request, kernels, loaded, outcome)
+        runtime = runtime_record(request, kernels, models_loaded, outcome)
     return RunExecution(outcome, baseline, runtime)
 
 

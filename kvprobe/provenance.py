@@ -2,21 +2,20 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import platform
 from pathlib import Path
 from typing import Any
 
 from kvprobe.errors import UserError
+from kvprobe.paths import fingerprint_input
+
+MODEL_FIX = "give --model PATH to a .gguf file"
 
 
 def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    """A model file's sha256, read through the bounded reader (kvprobe.paths)."""
+    return fingerprint_input(path, "model file", MODEL_FIX).sha256
 
 
 def cpu_name() -> str:

@@ -11,6 +11,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from kvprobe.errors import UserError
+from kvprobe.paths import read_input_bytes
+
 CACHE_DIR_ENV = "KVPROBE_CACHE_DIR"
 MAX_CACHE_BYTES = 16 << 20  # a cache file is a few KiB per entry; more is not ours
 
@@ -24,11 +27,11 @@ def cache_file(name: str) -> Path:
 
 
 def read_cache(path: Path) -> dict[str, Any]:
+    """The cache file's entries; {} for anything that is not a bounded regular file of JSON (a
+    FIFO there would hang every command, a link to /dev/zero read until memory ran out)."""
     try:
-        if path.stat().st_size > MAX_CACHE_BYTES:
-            return {}
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError):
+        data = json.loads(read_input_bytes(path, "cache file", "", max_bytes=MAX_CACHE_BYTES))
+    except (UserError, ValueError, RecursionError):
         return {}
     return data if isinstance(data, dict) else {}
 

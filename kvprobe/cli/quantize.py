@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 
 from kvprobe.cli.options import Subparsers
 from kvprobe.errors import UserError
-from kvprobe.paths import Output, check_outputs
+from kvprobe.paths import Output, check_outputs, note_written
 from kvprobe.run import MAX_THREADS
 from kvprobe.weights.doctor import KNOWN_FILE_TYPES
-from kvprobe.weights.quantize import load_imatrix, plan_jobs, provenance_metadata
+from kvprobe.weights.quantize import Job, load_imatrix, plan_jobs, provenance_metadata
 
 
 def add_parser(subparsers: Subparsers) -> None:
@@ -51,32 +54,62 @@ def cmd_quantize(args: argparse.Namespace, console: Console, words: list[str]) -
         args.types,
         out_dir,
         allow_requantize=args.allow_requantize,
-        force=args.force,
         ftype_of=ftype_of,
         pure=args.pure,
     )
+    # Every file a job writes, its partial too, checked as any output is: never an input, a
+    # folder, a FIFO or a broken link, and not there without --force (a partial is ours to replace).
+    variants = Output(out_dir, "--out-dir", folder=True, files=tuple(j.dst.name for j in jobs))
+    partials = Output(out_dir, "--out-dir", folder=True, files=tuple(partial(j.dst).name for j in jobs))
+    check_outputs([variants], inputs, force=args.force)
+    check_outputs([replace(partials, may_exist=True)], inputs, force=True)
     imatrix, metadata = load_imatrix(Path(args.imatrix).expanduser()) if args.imatrix else (None, {})
     threads = args.threads or max(1, os.cpu_count() or 1)
     out_dir.mkdir(parents=True, exist_ok=True)  # checked writable above; created only now
     for job in jobs:
         console.print(f"{src.name} -> {job.dst} ({job.type_name}: {job.note})", markup=False, highlight=False)
-        tmp = job.dst.with_name(f".{job.dst.name}.partial")
-        try:
-            engine.quantize(
-                src,
-                tmp,
-                job.ftype,
-                allow_requantize=True,  # plan_jobs has already refused what the user did not allow
-                pure=args.pure,
-                n_threads=threads,
-                imatrix=imatrix,
-                metadata={**metadata, **provenance_metadata(origin)},
-            )
-        except BaseException:
-            tmp.unlink(missing_ok=True)  # variants already written stay; no half file is left
-            raise
-        tmp.replace(job.dst)  # a finished file or none: an interrupted run leaves no half model
+        quantize_one(job, src, threads, imatrix, {**metadata, **provenance_metadata(origin)}, pure=args.pure)
         console.print(
             f"  wrote {job.dst} ({job.dst.stat().st_size / 2**20:.1f} MiB)", markup=False, highlight=False
         )
     return 0
+
+
+def partial(dst: Path) -> Path:
+    return dst.with_name(f".{dst.name}.partial")
+
+
+def quantize_one(
+    job: Job,
+    src: Path,
+    threads: int,
+    imatrix: dict[str, Any] | None,
+    metadata: dict[str, str | int],
+    *,
+    pure: bool,
+) -> None:
+    """One variant: llama.cpp writes a partial file (made new here, so no link or hard link at
+    its name is written through), renamed onto the variant when whole; whatever fails, no
+    partial is left behind and variants already written stay."""
+    from kvprobe import engine
+
+    tmp = partial(job.dst)
+    try:
+        tmp.unlink(missing_ok=True)  # one left by a killed run (a link: the link, not its target)
+        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644))
+        engine.quantize(
+            src,
+            tmp,
+            job.ftype,
+            allow_requantize=True,  # plan_jobs has already refused what the user did not allow
+            pure=pure,
+            n_threads=threads,
+            imatrix=imatrix,
+            metadata=metadata,
+        )
+        tmp.replace(job.dst)  # a finished file or none: an interrupted run leaves no half model
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    note_written(job.dst)

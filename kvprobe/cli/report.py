@@ -4,21 +4,26 @@ sweep folder merged (kvprobe.views.sweep)."""
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 
 from kvprobe.cli.options import Subparsers, margin_option
 from kvprobe.errors import UserError
+from kvprobe.result.journal import journal_path
 from kvprobe.result.store import Result
 from kvprobe.run import parse_margins
 from kvprobe.stats.verdict import build_verdict
-from kvprobe.sweep.manifest import is_sweep_folder
+from kvprobe.sweep.manifest import MANIFEST, is_sweep_folder
 from kvprobe.views.figures import write_png
-from kvprobe.views.pictures import check_pictures, save_page, write_pictures
+from kvprobe.views.pictures import check_pictures, png_figures, save_page, write_pictures
 from kvprobe.views.terminal import print_matrix, print_run_report
+
+if TYPE_CHECKING:
+    from kvprobe.sweep.collect import SweepReport
 
 SWEEP_PAGE = "report.html"  # a sweep's merged page, in its folder unless --html says elsewhere
 
@@ -63,18 +68,21 @@ def cmd_report(args: argparse.Namespace, console: Console, words: list[str]) -> 
                 f"{folders[0]} is a folder: give result files, or one folder that `kvprobe sweep` wrote"
             )
         return report_sweep(Path(folders[0]), args, margins, console)
-    check_pictures(args.html, args.png, [Path(p) for p in args.results], force=args.force)
-    loaded = [Result.load(Path(p)) for p in args.results]
+    inputs = [Path(p) for p in args.results]
+    check_pictures(args.html, args.png, inputs, force=args.force)  # the paths alone, before reading
+    loaded = [Result.load(path) for path in inputs]
     rebuild = _rebuild(args, margins)
     for r in loaded:
         rebuild(r.doc)
     named = [(r.path.name, r.doc) for r in loaded]
+    figures = png_figures(named) if args.png else []
+    check_pictures(args.html, args.png, inputs, force=args.force, figures=figures)  # each PNG file too
     if len(loaded) == 1:
         console.print(f"{loaded[0].path}: {loaded[0].doc.get('command', '')}", markup=False, highlight=False)
         print_run_report(loaded[0].doc, console)
     else:
         print_matrix(named, console)
-    write_pictures(named, args.html, args.png, console, force=args.force)
+    write_pictures(named, args.html, args.png, console, force=args.force, figures=figures)
     return 0
 
 
@@ -87,12 +95,23 @@ def report_sweep(folder: Path, args: argparse.Namespace, margins: dict[str, floa
     default_page = folder / SWEEP_PAGE
     has_plot = importlib.util.find_spec("matplotlib") is not None
     page = Path(args.html) if args.html else (default_page if has_plot else None)
-    check_pictures(str(page) if page and page != default_page else None, args.png, [], force=args.force)
+    own_page = page is not None and page.absolute() == default_page.absolute()  # made from the files
+    check = functools.partial(check_pictures, page, args.png, force=args.force, page_may_exist=own_page)
+    check([folder / MANIFEST])  # the paths alone, before reading
     report = collect(folder, _rebuild(args, margins))
+    figures = every_figure(report) if args.png else []
+    check(sweep_inputs(folder, report), figures=figures)
     print_sweep(report, console)
     if page is not None:
         save_page(page, sweep_page(report, cell_page_links(report, page)), console)
     if args.png:
-        paths = write_png(every_figure(report), args.png, force=args.force)
+        paths = write_png(figures, args.png, force=args.force)
         console.print(f"figures: {len(paths)} PNG files in {args.png}", markup=False, highlight=False)
     return 0
+
+
+def sweep_inputs(folder: Path, report: SweepReport) -> list[Path]:
+    """What `report` reads of a sweep folder, which its --html and --png never replace: the
+    manifest, and each cell's result and journal."""
+    outs = [folder / record.out for record in report.manifest.cells.values()]
+    return [folder / MANIFEST, *outs, *(journal_path(out) for out in outs)]

@@ -5,6 +5,7 @@ result path's lock and journal, then the request validated (kvprobe.run) and exe
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import time
 from pathlib import Path
@@ -15,6 +16,7 @@ from rich.console import Console
 from kvprobe.cli.options import Parser, Subparsers, ctx_tokens, duration, margin_option, root_parser
 from kvprobe.errors import UserError
 from kvprobe.paths import refuse_if_locked, same_file
+from kvprobe.plan.scenario import bundled_scenarios
 from kvprobe.result.journal import SUFFIX, SavedRun, journal_path, read_journal
 from kvprobe.result.store import load_result
 from kvprobe.run import validate_run
@@ -172,7 +174,7 @@ def cmd_run(args: argparse.Namespace, console: Console, words: list[str]) -> int
     command_start = time.monotonic()  # --time-budget counts from here: hashing and loading too
     saved = None
     if args.resume:
-        args, saved = resume_args(args, run_parser())
+        args, saved = resume_args(args, words)
     if args.out:
         refuse_if_locked(Path(args.out))  # a run writing it now is the real problem, if there is one
     if not args.resume and args.out and journal_path(Path(args.out)).exists() and not args.force:
@@ -192,33 +194,75 @@ def cmd_run(args: argparse.Namespace, console: Console, words: list[str]) -> int
     )
 
 
-def resume_args(
-    args: argparse.Namespace, parser: argparse.ArgumentParser
-) -> tuple[argparse.Namespace, SavedRun]:
-    """For `--resume PATH`: the journal, and the options to run with. Given only --resume (and
-    perhaps --time-budget), the original options come from the journal, with relative paths
-    taken from the folder the run started in; given more, they are used as they are, and the
-    journal must match the request they make."""
+# Options of this invocation only, never compared with the journal's.
+CARRIED = frozenset({"resume", "time_budget", "force", "html", "no_html"})
+PATH_OPTIONS = frozenset({"model", "scenario", "haystack", "chat_template"})  # compared as files
+# Options kvprobe chooses when they are not given, and the identity field that records its choice.
+CHOSEN = {"threads": "n_threads", "gpu_layers": "n_gpu_layers", "max_contexts": "max_contexts"}
+
+
+def typed_options(words: list[str]) -> dict[str, Any]:
+    """The `run` options the command line gives, by name, as parsed: abbreviations and
+    --option=value count, and an option typed with its default value counts too (argparse
+    fills in no default here)."""
+    parser = run_parser()
+    section = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices["run"]
+    for action in section._actions:
+        action.default = argparse.SUPPRESS
+    typed, _ = parser.parse_known_args(words)
+    return {k: v for k, v in vars(typed).items() if k != "command"}
+
+
+def comparable(key: str, value: Any, folder: Path) -> Any:
+    """An option's value as the run understood it: a file named relative to `folder` (where
+    the command ran) as its real path; a bundled scenario or haystack by its name."""
+    if isinstance(value, list):
+        return [comparable(key, v, folder) for v in value]
+    if key not in PATH_OPTIONS or not isinstance(value, str):
+        return value
+    if (key == "scenario" and value in bundled_scenarios()) or (
+        key == "haystack" and value in ("prose", "noise")
+    ):
+        return value
+    return os.path.realpath(folder / Path(value).expanduser())
+
+
+def resume_args(args: argparse.Namespace, words: list[str]) -> tuple[argparse.Namespace, SavedRun]:
+    """For `--resume PATH`: the journal, and the options to run with: the journal's own, read
+    with relative paths taken from the folder the run started in. Options typed with --resume
+    must say what the journal says (else one line names them); --out must be the run's own."""
     given = Path(args.resume).expanduser().absolute()  # before a chdir to where the run started
     if args.html:
         args.html = str(Path(args.html).expanduser().absolute())
+    here = Path.cwd()
+    typed = {k: comparable(k, v, here) for k, v in typed_options(words).items() if k not in CARRIED}
+    out_given = typed.pop("out", None)
     saved = read_journal(given if given.name.endswith(SUFFIX) else journal_path(given))
     args.resume = str(saved.path)  # the journal, whichever of the two names was given
-    defaults = vars(parser.parse_args(["run"]))
-    carried = {"resume", "time_budget", "force", "html", "no_html"}  # options of this invocation only
-    explicit = {k for k, v in vars(args).items() if v != defaults.get(k)} - carried
-    if not explicit:
-        args = saved_args(saved, parser, args, carried)
+    args = saved_args(saved, run_parser(), args, set(CARRIED))
+    started_in = Path(saved.header["cwd"])
+    identity = saved.header["identity"]
+    conflicts = [
+        f"{key} ({brief(then)} then, {brief(now)} now)"
+        for key, now in typed.items()
+        if (then := comparable(key, getattr(args, key, None), started_in)) != now
+        # an option the run left to kvprobe, typed now as kvprobe chose it (--threads 16)
+        and not (then is None and key in CHOSEN and identity.get(CHOSEN[key]) == now)
+    ]
+    if conflicts:
+        raise UserError(
+            f"--resume {saved.path} is the journal of another request: {'; '.join(conflicts)}: drop those "
+            "options (the journal has the run's own), or start again without --resume"
+        )
     if args.max_contexts is None:
         # The groups the run started with (chosen for the memory then, perhaps): its units are
         # theirs. A run that started in one group stays in one.
         args.max_contexts = saved.header["identity"].get("max_contexts")
         args.one_group = args.max_contexts is None
     out = Path(saved.header["out"])
-    if args.out is None:
-        args.out = str(out)
-    elif Path(args.out).resolve() != out:
+    if out_given is not None and Path(out_given).resolve() != out:
         raise UserError(f"--resume {saved.path} continues the run that writes {out}: drop --out or give that")
+    args.out = str(out)
     if not same_file(saved.path, journal_path(out)):
         raise UserError(
             f"--resume {saved.path}: its run writes {out}, whose journal is {journal_path(out)}, not this "
@@ -228,6 +272,11 @@ def resume_args(
     # kvprobe overwrite a file that some other run, or the user, put there.
     args.out_is_partial = is_partial_result(out, saved.header)
     return args, saved
+
+
+def brief(value: Any) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def saved_args(

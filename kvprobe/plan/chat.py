@@ -11,15 +11,19 @@ would then score a prompt other than the one it records.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import hashlib
 import json
+import os
+import select
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import asdict, dataclass
+from typing import Any, NoReturn
 
 from kvprobe.errors import UserError
 
@@ -35,6 +39,11 @@ THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 # past these bounds is a hostile or broken template, refused rather than waited for.
 RENDER_SECONDS = 5.0
 MAX_RENDER_CHARS = 1_000_000
+# A single C call (`'x'|center(2000000000)`, a string doubled with `~`) allocates before any
+# check can run: the framing is found in a child process whose address space may grow by
+# this much, and whose answer is waited for this long (each render has its own timer too).
+RENDER_MEMORY = 256 << 20
+CHILD_SECONDS = 3 * RENDER_SECONDS + 5.0
 
 
 class _TooCostly(Exception):
@@ -204,13 +213,8 @@ def render(
                     raise _TooCostly
                 out.append(piece)
             return "".join(out)
-    except _TooCostly:
-        raise UserError(
-            f"the chat template ({template.source}, sha256 {template.sha256[:12]}) takes too long or writes "
-            f"too much to render (past {RENDER_SECONDS:g} s or {MAX_RENDER_CHARS:,} characters; real "
-            "templates need milliseconds); give a working one with --chat-template FILE, "
-            "or use --prompt-format raw"
-        ) from None
+    except (_TooCostly, MemoryError):
+        raise _too_costly(template) from None
     except Exception as exc:
         what = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
         raise UserError(
@@ -219,9 +223,127 @@ def render(
         ) from None
 
 
+def _too_costly(template: ChatTemplate) -> UserError:
+    return UserError(
+        f"the chat template ({template.source}, sha256 {template.sha256[:12]}) takes too long or writes "
+        f"too much to render (past {RENDER_SECONDS:g} s, {MAX_RENDER_CHARS:,} characters or "
+        f"{RENDER_MEMORY >> 20} MiB of memory; real templates need milliseconds and kilobytes); give a "
+        "working one with --chat-template FILE, or use --prompt-format raw"
+    )
+
+
 def find_framing(template: ChatTemplate, *, bos_token: str, eos_token: str, system: str | None) -> Framing:
     """Split the rendered prompt around the user's content; refuse a template that rewrites
-    the content or frames different contents differently."""
+    the content or frames different contents differently. The template is rendered in a child
+    process of bounded memory and time (see RENDER_MEMORY), where fork exists."""
+    if system is not None and (found := [s for s in SENTINELS if s in system]):
+        raise UserError(
+            f"the system message contains {found[0]!r}, the text kvprobe renders the chat template with "
+            "to find its framing, so the framing cannot be found: remove it from --system (or the "
+            "scenario's prompt.system)"
+        )
+
+    def work() -> Framing:
+        return _find_framing(template, bos_token=bos_token, eos_token=eos_token, system=system)
+
+    return bounded_render(template, work) if hasattr(os, "fork") else work()
+
+
+def bounded_render(template: ChatTemplate, work: Callable[[], Framing]) -> Framing:
+    """`work()` in a forked child whose address space may grow by RENDER_MEMORY at most, its
+    answer (a Framing, or a refusal in words) back through a pipe within CHILD_SECONDS."""
+    import jinja2.ext
+    import jinja2.sandbox  # noqa: F401  imported before the fork: the child finds them loaded
+
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child (coverage does not follow a fork)
+        _child(read_fd, write_fd, template, work)
+    os.close(write_fd)
+    try:
+        data = _read_reply(read_fd)
+    finally:
+        os.close(read_fd)
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)  # nothing if it ended; a child still rendering ends now
+            os.waitpid(pid, 0)
+    if data is None:
+        raise _too_costly(template)
+    try:
+        reply = json.loads(data)
+        if "framing" in reply:
+            return Framing(**reply["framing"])
+        refusal = str(reply["refused"]) if "refused" in reply else None
+        failure = str(reply["failed"])[:200] if refusal is None else ""
+    except (ValueError, KeyError, TypeError):
+        raise UserError(
+            f"the chat template ({template.source}, sha256 {template.sha256[:12]}) ended its renderer "
+            "without an answer; give a working one with --chat-template FILE, or use --prompt-format raw"
+        ) from None
+    raise UserError(
+        refusal
+        or f"the chat template ({template.source}, sha256 {template.sha256[:12]}) does not render: "
+        f"{failure}; give a working one with --chat-template FILE, or use --prompt-format raw"
+    )
+
+
+def _child(read_fd: int, write_fd: int, template: ChatTemplate, work: Callable[[], Framing]) -> NoReturn:
+    """The renderer's side: bound its memory, render, write the answer, and end here whatever
+    happens (never return into the caller's code)."""
+    try:
+        os.close(read_fd)
+        try:
+            gc.disable()  # a collection would touch, and so copy, every page of the parent's objects
+            _limit_memory(RENDER_MEMORY)
+            reply: dict[str, Any] = {"framing": asdict(work())}
+        except UserError as exc:
+            reply = {"refused": str(exc)}
+        except MemoryError:
+            reply = {"refused": str(_too_costly(template))}
+        except BaseException as exc:  # anything else is said, and still ends the child here
+            reply = {"failed": f"{type(exc).__name__}: {str(exc)[:200]}"}
+        _write_all(write_fd, json.dumps(reply).encode())
+    finally:
+        os._exit(0)
+
+
+def _limit_memory(extra: int) -> None:
+    """Let this process's address space grow by `extra` bytes at most (RLIMIT_AS): an allocation
+    past it is a MemoryError, not the machine's memory."""
+    import resource
+
+    try:
+        with open("/proc/self/statm", encoding="ascii") as fh:
+            size = int(fh.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return  # no /proc: the timers still bound the render
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    limit = min([size + extra, *(x for x in (soft, hard) if x != resource.RLIM_INFINITY)])
+    resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _read_reply(fd: int) -> bytes | None:
+    """Everything the child writes, until it closes the pipe; None past CHILD_SECONDS."""
+    deadline = time.monotonic() + CHILD_SECONDS
+    chunks: list[bytes] = []
+    while (left := deadline - time.monotonic()) > 0:
+        ready, _, _ = select.select([fd], [], [], left)
+        if not ready:
+            break
+        chunk = os.read(fd, 1 << 20)
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+    return None
+
+
+def _find_framing(template: ChatTemplate, *, bos_token: str, eos_token: str, system: str | None) -> Framing:
     where = f"the chat template ({template.source}, sha256 {template.sha256[:12]})"
     splits = []
     for sentinel in SENTINELS:

@@ -172,15 +172,24 @@ def bundled_scenarios() -> dict[str, Path]:
     return {p.stem: p for p in sorted(SCENARIO_DIR.glob("*.toml"))}
 
 
+def _is(path: Path, test: str) -> bool:
+    """Path.exists or is_dir, False where the path cannot be looked at (a name too long): the
+    reader then says why in one line."""
+    try:
+        return bool(getattr(path, test)())
+    except (OSError, ValueError):
+        return test == "exists"
+
+
 def load_scenario(name_or_path: str) -> Scenario:
     """Load a bundled scenario by name, or a TOML file by path."""
     path = Path(name_or_path)
     bundled = bundled_scenarios()
     if name_or_path in bundled:
         path = bundled[name_or_path]
-    elif path.is_dir():
+    elif _is(path, "is_dir"):
         raise UserError(f"scenario {name_or_path!r} is a folder: give a TOML file inside it")
-    elif not path.exists():
+    elif not _is(path, "exists"):
         known = ", ".join(bundled) or "none"
         raise UserError(
             f"scenario {name_or_path!r} not found{did_you_mean(name_or_path, bundled)}: "

@@ -17,20 +17,24 @@ newline after it) is dropped, and its unit measured again.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import functools
 import hashlib
 import json
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from kvprobe.api import all_probes
 from kvprobe.errors import UserError
-from kvprobe.paths import read_input_bytes
+from kvprobe.paths import note_written, read_input_bytes, shown_path, system_fix
 from kvprobe.result import blocks, schema
 from kvprobe.result.blocks import brief, first_problem, too_deep
 from kvprobe.result.compiled import compile_schema
+from kvprobe.result.ties import item_identity, repeated
 
 JOURNAL_VERSION = 2  # 2: a checksum on every line
 SUFFIX = ".journal.jsonl"
@@ -117,45 +121,108 @@ class Unit:
 
 class Journal:
     """A journal appended to as units finish. A new one is written only when its first unit
-    finishes: a run that fails or is stopped before that leaves nothing to resume, and no file."""
+    finishes: a run that fails or is stopped before that leaves nothing to resume, and no file.
+    Every line goes out whole or not at all: a write that fails (a full disk) is cut back to
+    the last whole line, and the run ends in one line saying what the journal keeps."""
 
     def __init__(self, path: Path, header: dict[str, Any], *, whole_bytes: int | None = None):
         """A new journal; or, with `whole_bytes`, an existing one continued after its last whole
         line (a line torn by a kill is cut off first)."""
         self.path = path
         self.header = header
-        self._fh: Any = None
+        self._fd: int | None = None
+        self._resumable = whole_bytes is not None  # its header is on disk
         if whole_bytes is not None:
-            with path.open("r+b") as fh:
-                fh.truncate(whole_bytes)
-                if whole_bytes and not _ends_with_newline(fh, whole_bytes):
-                    fh.seek(whole_bytes)
-                    fh.write(b"\n")
-            self._fh = path.open("a", encoding="utf-8")
+            self._fd = self._open(os.O_RDWR)
+            try:
+                os.ftruncate(self._fd, whole_bytes)
+                torn = bool(whole_bytes) and os.pread(self._fd, 1, whole_bytes - 1) != b"\n"
+            except OSError as exc:
+                self.close()
+                raise self._failed(exc) from None
+            if torn:
+                self._write(b"")  # the last whole line lacked its newline
+
+    def _open(self, flags: int) -> int:
+        """The journal's descriptor, never through a symbolic link (O_NOFOLLOW): writing the
+        journal must not change another file."""
+        try:
+            fd = os.open(self.path, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o666)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise UserError(
+                    f"the journal {shown_path(self.path)} is a symbolic link: kvprobe writes only to the "
+                    "file itself; give the file it points to, or remove the link"
+                ) from None
+            raise self._failed(exc) from None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise UserError(f"the journal {shown_path(self.path)} is not a regular file: remove it")
+        note_written(self.path, f"continue with `kvprobe run --resume {self.path}`")
+        return fd
 
     @property
     def written(self) -> bool:
-        return self._fh is not None
+        return self._fd is not None
 
     def ensure(self) -> None:
-        """Write the journal now, units or not: a run stopped early can always be resumed."""
-        if self._fh is None:
+        """Write the journal now, units or not: a run stopped early can always be resumed. A
+        new journal is a new file: an earlier one (--force) is unlinked first, so that a link
+        or a hard link at its name is never written through."""
+        if self._fd is not None:
+            return
+        try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._fh = self.path.open("w", encoding="utf-8")
-            _write_line(self._fh, {"kvprobe_journal": JOURNAL_VERSION, **self.header})
+            with contextlib.suppress(FileNotFoundError):
+                self.path.unlink()
+        except OSError as exc:
+            raise self._failed(exc) from None
+        self._fd = self._open(os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+        try:
+            self._write(checksummed({"kvprobe_journal": JOURNAL_VERSION, **self.header}).encode())
+        except UserError:
+            self.close()
+            with contextlib.suppress(OSError):
+                self.path.unlink()  # a journal without its header could not be resumed
+            raise
+        self._resumable = True
 
     def append(self, unit: Unit) -> None:
         self.ensure()
-        _write_line(self._fh, unit.to_json())
+        self._write(checksummed(unit.to_json()).encode())
+
+    def _write(self, line: bytes) -> None:
+        """`line` and a newline at the end of the file, synced; a write that fails is cut off
+        again (the file keeps whole lines only) and is a one-line UserError."""
+        assert self._fd is not None
+        data = line + b"\n"
+        end = os.lseek(self._fd, 0, os.SEEK_END)
+        try:
+            done = 0
+            while done < len(data):
+                done += os.pwrite(self._fd, data[done:], end + done)
+            os.fsync(self._fd)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, end)
+            raise self._failed(exc) from None
+
+    def _failed(self, exc: OSError) -> UserError:
+        """A journal that cannot be written, in one line saying what it keeps."""
+        problem = f"cannot write the journal {shown_path(self.path)} ({exc.strerror or exc})"
+        fix = "free space" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else "fix that"
+        if not self._resumable:
+            return UserError(f"{problem}; no unit was kept: {system_fix(exc)}")
+        return UserError(
+            f"{problem}; the units finished before are kept in it and the unit in flight is measured "
+            f"again: {fix}, then continue with `kvprobe run --resume {self.path}`"
+        )
 
     def close(self) -> None:
-        if self._fh is not None and not self._fh.closed:
-            self._fh.close()
-
-
-def _ends_with_newline(fh: Any, size: int) -> bool:
-    fh.seek(size - 1)
-    return bool(fh.read(1) == b"\n")
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+            self._fd = None
 
 
 def checksummed(record: dict[str, Any]) -> str:
@@ -164,12 +231,6 @@ def checksummed(record: dict[str, Any]) -> str:
     payload = json.dumps(record, separators=(",", ":"), allow_nan=True)
     digest = hashlib.sha256(payload.encode()).hexdigest()
     return f'{CHECKSUM.decode()}{digest}",{payload[1:]}'
-
-
-def _write_line(fh: Any, record: dict[str, Any]) -> None:
-    fh.write(checksummed(record) + "\n")
-    fh.flush()
-    os.fsync(fh.fileno())
 
 
 @dataclass(frozen=True)
@@ -190,6 +251,7 @@ def _line_schemas() -> tuple[Any, Any]:
             "kvprobe": blocks.STR,
             "models_sha256": blocks.listing(blocks.STR),
             "scenario_sha256": blocks.STR,
+            "haystack_sha256": blocks.STR,  # a haystack file's content (its path is in the scenario)
             "seed": blocks.INT,
             "ctx": blocks.INT,
             "mode": blocks.STR,
@@ -355,7 +417,7 @@ def read_journal(path: Path) -> SavedRun:
     """The header and every unit, each verified (checksum, schema, the probes' own checks); a
     torn last line (a kill during the write) is dropped, anything else unverifiable is a
     UserError naming the line."""
-    if not path.exists():
+    if not os.path.lexists(path):  # a name too long, or unreadable, is the reader's to say
         raise UserError(f"--resume {path}: no such journal (kvprobe writes <out>{SUFFIX} beside --out)")
     raw = read_input_bytes(
         path, "--resume", "give the journal of an interrupted run", max_bytes=MAX_JOURNAL_BYTES
@@ -370,15 +432,36 @@ def read_journal(path: Path) -> SavedRun:
         raise _damaged(path, 1, problem)
     units: list[Unit] = []
     seen: dict[UnitKey, int] = {}
+    items = ItemsOnce()
     for number, record in enumerate(records[1:], start=2):
         if (problem := _unit_problem(record)) is not None:
             raise _damaged(path, number, problem)
         unit = Unit.from_json(record)
         if unit.key in seen:
             raise _damaged(path, number, f"unit {key_json(unit.key)} is on line {seen[unit.key]} already")
+        if (problem := items.add(unit.items, number)) is not None:
+            raise _damaged(path, number, problem)
         seen[unit.key] = number
         units.append(unit)
     return SavedRun(path, header, units, whole)
+
+
+class ItemsOnce:
+    """Each item once in the whole journal, as in a result file (kvprobe.result.ties.items_once)."""
+
+    def __init__(self) -> None:
+        self.identity = item_identity()
+        self.lines: dict[str, int] = {}
+
+    def add(self, rows: list[dict[str, Any]], line: int) -> str | None:
+        for i, row in enumerate(rows):
+            key = self.identity(row)
+            if key is None:
+                continue
+            if key in self.lines:
+                return f"items[{i}] repeats an item of line {self.lines[key]} ({repeated(key)})"
+            self.lines[key] = line
+        return None
 
 
 def differences(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:

@@ -163,7 +163,8 @@ RUNTIME = nullable(
             "weight_buffers_mib": mapping(
                 mapping(NUM),
                 "per model file, the buffers llama.cpp put the weights in, MiB by buffer type "
-                "(`CPU_Mapped`, `CPU_REPACK`, `AMX`, `CUDA0`, …), read from its load log: which kernels "
+                "(`CPU`: read into memory, as kvprobe loads them; `CPU_Mapped` in older files, mapped from "
+                "the file; `CPU_REPACK`, `AMX`, `CUDA0`, …), read from its load log: which kernels "
                 "actually ran",
             ),
             "n_ctx": nullable(

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from kvprobe.errors import UserError
-from kvprobe.paths import read_input_text
+from kvprobe.paths import note_written, read_input_text
 from kvprobe.result import schema
 from kvprobe.result.blocks import MAX_DEPTH, first_problem, too_deep
 from kvprobe.result.migrations import SCHEMA_VERSION, migrate
@@ -74,6 +74,7 @@ def write_result(doc: dict[str, Any], path: Path) -> Path:
             f"cannot write the result to {path} ({exc.strerror or exc}); kvprobe {where}: "
             "free space or choose another --out"
         ) from None
+    note_written(path)  # what an interrupt or a failure of the system says it leaves behind
     return path
 
 

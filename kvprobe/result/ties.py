@@ -10,6 +10,7 @@ TIES, the file's own, hold for every reader; then each registered probe checks i
 from __future__ import annotations
 
 import itertools
+import json
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -94,9 +95,52 @@ def baseline_items_measured(doc: Doc) -> str | None:
     return None
 
 
+def item_identity() -> Callable[[Doc], str | None]:
+    """What identifies an item row: its probe and configuration and the key its probe pairs
+    items with (Metric.key), as canonical JSON; None for a row of a probe without such a key
+    (it states no identity for its rows) or without the key's fields."""
+    keyed = {m.probe: m for p in all_probes() for m in reversed(p.metrics) if m.key is not None}
+
+    def identity(row: Doc) -> str | None:
+        metric = keyed.get(row["probe"])
+        if metric is None:
+            return None
+        try:
+            return json.dumps([row["probe"], row["config"], *metric.pair_key(row)], sort_keys=True)
+        except (KeyError, TypeError, ValueError):
+            return None
+
+    return identity
+
+
+def items_once(doc: Doc) -> str | None:
+    """Each item once: the statistics and the verdict count every row as one observation, so a
+    row copied would be counted as often as it appears."""
+    identity = item_identity()
+    for field in ("items", "text_items"):
+        seen: dict[str, int] = {}
+        for i, row in enumerate(doc.get(field) or []):
+            key = identity(row)
+            if key is None:
+                continue
+            if key in seen:
+                return (
+                    f"{field}[{i}] repeats {field}[{seen[key]}] ({repeated(key)}); each item is measured once"
+                )
+            seen[key] = i
+    return None
+
+
+def repeated(key: str) -> str:
+    """An item's identity (item_identity) in words."""
+    probe, config, *rest = json.loads(key)
+    return f"the same {brief(probe)} item of {brief(config)}: {brief(rest)}"
+
+
 Tie = Callable[[Doc], str | None]
 TIES: tuple[Tie, ...] = (
     configs_once,
+    items_once,
     baseline_among_configs,
     rows_among_configs,
     ascending,

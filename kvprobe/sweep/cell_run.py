@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import json
 import os
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -23,10 +25,18 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from kvprobe.display import visible
+from kvprobe.errors import UserError
+from kvprobe.paths import read_input_bytes, write_atomically
 from kvprobe.request import STOP_SWITCH_ENV
 from kvprobe.result.journal import journal_path
+from kvprobe.result.store import MAX_RESULT_BYTES
+from kvprobe.sweep.results import own_result, place_problem, result_state
+
+__all__ = ["CellOutcome", "attempt_path", "log_path", "result_state", "run_cell"]
 
 DONE, FAILED, INTERRUPTED = "done", "failed", "interrupted"
+LOG_TAIL_BYTES = 1 << 20  # the child's last `kvprobe:` line is at the end of its log
 STOP_CELL_ENV = "KVPROBE_TEST_STOP_CELL"  # tests: the run's stop switch applies to this cell only
 INTERRUPT_GRACE_S = 120.0  # a child asked to stop finishes its unit's bookkeeping; then it is killed
 
@@ -47,23 +57,10 @@ class CellOutcome:
         return asdict(self)
 
 
-def result_state(out: Path) -> str:
-    """'partial' where a journal waits to be resumed, 'done' where a complete result stands
-    alone, else 'absent'."""
-    if journal_path(out).exists():
-        return "partial"
-    try:
-        with out.open("rb") as fh:
-            doc = json.loads(fh.read(256 << 20))
-    except (OSError, ValueError):
-        return "absent"
-    return "done" if isinstance(doc, dict) and doc.get("complete") is True else "absent"
-
-
 def decision_summary(out: Path) -> str:
     """The cell's decision in a few words: 'q8_0 equivalent, q4_0 worse; use q8_0'."""
     try:
-        doc = json.loads(out.read_bytes())
+        doc = json.loads(read_input_bytes(out, "result file", "", max_bytes=MAX_RESULT_BYTES))
         verdict = doc.get("verdict") or {}
         parts = [
             f"{cid} {(v.get('equivalence') or {}).get('status', 'undecided')}"
@@ -73,7 +70,7 @@ def decision_summary(out: Path) -> str:
         keep = rec.get("config") == doc.get("baseline")
         use = f"; {'keep' if keep else 'use'} {rec['config']}" if rec.get("config") else ""
         return ", ".join(parts) + use
-    except (OSError, ValueError, AttributeError, TypeError, KeyError):
+    except (UserError, ValueError, RecursionError, AttributeError, TypeError, KeyError):
         return ""
 
 
@@ -96,10 +93,11 @@ def _die_with_parent() -> Callable[[], None] | None:
 
 def _error_line(log: Path, offset: int, returncode: int) -> str:
     """The child's one-line error (the last `kvprobe:` line it wrote), or how it died."""
-    try:
-        with log.open("rb") as fh:
-            fh.seek(offset)
-            text = fh.read().decode("utf-8", "replace")
+    try:  # its own log, opened without following a link; only its end can hold the last line
+        fd = os.open(log, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        with os.fdopen(fd, "rb") as fh:
+            fh.seek(max(offset, os.fstat(fd).st_size - LOG_TAIL_BYTES))
+            text = fh.read(LOG_TAIL_BYTES).decode("utf-8", "replace")
     except OSError:
         text = ""
     said = [line for line in text.splitlines() if line.startswith("kvprobe:")]
@@ -118,9 +116,42 @@ def _error_line(log: Path, offset: int, returncode: int) -> str:
 
 
 def _write_attempt(path: Path, record: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(record) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    write_atomically(path, (json.dumps(record) + "\n").encode(), "the cell's attempt record")
+
+
+def read_attempt(out: Path) -> dict[str, Any] | None:
+    """The cell's attempt record, or None (none yet, or not one: it is read bounded)."""
+    try:
+        record = json.loads(read_input_bytes(attempt_path(out), "attempt record", "", max_bytes=1 << 16))
+    except (UserError, ValueError, RecursionError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def cell_words(argv: list[str], out: Path) -> list[str]:
+    """The cell's `kvprobe run` words with its result file where its sweep folder is now: the
+    manifest's --out is relative to the folder (a copied folder writes into itself)."""
+    words: list[str] = []
+    rest = iter(argv)
+    for word in rest:
+        if word == "--out":
+            next(rest, None)
+        elif not word.startswith("--out="):
+            words.append(word)
+    return [*words, "--out", str(out)]
+
+
+def _open_log(log: Path) -> int:
+    """The cell's log, appended to; never through a link, never a FIFO or a device."""
+    try:
+        fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
+    except OSError as exc:  # ELOOP: a link; ENXIO: a named pipe no process reads
+        odd = exc.errno in (errno.ELOOP, errno.ENXIO)
+        raise OSError(exc.errno, "a link or a named pipe, not a file" if odd else exc.strerror) from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OSError(errno.EINVAL, "not a regular file")
+    return fd
 
 
 def attempt_path(out: Path) -> Path:
@@ -132,21 +163,37 @@ def log_path(out: Path) -> Path:
     return out.with_suffix(".log")
 
 
+def _replaceable(out: Path, argv: list[str]) -> str | None:
+    """Why the cell's earlier files may not be replaced, or None (none there, or its own)."""
+    problem = place_problem(out)
+    if problem is None and os.path.lexists(out):
+        problem = own_result(out, argv)
+    page = out.with_suffix(".html")
+    if problem is None and (page.is_symlink() or (page.exists() and not page.is_file())):
+        problem = f"{page} is not a regular file"
+    if problem is None:
+        return None
+    return f"{problem}: kvprobe replaces only the cell's own earlier files; move it away, then resume"
+
+
 def run_cell(cell_id: str, argv: list[str], out: Path) -> CellOutcome:
     """One attempt at a cell: skipped if its result is already complete (an attempt that ended
-    just as its worker was lost), resumed from its journal if one waits, else started."""
+    just as its worker was lost), resumed from its journal if one waits, else started; with
+    --force only where what stands in its place is the cell's own earlier result."""
     host = socket.gethostname()
     started = time.monotonic()
     state = result_state(out)
     if state == "done":
         return CellOutcome(cell_id, DONE, 0.0, host, summary=decision_summary(out))
-    out.parent.mkdir(parents=True, exist_ok=True)
     resumed = state == "partial"
-    words = ["run", *argv, *(["--resume", str(journal_path(out))] if resumed else ["--force"])]
-    attempt_file = attempt_path(out)
-    attempts = 0
-    with contextlib.suppress(OSError, ValueError, TypeError, KeyError):
-        attempts = int(json.loads(attempt_file.read_text(encoding="utf-8"))["attempt"])
+    if not resumed and (why := _replaceable(out, argv)) is not None:
+        return CellOutcome(cell_id, FAILED, 0.0, host, why)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    force = os.path.lexists(out) or os.path.lexists(out.with_suffix(".html"))
+    again = ["--resume", str(journal_path(out))] if resumed else ["--force"] if force else []
+    words = ["run", *cell_words(argv, out), *again]
+    previous = (read_attempt(out) or {}).get("attempt")
+    attempts = previous if isinstance(previous, int) and 0 <= previous < 2**31 else 0
     record = {
         "cell": cell_id,
         "host": host,
@@ -155,14 +202,22 @@ def run_cell(cell_id: str, argv: list[str], out: Path) -> CellOutcome:
         "started": time.time(),
         "resumed": resumed,
     }
-    _write_attempt(attempt_file, record)
     env = dict(os.environ)
     if env.get(STOP_CELL_ENV) != cell_id:
         env.pop(STOP_SWITCH_ENV, None)
     log = log_path(out)
-    with log.open("ab") as fh:
+    try:
+        _write_attempt(attempt_path(out), record)
+        fh = os.fdopen(_open_log(log), "ab")
+    except OSError as exc:
+        why = f"cannot write the cell's log {log} ({exc.strerror}): move what is there away, then resume"
+        return CellOutcome(cell_id, FAILED, 0.0, host, why)
+    except UserError as exc:  # write_atomically's own line
+        return CellOutcome(cell_id, FAILED, 0.0, host, str(exc))
+    with fh:
         offset = fh.tell()
-        fh.write(f"--- attempt {attempts + 1} on {host}: kvprobe {' '.join(words)}\n".encode())
+        # The words hold file names: written out as the terminal shows them (a log is read in one).
+        fh.write(visible(f"--- attempt {attempts + 1} on {host}: kvprobe {' '.join(words)}").encode() + b"\n")
         fh.flush()
         child = subprocess.Popen(
             [sys.executable, "-m", "kvprobe", *words],

@@ -48,11 +48,18 @@ class Cell:
             "format": self.format,
         }
 
-    def out(self, sweep_dir: Path) -> Path:
-        return sweep_dir / CELLS_DIR / f"{self.id}.json"
+    @property
+    def out_name(self) -> str:
+        """The cell's result file, relative to the sweep folder: the manifest holds only this,
+        so a copied or moved folder writes into itself, never into the folder it came from."""
+        return f"{CELLS_DIR}/{self.id}.json"
 
-    def argv(self, spec: SweepSpec, sweep_dir: Path) -> list[str]:
-        """The cell as `kvprobe run` words (the sweep's run options included)."""
+    def out(self, sweep_dir: Path) -> Path:
+        return sweep_dir / self.out_name
+
+    def argv(self, spec: SweepSpec, _sweep_dir: object = None) -> list[str]:
+        """The cell as `kvprobe run` words (the sweep's run options included), its `--out`
+        relative to the sweep folder (cell_run.cell_words resolves it where the folder is)."""
         words: list[str] = []
         for path in self.model.paths:
             if path != DEFAULT_MODEL:
@@ -65,7 +72,7 @@ class Cell:
         if self.format != "auto":
             words += ["--prompt-format", self.format]
         words += spec.run.argv()
-        return [*words, "--out", str(self.out(sweep_dir))]
+        return [*words, "--out", self.out_name]
 
 
 def _matches(entry: dict[str, Any], cell: Cell) -> bool:

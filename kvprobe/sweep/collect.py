@@ -9,10 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from kvprobe.errors import UserError
-from kvprobe.result.store import Result
-from kvprobe.sweep.cell_run import result_state
 from kvprobe.sweep.manifest import Manifest, load_manifest
 from kvprobe.sweep.merge import Problem, SweepRow, merge
+from kvprobe.sweep.results import DONE, PARTIAL, UNREADABLE, read_cells
 
 
 @dataclass(frozen=True)
@@ -25,27 +24,29 @@ class SweepReport:
 
 def collect(folder: Path, rebuild: Callable[[dict[str, Any]], None] | None = None) -> SweepReport:
     """The folder's manifest and results; `rebuild` is applied to each result document first
-    (`kvprobe report --margin`: the verdict again with other margins)."""
+    (`kvprobe report --margin`: the verdict again with other margins). A result standing in a
+    cell's place that is not that cell's is refused in one line (kvprobe.sweep.results)."""
     manifest = load_manifest(folder)
+    resume = f"kvprobe sweep --resume {folder}"
+    found = read_cells(folder, manifest.cells, shown=True, resume=resume)
     results: dict[str, dict[str, Any]] = {}
     problems: dict[str, Problem] = {}
     for cell, record in manifest.cells.items():
-        out = folder / record.out
-        state = result_state(out)
-        if state == "done":
+        got = found[cell]
+        if got.state == DONE and got.doc is not None:
             try:
-                results[cell] = Result.load(out).doc
                 if rebuild is not None:
-                    rebuild(results[cell])
+                    rebuild(got.doc)
+                results[cell] = got.doc
             except UserError as exc:
                 problems[cell] = Problem(cell, "unreadable", str(exc))
-        elif state == "partial":
-            problems[cell] = Problem(
-                cell, "cut short", f"a journal waits: continue with `kvprobe sweep --resume {folder}`"
-            )
+        elif got.state == UNREADABLE:
+            problems[cell] = Problem(cell, "unreadable", got.why)
+        elif got.state == PARTIAL:
+            problems[cell] = Problem(cell, "cut short", f"a journal waits: continue with `{resume}`")
         elif record.status == "failed":
             problems[cell] = Problem(cell, "failed", record.error or "no message (see its log)")
         elif record.status == "interrupted":
-            problems[cell] = Problem(cell, "interrupted", f"continue with `kvprobe sweep --resume {folder}`")
+            problems[cell] = Problem(cell, "interrupted", f"continue with `{resume}`")
     rows, missing = merge(manifest.cells, results, problems)
     return SweepReport(manifest, results, rows, missing)

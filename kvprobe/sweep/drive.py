@@ -19,12 +19,13 @@ from kvprobe.errors import Interrupted, UserError
 from kvprobe.pace import format_duration
 from kvprobe.paths import OutputLock, check_folder_writable
 from kvprobe.result.document import utc_now
-from kvprobe.sweep.cell_run import FAILED, result_state
+from kvprobe.sweep.cell_run import FAILED
 from kvprobe.sweep.cells import Cell, expand
 from kvprobe.sweep.jobs import CellJob
 from kvprobe.sweep.manifest import MANIFEST, CellRecord, Manifest, is_sweep_folder, load_manifest
 from kvprobe.sweep.preflight import Calibration, CellCheck, Headers, check_cells, memory_bytes
 from kvprobe.sweep.progress import SweepProgress
+from kvprobe.sweep.results import read_cells, result_state
 from kvprobe.sweep.spec import SweepSpec
 
 GiB = 2**30
@@ -60,13 +61,9 @@ def check_new_folder(folder: Path) -> None:
     check_folder_writable(folder, "--out", folder)
 
 
-def _records(checks: Sequence[CellCheck], folder: Path) -> dict[str, CellRecord]:
-    return {
-        c.cell.id: CellRecord(
-            argv=c.argv, out=str(c.cell.out(folder).relative_to(folder)), axes=c.cell.axes()
-        )
-        for c in checks
-    }
+def _records(checks: Sequence[CellCheck]) -> dict[str, CellRecord]:
+    """The new manifest's cells: their words and result file relative to the sweep folder."""
+    return {c.cell.id: CellRecord(argv=c.argv, out=c.cell.out_name, axes=c.cell.axes()) for c in checks}
 
 
 def _size(n: int | None) -> str:
@@ -166,7 +163,7 @@ def run_sweep(
     owner = {"pid": os.getpid(), "started": utc_now(), "command": command}
     folder.mkdir(parents=True, exist_ok=True)
     with OutputLock(folder / MANIFEST, owner):
-        manifest = resume or Manifest(folder, spec, _records(checks, folder), command=command)
+        manifest = resume or Manifest(folder, spec, _records(checks), command=command)
         manifest.executor = options.executor
         return _run_locked(
             manifest, checks=checks, memory=memory, calibration=calibration, options=options, console=console
@@ -183,10 +180,13 @@ def _run_locked(
     console: Console,
 ) -> int:
     folder = manifest.folder
+    # Every result already there read back once: a file in a cell's place that is not that
+    # cell's is refused now, before anything is written (kvprobe.sweep.results).
+    found = read_cells(folder, manifest.cells, shown=False, resume=f"kvprobe sweep --resume {folder}")
     todo: list[CellCheck] = []
     for c in checks:
         record = manifest.cells[c.cell.id]
-        state = result_state(c.cell.out(folder))
+        state = found[c.cell.id].state
         if isinstance(mem := memory.get(c.cell.id), int):
             record.memory_bytes = mem
         record.estimate_s = round(calibration.seconds(c)[0], 1)
@@ -209,7 +209,7 @@ def _run_locked(
             c.cell.id,
             c.argv,
             c.cell.out(folder),
-            result_state(c.cell.out(folder)) == "partial",
+            found[c.cell.id].state == "partial",
             memory_bytes=mem if isinstance(mem := memory.get(c.cell.id), int) else None,
             threads=manifest.spec.run.threads,
             on_gpu=manifest.spec.run.gpu_layers != 0,

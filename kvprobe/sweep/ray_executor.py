@@ -7,7 +7,6 @@ store. Ray is the `ray` extra; nothing here is imported without it."""
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import time
@@ -16,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from kvprobe.errors import UserError
-from kvprobe.sweep.cell_run import FAILED, INTERRUPTED, CellOutcome, attempt_path, run_cell
+from kvprobe.sweep.cell_run import FAILED, INTERRUPTED, CellOutcome, read_attempt, run_cell
 from kvprobe.sweep.jobs import CellJob
 from kvprobe.sweep.manifest import MANIFEST
 from kvprobe.sweep.progress import SweepProgress
@@ -176,8 +175,10 @@ def unplaceable(ask: dict[str, Any], nodes: Sequence[dict[str, float]]) -> str |
 
 
 def _attempt(out: Path) -> tuple[int, float, str] | None:
-    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
-        rec = json.loads(attempt_path(out).read_text(encoding="utf-8"))
+    rec = read_attempt(out)  # bounded: a FIFO in its place must not stop the driver
+    if rec is None:
+        return None
+    with contextlib.suppress(ValueError, KeyError, TypeError, OverflowError):
         return int(rec["attempt"]), float(rec["started"]), str(rec["host"])
     return None
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from kvprobe.cache_types import check_cache_type
 from kvprobe.errors import UserError, did_you_mean
-from kvprobe.paths import read_input_text
+from kvprobe.paths import input_file, read_input_text
 from kvprobe.plan.chat import PROMPT_FORMATS
 
 MAX_SWEEP_BYTES = 1 << 20  # a sweep file is a page of TOML
@@ -222,6 +222,10 @@ def _model(where: _Where, key: str, value: Any) -> ModelChoice:
         raise where.bad(key, f"{value!r}: no such file ({path}); give the path of a GGUF file")
     if Path(path).is_dir():
         raise where.bad(key, f"{value!r} is a folder: give the path of a GGUF file")
+    try:  # the bounded reader's own check: a FIFO, a device or a /proc file would hang the cell's run
+        input_file(Path(path), "model file", "give the path of a GGUF file")
+    except UserError as exc:
+        raise where.bad(key, str(exc)) from None
     return ModelChoice(path)
 
 

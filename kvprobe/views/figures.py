@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import io
 import textwrap
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,7 +61,7 @@ def _pyplot() -> Any:
 
 def render(figure: Figure, fmt: str = "svg") -> bytes:
     """The figure drawn as SVG or PNG bytes."""
-    with _drawn(figure) as (fig, _, _):
+    with _drawn(figure, draw=False) as (fig, _, _):  # savefig draws it: once is enough
         buf = io.BytesIO()
         fig.savefig(buf, format=fmt, metadata={"Date": None} if fmt == "svg" else None)
         return buf.getvalue()
@@ -98,8 +98,8 @@ def layout(figure: Figure) -> Layout:
 
 
 @contextlib.contextmanager
-def _drawn(figure: Figure) -> Iterator[tuple[Any, Any, list[Any]]]:
-    """The figure drawn with matplotlib, laid out; closed afterwards."""
+def _drawn(figure: Figure, *, draw: bool = True) -> Iterator[tuple[Any, Any, list[Any]]]:
+    """The figure drawn with matplotlib (with `draw`; else laid out only), closed afterwards."""
     plt = _pyplot()
     # Labels come from files (model names, configuration ids): "$" must not start mathtext (a
     # stray one raises while drawing) and control characters are written out.
@@ -127,7 +127,8 @@ def _drawn(figure: Figure) -> Iterator[tuple[Any, Any, list[Any]]]:
                 _untangle(fig, ax, labels)
             if isinstance(figure, Heatmap):
                 labels = _fit_cell_texts(fig, labels)
-            fig.canvas.draw()
+            if draw:
+                fig.canvas.draw()
             yield fig, ax, labels
         finally:
             plt.close(fig)
@@ -362,9 +363,16 @@ def _draw_categories(ax: Any, fig: Any, figure: Heatmap, data: Any) -> list[Any]
     return texts
 
 
-def write_png(figures: Sequence[Figure], folder: str, *, force: bool = False) -> list[str]:
+def write_png(
+    figures: Sequence[Figure],
+    folder: str,
+    *,
+    force: bool = False,
+    on_figure: Callable[[int], None] | None = None,
+) -> list[str]:
     """Every figure as FOLDER/<key>.png; returns the paths. No file is written if one of them
-    exists already (unless `force`): a report never overwrites half of an earlier one."""
+    exists already (unless `force`): a report never overwrites half of an earlier one.
+    `on_figure(i)` hears before figure i is drawn (progress)."""
     from pathlib import Path
 
     out = Path(folder)
@@ -377,6 +385,8 @@ def write_png(figures: Sequence[Figure], folder: str, *, force: bool = False) ->
             if len(existing) > 1
             else f"--png {out}: {existing[0].name} exists already: choose another folder or pass --force"
         )
-    for figure, path in zip(figures, targets, strict=True):
+    for i, (figure, path) in enumerate(zip(figures, targets, strict=True)):
+        if on_figure is not None:
+            on_figure(i)
         write_atomically(path, render(figure, "png"), "--png")
     return [str(p) for p in targets]

@@ -5,7 +5,7 @@ page opens from a file, a mail attachment or a CI artifact the same way."""
 from __future__ import annotations
 
 import base64
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from kvprobe.api import all_probes
@@ -126,13 +126,18 @@ def _document(title: str, body: Sequence[str]) -> str:
     )
 
 
-def page(results: Sequence[tuple[str, dict[str, Any]]]) -> str:
-    """The whole page for one result, or for several (each in turn, after a matrix)."""
+def page(
+    results: Sequence[tuple[str, dict[str, Any]]], on_result: Callable[[int], None] | None = None
+) -> str:
+    """The whole page for one result, or for several (each in turn, after a matrix).
+    `on_result(i)` hears before result i's figures are drawn (progress)."""
     title = "kvprobe: " + ", ".join(name for name, _ in results)
     body = [f"<h1>{_e(title)}</h1>"]
     if len(results) > 1:
         body.append("<h2>Runs side by side</h2>" + matrix(results))
-    for name, result in results:
+    for i, (name, result) in enumerate(results):
+        if on_result is not None:
+            on_result(i)
         if len(results) > 1:
             body.append(f"<h1>{_e(name)}</h1>")
         body.append(result_sections(result))

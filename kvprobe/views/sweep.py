@@ -118,7 +118,7 @@ def print_sweep(report: SweepReport, console: Console) -> None:
             )
         console.print(table)
     for model in models:
-        table = Table(title=f"{model}: per cache and context")
+        table = Table(title=f"{plain(model)}: per cache and context")
         for col in MODEL_HEADER:
             table.add_column(col, justify="left" if col in ("config", "decision", "cell") else "right")
         for texts in per_model_cells(rows, model):

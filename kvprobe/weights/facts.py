@@ -2,9 +2,9 @@
 (kvprobe.weights.doctor.read_facts) and its metadata for the result file
 (kvprobe.weights.model_info.read_model_info, all but the sha256, which every run computes).
 Parsing a header with the gguf package takes about 10 s for Gemma 3's 262,144-token
-vocabulary, whatever the weights. An entry is found by the file's resolved path, size and
-modification time and by the versions of kvprobe and gguf that read it: a file changed in
-place, or another reader, reads it again. Anything else in the cache is ignored."""
+vocabulary, whatever the weights. An entry is found by the file's resolved path and stat
+(size, times, inode: kvprobe.paths.stamp) and by the versions of kvprobe and gguf that read
+it: a file changed in place, or another reader, reads it again. Anything else in the cache is ignored."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from kvprobe import __version__
+from kvprobe.paths import stamp
 from kvprobe.user_cache import cache_file, read_cache, write_entry
 
 CACHE_NAME = "model-facts.json"
@@ -40,7 +41,9 @@ def _key(path: Path, kind: str) -> str | None:
         reader = importlib.metadata.version("gguf")
     except (OSError, importlib.metadata.PackageNotFoundError):
         return None
-    text = f"{kind}|{real}|{st.st_size}|{st.st_mtime_ns}|{__version__}|gguf {reader}"
+    # The status change time and inode too: a file rewritten with its size and modification
+    # time set back is read again.
+    text = f"{kind}|{real}|{'|'.join(map(str, stamp(st)))}|{__version__}|gguf {reader}"
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 

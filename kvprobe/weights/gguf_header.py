@@ -21,6 +21,7 @@ from typing import Any
 import gguf
 
 from kvprobe.errors import UserError
+from kvprobe.paths import open_input
 
 MAGIC = b"GGUF"
 VERSIONS = (2, 3)  # what gguf.GGUFReader reads; llama.cpp dropped version 1
@@ -98,8 +99,9 @@ def scan_gguf(path: Path, label: str = "model file") -> HeaderScan:
     reader could not read within the file's bytes."""
     where = f"{label} {path}"
     try:
-        with path.open("rb") as fh:
-            size = path.stat().st_size
+        # The bounded reader: a FIFO, a device or a file of /proc is refused, never waited on.
+        with open_input(path, label, "give a GGUF file") as (fh, st):
+            size = st.st_size
             if size < HEADER_BYTES:
                 raise UserError(f"{where} has only {size} bytes, too few for a GGUF header: {TRUNCATED}")
             with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as buf:

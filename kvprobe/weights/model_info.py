@@ -11,8 +11,8 @@ import gguf
 import numpy as np
 
 from kvprobe.errors import UserError
-from kvprobe.paths import input_file
-from kvprobe.provenance import sha256_file
+from kvprobe.paths import open_input, stamp
+from kvprobe.provenance import MODEL_FIX, sha256_file
 from kvprobe.weights import facts as header_cache
 from kvprobe.weights.gguf_header import MAGIC as GGUF_MAGIC
 from kvprobe.weights.gguf_header import field_value, read_gguf
@@ -26,15 +26,13 @@ def open_gguf(path: Path) -> gguf.GGUFReader:
     a readable GGUF file (every count and length in the header is checked against the file's
     size first: `gguf_header`). Parsed once per process: gguf parses every tokenizer entry one
     by one (about 9 s for a 262,144-token vocabulary), whatever the size of the weights."""
-    input_file(path, "model file", "give --model PATH to a .gguf file")  # a FIFO or a device would hang
-    with path.open("rb") as fh:
+    with open_input(path, "model file", MODEL_FIX) as (fh, st):  # a FIFO or a device would hang
         magic = fh.read(4)
     if magic != GGUF_MAGIC:
         raise UserError(
             f"model file {path} is not a GGUF file (starts with {magic!r}): convert it to GGUF first"
         )
-    stat = path.stat()
-    return _parse(str(path.resolve()), stat.st_mtime_ns, stat.st_size)
+    return _parse(str(path.resolve()), *stamp(st))
 
 
 def forget_headers() -> None:
@@ -46,7 +44,7 @@ def forget_headers() -> None:
 
 
 @functools.lru_cache(maxsize=4)
-def _parse(path: str, mtime_ns: int, size: int) -> gguf.GGUFReader:
+def _parse(path: str, *when: int) -> gguf.GGUFReader:  # `when`: its stamp; a file changed is read again
     return read_gguf(Path(path), "model file")  # a failure is not cached: UserError propagates
 
 
@@ -60,14 +58,15 @@ def file_type_name(value: Any) -> str | None:
         return f"unknown ({str(value)[:40]})"
 
 
-def read_model_info(path: Path) -> dict[str, Any]:
+def read_model_info(path: Path, sha256: str | None = None) -> dict[str, Any]:
     """Path, sha256 and metadata of a GGUF file; a one-line UserError if it is not one. The
-    metadata is kept between runs (kvprobe.weights.facts); the sha256 is computed every time."""
+    metadata is kept between runs (kvprobe.weights.facts); the sha256 is computed every time
+    (or given: a run's fingerprint of the file)."""
     info = header_cache.get(path, "info")
     if info is None:
         info = _read_info(path)
         header_cache.put(path, info, "info")
-    return {**info, "sha256": sha256_file(path)}
+    return {**info, "sha256": sha256 or sha256_file(path)}
 
 
 def _read_info(path: Path) -> dict[str, Any]:

@@ -11,7 +11,7 @@ import numpy as np
 from gguf import GGMLQuantizationType, ReaderTensor
 
 from kvprobe.errors import UserError, did_you_mean
-from kvprobe.paths import input_file
+from kvprobe.paths import open_input
 from kvprobe.weights.doctor import QUANT_TAG, SOURCE_TYPE_KEY, UNQUANTIZED_FILE_TYPES, read_facts, short_type
 from kvprobe.weights.gguf_header import MAGIC as GGUF_MAGIC
 from kvprobe.weights.gguf_header import field_value, printable, read_gguf
@@ -40,11 +40,11 @@ def plan_jobs(
     out_dir: Path,
     *,
     allow_requantize: bool,
-    force: bool,
     ftype_of: dict[str, int],
     pure: bool = False,
 ) -> tuple[list[Job], str]:
-    """One job per type, or a one-line UserError before anything is written. `ftype_of` maps
+    """One job per type, or a one-line UserError before anything is written (the files a job
+    writes are checked by paths.check_outputs, with the other outputs). `ftype_of` maps
     every quant name llama.cpp knows to its id. Returns the jobs and the file type the weights
     were last quantized to (the source's, or for a dequantized source the one before it)."""
     facts = read_facts(src)
@@ -66,8 +66,6 @@ def plan_jobs(
         dst = output_path(src, name, out_dir, pure)
         if dst.resolve() == src.resolve():
             raise UserError(f"--type {name} would overwrite the source {src}: give --out-dir")
-        if dst.exists() and not force:
-            raise UserError(f"{dst} already exists: remove it, choose --out-dir, or pass --force")
         if quantized_source and name in DEQUANTIZED:
             note = f"dequantization of {short_type(source_type)}: no new quantization error" + (
                 " (F16/BF16 round the dequantized values; F32 keeps them exactly)" if name != "F32" else ""
@@ -94,8 +92,7 @@ def load_imatrix(path: Path) -> tuple[dict[str, np.ndarray], dict[str, str | int
     llama-quantize does (sum of squared activations / count), and the quantize.imatrix.*
     metadata llama-quantize writes into the model. The header is walked within the file's
     bounds first (`gguf_header`); a damaged file is one UserError, never a traceback."""
-    input_file(path, "--imatrix", "give the GGUF file llama-imatrix wrote")
-    with path.open("rb") as fh:
+    with open_input(path, "--imatrix", "give the GGUF file llama-imatrix wrote") as (fh, _):
         magic = fh.read(len(GGUF_MAGIC))
     if magic != GGUF_MAGIC:
         raise UserError(
