@@ -27,11 +27,11 @@ from pathlib import Path
 
 import numpy as np
 
-from kvprobe.cache_types import CacheConfig
+from kvprobe.api.cache_types import CacheConfig
 from kvprobe.engine import ContextSettings, Model, feed_lockstep
+from kvprobe.infra.provenance import default_model_path
 from kvprobe.kernel_check import check_models
 from kvprobe.probes.divergence.metrics import DivergenceRecorder
-from kvprobe.provenance import default_model_path
 
 
 def read_base_tokens(path: Path) -> tuple[int, int, np.ndarray]:

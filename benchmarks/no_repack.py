@@ -15,10 +15,10 @@ import statistics
 from collections.abc import Callable
 from pathlib import Path
 
-from kvprobe.cache_types import CacheConfig
+from kvprobe.api.cache_types import CacheConfig
 from kvprobe.engine import Context, ContextSettings, Model
+from kvprobe.infra.provenance import cpu_name, default_model_path
 from kvprobe.plan.haystack import prose_essays
-from kvprobe.provenance import cpu_name, default_model_path
 
 BATCH = 512
 

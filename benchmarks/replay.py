@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from kvprobe.cache_types import CacheConfig
+from kvprobe.api.cache_types import CacheConfig
 from kvprobe.engine import ContextSettings, Model
 
 

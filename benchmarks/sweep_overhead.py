@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from kvprobe import __version__
-from kvprobe.provenance import default_model_path, host_info
+from kvprobe.infra.provenance import default_model_path, host_info
 from kvprobe.sweep.cells import expand
 from kvprobe.sweep.preflight import check_cells
 from kvprobe.sweep.spec import RunOptions, from_command_line

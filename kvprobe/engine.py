@@ -27,10 +27,10 @@ from typing import Any
 import llama_cpp
 import numpy as np
 
-from kvprobe.cache_types import GGML_TYPE_IDS, CacheConfig, check_flash_attn
-from kvprobe.errors import EngineError, UserError
-from kvprobe.paths import open_input
-from kvprobe.provenance import MODEL_FIX
+from kvprobe.api.cache_types import GGML_TYPE_IDS, CacheConfig, check_flash_attn
+from kvprobe.infra.errors import EngineError, UserError
+from kvprobe.infra.paths import open_input
+from kvprobe.infra.provenance import MODEL_FIX
 
 DOC_SEQ = 0
 FORK_SEQ = 1
@@ -153,7 +153,7 @@ class Model:
         params.use_extra_bufts = use_extra_bufts
         # The weights are read into the process's own memory, never mapped from the file: a file
         # rewritten during a run cannot change them, nor a truncated one end it with SIGBUS (the
-        # run checks the file against its sha256 instead: kvprobe.paths.Fingerprint).
+        # run checks the file against its sha256 instead: kvprobe.infra.paths.Fingerprint).
         params.load_mode = llama_cpp.LLAMA_LOAD_MODE_NONE
         params.lazy_mode = llama_cpp.LLAMA_LAZY_MODE_OFF
         self.n_gpu_layers = n_gpu_layers

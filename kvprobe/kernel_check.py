@@ -27,8 +27,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from kvprobe.cache_types import CacheConfig
-from kvprobe.user_cache import cache_file, read_cache, write_entry
+from kvprobe.api.cache_types import CacheConfig
+from kvprobe.infra.memo import memo_path, read_memo, write_memo
 from kvprobe.weights.doctor import read_facts
 
 # Weight types that llama.cpp's CPU extra buffer types handle: ggml-cpu/repack.cpp
@@ -129,7 +129,7 @@ def cache_key(build: str, cpu: str, weight_types: Iterable[str], crash_switch: b
 
 
 def cache_path() -> Path:
-    return cache_file("kernel-checks.json")
+    return memo_path("kernel-checks.json")
 
 
 @dataclass(frozen=True)
@@ -197,7 +197,7 @@ def decide(
             passed.append(f"{model.name}: not checked, {why_not}")
             continue
         key = cache_key(build or system_info, cpu, types, crash_switch)
-        found = read_cache(path).get(key)
+        found = read_memo(path).get(key)
         cached = isinstance(found, dict) and isinstance(found.get("ok"), bool)
         entry: dict[str, object] = found if cached and isinstance(found, dict) else {}
         if not cached:
@@ -227,7 +227,7 @@ def decide(
                 "seconds": seconds,
                 "checked_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             }
-            write_entry(path, key, entry)
+            write_memo(path, key, entry)
         if not entry["ok"]:
             where = ", ".join(f for f in EXTRA_BUFT_FEATURES if f in features)
             what = entry.get("signal") or "a signal"

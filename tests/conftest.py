@@ -39,7 +39,7 @@ def tiny_model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _kernel_check_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """The kernel check's cache lives in a fresh folder per test session (subprocesses inherit
     it): tests never depend on, or write into, the user's cache."""
-    from kvprobe.user_cache import CACHE_DIR_ENV
+    from kvprobe.infra.memo import CACHE_DIR_ENV
 
     patch = pytest.MonkeyPatch()
     patch.setenv(CACHE_DIR_ENV, str(tmp_path_factory.mktemp("kvprobe-cache")))
@@ -71,8 +71,8 @@ def tiny_model(tiny_model_path: Path) -> Iterator[object]:
 @pytest.fixture(scope="session")
 def default_model_path() -> Path:
     try:
-        from kvprobe.errors import UserError
-        from kvprobe.provenance import default_model_path as find
+        from kvprobe.infra.errors import UserError
+        from kvprobe.infra.provenance import default_model_path as find
 
         return find()
     except UserError as exc:  # pragma: no cover - depends on the install
@@ -116,7 +116,7 @@ def default_model_extra_bufts(default_model_path: Path) -> bool:
 @pytest.fixture(scope="session")
 def tiny_quick_result(tmp_path_factory: pytest.TempPathFactory, tiny_model_path: Path) -> Path:
     """A real result file: the quick scenario on the tiny model, f16 and q8_0 at 512 tokens."""
-    from tests.test_cli import kvprobe
+    from tests.cli.test_cli import kvprobe
 
     out = tmp_path_factory.mktemp("quick") / "r.json"
     proc = kvprobe(

@@ -160,7 +160,7 @@ class ProbeRun:
 
     def section(self, errors: list[dict[str, str]]) -> Any:
         """The probe's own section of the result file, as measured (None: it has none). A
-        statistic it computes while measuring is guarded into `errors` (kvprobe.errors.guarded)."""
+        statistic it computes while measuring is guarded into `errors` (kvprobe.infra.errors.guarded)."""
         return None
 
 
@@ -268,7 +268,7 @@ class Probe:
         self, old: ResultDoc, new: ResultDoc, pairs: list[tuple[str, str]], paired: bool, seed: int
     ) -> list[Row] | None:
         """Rows for `kvprobe compare`; None (the default): compare's own, one per per-item metric,
-        configuration pair and checkpoint (kvprobe.compare.item_rows)."""
+        configuration pair and checkpoint (kvprobe.stats.compare.item_rows)."""
         return None
 
     # the result file ------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from importlib.metadata import entry_points
 
 from kvprobe.api.metric import Metric
 from kvprobe.api.probe import Probe
-from kvprobe.errors import UserError, did_you_mean
+from kvprobe.infra.errors import UserError, did_you_mean
 
 ENTRY_POINT_GROUP = "kvprobe.probes"
 BUILT_IN_PACKAGE = "kvprobe.probes"

@@ -42,7 +42,7 @@ class PlanSpec:
     documents: int = 4
     checkpoints: list[int] = field(default_factory=list)  # empty: 1024, 2048, ... up to --ctx
     chunk: int = 512  # tokens per llama_decode call, identical for every configuration
-    # Stop measuring a configuration once decided (--until-decided, kvprobe.until_decided).
+    # Stop measuring a configuration once decided (--until-decided, kvprobe.run.until_decided).
     until_decided: bool = field(default=False, metadata=HASHED_IF_SET)
 
 

@@ -127,7 +127,7 @@ class GuardedOutput:
 
 def say(line: str) -> None:
     """One line on stderr, control characters written out; a stderr that fails is let be."""
-    from kvprobe.display import visible
+    from kvprobe.infra.display import visible
 
     try:
         if sys.stderr is not None:
@@ -139,7 +139,7 @@ def say(line: str) -> None:
 
 def _written(before: str) -> str:
     """The files this command wrote that are still there ('; written ...: a, b'), or ''."""
-    from kvprobe.paths import written_files
+    from kvprobe.infra.paths import written_files
 
     files = written_files()
     return f"; {before}: {files}" if files else ""
@@ -148,7 +148,7 @@ def _written(before: str) -> str:
 def _system_failure(exc: OSError) -> str:
     """An error of the system (ENOSPC, ENAMETOOLONG, EIO, EROFS ...) as one line: what, where,
     what to do, and what was written before it."""
-    from kvprobe.paths import shown_path, system_fix
+    from kvprobe.infra.paths import shown_path, system_fix
 
     where = f" ({shown_path(exc.filename)})" if exc.filename is not None else ""
     return f"kvprobe: error: {exc.strerror or exc}{where}: {system_fix(exc)}{_written('written before it')}"
@@ -169,13 +169,13 @@ def _interrupted() -> str:
 
 def _command(argv: list[str] | None, shown: GuardedOutput) -> tuple[int, str | None]:
     """The command's exit code, and the one line that ends it (None: it ended well)."""
-    from kvprobe.errors import EngineError, Interrupted, UserError
+    from kvprobe.infra.errors import EngineError, Interrupted, UserError
 
     try:
         table = commands()  # the slow imports, under entry's start-up handler
         _started()
-        from kvprobe.display import SafeConsole
-        from kvprobe.paths import forget_written
+        from kvprobe.infra.display import SafeConsole
+        from kvprobe.infra.paths import forget_written
 
         forget_written()
         # Redirected to a file, rich would wrap tables at 80 columns; a log reads better wide.

@@ -9,9 +9,9 @@ from pathlib import Path
 from rich.console import Console
 
 from kvprobe.cli.options import Subparsers
-from kvprobe.compare import FailRule, compare
-from kvprobe.errors import UserError
+from kvprobe.infra.errors import UserError
 from kvprobe.result.store import finite_json, load_result
+from kvprobe.stats.compare import FailRule, compare
 from kvprobe.views.html import comparison_page, comparison_rows
 from kvprobe.views.pictures import check_pictures, save_page
 from kvprobe.views.terminal import print_comparison

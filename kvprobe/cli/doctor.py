@@ -9,7 +9,7 @@ from pathlib import Path
 from rich.console import Console
 
 from kvprobe.cli.options import Subparsers
-from kvprobe.errors import UserError
+from kvprobe.infra.errors import UserError
 from kvprobe.views.doctor import print_doctor
 from kvprobe.weights.doctor import diagnose
 

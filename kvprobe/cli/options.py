@@ -8,7 +8,7 @@ import re
 from typing import Any, TypeAlias
 
 from kvprobe import __version__
-from kvprobe.errors import UserError
+from kvprobe.infra.errors import UserError
 
 MIN_CTX = 256
 MAX_CTX = 1 << 20  # the longest contexts GGUF models ship with; beyond it is a typo, not a plan

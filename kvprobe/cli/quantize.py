@@ -12,9 +12,9 @@ from typing import Any
 from rich.console import Console
 
 from kvprobe.cli.options import Subparsers
-from kvprobe.errors import UserError
-from kvprobe.paths import Output, check_outputs, note_written
-from kvprobe.run import MAX_THREADS
+from kvprobe.infra.errors import UserError
+from kvprobe.infra.paths import Output, check_outputs, note_written
+from kvprobe.run.validate import MAX_THREADS
 from kvprobe.weights.doctor import KNOWN_FILE_TYPES
 from kvprobe.weights.quantize import Job, load_imatrix, plan_jobs, provenance_metadata
 

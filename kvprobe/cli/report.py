@@ -12,10 +12,10 @@ from typing import TYPE_CHECKING, Any
 from rich.console import Console
 
 from kvprobe.cli.options import Subparsers, margin_option
-from kvprobe.errors import UserError
+from kvprobe.infra.errors import UserError
 from kvprobe.result.journal import journal_path
 from kvprobe.result.store import Result
-from kvprobe.run import parse_margins
+from kvprobe.run.validate import parse_margins
 from kvprobe.stats.verdict import build_verdict
 from kvprobe.sweep.manifest import MANIFEST, is_sweep_folder
 from kvprobe.views.figures import write_png

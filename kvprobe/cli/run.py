@@ -1,6 +1,6 @@
 """`kvprobe run`: its options, and the command: --resume's options from the journal, the
-result path's lock and journal, then the request validated (kvprobe.run) and executed
-(kvprobe.execute)."""
+result path's lock and journal, then the request validated (kvprobe.run.validate) and executed
+(kvprobe.run.execute)."""
 
 from __future__ import annotations
 
@@ -14,12 +14,12 @@ from typing import Any
 from rich.console import Console
 
 from kvprobe.cli.options import Parser, Subparsers, ctx_tokens, duration, margin_option, root_parser
-from kvprobe.errors import UserError
-from kvprobe.paths import refuse_if_locked, same_file
+from kvprobe.infra.errors import UserError
+from kvprobe.infra.paths import refuse_if_locked, same_file
 from kvprobe.plan.scenario import bundled_scenarios
 from kvprobe.result.journal import SUFFIX, SavedRun, journal_path, read_journal
 from kvprobe.result.store import load_result
-from kvprobe.run import validate_run
+from kvprobe.run.validate import validate_run
 
 
 def add_parser(subparsers: Subparsers) -> None:
@@ -183,7 +183,7 @@ def cmd_run(args: argparse.Namespace, console: Console, words: list[str]) -> int
             f"`kvprobe run --resume {journal_path(Path(args.out))}`, or pass --force to start again"
         )
     request = validate_run(args)
-    from kvprobe.execute import run_request  # llama_cpp, slow: only a valid request pays for it
+    from kvprobe.run.execute import run_request  # llama_cpp, slow: only a valid request pays for it
 
     return run_request(
         request,

@@ -10,7 +10,7 @@ from pathlib import Path
 from rich.console import Console
 
 from kvprobe.cli.options import Subparsers, margin_option
-from kvprobe.errors import UserError
+from kvprobe.infra.errors import UserError
 from kvprobe.result.document import utc_now
 from kvprobe.sweep.drive import SweepOptions, command_line, default_folder, load_for_resume, run_sweep
 from kvprobe.sweep.ray_executor import host_and_port

@@ -25,7 +25,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Any, NoReturn
 
-from kvprobe.errors import UserError
+from kvprobe.infra.errors import UserError
 
 PROMPT_FORMATS = ("auto", "chat", "raw")
 # Mixed case, digits and punctuation, no edge whitespace: a template that trims the content

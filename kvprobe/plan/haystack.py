@@ -9,8 +9,8 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from kvprobe.errors import UserError
-from kvprobe.paths import read_input_text
+from kvprobe.infra.errors import UserError
+from kvprobe.infra.paths import read_input_text
 
 PROSE_DIR = Path(__file__).resolve().parent / "haystacks" / "prose"
 # RULER's "noise" haystack (Hsieh et al., 2024): the same five sentences repeated.

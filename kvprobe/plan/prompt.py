@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from kvprobe.api import PromptFrame
-from kvprobe.errors import UserError
-from kvprobe.paths import read_input_text
+from kvprobe.infra.errors import UserError
+from kvprobe.infra.paths import read_input_text
 from kvprobe.plan.chat import ChatTemplate, Framing, find_framing
 
 MAX_TEMPLATE_BYTES = 1 << 20

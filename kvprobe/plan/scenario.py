@@ -21,8 +21,8 @@ from kvprobe.api import (
     all_probes,
     probe_names,
 )
-from kvprobe.errors import UserError, did_you_mean
-from kvprobe.paths import read_input_text
+from kvprobe.infra.errors import UserError, did_you_mean
+from kvprobe.infra.paths import read_input_text
 from kvprobe.plan.chat import PROMPT_FORMATS
 from kvprobe.plan.prompt import MAX_SYSTEM_CHARS
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from kvprobe.errors import UserError
+from kvprobe.infra.errors import UserError
 
 ARRAY_DTYPES = {"kld": "<f4", "nll": "<f4", "top1_agree": "|u1"}
 

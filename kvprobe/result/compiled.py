@@ -1,6 +1,6 @@
 """The schema's keywords compiled to plain Python checks: whether a document is valid, about
 ten times faster than jsonschema walks it. jsonschema stays the reference: it names the field
-whenever this says no, and tests/test_result_schema.py checks that both agree. Only the keywords
+whenever this says no, and tests/result/test_result_schema.py checks that both agree. Only the keywords
 kvprobe.result.schema uses are compiled; any other one is an error here, so that a schema edit
 can never be silently ignored."""
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from kvprobe import __version__
 from kvprobe.api import Probe, all_probes
-from kvprobe.errors import guarded
+from kvprobe.infra.errors import guarded
 from kvprobe.plan.scenario import Scenario
 from kvprobe.result.migrations import SCHEMA_VERSION
 from kvprobe.result.records import RunOutcome

@@ -29,8 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from kvprobe.api import all_probes
-from kvprobe.errors import UserError
-from kvprobe.paths import note_written, read_input_bytes, shown_path, system_fix
+from kvprobe.infra.errors import UserError
+from kvprobe.infra.paths import note_written, read_input_bytes, shown_path, system_fix
 from kvprobe.result import blocks, schema
 from kvprobe.result.blocks import brief, first_problem, too_deep
 from kvprobe.result.compiled import compile_schema

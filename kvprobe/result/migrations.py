@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from kvprobe.api import ResultDoc, all_probes
-from kvprobe.errors import guarded
+from kvprobe.infra.errors import guarded
 
 SCHEMA_VERSION = 3
 

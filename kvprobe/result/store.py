@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from kvprobe.errors import UserError
-from kvprobe.paths import note_written, read_input_text
+from kvprobe.infra.errors import UserError
+from kvprobe.infra.paths import note_written, read_input_text
 from kvprobe.result import schema
 from kvprobe.result.blocks import MAX_DEPTH, first_problem, too_deep
 from kvprobe.result.migrations import SCHEMA_VERSION, migrate

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from kvprobe.api import all_probes, paired_item_metrics
-from kvprobe.cache_types import TEXT_ROWS
+from kvprobe.api.cache_types import TEXT_ROWS
 from kvprobe.result.blocks import brief, where
 
 Doc = dict[str, Any]

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from kvprobe.api import pooled_row
-from kvprobe.cache_types import ConfigId
+from kvprobe.api.cache_types import ConfigId
 from kvprobe.stats.equivalence import EQUIVALENT, UNDECIDED, WORSE
 from kvprobe.stats.words import items_text, tost_text
 from kvprobe.weights.doctor import kv_cache_bytes, type_bits

@@ -24,7 +24,7 @@ from kvprobe.api import (
     pooled_metric,
     pooled_row,
 )
-from kvprobe.cache_types import CacheConfig
+from kvprobe.api.cache_types import CacheConfig
 from kvprobe.stats.analysis import (
     onset,
     paired_rows,

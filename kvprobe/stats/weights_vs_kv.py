@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from kvprobe.api import ALPHA, RETRIEVAL, RETRIEVAL_LOGPROB, by_name, paired_item_metrics, pooled_metric
-from kvprobe.cache_types import ConfigId
+from kvprobe.api.cache_types import ConfigId
 from kvprobe.stats.analysis import paired_rows
 from kvprobe.stats.inference import bootstrap_mean_interval
 from kvprobe.stats.inference import wilcoxon_paired as wilcoxon

@@ -25,12 +25,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from kvprobe.display import visible
-from kvprobe.errors import UserError
-from kvprobe.paths import read_input_bytes, write_atomically
-from kvprobe.request import STOP_SWITCH_ENV
+from kvprobe.infra.display import visible
+from kvprobe.infra.errors import UserError
+from kvprobe.infra.paths import read_input_bytes, write_atomically
 from kvprobe.result.journal import journal_path
 from kvprobe.result.store import MAX_RESULT_BYTES
+from kvprobe.run.request import STOP_SWITCH_ENV
 from kvprobe.sweep.results import own_result, place_problem, result_state
 
 __all__ = ["CellOutcome", "attempt_path", "log_path", "result_state", "run_cell"]

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kvprobe.errors import UserError
+from kvprobe.infra.errors import UserError
 from kvprobe.plan.scenario import bundled_scenarios
 from kvprobe.sweep.spec import DEFAULT_MODEL, ModelChoice, SweepSpec
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kvprobe.errors import UserError
+from kvprobe.infra.errors import UserError
 from kvprobe.sweep.manifest import Manifest, load_manifest
 from kvprobe.sweep.merge import Problem, SweepRow, merge
 from kvprobe.sweep.results import DONE, PARTIAL, UNREADABLE, read_cells

@@ -14,11 +14,11 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from kvprobe.display import plain
-from kvprobe.errors import Interrupted, UserError
-from kvprobe.pace import format_duration
-from kvprobe.paths import OutputLock, check_folder_writable
+from kvprobe.infra.display import plain
+from kvprobe.infra.errors import Interrupted, UserError
+from kvprobe.infra.paths import OutputLock, check_folder_writable
 from kvprobe.result.document import utc_now
+from kvprobe.run.pace import format_duration
 from kvprobe.sweep.cell_run import FAILED
 from kvprobe.sweep.cells import Cell, expand
 from kvprobe.sweep.jobs import CellJob

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from kvprobe.errors import UserError
+from kvprobe.infra.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,7 @@ def _run_parser() -> Any:
 
 def asked(argv: list[str]) -> Asked:
     """The cell's words read as `kvprobe run` reads them."""
-    from kvprobe.run import parse_configs
+    from kvprobe.run.validate import parse_configs
 
     args = _run_parser().parse_args(["run", *argv])
     configs, _ = parse_configs(args)

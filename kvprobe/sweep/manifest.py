@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from kvprobe import __version__
-from kvprobe.errors import UserError
-from kvprobe.paths import read_input_bytes, write_atomically
+from kvprobe.infra.errors import UserError
+from kvprobe.infra.paths import read_input_bytes, write_atomically
 from kvprobe.result.blocks import MAX_DEPTH, brief, too_deep, where
 from kvprobe.result.document import utc_now
 from kvprobe.result.store import parse_json

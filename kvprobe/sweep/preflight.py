@@ -2,7 +2,7 @@
 could never run is refused now, not hours later), and, where asked, what each cell needs: the
 memory from the models' headers (the run's own pre-flight estimate) and a time.
 
-The time is rough until cells finish: depth-weighted tokens (kvprobe.pace) times a cost per
+The time is rough until cells finish: depth-weighted tokens (kvprobe.run.pace) times a cost per
 token that grows with the weights' size and the cache types, on this host's cores. Finished
 cells replace the guess with their measured seconds (`Calibration`)."""
 
@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kvprobe.errors import UserError
-from kvprobe.pace import StepShape
+from kvprobe.infra.errors import UserError
+from kvprobe.run.pace import StepShape
 from kvprobe.sweep.cells import Cell
 from kvprobe.sweep.spec import SweepSpec
 
@@ -71,9 +71,9 @@ def _cache_cost(t: str) -> float:
 def check_cell(cell: Cell, spec: SweepSpec, sweep_dir: Path) -> CellCheck:
     """The cell's `kvprobe run` words through run's own parser and checks (none reads a model);
     a one-line UserError naming the cell otherwise."""
-    from kvprobe.cache_types import check_flash_attn
+    from kvprobe.api.cache_types import check_flash_attn
     from kvprobe.cli.run import run_parser
-    from kvprobe.run import (
+    from kvprobe.run.validate import (
         check_numbers,
         check_probes,
         check_until_decided,
@@ -139,8 +139,8 @@ class Headers:
 def memory_bytes(check: CellCheck, headers: Headers) -> int:
     """The cell's peak memory with every context at once, as `kvprobe run` estimates it (host
     memory; weights and caches go to the GPU where layers are offloaded)."""
-    from kvprobe.cache_types import CacheConfig
-    from kvprobe.run import memory_need
+    from kvprobe.api.cache_types import CacheConfig
+    from kvprobe.run.validate import memory_need
 
     facts = [headers.get(p) for p in check.model_paths]
     need, _, _ = memory_need(

@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 
 from rich.console import Console
 
-from kvprobe.pace import format_duration
+from kvprobe.run.pace import format_duration
 from kvprobe.sweep.cell_run import DONE, FAILED, CellOutcome
 from kvprobe.sweep.manifest import RUNNING, Manifest
 from kvprobe.sweep.preflight import Calibration, CellCheck

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from kvprobe.errors import UserError
+from kvprobe.infra.errors import UserError
 from kvprobe.sweep.cell_run import FAILED, INTERRUPTED, CellOutcome, read_attempt, run_cell
 from kvprobe.sweep.jobs import CellJob
 from kvprobe.sweep.manifest import MANIFEST

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kvprobe.errors import UserError
-from kvprobe.paths import read_input_text
+from kvprobe.infra.errors import UserError
+from kvprobe.infra.paths import read_input_text
 from kvprobe.result.journal import journal_path
 from kvprobe.result.store import MAX_RESULT_BYTES, Result
 from kvprobe.sweep.identity import asked, mismatch, model_sha256

@@ -15,7 +15,7 @@ import json
 import sys
 from typing import Any
 
-from kvprobe.cache_types import GGML_TYPE_IDS
+from kvprobe.api.cache_types import GGML_TYPE_IDS
 from kvprobe.cli.options import MAX_CTX, MIN_CTX
 from kvprobe.plan.chat import PROMPT_FORMATS
 from kvprobe.result.blocks import (
@@ -33,7 +33,7 @@ from kvprobe.result.blocks import (
     text,
     where,
 )
-from kvprobe.run import MAX_GPU_LAYERS, MAX_MARGIN, MAX_SEED, MAX_THREADS
+from kvprobe.run.validate import MAX_GPU_LAYERS, MAX_MARGIN, MAX_SEED, MAX_THREADS
 from kvprobe.sweep.cells import MAX_CELLS
 from kvprobe.sweep.spec import MAX_AXIS
 

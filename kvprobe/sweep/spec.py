@@ -14,9 +14,9 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from kvprobe.cache_types import check_cache_type
-from kvprobe.errors import UserError, did_you_mean
-from kvprobe.paths import input_file, read_input_text
+from kvprobe.api.cache_types import check_cache_type
+from kvprobe.infra.errors import UserError, did_you_mean
+from kvprobe.infra.paths import input_file, read_input_text
 from kvprobe.plan.chat import PROMPT_FORMATS
 
 MAX_SWEEP_BYTES = 1 << 20  # a sweep file is a page of TOML

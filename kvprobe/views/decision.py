@@ -9,7 +9,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from kvprobe.display import html_text, plain
+from kvprobe.infra.display import html_text, plain
 from kvprobe.stats.decision import frontier, speed_sentence
 from kvprobe.views.figures import Point, Scatter
 

@@ -9,8 +9,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from kvprobe.display import plain, visible
-from kvprobe.errors import UserError
+from kvprobe.infra.display import plain, visible
+from kvprobe.infra.errors import UserError
 from kvprobe.plan.chat import ChatTemplate, find_framing
 from kvprobe.weights.doctor import GiB, MiB, short_type
 

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from kvprobe.api.figures import Figure, Heatmap, LineFigure, Marker, Point, Scatter, Series, summary_series
-from kvprobe.display import visible
-from kvprobe.errors import UserError
-from kvprobe.paths import write_atomically
+from kvprobe.infra.display import visible
+from kvprobe.infra.errors import UserError
+from kvprobe.infra.paths import write_atomically
 
 __all__ = [
     "Figure",

@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from kvprobe.api import all_probes
-from kvprobe.display import html_text
+from kvprobe.infra.display import html_text
 from kvprobe.plan.prompt import describe
 from kvprobe.views.decision import decision_html, frontier_figure
 from kvprobe.views.figures import Figure, LineFigure, render

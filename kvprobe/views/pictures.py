@@ -11,8 +11,8 @@ from typing import Any
 from rich.console import Console
 
 from kvprobe.api import all_probes
-from kvprobe.display import SafeConsole
-from kvprobe.paths import Output, check_outputs, write_atomically
+from kvprobe.infra.display import SafeConsole
+from kvprobe.infra.paths import Output, check_outputs, write_atomically
 from kvprobe.views.decision import frontier_figure
 from kvprobe.views.figures import Figure, write_png
 from kvprobe.views.html import page

@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from kvprobe.api import by_name
-from kvprobe.display import html_text, plain
+from kvprobe.infra.display import html_text, plain
 from kvprobe.stats.by_probe import probe_rows
 
 HEADER = [

@@ -1,6 +1,6 @@
 """A run's progress on screen: rich's bar on a terminal; in a log (stdout not a terminal, as in
 CI) a plain line about once a minute, since a bar is never drawn there. Both say what runs,
-tokens done of the total, the time elapsed and the time left (kvprobe.pace)."""
+tokens done of the total, the time elapsed and the time left (kvprobe.run.pace)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from types import TracebackType
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from kvprobe.display import plain
-from kvprobe.pace import Pace, format_duration
+from kvprobe.infra.display import plain
+from kvprobe.run.pace import Pace, format_duration
 
 PLAIN_EVERY_S = 60.0
 

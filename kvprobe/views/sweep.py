@@ -13,7 +13,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from kvprobe.display import html_text, plain
+from kvprobe.infra.display import html_text, plain
 from kvprobe.sweep.collect import SweepReport
 from kvprobe.sweep.merge import DECISIONS, Problem, SweepRow
 from kvprobe.views.figures import Figure, Heatmap, Point, Scatter, render

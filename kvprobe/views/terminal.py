@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from kvprobe.api import MatrixColumn, all_probes
-from kvprobe.display import plain
+from kvprobe.infra.display import plain
 from kvprobe.plan.prompt import describe
 from kvprobe.views.decision import print_decision, print_folklore
 from kvprobe.views.probes import print_probe_table

@@ -19,7 +19,7 @@ from typing import Any
 import gguf
 import numpy as np
 
-from kvprobe.errors import UserError
+from kvprobe.infra.errors import UserError
 from kvprobe.weights import facts as facts_cache
 from kvprobe.weights.gguf_header import field_value, printable
 from kvprobe.weights.hparams import LLAMA_MAX_LAYERS, read_hparams, whole_number

@@ -3,7 +3,7 @@
 (kvprobe.weights.model_info.read_model_info, all but the sha256, which every run computes).
 Parsing a header with the gguf package takes about 10 s for Gemma 3's 262,144-token
 vocabulary, whatever the weights. An entry is found by the file's resolved path and stat
-(size, times, inode: kvprobe.paths.stamp) and by the versions of kvprobe and gguf that read
+(size, times, inode: kvprobe.infra.paths.stamp) and by the versions of kvprobe and gguf that read
 it: a file changed in place, or another reader, reads it again. Anything else in the cache is ignored."""
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from kvprobe import __version__
-from kvprobe.paths import stamp
-from kvprobe.user_cache import cache_file, read_cache, write_entry
+from kvprobe.infra.memo import memo_path, read_memo, write_memo
+from kvprobe.infra.paths import stamp
 
 CACHE_NAME = "model-facts.json"
 KEEP = 64  # files remembered; the oldest go first
@@ -55,7 +55,7 @@ def get(path: Path, kind: str = "facts") -> dict[str, Any] | None:
     """What was read before from this very file, with `path` as it is named now; None if none,
     or if the entry is not exactly what was written (each carries its own checksum)."""
     key = _key(path, kind)
-    entry = read_cache(cache_file(CACHE_NAME)).get(key) if key else None
+    entry = read_memo(memo_path(CACHE_NAME)).get(key) if key else None
     if not isinstance(entry, dict) or not isinstance(value := entry.get("value"), dict):
         return None
     if set(value) != KINDS[kind] or entry.get("sha256") != _digest(value):
@@ -69,4 +69,4 @@ def get(path: Path, kind: str = "facts") -> dict[str, Any] | None:
 def put(path: Path, value: dict[str, Any], kind: str = "facts") -> None:
     key = _key(path, kind)
     if key is not None and set(value) == KINDS[kind]:
-        write_entry(cache_file(CACHE_NAME), key, {"sha256": _digest(value), "value": value}, keep=KEEP)
+        write_memo(memo_path(CACHE_NAME), key, {"sha256": _digest(value), "value": value}, keep=KEEP)

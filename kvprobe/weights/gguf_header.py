@@ -20,8 +20,8 @@ from typing import Any
 
 import gguf
 
-from kvprobe.errors import UserError
-from kvprobe.paths import open_input
+from kvprobe.infra.errors import UserError
+from kvprobe.infra.paths import open_input
 
 MAGIC = b"GGUF"
 VERSIONS = (2, 3)  # what gguf.GGUFReader reads; llama.cpp dropped version 1

@@ -18,7 +18,7 @@ from typing import Any
 import gguf
 import numpy as np
 
-from kvprobe.errors import UserError
+from kvprobe.infra.errors import UserError
 from kvprobe.weights.gguf_header import field_value, printable
 
 LLAMA_MAX_LAYERS = 512  # llama-hparams.h

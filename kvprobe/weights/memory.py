@@ -18,8 +18,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from kvprobe.cache_types import CacheConfig
-from kvprobe.errors import UserError
+from kvprobe.api.cache_types import CacheConfig
+from kvprobe.infra.errors import UserError
 from kvprobe.weights.doctor import kv_cache_bytes
 
 GiB = 2**30

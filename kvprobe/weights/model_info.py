@@ -10,9 +10,9 @@ from typing import Any
 import gguf
 import numpy as np
 
-from kvprobe.errors import UserError
-from kvprobe.paths import open_input, stamp
-from kvprobe.provenance import MODEL_FIX, sha256_file
+from kvprobe.infra.errors import UserError
+from kvprobe.infra.paths import open_input, stamp
+from kvprobe.infra.provenance import MODEL_FIX, sha256_file
 from kvprobe.weights import facts as header_cache
 from kvprobe.weights.gguf_header import MAGIC as GGUF_MAGIC
 from kvprobe.weights.gguf_header import field_value, read_gguf

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 from gguf import GGMLQuantizationType, ReaderTensor
 
-from kvprobe.errors import UserError, did_you_mean
-from kvprobe.paths import open_input
+from kvprobe.infra.errors import UserError, did_you_mean
+from kvprobe.infra.paths import open_input
 from kvprobe.weights.doctor import QUANT_TAG, SOURCE_TYPE_KEY, UNQUANTIZED_FILE_TYPES, read_facts, short_type
 from kvprobe.weights.gguf_header import MAGIC as GGUF_MAGIC
 from kvprobe.weights.gguf_header import field_value, printable, read_gguf

@@ -37,10 +37,9 @@ from kvprobe.api import (
     register,
     summary_series,
 )
-from kvprobe.cache_types import NULL_ROWS
-from kvprobe.compare import difference_row
-from kvprobe.display import plain
-from kvprobe.errors import UserError, guarded
+from kvprobe.api.cache_types import NULL_ROWS
+from kvprobe.infra.display import plain
+from kvprobe.infra.errors import UserError, guarded
 from kvprobe.plan.scenario import MAX_CHECKPOINT, bad, within
 from kvprobe.probes.divergence import schema as part
 from kvprobe.probes.divergence.metrics import (
@@ -55,6 +54,7 @@ from kvprobe.probes.divergence.metrics import (
 from kvprobe.result.arrays import ARRAY_DTYPES, decode_array, encode_array
 from kvprobe.result.blocks import checker, first_problem, integer, listing, number, record, text, where
 from kvprobe.result.exact import decode_exact, encode_exact
+from kvprobe.stats.compare import difference_row
 
 if TYPE_CHECKING:
     from rich.console import RenderableType

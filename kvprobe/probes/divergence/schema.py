@@ -8,7 +8,7 @@ import itertools
 from collections.abc import Callable
 
 from kvprobe.api import ResultDoc, SchemaPart
-from kvprobe.errors import UserError
+from kvprobe.infra.errors import UserError
 from kvprobe.result.arrays import ARRAY_DTYPES, decode_array
 from kvprobe.result.blocks import (
     INT,

@@ -28,8 +28,8 @@ from kvprobe.api import (
     fmt_ci,
     summary_series,
 )
-from kvprobe.display import plain
-from kvprobe.errors import UserError
+from kvprobe.infra.display import plain
+from kvprobe.infra.errors import UserError
 from kvprobe.plan.documents import default_checkpoints
 from kvprobe.plan.scenario import bad
 from kvprobe.probes.kit import schema as kit_schema

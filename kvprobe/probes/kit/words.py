@@ -6,7 +6,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Sequence
 
-from kvprobe.errors import UserError
+from kvprobe.infra.errors import UserError
 
 # Concrete, common words: most are one token in the tokenizers of small models, and none is a
 # number, so an answer made of them is told apart from a planted value.

@@ -10,7 +10,7 @@ import random
 from dataclasses import dataclass, field
 
 from kvprobe.api import Document, Insert, Tokenizer
-from kvprobe.errors import UserError
+from kvprobe.infra.errors import UserError
 from kvprobe.plan.documents import default_checkpoints, plant
 from kvprobe.plan.scenario import HASHED_IF_SET, Scenario
 

@@ -35,7 +35,7 @@ from kvprobe.api import (
     register,
     summary_series,
 )
-from kvprobe.display import plain
+from kvprobe.infra.display import plain
 from kvprobe.plan.scenario import bad, within
 from kvprobe.probes.needle import schema as part
 from kvprobe.probes.needle import verdict as needle_verdict

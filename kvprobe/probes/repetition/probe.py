@@ -29,8 +29,8 @@ from kvprobe.api import (
     register,
     summary_series,
 )
-from kvprobe.cache_types import TEXT_ROWS
-from kvprobe.display import plain
+from kvprobe.api.cache_types import TEXT_ROWS
+from kvprobe.infra.display import plain
 from kvprobe.plan.scenario import HASHED_IF_SET, within
 from kvprobe.probes.repetition import schema as part
 from kvprobe.probes.repetition.metrics import first_difference, repetition_metrics

@@ -1,0 +1,321 @@
+"""The figures and the HTML page of a saved result: the data behind each figure is checked on a
+known result (not pixels), and the page is opened in a real browser when one is installed."""
+
+from __future__ import annotations
+
+import base64
+import itertools
+import json
+import re
+import shutil
+import struct
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kvprobe.api import Heatmap, LineFigure, all_probes, get_probe
+from kvprobe.cli import main
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "results" / "examples"
+SPLIT = EXAMPLES / "splitkv-f16-q8_0-q4_0-8192.json"
+REPETITION = EXAMPLES / "repetition-f16-q8_0-q4_0-8192.json"
+
+
+def load(path: Path) -> dict[str, Any]:
+    from kvprobe.result.store import load_result
+
+    return load_result(path)
+
+
+def by_key(figures: list[Any]) -> dict[str, Any]:
+    return {f.key: f for f in figures}
+
+
+def test_needle_accuracy_figure_holds_the_summary_and_the_onset() -> None:
+    result = load(SPLIT)
+    figures = by_key(get_probe("needle").figures(result))
+    acc = figures["needle-accuracy"]
+    assert isinstance(acc, LineFigure)
+    assert acc.log2_x
+    q4 = next(s for s in acc.series if s.label == "q4_0")
+    rows = sorted((r for r in result["summary"] if r["metric"] == "accuracy" and r["config"] == "q4_0"),
+                  key=lambda r: r["ctx"])  # fmt: skip
+    assert q4.x == [r["ctx"] for r in rows]
+    assert q4.y == [r["value"] for r in rows]
+    assert q4.lo == [r["ci"][0] for r in rows]
+    assert [s.reference for s in acc.series] == [
+        s.label == "f16" for s in acc.series
+    ]  # the reference stands out
+    onset = result["verdict"]["configs"]["q4_0"]["onset_accuracy"]
+    assert onset == 8192
+    assert any(m.series == "q4_0" and m.x == onset and m.y == q4.y[-1] for m in acc.markers)
+    diff = next(s for s in figures["needle-logprob-diff"].series if s.label == "q4_0")
+    paired = [r for r in result["verdict"]["configs"]["q4_0"]["paired"] if r["metric"] == "answer_logprob"]
+    assert diff.y == [r["diff"] for r in paired]
+
+
+def test_the_heatmap_counts_items_by_depth_and_length() -> None:
+    result = load(SPLIT)
+    figures = by_key(get_probe("needle").figures(result))
+    heat = figures["needle-heatmap-q4_0"]
+    assert isinstance(heat, Heatmap)
+    cell = [it for it in result["items"] if it["probe"] == "needle" and it["config"] == "q4_0"
+            and it["ctx"] == 8192 and 0.2 <= it["depth"] < 0.4]  # fmt: skip
+    assert heat.values[1][3] == pytest.approx(sum(it["correct"] for it in cell) / len(cell))
+    delta = figures["needle-heatmap-q4_0-minus-f16"]
+    base = figures["needle-heatmap-f16"]
+    assert delta.diverging
+    assert delta.values[1][3] == pytest.approx(heat.values[1][3] - base.values[1][3])
+
+
+def test_divergence_figure_marks_the_onset_bin() -> None:
+    result = load(EXAMPLES / "divergence-f16-q8_0-q4_0-8192.json")
+    kl = by_key(get_probe("divergence").figures(result))["divergence-kl"]
+    onsets = result["divergence"]["onset"]
+    for s in kl.series:
+        rows = [r for r in result["summary"] if r["metric"] == "kld_mean" and r["config"] == s.label
+                and r["scope"] == "bin"]  # fmt: skip
+        assert s.y == [r["value"] for r in sorted(rows, key=lambda r: r["ctx"])]
+    expected = {c: o["bin"][1] for c, o in onsets.items() if o}
+    assert {m.series: m.x for m in kl.markers} == expected
+
+
+def test_repetition_figures_show_real_text_as_the_reference() -> None:
+    result = load(REPETITION)
+    figures = by_key(get_probe("repetition").figures(result))
+    loops = figures["repetition-loop-rate"]
+    text = next(s for s in loops.series if s.reference)
+    assert text.label.startswith("real text")
+    rows = [r for r in result["summary"] if r["metric"] == "loop_rate" and r["config"] == "(text)"]
+    assert text.y == [r["value"] for r in sorted(rows, key=lambda r: r["ctx"])]
+    (note,) = get_probe("repetition").notes(result)
+    assert "most repetitive continuation" in note
+
+
+def test_the_page_is_self_contained(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    page = tmp_path / "page.html"
+    assert main(["report", str(SPLIT), "--html", str(page), "--png", str(tmp_path / "png")]) == 0
+    text = page.read_text()
+    assert "<script" not in text
+    assert not re.search(r"(src|href)=\"https?:", text)  # nothing fetched from the network
+    images = re.findall(r'src="data:image/svg\+xml;base64,([^"]+)"', text)
+    expected = 1 + sum(len(p.figures(load(SPLIT))) for p in all_probes())  # the frontier, then the probes'
+    assert len(images) == expected
+    for data in images:
+        assert ET.fromstring(base64.b64decode(data)).tag.endswith("svg")
+    assert (
+        text.index("Recommendation")
+        < text.index("Verdict")
+        < text.index("<h2>needle")
+        < text.index("Provenance")
+    )
+    assert json.loads(SPLIT.read_text())["model"]["sha256"] in text
+    assert len(list((tmp_path / "png").glob("*.png"))) == expected
+
+
+def test_without_matplotlib_the_page_is_one_line_exit_2(tmp_path: Path) -> None:
+    code = (
+        "import sys; sys.modules['matplotlib'] = None; "  # as if the plot extra were not installed
+        "from kvprobe.cli import main; sys.exit(main(sys.argv[1:]))"
+    )
+    argv = [sys.executable, "-c", code, "report", str(SPLIT), "--html", str(tmp_path / "p.html")]
+    proc = subprocess.run(argv, capture_output=True, text=True, check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == 'kvprobe: error: figures need matplotlib: pip install "kvprobe[plot]"'
+    assert not (tmp_path / "p.html").exists()
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+WRAPPER = """<!DOCTYPE html><html><body>
+<iframe id="f" src="page.html" style="width:1200px;height:900px"></iframe>
+<script>
+document.getElementById('f').addEventListener('load', () => {
+  const imgs = Array.from(document.getElementById('f').contentDocument.images);
+  Promise.all(imgs.map(i => i.decode().then(() => (i.naturalWidth > 0 ? 1 : 0), () => 0))).then(r => {
+    document.body.setAttribute('data-images', imgs.length + ':' + r.reduce((a, b) => a + b, 0));
+  });
+});
+</script></body></html>"""
+
+
+@pytest.mark.skipif(
+    CHROMIUM is None, reason="no headless browser: install Debian's chromium package to run it"
+)
+def test_the_page_opens_in_a_real_browser(tmp_path: Path) -> None:
+    page = tmp_path / "page.html"
+    assert main(["report", str(SPLIT), "--html", str(page)]) == 0
+    (tmp_path / "wrapper.html").write_text(WRAPPER)  # the test's own script: the page has none
+    flags = [
+        str(CHROMIUM),
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--allow-file-access-from-files",
+    ]
+    wrapper = (tmp_path / "wrapper.html").as_uri()
+    dom = subprocess.run([*flags, "--virtual-time-budget=15000", "--dump-dom", wrapper],
+                         capture_output=True, text=True, check=True, timeout=120)  # fmt: skip
+    n = 1 + sum(len(p.figures(load(SPLIT))) for p in all_probes())
+    assert f'data-images="{n}:{n}"' in dom.stdout  # every image decodes
+    shot = tmp_path / "shot.png"
+    proc = subprocess.run([*flags, "--enable-logging=stderr", "--v=0", "--window-size=1200,2400",
+                           f"--screenshot={shot}", page.as_uri()],
+                          capture_output=True, text=True, check=True, timeout=120)  # fmt: skip
+    console = [ln for ln in proc.stderr.splitlines() if "CONSOLE" in ln or "Uncaught" in ln]
+    assert console == []  # no console errors
+    header = shot.read_bytes()[:24]
+    assert header[:8] == b"\x89PNG\r\n\x1a\n"
+    assert struct.unpack(">II", header[16:24]) == (1200, 2400)
+
+
+def test_a_run_writes_its_page_beside_the_result(tiny_quick_result: Path) -> None:
+    page = tiny_quick_result.with_suffix(".html")  # the plot extra is installed with dev
+    text = page.read_text()
+    assert text.startswith("<!DOCTYPE html>")
+    assert "Provenance" in text
+    assert len(re.findall(r'src="data:image/svg\+xml;base64,', text)) >= 3
+
+
+def test_compare_draws_old_and_new_on_the_same_axes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from kvprobe.views.html import merged
+
+    old, new = load(EXAMPLES / "quick-f16-q8_0-1024.json"), load(SPLIT)
+    a = by_key(get_probe("needle").figures(old))["needle-accuracy"]
+    b = by_key(get_probe("needle").figures(new))["needle-accuracy"]
+    (both,) = merged(a, b)
+    assert isinstance(both, LineFigure)
+    labels = [s.label for s in both.series]
+    assert labels[: len(a.series)] == [f"old {s.label}" for s in a.series]
+    assert labels[len(a.series) :] == [f"new {s.label}" for s in b.series]
+    assert [s.reference for s in both.series].count(
+        True
+    ) == 1  # the old reference only: one dashed black line
+    page = tmp_path / "cmp.html"
+    main(["compare", str(EXAMPLES / "quick-f16-q8_0-1024.json"), str(SPLIT), "--html", str(page)])
+    text = page.read_text()
+    assert "<script" not in text
+    assert "old and new" in text
+    assert "Verdict, old" in text
+    assert "Verdict, new" in text
+
+
+# --- no overlaps, nothing cut: where the drawn parts land -------------------------------------
+
+
+def inside(inner: Any, outer: Any) -> bool:
+    return bool(outer.x0 <= inner.x0 <= inner.x1 <= outer.x1 and outer.y0 <= inner.y0 <= inner.y1 <= outer.y1)
+
+
+def crowded() -> Any:
+    from kvprobe.api import Point, Scatter
+
+    points = [Point(f"k=q{4 + i % 2}_0,v=f16 @ {1024 * (1 + i % 3):,}", 10 + i * 0.4, 0.01 + 0.001 * i,
+                    ["equivalent", "worse"][i % 2], "140 tok/s") for i in range(8)]  # fmt: skip
+    points.append(Point("f16", 40, 0.0, "reference", "479 tok/s"))
+    title = "Quality against KV memory at 8,192 tokens (colour: equivalence to the reference), crowded"
+    return Scatter("crowded", title, "KV MiB", "mean KL (nats)", points, level=(0.02, "bound"), log_y=True)
+
+
+def test_scatter_labels_overlap_nothing_and_stay_inside_the_axes() -> None:
+    from kvprobe.views.figures import layout
+
+    drawn = layout(crowded())
+    assert len(drawn.texts) == 9
+    for i, box in enumerate(drawn.texts):
+        assert inside(box, drawn.axes), i  # so no label runs into the title or off the figure
+        for other in drawn.texts[:i]:
+            assert not box.overlaps(other), i
+    assert inside(drawn.title, drawn.figure)  # the long title is wrapped, not cut
+
+
+def test_a_log_axis_invents_no_region_below_zero_for_the_reference() -> None:
+    from kvprobe.views.figures import layout
+
+    drawn = layout(crowded())
+    assert drawn.y_ticks
+    assert all(v > 0 for v in drawn.y_ticks)
+
+
+def fits_its_frame(figure: Any) -> None:
+    """The title and every text (colour bar ticks too) inside the figure, a scatter's labels
+    and a heatmap's cell texts inside the axes and apart, a legend of many entries beside the
+    axes."""
+    from kvprobe.views.figures import layout
+
+    drawn = layout(figure)
+    assert inside(drawn.title, drawn.figure), figure.key
+    assert inside(drawn.drawn, drawn.figure), figure.key
+    ticks = drawn.x_tick_labels
+    assert not any(box.overlaps(o) for i, box in enumerate(ticks) for o in ticks[:i]), figure.key
+    for i, box in enumerate(drawn.texts):  # a scatter's labels, a heatmap's cell texts
+        assert inside(box, drawn.axes), figure.key
+        assert not any(box.overlaps(o) for o in drawn.texts[:i]), figure.key
+    if drawn.legend is not None and isinstance(figure, LineFigure) and len(figure.series) > 4:
+        assert drawn.legend.x0 >= drawn.axes.x1, figure.key  # beside the axes, not over the data
+        assert drawn.legend.x1 <= drawn.figure.x1, figure.key
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in EXAMPLES.glob("*.json")))
+def test_every_examples_figures_fit_their_frame(name: str) -> None:
+    from kvprobe.views.pictures import every_figure
+
+    for figure in every_figure(load(EXAMPLES / name)):
+        fits_its_frame(figure)
+
+
+@pytest.mark.parametrize("name", sorted(p.parent.name for p in EXAMPLES.glob("*/sweep.json")))
+def test_every_sweep_examples_figures_fit_their_frame(name: str) -> None:
+    from kvprobe.sweep.collect import collect
+    from kvprobe.views.figures import layout
+    from kvprobe.views.sweep import every_figure
+
+    figures = every_figure(collect(EXAMPLES / name))
+    assert any(isinstance(f, Heatmap) for f in figures)
+    for figure in figures:
+        fits_its_frame(figure)
+        if isinstance(figure, Heatmap):
+            assert layout(figure).texts, figure.key  # the cells still say what they are
+
+
+@pytest.mark.parametrize(
+    ("types", "n_models"), [(["f16", "q8_0", "q4_0"], 6), (["f16", "q8_0", "q5_0", "q4_0"], 48)]
+)
+def test_a_large_sweep_grid_keeps_its_texts_apart_and_inside(types: list[str], n_models: int) -> None:
+    """Split-kv configurations by models: the figure grows with the grid (up to a page), the
+    column labels break at their commas, and past a page the cell texts shrink until apart;
+    every one of them stays shown."""
+    from kvprobe.views.figures import layout
+
+    caches = types[1:] + [f"k={k},v={v}" for k, v in itertools.permutations(types, 2)]
+    models = [f"model-{i}-Q4_K_M-with-a-long-name" for i in range(n_models)]
+    grid = Heatmap(
+        "sweep-decisions-16384", "Decision at 16,384 tokens (cell text: effective context)", "cache",
+        "model", caches, models, [[float((i + j) % 3) for j in range(len(caches))] for i in range(n_models)],
+        "decision", categories=["equivalent", "undecided", "worse"],
+        text=[["undecided\n16,384"] * len(caches) for _ in models],
+    )  # fmt: skip
+    fits_its_frame(grid)
+    assert len(layout(grid).texts) == len(caches) * len(models)
+
+
+def test_no_two_series_look_alike_past_the_palette() -> None:
+    from kvprobe.api import Series
+    from kvprobe.views.figures import _pyplot, render
+
+    series = [Series(f"s{i}", [1.0, 2.0], [float(i), float(i)]) for i in range(9)]
+    figure = LineFigure("many", "nine series", "x", "y", series)
+    render(figure, "png")
+    plt = _pyplot()
+    fig, ax = plt.subplots()
+    from kvprobe.views.figures import _draw_lines
+
+    _draw_lines(ax, figure)
+    looks = [(line.get_color(), line.get_linestyle(), line.get_marker()) for line in ax.get_lines()]
+    plt.close(fig)
+    assert len(set(looks)) == 9
