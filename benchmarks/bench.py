@@ -3,9 +3,10 @@ file with provenance to results/bench/ (`nox -s bench`). Per job:
 
 - P1: the tokens one fresh prompt per item would need (RULER's way) over the tokens kvprobe
   evaluated;
-- P2: kvprobe's wall time over llama.cpp's own time for the same calls: the run writes a trace
-  of its llama.cpp calls (KVPROBE_TRACE) and benchmarks/replay.py times them in a bare loop,
-  in a fresh process; also the run's wall time over its time inside `llama_decode`;
+- P2: kvprobe's wall time over llama.cpp's own time for the same calls: the run goes through
+  benchmarks/trace.py, which writes a trace of its llama.cpp calls, and benchmarks/replay.py
+  times them in a bare loop, in a fresh process; also the run's wall time over its time inside
+  `llama_decode`;
 - P3: peak RSS of the process against kvprobe's own pre-flight estimate;
 - where the time goes: feeding the documents, each probe's work at the checkpoints (needle
   queries, continuations), the KL reduction, the rest of the measuring loop, and the rest of
@@ -19,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import shlex
 import shutil
@@ -44,21 +44,12 @@ RSS_WRAPPER = (
 def run_job(args: str, folder: Path, *, replay: bool = True) -> dict[str, Any]:
     out = folder / f"job-{abs(hash(args))}.json"
     trace = folder / f"trace-{abs(hash(args))}"
-    argv = [
-        sys.executable,
-        "-m",
-        "kvprobe",
-        "run",
-        *shlex.split(args),
-        "--out",
-        str(out),
-        "--force",
-        "--no-html",
-    ]
+    # `kvprobe run`, or the same through the tracer (which records every context's calls)
+    kvprobe = [str(Path(__file__).with_name("trace.py")), str(trace)] if replay else ["-m", "kvprobe"]
+    argv = [sys.executable, *kvprobe, "run", *shlex.split(args), "--out", str(out), "--force", "--no-html"]
     started = time.perf_counter()
-    env = {**os.environ, **({"KVPROBE_TRACE": str(trace)} if replay else {})}
     proc = subprocess.run(
-        [sys.executable, "-c", RSS_WRAPPER, *argv], capture_output=True, text=True, check=False, env=env
+        [sys.executable, "-c", RSS_WRAPPER, *argv], capture_output=True, text=True, check=False
     )
     wall = time.perf_counter() - started
     if proc.returncode != 0:

@@ -28,9 +28,9 @@ from pathlib import Path
 import numpy as np
 
 from kvprobe.api.cache_types import CacheConfig
-from kvprobe.engine import ContextSettings, Model, feed_lockstep
+from kvprobe.api.engine import ContextSettings
+from kvprobe.engine import get_engine
 from kvprobe.infra.provenance import default_model_path
-from kvprobe.kernel_check import check_models
 from kvprobe.probes.divergence.metrics import DivergenceRecorder
 
 
@@ -97,8 +97,9 @@ def kvprobe_side(
 ) -> dict[str, float]:
     n_ctx = chunks.shape[1]
     # the same kernel check as `kvprobe run`, so a host whose AMX kernels crash still runs it
-    kernels, _ = check_models([model_path], n_gpu_layers=0, n_threads=threads, no_repack=False)
-    model = Model(model_path, n_threads=threads, use_extra_bufts=kernels.extra_bufts)
+    engine = get_engine()
+    kernels, _ = engine.check_kernels([model_path], n_gpu_layers=0, n_threads=threads, no_repack=False)
+    model = engine.load(model_path, n_gpu_layers=0, n_threads=threads, use_extra_bufts=kernels.extra_bufts)
     settings = ContextSettings(
         n_ctx=n_ctx, chunk=batch, n_threads=threads, flash_attn=True, attn_rotation=True
     )
@@ -113,7 +114,7 @@ def kvprobe_side(
         def evaluate(c: int, tokens: list[int]) -> None:
             ref.reset()
             test.reset()
-            feed_lockstep(
+            model.feed_lockstep(
                 [ref, test],
                 tokens,
                 lambda pos0, lg: on_chunk(c, tokens, pos0, lg),

@@ -16,7 +16,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from kvprobe.api.cache_types import CacheConfig
-from kvprobe.engine import Context, ContextSettings, Model
+from kvprobe.api.engine import Context, ContextSettings, Model
+from kvprobe.engine import get_engine
 from kvprobe.infra.provenance import cpu_name, default_model_path
 from kvprobe.plan.haystack import prose_essays
 
@@ -63,7 +64,8 @@ def main() -> None:
     caches = args.cache or ["f16", "q4_0"]
     results: dict[tuple[bool, str], tuple[float, float]] = {}
     for extra_bufts in (True, False, True, False) if args.twice else (True, False):
-        with Model(path, n_threads=args.threads, use_extra_bufts=extra_bufts) as model:
+        load = get_engine().load
+        with load(path, n_gpu_layers=0, n_threads=args.threads, use_extra_bufts=extra_bufts) as model:
             buffers = ", ".join(f"{k} {v:.1f} MiB" for k, v in model.weight_buffers.items())
             print(f"extra_bufts={extra_bufts}: weights in {buffers}")
             for cache in caches:

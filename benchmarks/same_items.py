@@ -20,8 +20,9 @@ def main(old_path: str, new_path: str) -> int:
     old, new = Result.load(Path(old_path)), Result.load(Path(new_path))
     print(f"schema versions read: {old.read_version} and {new.read_version}")
     differ = 0
+    written_old, written_new = old.doc.written(), new.doc.written()  # plain JSON, as the files hold it
     for field in FIELDS:
-        a, b = old.doc.get(field), new.doc.get(field)
+        a, b = written_old.get(field), written_new.get(field)
         same = json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
         size = "-" if a is None else len(a)
         print(f"{field:11s} {'identical' if same else 'DIFFERENT'} ({size} entries)")

@@ -68,7 +68,7 @@ def sweep_html() -> str | None:
     if not (SWEEP / "sweep.json").is_file():
         return None
     from kvprobe.sweep.collect import collect
-    from kvprobe.views.sweep import cell_page_links, sweep_page
+    from kvprobe.sweep.view import cell_page_links, sweep_page
 
     report = collect(SWEEP)
     return sweep_page(report, cell_page_links(report, SWEEP / "report.html"))

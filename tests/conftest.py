@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from hypothesis import settings
 
-from tests.tiny_model import write_tiny_model
+from tests.helpers import kvprobe, write_tiny_model
 
 # Property tests: the same examples on every run (derandomized) and a bounded number of them,
 # so CI is reproducible and its time is known.
@@ -51,18 +51,19 @@ def _kernel_check_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[No
 def tiny_q4_model_path(tiny_model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny model quantized to Q4_0 by llama.cpp's own quantizer: weights that llama.cpp's
     repacked (and AMX) CPU kernels handle."""
-    from kvprobe.engine import ftype_id, quantize
+    from kvprobe.engine import quantizer
 
     dst = tmp_path_factory.mktemp("models-q4") / "tiny-Q4_0.gguf"
-    ftype = ftype_id("Q4_0")
+    ftype = quantizer().ftype_id("Q4_0")
     assert ftype is not None
-    quantize(tiny_model_path, dst, ftype, allow_requantize=False, pure=False, n_threads=2)
+    quantizer().quantize(tiny_model_path, dst, ftype, allow_requantize=False, pure=False, n_threads=2)
     return dst
 
 
 @pytest.fixture(scope="session")
 def tiny_model(tiny_model_path: Path) -> Iterator[object]:
-    from kvprobe.engine import Model
+    # The llama.cpp engine's own Model: its tests reach below the protocol (forks, logits rows).
+    from kvprobe.engine.llamacpp.model import Model
 
     with Model(tiny_model_path, n_gpu_layers=0, n_threads=2) as model:
         yield model
@@ -107,17 +108,17 @@ def instruct_model_path() -> Path:
 def default_model_extra_bufts(default_model_path: Path) -> bool:
     """Tests that load the quantized default model go through the same kernel check as
     `kvprobe run`, so that the suite survives a host whose AMX kernels crash."""
-    from kvprobe.kernel_check import check_models
+    from kvprobe.engine import get_engine
 
-    decision, _ = check_models([default_model_path], n_gpu_layers=0, n_threads=2, no_repack=False)
+    decision, _ = get_engine().check_kernels(
+        [default_model_path], n_gpu_layers=0, n_threads=2, no_repack=False
+    )
     return decision.extra_bufts
 
 
 @pytest.fixture(scope="session")
 def tiny_quick_result(tmp_path_factory: pytest.TempPathFactory, tiny_model_path: Path) -> Path:
     """A real result file: the quick scenario on the tiny model, f16 and q8_0 at 512 tokens."""
-    from tests.cli.test_cli import kvprobe
-
     out = tmp_path_factory.mktemp("quick") / "r.json"
     proc = kvprobe(
         "run", "--model", str(tiny_model_path), "--scenario", "quick", "--ctx", "512",

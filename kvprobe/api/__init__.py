@@ -1,7 +1,9 @@
-"""The probe contract, on the ground floor: what a probe is (`Probe`, `ProbeRun`, `Budget`,
-`Needs`, `RunSetup`), the data it reads and makes (scenarios, documents, rows, metrics,
-figures), and the registry that finds probes. Every stage of kvprobe imports this package and
-none names a concrete probe; this package imports nothing of kvprobe above it."""
+"""The contracts, on the ground floor above kvprobe.infra: what a probe is (`Probe`,
+`ProbeRun`, `Budget`, `Needs`, `RunSetup`) and the registry that finds probes; what an engine
+is (`engine`: the `Engine` protocol every engine implements); the typed result document and
+its verdict (`result`, `verdict`, `bounds`); and the data between the stages (scenarios,
+documents, rows, metrics, figures, cache types). Every stage imports this package, none names
+a concrete probe or engine; it imports only kvprobe.infra."""
 
 from kvprobe.api.documents import Document, Insert, PlantedSpan, Tokenizer
 from kvprobe.api.figures import Figure, Heatmap, LineFigure, Marker, Point, Scatter, Series, summary_series
@@ -21,13 +23,12 @@ from kvprobe.api.probe import (
     PositionEvidence,
     Probe,
     ProbeRun,
-    ResultDoc,
-    Row,
     RunSetup,
     TextModel,
     run_needs,
 )
 from kvprobe.api.prompt import RAW_FRAME, PromptFrame
+from kvprobe.api.record import ItemRow, Row, SummaryRow
 from kvprobe.api.registry import (
     ENTRY_POINT_GROUP,
     all_probes,
@@ -47,6 +48,7 @@ from kvprobe.api.registry import (
     selected,
     unregister,
 )
+from kvprobe.api.result import ResultDoc
 from kvprobe.api.rows import by_config_and_ctx, fmt_ci, pooled_row
 from kvprobe.api.scenario import HASHED_IF_SET, HaystackSpec, PlanSpec, PromptSpec, Scenario, hashed
 from kvprobe.api.schema_part import SchemaPart
@@ -61,16 +63,25 @@ __all__ = [
     "RETRIEVAL",
     "RETRIEVAL_LOGPROB",
     "ROLES",
+    "AppliedSettings",
     "Budget",
+    "ChunkCallback",
+    "Context",
+    "ContextSettings",
     "Document",
+    "Engine",
+    "FedCallback",
     "Figure",
     "HaystackSpec",
     "Heatmap",
     "Insert",
+    "ItemRow",
+    "KernelDecision",
     "LineFigure",
     "Marker",
     "MatrixColumn",
     "Metric",
+    "Model",
     "Needs",
     "PlanSpec",
     "PlantedSpan",
@@ -80,6 +91,7 @@ __all__ = [
     "ProbeRun",
     "PromptFrame",
     "PromptSpec",
+    "Quantizer",
     "ResultDoc",
     "Row",
     "RunSetup",
@@ -87,6 +99,8 @@ __all__ = [
     "Scenario",
     "SchemaPart",
     "Series",
+    "SummaryRow",
+    "TeacherForced",
     "TextModel",
     "Tokenizer",
     "all_probes",

@@ -26,6 +26,7 @@ class Insert:
     tokens: list[int]
     target: int
     probe: str = ""
+    payload: object = None  # the probe's own structured data about the span, carried to PlantedSpan
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,7 @@ class PlantedSpan:
     position: int  # token index of the span's first token in the document
     n_tokens: int
     probe: str = ""  # the probe that planted it
+    payload: object = None  # as the Insert gave it (the question probes': kit.questions.Planted)
 
     @property
     def end(self) -> int:

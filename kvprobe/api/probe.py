@@ -14,20 +14,18 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from kvprobe.api.documents import Document, Insert, Tokenizer
+from kvprobe.api.engine import Context
 from kvprobe.api.figures import Figure
 from kvprobe.api.metric import Metric
 from kvprobe.api.prompt import RAW_FRAME, PromptFrame
+from kvprobe.api.record import ItemRow, JsonObject, ProbeSection, Row, SummaryRow
+from kvprobe.api.result import PromptRecord, ResultDoc
 from kvprobe.api.scenario import Scenario
 from kvprobe.api.schema_part import SchemaPart
 
 if TYPE_CHECKING:
     import numpy as np
     from rich.console import RenderableType
-
-    from kvprobe.engine import Context
-
-Row = dict[str, Any]  # one item or summary row, as stored in the result file
-ResultDoc = dict[str, Any]  # a whole result document (kvprobe.result)
 
 
 class TextModel(Protocol):
@@ -76,7 +74,7 @@ class PositionEvidence:
     significant rise (a row with `ctx`), and the checkpoint spans whose metrics carry a value,
     a 95% interval and a count, each tested against its metric's margin as a bound."""
 
-    onsets: Mapping[str, Row]
+    onsets: Mapping[str, Row | None]
     spans: Mapping[str, list[Row]]
 
 
@@ -86,7 +84,7 @@ class MatrixColumn:
 
     header: str  # "accuracy"
     metric: str
-    text: Callable[[Row], str]  # the cell from its summary row
+    text: Callable[[SummaryRow], str]  # the cell from its summary row
     title: str  # what the table's title says of it: "accuracy (95% Wilson)"
 
 
@@ -122,13 +120,13 @@ class ProbeRun:
         """Rows of logits for positions pos0, pos0 + 1, ... from every configuration (called for
         the documents its Needs.logit_documents names)."""
 
-    def at_checkpoint(self, context: Context, config: str, document: Document, length: int) -> list[Row]:
+    def at_checkpoint(self, context: Context, config: str, document: Document, length: int) -> list[ItemRow]:
         """Item rows for `config`, whose context holds `document` up to `length` tokens."""
         return []
 
     def run_prompt(
         self, index: int, contexts: Mapping[str, Context], progress: Callable[[int, str], None]
-    ) -> list[Row]:
+    ) -> list[ItemRow]:
         """Modes other than onepass: prompt `index` from an empty context, in every configuration."""
         raise NotImplementedError(f"{type(self).__name__} measures only in onepass mode")
 
@@ -141,10 +139,10 @@ class ProbeRun:
         """Take back what `end_unit` returned for a unit a resumed run does not measure again
         (None where the journal holds nothing of this probe's for it)."""
 
-    def finish(self, items: list[Row]) -> None:
+    def finish(self, items: list[ItemRow]) -> None:
         """Once every configuration has run: fill what compares configurations with each other."""
 
-    def text_items(self) -> list[Row]:
+    def text_items(self) -> list[ItemRow]:
         """Rows measured on the documents' own text (not on any configuration)."""
         return []
 
@@ -158,7 +156,7 @@ class ProbeRun:
         after every unit, the same the summary computes at the end. Default: none."""
         return {}
 
-    def section(self, errors: list[dict[str, str]]) -> Any:
+    def section(self, errors: list[dict[str, str]]) -> ProbeSection | None:
         """The probe's own section of the result file, as measured (None: it has none). A
         statistic it computes while measuring is guarded into `errors` (kvprobe.infra.errors.guarded)."""
         return None
@@ -224,7 +222,7 @@ class Probe:
         return f"probe_data.{self.name}: this probe keeps nothing per unit"
 
     # statistics and output ---------------------------------------------------------------------
-    def summary(self, result: ResultDoc, seed: int, measured: Any) -> list[Row]:
+    def summary(self, result: ResultDoc, seed: int, measured: Any) -> list[SummaryRow]:
         """Summary rows from the result's items (and `measured`, the run's own data, if given)."""
         return []
 
@@ -241,31 +239,42 @@ class Probe:
         return []
 
     def reference_check(
-        self, items: list[Row], baseline: str, prompt: Mapping[str, Any], checkpoint: int
+        self, items: list[ItemRow], baseline: str, prompt: PromptRecord | Mapping[str, Any], checkpoint: int
     ) -> str | None:
         """Why the reference itself cannot show what a cache costs, judged from its items at the
-        shortest `checkpoint` (None: it can). `prompt`: the result's prompt section."""
+        shortest `checkpoint` (None: it can). `prompt`: the result's prompt section (empty: raw)."""
         return None
 
-    def position_evidence(self, result: ResultDoc) -> PositionEvidence | None:
+    def position_evidence(self, result: ResultDoc | JsonObject) -> PositionEvidence | None:
         """What it measured per position that the verdict tests (None: nothing)."""
         return None
 
-    def verdict_part(self, items: Sequence[Row], baseline: str, config: str, verdict: Row, seed: int) -> Row:
-        """Fields it adds to `config`'s verdict, from the items and the verdict so far (its paired
-        rows, onsets, equivalence). A probe adds the same keys whether or not it ran."""
+    def verdict_part(
+        self, items: Sequence[ItemRow], baseline: str, config: str, verdict: JsonObject, seed: int
+    ) -> dict[str, object]:
+        """Fields it adds to `config`'s verdict (ConfigVerdict's, or its own), from the items and the
+        verdict so far, a plain document while it is built (its paired rows, onsets, equivalence). A
+        probe adds the same keys whether or not it ran."""
         return {}
 
     def matrix_columns(self) -> list[MatrixColumn]:
         """Its columns in the table of many runs (`kvprobe report A.json B.json`)."""
         return []
 
-    def sentence(self, result: ResultDoc, config: str, baseline: str, verdict: Row) -> str | None:
-        """The verdict's sentence for `config` from this probe, if it has one."""
+    def sentence(
+        self, result: ResultDoc | JsonObject, config: str, baseline: str, verdict: JsonObject
+    ) -> str | None:
+        """The verdict's sentence for `config` from this probe, if it has one (`verdict`: the
+        configuration's, as built)."""
         return None
 
     def compare_rows(
-        self, old: ResultDoc, new: ResultDoc, pairs: list[tuple[str, str]], paired: bool, seed: int
+        self,
+        old: ResultDoc | JsonObject,
+        new: ResultDoc | JsonObject,
+        pairs: list[tuple[str, str]],
+        paired: bool,
+        seed: int,
     ) -> list[Row] | None:
         """Rows for `kvprobe compare`; None (the default): compare's own, one per per-item metric,
         configuration pair and checkpoint (kvprobe.stats.compare.item_rows)."""
@@ -278,14 +287,15 @@ class Probe:
         return None
 
     def ties(self, *, shown: bool) -> tuple[Callable[[ResultDoc], str | None], ...]:
-        """Checks of how its parts of a schema-valid result refer to each other, which every
+        """Checks of how its parts of a schema-valid (typed) result refer to each other, which every
         reader relies on; with `shown` (the report's tables will show the file) also those its
         `tables` rely on. Each returns the first problem in words naming the JSON path, or None."""
         return ()
 
-    def migrate(self, doc: ResultDoc, read_version: int, errors: list[dict[str, str]]) -> None:
-        """Bring its parts of a result written in schema `read_version` up to date, in place
-        (kvprobe.result.migrations); a statistic it recomputes is guarded into `errors`."""
+    def migrate(self, doc: JsonObject, read_version: int, errors: list[dict[str, str]]) -> None:
+        """Bring its parts of a result written in schema `read_version` up to date, in place, on
+        the document as read (before it is typed: kvprobe.result.migrations); a statistic it
+        recomputes is guarded into `errors`."""
 
 
 def run_needs(probes: Sequence[Probe], scenario: Scenario, mode: str) -> Needs:

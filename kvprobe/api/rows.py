@@ -6,7 +6,7 @@ from collections import defaultdict
 from collections.abc import Iterable
 
 from kvprobe.api.metric import POOLED_DIVERGENCE
-from kvprobe.api.probe import Row
+from kvprobe.api.record import Row, SummaryRow
 from kvprobe.api.registry import by_name, pooled_metric
 
 
@@ -23,7 +23,7 @@ def fmt_ci(value: float, ci: list[float], digits: int = 2) -> str:
     return f"{value:.{digits}f} [{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]"
 
 
-def pooled_row(summary: Iterable[Row], config: str, metric: str | None = None) -> Row | None:
+def pooled_row(summary: Iterable[SummaryRow], config: str, metric: str | None = None) -> SummaryRow | None:
     """A metric pooled over every position (by default the one the decision ranks by, see
     POOLED_DIVERGENCE), or None where no probe measured it."""
     chosen = by_name(metric) if metric is not None else pooled_metric(POOLED_DIVERGENCE)

@@ -5,12 +5,18 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
+
+# Bounds a scenario's keys keep (field metadata, read by kvprobe.infra.toml_check): a typo
+# (documents = 40000) is refused at once, not a plan that runs for days or a loop that never ends.
+MAX_CHECKPOINT = 1 << 20  # the longest --ctx
+HaystackKind = Literal["prose", "noise", "file"]
+PromptFormat = Literal["auto", "chat", "raw"]
 
 
 @dataclass(frozen=True)
 class HaystackSpec:
-    kind: str = "prose"
+    kind: HaystackKind = "prose"
     path: str = ""  # only for kind = "file"
 
 
@@ -33,15 +39,19 @@ def hashed(section: Any) -> dict[str, Any]:
 class PromptSpec:
     """[prompt]: the form the model is spoken to in (kvprobe.plan.prompt)."""
 
-    format: str = field(default="auto", metadata=HASHED_IF_SET)  # auto | chat | raw
+    format: PromptFormat = field(default="auto", metadata=HASHED_IF_SET)
     system: str = field(default="", metadata=HASHED_IF_SET)  # a system message ("": none)
 
 
 @dataclass(frozen=True)
 class PlanSpec:
-    documents: int = 4
-    checkpoints: list[int] = field(default_factory=list)  # empty: 1024, 2048, ... up to --ctx
-    chunk: int = 512  # tokens per llama_decode call, identical for every configuration
+    documents: int = field(default=4, metadata={"bounds": (1, 256)})
+    # Empty: 1024, 2048, ... up to --ctx.
+    checkpoints: list[int] = field(
+        default_factory=list, metadata={"bounds": (256, MAX_CHECKPOINT), "items": (0, 64)}
+    )
+    # Tokens per llama_decode call, identical for every configuration.
+    chunk: int = field(default=512, metadata={"bounds": (16, 4096)})
     # Stop measuring a configuration once decided (--until-decided, kvprobe.run.until_decided).
     until_decided: bool = field(default=False, metadata=HASHED_IF_SET)
 

@@ -12,7 +12,7 @@ from kvprobe.cli.options import Subparsers
 from kvprobe.infra.errors import UserError
 from kvprobe.result.store import finite_json, load_result
 from kvprobe.stats.compare import FailRule, compare
-from kvprobe.views.html import comparison_page, comparison_rows
+from kvprobe.views.html import comparison_page
 from kvprobe.views.pictures import check_pictures, save_page
 from kvprobe.views.terminal import print_comparison
 
@@ -68,9 +68,7 @@ def cmd_compare(args: argparse.Namespace, console: Console, words: list[str]) ->
     failures = [(rule, row) for rule in rules for row in report["rows"] if rule.violated_by(row)]
     report["failures"] = [{"rule": str(r), **row} for r, row in failures]
     if args.html:
-        text = comparison_page(
-            (Path(args.old).name, old), (Path(args.new).name, new), comparison_rows(report)
-        )
+        text = comparison_page((Path(args.old).name, old), (Path(args.new).name, new), report)
         save_page(Path(args.html), text, console)
     if args.json:
         print(json.dumps(finite_json(report)[0], indent=1))  # strict JSON: a NaN row shows as null

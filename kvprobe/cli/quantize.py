@@ -11,6 +11,7 @@ from typing import Any
 
 from rich.console import Console
 
+from kvprobe import engine
 from kvprobe.cli.options import Subparsers
 from kvprobe.infra.errors import UserError
 from kvprobe.infra.paths import Output, check_outputs, note_written
@@ -39,8 +40,6 @@ def add_parser(subparsers: Subparsers) -> None:
 
 
 def cmd_quantize(args: argparse.Namespace, console: Console, words: list[str]) -> int:
-    from kvprobe import engine  # llama_cpp, slow: only `quantize` and `run` pay for it
-
     src = Path(args.source).expanduser()
     if args.threads is not None and not 1 <= args.threads <= MAX_THREADS:
         raise UserError(f"--threads must be from 1 to {MAX_THREADS} (GGML_MAX_N_THREADS), got {args.threads}")
@@ -48,7 +47,8 @@ def cmd_quantize(args: argparse.Namespace, console: Console, words: list[str]) -
 
     inputs = [src, *([Path(args.imatrix).expanduser()] if args.imatrix else [])]
     check_outputs([Output(out_dir, "--out-dir", folder=True)], inputs, force=args.force)
-    ftype_of = {name: i for name in KNOWN_FILE_TYPES if (i := engine.ftype_id(name)) is not None}
+    quantizer = engine.quantizer()  # the engine loads here, once the paths are checked
+    ftype_of = {name: i for name in KNOWN_FILE_TYPES if (i := quantizer.ftype_id(name)) is not None}
     jobs, origin = plan_jobs(
         src,
         args.types,
@@ -91,13 +91,11 @@ def quantize_one(
     """One variant: llama.cpp writes a partial file (made new here, so no link or hard link at
     its name is written through), renamed onto the variant when whole; whatever fails, no
     partial is left behind and variants already written stay."""
-    from kvprobe import engine
-
     tmp = partial(job.dst)
     try:
         tmp.unlink(missing_ok=True)  # one left by a killed run (a link: the link, not its target)
         os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644))
-        engine.quantize(
+        engine.quantizer().quantize(
             src,
             tmp,
             job.ftype,

@@ -8,7 +8,7 @@ import argparse
 import html
 import sys
 
-from kvprobe.cli import COMMANDS, build_parser
+from kvprobe.cli.app import COMMANDS, build_parser
 
 HEADER = """# Command-line reference
 

@@ -1,29 +1,29 @@
 """`kvprobe report`: saved results, one as at the end of its run, several side by side, or a
-sweep folder merged (kvprobe.views.sweep)."""
+sweep folder merged (kvprobe.sweep.view)."""
 
 from __future__ import annotations
 
 import argparse
 import functools
 import importlib.util
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 
+from kvprobe.api.result import ResultDoc
 from kvprobe.cli.options import Subparsers, margin_option
 from kvprobe.infra.errors import UserError
 from kvprobe.result.journal import journal_path
 from kvprobe.result.store import Result
 from kvprobe.run.validate import parse_margins
 from kvprobe.stats.verdict import build_verdict
+from kvprobe.sweep.collect import SweepReport, collect
 from kvprobe.sweep.manifest import MANIFEST, is_sweep_folder
+from kvprobe.sweep.view import cell_page_links, every_figure, print_sweep, sweep_page
 from kvprobe.views.figures import write_png
 from kvprobe.views.pictures import check_pictures, png_figures, save_page, write_pictures
 from kvprobe.views.terminal import print_matrix, print_run_report
-
-if TYPE_CHECKING:
-    from kvprobe.sweep.collect import SweepReport
 
 SWEEP_PAGE = "report.html"  # a sweep's merged page, in its folder unless --html says elsewhere
 
@@ -48,8 +48,8 @@ def add_parser(subparsers: Subparsers) -> None:
     margin_option(report)
 
 
-def _rebuild(args: argparse.Namespace, margins: dict[str, float]) -> Any:
-    def rebuild(doc: dict[str, Any]) -> None:  # other margins than the file's: the verdict again
+def _rebuild(args: argparse.Namespace, margins: dict[str, float]) -> Callable[[ResultDoc], None]:
+    def rebuild(doc: ResultDoc) -> None:  # other margins than the file's: the verdict again
         if args.margin and doc.get("verdict") is not None and doc["verdict"].get("margins") != margins:
             doc["verdict"] = build_verdict(doc, doc["run"]["seed"], margins)
 
@@ -89,9 +89,6 @@ def cmd_report(args: argparse.Namespace, console: Console, words: list[str]) -> 
 def report_sweep(folder: Path, args: argparse.Namespace, margins: dict[str, float], console: Console) -> int:
     """The sweep's tables; its page (in the folder by default, replaced: it is made from the
     files) and PNG files where asked."""
-    from kvprobe.sweep.collect import collect
-    from kvprobe.views.sweep import cell_page_links, every_figure, print_sweep, sweep_page
-
     default_page = folder / SWEEP_PAGE
     has_plot = importlib.util.find_spec("matplotlib") is not None
     page = Path(args.html) if args.html else (default_page if has_plot else None)

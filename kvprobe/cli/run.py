@@ -1,6 +1,6 @@
-"""`kvprobe run`: its options, and the command: --resume's options from the journal, the
-result path's lock and journal, then the request validated (kvprobe.run.validate) and executed
-(kvprobe.run.execute)."""
+"""`kvprobe run`: the command: --resume's options from the journal, the result path's lock and
+journal, then the request validated (kvprobe.run.validate) and executed (kvprobe.run.execute).
+Its options are kvprobe.run.options' (`add_parser`), which a sweep's cells are read with too."""
 
 from __future__ import annotations
 
@@ -13,159 +13,16 @@ from typing import Any
 
 from rich.console import Console
 
-from kvprobe.cli.options import Parser, Subparsers, ctx_tokens, duration, margin_option, root_parser
 from kvprobe.infra.errors import UserError
 from kvprobe.infra.paths import refuse_if_locked, same_file
 from kvprobe.plan.scenario import bundled_scenarios
 from kvprobe.result.journal import SUFFIX, SavedRun, journal_path, read_journal
 from kvprobe.result.store import load_result
+from kvprobe.run.execute import run_request
+from kvprobe.run.options import add_parser, run_parser
 from kvprobe.run.validate import validate_run
 
-
-def add_parser(subparsers: Subparsers) -> None:
-    run = subparsers.add_parser("run", help="run a scenario across KV cache types and context lengths")
-    add_compared_options(run)
-    add_scenario_options(run)
-    add_engine_options(run)
-    add_output_options(run)
-
-
-def add_compared_options(run: Parser) -> None:
-    """What is compared: the models, the cache types, the context, the margins, the reference."""
-    run.add_argument(
-        "--model",
-        action="append",
-        default=[],
-        help="GGUF model file (default: the embedded Gemma 3 270M Q4_K_M); give it twice, REF then TEST, "
-        "for the weights-vs-KV design",
-    )
-    run.add_argument(
-        "--cache",
-        action="append",
-        default=[],
-        metavar="TYPE",
-        help="cache type for K and V (repeatable): f16 bf16 q8_0 q5_1 q5_0 q4_1 q4_0 iq4_nl",
-    )
-    run.add_argument("--cache-k", metavar="TYPE", help="K cache type of an asymmetric pair (with --cache-v)")
-    run.add_argument("--cache-v", metavar="TYPE", help="V cache type of an asymmetric pair (with --cache-k)")
-    run.add_argument(
-        "--split-kv",
-        action="store_true",
-        help="also run K-only (K quantized, V f16) and V-only (K f16, V quantized) for each --cache",
-    )
-    run.add_argument("--ctx", type=ctx_tokens, default=8192, help="longest context in tokens (default 8192)")
-    margin_option(run)
-    run.add_argument(
-        "--baseline", default="f16", help="reference cache type, run first, or 'none' (default f16)"
-    )
-
-
-def add_scenario_options(run: Parser) -> None:
-    """What is measured, and how the model is spoken to."""
-    run.add_argument(
-        "--scenario", default="default", help="bundled scenario name or TOML file (default: default)"
-    )
-    run.add_argument("--haystack", help="override the scenario's haystack: prose, noise, or a text file path")
-    run.add_argument(
-        "--mode",
-        choices=("onepass", "classic"),
-        default="onepass",
-        help="onepass: one document, queries forked at checkpoints; classic: one prompt per cell",
-    )
-    run.add_argument(
-        "--prompt-format",
-        choices=("auto", "chat", "raw"),
-        default=None,
-        help="auto (the scenario's default): chat when the model has a chat template, else raw text; "
-        "chat: every probe through the template; raw: completion text",
-    )
-    run.add_argument(
-        "--chat-template", metavar="FILE", help="a Jinja chat template to use instead of the model's own"
-    )
-    run.add_argument(
-        "--system",
-        metavar="TEXT",
-        help="a system message in chat form (default: only what the template adds)",
-    )
-    run.add_argument("--seed", type=int, default=0, help="seed of the plan (needles, documents)")
-
-
-def add_engine_options(run: Parser) -> None:
-    """How llama.cpp runs, and how many contexts it holds."""
-    run.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
-    run.add_argument(
-        "--gpu-layers",
-        type=int,
-        default=None,
-        help="layers to offload (default: all when a GPU is usable, else 0)",
-    )
-    run.add_argument(
-        "--no-repack",
-        action="store_true",
-        help="keep weights out of llama.cpp's extra CPU buffer types (repacked and AMX kernels), like "
-        "llama.cpp's --no-repack; kvprobe does this by itself where those kernels crash",
-    )
-    run.add_argument(
-        "--no-flash-attn",
-        action="store_true",
-        help="disable flash attention (not possible with a quantized V cache)",
-    )
-    run.add_argument(
-        "--no-rotation",
-        action="store_true",
-        help="disable llama.cpp's Hadamard rotation of quantized caches (LLAMA_ATTN_ROT_DISABLE=1)",
-    )
-    run.add_argument(
-        "--null-check",
-        action="store_true",
-        help="divergence probe: also run the reference against a second identical context (KL must be 0)",
-    )
-    run.add_argument(
-        "--max-contexts",
-        type=int,
-        metavar="N",
-        help="at most N llama.cpp contexts at once: the cache types run in groups, the reference again in "
-        "each (same numbers on CPU; default: as many as fit in memory)",
-    )
-
-
-def add_output_options(run: Parser) -> None:
-    """Where the result and its page go; resuming; the time budget."""
-    run.add_argument("--out", help="result file (default results/<utc>-<model>-<caches>-<ctx>.json)")
-    run.add_argument("--force", action="store_true", help="overwrite an existing --out file")
-    run.add_argument(
-        "--html",
-        metavar="PAGE",
-        help="the HTML page with the figures (default: beside the result, <out>.html, when matplotlib "
-        "from the plot extra is installed)",
-    )
-    run.add_argument("--no-html", action="store_true", help="write no HTML page")
-    run.add_argument(
-        "--resume",
-        metavar="PATH",
-        help="continue an interrupted run from its journal (<out>.journal.jsonl, or the partial result "
-        "beside it); the original options are read from the journal",
-    )
-    run.add_argument(
-        "--time-budget",
-        type=duration,
-        metavar="TIME",
-        help="end cleanly after the last whole unit that fits, e.g. 15m, 2h, 90s (resumable)",
-    )
-    run.add_argument(
-        "--until-decided",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="measure a cache type no more once its decision is known (group-sequential tests that keep "
-        "the error rates) and end when every one is decided (default: the scenario's plan.until_decided)",
-    )
-
-
-def run_parser() -> argparse.ArgumentParser:
-    """`kvprobe` with only its `run` section: what a journal's options are read back with."""
-    parser, subparsers = root_parser()
-    add_parser(subparsers)
-    return parser
+__all__ = ["add_parser", "cmd_run", "run_parser"]
 
 
 def cmd_run(args: argparse.Namespace, console: Console, words: list[str]) -> int:
@@ -183,8 +40,6 @@ def cmd_run(args: argparse.Namespace, console: Console, words: list[str]) -> int
             f"`kvprobe run --resume {journal_path(Path(args.out))}`, or pass --force to start again"
         )
     request = validate_run(args)
-    from kvprobe.run.execute import run_request  # llama_cpp, slow: only a valid request pays for it
-
     return run_request(
         request,
         saved=saved,

@@ -13,7 +13,7 @@ from kvprobe.cli.options import Subparsers, margin_option
 from kvprobe.infra.errors import UserError
 from kvprobe.result.document import utc_now
 from kvprobe.sweep.drive import SweepOptions, command_line, default_folder, load_for_resume, run_sweep
-from kvprobe.sweep.ray_executor import host_and_port
+from kvprobe.sweep.ray_executor import host_and_port, import_ray
 from kvprobe.sweep.spec import RUN_TYPES, RunOptions, from_command_line, load_sweep, override_run
 
 AXIS_OPTIONS = {
@@ -143,8 +143,6 @@ def cmd_sweep(args: argparse.Namespace, console: Console, words: list[str]) -> i
     given_axes = [f"--{n.replace('_', '-')}" for n, k in AXIS_OPTIONS.items() if axes[k] is not None]
     given_axes += ["--split-kv"] if args.split_kv else []
     if options.executor == "ray":
-        from kvprobe.sweep.ray_executor import import_ray
-
         import_ray()  # no Ray: one line now, before anything is read
     if args.resume:
         if args.file or given_axes or args.out:

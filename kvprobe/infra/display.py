@@ -5,7 +5,6 @@ reach the user's terminal."""
 
 from __future__ import annotations
 
-import html
 import re
 import unicodedata
 from typing import Any
@@ -39,12 +38,6 @@ def visible(text: object) -> str:
     """`text` with every character that could hide or reorder what is shown written out as an
     escape (ESC as \\x1b, RIGHT-TO-LEFT OVERRIDE as \\u202e): safe with markup off."""
     return _CONTROL.sub(_written_out, str(text))
-
-
-def html_text(text: object) -> str:
-    """`text` for an HTML page: escaped, with the same characters written out as `visible`
-    writes them, so none reaches the page as a raw character."""
-    return html.escape(visible(text), quote=True)
 
 
 def plain(text: object) -> str:

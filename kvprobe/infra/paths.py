@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from kvprobe.infra.display import visible
 from kvprobe.infra.errors import UserError
 
 MiB = 1 << 20
@@ -492,8 +493,6 @@ def refuse_if_locked(out: Path) -> None:
 def _holder(path: Path) -> str:
     """Who holds a lock, from its file: text another process wrote, so made safe to show
     (display.visible) wherever the message goes (a terminal, a sweep's log and manifest)."""
-    from kvprobe.infra.display import visible
-
     try:  # the bounded reader: a lock file that is a FIFO or a link to /dev/zero must not hang this
         owner = json.loads(read_input_bytes(path, "lock file", "", max_bytes=4096))
         said = f"pid {int(owner['pid'])}, started {str(owner['started'])[:40]}: {str(owner['command'])[:200]}"

@@ -63,7 +63,15 @@ def plant(
         if len(out) + len(insert.tokens) > length:
             break
         spans.append(
-            PlantedSpan(doc_index, insert.key, insert.value, len(out), len(insert.tokens), insert.probe)
+            PlantedSpan(
+                doc_index,
+                insert.key,
+                insert.value,
+                len(out),
+                len(insert.tokens),
+                insert.probe,
+                insert.payload,
+            )
         )
         out.extend(insert.tokens)
     while len(out) < length:

@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from kvprobe.api import PromptFrame
+from kvprobe.api.record import JsonObject
+from kvprobe.api.result import ResultDoc
 from kvprobe.infra.errors import UserError
 from kvprobe.infra.paths import read_input_text
 from kvprobe.plan.chat import ChatTemplate, Framing, find_framing
@@ -139,7 +141,7 @@ def describe(record: dict[str, Any]) -> str:
     )
 
 
-def framing_key(doc: dict[str, Any]) -> tuple[Any, ...]:
+def framing_key(doc: ResultDoc | JsonObject) -> tuple[Any, ...]:
     """What must match for two results' items to be the same prompts (a file from before the
     prompt was recorded is raw)."""
     prompt = doc.get("prompt") or {}
@@ -151,7 +153,7 @@ def framing_key(doc: dict[str, Any]) -> tuple[Any, ...]:
     )
 
 
-def framing_label(doc: dict[str, Any]) -> str:
+def framing_label(doc: ResultDoc | JsonObject) -> str:
     """framing_key in a few words: equal labels, equal framing."""
     form, sha, system, thinking = framing_key(doc)
     if form != "chat":

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 import tomllib
-from dataclasses import asdict
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +21,24 @@ from kvprobe.api import (
     all_probes,
     probe_names,
 )
+from kvprobe.api.scenario import MAX_CHECKPOINT
 from kvprobe.infra.errors import UserError, did_you_mean
 from kvprobe.infra.paths import read_input_text
-from kvprobe.plan.chat import PROMPT_FORMATS
+from kvprobe.infra.toml_check import Where, read_table
 from kvprobe.plan.prompt import MAX_SYSTEM_CHARS
 
-__all__ = ["HASHED_IF_SET", "HaystackSpec", "PlanSpec", "PromptSpec", "Scenario", "load_scenario"]
+__all__ = [
+    "HASHED_IF_SET",
+    "MAX_CHECKPOINT",
+    "HaystackSpec",
+    "PlanSpec",
+    "PromptSpec",
+    "Scenario",
+    "bad",
+    "load_scenario",
+    "parse_scenario",
+    "within",
+]
 
 
 def _scenario_dir() -> Path:
@@ -38,7 +50,22 @@ def _scenario_dir() -> Path:
 
 
 SCENARIO_DIR = _scenario_dir()
-HAYSTACK_KINDS = ("prose", "noise", "file")
+MAX_SCENARIO_BYTES = 1 << 20  # a scenario is a page of TOML, not a data file
+
+
+@dataclass(frozen=True)
+class ScenarioFile:
+    """A scenario file's own keys (each probe's section sits beside them, by the probe's name)."""
+
+    name: str | None = field(default=None, metadata={"chars": 1000})  # None: the file's stem
+    description: str = field(default="", metadata={"chars": 1000})
+    probes: list[str] | None = None  # None: every Probe.by_default
+    haystack: HaystackSpec = field(default_factory=HaystackSpec)
+    plan: PlanSpec = field(default_factory=PlanSpec)
+    prompt: PromptSpec = field(default_factory=PromptSpec)
+
+
+_OWN_KEYS = [f.name for f in fields(ScenarioFile)]
 
 
 def probe_sections() -> dict[str, type]:
@@ -46,57 +73,9 @@ def probe_sections() -> dict[str, type]:
     return {name: cls for p in all_probes() for name, cls in p.sections.items()}
 
 
-def _default_sections() -> dict[str, Any]:
-    return {name: cls() for name, cls in probe_sections().items()}
-
-
-_CORE_SECTIONS: dict[str, type] = {"haystack": HaystackSpec, "plan": PlanSpec, "prompt": PromptSpec}
-
-
-def _sections() -> dict[str, type]:
-    return {**_CORE_SECTIONS, **probe_sections()}
-
-
 def bad(source: str, key: str, problem: str) -> UserError:
-    return UserError(f"scenario {source}: key '{key}' {problem}")
-
-
-def _check_type(source: str, key: str, value: Any, expected: Any) -> None:
-    ok: bool
-    if isinstance(expected, bool):
-        ok = isinstance(value, bool)
-    elif isinstance(expected, int):
-        ok = isinstance(value, int) and not isinstance(value, bool)
-    elif isinstance(expected, float):
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    elif isinstance(expected, str):
-        ok = isinstance(value, str)
-    elif isinstance(expected, list):
-        ok = isinstance(value, list)
-    else:  # pragma: no cover - schema error, not user error
-        raise TypeError(expected)
-    if not ok:
-        raise bad(source, key, f"must be {type(expected).__name__}, got {value!r}")
-
-
-def _build_section(source: str, section: str, raw: Any) -> Any:
-    cls = _sections()[section]
-    if not isinstance(raw, dict):
-        raise bad(source, section, "must be a table")
-    defaults = cls()
-    values = {}
-    for key, value in raw.items():
-        full = f"{section}.{key}"
-        if not hasattr(defaults, key):
-            allowed = ", ".join(asdict(defaults))
-            raise bad(source, full, f"is unknown{did_you_mean(key, asdict(defaults))} (allowed: {allowed})")
-        _check_type(source, full, value, getattr(defaults, key))
-        values[key] = value
-    return cls(**values)
-
-
-MAX_CHECKPOINT = 1 << 20  # the longest --ctx
-MAX_SCENARIO_BYTES = 1 << 20  # a scenario is a page of TOML, not a data file
+    """The one-line refusal of a key of scenario `source` (the probes' checks say it this way too)."""
+    return Where(f"scenario {source}").bad(key, problem)
 
 
 def within(source: str, key: str, value: int, low: int, high: int) -> None:
@@ -105,8 +84,8 @@ def within(source: str, key: str, value: int, low: int, high: int) -> None:
 
 
 def _validate(source: str, s: Scenario) -> None:
-    if s.haystack.kind not in HAYSTACK_KINDS:
-        raise bad(source, "haystack.kind", f"must be one of {', '.join(HAYSTACK_KINDS)}")
+    """What the keys' types and bounds cannot say: a file haystack names its file, the probes
+    are registered ones, and each probe's own checks of its section."""
     if s.haystack.kind == "file" and not s.haystack.path:
         raise bad(source, "haystack.path", "is required when haystack.kind = 'file'")
     known = probe_names()
@@ -119,51 +98,34 @@ def _validate(source: str, s: Scenario) -> None:
                 "probes",
                 f"names unknown probe {probe!r}{did_you_mean(str(probe), known)} (known: {', '.join(known)})",
             )
-    # Upper bounds: a typo (documents = 40000) must be refused at once, not become a plan that
-    # runs for days or a loop that never ends.
-    if s.prompt.format not in PROMPT_FORMATS:
-        raise bad(source, "prompt.format", f"must be one of {', '.join(PROMPT_FORMATS)}")
     if len(s.prompt.system) > MAX_SYSTEM_CHARS:
         raise bad(source, "prompt.system", f"must be at most {MAX_SYSTEM_CHARS:,} characters")
-    within(source, "plan.documents", s.plan.documents, 1, 256)
-    within(source, "plan.chunk", s.plan.chunk, 16, 4096)
-    if any(
-        isinstance(c, bool) or not isinstance(c, int) or not 256 <= c <= MAX_CHECKPOINT
-        for c in s.plan.checkpoints
-    ):
-        raise bad(source, "plan.checkpoints", f"must be whole numbers from 256 to {MAX_CHECKPOINT:,}")
-    if len(s.plan.checkpoints) > 64:
-        raise bad(source, "plan.checkpoints", "must list at most 64 lengths")
     for each in all_probes():  # every section is checked, also of probes this scenario skips
         each.validate(s, source)
-    for key in ("name", "description"):
-        if len(getattr(s, key)) > 1000:
-            raise bad(source, key, "must be at most 1,000 characters")
 
 
 def parse_scenario(data: dict[str, Any], source: str) -> Scenario:
-    """Build a Scenario from parsed TOML, checking every key."""
-    top: dict[str, Any] = {}
-    sections = _sections()
-    probe_owned: dict[str, Any] = _default_sections()
-    for key, value in data.items():
-        if key in _CORE_SECTIONS:
-            top[key] = _build_section(source, key, value)
-        elif key in sections:
-            probe_owned[key] = _build_section(source, key, value)
-        elif key in ("name", "description"):
-            _check_type(source, key, value, "")
-            top[key] = value
-        elif key == "probes":
-            _check_type(source, key, value, [])
-            top[key] = value
-        else:
-            allowed = ", ".join(["name", "description", "probes", *sections])
-            raise bad(source, key, f"is unknown (allowed: {allowed})")
-    top.setdefault("name", Path(source).stem)
-    top.setdefault("probes", [p.name for p in all_probes() if p.by_default])
+    """Build a Scenario from parsed TOML, checking every key (kvprobe.infra.toml_check)."""
+    where = Where(f"scenario {source}")
+    owned = probe_sections()
+    for key in data:
+        if key not in _OWN_KEYS and key not in owned:
+            raise where.unknown(key, key, [*_OWN_KEYS, *owned])
+    top = read_table(ScenarioFile, {k: v for k, v in data.items() if k in _OWN_KEYS}, where)
+    sections: dict[str, Any] = {
+        name: read_table(cls, data.get(name, {}), where, name) for name, cls in owned.items()
+    }
     optional = {name: p.name for p in all_probes() if not p.hashed_always for name in p.sections}
-    scenario = Scenario(**top, sections=probe_owned, optional_sections=optional)
+    scenario = Scenario(
+        name=top.name if top.name is not None else Path(source).stem,
+        description=top.description,
+        probes=top.probes if top.probes is not None else [p.name for p in all_probes() if p.by_default],
+        haystack=top.haystack,
+        plan=top.plan,
+        prompt=top.prompt,
+        sections=sections,
+        optional_sections=optional,
+    )
     _validate(source, scenario)
     return scenario
 

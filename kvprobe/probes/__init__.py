@@ -1,7 +1,9 @@
-"""The built-in probes, one folder each; importing this package registers them (the registry,
-kvprobe.api.registry, imports it by name when it first needs the probes; `Probe.order` sets
-their order). Nothing else in kvprobe imports a probe: every stage goes through the contract in
-kvprobe.api."""
+"""The built-in probes, one folder each, plug-ins over the stages' helpers: each imports the
+contract (kvprobe.api), the plan, the result's schema blocks and the statistics' tests, and
+nothing imports a probe: every stage asks the contract. The question probes share `kit/`.
+Importing this package registers them (the registry, kvprobe.api.registry, imports it by name
+when it first needs the probes; `Probe.order` sets their order). It imports nothing above the
+statistics (views, run, sweep, cli)."""
 # ruff: noqa: F401 - each registers itself on import
 
 import kvprobe.probes.aggregation.probe

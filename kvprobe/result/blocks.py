@@ -1,24 +1,28 @@
-"""The result schema's building blocks (JSON Schema draft 2020-12 as plain dicts) and what
-checks a value against a schema made of them, naming the first bad field in words. This module
-imports nothing of kvprobe: kvprobe.result.schema assembles the result file's schema from these,
-and the probes build their parts of it (`Probe.schema_part`) and the checks of their journal data
-with them."""
+"""The schema's building blocks (JSON Schema draft 2020-12 as plain dicts) for what the typed
+models do not state (each probe's part of the result schema, `Probe.schema_part`; the sweep
+manifest; a probe's journal data), and what checks a value against such a schema: fastjsonschema
+compiles it to Python, and the first field it refuses is named in words. This module imports
+only kvprobe.api's bounds: kvprobe.result.schema splices the probes' parts into the schema
+generated from the models, and kvprobe.result.check checks a file with both."""
 
 from __future__ import annotations
 
-import functools
+import copy
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
-Schema = dict[str, Any]
+from fastjsonschema import JsonSchemaValueException
+from fastjsonschema.draft04 import CodeGeneratorDraft04
+from fastjsonschema.draft2019 import CodeGeneratorDraft2019
+from fastjsonschema.ref_resolver import RefResolver
 
-# Bounds that keep every reader's arithmetic finite and its loops short.
-MAX_TOKENS = 2**31 - 1  # positions, token counts: llama.cpp's int32
-MAX_CTX = 2**24  # --ctx (kvprobe takes up to 2**20): bounds what a per-position array may decompress to
-MAX_LAYERS = 100_000  # kv_cache_bytes loops over the layers
-MAX_DEPTH = 64  # nesting: the deepest real file is about 10 levels deep
+from kvprobe.api.bounds import MAX_CTX, MAX_DEPTH, MAX_LAYERS, MAX_TOKENS
+
+Schema = dict[str, Any]
+__all__ = ["MAX_CTX", "MAX_DEPTH", "MAX_LAYERS", "MAX_TOKENS"]  # the bounds, for the probes' parts
 
 
 # --- building blocks ------------------------------------------------------------------------------
@@ -64,13 +68,14 @@ def pair(items: Schema, doc: str = "") -> Schema:
 
 
 def record(properties: dict[str, Schema], required: Sequence[str] = (), doc: str = "", **more: Any) -> Schema:
-    """An object. jsonschema reports in the order of the keywords: what is missing first, then
-    what a kind of row must hold (`allOf`), then the fields' own types."""
+    """An object. Its refusals come in this order: what is missing first, then what a kind of
+    row must hold (`allOf`), then the fields' own types. fastjsonschema checks `allOf` before
+    `required`, so the required fields also lead the `allOf`."""
     out: Schema = {"type": "object"}
     if required:
         out["required"] = list(required)
     if "allOf" in more:
-        out["allOf"] = more.pop("allOf")
+        out["allOf"] = ([{"required": list(required)}] if required else []) + more.pop("allOf")
     out |= {"properties": properties, **more}
     if doc:
         out["description"] = doc
@@ -105,37 +110,87 @@ SHARE = number(minimum=0, maximum=1)
 
 # --- checking ------------------------------------------------------------------------------------------
 
-
-def _whole_number(_checker: Any, value: Any) -> bool:
-    """JSON Schema counts 1.0 as an integer; the readers index and loop with these."""
-    return isinstance(value, int) and not isinstance(value, bool)
+Check = Callable[[Any], Any]  # raises JsonSchemaValueException at the first value it refuses
 
 
-@functools.cache
-def _validator_class() -> Any:
-    # jsonschema takes about 80 ms to import: only what reads a file or a journal pays for it
-    import jsonschema  # type: ignore[import-untyped]
+class _StrictIntegers(CodeGeneratorDraft2019):
+    """Draft 2019-09/2020-12 keywords, but 1.0 is no whole number (as draft 4 has it): the
+    readers index and loop with these."""
 
-    return jsonschema.validators.extend(
-        jsonschema.Draft202012Validator,
-        type_checker=jsonschema.Draft202012Validator.TYPE_CHECKER.redefine("integer", _whole_number),
-    )
+    generate_type = CodeGeneratorDraft04.generate_type
 
 
-def checker(schema: Schema, defs: dict[str, Schema] | None = None) -> Any:
-    """jsonschema's validator of `schema` (whole numbers are ints, not 1.0), whose `$ref`s may
-    name `defs`; first_problem says in words what it refuses."""
-    return _validator_class()(schema if defs is None else {**schema, "$defs": defs})
+def checker(schema: Schema, defs: dict[str, Schema] | None = None) -> Check:
+    """`schema` (whose `$ref`s may name `defs`) compiled to a Python function; first_problem says
+    in words what it refuses. Compile once and keep it: compiling takes milliseconds."""
+    whole = copy.deepcopy(schema if defs is None else {**schema, "$defs": defs})  # compiling edits refs
+    whole.pop("$id", None)
+    resolver = RefResolver.from_schema(whole, store={})
+    generator = _StrictIntegers(whole, resolver=resolver)  # type: ignore[no-untyped-call]  # unannotated
+    state = generator.global_state
+    exec(generator.func_code, state)  # fastjsonschema.compile, with the strict integers above
+    compiled: Check = state[resolver.get_scope_name()]
+    return compiled
 
 
-def first_problem(validating: Any, value: Any, root: str = "") -> str | None:
+@dataclass(frozen=True)
+class SchemaError:
+    """The first value a schema refuses, named as jsonschema names its errors."""
+
+    absolute_path: list[str | int]  # where, in the value checked
+    validator: str  # the keyword it breaks: "type", "required", "minimum", ...
+    validator_value: Any  # the keyword's value in the schema
+    instance: Any  # the value refused
+    schema: Schema  # the schema of that value
+    message: str
+
+
+def first_error(validating: Check, value: Any) -> SchemaError | None:
+    try:
+        validating(value)
+    except JsonSchemaValueException as exc:
+        definition = exc.definition if isinstance(exc.definition, dict) else {}
+        return SchemaError(
+            _path(value, exc.name or "data"),
+            exc.rule or "",
+            exc.rule_definition,
+            exc.value,
+            definition,
+            exc.message,
+        )
+    return None
+
+
+def first_problem(validating: Check, value: Any, root: str = "") -> str | None:
     """The first field of `value` that `validating` refuses, in words: "verdict must be an
     object or null, not a string", "missing items"; None when it is valid. `root` names
     `value` itself where it is part of something else ("probe_data.divergence")."""
-    error = next(iter(validating.iter_errors(value)), None)
-    if error is None:
-        return None
-    return describe(error, root)
+    error = first_error(validating, value)
+    return None if error is None else describe(error, root)
+
+
+def _path(value: Any, name: str) -> list[str | int]:
+    """fastjsonschema's name of a value ("data.configs.k=q4_0,v=f16.id", "data.items[3]") as a
+    path, read against the value itself: a key may hold dots and brackets."""
+    rest, node = name.removeprefix("data"), value
+    path: list[str | int] = []
+    while rest:
+        step: str | int | None = None
+        if isinstance(node, list) and (found := re.match(r"\[(\d+)\]", rest)):
+            step, rest = int(found[1]), rest[found.end() :]
+        elif isinstance(node, dict) and rest.startswith("."):
+            keys: list[str] = [
+                k for k in node if rest[1:].startswith(k) and rest[1 + len(k) : 2 + len(k)] in ("", ".", "[")
+            ]
+            if keys:
+                step = max(keys, key=len)
+                rest = rest[1 + len(step) :]
+        if step is None:  # the rest names no value (a missing key): keep it as one step
+            path.append(rest.lstrip("."))
+            break
+        path.append(step)
+        node = node[step]
+    return path
 
 
 def where(path: Sequence[Any], root: str = "") -> str:
@@ -178,8 +233,8 @@ def _kind(value: Any) -> str:
     return names.get(type(value), type(value).__name__)
 
 
-def describe(error: Any, root: str = "") -> str:
-    """One jsonschema error in words, naming the JSON path of the field."""
+def describe(error: SchemaError, root: str = "") -> str:
+    """One refusal in words, naming the JSON path of the field."""
     path = list(error.absolute_path)
     at = where(path, root) or "the file"
     value, limit, keyword = error.instance, error.validator_value, error.validator
@@ -205,7 +260,7 @@ def describe(error: Any, root: str = "") -> str:
     if keyword in ("minItems", "maxItems"):
         most = "at least" if keyword == "minItems" else "at most"
         return f"{at} must hold {most} {limit:,} entries, not {len(value):,}"
-    return f"{at} is not valid ({error.message[:80]})"
+    return f"{at} is not valid ({error.message.removeprefix('data')[:80]})"
 
 
 def too_deep(value: Any, limit: int = MAX_DEPTH) -> bool:

@@ -1,19 +1,18 @@
-"""The result document: what a run measured (build_result), then its statistics
-(add_statistics). The file is the only interface between running and reporting; its schema is
-documented field by field in docs/result-schema.md."""
+"""The result document as measured (build_result): items, the probes' sections and provenance,
+typed (kvprobe.api.result). The statistics follow once it is on disk (kvprobe.stats.statistics).
+The file is the only interface between running and reporting; its schema is documented field by
+field in docs/result-schema.md."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
 
 from kvprobe import __version__
-from kvprobe.api import Probe, all_probes
-from kvprobe.infra.errors import guarded
+from kvprobe.api import all_probes
+from kvprobe.api.record import JsonObject
+from kvprobe.api.result import SCHEMA_VERSION, ResultDoc
 from kvprobe.plan.scenario import Scenario
-from kvprobe.result.migrations import SCHEMA_VERSION
 from kvprobe.result.records import RunOutcome
-from kvprobe.result.store import ResultDoc
 
 
 def utc_now() -> str:
@@ -24,20 +23,21 @@ def build_result(
     *,
     created: str,
     command: str,
-    model: dict[str, Any],
-    models: dict[str, dict[str, Any]] | None = None,
-    runtime: dict[str, Any],
-    host: dict[str, Any],
+    model: JsonObject,
+    models: dict[str, JsonObject] | None = None,
+    runtime: JsonObject,
+    host: JsonObject,
     outcome: RunOutcome,
     baseline: str | None,
     scenario: Scenario,
-    run: dict[str, Any],
+    run: JsonObject,
     warnings: list[str],
 ) -> ResultDoc:
-    """The result document as measured: items, the probes' sections and provenance. `summary`,
-    the onsets and `verdict` are empty until `add_statistics` fills them, so the measurements
-    can be written before any statistic can fail."""
-    result: ResultDoc = {
+    """The result document as measured: items, the probes' sections and provenance, typed (the
+    provenance the run gathered is checked against the models here). `summary`, the onsets and
+    `verdict` are empty until the statistics fill them (kvprobe.stats.statistics), so the
+    measurements can be written before any statistic can fail."""
+    measured: JsonObject = {
         "schema_version": SCHEMA_VERSION,
         "kvprobe_version": __version__,
         "created": created,
@@ -67,32 +67,4 @@ def build_result(
         "verdict": None,
         "statistics": {"complete": False, "errors": list(outcome.errors)},
     }
-    return result
-
-
-def add_statistics(
-    result: ResultDoc, measured: dict[str, Any] | None = None, margins: dict[str, float] | None = None
-) -> ResultDoc:
-    """Summary rows (each probe's), the onsets and the verdict, from the document's own items
-    and sections; `measured` is the run's in-memory data per probe (RunOutcome.measured), read
-    in place of the file's rounded copies; `margins` are the equivalence margins (--margin).
-    Each statistic is guarded: what fails is listed in `statistics.errors` and the rest is
-    still computed."""
-    labels = {p.summary_label for p in all_probes()} | {"verdict"}
-    earlier = [e for e in (result.get("statistics") or {}).get("errors", []) if e.get("what") not in labels]
-    errors: list[dict[str, str]] = list(earlier)  # what failed while measuring stays on record
-    result["statistics"] = {"complete": False, "errors": errors}
-    seed = result["run"]["seed"]
-    summary: list[dict[str, Any]] = []
-    for probe in all_probes():
-
-        def rows(p: Probe = probe) -> list[dict[str, Any]]:
-            return p.summary(result, seed, (measured or {}).get(p.name))
-
-        summary += guarded(errors, probe.summary_label, rows) or []
-    result["summary"] = summary
-    from kvprobe.stats.verdict import build_verdict  # the verdict reads the assembled document
-
-    result["verdict"] = guarded(errors, "verdict", lambda: build_verdict(result, seed, margins))
-    result["statistics"]["complete"] = not errors
-    return result
+    return ResultDoc.model_validate(measured)

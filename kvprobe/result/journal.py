@@ -33,7 +33,6 @@ from kvprobe.infra.errors import UserError
 from kvprobe.infra.paths import note_written, read_input_bytes, shown_path, system_fix
 from kvprobe.result import blocks, schema
 from kvprobe.result.blocks import brief, first_problem, too_deep
-from kvprobe.result.compiled import compile_schema
 from kvprobe.result.ties import item_identity, repeated
 
 JOURNAL_VERSION = 2  # 2: a checksum on every line
@@ -310,21 +309,17 @@ def _line_schemas() -> tuple[Any, Any]:
 
 
 @functools.lru_cache(maxsize=4)
-def _checks(assembled: schema.Built) -> dict[str, tuple[Any, Any]]:
-    """Per kind of line: a fast check and jsonschema's validator, which names the field (with
-    the result schema of the registered probes: a unit's items are checked as the file's)."""
+def _checks(assembled: schema.Built) -> dict[str, blocks.Check]:
+    """Per kind of line, its compiled check (with the result schema of the registered probes: a
+    unit's items are checked as the file's); first_problem names the field it refuses."""
     header, unit = _line_schemas()
-    return {
-        name: (compile_schema(s, assembled.defs), assembled.check_against(s))
-        for name, s in (("header", header), ("unit", unit))
-    }
+    return {name: blocks.checker(s, assembled.defs) for name, s in (("header", header), ("unit", unit))}
 
 
 def _schema_problem(kind: str, record: dict[str, Any]) -> str | None:
     if too_deep(record):
         return "it nests lists and objects too deep"
-    fast, full = _checks(schema.built())[kind]
-    return None if fast(record) else first_problem(full, record)
+    return first_problem(_checks(schema.built())[kind], record)
 
 
 def _verified(line: bytes) -> tuple[dict[str, Any] | None, str]:

@@ -1,18 +1,22 @@
 """Older result files brought up to the current schema, in memory (kvprobe.result.store reads
-them through here): the file's own parts here, each probe's parts by the probe itself
-(`Probe.migrate`). What each change is, is the migration table of docs/result-schema.md."""
+them through here). On the document as read: the file's own parts here, each probe's parts by
+the probe itself (`Probe.migrate`). What only the statistics can recompute (a schema-2 file's
+KV layout and verdict, a schema-1 file's missing verdict) is done on the typed document by the
+hook the statistics register (`rebuild_with`: kvprobe.stats registers it when imported, and
+every registered probe's package imports it), so that nothing here climbs to the statistics.
+What each change is, is the migration table of docs/result-schema.md."""
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass
 
-from kvprobe.api import ResultDoc, all_probes
-from kvprobe.infra.errors import guarded
-
-SCHEMA_VERSION = 3
+from kvprobe.api import all_probes
+from kvprobe.api.record import JsonObject
+from kvprobe.api.result import SCHEMA_VERSION, ResultDoc
 
 # What the file's own migrations change, for docs/result-schema.md (python -m
-# kvprobe.result.schema writes the table, with each probe's rows: SchemaPart.migrations).
+# kvprobe.result.schema_doc writes the table, with each probe's rows: SchemaPart.migrations).
 MIGRATION_NOTES = (
     ("1, no `statistics`", "2", "files from before statistics were recorded: `statistics` is added; where "
      "the verdict is missing too, it is computed from the file's own summary rows"),
@@ -22,41 +26,58 @@ MIGRATION_NOTES = (
 )  # fmt: skip
 
 
-def migrate(doc: ResultDoc, read_version: int) -> None:
-    """`doc`, a valid file of schema `read_version`, brought up to SCHEMA_VERSION in place: the KV
-    layout (from the recorded metadata), every probe's parts, then the verdict rebuilt from them
-    with equivalence, the recommendation and the rules of thumb; and `statistics` where the file
-    has none. Items and existing rows stay."""
-    if read_version < 3:
-        _add_kv_layout(doc)
-    errors: list[dict[str, str]] = (doc.get("statistics") or {}).get("errors", [])
+@dataclass
+class Rebuild:
+    """What a migrated file needs recomputed once it is typed (by the statistics' hook)."""
+
+    read_version: int
+    kv_layout: bool = False  # model.kv_layout from the recorded metadata (schema 2)
+    verdict: bool = False  # the verdict rebuilt with equivalence and the decision (schema 2)
+    missing_verdict: bool = False  # no statistics, no verdict: computed from the file's rows (schema 1)
+    record_errors: bool = False  # what fails is recorded (a file without `statistics` had nowhere to)
+
+    @property
+    def needed(self) -> bool:
+        return self.kv_layout or self.verdict or self.missing_verdict
+
+
+Rebuilder = Callable[[ResultDoc, Rebuild], None]
+_REBUILDERS: list[Rebuilder] = []
+
+
+def rebuild_with(rebuilder: Rebuilder) -> None:
+    """Register what recomputes a migrated file's statistics (kvprobe.stats does, once)."""
+    if rebuilder not in _REBUILDERS:
+        _REBUILDERS.append(rebuilder)
+
+
+def migrate(doc: JsonObject, read_version: int) -> Rebuild:
+    """`doc`, a valid file of schema `read_version`, brought up to SCHEMA_VERSION in place: every
+    probe's parts, and `statistics` where the file has none (complete where a verdict was written:
+    it was written only when every statistic had succeeded). Items and existing rows stay. What
+    the statistics must recompute on the typed document is returned (`rebuild`)."""
+    has_statistics = isinstance(doc.get("statistics"), dict)
+    errors: list[dict[str, str]] = doc["statistics"].setdefault("errors", []) if has_statistics else []
     for probe in all_probes():
         probe.migrate(doc, read_version, errors)
-    if read_version < 3 and doc.get("verdict") is not None:
-        doc["verdict"] = guarded(errors, "verdict", lambda: _verdict(doc))
-        if doc["verdict"] is not None:
-            doc["verdict"]["migrated_from_schema"] = 2
     doc["schema_version"] = SCHEMA_VERSION
-    if "statistics" not in doc:  # written before statistics were guarded and recorded
-        if doc.get("verdict") is None:  # ... and before the verdict: add it from the file's rows
-            errors = []
-            doc["verdict"] = guarded(errors, "verdict", lambda: _verdict(doc))
-            doc["statistics"] = {"complete": not errors, "errors": errors}
-        else:  # a verdict was written only when every statistic had succeeded
-            doc["statistics"] = {"complete": True, "errors": []}
+    pending = Rebuild(read_version)
+    if read_version < 3:
+        model = doc.get("model") or {}
+        pending.kv_layout = "kv_layout" not in model and isinstance(model.get("metadata"), dict)
+        pending.verdict = doc.get("verdict") is not None
+    if not has_statistics:  # written before statistics were guarded and recorded
+        pending.missing_verdict = doc.get("verdict") is None
+        doc["statistics"] = {"complete": not pending.missing_verdict, "errors": []}
+    pending.record_errors = has_statistics
+    return pending
 
 
-def _add_kv_layout(doc: ResultDoc) -> None:
-    # kvprobe.weights loads the gguf package: only a file from before schema 3 needs it
-    from kvprobe.weights.doctor import kv_layout_from_metadata
-
-    model = doc.get("model") or {}
-    if "kv_layout" not in model and isinstance(model.get("metadata"), dict):
-        model["kv_layout"] = kv_layout_from_metadata(str(model.get("architecture")), model["metadata"])
-
-
-def _verdict(doc: ResultDoc) -> dict[str, Any] | None:
-    # the statistics load scipy: only an old file whose verdict is rebuilt pays for it
-    from kvprobe.stats.verdict import build_verdict
-
-    return build_verdict(doc, doc["run"]["seed"])
+def rebuild(doc: ResultDoc, pending: Rebuild) -> None:
+    """The statistics a migrated file needs, recomputed in place by the registered hook."""
+    if not pending.needed:
+        return
+    if not _REBUILDERS:  # a reader that never imported the statistics: a bug, not a stale verdict
+        raise RuntimeError("a migrated result needs its statistics rebuilt: import kvprobe.stats first")
+    for rebuilder in _REBUILDERS:
+        rebuilder(doc, pending)

@@ -14,15 +14,15 @@ from typing import Any
 
 import numpy as np
 
+from kvprobe.api.record import JsonObject
+from kvprobe.api.result import SCHEMA_VERSION, ResultDoc
 from kvprobe.infra.errors import UserError
 from kvprobe.infra.paths import note_written, read_input_text
-from kvprobe.result import schema
-from kvprobe.result.blocks import MAX_DEPTH, first_problem, too_deep
-from kvprobe.result.migrations import SCHEMA_VERSION, migrate
-from kvprobe.result.ties import first_tie_problem
+from kvprobe.result.check import checked
+from kvprobe.result.migrations import migrate, rebuild
+from kvprobe.result.ties import layout_per_layer
 
 MAX_RESULT_BYTES = 1 << 30  # the largest real results are a few MB (per-position arrays are zlib'd)
-ResultDoc = dict[str, Any]
 
 
 def default_out_path(created: str, model_name: str, config_ids: list[str], ctx: int) -> Path:
@@ -57,12 +57,13 @@ def finite_json(value: Any, where: str = "$") -> tuple[Any, list[str]]:
     return value, []
 
 
-def write_result(doc: dict[str, Any], path: Path) -> Path:
+def write_result(doc: ResultDoc | JsonObject, path: Path) -> Path:
     """Write atomically and durably: a temporary file in the same folder, fsync'd, renamed,
     and the folder fsync'd. NaN and infinity become null, listed in `non_finite`. If the
     folder cannot take it (disk full, read-only), the result goes to a recovery file in the
     temporary directory and the UserError says where: a finished run is never lost."""
-    clean, non_finite = finite_json({k: v for k, v in doc.items() if k != "non_finite"})
+    written = doc.written() if isinstance(doc, ResultDoc) else doc  # a plain document too (a test's)
+    clean, non_finite = finite_json({k: v for k, v in written.items() if k != "non_finite"})
     clean["non_finite"] = non_finite
     text = json.dumps(clean, indent=1, allow_nan=False) + "\n"
     try:
@@ -138,31 +139,24 @@ def _finite_float(text: str) -> float:
 
 def schema_problem(doc: Any, *, shown: bool = True) -> str | None:
     """The first thing `doc` breaks, in words naming its JSON path: too deep, a field of the
-    wrong type or missing (kvprobe.result.schema), a broken tie between fields (ties; `shown`:
-    those of the report's tables too)."""
-    if too_deep(doc):
-        return f"it nests lists and objects deeper than {MAX_DEPTH} levels"
-    assembled = schema.built()
-    if not assembled.compiled()(doc):
-        problem = first_problem(assembled.validator(), doc)
-        if problem is not None:  # jsonschema is the reference: it names the field
-            return problem
-    return first_tie_problem(doc, shown=shown)
+    wrong type or missing (kvprobe.result.check: the models and the probes' parts of the schema),
+    a broken tie between fields (ties; `shown`: those of the report's tables too)."""
+    found = checked(doc, shown=shown)
+    return found if isinstance(found, str) else None
 
 
 def validate(doc: Any, path: Path, *, shown: bool = True) -> ResultDoc:
     """The checks every reader relies on (docs/result-schema.md), failing with one line that
-    names the first bad field; `shown`: also what the report's tables rely on."""
-    problem = schema_problem(doc, shown=shown)
-    if problem is not None:
-        raise UserError(f"result file {path}: {problem}; use an intact file or run it again")
-    checked: ResultDoc = doc
-    return checked
+    names the first bad field; `shown`: also what the report's tables rely on. The document, typed."""
+    found = checked(doc, shown=shown)
+    if isinstance(found, str):
+        raise UserError(f"result file {path}: {found}; use an intact file or run it again")
+    return found
 
 
 @dataclass(frozen=True)
 class Result:
-    """A result file, validated and migrated to SCHEMA_VERSION."""
+    """A result file, validated, migrated to SCHEMA_VERSION, and typed."""
 
     path: Path
     doc: ResultDoc
@@ -176,27 +170,37 @@ class Result:
             path, "result file", "give a result file of kvprobe run", max_bytes=MAX_RESULT_BYTES
         )
         try:
-            doc = parse_json(text)
+            raw = parse_json(text)
         except RecursionError:
             raise UserError(f"result file {path} is not a result: it nests far too deep") from None
         except (OSError, ValueError) as exc:
             raise UserError(f"result file {path} is not valid JSON ({str(exc)[:120]})") from None
-        version = doc.get("schema_version") if isinstance(doc, dict) else None
+        version = raw.get("schema_version") if isinstance(raw, dict) else None
         if not isinstance(version, int) or isinstance(version, bool) or not 1 <= version <= SCHEMA_VERSION:
             raise UserError(
                 f"result file {path} has schema_version {repr(version)[:40]}; this kvprobe reads versions 1 "
                 f"to {SCHEMA_VERSION}: a newer file needs a newer kvprobe"
             )
-        validate(doc, path, shown=shown)
-        migrate(doc, version)  # kvprobe.result.migrations: each probe migrates its own parts
-        if version < SCHEMA_VERSION:  # what the migration made must hold too: readers see only it
-            problem = schema_problem(doc, shown=shown)
-            if problem is not None:
-                raise UserError(
-                    f"result file {path} (schema {version}) cannot be read as schema {SCHEMA_VERSION}: "
-                    f"{problem}; run it again"
-                )
-        return cls(path, doc, version)
+        doc = validate(raw, path, shown=shown)
+        if version == SCHEMA_VERSION and "statistics" in raw:
+            return cls(path, doc, version)
+        return cls(path, _migrated(raw, version, path, shown=shown), version)
+
+
+def _migrated(raw: JsonObject, version: int, path: Path, *, shown: bool) -> ResultDoc:
+    """An older file brought up to date (kvprobe.result.migrations): what the migration made
+    must hold too, since readers see only it; then what the statistics recompute."""
+    pending = migrate(raw, version)  # each probe migrates its own parts
+    found = checked(raw, shown=shown)
+    if not isinstance(found, str):
+        rebuild(found, pending)  # the KV layout of a schema-2 file is made here, from its metadata
+        found = layout_per_layer(found) or found
+    if isinstance(found, str):
+        raise UserError(
+            f"result file {path} (schema {version}) cannot be read as schema {SCHEMA_VERSION}: "
+            f"{found}; run it again"
+        )
+    return found
 
 
 def load_result(path: Path) -> ResultDoc:

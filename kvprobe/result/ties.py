@@ -5,7 +5,8 @@ position bin). Each check returns the first problem in words, naming the JSON pa
 
 TIES, the file's own, hold for every reader; then each registered probe checks its own parts
 (`Probe.ties`), with those its tables rely on only where the report's tables show the file
-(`kvprobe report`: Result.load), since `compare` reads items and arrays, never those rows."""
+(`kvprobe report`: Result.load), since `compare` reads items and arrays, never those rows. They
+read the typed document (kvprobe.result.check types it first)."""
 
 from __future__ import annotations
 
@@ -16,77 +17,77 @@ from typing import Any
 
 from kvprobe.api import all_probes, paired_item_metrics
 from kvprobe.api.cache_types import TEXT_ROWS
+from kvprobe.api.record import ItemRow
+from kvprobe.api.result import ModelInfo, ResultDoc
 from kvprobe.result.blocks import brief, where
 
-Doc = dict[str, Any]
 
-
-def _ids(doc: Doc) -> list[str]:
-    return [c["id"] for c in doc["configs"]]
-
-
-def configs_once(doc: Doc) -> str | None:
+def configs_once(doc: ResultDoc) -> str | None:
     seen: set[str] = set()
-    for i, cid in enumerate(_ids(doc)):
+    for i, cid in enumerate(doc.config_ids()):
         if cid in seen:
             return f"configs[{i}].id repeats {brief(cid)}"
         seen.add(cid)
     return None
 
 
-def baseline_among_configs(doc: Doc) -> str | None:
-    if doc["baseline"] is not None and doc["baseline"] not in _ids(doc):
-        return f"baseline {brief(doc['baseline'])} is not one of its configs"
+def baseline_among_configs(doc: ResultDoc) -> str | None:
+    if doc.baseline is not None and doc.baseline not in doc.config_ids():
+        return f"baseline {brief(doc.baseline)} is not one of its configs"
     return None
 
 
-def rows_among_configs(doc: Doc) -> str | None:
+def rows_among_configs(doc: ResultDoc) -> str | None:
     """Items are measured by a configuration of the file; text items by none: "(text)"."""
-    ids = set(_ids(doc))
-    for field, allowed in (("items", ids), ("text_items", ids | {TEXT_ROWS})):
-        for i, row in enumerate(doc.get(field) or []):
+    ids = set(doc.config_ids())
+    for field, rows, allowed in (
+        ("items", doc.items, ids),
+        ("text_items", doc.text_items, ids | {TEXT_ROWS}),
+    ):
+        for i, row in enumerate(rows):
             if row["config"] not in allowed:
                 return f"{field}[{i}].config {brief(row['config'])} is not one of its configs"
     return None
 
 
-def ascending(doc: Doc) -> str | None:
-    values = doc["run"]["checkpoints"]
+def ascending(doc: ResultDoc) -> str | None:
+    values = doc.run.checkpoints
     if any(b <= a for a, b in itertools.pairwise(values)):
         return f"{where(['run', 'checkpoints'])} must ascend, not {brief(values)}"
     return None
 
 
-def layout_per_layer(doc: Doc) -> str | None:
+def layout_per_layer(doc: ResultDoc) -> str | None:
     """kv_cache_bytes reads every layer's entry."""
     for path, model in _models(doc):
-        layout = model.get("kv_layout")
+        layout = model.kv_layout
         if not layout:
             continue
-        for key in ("n_head_kv", "swa_layers"):
-            if len(layout[key]) < layout["n_layer"]:
+        for key, entries in (("n_head_kv", layout.n_head_kv), ("swa_layers", layout.swa_layers)):
+            if len(entries) < layout.n_layer:
                 return (
-                    f"{where([*path, 'kv_layout', key])} must have an entry per layer ({layout['n_layer']}), "
-                    f"not {len(layout[key])}"
+                    f"{where([*path, 'kv_layout', key])} must have an entry per layer ({layout.n_layer}), "
+                    f"not {len(entries)}"
                 )
     return None
 
 
-def _models(doc: Doc) -> Iterator[tuple[list[Any], Doc]]:
-    yield ["model"], doc["model"]
-    for label, model in (doc.get("models") or {}).items():
-        yield ["models", label], model
+def _models(doc: ResultDoc) -> Iterator[tuple[list[Any], ModelInfo]]:
+    yield ["model"], doc.model
+    if doc.models is not None:
+        yield ["models", "ref"], doc.models.ref
+        yield ["models", "test"], doc.models.test
 
 
-def baseline_items_measured(doc: Doc) -> str | None:
+def baseline_items_measured(doc: ResultDoc) -> str | None:
     """The verdict pairs each item with the baseline's (and, in the weights-vs-KV design, with
     every cell's): those must have a value for every paired metric."""
-    if doc["baseline"] is None:
+    if doc.baseline is None:
         return None
-    every = bool(doc.get("models"))
+    every = doc.models is not None
     fields = [(m.probe, m.item_field) for m in paired_item_metrics()]
-    for i, it in enumerate(doc["items"]):
-        if not every and it["config"] != doc["baseline"]:
+    for i, it in enumerate(doc.items):
+        if not every and it["config"] != doc.baseline:
             continue
         for probe, field in fields:
             if it["probe"] == probe and it.get(field) is None:
@@ -95,13 +96,13 @@ def baseline_items_measured(doc: Doc) -> str | None:
     return None
 
 
-def item_identity() -> Callable[[Doc], str | None]:
+def item_identity() -> Callable[[ItemRow], str | None]:
     """What identifies an item row: its probe and configuration and the key its probe pairs
     items with (Metric.key), as canonical JSON; None for a row of a probe without such a key
     (it states no identity for its rows) or without the key's fields."""
     keyed = {m.probe: m for p in all_probes() for m in reversed(p.metrics) if m.key is not None}
 
-    def identity(row: Doc) -> str | None:
+    def identity(row: ItemRow) -> str | None:
         metric = keyed.get(row["probe"])
         if metric is None:
             return None
@@ -113,13 +114,13 @@ def item_identity() -> Callable[[Doc], str | None]:
     return identity
 
 
-def items_once(doc: Doc) -> str | None:
+def items_once(doc: ResultDoc) -> str | None:
     """Each item once: the statistics and the verdict count every row as one observation, so a
     row copied would be counted as often as it appears."""
     identity = item_identity()
-    for field in ("items", "text_items"):
+    for field, rows in (("items", doc.items), ("text_items", doc.text_items)):
         seen: dict[str, int] = {}
-        for i, row in enumerate(doc.get(field) or []):
+        for i, row in enumerate(rows):
             key = identity(row)
             if key is None:
                 continue
@@ -137,7 +138,7 @@ def repeated(key: str) -> str:
     return f"the same {brief(probe)} item of {brief(config)}: {brief(rest)}"
 
 
-Tie = Callable[[Doc], str | None]
+Tie = Callable[[ResultDoc], str | None]
 TIES: tuple[Tie, ...] = (
     configs_once,
     items_once,
@@ -149,7 +150,7 @@ TIES: tuple[Tie, ...] = (
 )
 
 
-def first_tie_problem(doc: Doc, *, shown: bool = True) -> str | None:
+def first_tie_problem(doc: ResultDoc, *, shown: bool = True) -> str | None:
     """The first tie a schema-valid document breaks, in words; None if it keeps them all.
     `shown`: the report's tables will show it (the probes' ties of their tables too)."""
     for check in (*TIES, *(tie for probe in all_probes() for tie in probe.ties(shown=shown))):

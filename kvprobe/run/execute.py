@@ -1,13 +1,12 @@
 """`kvprobe run`, steps 2 and 3, once kvprobe.run.validate has validated the request: lock the result
 path, journal every finished unit, execute (load the models, run the probes), and assemble
-and write the result. This module imports llama.cpp (through the runner): only a run that got
-past validation pays for it."""
+and write the result. The engine comes from the registry (kvprobe.engine), which imports
+llama.cpp when first asked (the kernel check): only a run that got past validation pays for it."""
 
 from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import sys
 import time
 from collections.abc import Callable
@@ -17,17 +16,21 @@ from typing import Any
 
 from rich.console import Console
 
-from kvprobe import __version__, engine
+from kvprobe import __version__
 from kvprobe.api import RAW_FRAME, margins
 from kvprobe.api.cache_types import ConfigId
+from kvprobe.api.engine import KernelDecision, Model
+from kvprobe.api.result import ResultDoc
+from kvprobe.engine import get_engine
+from kvprobe.infra import test_hooks
 from kvprobe.infra.display import plain
 from kvprobe.infra.errors import Interrupted, UserError
 from kvprobe.infra.paths import Fingerprint, OutputLock, fingerprint_input
 from kvprobe.infra.provenance import MODEL_FIX, host_info
-from kvprobe.kernel_check import KernelDecision, check_models, fallback_message
+from kvprobe.infra.signals import sigterm_as_interrupt
 from kvprobe.plan.haystack import MAX_HAYSTACK_BYTES
 from kvprobe.plan.prompt import describe, framing_key, prompt_record
-from kvprobe.result.document import add_statistics, build_result
+from kvprobe.result.document import build_result
 from kvprobe.result.journal import (
     Journal,
     SavedRun,
@@ -41,14 +44,15 @@ from kvprobe.result.journal import (
 from kvprobe.result.records import RunOutcome
 from kvprobe.result.store import write_result
 from kvprobe.run.pace import Pace, StepShape, format_duration, unscored_feed_cost
-from kvprobe.run.request import STOP_SWITCH_ENV, RunRequest
+from kvprobe.run.progress import RunProgress
+from kvprobe.run.request import RunRequest
 from kvprobe.run.runner import Runner, run_probes
 from kvprobe.run.until_decided import Stopped, UntilDecided
 from kvprobe.stats.equivalence import WORSE
 from kvprobe.stats.sequential import Design
+from kvprobe.stats.statistics import add_statistics
 from kvprobe.stats.verdict import reference_checks
 from kvprobe.views.pictures import write_pictures
-from kvprobe.views.progress import RunProgress
 from kvprobe.views.terminal import print_run_report
 from kvprobe.weights.doctor import findings, kv_layout
 from kvprobe.weights.model_info import forget_headers, read_model_info
@@ -193,7 +197,7 @@ def show_warnings(request: RunRequest, serious: dict[Path, list[str]], console: 
 
 
 def kernel_decision(request: RunRequest, console: Console) -> KernelDecision:
-    """Extra buffer types on or off for the whole run (see kvprobe.kernel_check)."""
+    """Extra buffer types on or off for the whole run (the engine's check_kernels)."""
 
     def announce(path: Path) -> None:
         console.print(
@@ -203,18 +207,15 @@ def kernel_decision(request: RunRequest, console: Console) -> KernelDecision:
             highlight=False,
         )
 
-    decision, system_info = check_models(
+    decision, line = get_engine().check_kernels(
         request.model_paths,
         n_gpu_layers=request.gpu_layers,
         n_threads=request.threads,
         no_repack=request.no_repack,
         on_check=announce,
     )
-    if decision.check == "crashed":
-        line = f"kernels: {fallback_message(decision, system_info)}"
-        console.print(line, markup=False, highlight=False, soft_wrap=True)
-    elif decision.check == "inconclusive":
-        console.print(f"kernels: {decision.reason}", markup=False, highlight=False, soft_wrap=True)
+    if line is not None:
+        console.print(f"kernels: {line}", markup=False, highlight=False, soft_wrap=True)
     return decision
 
 
@@ -223,7 +224,7 @@ def run_identity(
 ) -> dict[str, Any]:
     """Everything that determines the items: a journal resumes only a request with the same.
     Files count by their content (the scenario's and the chat template's are hashed as read)."""
-    info = engine.runtime_info()
+    info = get_engine().runtime_info()
     settings = request.settings
     haystack = inputs.sha256("haystack file")
     return {
@@ -287,8 +288,8 @@ def journaling(
     request: RunRequest, journal: Journal, console: Console, inputs: RunInputs
 ) -> Callable[[Unit], None]:
     """What happens to each unit as it finishes: its inputs checked, then into the journal; the
-    first of the reference's checked (said as soon as its items exist); and, for tests, the
-    stop switch."""
+    first of the reference's checked (said as soon as its items exist); then the test hook's
+    `unit_done` point (kvprobe.infra.test_hooks)."""
     checked: list[bool] = []
 
     def journaled(unit: Unit) -> None:
@@ -302,14 +303,7 @@ def journaling(
             first = min(int(it["ctx"]) for it in unit.items)
             for line in reference_checks(unit.items, request.baseline, record, [first]):
                 console.print(f"reference check: {line}", markup=False, highlight=False)
-        # Tests stop a run at a known point: SIGKILL (nothing runs after it), SIGINT (Ctrl-C),
-        # or SIGSTOP (frozen, for a test to kill what runs it: a sweep, a Ray worker).
-        switch = os.environ.get(STOP_SWITCH_ENV, "")
-        if switch.startswith(",".join(map(str, key_json(unit.key))) + ":"):
-            how = {"kill": signal.SIGKILL, "term": signal.SIGTERM, "stop": signal.SIGSTOP}.get(
-                switch.rsplit(":", 1)[-1], signal.SIGINT
-            )
-            os.kill(os.getpid(), how)
+        test_hooks.at("unit_done", key=key_json(unit.key))
 
     return journaled
 
@@ -326,16 +320,12 @@ def execute_journaled(
 ) -> RunExecution:
     """execute_run with every finished unit journaled (its inputs checked first), SIGTERM taken
     as Ctrl-C, and an interrupt before the result said as what it left to resume."""
-
-    def stop(signum: int, frame: object) -> None:  # SIGTERM (kill, systemd, a scheduler) as Ctrl-C
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, stop)
     try:
-        execution = execute_run(
-            request, kernels, console, done=done, on_unit=journaling(request, journal, console, inputs),
-            budget_start=command_start, loaded=inputs.check,
-        )  # fmt: skip
+        with sigterm_as_interrupt():
+            execution = execute_run(
+                request, kernels, console, done=done, on_unit=journaling(request, journal, console, inputs),
+                budget_start=command_start, loaded=inputs.check,
+            )  # fmt: skip
     except KeyboardInterrupt:  # while loading the models, or while assembling what was measured
         if not done and not journal.written:
             raise Interrupted("interrupted before any unit finished; no result file was written") from None
@@ -347,7 +337,6 @@ def execute_journaled(
         if execution.outcome.stopped is not None:
             journal.ensure()
     finally:
-        signal.signal(signal.SIGTERM, previous)
         journal.close()
     return execution
 
@@ -367,10 +356,11 @@ def execute_run(
     budget no unit starts that would not end within it, counted from `budget_start` (the
     command's start: hashing, the kernel check and loading count too). `loaded` hears when the
     models are loaded and the documents built (the run's files are checked then)."""
+    engine = get_engine()
     with contextlib.ExitStack() as stack:
         models_loaded = [
             stack.enter_context(
-                engine.Model(
+                engine.load(
                     p,
                     n_gpu_layers=request.gpu_layers,
                     n_threads=request.threads,
@@ -394,7 +384,7 @@ def execute_run(
     return RunExecution(outcome, baseline, runtime)
 
 
-def weights_vs_kv_models(paths: list[Path], loaded: list[engine.Model]) -> dict[str, engine.Model] | None:
+def weights_vs_kv_models(paths: list[Path], loaded: list[Model]) -> dict[str, Model] | None:
     """Two models: {"ref": REF, "test": TEST} for the weights-vs-KV design, refused unless they
     tokenize alike; one: None."""
     if len(paths) != 2:
@@ -422,7 +412,7 @@ def run_with_progress(
     request: RunRequest,
     console: Console,
     *,
-    models: dict[str, engine.Model] | None,
+    models: dict[str, Model] | None,
     done: dict[UnitKey, Unit] | None,
     on_unit: Callable[[Unit], None] | None,
     budget_start: float | None,
@@ -465,7 +455,7 @@ def deciding(
     runner: Runner,
     request: RunRequest,
     baseline: str,
-    models: dict[str, engine.Model] | None,
+    models: dict[str, Model] | None,
     *,
     shown: RunProgress,
     groups: list[list[int]],
@@ -523,9 +513,10 @@ def deciding(
 
 
 def runtime_record(
-    request: RunRequest, kernels: KernelDecision, loaded: list[engine.Model], outcome: RunOutcome
+    request: RunRequest, kernels: KernelDecision, loaded: list[Model], outcome: RunOutcome
 ) -> dict[str, Any]:
-    """The result's runtime section: what llama.cpp was and what the run set."""
+    """The result's runtime section: what the engine was and what the run set."""
+    engine = get_engine()
     info = engine.runtime_info()
     settings = request.settings
     return {
@@ -541,7 +532,7 @@ def runtime_record(
         "n_batch": outcome.chunk,
         "n_ubatch": outcome.chunk,
         "n_seq_max": outcome.n_seq_max,
-        **engine.FIXED_SETTINGS,
+        **engine.fixed_settings,
         "flash_attn": settings.flash_attn,
         "attn_rotation": settings.attn_rotation,
         "env_LLAMA_ATTN_ROT_DISABLE": "0" if settings.attn_rotation else "1",
@@ -550,7 +541,7 @@ def runtime_record(
 
 def assemble_run(
     request: RunRequest, infos: list[dict[str, Any]], execution: RunExecution, command: str
-) -> dict[str, Any]:
+) -> ResultDoc:
     """Step 3: the result document as measured (statistics follow once it is on disk)."""
     labels = ["ref", "test"] if len(infos) == 2 else []
     outcome = execution.outcome
@@ -602,9 +593,9 @@ def finish_run(
     if outcome.stopped is None:
         jpath.unlink(missing_ok=True)  # the result is whole: nothing left to resume
     print_run_report(result, console)
-    for failed in result["statistics"]["errors"]:
+    for failed in result.statistics.errors:
         console.print(
-            f"statistics: the {failed['what']} could not be computed ({failed['error']}); "
+            f"statistics: the {failed.what} could not be computed ({failed.error}); "
             "the measured items are in the result file",
             markup=False,
             highlight=False,

@@ -11,8 +11,6 @@ from kvprobe.api import Scenario
 from kvprobe.api.cache_types import CacheConfig
 from kvprobe.plan.prompt import RAW_CHOICE, PromptChoice
 
-STOP_SWITCH_ENV = "KVPROBE_TEST_STOP_AFTER"  # "DOC,STEP[,GROUP]:kill|term|int|stop": for tests only
-
 
 @dataclass(frozen=True)
 class RunSettings:

@@ -1,5 +1,6 @@
 """Run the probes: plan -> engine -> item rows, every configuration on identical tokens and
-batch shapes. Knows nothing about terminals or files, nor about any probe in particular."""
+batch shapes. Knows nothing about terminals or files, nor about any probe or engine in
+particular: it asks them through kvprobe.api (the model it is given feeds its contexts)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import numpy as np
 
 from kvprobe.api import ProbeRun, Row, RunSetup, check_mode, selected
 from kvprobe.api.cache_types import NULL_ROWS, CacheConfig, ConfigId
-from kvprobe.engine import ChunkCallback, Context, ContextSettings, Model, feed_lockstep
+from kvprobe.api.engine import ChunkCallback, Context, ContextSettings, Model
 from kvprobe.infra.errors import UserError
 from kvprobe.plan.documents import Document, build_plan
 from kvprobe.plan.groups import plan_groups, round_up
@@ -263,7 +264,7 @@ class Runner:
     def _refeed(self, feeding: list[Context], segment: Sequence[int]) -> None:
         """Rebuild the lockstep state past a restored unit: the same segments, so the same batches."""
         started, before = time.perf_counter(), sum(c.tokens_evaluated for c in feeding)
-        feed_lockstep(feeding, segment)
+        self.model.feed_lockstep(feeding, segment)
         self.refeed_s += time.perf_counter() - started
         self.refeed_tokens += sum(c.tokens_evaluated for c in feeding) - before
 
@@ -288,7 +289,9 @@ class Runner:
         reduce_s = [0.0]
         on_chunk = _handing_logits(readers, document, names, reduce_s) if readers else None
         busy = {config: context.busy_s for config, context in contexts.items()}
-        feed_lockstep(feeding, segment, on_chunk, on_fed=_reporting(work.progress, what + " (document)"))
+        self.model.feed_lockstep(
+            feeding, segment, on_chunk, on_fed=_reporting(work.progress, what + " (document)")
+        )
         feed_s = time.perf_counter() - started - reduce_s[0]
         prefill = {  # a repeated reference's speed is known from its first group
             config: context.busy_s - busy[config]

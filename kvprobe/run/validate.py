@@ -13,6 +13,8 @@ from typing import Any
 
 from kvprobe.api import Scenario, all_probes, by_name, check_mode, margins, run_needs, selected
 from kvprobe.api.cache_types import CacheConfig, check_cache_type, check_flash_attn
+from kvprobe.api.scenario import HaystackKind
+from kvprobe.engine import get_engine
 from kvprobe.infra.errors import UserError
 from kvprobe.infra.paths import Output, check_outputs
 from kvprobe.infra.provenance import default_model_path
@@ -123,10 +125,9 @@ def check_numbers(args: argparse.Namespace) -> None:
 
 
 def can_offload() -> bool:
-    """Whether this llama.cpp build can offload layers to a GPU."""
-    from kvprobe import engine  # llama_cpp, slow: loaded only when a run may offload, past the checks
-
-    return engine.gpu_offload_supported()
+    """Whether the engine's build can offload layers to a GPU (the engine, slow to import,
+    loads here only when a run may offload, past the other checks)."""
+    return get_engine().gpu_offload_supported()
 
 
 def memory_need(
@@ -295,7 +296,7 @@ def run_scenario(args: argparse.Namespace) -> Scenario:
     after the models are hashed and loaded."""
     scenario = load_scenario(args.scenario)
     if args.haystack:
-        kind = args.haystack if args.haystack in ("prose", "noise") else "file"
+        kind: HaystackKind = args.haystack if args.haystack in ("prose", "noise") else "file"
         scenario = replace(scenario, haystack=HaystackSpec(kind, "" if kind != "file" else args.haystack))
     if scenario.haystack.kind == "file":
         read_user_text(scenario.haystack.path)  # refused now, not after the models are hashed and loaded

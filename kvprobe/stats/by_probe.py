@@ -10,6 +10,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from kvprobe.api import all_probes, paired_item_metrics
+from kvprobe.api.record import JsonObject
+from kvprobe.api.result import ResultDoc
 from kvprobe.stats.analysis import onset
 from kvprobe.stats.sequential import Design
 from kvprobe.stats.verdict import checkpoint_tests, equivalence, sequential_tests
@@ -29,13 +31,13 @@ def z_score(diff: float, ci: Sequence[float | None]) -> float | None:
     return diff / se if se > 0 else None
 
 
-def _probe_seconds(result: Mapping[str, Any], probe: str) -> float | None:
+def _probe_seconds(result: ResultDoc | JsonObject, probe: str) -> float | None:
     work = ((result.get("timing") or {}).get("probes") or {}).get(probe) or {}
     seconds = work.get("s")
     return float(seconds) if seconds else None
 
 
-def probe_rows(result: Mapping[str, Any]) -> list[Row]:
+def probe_rows(result: ResultDoc | JsonObject) -> list[Row]:
     """One row per (probe with a margin on a paired per-item metric, test configuration)."""
     verdict = result.get("verdict") or {}
     baseline = result.get("baseline")

@@ -25,6 +25,8 @@ from kvprobe.api import (
     compared_metrics,
     lower_is_worse,
 )
+from kvprobe.api.record import JsonObject
+from kvprobe.api.result import ResultDoc
 from kvprobe.infra.errors import UserError
 from kvprobe.plan.prompt import framing_label
 from kvprobe.stats.equivalence import equivalence_interval
@@ -101,7 +103,7 @@ def _split_map(text: str, old_ids: Sequence[str], new_ids: Sequence[str]) -> tup
 
 
 def match_configs(
-    old: dict[str, Any], new: dict[str, Any], maps: Sequence[str] = ()
+    old: ResultDoc | JsonObject, new: ResultDoc | JsonObject, maps: Sequence[str] = ()
 ) -> tuple[list[tuple[str, str]], list[str], list[str]]:
     """Pairs of configurations to compare, and those left unmatched in old and in new.
 
@@ -133,7 +135,7 @@ def match_configs(
     return pairs, unmatched_old, unmatched_new
 
 
-def pairing(old: dict[str, Any], new: dict[str, Any]) -> tuple[bool, str]:
+def pairing(old: ResultDoc | JsonObject, new: ResultDoc | JsonObject) -> tuple[bool, str]:
     """Whether items can be paired, and why (not)."""
     old_rt, new_rt = old.get("runtime") or {}, new.get("runtime") or {}
     checks = [
@@ -172,7 +174,7 @@ NUMERICS = (
 )
 
 
-def numerics_notes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+def numerics_notes(old: ResultDoc | JsonObject, new: ResultDoc | JsonObject) -> list[str]:
     """What else differs between the two runs' engines, beyond what pairing checks."""
     cpu_a, cpu_b = (old.get("host") or {}).get("cpu"), (new.get("host") or {}).get("cpu")
     if cpu_a != cpu_b:
@@ -183,7 +185,7 @@ def numerics_notes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     return []
 
 
-def early_stop_notes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+def early_stop_notes(old: ResultDoc | JsonObject, new: ResultDoc | JsonObject) -> list[str]:
     """Configurations --until-decided stopped in either file: compared on less than the run."""
     notes = []
     for label, doc in (("old", old), ("new", new)):
@@ -199,7 +201,9 @@ def early_stop_notes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     return notes
 
 
-def _item_values(doc: dict[str, Any], metric: Metric, config: str) -> dict[int, dict[tuple[Any, ...], float]]:
+def _item_values(
+    doc: ResultDoc | JsonObject, metric: Metric, config: str
+) -> dict[int, dict[tuple[Any, ...], float]]:
     out: dict[int, dict[tuple[Any, ...], float]] = defaultdict(dict)
     for it in doc["items"]:
         if it["probe"] == metric.probe and it["config"] == config and metric.item_field in it:
@@ -236,8 +240,8 @@ def _mark(row: dict[str, Any]) -> str:
 
 
 def item_rows(
-    old: dict[str, Any],
-    new: dict[str, Any],
+    old: ResultDoc | JsonObject,
+    new: ResultDoc | JsonObject,
     metrics: Sequence[Metric],
     pairs: list[tuple[str, str]],
     *,
@@ -268,8 +272,8 @@ def item_rows(
 
 
 def compare(
-    old: dict[str, Any],
-    new: dict[str, Any],
+    old: ResultDoc | JsonObject,
+    new: ResultDoc | JsonObject,
     seed: int = 0,
     require_paired: bool = False,
     maps: Sequence[str] = (),
@@ -286,7 +290,11 @@ def compare(
 
 
 def _compare(
-    old: dict[str, Any], new: dict[str, Any], seed: int, require_paired: bool, maps: Sequence[str]
+    old: ResultDoc | JsonObject,
+    new: ResultDoc | JsonObject,
+    seed: int,
+    require_paired: bool,
+    maps: Sequence[str],
 ) -> dict[str, Any]:
     paired, reason = pairing(old, new)
     if require_paired and not paired:

@@ -17,6 +17,9 @@ from typing import Any
 
 from kvprobe.api import pooled_row
 from kvprobe.api.cache_types import ConfigId
+from kvprobe.api.record import JsonObject
+from kvprobe.api.result import ResultDoc
+from kvprobe.api.verdict import Verdict
 from kvprobe.stats.equivalence import EQUIVALENT, UNDECIDED, WORSE
 from kvprobe.stats.words import items_text, tost_text
 from kvprobe.weights.doctor import kv_cache_bytes, type_bits
@@ -39,7 +42,7 @@ def _types(cid: str) -> tuple[str, str]:
     return cache.type_k, cache.type_v
 
 
-def kv_bytes(result: dict[str, Any], type_k: str, type_v: str, n_ctx: int) -> int | None:
+def kv_bytes(result: ResultDoc | JsonObject, type_k: str, type_v: str, n_ctx: int) -> int | None:
     """KV cache bytes for one sequence of n_ctx tokens (None without a recorded layout)."""
     layout = (result.get("model") or {}).get("kv_layout")
     if not layout or n_ctx <= 0:
@@ -51,13 +54,13 @@ def _relative_size(type_k: str, type_v: str) -> float:
     return (type_bits(type_k.upper()) + type_bits(type_v.upper())) / (2 * type_bits("F16"))
 
 
-def _deepest_speed(result: dict[str, Any], cid: str) -> dict[str, Any] | None:
+def _deepest_speed(result: ResultDoc | JsonObject, cid: str) -> dict[str, Any] | None:
     spans = ((result.get("timing") or {}).get("prefill") or {}).get(cid) or []
     measured = [s for s in spans if s.get("tokens_per_s")]
     return measured[-1] if measured else None
 
 
-def _same_weights(result: dict[str, Any]) -> list[str]:
+def _same_weights(result: ResultDoc | JsonObject) -> list[str]:
     """The baseline and the configurations on the baseline's weights (a 2x2 weights run
     recommends a cache for the reference weights)."""
     baseline = result["baseline"]
@@ -66,7 +69,7 @@ def _same_weights(result: dict[str, Any]) -> list[str]:
 
 
 def frontier(
-    result: dict[str, Any], verdict: dict[str, Any], *, with_speed: bool = True
+    result: ResultDoc | JsonObject, verdict: Verdict | JsonObject, *, with_speed: bool = True
 ) -> list[dict[str, Any]]:
     """One row per configuration (the reference first): equivalence status, effective context,
     mean KL, KV memory at the run's context and the training context, prefill speed at depth,
@@ -126,7 +129,7 @@ def _saving(chosen: dict[str, Any], ref: dict[str, Any], key: str) -> dict[str, 
 
 
 def recommend(
-    result: dict[str, Any], verdict: dict[str, Any], rows: Sequence[dict[str, Any]]
+    result: ResultDoc | JsonObject, verdict: dict[str, Any], rows: Sequence[dict[str, Any]]
 ) -> dict[str, Any]:
     """The cheapest configuration by KV memory that is equivalent to the reference up to the
     longest context measured (the reference itself when none is), with what it saves, the
@@ -180,7 +183,7 @@ def recommend(
 
 
 def _asymmetric(
-    result: dict[str, Any], verdict: dict[str, Any], rows: Sequence[dict[str, Any]]
+    result: ResultDoc | JsonObject, verdict: dict[str, Any], rows: Sequence[dict[str, Any]]
 ) -> dict[str, Any] | None:
     """Where the K half of a cache below 8 bits is at fault: K q8_0 with that V, measured or not."""
     for kv in verdict.get("k_vs_v") or []:
@@ -343,7 +346,7 @@ def _rule_kv_over_weights(attribution: dict[str, Any] | None) -> dict[str, Any]:
     return _line(rule, {"kv": HOLDS, "weights": FAILS}.get(attribution["fault"], OPEN), attribution["reason"])
 
 
-def folklore(result: dict[str, Any], verdict: dict[str, Any]) -> list[dict[str, Any]]:
+def folklore(result: ResultDoc | JsonObject, verdict: dict[str, Any]) -> list[dict[str, Any]]:
     """One line per rule of thumb: does this model show it, with the measured numbers."""
     ctx = result["run"]["ctx"]
     configs = {cid: v for cid, v in verdict["configs"].items() if cid in _same_weights(result)}
@@ -357,7 +360,7 @@ def folklore(result: dict[str, Any], verdict: dict[str, Any]) -> list[dict[str, 
     ]
 
 
-def decide(result: dict[str, Any], verdict: dict[str, Any]) -> dict[str, Any]:
+def decide(result: ResultDoc | JsonObject, verdict: dict[str, Any]) -> dict[str, Any]:
     """The verdict's decision fields: `recommendation` and `folklore` (items only)."""
     rows = frontier(result, verdict, with_speed=False)
     return {
@@ -366,7 +369,7 @@ def decide(result: dict[str, Any], verdict: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def speed_sentence(result: dict[str, Any], rows: Sequence[dict[str, Any]]) -> str | None:
+def speed_sentence(result: ResultDoc | JsonObject, rows: Sequence[dict[str, Any]]) -> str | None:
     """The recommended configuration's measured prefill speed against the reference's."""
     rec = (result.get("verdict") or {}).get("recommendation")
     if not rec or not rows:

@@ -25,6 +25,8 @@ from kvprobe.api import (
     pooled_row,
 )
 from kvprobe.api.cache_types import CacheConfig
+from kvprobe.api.record import JsonObject
+from kvprobe.api.result import PromptRecord, ResultDoc
 from kvprobe.stats.analysis import (
     onset,
     paired_rows,
@@ -503,7 +505,10 @@ def _kv_sentence(fault: str, why: str, k: dict[str, Any], v: dict[str, Any], qua
 
 
 def reference_checks(
-    items: list[dict[str, Any]], baseline: str, prompt: Mapping[str, Any], checkpoints: list[int]
+    items: list[dict[str, Any]],
+    baseline: str,
+    prompt: PromptRecord | Mapping[str, Any],
+    checkpoints: list[int],
 ) -> list[str]:
     """Each probe's word on the reference at the shortest checkpoint (kvprobe.api)."""
     if not checkpoints:
@@ -511,7 +516,9 @@ def reference_checks(
     return [s for p in all_probes() if (s := p.reference_check(items, baseline, prompt, min(checkpoints)))]
 
 
-def position_evidence(result: dict[str, Any]) -> tuple[dict[str, Any], dict[str, list[dict[str, Any]]]]:
+def position_evidence(
+    result: ResultDoc | JsonObject,
+) -> tuple[dict[str, Any], dict[str, list[dict[str, Any]]]]:
     """Every probe's per-position evidence (kvprobe.api PositionEvidence), merged: per
     configuration the first onset any probe found, and all their spans."""
     onsets: dict[str, Any] = {}
@@ -528,7 +535,7 @@ def position_evidence(result: dict[str, Any]) -> tuple[dict[str, Any], dict[str,
 
 
 def build_verdict(
-    result: dict[str, Any], seed: int, margin: Mapping[str, float] | None = None
+    result: ResultDoc | JsonObject, seed: int, margin: Mapping[str, float] | None = None
 ) -> dict[str, Any] | None:
     """The result file's `verdict`: per test configuration, K-vs-V for split runs, weights vs
     KV for two weight files, the recommendation, and the sentences."""

@@ -11,6 +11,8 @@ import numpy as np
 
 from kvprobe.api import ALPHA, RETRIEVAL, RETRIEVAL_LOGPROB, by_name, paired_item_metrics, pooled_metric
 from kvprobe.api.cache_types import ConfigId
+from kvprobe.api.record import JsonObject
+from kvprobe.api.result import ResultDoc
 from kvprobe.stats.analysis import paired_rows
 from kvprobe.stats.inference import bootstrap_mean_interval
 from kvprobe.stats.inference import wilcoxon_paired as wilcoxon
@@ -54,7 +56,7 @@ def _negligible(metric: str) -> float:
     return band
 
 
-def weights_vs_kv(result: dict[str, Any], seed: int) -> dict[str, Any] | None:
+def weights_vs_kv(result: ResultDoc | JsonObject, seed: int) -> dict[str, Any] | None:
     """The KV effect at fixed weights, the weight effect at an f16 cache, their interaction,
     per checkpoint with intervals; and the fault: kv, weights, both, neither or inconclusive."""
     ids = {c["id"] for c in result["configs"]}

@@ -28,16 +28,15 @@ from typing import Any
 from kvprobe.infra.display import visible
 from kvprobe.infra.errors import UserError
 from kvprobe.infra.paths import read_input_bytes, write_atomically
+from kvprobe.infra.test_hooks import cell_env
 from kvprobe.result.journal import journal_path
 from kvprobe.result.store import MAX_RESULT_BYTES
-from kvprobe.run.request import STOP_SWITCH_ENV
 from kvprobe.sweep.results import own_result, place_problem, result_state
 
 __all__ = ["CellOutcome", "attempt_path", "log_path", "result_state", "run_cell"]
 
 DONE, FAILED, INTERRUPTED = "done", "failed", "interrupted"
 LOG_TAIL_BYTES = 1 << 20  # the child's last `kvprobe:` line is at the end of its log
-STOP_CELL_ENV = "KVPROBE_TEST_STOP_CELL"  # tests: the run's stop switch applies to this cell only
 INTERRUPT_GRACE_S = 120.0  # a child asked to stop finishes its unit's bookkeeping; then it is killed
 
 
@@ -202,9 +201,7 @@ def run_cell(cell_id: str, argv: list[str], out: Path) -> CellOutcome:
         "started": time.time(),
         "resumed": resumed,
     }
-    env = dict(os.environ)
-    if env.get(STOP_CELL_ENV) != cell_id:
-        env.pop(STOP_SWITCH_ENV, None)
+    env = cell_env(os.environ, cell_id)  # a test's stop switch reaches the cell it names only
     log = log_path(out)
     try:
         _write_attempt(attempt_path(out), record)

@@ -6,8 +6,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
+from kvprobe.api.result import ResultDoc
 from kvprobe.infra.errors import UserError
 from kvprobe.sweep.manifest import Manifest, load_manifest
 from kvprobe.sweep.merge import Problem, SweepRow, merge
@@ -17,19 +17,19 @@ from kvprobe.sweep.results import DONE, PARTIAL, UNREADABLE, read_cells
 @dataclass(frozen=True)
 class SweepReport:
     manifest: Manifest
-    results: dict[str, dict[str, Any]]  # cell -> result document
+    results: dict[str, ResultDoc]  # cell -> result document
     rows: list[SweepRow]
     problems: list[Problem]
 
 
-def collect(folder: Path, rebuild: Callable[[dict[str, Any]], None] | None = None) -> SweepReport:
+def collect(folder: Path, rebuild: Callable[[ResultDoc], None] | None = None) -> SweepReport:
     """The folder's manifest and results; `rebuild` is applied to each result document first
     (`kvprobe report --margin`: the verdict again with other margins). A result standing in a
     cell's place that is not that cell's is refused in one line (kvprobe.sweep.results)."""
     manifest = load_manifest(folder)
     resume = f"kvprobe sweep --resume {folder}"
     found = read_cells(folder, manifest.cells, shown=True, resume=resume)
-    results: dict[str, dict[str, Any]] = {}
+    results: dict[str, ResultDoc] = {}
     problems: dict[str, Problem] = {}
     for cell, record in manifest.cells.items():
         got = found[cell]

@@ -5,7 +5,6 @@ manifest, and run the cells that are not finished with the chosen executor."""
 from __future__ import annotations
 
 import os
-import signal
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -17,14 +16,17 @@ from rich.table import Table
 from kvprobe.infra.display import plain
 from kvprobe.infra.errors import Interrupted, UserError
 from kvprobe.infra.paths import OutputLock, check_folder_writable
+from kvprobe.infra.signals import sigterm_as_interrupt
 from kvprobe.result.document import utc_now
 from kvprobe.run.pace import format_duration
 from kvprobe.sweep.cell_run import FAILED
 from kvprobe.sweep.cells import Cell, expand
 from kvprobe.sweep.jobs import CellJob
+from kvprobe.sweep.local import run_local
 from kvprobe.sweep.manifest import MANIFEST, CellRecord, Manifest, is_sweep_folder, load_manifest
 from kvprobe.sweep.preflight import Calibration, CellCheck, Headers, check_cells, memory_bytes
 from kvprobe.sweep.progress import SweepProgress
+from kvprobe.sweep.ray_executor import run_ray
 from kvprobe.sweep.results import read_cells, result_state
 from kvprobe.sweep.spec import SweepSpec
 
@@ -216,23 +218,19 @@ def _run_locked(
         )
         for c in todo
     ]
-    previous = signal.signal(signal.SIGTERM, _as_interrupt)
     try:
-        if options.executor == "ray":
-            from kvprobe.sweep.ray_executor import run_ray
-
-            run_ray(
-                jobs,
-                progress,
-                folder,
-                address=options.address,
-                retries=options.retries,
-                gpus_per_cell=options.gpus_per_cell,
-            )
-        else:
-            from kvprobe.sweep.local import run_local
-
-            run_local(jobs, progress)
+        with sigterm_as_interrupt():  # a scheduler's stop ends the sweep as Ctrl-C does
+            if options.executor == "ray":
+                run_ray(
+                    jobs,
+                    progress,
+                    folder,
+                    address=options.address,
+                    retries=options.retries,
+                    gpus_per_cell=options.gpus_per_cell,
+                )
+            else:
+                run_local(jobs, progress)
     except KeyboardInterrupt:
         manifest.save()
         counts = manifest.counts()
@@ -240,13 +238,7 @@ def _run_locked(
             f"interrupted; {counts['done']} of {len(checks)} cells done, the rest in {folder}: continue with "
             f"`kvprobe sweep --resume {folder}`"
         ) from None
-    finally:
-        signal.signal(signal.SIGTERM, previous)
     return _final(manifest, console)
-
-
-def _as_interrupt(signum: int, frame: object) -> None:  # SIGTERM (a scheduler's stop) as Ctrl-C
-    raise KeyboardInterrupt
 
 
 def _shape(spec: SweepSpec) -> str:

@@ -5,13 +5,18 @@ model's numbers under another's name; the report and --resume refuse it in one l
 
 from __future__ import annotations
 
+import argparse
 import functools
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from kvprobe.api.result import ModelInfo, Models, ResultDoc
 from kvprobe.infra.errors import UserError
+from kvprobe.plan.scenario import bundled_scenarios, load_scenario
+from kvprobe.run.options import run_parser
+from kvprobe.run.validate import parse_configs
 
 
 @dataclass(frozen=True)
@@ -26,16 +31,12 @@ class Asked:
 
 
 @functools.cache
-def _run_parser() -> Any:
-    from kvprobe.cli.run import run_parser
-
+def _run_parser() -> argparse.ArgumentParser:
     return run_parser()  # built once: a sweep of thousands of cells reads each cell's words
 
 
 def asked(argv: list[str]) -> Asked:
     """The cell's words read as `kvprobe run` reads them."""
-    from kvprobe.run.validate import parse_configs
-
     args = _run_parser().parse_args(["run", *argv])
     configs, _ = parse_configs(args)
     fmt = None if args.prompt_format in (None, "auto") else args.prompt_format
@@ -61,8 +62,6 @@ def _default_sha256() -> str | None:
 @functools.cache
 def _scenario_name(scenario: str) -> str | None:
     """The name a run of `scenario` records (a file's own `name`); None where it cannot be read now."""
-    from kvprobe.plan.scenario import bundled_scenarios, load_scenario
-
     if scenario in bundled_scenarios():
         return scenario
     try:
@@ -71,14 +70,14 @@ def _scenario_name(scenario: str) -> str | None:
         return None
 
 
-def _models(doc: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+def _models(doc: ResultDoc | Mapping[str, Any]) -> list[ModelInfo | Mapping[str, Any]]:
     pair = doc.get("models")
-    if isinstance(pair, Mapping):
+    if isinstance(pair, Mapping | Models):  # a typed document's is a record, not a Mapping
         return [pair.get("ref") or {}, pair.get("test") or {}]
     return [doc.get("model") or {}]
 
 
-def mismatch(cell: Asked, doc: Mapping[str, Any]) -> str | None:
+def mismatch(cell: Asked, doc: ResultDoc | Mapping[str, Any]) -> str | None:
     """How a validated result document differs from what the cell asked, in words; None when
     it is the cell's."""
     models = _models(doc)
@@ -106,6 +105,6 @@ def mismatch(cell: Asked, doc: Mapping[str, Any]) -> str | None:
     return None
 
 
-def model_sha256(doc: Mapping[str, Any]) -> list[tuple[str, str]]:
+def model_sha256(doc: ResultDoc | Mapping[str, Any]) -> list[tuple[str, str]]:
     """(path, sha256) of each model a result measured: one path must be one file in a sweep."""
     return [(str(m.get("path")), str(m.get("sha256"))) for m in _models(doc)]

@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from kvprobe.api.result import ResultDoc
 from kvprobe.stats.decision import frontier
 
 # Decisions from best to worst, as the heatmap colours them (the reference is its own colour).
@@ -54,7 +55,7 @@ def varied_axes(records: Mapping[str, Any]) -> set[str]:
     return out
 
 
-def cell_rows(cell: str, model: str, doc: dict[str, Any]) -> list[SweepRow]:
+def cell_rows(cell: str, model: str, doc: ResultDoc) -> list[SweepRow]:
     """One finished cell's rows: its frontier (the reference and the configurations on the
     reference's weights), with the configuration it recommends marked."""
     verdict = doc.get("verdict") or {}
@@ -80,7 +81,7 @@ def cell_rows(cell: str, model: str, doc: dict[str, Any]) -> list[SweepRow]:
 
 
 def merge(
-    records: Mapping[str, Any], results: Mapping[str, dict[str, Any]], problems: Mapping[str, Problem]
+    records: Mapping[str, Any], results: Mapping[str, ResultDoc], problems: Mapping[str, Problem]
 ) -> tuple[list[SweepRow], list[Problem]]:
     """Every cell's rows in the manifest's order; the cells without a result, with why."""
     varied = varied_axes(records)

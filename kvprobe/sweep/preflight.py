@@ -14,10 +14,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kvprobe.api.cache_types import CacheConfig, check_flash_attn
 from kvprobe.infra.errors import UserError
+from kvprobe.run.options import run_parser
 from kvprobe.run.pace import StepShape
+from kvprobe.run.validate import (
+    check_numbers,
+    check_probes,
+    check_until_decided,
+    memory_need,
+    parse_configs,
+    parse_margins,
+    run_models,
+    run_scenario,
+)
 from kvprobe.sweep.cells import Cell
 from kvprobe.sweep.spec import SweepSpec
+from kvprobe.weights.doctor import read_facts
 
 # Seconds per depth-weighted token per byte of weights, on 2 threads with an f16 cache
 # (measured on the default model and the instruct model on 2 cores: `kvprobe sweep --dry-run`
@@ -71,18 +84,6 @@ def _cache_cost(t: str) -> float:
 def check_cell(cell: Cell, spec: SweepSpec, sweep_dir: Path) -> CellCheck:
     """The cell's `kvprobe run` words through run's own parser and checks (none reads a model);
     a one-line UserError naming the cell otherwise."""
-    from kvprobe.api.cache_types import check_flash_attn
-    from kvprobe.cli.run import run_parser
-    from kvprobe.run.validate import (
-        check_numbers,
-        check_probes,
-        check_until_decided,
-        parse_configs,
-        parse_margins,
-        run_models,
-        run_scenario,
-    )
-
     argv = cell.argv(spec, sweep_dir)
     try:
         args = run_parser().parse_args(["run", *argv])
@@ -124,8 +125,6 @@ class Headers:
 
     def get(self, path: Path) -> dict[str, Any]:
         if path not in self.facts:
-            from kvprobe.weights.doctor import read_facts
-
             try:
                 self.facts[path] = read_facts(path)
             except UserError as exc:
@@ -139,9 +138,6 @@ class Headers:
 def memory_bytes(check: CellCheck, headers: Headers) -> int:
     """The cell's peak memory with every context at once, as `kvprobe run` estimates it (host
     memory; weights and caches go to the GPU where layers are offloaded)."""
-    from kvprobe.api.cache_types import CacheConfig
-    from kvprobe.run.validate import memory_need
-
     facts = [headers.get(p) for p in check.model_paths]
     need, _, _ = memory_need(
         facts,

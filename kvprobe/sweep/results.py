@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from kvprobe.api.result import ResultDoc
 from kvprobe.infra.errors import UserError
 from kvprobe.infra.paths import read_input_text
 from kvprobe.result.journal import journal_path
@@ -86,7 +87,7 @@ class Found:
     the file in its place is not a result (UNREADABLE)."""
 
     state: str
-    doc: dict[str, Any] | None = None
+    doc: ResultDoc | None = None
     why: str = ""
 
 

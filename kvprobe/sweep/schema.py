@@ -16,12 +16,12 @@ import sys
 from typing import Any
 
 from kvprobe.api.cache_types import GGML_TYPE_IDS
-from kvprobe.cli.options import MAX_CTX, MIN_CTX
 from kvprobe.plan.chat import PROMPT_FORMATS
 from kvprobe.result.blocks import (
     Schema,
     checker,
     describe,
+    first_error,
     flag,
     integer,
     listing,
@@ -33,6 +33,7 @@ from kvprobe.result.blocks import (
     text,
     where,
 )
+from kvprobe.run.options import MAX_CTX, MIN_CTX
 from kvprobe.run.validate import MAX_GPU_LAYERS, MAX_MARGIN, MAX_SEED, MAX_THREADS
 from kvprobe.sweep.cells import MAX_CELLS
 from kvprobe.sweep.spec import MAX_AXIS
@@ -156,7 +157,7 @@ def _validator() -> Any:
 def manifest_problem(data: Any) -> str | None:
     """The first value of a parsed sweep.json the schema refuses, in words naming its JSON
     path ("cells.tiny_q8_0_512.seconds must be a number or null, not a string"); None if valid."""
-    error = next(iter(_validator().iter_errors(data)), None)
+    error = first_error(_validator(), data)
     if error is None:
         return None
     at = where(list(error.absolute_path)) or "the manifest"

@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import tomllib
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 from kvprobe.api.cache_types import check_cache_type
-from kvprobe.infra.errors import UserError, did_you_mean
+from kvprobe.api.scenario import PromptFormat
+from kvprobe.infra.errors import UserError
 from kvprobe.infra.paths import input_file, read_input_text
-from kvprobe.plan.chat import PROMPT_FORMATS
+from kvprobe.infra.toml_check import Where, read_table
+from kvprobe.plan.scenario import bundled_scenarios, load_scenario
+from kvprobe.run.options import MAX_CTX, MIN_CTX
 
 MAX_SWEEP_BYTES = 1 << 20  # a sweep file is a page of TOML
 MAX_AXIS = 256  # values per axis: more is a generated file gone wrong, not a plan
@@ -134,14 +137,12 @@ class SweepSpec:
         )
 
 
-class _Where:
-    """Names the file (or the command line) and the key in every message."""
+@dataclass(frozen=True)
+class _Where(Where):
+    """Names the file (or the command line) and the key in every message; takes relative paths
+    from the sweep file's folder."""
 
-    def __init__(self, source: str, base: Path) -> None:
-        self.source, self.base = source, base
-
-    def bad(self, key: str, problem: str) -> UserError:
-        return UserError(f"sweep {self.source}: {key} {problem}")
+    base: Path
 
     def path(self, text: str) -> str:
         """A model or scenario file, relative to the sweep file's folder."""
@@ -149,59 +150,79 @@ class _Where:
         return str(p if p.is_absolute() else (self.base / p).absolute())
 
 
-def _type_name(value: Any) -> str:
-    return {
-        bool: "true/false",
-        int: "a whole number",
-        float: "a number",
-        str: "text",
-        list: "a list",
-        dict: "a table",
-    }.get(type(value), type(value).__name__)
+@dataclass(frozen=True)
+class ModelTable:
+    """A model given as a table: {path, name}, or {ref, test, name} for the 2x2 design."""
+
+    path: str | None = None
+    ref: str | None = None
+    test: str | None = None
+    name: str = field(default="", metadata={"chars": 100})
 
 
-def _axis(where: _Where, key: str, raw: Any) -> list[Any]:
-    """An axis: a non-empty list of at most MAX_AXIS values (a single value is a list of one)."""
-    values = raw if isinstance(raw, list) else [raw]
-    if not values:
-        raise where.bad(key, "is empty: give at least one value, or leave the key out for its default")
-    if len(values) > MAX_AXIS:
-        raise where.bad(key, f"has {len(values):,} values, more than {MAX_AXIS}: split the sweep")
-    return values
+# An axis: a non-empty list of at most MAX_AXIS values; a single value is a list of one.
+_AXIS = {"one_or_list": True, "items": (1, MAX_AXIS), "too_many": "split the sweep"}
 
 
-def _models(where: _Where, raw: Any) -> list[ModelChoice]:
+def _axis(**more: Any) -> Any:
+    return {**_AXIS, **more}
+
+
+@dataclass(frozen=True)
+class Exclusion:
+    """An [[exclude]] entry: axis values, by the cell's own word for each (EXCLUDE_KEYS)."""
+
+    model: str | None = None
+    caches: str | list[str] | None = None
+    split_kv: bool | None = None
+    ctx: int | None = None
+    scenario: str | None = None
+    format: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class SweepFile:
+    """A sweep file's keys as its TOML gives them, each checked by kvprobe.infra.toml_check;
+    `parse_sweep` then makes the paths absolute and checks what types cannot say."""
+
+    name: str | None = field(default=None, metadata={"chars": 100})  # None: the file's stem
+    models: list[str | ModelTable] = field(
+        default_factory=lambda: [DEFAULT_MODEL],
+        metadata=_axis(expects="a path, or a table with path or ref/test"),
+    )
+    caches: list[str | list[str]] = field(
+        metadata=_axis(
+            expects="a cache type or a list of them",
+            missing='name the cache types to compare, e.g. caches = ["q8_0", "q4_0"]',
+        )
+    )
+    split_kv: list[bool] = field(default_factory=lambda: [False], metadata=_AXIS)
+    contexts: list[int] = field(default_factory=lambda: [8192], metadata=_axis(bounds=(MIN_CTX, MAX_CTX)))
+    scenarios: list[str] = field(default_factory=lambda: ["default"], metadata=_AXIS)
+    formats: list[PromptFormat] = field(default_factory=lambda: ["auto"], metadata=_AXIS)
+    exclude: list[Exclusion] = field(default_factory=list)
+    run: RunOptions = RunOptions()
+
+
+RUN_TYPES = tuple(f.name for f in fields(RunOptions))  # the keys of [run]
+assert tuple(f.name for f in fields(Exclusion)) == EXCLUDE_KEYS
+
+
+def _models(where: _Where, given: list[str | ModelTable]) -> list[ModelChoice]:
     out: list[ModelChoice] = []
-    for i, value in enumerate(_axis(where, "models", raw)):
+    for i, value in enumerate(given):
         key = f"models[{i}]"
         if isinstance(value, str):
             out.append(_model(where, key, value))
-        elif isinstance(value, dict):
-            allowed = {"path", "ref", "test", "name"}
-            unknown = sorted(set(value) - allowed)
-            if unknown:
-                raise where.bad(
-                    f"{key}.{unknown[0]}",
-                    f"is unknown{did_you_mean(unknown[0], allowed)} "
-                    "(a model is a path, {path, name} or {ref, test, name})",
-                )
-            name = value.get("name", "")
-            if not isinstance(name, str) or len(name) > 100:
-                raise where.bad(f"{key}.name", "must be text of at most 100 characters")
-            if "ref" in value or "test" in value:
-                if "path" in value or not ("ref" in value and "test" in value):
-                    raise where.bad(key, "takes either path, or ref and test together (the 2x2 design)")
-                ref, test = (
-                    _model(where, f"{key}.ref", value["ref"]),
-                    _model(where, f"{key}.test", value["test"]),
-                )
-                out.append(ModelChoice(ref.path, test.path, name))
-            elif "path" in value:
-                out.append(ModelChoice(_model(where, f"{key}.path", value["path"]).path, None, name))
-            else:
-                raise where.bad(key, "names no model: give path, or ref and test")
+        elif value.ref is not None or value.test is not None:
+            if value.path is not None or value.ref is None or value.test is None:
+                raise where.bad(key, "takes either path, or ref and test together (the 2x2 design)")
+            ref, test = _model(where, f"{key}.ref", value.ref), _model(where, f"{key}.test", value.test)
+            out.append(ModelChoice(ref.path, test.path, value.name))
+        elif value.path is not None:
+            out.append(ModelChoice(_model(where, f"{key}.path", value.path).path, None, value.name))
         else:
-            raise where.bad(key, f"must be a path, or a table with path or ref/test, got {_type_name(value)}")
+            raise where.bad(key, "names no model: give path, or ref and test")
     labels = [m.label for m in out]
     for label in labels:
         if labels.count(label) > 1 and len({m for m in out if m.label == label}) > 1:
@@ -212,8 +233,8 @@ def _models(where: _Where, raw: Any) -> list[ModelChoice]:
     return out
 
 
-def _model(where: _Where, key: str, value: Any) -> ModelChoice:
-    if not isinstance(value, str) or not value.strip():
+def _model(where: _Where, key: str, value: str) -> ModelChoice:
+    if not value.strip():
         raise where.bad(key, f"must be the path of a GGUF file, got {value!r}")
     if value == DEFAULT_MODEL:
         return ModelChoice(DEFAULT_MODEL)
@@ -229,46 +250,23 @@ def _model(where: _Where, key: str, value: Any) -> ModelChoice:
     return ModelChoice(path)
 
 
-def _caches(where: _Where, raw: Any) -> list[tuple[str, ...]]:
+def _caches(where: _Where, given: list[str | list[str]], key: str = "caches") -> list[tuple[str, ...]]:
     out: list[tuple[str, ...]] = []
-    for i, value in enumerate(_axis(where, "caches", raw)):
+    for i, value in enumerate(given):
         members = value if isinstance(value, list) else [value]
-        if not members or not all(isinstance(m, str) for m in members):
-            raise where.bad(f"caches[{i}]", f"must be a cache type or a list of them, got {value!r}")
+        if not members:
+            raise where.bad(f"{key}[{i}]", "is empty: give a cache type or a list of them")
         try:
-            types = tuple(dict.fromkeys(check_cache_type(m) for m in members))
+            out.append(tuple(dict.fromkeys(check_cache_type(m) for m in members)))
         except UserError as exc:
-            raise where.bad(f"caches[{i}]", f"names {exc}") from None
-        out.append(types)
+            raise where.bad(f"{key}[{i}]", f"names {exc}") from None
     return out
 
 
-def _typed(where: _Where, key: str, raw: Any, kind: type, check: Any = None) -> list[Any]:
-    values = _axis(where, key, raw)
-    for i, v in enumerate(values):
-        if type(v) is not kind:
-            raise where.bad(f"{key}[{i}]", f"must be {_type_name(kind())}, got {v!r}")
-        if check is not None:
-            check(f"{key}[{i}]", v)
-    return values
-
-
-def _contexts(where: _Where, raw: Any) -> list[int]:
-    from kvprobe.cli.options import MAX_CTX, MIN_CTX
-
-    def check(key: str, v: int) -> None:
-        if not MIN_CTX <= v <= MAX_CTX:
-            raise where.bad(key, f"must be from {MIN_CTX} to {MAX_CTX:,} tokens, got {v:,}")
-
-    return _typed(where, "contexts", raw, int, check)
-
-
-def _scenarios(where: _Where, raw: Any) -> list[str]:
-    from kvprobe.plan.scenario import bundled_scenarios, load_scenario
-
+def _scenarios(where: _Where, given: list[str]) -> list[str]:
     bundled = bundled_scenarios()
     out = []
-    for i, value in enumerate(_typed(where, "scenarios", raw, str)):
+    for i, value in enumerate(given):
         name = value if value in bundled else where.path(value)
         try:
             load_scenario(name)  # the whole file checked now, not when its cell starts
@@ -278,110 +276,55 @@ def _scenarios(where: _Where, raw: Any) -> list[str]:
     return out
 
 
-def _formats(where: _Where, raw: Any) -> list[str]:
-    def check(key: str, v: str) -> None:
-        if v not in PROMPT_FORMATS:
-            raise where.bad(key, f"must be one of {', '.join(PROMPT_FORMATS)}, got {v!r}")
-
-    return _typed(where, "formats", raw, str, check)
-
-
-RUN_TYPES: dict[str, tuple[type, ...]] = {
-    "threads": (int,),
-    "seed": (int,),
-    "gpu_layers": (int,),
-    "until_decided": (bool,),
-    "baseline": (str,),
-    "max_contexts": (int,),
-    "margins": (dict,),
-    "no_repack": (bool,),
-    "no_flash_attn": (bool,),
-    "no_rotation": (bool,),
-    "html": (bool,),
-}
-
-
-def run_options(where: _Where, raw: Any, base: RunOptions | None = None) -> RunOptions:
-    """[run]: each key of RunOptions, typed; its values are checked by `kvprobe run`'s own
-    validation when the cells are planned."""
-    if not isinstance(raw, dict):
-        raise where.bad("run", "must be a table of kvprobe run options")
-    values: dict[str, Any] = {}
-    for key, value in raw.items():
-        if key not in RUN_TYPES:
-            raise where.bad(
-                f"run.{key}", f"is unknown{did_you_mean(key, RUN_TYPES)} (allowed: {', '.join(RUN_TYPES)})"
-            )
-        if type(value) not in RUN_TYPES[key]:
-            raise where.bad(f"run.{key}", f"must be {_type_name(RUN_TYPES[key][0]())}, got {value!r}")
-        values[key] = value
-    margins = values.get("margins", {})
-    for metric, value in margins.items():
-        if type(value) not in (int, float):
-            raise where.bad(f"run.margins.{metric}", f"must be a number, got {value!r}")
-    if margins:
-        values["margins"] = {k: float(v) for k, v in margins.items()}
-    start = asdict(base or RunOptions())
-    return RunOptions(**{**start, **values})
+def _margins_as_floats(options: RunOptions) -> RunOptions:
+    """[run]'s values are checked by `kvprobe run`'s own validation when the cells are planned;
+    a margin written as a whole number is the same margin."""
+    return replace(options, margins={k: float(v) for k, v in options.margins.items()})
 
 
 def override_run(base: RunOptions, given: dict[str, Any], source: str) -> RunOptions:
     """`base` with the `given` options (the command line's over a sweep file's [run])."""
-    return run_options(_Where(source, Path.cwd()), given, base)
+    return _margins_as_floats(
+        read_table(RunOptions, given, _Where(f"sweep {source}", Path.cwd()), "run", base)
+    )
 
 
-def _exclude(where: _Where, raw: Any) -> list[dict[str, Any]]:
-    if not isinstance(raw, list):
-        raise where.bad("exclude", "must be a list of tables ([[exclude]] entries)")
+def _exclude(where: _Where, raw: list[Any], given: list[Exclusion]) -> list[dict[str, Any]]:
+    """Each entry as the axis values it names, in its own order (`raw`: the entries as written)."""
     out = []
-    for i, entry in enumerate(raw):
-        key = f"exclude[{i}]"
-        if not isinstance(entry, dict) or not entry:
-            raise where.bad(key, f"must be a table naming axis values ({', '.join(EXCLUDE_KEYS)})")
-        for name in entry:
-            if name not in EXCLUDE_KEYS:
-                raise where.bad(
-                    f"{key}.{name}",
-                    f"is unknown{did_you_mean(name, EXCLUDE_KEYS)} (allowed: {', '.join(EXCLUDE_KEYS)})",
-                )
-        clean = dict(entry)
+    for i, (entry, parsed) in enumerate(zip(raw, given, strict=True)):
+        if not entry:
+            raise where.bad(
+                f"exclude[{i}]", f"must be a table naming axis values ({', '.join(EXCLUDE_KEYS)})"
+            )
+        clean = {key: getattr(parsed, key) for key in entry}
         if "caches" in clean:
-            clean["caches"] = list(_caches(where, [clean["caches"]])[0])
-        if "scenario" in clean and isinstance(clean["scenario"], str):
-            from kvprobe.plan.scenario import bundled_scenarios
-
-            if clean["scenario"] not in bundled_scenarios():
-                clean["scenario"] = where.path(clean["scenario"])
+            clean["caches"] = list(_caches(where, [clean["caches"]], f"exclude[{i}].caches")[0])
+        if "scenario" in clean and clean["scenario"] not in bundled_scenarios():
+            clean["scenario"] = where.path(clean["scenario"])
         out.append(clean)
     return out
 
 
-TOP_KEYS = ("name", *AXES, "exclude", "run")
-
-
 def parse_sweep(data: Mapping[str, Any], source: str, base: Path) -> SweepSpec:
     """A SweepSpec from parsed TOML; every key checked."""
-    where = _Where(source, base)
-    for key in data:
-        if key not in TOP_KEYS:
-            raise where.bad(key, f"is unknown{did_you_mean(key, TOP_KEYS)} (allowed: {', '.join(TOP_KEYS)})")
-    if "caches" not in data:
-        raise where.bad(
-            "caches", 'is missing: name the cache types to compare, e.g. caches = ["q8_0", "q4_0"]'
-        )
-    name = data.get("name", Path(source).stem if source.endswith(".toml") else "sweep")
-    if not isinstance(name, str) or not name.strip() or len(name) > 100:
+    where = _Where(f"sweep {source}", base)
+    given = read_table(SweepFile, dict(data), where)
+    name = (
+        given.name if given.name is not None else (Path(source).stem if source.endswith(".toml") else "sweep")
+    )
+    if not name.strip():
         raise where.bad("name", "must be text of 1 to 100 characters")
     return SweepSpec(
         name=name,
-        models=_models(where, data.get("models", [DEFAULT_MODEL])),
-        caches=_caches(where, data["caches"]),
-        split_kv=_typed(where, "split_kv", data.get("split_kv", [False]), bool),
-        contexts=_contexts(where, data.get("contexts", [8192])),
-        scenarios=_scenarios(where, data.get("scenarios", ["default"])),
-        formats=_formats(where, data.get("formats", ["auto"])),
-        exclude=_exclude(where, data.get("exclude", [])),
-        run=run_options(where, data.get("run", {})),
+        models=_models(where, given.models),
+        caches=_caches(where, given.caches),
+        split_kv=given.split_kv,
+        contexts=given.contexts,
+        scenarios=_scenarios(where, given.scenarios),
+        formats=list(given.formats),
+        exclude=_exclude(where, data.get("exclude", []), given.exclude),
+        run=_margins_as_floats(given.run),
         source=source,
     )
 
@@ -407,7 +350,7 @@ def from_command_line(axes: Mapping[str, str | None], split_kv: bool, run: RunOp
     """The short form: `--model a.gguf,b.gguf --cache q8_0,q4_0 --ctx 4096,8192`. A comma
     separates cells; a `+` joins what one cell runs together (`--cache q8_0+q4_0`: both against
     one reference; `--model REF.gguf+TEST.gguf`: the 2x2 design)."""
-    where = _Where("(command line)", Path.cwd())
+    where = _Where("sweep (command line)", Path.cwd())
     data: dict[str, Any] = {}
     option = {
         "models": "--model",

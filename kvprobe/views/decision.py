@@ -1,5 +1,5 @@
 """The decision, shown: the recommendation, the frontier of quality, memory and speed (a
-terminal table, an HTML table and a figure) and the rules of thumb checked. Reads only the
+terminal table, the page's parts and a figure) and the rules of thumb checked. Reads only the
 result document's `verdict`."""
 
 from __future__ import annotations
@@ -9,7 +9,9 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from kvprobe.infra.display import html_text, plain
+from kvprobe.api.record import JsonObject
+from kvprobe.api.result import ResultDoc
+from kvprobe.infra.display import plain
 from kvprobe.stats.decision import frontier, speed_sentence
 from kvprobe.views.figures import Point, Scatter
 
@@ -28,14 +30,14 @@ def _speed(row: dict[str, Any]) -> str:
     return f"{row['prefill_tokens_per_s']:,.0f} ({lo:,}-{hi:,}{logits})"
 
 
-def _rows(result: dict[str, Any]) -> list[dict[str, Any]]:
+def _rows(result: ResultDoc | JsonObject) -> list[dict[str, Any]]:
     verdict = result.get("verdict") or {}
     if not verdict.get("configs") or not verdict.get("recommendation"):
         return []
     return frontier(result, verdict)
 
 
-def frontier_cells(result: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+def frontier_cells(result: ResultDoc | JsonObject) -> tuple[list[str], list[list[str]]]:
     """The frontier table as plain text cells: header and rows."""
     rows = _rows(result)
     ctx = result["run"]["ctx"]
@@ -68,7 +70,7 @@ def frontier_cells(result: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     return header, cells
 
 
-def stopped_early_line(result: dict[str, Any]) -> str | None:
+def stopped_early_line(result: ResultDoc) -> str | None:
     """--until-decided in one line: the design, and each configuration stopped once decided."""
     early = (result.get("verdict") or {}).get("until_decided")
     if not early:
@@ -92,7 +94,7 @@ def stopped_early_line(result: dict[str, Any]) -> str | None:
     return f"Stopped early, once decided ({design}): {'; '.join(parts)}{saved}.{rest}"
 
 
-def print_decision(result: dict[str, Any], console: Console) -> None:
+def print_decision(result: ResultDoc, console: Console) -> None:
     """The recommendation, then the frontier table."""
     verdict = result.get("verdict") or {}
     rec = verdict.get("recommendation")
@@ -100,7 +102,7 @@ def print_decision(result: dict[str, Any], console: Console) -> None:
         return
     console.print("[bold]Recommendation[/]")
     console.print(f"  {rec['sentence']}", markup=False, highlight=False)
-    if speed := speed_sentence(result, _rows(result)):
+    if speed := speed_line(result):
         console.print(f"  {speed}", markup=False, highlight=False)
     if early := stopped_early_line(result):
         console.print(f"  {early}", markup=False, highlight=False)
@@ -118,7 +120,7 @@ def print_decision(result: dict[str, Any], console: Console) -> None:
     console.print(table)
 
 
-def print_folklore(result: dict[str, Any], console: Console) -> None:
+def print_folklore(result: ResultDoc, console: Console) -> None:
     lines = (result.get("verdict") or {}).get("folklore") or []
     if not lines:
         return
@@ -127,37 +129,12 @@ def print_folklore(result: dict[str, Any], console: Console) -> None:
         console.print(f"  • {f['rule']}: {f['finding']} ({f['evidence']})", markup=False, highlight=False)
 
 
-def decision_html(result: dict[str, Any]) -> str:
-    """The recommendation, the frontier table and the rules of thumb as HTML."""
-    verdict = result.get("verdict") or {}
-    rec = verdict.get("recommendation")
-    if not rec:
-        return ""
-    e = html_text
-    header, cells = frontier_cells(result)
-    speed = speed_sentence(result, _rows(result))
-    early = stopped_early_line(result)
-    table = (
-        "<table><tr>"
-        + "".join(f"<th>{e(h)}</th>" for h in header)
-        + "</tr>"
-        + "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>" for row in cells)
-        + "</table>"
-    )
-    folklore = "".join(
-        f"<li><b>{e(f['rule'])}</b>: {e(f['finding'])} ({e(f['evidence'])})</li>"
-        for f in verdict.get("folklore") or []
-    )
-    return (
-        f"<h2>Recommendation</h2><p class='recommendation'>{e(rec['sentence'])}</p>"
-        + (f"<p>{e(speed)}</p>" if speed else "")
-        + (f"<p class='stopped'>{e(early)}</p>" if early else "")
-        + f"<h3>Quality, memory and speed</h3>{table}"
-        + (f"<h3>Rules of thumb, checked on this model</h3><ul>{folklore}</ul>" if folklore else "")
-    )
+def speed_line(result: ResultDoc) -> str | None:
+    """The recommendation's prefill speed in one sentence, where it was measured."""
+    return speed_sentence(result, _rows(result))
 
 
-def frontier_figure(result: dict[str, Any]) -> Scatter | None:
+def frontier_figure(result: ResultDoc) -> Scatter | None:
     """KV memory at the run's context against mean KL from the reference, one point per
     configuration, coloured by its equivalence status, with its prefill speed beside it."""
     verdict = result.get("verdict") or {}

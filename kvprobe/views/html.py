@@ -1,45 +1,56 @@
 """One self-contained HTML page for saved results: the verdict first, then a section per probe
-with its figures (SVG, inline as data URIs), then the provenance. No scripts, no network: the
-page opens from a file, a mail attachment or a CI artifact the same way."""
+with its figures (SVG, inline as data URIs), then the provenance; and `kvprobe compare --html`'s
+page, old and new on the same axes. No scripts, no network: the page opens from a file, a mail
+attachment or a CI artifact the same way.
+
+The pages come from Jinja2 templates (kvprobe/views/templates/, kvprobe.views.layout). The few
+functions at the top are the only ones here that read the result document; they fill the typed
+views below, which are all the templates see."""
 
 from __future__ import annotations
 
-import base64
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from kvprobe.api import all_probes
-from kvprobe.infra.display import html_text
+from kvprobe.api.result import ResultDoc
 from kvprobe.plan.prompt import describe
-from kvprobe.views.decision import decision_html, frontier_figure
-from kvprobe.views.figures import Figure, LineFigure, render
-from kvprobe.views.probes import probe_table_html
+from kvprobe.views.decision import frontier_cells, frontier_figure, speed_line, stopped_early_line
+from kvprobe.views.figures import Figure, LineFigure
+from kvprobe.views.layout import Picture, Table, draw, render_page
+from kvprobe.views.probes import HEADER as PROBES_HEADER
+from kvprobe.views.probes import probe_cells
+from kvprobe.views.probes import title as probes_title
 from kvprobe.views.terminal import matrix_rows
 
-STYLE = """
-body { font-family: system-ui, sans-serif; max-width: 980px; margin: 2em auto; padding: 0 1em; color: #222; }
-h1 { font-size: 1.5em; } h2 { font-size: 1.2em; margin-top: 2em; border-bottom: 1px solid #ccc; }
-.verdict li { margin: .4em 0; } img { max-width: 100%; display: block; margin: 1em 0; }
-table { border-collapse: collapse; font-size: .85em; max-width: 100%; }
-td, th { border: 1px solid #ddd; padding: 2px 6px; overflow-wrap: anywhere; } /* paths wrap */
-th { background: #f4f4f4; text-align: left; } .note { font-size: .9em; white-space: pre-wrap; }
-.partial { background: #fff3cd; padding: .5em; }
-"""
+# --- what the pages read of a result document -------------------------------------------------
 
 
-_e = html_text  # every value on the page is untrusted text from a file
+def _partial(result: ResultDoc) -> Partial | None:
+    if result.get("complete") is not False:
+        return None
+    return Partial(str(result.get("stopped")), len(result.get("missing") or []))
 
 
-def _img(figure: Figure) -> str:
-    data = base64.b64encode(render(figure, "svg")).decode("ascii")
-    return f'<img alt="{_e(figure.title)}" src="data:image/svg+xml;base64,{data}">'
+def _sentences(result: ResultDoc) -> list[str]:
+    return [str(s) for s in (result.get("verdict") or {}).get("sentences") or []]
 
 
-def _table(rows: Sequence[tuple[str, Any]]) -> str:
-    return "<table>" + "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in rows) + "</table>"
+def _decision(result: ResultDoc) -> Decision | None:
+    """The recommendation, its speed and early-stop lines, the frontier table, the rules of thumb."""
+    verdict = result.get("verdict") or {}
+    rec = verdict.get("recommendation")
+    if not rec:
+        return None
+    header, cells = frontier_cells(result)
+    folklore = [Rule(f["rule"], f["finding"], f["evidence"]) for f in verdict.get("folklore") or []]
+    return Decision(
+        rec["sentence"], speed_line(result), stopped_early_line(result), Table(header, cells), folklore
+    )
 
 
-def provenance(result: dict[str, Any]) -> str:
+def _provenance(result: ResultDoc) -> list[tuple[str, str]]:
     """Model, runtime, what took effect, host and timing."""
     model, rt, host, timing = (
         result["model"],
@@ -47,20 +58,15 @@ def provenance(result: dict[str, Any]) -> str:
         result.get("host") or {},
         result["timing"],
     )
-    general = [
+    scenario, run = result["scenario"], result["run"]
+    rows: list[tuple[str, object]] = [
         ("command", result.get("command", "")),
         ("created", result.get("created", "")),
         ("kvprobe", result.get("kvprobe_version", "")),
         ("model", f"{model.get('name')} ({model.get('path')})"),
         ("model sha256", model.get("sha256")),
-        (
-            "scenario",
-            f"{result['scenario'].get('name')} (sha256 {result['scenario'].get('sha256', '')[:16]}…)",
-        ),
-        (
-            "seed, --ctx, mode",
-            f"{result['run']['seed']}, {result['run']['ctx']:,}, {result['run'].get('mode')}",
-        ),
+        ("scenario", f"{scenario.get('name')} (sha256 {scenario.get('sha256', '')[:16]}…)"),
+        ("seed, --ctx, mode", f"{run['seed']}, {run['ctx']:,}, {run.get('mode')}"),
         ("prompt format", describe(result.get("prompt") or {})),
         ("llama-cpp-python", rt.get("llama_cpp_python")),
         ("llama.cpp build", rt.get("llama_cpp_build")),
@@ -75,89 +81,146 @@ def provenance(result: dict[str, Any]) -> str:
         ("GPUs", ", ".join(str(g.get("name")) for g in host.get("gpus") or []) or "none"),
         ("time", f"{timing.get('wall_s', 0):.0f} s, {timing.get('tokens_evaluated', 0):,} tokens evaluated"),
     ]
-    applied = "".join(
-        f"<tr><td>{_e(c['id'])}</td><td>{_e(c.get('type_k'))}</td><td>{_e(c.get('type_v'))}</td>"
-        f"<td>{_e(c.get('flash_attn'))}</td><td>{_e(c.get('attn_rot_k'))}/{_e(c.get('attn_rot_v'))}</td></tr>"
+    return [(name, str(value)) for name, value in rows]
+
+
+def _applied(result: ResultDoc) -> Table:
+    """What llama.cpp reports it applied, per configuration."""
+    rows = [
+        [str(c["id"]), str(c.get("type_k")), str(c.get("type_v")), str(c.get("flash_attn")),
+         f"{c.get('attn_rot_k')}/{c.get('attn_rot_v')}"]
         for c in result["configs"]
-    )
-    return (
-        _table(general)
-        + "<p>What llama.cpp reports it applied, per configuration:</p><table><tr><th>config</th><th>K</th>"
-        + "<th>V</th><th>flash attention</th><th>rotation K/V</th></tr>"
-        + applied
-        + "</table>"
-    )
+    ]  # fmt: skip
+    return Table(["config", "K", "V", "flash attention", "rotation K/V"], rows)
 
 
-def result_sections(result: dict[str, Any]) -> str:
-    """The verdict, each probe's figures and notes, and the provenance of one result."""
-    parts = []
-    if result.get("complete") is False:
-        parts.append(
-            f'<p class="partial">Partial result ({_e(result.get("stopped"))}): '
-            f"{len(result.get('missing') or [])} units were not measured.</p>"
+def _comparison(report: dict[str, Any]) -> tuple[str, Table]:
+    """The comparison's pairing, and its rows: old, new, difference with its interval, p, mark."""
+    rows = []
+    for r in report["rows"]:
+        config = (
+            r["config_old"]
+            if r["config_old"] == r["config_new"]
+            else f"{r['config_old']} → {r['config_new']}"
         )
-    parts.append(decision_html(result))
-    parts.append(probe_table_html(result))
-    if (figure := frontier_figure(result)) is not None:
-        parts.append(_img(figure))
-    sentences = (result.get("verdict") or {}).get("sentences") or []
-    if sentences:
-        parts.append(
-            "<h2>Verdict</h2><ul class='verdict'>" + "".join(f"<li>{_e(s)}</li>" for s in sentences) + "</ul>"
+        lo, hi = r.get("ci") or [float("nan"), float("nan")]
+        context = "all" if r.get("scope") == "pooled" else str(r["ctx"])
+        diff = f"{r['diff']:+.3g} [{lo:+.3g}, {hi:+.3g}]"
+        old, new = f"{r['old']:.4g}", f"{r['new']:.4g}"
+        rows.append(
+            [
+                f"{r['probe']} {r['metric']}",
+                str(config),
+                context,
+                old,
+                new,
+                diff,
+                f"{r['p']:.2g}",
+                str(r["mark"]),
+            ]
         )
+    header = ["metric", "config", "context", "old", "new", "difference [95% CI]", "p", "mark"]
+    return str(report["pairing"]), Table(header, rows)
+
+
+# --- the views the templates get -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Partial:
+    stopped: str  # why the run stopped
+    missing: int  # units not measured
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A rule of thumb from the source documents, checked on this model."""
+
+    rule: str
+    finding: str
+    evidence: str
+
+
+@dataclass(frozen=True)
+class Decision:
+    sentence: str
+    speed: str | None
+    stopped: str | None  # --until-decided: what stopped once decided
+    frontier: Table
+    folklore: list[Rule]
+
+
+@dataclass(frozen=True)
+class Section:
+    """A probe's figures and notes."""
+
+    probe: str
+    pictures: list[Picture]
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class ResultView:
+    """Everything the page shows of one result, in the page's order."""
+
+    name: str
+    partial: Partial | None
+    decision: Decision | None
+    probes_title: str
+    probes: Table | None  # the probes side by side, where there are two or more
+    frontier: Picture | None
+    sentences: list[str]
+    sections: list[Section]
+    provenance: list[tuple[str, str]]
+    applied: Table
+
+    def pictures(self) -> list[Picture]:
+        own = [self.frontier] if self.frontier is not None else []
+        return own + [p for s in self.sections for p in s.pictures]
+
+
+def result_view(name: str, result: ResultDoc) -> ResultView:
+    """One result's view: its figures made (as data), not yet drawn."""
+    cells = probe_cells(result)
+    sections = []
     for probe in all_probes():
         figures, notes = probe.figures(result), probe.notes(result)
         if figures or notes:
-            parts.append(f"<h2>{_e(probe.name)}</h2>")
-            parts += [_img(f) for f in figures]
-            parts += [f"<p class='note'>{_e(n)}</p>" for n in notes]
-    parts.append("<h2>Provenance</h2>" + provenance(result))
-    return "\n".join(parts)
-
-
-def _document(title: str, body: Sequence[str]) -> str:
-    """The page around its body: a title and the style sheet, nothing else."""
-    return (
-        "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
-        f"<title>{_e(title)}</title><style>{STYLE}</style></head><body>\n"
-        + "\n".join(body)
-        + "\n</body></html>\n"
+            sections.append(Section(probe.name, [Picture(f) for f in figures], [str(n) for n in notes]))
+    frontier = frontier_figure(result)
+    return ResultView(
+        name=name,
+        partial=_partial(result),
+        decision=_decision(result),
+        probes_title=probes_title(result) if cells else "",
+        probes=Table(PROBES_HEADER, cells) if cells else None,
+        frontier=Picture(frontier) if frontier is not None else None,
+        sentences=_sentences(result),
+        sections=sections,
+        provenance=_provenance(result),
+        applied=_applied(result),
     )
 
 
-def page(
-    results: Sequence[tuple[str, dict[str, Any]]], on_result: Callable[[int], None] | None = None
-) -> str:
+def page(results: Sequence[tuple[str, ResultDoc]], on_result: Callable[[int], None] | None = None) -> str:
     """The whole page for one result, or for several (each in turn, after a matrix).
     `on_result(i)` hears before result i's figures are drawn (progress)."""
-    title = "kvprobe: " + ", ".join(name for name, _ in results)
-    body = [f"<h1>{_e(title)}</h1>"]
-    if len(results) > 1:
-        body.append("<h2>Runs side by side</h2>" + matrix(results))
-    for i, (name, result) in enumerate(results):
+    views = [result_view(name, result) for name, result in results]
+    for i, view in enumerate(views):
         if on_result is not None:
             on_result(i)
-        if len(results) > 1:
-            body.append(f"<h1>{_e(name)}</h1>")
-        body.append(result_sections(result))
-    return _document(title, body)
-
-
-def matrix(results: Sequence[tuple[str, dict[str, Any]]]) -> str:
-    """Accuracy, answer log-prob and mean KL per (run, configuration, context)."""
-    head = "".join(f"<th>{_e(c)}</th>" for c in ("run", "model", "config", "context", "accuracy",
-                                                  "answer log-prob", "KL (10⁻³ nats)"))  # fmt: skip
-    rows = "".join(
-        "<tr>" + "".join(f"<td>{_e(c)}</td>" for c in row) + "</tr>" for row in matrix_rows(results)
+        draw(view.pictures())
+    header = ["run", "model", "config", "context", "accuracy", "answer log-prob", "KL (10⁻³ nats)"]
+    return render_page(
+        "report.html",
+        title="kvprobe: " + ", ".join(name for name, _ in results),
+        results=views,
+        matrix=Table(header, matrix_rows(list(results))) if len(results) > 1 else None,
     )
-    return f"<table><tr>{head}</tr>{rows}</table>"
 
 
 def merged(old: Figure, new: Figure) -> list[Figure]:
     """Old and new on the same axes (line figures); heatmaps one after the other."""
-    from dataclasses import replace
-
     if isinstance(old, LineFigure) and isinstance(new, LineFigure):
         series = [replace(s, label=f"old {s.label}") for s in old.series]
         series += [replace(s, label=f"new {s.label}", reference=False) for s in new.series]
@@ -167,39 +230,33 @@ def merged(old: Figure, new: Figure) -> list[Figure]:
     return [replace(old, title=f"old: {old.title}"), replace(new, title=f"new: {new.title}")]
 
 
-def comparison_page(old: tuple[str, dict[str, Any]], new: tuple[str, dict[str, Any]], rows: str) -> str:
+@dataclass(frozen=True)
+class Side:
+    """One side of a comparison: old or new, its file's name and its verdict."""
+
+    label: str
+    name: str
+    sentences: list[str]
+
+
+def comparison_page(old: tuple[str, ResultDoc], new: tuple[str, ResultDoc], report: dict[str, Any]) -> str:
     """`kvprobe compare OLD NEW --html`: both verdicts, the comparison's rows, and every figure
     with old and new on the same axes."""
-    title = f"kvprobe compare: {old[0]} → {new[0]}"
-    body = [f"<h1>{_e(title)}</h1>", rows]
-    for label, (name, result) in (("old", old), ("new", new)):
-        sentences = (result.get("verdict") or {}).get("sentences") or []
-        body.append(f"<h2>Verdict, {label} ({_e(name)})</h2><ul class='verdict'>"
-                    + "".join(f"<li>{_e(s)}</li>" for s in sentences) + "</ul>")  # fmt: skip
+    pairing, rows = _comparison(report)
+    sections = []
     for probe in all_probes():
         olds = {f.key: f for f in probe.figures(old[1])}
         news = {f.key: f for f in probe.figures(new[1])}
         keys = [k for k in news if k in olds]
         if keys:
-            body.append(f"<h2>{_e(probe.name)}</h2>")
-            body += [_img(f) for k in keys for f in merged(olds[k], news[k])]
-    return _document(title, body)
-
-
-def comparison_rows(report: dict[str, Any]) -> str:
-    """The comparison's rows as a table: old, new, difference with its interval, p, mark."""
-    columns = ("metric", "config", "context", "old", "new", "difference [95% CI]", "p", "mark")
-    head = "".join(f"<th>{c}</th>" for c in columns)
-    cells = []
-    for r in report["rows"]:
-        config = (
-            r["config_old"]
-            if r["config_old"] == r["config_new"]
-            else f"{r['config_old']} → {r['config_new']}"
-        )
-        ci = r.get("ci") or [float("nan"), float("nan")]
-        values = (f"{r['probe']} {r['metric']}", config, "all" if r.get("scope") == "pooled" else r["ctx"],
-                  f"{r['old']:.4g}", f"{r['new']:.4g}", f"{r['diff']:+.3g} [{ci[0]:+.3g}, {ci[1]:+.3g}]",
-                  f"{r['p']:.2g}", r["mark"])  # fmt: skip
-        cells.append("<tr>" + "".join(f"<td>{_e(v)}</td>" for v in values) + "</tr>")
-    return f"<p>{_e(report['pairing'])}</p><table><tr>{head}</tr>{''.join(cells)}</table>"
+            sections.append(Section(probe.name, [Picture(f) for k in keys for f in merged(olds[k], news[k])]))
+    return render_page(
+        "compare.html",
+        title=f"kvprobe compare: {old[0]} → {new[0]}",
+        pairing=pairing,
+        rows=rows,
+        sides=[
+            Side(label, name, _sentences(result)) for label, (name, result) in [("old", old), ("new", new)]
+        ],
+        sections=sections,
+    )

@@ -6,11 +6,11 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 from rich.console import Console
 
 from kvprobe.api import all_probes
+from kvprobe.api.result import ResultDoc
 from kvprobe.infra.display import SafeConsole
 from kvprobe.infra.paths import Output, check_outputs, write_atomically
 from kvprobe.views.decision import frontier_figure
@@ -46,13 +46,13 @@ def save_page(target: Path, text: str, console: Console) -> None:
     console.print(f"page: {target}", markup=False, highlight=False)
 
 
-def every_figure(result: dict[str, Any]) -> list[Figure]:
+def every_figure(result: ResultDoc) -> list[Figure]:
     """The figures of one result: the frontier, then each probe's."""
     found = [frontier_figure(result), *(f for probe in all_probes() for f in probe.figures(result))]
     return [f for f in found if f is not None]
 
 
-def png_figures(named: list[tuple[str, dict[str, Any]]]) -> list[Figure]:
+def png_figures(named: list[tuple[str, ResultDoc]]) -> list[Figure]:
     """The figures --png writes for these results: several results' each under its file's name,
     none overwriting another's."""
     return [
@@ -62,7 +62,7 @@ def png_figures(named: list[tuple[str, dict[str, Any]]]) -> list[Figure]:
     ]
 
 
-def progress(named: list[tuple[str, dict[str, Any]]], what: str) -> Callable[[int], None]:
+def progress(named: list[tuple[str, ResultDoc]], what: str) -> Callable[[int], None]:
     """A line on stderr as the figures of each of several results are drawn (about a second per
     figure): a report of many files says what it is doing."""
     err = SafeConsole(stderr=True)
@@ -77,7 +77,7 @@ def progress(named: list[tuple[str, dict[str, Any]]], what: str) -> Callable[[in
 
 
 def write_pictures(
-    named: list[tuple[str, dict[str, Any]]],
+    named: list[tuple[str, ResultDoc]],
     html_path: str | None,
     png_dir: str | None,
     console: Console,

@@ -9,7 +9,8 @@ from rich.console import Console
 from rich.table import Table
 
 from kvprobe.api import by_name
-from kvprobe.infra.display import html_text, plain
+from kvprobe.api.result import ResultDoc
+from kvprobe.infra.display import plain
 from kvprobe.stats.by_probe import probe_rows
 
 HEADER = [
@@ -29,7 +30,7 @@ def _ctx(value: int | None) -> str:
     return f"{value:,}" if value is not None else "none"
 
 
-def probe_cells(result: dict[str, Any]) -> list[list[str]]:
+def probe_cells(result: ResultDoc) -> list[list[str]]:
     rows = probe_rows(result)
     if len({r["probe"] for r in rows}) < 2:
         return []
@@ -52,7 +53,7 @@ def probe_cells(result: dict[str, Any]) -> list[list[str]]:
     return cells
 
 
-def title(result: dict[str, Any]) -> str:
+def title(result: ResultDoc) -> str:
     longest = max(result["run"]["checkpoints"], default=0)
     return (
         f"Probes side by side at {longest:,} tokens (paired against {result.get('baseline')}; effective "
@@ -61,7 +62,7 @@ def title(result: dict[str, Any]) -> str:
     )
 
 
-def print_probe_table(result: dict[str, Any], console: Console) -> None:
+def print_probe_table(result: ResultDoc, console: Console) -> None:
     cells = probe_cells(result)
     if not cells:
         return
@@ -71,17 +72,3 @@ def print_probe_table(result: dict[str, Any], console: Console) -> None:
     for row in cells:
         table.add_row(*(plain(c) for c in row))
     console.print(table)
-
-
-def probe_table_html(result: dict[str, Any]) -> str:
-    cells = probe_cells(result)
-    if not cells:
-        return ""
-    e = html_text
-    return (
-        f"<h2>Probes side by side</h2><p>{e(title(result))}</p><table><tr>"
-        + "".join(f"<th>{e(h)}</th>" for h in HEADER)
-        + "</tr>"
-        + "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>" for row in cells)
-        + "</table>"
-    )

@@ -3,19 +3,22 @@ probe supplies its own tables."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
 from kvprobe.api import MatrixColumn, all_probes
+from kvprobe.api.record import JsonObject
+from kvprobe.api.result import ResultDoc
 from kvprobe.infra.display import plain
 from kvprobe.plan.prompt import describe
 from kvprobe.views.decision import print_decision, print_folklore
 from kvprobe.views.probes import print_probe_table
 
 
-def print_run_report(result: dict[str, Any], console: Console) -> None:
+def print_run_report(result: ResultDoc, console: Console) -> None:
     """The recommendation and its frontier first, then each probe's tables, the cost, the
     warnings, the verdict and the rules of thumb."""
     console.print(f"prompt: {describe(result.get('prompt') or {})}", markup=False, highlight=False)
@@ -63,7 +66,7 @@ def matrix_columns() -> list[MatrixColumn]:
     return [c for p in all_probes() for c in p.matrix_columns()]
 
 
-def matrix_rows(results: list[tuple[str, dict[str, Any]]] | Any) -> list[list[str]]:
+def matrix_rows(results: Sequence[tuple[str, ResultDoc | JsonObject]]) -> list[list[str]]:
     """One row per (run, configuration, context) with the probes' columns (e.g. accuracy with its
     interval, mean answer log-prob, the mean KL of the position bin that ends there; "-" where a
     run has none)."""
@@ -81,7 +84,7 @@ def matrix_rows(results: list[tuple[str, dict[str, Any]]] | Any) -> list[list[st
     return rows
 
 
-def print_matrix(results: list[tuple[str, dict[str, Any]]], console: Console) -> None:
+def print_matrix(results: list[tuple[str, ResultDoc]], console: Console) -> None:
     columns = matrix_columns()
     table = Table(title=f"{len(results)} runs: {', '.join(c.title for c in columns)}")
     for col in [*MATRIX_LEAD, *(c.header for c in columns)]:

@@ -1,6 +1,6 @@
 """`kvprobe quantize`: weight variants of one model, made by llama.cpp's own quantizer, to
 measure the weights' share of the damage. Plans and checks everything before the first file is
-written; llama.cpp does the work (engine.quantize)."""
+written; llama.cpp does the work (kvprobe.engine.quantizer())."""
 
 from __future__ import annotations
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cli.test_cli import assert_one_line_error
+from tests.helpers import assert_one_line_error
 
 PLUGIN = '''
 """kvprobe-echo: a probe that teacher-forces one short answer at every checkpoint."""

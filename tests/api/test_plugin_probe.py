@@ -18,6 +18,7 @@ from kvprobe.api import (
     Metric,
     Probe,
     ProbeRun,
+    ResultDoc,
     Row,
     RunSetup,
     by_config_and_ctx,
@@ -34,7 +35,7 @@ if TYPE_CHECKING:
     from rich.console import RenderableType
 
     from kvprobe.api import Document
-    from kvprobe.engine import Context
+    from kvprobe.api.engine import Context
     from kvprobe.plan.scenario import Scenario
 
 
@@ -94,13 +95,13 @@ class EchoProbe(Probe):
     def start(self, setup: RunSetup) -> EchoRun:
         return EchoRun(setup)
 
-    def summary(self, result: dict[str, Any], seed: int, measured: Any) -> list[Row]:
+    def summary(self, result: ResultDoc, seed: int, measured: Any) -> list[Row]:
         return [
             rate_row("echo", "echo_hit", config, ctx, hits=sum(it["hit"] for it in group), n=len(group))
             for (config, ctx), group in by_config_and_ctx(result["items"], "echo")
         ]
 
-    def tables(self, result: dict[str, Any]) -> list[RenderableType]:
+    def tables(self, result: ResultDoc) -> list[RenderableType]:
         rows = [r for r in result["summary"] if r["probe"] == "echo"]
         if not rows:
             return []

@@ -14,9 +14,7 @@ from typing import Any
 import pytest
 
 from kvprobe.cli import COMMANDS
-from tests.cli.test_cli import assert_one_line_error, kvprobe
-from tests.gguf_files import BIG, Spec, write_gguf
-from tests.tiny_model import write_tiny_model
+from tests.helpers import BIG, Spec, assert_one_line_error, kvprobe, write_gguf, write_tiny_model
 
 
 @dataclass(frozen=True)
@@ -160,7 +158,7 @@ CASES: dict[str, tuple[Callable[[World], list[str]], tuple[str, ...]]] = {
     ),
     "scenario wrong type": (
         lambda w: _run(w, "--scenario", _scenario(w, '[plan]\ndocuments = "two"\n')),
-        ("plan.documents", "must be int"),
+        ("plan.documents", "must be a whole number"),
     ),
     "scenario zero": (
         lambda w: _run(w, "--scenario", _scenario(w, "[plan]\ndocuments = 0\n")),

@@ -3,33 +3,13 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
-
-def kvprobe(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "kvprobe", *args],
-        check=False,
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        timeout=600,
-    )
-
-
-def assert_one_line_error(proc: subprocess.CompletedProcess[str], *words: str) -> None:
-    assert proc.returncode == 2, proc.stderr
-    assert "Traceback" not in proc.stderr
-    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1, proc.stderr
-    for word in words:
-        assert word in lines[0]
+from tests.helpers import assert_one_line_error, kvprobe, write_tiny_imatrix, write_tiny_model
 
 
 def test_missing_model(tmp_path: Path) -> None:
@@ -289,7 +269,8 @@ def test_a_result_that_cannot_be_written_is_saved_elsewhere(tmp_path: Path) -> N
 def test_a_failing_statistic_loses_no_measurement() -> None:
     """The verdict once raised OverflowError after the run and no file was written: each
     statistic is now guarded and recorded, and the items stay."""
-    from kvprobe.result.document import add_statistics
+    from kvprobe.api.result import ResultDoc
+    from kvprobe.stats.statistics import add_statistics
 
     items = [
         {
@@ -303,18 +284,20 @@ def test_a_failing_statistic_loses_no_measurement() -> None:
         }
         for c in ("f16", "q4_0")
     ]
-    doc = {
-        **_minimal_result(),
-        "items": items,
-        "text_items": [],
-        "baseline": "f16",
-        "configs": [
-            {"id": "f16", "type_k": "f16", "type_v": "f16"},
-            {"id": "q4_0", "type_k": "q4_0", "type_v": "q4_0"},
-        ],
-        "run": {"seed": 0, "checkpoints": [1024], "ctx": 1024},
-        "divergence": None,
-    }
+    doc = ResultDoc.model_validate(
+        {
+            **_minimal_result(),
+            "items": items,
+            "text_items": [],
+            "baseline": "f16",
+            "configs": [
+                {"id": "f16", "type_k": "f16", "type_v": "f16"},
+                {"id": "q4_0", "type_k": "q4_0", "type_v": "q4_0"},
+            ],
+            "run": {"seed": 0, "checkpoints": [1024], "ctx": 1024, "mode": "onepass"},
+            "divergence": None,
+        }
+    )
     add_statistics(doc)
     assert doc["items"] == items
     statistics: Any = doc["statistics"]
@@ -462,28 +445,6 @@ def test_doctor_prints_report_and_json(tiny_model_path: Path) -> None:
     report = json.loads(proc.stdout)
     assert report["facts"]["file_type"] == "ALL_F32"
     assert {r["cache"] for r in report["kv_cache"]} == {"f16", "q8_0", "q4_0"}
-
-
-def write_tiny_imatrix(path: Path, model_path: Path) -> Path:
-    import gguf
-
-    reader = gguf.GGUFReader(str(model_path))
-    w = gguf.GGUFWriter(str(path), "imatrix")
-    w.add_string("general.type", "imatrix")
-    w.add_array("imatrix.datasets", ["tiny-calibration.txt"])
-    w.add_uint32("imatrix.chunk_count", 3)
-    w.add_uint32("imatrix.chunk_size", 64)
-    rng = np.random.default_rng(0)
-    for t in reader.tensors:
-        if t.name.startswith("blk.") and len(t.shape) == 2:
-            n_in = int(t.shape[0])  # ggml ne0: the input dimension
-            w.add_tensor(f"{t.name}.in_sum2", rng.random(n_in).astype(np.float32) * 30)
-            w.add_tensor(f"{t.name}.counts", np.array([30.0], dtype=np.float32))
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    return path
 
 
 def test_quantize_makes_variants_that_doctor_reads_and_run_uses(
@@ -679,8 +640,6 @@ def test_weights_vs_kv_runs_the_2x2_design(tmp_path: Path, tiny_model_path: Path
 
 
 def test_weights_vs_kv_refuses_different_tokenizers(tmp_path: Path, tiny_model_path: Path) -> None:
-    from tests.tiny_model import write_tiny_model
-
     other = write_tiny_model(tmp_path / "other.gguf", last_piece="\u2581zebra")
     proc = kvprobe(
         "run", "--model", str(tiny_model_path), "--model", str(other), "--cache", "q4_0",

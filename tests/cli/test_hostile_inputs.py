@@ -23,10 +23,10 @@ import pytest
 from kvprobe.infra.errors import UserError
 from kvprobe.infra.paths import fingerprint_input, read_input_bytes
 from kvprobe.result.journal import checksummed
-from tests.cli.test_cli import assert_one_line_error
-from tests.tiny_model import write_tiny_model
+from tests.helpers import assert_one_line_error, kvprobe, write_tiny_model
 
 HANG_S = 60  # a regression that hangs fails here instead of hanging the suite
+RUN_S = HANG_S * 5  # a run of SCENARIO on the tiny model, or a report of several results
 SCENARIO = """
 name = "hostile"
 probes = ["needle"]
@@ -49,22 +49,9 @@ CHATML = (
 )
 
 
-def kvprobe(
-    *args: str, stop: str | None = None, cwd: Path | None = None, env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    extra = {"KVPROBE_TEST_STOP_AFTER": stop} if stop else {}
-    return subprocess.run(
-        [sys.executable, "-m", "kvprobe", *args], check=False, capture_output=True, text=True, cwd=cwd,
-        env={**os.environ, **(env or {}), **extra}, timeout=HANG_S * 5,
-    )  # fmt: skip
-
-
 def quick(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """A command that must answer at once (a refusal, or a report): it may not hang."""
-    return subprocess.run(
-        [sys.executable, "-m", "kvprobe", *args], check=False, capture_output=True, text=True,
-        env={**os.environ, **(env or {})}, timeout=HANG_S,
-    )  # fmt: skip
+    return kvprobe(*args, env=env, timeout=HANG_S)
 
 
 @pytest.fixture(scope="module")
@@ -293,7 +280,7 @@ def test_a_model_changed_after_the_last_unit_writes_no_result_and_resumes_once_r
     assert not out.exists()
     assert journal_units(out) == [[0, 0], [1, 0]]
     shutil.copyfile(work["model"], model)  # put back: the same bytes, so the same model
-    resumed = kvprobe("run", "--resume", str(out))
+    resumed = kvprobe("run", "--resume", str(out), timeout=RUN_S)
     assert resumed.returncode == 0, resumed.stderr
     assert json.loads(out.read_text())["complete"] is True
 
@@ -316,20 +303,22 @@ def test_a_haystack_rewritten_before_resume_is_refused(work: dict[str, Path], tm
     haystack = tmp_path / "h.txt"
     haystack.write_text(HAYSTACK)
     out = tmp_path / "r.json"
-    killed = kvprobe(*run_args(work), "--haystack", str(haystack), "--out", str(out), stop="0,0:kill")
+    killed = kvprobe(
+        *run_args(work), "--haystack", str(haystack), "--out", str(out), stop="0,0:kill", timeout=RUN_S
+    )
     assert killed.returncode == -9
     haystack.write_text(HAYSTACK.replace("river", "road"))
-    proc = kvprobe("run", "--resume", str(out))
+    proc = kvprobe("run", "--resume", str(out), timeout=RUN_S)
     assert_one_line_error(proc, "journal of another request", "haystack_sha256")
     haystack.write_text(HAYSTACK)  # the text the run started with: it resumes
-    assert kvprobe("run", "--resume", str(out)).returncode == 0
+    assert kvprobe("run", "--resume", str(out), timeout=RUN_S).returncode == 0
 
 
 @pytest.fixture(scope="module")
 def killed_journal(work: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A run at --ctx 512 on the hostile scenario, killed after its first unit."""
     out = tmp_path_factory.mktemp("killed") / "r.json"
-    assert kvprobe(*run_args(work), "--out", str(out), stop="0,0:kill").returncode == -9
+    assert kvprobe(*run_args(work), "--out", str(out), stop="0,0:kill", timeout=RUN_S).returncode == -9
     return Path(str(out) + ".journal.jsonl")
 
 
@@ -356,9 +345,11 @@ def test_resume_takes_typed_options_that_agree_with_the_journal(
     work: dict[str, Path], tmp_path: Path
 ) -> None:
     out = tmp_path / "r.json"
-    assert kvprobe(*run_args(work), "--out", str(out), stop="0,0:kill").returncode == -9
+    assert kvprobe(*run_args(work), "--out", str(out), stop="0,0:kill", timeout=RUN_S).returncode == -9
     scenario = os.path.relpath(work["scenario"], tmp_path)  # the same file, named from elsewhere
-    proc = kvprobe("run", "--resume", str(out), "--ctx", "512", "--scenario", scenario, cwd=tmp_path)
+    proc = kvprobe(
+        "run", "--resume", str(out), "--ctx", "512", "--scenario", scenario, cwd=tmp_path, timeout=RUN_S
+    )
     assert proc.returncode == 0, proc.stderr
     assert json.loads(out.read_text())["complete"] is True
 
@@ -491,8 +482,9 @@ def test_a_report_of_several_results_says_what_it_is_drawing(tiny_quick_result: 
         copies.append(tmp_path / f"r{i}.json")
         shutil.copyfile(tiny_quick_result, copies[-1])
     proc = kvprobe(
-        "report", *map(str, copies), "--html", str(tmp_path / "p.html"), "--png", str(tmp_path / "png")
-    )
+        "report", *map(str, copies), "--html", str(tmp_path / "p.html"), "--png", str(tmp_path / "png"),
+        timeout=RUN_S,
+    )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     lines = [ln for ln in proc.stderr.splitlines() if "figures of" in ln]
     assert [ln.split("(")[-1] for ln in lines] == ["1 of 3)", "2 of 3)", "3 of 3)"] * 2

@@ -26,8 +26,7 @@ from typing import Any
 import pytest
 
 from kvprobe.result.journal import journal_path, read_journal
-from tests.cli.test_cli import assert_one_line_error, kvprobe
-from tests.run.test_resume import default_signals
+from tests.helpers import assert_one_line_error, default_signals, kvprobe
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "results" / "examples" / "quick-f16-q8_0-1024.json"

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from kvprobe.api.cache_types import CacheConfig
-from kvprobe.engine import ContextSettings, Model
+from kvprobe.api.engine import ContextSettings
+from kvprobe.engine.llamacpp.model import Model
 from kvprobe.plan.scenario import load_scenario
 from kvprobe.run.request import RunSettings
 from kvprobe.run.runner import Runner, run_probes
@@ -84,7 +85,8 @@ MEMORY_PROBE = (
     + """
 import sys
 from kvprobe.api.cache_types import CacheConfig
-from kvprobe.engine import ContextSettings, Model
+from kvprobe.api.engine import ContextSettings
+from kvprobe.engine.llamacpp.model import Model
 with Model(sys.argv[1], n_gpu_layers=0, n_threads=2, use_extra_bufts=sys.argv[2] == '1') as m:
     s = ContextSettings(n_ctx=8448, chunk=512, n_threads=2, flash_attn=True, attn_rotation=True, n_seq_max=5)
     with m.context(CacheConfig("f16", "f16"), s) as ctx:
@@ -122,7 +124,8 @@ DIVERGENCE_MEMORY_PROBE = (
     + """
 import sys
 from kvprobe.api.cache_types import CacheConfig
-from kvprobe.engine import ContextSettings, Model, feed_lockstep
+from kvprobe.api.engine import ContextSettings
+from kvprobe.engine.llamacpp.model import Model
 from kvprobe.probes.divergence.metrics import DivergenceRecorder
 with Model(sys.argv[1], n_gpu_layers=0, n_threads=2, use_extra_bufts=sys.argv[2] == '1') as m:
     s = ContextSettings(n_ctx=8448, chunk=512, n_threads=2, flash_attn=True, attn_rotation=True)
@@ -130,7 +133,7 @@ with Model(sys.argv[1], n_gpu_layers=0, n_threads=2, use_extra_bufts=sys.argv[2]
     doc = [m.bos or 2, *m.tokenize(text)][:2048]
     rec = DivergenceRecorder("f16")
     with m.context(CacheConfig("f16", "f16"), s) as a, m.context(CacheConfig("q4_0", "q4_0"), s) as b:
-        feed_lockstep([a, b], doc, lambda p, lg: rec.add_chunk(0, doc, p, {"f16": lg[0], "q4_0": lg[1]}))
+        m.feed_lockstep([a, b], doc, lambda p, lg: rec.add_chunk(0, doc, p, {"f16": lg[0], "q4_0": lg[1]}))
     assert len(rec.records[("q4_0", 0)].arrays()["kld"]) == 2047
 print(PEAK_RSS_BYTES())
 """
@@ -185,7 +188,7 @@ def test_doctor_on_default_model(default_model_path: Path) -> None:
 
 
 def test_kv_formula_matches_llama_cpp_on_sliding_window_model(gemma: Model, default_model_path: Path) -> None:
-    from kvprobe.engine import kv_buffers
+    from kvprobe.engine.llamacpp.tools import kv_buffers
     from kvprobe.weights.doctor import kv_cache_bytes, read_facts
 
     facts = read_facts(default_model_path)

@@ -1,14 +1,17 @@
-"""The engine on real llama.cpp with a tiny random-weight GGUF (fast plumbing checks)."""
+"""The llama.cpp engine on real llama.cpp with a tiny random-weight GGUF (fast plumbing checks)."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
 from kvprobe.api.cache_types import CacheConfig
-from kvprobe.engine import ContextSettings, Model, generate_forks
+from kvprobe.api.engine import ContextSettings
+from kvprobe.engine.llamacpp.forks import feed_lockstep, packs
+from kvprobe.engine.llamacpp.model import Model
 from kvprobe.infra.errors import EngineError
 
 CHUNK = 64
@@ -173,7 +176,7 @@ def test_single_fork_continuation_equals_fresh_generation(tiny_model: Model) -> 
     cache = CacheConfig("q4_0", "q4_0")
     with tiny_model.context(cache, settings()) as ctx:
         ctx.feed(doc)
-        (forked,) = generate_forks(ctx, [doc[:300]], 20)
+        (forked,) = ctx.generate_forks([doc[:300]], 20)
     assert forked == _single_fork_reference(tiny_model, cache, doc[:300], 20)
 
 
@@ -186,7 +189,7 @@ def test_parallel_forks_are_deterministic_and_leave_the_document(tiny_model: Mod
     for _ in range(2):
         with tiny_model.context(cache, s) as ctx:
             ctx.feed(doc[:384])
-            outs = generate_forks(ctx, [doc[:p] for p in (384, 300, 200, 100)], 24)
+            outs = ctx.generate_forks([doc[:p] for p in (384, 300, 200, 100)], 24)
             rest = ctx.feed_logits(doc[384:])
             runs.append((outs, rest))
     assert runs[0][0] == runs[1][0]
@@ -202,11 +205,10 @@ def test_too_many_forks_for_the_context(tiny_model: Model) -> None:
     with tiny_model.context(CacheConfig("f16", "f16"), settings()) as ctx:  # n_seq_max = 2
         ctx.feed(doc)
         with pytest.raises(EngineError):
-            generate_forks(ctx, [doc[:100], doc[:150]], 4)
+            ctx.generate_forks([doc[:100], doc[:150]], 4)
 
 
 def test_lockstep_streaming_equals_direct_computation_from_full_logits(tiny_model: Model) -> None:
-    from kvprobe.engine import feed_lockstep
     from kvprobe.probes.divergence.metrics import DivergenceRecorder, kl_divergence, log_softmax
 
     doc = document(tiny_model, 300)  # 300 is not a multiple of the chunk: a partial last chunk
@@ -238,7 +240,6 @@ def test_lockstep_streaming_equals_direct_computation_from_full_logits(tiny_mode
 
 
 def test_null_check_gives_exactly_zero_on_cpu(tiny_model: Model) -> None:
-    from kvprobe.engine import feed_lockstep
     from kvprobe.probes.divergence.metrics import DivergenceRecorder
 
     doc = document(tiny_model, 400)
@@ -256,8 +257,6 @@ def test_null_check_gives_exactly_zero_on_cpu(tiny_model: Model) -> None:
 
 
 def test_lockstep_refuses_contexts_out_of_step(tiny_model: Model) -> None:
-    from kvprobe.engine import feed_lockstep
-
     doc = document(tiny_model, 100)
     cfg = CacheConfig("f16", "f16")
     with tiny_model.context(cfg, settings()) as a, tiny_model.context(cfg, settings()) as b:
@@ -269,8 +268,6 @@ def test_lockstep_refuses_contexts_out_of_step(tiny_model: Model) -> None:
 def test_reading_every_positions_logits_leaves_the_cache_unchanged(tiny_model: Model) -> None:
     """The default scenario scores divergence on the document that needles are asked about:
     computing all logits must not change what a later query sees."""
-    from kvprobe.engine import feed_lockstep
-
     doc = document(tiny_model, 300)
     cfg = CacheConfig("q4_0", "q4_0")
     prompt, answer = doc[10:20], doc[20:25]
@@ -294,8 +291,6 @@ def _queries(model: Model) -> list[tuple[list[int], list[int]]]:
     "cache", [CacheConfig("f16", "f16"), CacheConfig("q4_0", "q4_0")], ids=lambda c: c.id
 )
 def test_batched_queries_agree_with_one_at_a_time(tiny_model: Model, cache: CacheConfig) -> None:
-    from kvprobe.engine import _packs
-
     doc = document(tiny_model, 400)
     requests = _queries(tiny_model)
     s = settings()
@@ -303,10 +298,10 @@ def test_batched_queries_agree_with_one_at_a_time(tiny_model: Model, cache: Cach
     with tiny_model.context(cache, s) as ctx:
         ctx.feed(doc)
         sizes = [len(q) + len(a) - 1 for q, a in requests]
-        packs = _packs(sizes, ctx)
-        assert len(packs) > 1
-        assert [j for p in packs for j in p] == list(range(10))  # in order
-        assert all(sum(sizes[j] for j in p) <= CHUNK and len(p) <= 4 for p in packs)
+        packed = packs(sizes, ctx)
+        assert len(packed) > 1
+        assert [j for p in packed for j in p] == list(range(10))  # in order
+        assert all(sum(sizes[j] for j in p) <= CHUNK and len(p) <= 4 for p in packed)
         before = ctx.tokens_evaluated
         batched = ctx.score_many(requests)
         assert ctx.tokens_evaluated - before == sum(sizes)  # every query token once, no more
@@ -327,27 +322,28 @@ def test_batched_queries_agree_with_one_at_a_time(tiny_model: Model, cache: Cach
     assert np.array_equal(rest, plain)  # the document never sees the forks
 
 
-def test_a_traced_context_replays_to_the_same_state(
-    tiny_model: Model, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_traced_context_replays_to_the_same_state(tiny_model: Model, tmp_path: Path) -> None:
     """The bare replay behind the P2 benchmark makes the same llama.cpp calls: a context
-    replayed from the trace continues with bit-identical logits."""
+    traced through the engine's hook (Model.context_class) and replayed from the trace
+    continues with bit-identical logits."""
     import pickle
 
-    from kvprobe.engine import TRACE_ENV
+    from benchmarks.replay import replay_ops
+    from benchmarks.trace import TracedContext, tracing
 
     doc = document(tiny_model, 450)
     s = settings()
     s = ContextSettings(s.n_ctx, s.chunk, s.n_threads, s.flash_attn, s.attn_rotation, n_seq_max=5)
     cache = CacheConfig("q8_0", "q8_0")
-    monkeypatch.setenv(TRACE_ENV, str(tmp_path))
-    with tiny_model.context(cache, s) as ctx:
+    with tracing(tmp_path), tiny_model.context(cache, s) as ctx:
+        assert isinstance(ctx, TracedContext)
         ctx.feed(doc[:400])
         ctx.score_many(_queries(tiny_model))
-        generate_forks(ctx, [doc[:300], doc[:200]], 5)
+        ctx.generate_forks([doc[:300], doc[:200]], 5)
         ctx._decode(doc[400:], 400, 0, want=range(50))
         original = ctx._logits_rows(50).copy()
-    monkeypatch.delenv(TRACE_ENV)
+    with tiny_model.context(cache, s) as plain:
+        assert not isinstance(plain, TracedContext)  # the hook is put back
     (path,) = tmp_path.glob("*.pkl")
     trace = pickle.loads(path.read_bytes())
     assert trace["cache"] == ["q8_0", "q8_0"]
@@ -356,20 +352,20 @@ def test_a_traced_context_replays_to_the_same_state(
         sum(len(op[1]) for op in decodes)
         == 400 + sum(len(q) + len(a) - 1 for q, a in _queries(tiny_model)) + 2 * 5 + 50
     )
+    assert {op[0] for op in trace["ops"]} == {"decode", "cp", "rm"}
     with tiny_model.context(cache, ContextSettings(**trace["settings"])) as again:
-        assert again.replay(trace["ops"][:-1]) > 0  # all but the last batch
+        assert replay_ops(again, trace["ops"][:-1]) > 0  # all but the last batch
         again._decode(doc[400:], 400, 0, want=range(50))
         assert np.array_equal(again._logits_rows(50), original)
 
 
 def test_a_trace_that_cannot_be_written_costs_the_run_nothing(
-    tiny_model: Model, tmp_path: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    tiny_model: Model, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from kvprobe.engine import TRACE_ENV
+    from benchmarks.trace import tracing
 
     blocked = tmp_path / "a-file"
     blocked.write_text("not a folder")
-    monkeypatch.setenv(TRACE_ENV, str(blocked / "trace"))
-    with tiny_model.context(CacheConfig("f16", "f16"), settings()) as ctx:
+    with tracing(blocked / "trace"), tiny_model.context(CacheConfig("f16", "f16"), settings()) as ctx:
         ctx.feed(document(tiny_model, 100))
     assert "could not write the trace" in capsys.readouterr().err

@@ -12,17 +12,18 @@ from typing import Any
 
 import pytest
 
-from kvprobe import kernel_check
-from kvprobe.infra.memo import CACHE_DIR_ENV
-from kvprobe.kernel_check import (
+from kvprobe.api.engine import KernelDecision
+from kvprobe.engine.llamacpp import kernel_check
+from kvprobe.engine.llamacpp.kernel_check import (
     CRASH_SWITCH_ENV,
-    KernelDecision,
     build_features,
     cache_key,
     check_models,
     skip_reason,
 )
-from tests.cli.test_cli import kvprobe
+from kvprobe.engine.llamacpp.tools import runtime_info
+from kvprobe.infra.memo import CACHE_DIR_ENV
+from tests.helpers import kvprobe
 
 SYSTEM_INFO = "CPU : SSE3 = 1 | AVX2 = 1 | AVX512 = 1 | AMX_INT8 = 1 | LLAMAFILE = 1 | REPACK = 1 | "
 
@@ -76,7 +77,6 @@ def test_no_repack_needs_no_check() -> None:
 
 
 def _needs_extra_bufts(model: Path) -> None:
-    from kvprobe.engine import runtime_info
     from kvprobe.weights.doctor import read_facts
 
     why = skip_reason(

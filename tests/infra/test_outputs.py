@@ -16,8 +16,7 @@ import pytest
 
 from kvprobe.infra.errors import UserError
 from kvprobe.infra.paths import OutputLock, lock_path
-from tests.cli.test_cli import assert_one_line_error, kvprobe
-from tests.run.test_resume import default_signals
+from tests.helpers import assert_one_line_error, default_signals, kvprobe
 
 # Long enough on the tiny model (several seconds) for a second run to meet the first.
 SLOW = """

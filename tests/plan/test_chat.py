@@ -10,23 +10,16 @@ import numpy as np
 import pytest
 
 from kvprobe.api.cache_types import CacheConfig
-from kvprobe.engine import ContextSettings, Model
+from kvprobe.api.engine import ContextSettings
+from kvprobe.engine.llamacpp.model import Model
 from kvprobe.infra.errors import UserError
 from kvprobe.plan.chat import ChatTemplate, find_framing
 from kvprobe.plan.prompt import PromptChoice, choose_prompt, frame_tokens
 from kvprobe.plan.scenario import load_scenario
 from kvprobe.run.request import RunSettings
 from kvprobe.run.runner import Runner
-from tests.cli.test_cli import kvprobe
-from tests.tiny_model import write_tiny_model
+from tests.helpers import CHATML, CHATML_TOKENS, kvprobe, write_tiny_model
 
-CHATML = (
-    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
-    "{{ '<|im_start|>system\\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face"
-    "<|im_end|>\\n' }}"
-    "{% endif %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n'}}"
-    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
-)
 GEMMA = (  # Gemma 3's shape: BOS in the template's text, content trimmed, "model" turns
     "{{ bos_token }}{% for message in messages %}"
     "{{ '<start_of_turn>' + ('model' if message['role'] == 'assistant' else message['role']) + '\\n' "
@@ -52,7 +45,6 @@ QWEN3 = (  # Qwen 3's switch: enable_thinking=false writes an empty thinking blo
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% if enable_thinking is defined and "
     "enable_thinking is false %}<think>\n\n</think>\n\n{% endif %}{% endif %}"
 )
-CHATML_TOKENS = ("<|im_start|>", "<|im_end|>")
 GEMMA_TOKENS = ("<start_of_turn>", "<end_of_turn>")
 
 

@@ -7,7 +7,8 @@ from dataclasses import replace
 import pytest
 
 from kvprobe.api import selected
-from kvprobe.engine import Model
+from kvprobe.api.engine import Model
+from kvprobe.api.scenario import HaystackKind
 from kvprobe.plan.documents import build_plan, default_checkpoints
 from kvprobe.plan.scenario import load_scenario
 from kvprobe.probes.needle.plan import ClassicSpec, NeedleSpec, build_classic_cells, items_at
@@ -21,7 +22,7 @@ def test_default_checkpoints() -> None:
 
 
 @pytest.mark.parametrize("haystack", ["prose", "noise"])
-def test_needle_positions_and_depths_match_tokens(tiny_model: Model, haystack: str) -> None:
+def test_needle_positions_and_depths_match_tokens(tiny_model: Model, haystack: HaystackKind) -> None:
     scenario = load_scenario("default")
     scenario = replace(scenario, haystack=replace(scenario.haystack, kind=haystack))
     # The needle probe alone: the repetition probe would make the documents longer than --ctx.

@@ -9,6 +9,7 @@ import pytest
 from scipy.stats import binomtest
 
 from kvprobe.api import Document, PlantedSpan, get_probe
+from kvprobe.api.result import ResultDoc
 from kvprobe.infra.errors import UserError
 from kvprobe.probes.needle.plan import draw_keys_values, items_at, needle_targets
 from kvprobe.probes.needle.probe import depth_grid, first_number
@@ -65,7 +66,7 @@ def rows(
 
 def test_the_summary_is_the_accuracy_with_its_wilson_interval_and_the_mean_log_prob() -> None:
     items = rows("f16", 1024, 14, 16, -1.0) + rows("q4_0", 1024, 9, 16, -2.0)
-    summary = get_probe("needle").summary({"items": items}, seed=0, measured=None)
+    summary = get_probe("needle").summary(ResultDoc.model_construct(items=items), seed=0, measured=None)
     acc = {r["config"]: r for r in summary if r["metric"] == "accuracy"}
     assert acc["q4_0"]["value"] == 9 / 16
     wilson = binomtest(9, 16).proportion_ci(method="wilson")

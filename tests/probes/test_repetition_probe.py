@@ -9,6 +9,7 @@ import pytest
 from scipy.stats import binomtest
 
 from kvprobe.api import get_probe
+from kvprobe.api.result import ResultDoc
 from kvprobe.probes.repetition.probe import RepetitionRun, continuation_points, worst_continuation
 
 
@@ -37,7 +38,8 @@ def test_each_continuation_is_marked_where_it_leaves_the_references() -> None:
 def test_the_summary_has_means_and_the_loop_rate_with_its_wilson_interval() -> None:
     items = [row("q4_0", [1], seq_rep_4=0.2 * i, loop=i < 3) for i in range(5)]
     text = [row("text", [1], seq_rep_4=0.0)]
-    summary = get_probe("repetition").summary({"items": items, "text_items": text}, seed=0, measured=None)
+    doc = ResultDoc.model_construct(items=items, text_items=text)  # a result holding only these rows
+    summary = get_probe("repetition").summary(doc, seed=0, measured=None)
     by = {(r["config"], r["metric"]): r for r in summary}
     assert by[("q4_0", "seq_rep_4")]["value"] == pytest.approx(0.4)
     assert by[("q4_0", "loop_rate")]["value"] == 3 / 5

@@ -6,21 +6,23 @@ end to end through llama.cpp in raw and chat form."""
 from __future__ import annotations
 
 import json
+import random
 import re
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from kvprobe.api import Document, PlantedSpan, get_probe
+from kvprobe.api import Document, PlantedSpan, get_probe, registered
+from kvprobe.infra.errors import UserError
 from kvprobe.plan.documents import build_plan
 from kvprobe.plan.scenario import load_scenario, parse_scenario
-from kvprobe.probes.kit.probe import QuestionProbe
-from kvprobe.probes.kit.questions import Question, candidate, complete_groups
-from tests.cli.test_cli import kvprobe
-from tests.plan.test_chat import CHATML, CHATML_TOKENS
-from tests.tiny_model import write_tiny_model
+from kvprobe.probes.kit import Drawn, Group, Question, QuestionProbe, count, text
+from kvprobe.probes.kit.questions import Fact, Planted, candidate, complete_groups
+from kvprobe.probes.kit.words import NOUNS, distinct
+from tests.helpers import CHATML, CHATML_TOKENS, kvprobe, write_tiny_model
 
 RULER = ("multikey", "multivalue", "multiquery", "vartrack", "aggregation", "nearduplicate")
 CTX = 8192  # the tiny tokenizer spells text nearly a byte a token: the first segments are crowded
@@ -46,7 +48,9 @@ def _text(model: Any, document: Document, length: int) -> str:
     return str(model.detokenize(document.tokens[:length]))
 
 
-def test_every_probe_plants_its_own_spans_and_asks_about_them(plan: tuple[list[int], list[Document]]) -> None:
+def test_every_probe_plants_its_own_spans_and_asks_about_them(
+    plan: tuple[list[int], list[Document]], tiny_model: Any
+) -> None:
     checkpoints, documents = plan
     for name in ("needle", *RULER):
         spans = [s for d in documents for s in d.spans_of(name)]
@@ -55,6 +59,12 @@ def test_every_probe_plants_its_own_spans_and_asks_about_them(plan: tuple[list[i
         for _, L, q in asked:
             assert all(s.probe == name and s.end <= L for s in q.spans)
     assert {s.probe for d in documents for s in d.spans} == {"needle", *RULER}
+    # Each span carries what it states as a typed payload: the kit reads it back, never parses text.
+    for d in documents:
+        for s in d.spans:
+            if s.probe in RULER:
+                assert isinstance(s.payload, Planted), s
+                assert s.payload.fact.text in _text(tiny_model, d, s.end), s
     # A question at a longer checkpoint is asked again (the same key), further from its spans.
     for name in RULER:
         keys = {
@@ -152,16 +162,21 @@ def test_nearduplicate_asks_the_kth_of_near_identical_records(
     assert {q.fields["ordinal"] for _, _, q in asked} == {1, 2, 3, 4}
 
 
+def _span(group: int, size: int, value: str, position: int) -> PlantedSpan:
+    fact = Fact("k", value, f"k is {value}.")
+    return PlantedSpan(0, f"g{group}/{size}", value, position, 5, "multikey", Planted(group, size, fact))
+
+
 def test_a_group_is_asked_only_once_all_its_spans_are_before_the_checkpoint() -> None:
-    spans = [
-        PlantedSpan(0, "g0/2", "a", 10, 5),
-        PlantedSpan(0, "g0/2", "b", 90, 5),
-        PlantedSpan(0, "g1/1", "c", 40, 5),
-    ]
-    assert [[s.value for s in g] for g in complete_groups(spans, 50)] == [["c"]]
-    assert [[s.value for s in g] for g in complete_groups(spans, 95)] == [["a", "b"], ["c"]]
+    spans = [_span(0, 2, "a", 10), _span(0, 2, "b", 90), _span(1, 1, "c", 40)]
+    assert [g.values for g in complete_groups(spans, 50)] == [["c"]]
+    assert [g.values for g in complete_groups(spans, 95)] == [["a", "b"], ["c"]]
+    assert [[s.position for s in g.spans] for g in complete_groups(spans, 95)] == [[10, 90], [40]]
     # A group the document had no room for (one span of two planted) is never asked.
     assert complete_groups(spans[:1], 10_000) == []
+    # A span without the kit's payload is a programming error, said at once.
+    with pytest.raises(TypeError, match="no kit payload"):
+        complete_groups([PlantedSpan(0, "g0/1", "a", 10, 5, "multikey")], 50)
 
 
 def test_candidate_names_which_planted_answer_the_output_gave() -> None:
@@ -193,15 +208,91 @@ def test_default_scenario_documents_are_unchanged_by_the_new_probes(tiny_model: 
         ("multivalue", "values", 1, "between 2 and 8"),
         ("multikey", "template", "{key} is {value} {oops}.", "unknown placeholder or a stray brace"),
         ("vartrack", "query", "value {value} count {count} {", "unknown placeholder or a stray brace"),
+        ("vartrack", "chains", 17, "between 1 and 16"),
+        ("aggregation", "chat_query", "Which words?", "must contain {tally}"),
+        (
+            "nearduplicate",
+            "query",
+            "The {book} logbook's record is parcel",
+            "must contain {book} and {ordinal}",
+        ),
+        ("multivalue", "template", "{key} holds it.", "must contain {key} and {value}"),
     ],
 )
 def test_bad_sections_are_refused_in_one_line(section: str, key: str, value: Any, words: str) -> None:
-    from kvprobe.infra.errors import UserError
-
     with pytest.raises(UserError, match=re.escape(words)) as info:
         parse_scenario({"probes": [section], section: {key: value}}, "x.toml")
     assert f"{section}.{key}" in str(info.value)
     assert "\n" not in str(info.value)
+
+
+def test_a_plan_its_draws_cannot_make_is_refused_before_any_model_loads() -> None:
+    """Every draw of a document is tried in check_run: 16 look-alike keys in 16 groups over 41
+    checkpoints need more distinct 4-digit values than exist, which once failed only while the
+    documents were built, after the model had loaded."""
+    checkpoints = [256 * (i + 1) for i in range(40)]
+    data: dict[str, Any] = {"probes": ["multikey"], "plan": {"checkpoints": checkpoints},
+            "multikey": {"groups": 16, "keys": 16, "value_digits": 4}}  # fmt: skip
+    scenario = parse_scenario(data, "x.toml")
+    probe = get_probe("multikey")
+    with pytest.raises(
+        UserError, match=r"the multikey plan \(656 groups per document\): 10,496 distinct values"
+    ):
+        probe.check_run(scenario, mode="onepass", ctx=16_384, baseline=None, null_check=False)
+    data["multikey"]["value_digits"] = 5
+    probe.check_run(
+        parse_scenario(data, "x.toml"), mode="onepass", ctx=16_384, baseline=None, null_check=False
+    )
+
+
+COLOURS = ("red", "green", "blue", "amber")
+
+
+@dataclass(frozen=True)
+class ColourSpec:
+    groups: int = count(2, 1, 4)
+    generate: bool = False
+    template: str = text("The colour of the {item} is {colour}.", "item", "colour")
+    query: str = text("The colour of the {item} is", "item")
+    chat_query: str = text("What colour is the {item}?", "item")
+
+
+class ColourProbe(QuestionProbe[ColourSpec]):
+    """Colours (a test's probe): one fact a group, asked back."""
+
+    name, order, title = "colour", 90, "Colours"
+
+    def draw(self, spec: ColourSpec, n: int, rng: random.Random) -> Drawn:
+        items = distinct(n, lambda r: r.choice(NOUNS), rng, "items", len(NOUNS))
+        return Drawn.of([[self.fact(spec, item, rng.choice(COLOURS))] for item in items])
+
+    def ask(self, spec: ColourSpec, groups: list[Group]) -> list[Question]:
+        return [self.pose(spec, g, fill={"item": g.subject}, answer=g.values[0]) for g in groups]
+
+
+def test_a_question_probe_is_its_section_and_two_hooks(tiny_model: Any) -> None:
+    """A plug-in question probe declares its section (bounds, placeholders) and says what it draws
+    and asks: the kit names its section after it, checks the section, plants, and asks."""
+    with registered(ColourProbe()) as probe:
+        assert isinstance(probe, ColourProbe)
+        assert probe.sections == {"colour": ColourSpec}
+        assert probe.about == "Colours (a test's probe): one fact a group, asked back."
+        for key, value, words in (("groups", 5, "between 1 and 4"), ("template", "The {item}.", "{colour}")):
+            with pytest.raises(UserError, match=re.escape(words)):
+                parse_scenario({"probes": ["colour"], "colour": {key: value}}, "x.toml")
+        scenario = parse_scenario({"probes": ["colour"]}, "x.toml")
+        checkpoints, documents = build_plan(tiny_model, scenario, 2048, seed=0, probes=[probe])
+        asked = [(d, L, q) for d in documents for L in checkpoints for q in probe.questions(scenario, d, L)]
+        # Two groups a segment, each asked at its own checkpoint and every later one.
+        assert len({(d.index, q.key) for d, _, q in asked}) == len(documents) * 2 * len(checkpoints)
+        assert len(asked) == len(documents) * (2 + 4)
+        for d, L, q in asked:
+            assert f"{q.raw}{q.answer}." in _text(tiny_model, d, L)
+            assert q.answer.strip() in COLOURS
+        plan = {"checkpoints": [256 * (i + 1) for i in range(45)]}
+        many = parse_scenario({"probes": ["colour"], "plan": plan}, "x.toml")
+        with pytest.raises(UserError, match=r"the colour plan \(92 groups per document\): 92 distinct items"):
+            probe.check_run(many, mode="onepass", ctx=16_384, baseline=None, null_check=False)
 
 
 # --- end to end, through llama.cpp ------------------------------------------------------------

@@ -19,58 +19,10 @@ from kvprobe.infra.errors import UserError
 from kvprobe.result.journal import checksummed, read_journal
 from kvprobe.result.store import load_result
 from kvprobe.stats.compare import compare
-from tests.result.test_journal_integrity import kill_after_two_units
-from tests.result.test_result_schema import Mutation, mutated_text
+from tests.helpers import KINDS, kill_after_two_units, mutated_text, result_mutations
 
 pytestmark = pytest.mark.fuzz
 FIXTURES = settings(suppress_health_check=[HealthCheck.function_scoped_fixture], deadline=None)
-Path_ = tuple[str | int, ...]
-
-
-def every_path(value: Any, path: Path_ = ()) -> list[Path_]:
-    out = [path] if path else []
-    if isinstance(value, dict):
-        for key, child in value.items():
-            out += every_path(child, (*path, key))
-    elif isinstance(value, list):
-        for i, child in enumerate(value):
-            out += every_path(child, (*path, i))
-    return out
-
-
-def _at(doc: Any, path: Path_) -> Any:
-    for step in path:
-        doc = doc[step]
-    return doc
-
-
-ODD_VALUES = st.one_of(
-    st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.floats(allow_nan=False, allow_infinity=False),
-    st.text(max_size=8), st.just([]), st.just({}), st.just([[[[[]]]]]),
-)  # fmt: skip
-
-
-KINDS = ("delete", "type", "null", "nest", "nan", "inf", "huge", "length")
-
-
-@st.composite
-def result_mutations(
-    draw: st.DrawFn, doc: dict[str, Any], kinds: tuple[str, ...] = (*KINDS, "deep")
-) -> Mutation:
-    """One field of `doc`: deleted, of another type, null, nested up to 80 deep, NaN, infinity,
-    beyond a double, a list emptied, cut or grown; or nested past json's recursion limit."""
-    path = draw(st.sampled_from(every_path(doc)))
-    value = _at(doc, path)
-    kind = draw(st.sampled_from(kinds))
-    if kind == "type":
-        return Mutation(path, kind, draw(ODD_VALUES))
-    if kind == "nest":
-        for _ in range(draw(st.integers(1, 80))):
-            value = [value]
-        return Mutation(path, kind, value)
-    if kind == "length" and isinstance(value, list):
-        return Mutation(path, "type", draw(st.sampled_from([[], value[1:], value + value[:1]])))
-    return Mutation(path, "null" if kind == "length" else kind)
 
 
 @pytest.fixture(scope="module")
@@ -115,7 +67,8 @@ def _read_mutant(tmp_path: Path, doc: dict[str, Any], text: str, compared: list[
         changed = json.loads(text)
     except ValueError:
         changed = None
-    _same_where_untouched(doc, changed, loaded)
+    written = loaded.written()  # as its file holds it: a typed record never equals the dict it was read from
+    _same_where_untouched(doc, changed, written)
     try:
         report = compare(doc, loaded)
     except UserError as exc:  # e.g. no configuration left in common
@@ -126,7 +79,7 @@ def _read_mutant(tmp_path: Path, doc: dict[str, Any], text: str, compared: list[
         assert "\n" not in refusal
         return
     same = ("items", "configs", "baseline", "divergence", "scenario", "model", "run", "runtime")
-    if all(loaded.get(k) == doc.get(k) for k in same):
+    if all(written.get(k) == doc.get(k) for k in same):
         assert report["rows"] == compared
 
 

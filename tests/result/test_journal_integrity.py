@@ -19,35 +19,9 @@ from kvprobe.infra.errors import UserError
 from kvprobe.probes.divergence.probe import DivergenceProbe, DivergenceRun, unit_data_problem
 from kvprobe.result.exact import decode_exact, encode_exact
 from kvprobe.result.journal import JOURNAL_VERSION, SavedRun, checksummed, identity_hash, read_journal
-from tests.run.test_resume import SCENARIO, kvprobe
+from tests.helpers import RESUME_SCENARIO, kill_after_two_units, kvprobe
 
 Record = dict[str, Any]
-
-
-def kill_after_two_units(tiny_model_path: Path, folder: Path) -> bytes:
-    """The journal of a run killed after its first document's two units (run in `folder`)."""
-    (folder / "resume.toml").write_text(SCENARIO)
-    out = folder / "r.json"
-    proc = kvprobe(
-        "run",
-        "--model",
-        str(tiny_model_path),
-        "--scenario",
-        str(folder / "resume.toml"),
-        "--cache",
-        "q8_0",
-        "--ctx",
-        "1536",
-        "--threads",
-        "2",
-        "--null-check",
-        "--no-html",
-        "--out",
-        str(out),
-        stop="0,1:kill",
-    )
-    assert proc.returncode == -9, proc.stderr
-    return Path(str(out) + ".journal.jsonl").read_bytes()
 
 
 @pytest.fixture(scope="module")
@@ -239,7 +213,7 @@ def _divergence_run(tiny_model: Any) -> DivergenceRun:
     from kvprobe.api import RunSetup
     from kvprobe.plan.scenario import parse_scenario
 
-    scenario = parse_scenario(tomllib.loads(SCENARIO), "resume.toml")
+    scenario = parse_scenario(tomllib.loads(RESUME_SCENARIO), "resume.toml")
     setup = RunSetup(tiny_model, scenario, 1536, 0, "onepass", [1024, 1536], [], "f16", True)
     return DivergenceProbe().start(setup)
 

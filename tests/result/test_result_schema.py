@@ -5,11 +5,11 @@ success or in one line with exit code 2, never in a traceback."""
 
 from __future__ import annotations
 
-import copy
+import functools
 import json
 import math
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,27 +17,31 @@ from typing import Any
 import jsonschema  # type: ignore[import-untyped]
 import pytest
 
+from kvprobe.api.result import ResultDoc
 from kvprobe.cli import main
 from kvprobe.infra.errors import UserError
-from kvprobe.result import schema
-from kvprobe.result.blocks import first_problem, where
-from kvprobe.result.compiled import compile_schema
+from kvprobe.result import schema, schema_doc
+from kvprobe.result.blocks import Check, first_problem
 from kvprobe.result.store import Result, load_result
 from kvprobe.sweep.manifest import KIND as MANIFEST_KIND
 from kvprobe.sweep.manifest import MANIFEST, load_manifest
-from tests.cli.test_cli import kvprobe
+from tests.helpers import MUTATION_LITERALS, Mutation, examples, kvprobe, mutated_text
 
 ROOT = Path(__file__).resolve().parents[2]
+
+
+def _committed_result(p: Path) -> bool:
+    return (
+        "sweeps" not in p.relative_to(ROOT / "results").parts
+        and "schema_version" in (doc := json.loads(p.read_text()))
+        and doc.get("kind") != MANIFEST_KIND
+    )
+
+
 # Result files only (a user's own sweeps under results/sweeps/ are not the project's): a sweep
 # folder's manifest (sweep.json) has its own loader, tested below.
-COMMITTED = sorted(
-    p
-    for p in (ROOT / "results").rglob("*.json")
-    if "sweeps" not in p.relative_to(ROOT / "results").parts
-    and "schema_version" in (doc := json.loads(p.read_text()))
-    and doc.get("kind") != MANIFEST_KIND
-)
-SWEEPS = sorted(p.parent for p in (ROOT / "results" / "examples").rglob(MANIFEST))
+COMMITTED = examples("results/**/*.json", _committed_result)
+SWEEPS = sorted(p.parent for p in examples(f"results/examples/**/{MANIFEST}"))
 DOC = ROOT / "docs" / "result-schema.md"
 # Every needle, repetition and divergence field, K-vs-V and the null check: two documents,
 # a K/V split, every probe.
@@ -59,7 +63,9 @@ onset_reference = 64
 
 def test_the_doc_tables_are_generated_from_the_schema() -> None:
     text = DOC.read_text(encoding="utf-8")
-    assert schema.render_doc(text) == text, "run: python -m kvprobe.result.schema docs/result-schema.md"
+    assert schema_doc.render_doc(text) == text, (
+        "run: python -m kvprobe.result.schema_doc docs/result-schema.md"
+    )
     tables = schema.documented().tables  # the file's own, and each built-in probe's
     assert text.count("<!-- table: ") == len(tables) + 1  # and the migrations
     for name, (table_schema, _) in tables.items():
@@ -74,7 +80,7 @@ def test_the_schema_is_a_json_schema_of_draft_2020_12() -> None:
 
 
 def test_the_json_schema_is_printed(capsys: pytest.CaptureFixture[str]) -> None:
-    assert schema.main(["--json"]) == 0
+    assert schema_doc.main(["--json"]) == 0
     assert json.loads(capsys.readouterr().out)["$defs"]["item"] == schema.built().defs["item"]
 
 
@@ -85,14 +91,14 @@ def test_every_committed_sweep_loads_and_its_cells_keep_the_schema(folder: Path)
     assert done
     for cell in done:
         doc = json.loads((folder / cell.out).read_text())
-        assert first_problem(schema.validator(), doc) is None, cell.out
+        assert first_problem(_validator(), doc) is None, cell.out
 
 
 @pytest.mark.parametrize("path", COMMITTED, ids=[p.name for p in COMMITTED])
 def test_every_committed_result_keeps_the_schema(path: Path) -> None:
     doc = json.loads(path.read_text())
-    assert first_problem(schema.validator(), doc) is None
-    assert _fast(doc)
+    assert first_problem(_validator(), doc) is None
+    assert _by_reference(doc)
     assert Result.load(path).doc["schema_version"] == 3
 
 
@@ -126,17 +132,6 @@ def test_a_wrong_type_is_named_by_its_json_path(tmp_path: Path, rich_result: Pat
 # --- mutations of real result files ----------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Mutation:
-    path: tuple[str | int, ...]
-    kind: str  # "delete", "type", "null", "nest", "deep", "nan", "inf", "huge"
-    value: Any = None
-
-    def __str__(self) -> str:
-        return f"{self.kind} at {where(list(self.path)) or '$'}"
-
-
-_DEEP = "[" * 200_000 + "]" * 200_000  # past json's recursion limit
 _WRONG: dict[type, list[Any]] = {  # what each type of value is replaced with
     str: [7, ["x"], {"x": 1}],
     bool: [1, "true"],
@@ -194,35 +189,28 @@ def mutations(doc: dict[str, Any]) -> list[Mutation]:
     return out
 
 
-_LITERALS = {"nan": "NaN", "inf": "-Infinity", "huge": "1e999", "deep": _DEEP}
+def _validator() -> Check:
+    """The whole file's schema, compiled (kvprobe.result.blocks.checker; first_problem names the field)."""
+    return schema.built().check("result", lambda: schema.built().schema)
 
 
-def mutated_text(doc: dict[str, Any], m: Mutation) -> str:
-    """The file with the mutation applied; literals JSON cannot hold go in as text."""
-    new = copy.deepcopy(doc)
-    parent: Any = new
-    for step in m.path[:-1]:
-        parent = parent[step]
-    last = m.path[-1]
-    if m.kind == "delete":
-        del parent[last]
-        return json.dumps(new)
-    marker = "@@MUTATED@@"
-    parent[last] = marker if m.kind in _LITERALS else m.value
-    return json.dumps(new).replace(json.dumps(marker), _LITERALS.get(m.kind, ""))
+def _whole_number(_checker: Any, value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _fast(doc: Any) -> bool:
-    return _compiled()(doc)
+@functools.cache
+def _reference() -> Any:
+    """jsonschema's validator of the whole file, the reference the compiled check must agree
+    with (with the compiled check's integers: 1.0 is no whole number)."""
+    kind = jsonschema.Draft202012Validator
+    strict = jsonschema.validators.extend(
+        kind, type_checker=kind.TYPE_CHECKER.redefine("integer", _whole_number)
+    )
+    return strict(schema.built().schema)
 
 
-_COMPILED: list[Callable[[Any], bool]] = []
-
-
-def _compiled() -> Callable[[Any], bool]:
-    if not _COMPILED:
-        _COMPILED.append(compile_schema(schema.built().schema, schema.built().defs))
-    return _COMPILED[0]
+def _by_reference(doc: Any) -> bool:
+    return bool(_reference().is_valid(doc))
 
 
 @dataclass
@@ -244,21 +232,19 @@ def _one_line(capsys: pytest.CaptureFixture[str], rc: int, what: str) -> None:
         assert "Traceback" not in err
 
 
-def _figures(doc: dict[str, Any]) -> list[Any]:
+def _figures(doc: ResultDoc) -> list[Any]:
     from kvprobe.api import all_probes
     from kvprobe.views.decision import frontier_figure
 
     return [frontier_figure(doc), *(f for p in all_probes() for f in p.figures(doc))]
 
 
-def _page_text(doc: dict[str, Any]) -> str:
-    """What the page shows besides its figures (the figures are drawn where they changed)."""
-    from kvprobe.api import all_probes
-    from kvprobe.views.decision import decision_html
-    from kvprobe.views.html import matrix, provenance
+def _page_text(doc: ResultDoc) -> str:
+    """What the page shows besides its figures, read (the figures are drawn where they changed)."""
+    from kvprobe.views.html import result_view
+    from kvprobe.views.terminal import matrix_rows
 
-    notes = [n for p in all_probes() for n in p.notes(doc)]
-    return decision_html(doc) + provenance(doc) + matrix([("r", doc)]) + "".join(notes)
+    return repr(result_view("r", doc)) + repr(matrix_rows([("r", doc)]))
 
 
 def run_mutation(
@@ -272,7 +258,7 @@ def run_mutation(
     before = path.read_bytes()
     what = f"{original.name}: {m}"
     try:
-        shown: dict[str, Any] | None = Result.load(path).doc
+        shown: ResultDoc | None = Result.load(path).doc
     except UserError as exc:
         shown, refusal = None, str(exc)
     if shown is None:
@@ -325,15 +311,15 @@ def test_mutated_results_are_refused_in_one_line_or_shown(
 
 
 def test_the_compiled_check_agrees_with_jsonschema(tiny_quick_result: Path) -> None:
-    """The loader asks the compiled check first and jsonschema only to name the field: they
-    must agree on every file, valid or not (every fifth mutation: jsonschema is slow)."""
+    """The loader's check is the schema compiled by fastjsonschema; jsonschema, the reference,
+    must agree with it on every file, valid or not (every fifth mutation: jsonschema is slow)."""
     doc = json.loads(tiny_quick_result.read_text())
-    validator = schema.validator()
+    validator = _validator()
     verdicts = set()
-    for m in [m for m in mutations(doc) if m.kind not in _LITERALS][::5]:
+    for m in [m for m in mutations(doc) if m.kind not in MUTATION_LITERALS][::5]:
         mutated = json.loads(mutated_text(doc, m))
         valid = first_problem(validator, mutated) is None
-        assert _fast(mutated) == valid, str(m)
+        assert _by_reference(mutated) == valid, str(m)
         verdicts.add(valid)
     assert verdicts == {True, False}
 
@@ -342,5 +328,7 @@ def test_nan_in_a_journal_is_a_number_to_both(rich_result: Path) -> None:
     """A journal may hold NaN (an answer's log-prob): both checks take it as jsonschema does."""
     item = next(it for it in json.loads(rich_result.read_text())["items"] if it["probe"] == "needle")
     item = {**item, "logprob": math.nan}
-    assert first_problem(schema.validator("item"), item) is None
-    assert compile_schema({"$ref": "#/$defs/item"}, schema.built().defs)(item)
+    assert first_problem(schema.built().definition("item"), item) is None
+    assert jsonschema.Draft202012Validator({"$ref": "#/$defs/item", "$defs": schema.built().defs}).is_valid(
+        item
+    )

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from tests.cli.test_cli import kvprobe
+from tests.helpers import kvprobe
 
 pytestmark = pytest.mark.slow
 

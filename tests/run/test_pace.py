@@ -8,7 +8,7 @@ import pytest
 from rich.console import Console
 
 from kvprobe.run.pace import Pace, StepShape, format_duration, unscored_feed_cost
-from kvprobe.views.progress import RunProgress
+from kvprobe.run.progress import RunProgress
 
 STEPS = [StepShape(0, 1024), StepShape(1024, 2048), StepShape(2048, 4096)]
 

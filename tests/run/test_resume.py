@@ -5,44 +5,14 @@ llama.cpp with the tiny model. A test switch stops the run right after a given u
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.helpers import RESUME_SCENARIO, kvprobe
+
 FIELDS = ("items", "text_items", "summary", "verdict", "divergence")
-# Two documents x checkpoints 1024, 1536 = 4 units; every probe, the first document scored
-# position by position (divergence) with the null check.
-SCENARIO = """
-name = "resume"
-probes = ["needle", "repetition", "divergence"]
-[plan]
-documents = 2
-chunk = 256
-[needle]
-per_segment = 2
-[repetition]
-tokens = 16
-offsets = 2
-"""
-
-
-def default_signals() -> None:
-    """In the child, before exec: SIGINT and SIGTERM as a terminal delivers them. A suite
-    started in the background (`nohup ... &`) hands its children SIGINT ignored, and a child
-    that ignores it cannot show what Ctrl-C does."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-
-
-def kvprobe(*args: str, stop: str | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, **({"KVPROBE_TEST_STOP_AFTER": stop} if stop else {})}
-    return subprocess.run([sys.executable, "-m", "kvprobe", *args], check=False, capture_output=True,
-                          text=True, env=env, cwd=cwd, timeout=600, preexec_fn=default_signals)  # fmt: skip
 
 
 def fields(path: Path) -> dict[str, Any]:
@@ -53,7 +23,7 @@ def fields(path: Path) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def run_args(tiny_model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> list[str]:
     scenario = tmp_path_factory.mktemp("scenario") / "resume.toml"
-    scenario.write_text(SCENARIO)
+    scenario.write_text(RESUME_SCENARIO)
     return ["--model", str(tiny_model_path), "--scenario", str(scenario), "--cache", "q8_0",
             "--ctx", "1536", "--threads", "2", "--null-check"]  # fmt: skip
 

@@ -13,14 +13,14 @@ import numpy as np
 import pytest
 
 from benchmarks.sequential_calibration import LOOKS, logprob_draw, rates, real_differences
-from kvprobe.result.document import add_statistics
 from kvprobe.result.store import Result
 from kvprobe.run.until_decided import UntilDecided
 from kvprobe.stats.equivalence import EQUIVALENT, UNDECIDED, WORSE
 from kvprobe.stats.sequential import OBRIEN_FLEMING, POCOCK, Design, boundaries, spent
+from kvprobe.stats.statistics import add_statistics
 from kvprobe.stats.verdict import combine, sequential_tests
 from kvprobe.views.decision import frontier_cells
-from tests.run.test_resume import kvprobe
+from tests.helpers import kvprobe
 
 # Published Lan–DeMets boundaries, one-sided alpha 0.025, four equally spaced looks (e.g.
 # Jennison & Turnbull, table 7.6; gsDesign sfLDOF / sfLDPocock).

@@ -12,7 +12,7 @@ import pytest
 
 from kvprobe.infra.errors import UserError
 from kvprobe.stats.compare import FailRule, compare, match_configs
-from tests.cli.test_cli import assert_one_line_error, kvprobe
+from tests.helpers import assert_one_line_error, kvprobe
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ from typing import Any
 from kvprobe.stats.decision import flags, folklore, frontier, kv_bytes, recommend
 from kvprobe.stats.verdict import build_verdict
 from kvprobe.weights.doctor import kv_cache_bytes
-from tests.stats.test_verdict import config_row
+from tests.helpers import config_row
 
 # Gemma 3 270M's layout: 18 layers, one KV head of 256, sliding window 512 on 5 of 6 layers.
 LAYOUT = {

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from kvprobe.api.cache_types import parse_config_id
 from kvprobe.stats.verdict import build_verdict, k_vs_v, more_items_needed
+from tests.helpers import config_row
 
 
 def test_more_items_needed_by_hand() -> None:
@@ -29,12 +29,6 @@ def needle_items(
             where = {"probe": "needle", "config": config, "doc": 0, "ctx": ctx, "key": f"k{i}"}
             items.append({**where, "correct": ok, "logprob": logprob})
     return items
-
-
-def config_row(cid: str) -> dict[str, str]:
-    """A result's `configs` entry for a configuration id ("q4_0", "k=q8_0,v=f16")."""
-    cache = parse_config_id(cid)
-    return {"id": cid, "type_k": cache.type_k, "type_v": cache.type_v}
 
 
 def doc_with(configs: dict[str, dict[int, list[bool]]]) -> dict[str, Any]:

@@ -40,12 +40,17 @@ from kvprobe.sweep.preflight import Calibration, check_cells
 from kvprobe.sweep.progress import SweepProgress
 from kvprobe.sweep.schema import STATUSES
 from kvprobe.sweep.spec import RunOptions, from_command_line
-from kvprobe.views.sweep import print_sweep, provenance_rows
+from kvprobe.sweep.view import print_sweep, provenance_rows
 from kvprobe.views.terminal import print_run_report
-from tests.result.test_fuzz_results import every_path, result_mutations
-from tests.result.test_result_schema import mutated_text
-from tests.sweep.test_hostile_sweeps_text import cli, snapshot
-from tests.tiny_model import write_tiny_model
+from tests.helpers import (
+    HANG_S,
+    every_path,
+    kvprobe,
+    mutated_text,
+    result_mutations,
+    snapshot,
+    write_tiny_model,
+)
 
 pytestmark = pytest.mark.fuzz
 FIXTURES = settings(suppress_health_check=[HealthCheck.function_scoped_fixture], deadline=None)
@@ -65,8 +70,8 @@ def finished(models: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A real finished sweep: its result files stand in for every generated cell they match."""
     folder = tmp_path_factory.mktemp("sweeps") / "done"
     both = f"{models / 'tiny.gguf'},{models / 'tiny2.gguf'}"
-    proc = cli("sweep", "--model", both, "--cache", "q8_0,q4_0", "--ctx", "512", "--scenario", "quick",
-               "--threads", "1", "--no-html", "--out", str(folder))  # fmt: skip
+    proc = kvprobe("sweep", "--model", both, "--cache", "q8_0,q4_0", "--ctx", "512", "--scenario", "quick",
+                   "--threads", "1", "--no-html", "--out", str(folder), timeout=HANG_S)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     return folder
 
@@ -312,12 +317,13 @@ def test_an_odd_file_in_the_cache_folder_is_an_empty_cache(
     for name in ("model-facts.json", "kernel-checks.json"):
         ODD_FILES[kind](cache / name)
     env = {CACHE_DIR_ENV: str(cache)}
-    doctor = cli("doctor", str(tiny_model_path), env=env)
+    doctor = kvprobe("doctor", str(tiny_model_path), env=env, timeout=HANG_S)
     assert doctor.returncode == 0, doctor.stderr
     assert "Tensor types" in doctor.stdout
     out = tmp_path / "r.json"
-    run = cli("run", "--model", str(tiny_model_path), "--cache", "q8_0", "--ctx", "512",
-              "--scenario", "quick", "--threads", "1", "--no-html", "--out", str(out), env=env)  # fmt: skip
+    run = kvprobe("run", "--model", str(tiny_model_path), "--cache", "q8_0", "--ctx", "512",
+                  "--scenario", "quick", "--threads", "1", "--no-html", "--out", str(out), env=env,
+                  timeout=HANG_S)  # fmt: skip
     assert run.returncode == 0, run.stderr
     assert json.loads(out.read_text())["complete"] is True
 
@@ -371,7 +377,7 @@ def test_a_300k_character_word_is_reported_within_seconds(
     path = tmp_path / "long.json"
     path.write_text(json.dumps(doc))
     started = time.monotonic()
-    proc = cli("report", str(path), "--html", str(tmp_path / "p.html"))
+    proc = kvprobe("report", str(path), "--html", str(tmp_path / "p.html"), timeout=HANG_S)
     assert proc.returncode == 0, proc.stderr
     assert time.monotonic() - started < 30
     assert len(proc.stdout) < 100_000  # clipped, saying how much was left out

@@ -8,7 +8,6 @@ outside the paths the command was asked to write, no hang (each command has 60 s
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 import os
 import re
@@ -22,8 +21,9 @@ from typing import Any
 
 import pytest
 
-from kvprobe.infra.display import html_text, plain, visible
-from tests.tiny_model import write_tiny_model
+from kvprobe.infra.display import plain, visible
+from kvprobe.views.layout import ENVIRONMENT
+from tests.helpers import assert_one_line_error, examples, kvprobe, snapshot, write_tiny_model
 
 LIMIT_S = 60  # a command that takes longer has hung
 CELLS = ["tiny_q8_0_512", "tiny2_q8_0_512"]
@@ -33,42 +33,7 @@ BIDI = "\u202e\u2066\u2067\u2068\u2069\u202a\u202b\u202c\u202d\u200e\u200f\u061c
 
 def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """`kvprobe ARGS`; a command still running after LIMIT_S fails the test (it hung)."""
-    try:
-        return subprocess.run(
-            [sys.executable, "-m", "kvprobe", *args],
-            capture_output=True,
-            text=True,
-            timeout=LIMIT_S,
-            check=False,
-            env={**os.environ, **(env or {})},
-        )
-    except subprocess.TimeoutExpired:
-        pytest.fail(f"kvprobe {' '.join(args)[:200]} still ran after {LIMIT_S} s")
-
-
-def one_line(proc: subprocess.CompletedProcess[str], *words: str) -> str:
-    assert proc.returncode == 2, proc.stderr
-    assert "Traceback" not in proc.stderr
-    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1, proc.stderr
-    for word in words:
-        assert word in lines[0], lines[0]
-    return lines[0]
-
-
-def snapshot(*places: Path) -> dict[str, str]:
-    """Every file at or under `places` (links and FIFOs by what they are): what "nothing
-    changed" means."""
-    out = {}
-    for place in places:
-        for path in [place, *sorted(place.rglob("*"))] if place.is_dir() else [place]:
-            if path.is_symlink():
-                out[str(path)] = "link " + os.readlink(path)
-            elif path.is_fifo():
-                out[str(path)] = "fifo"
-            elif path.is_file():
-                out[str(path)] = hashlib.sha256(path.read_bytes()).hexdigest()
-    return out
+    return kvprobe(*args, env=env, timeout=LIMIT_S)
 
 
 def manifest(folder: Path) -> dict[str, Any]:
@@ -126,8 +91,7 @@ def test_a_copied_sweep_resumes_into_itself_and_leaves_the_original_alone(
 
 
 def test_every_path_a_manifest_holds_is_relative_to_its_folder(finished: Path) -> None:
-    examples = Path(__file__).resolve().parents[2] / "results" / "examples"
-    for folder in (finished, *sorted(p.parent for p in examples.glob("*/sweep.json"))):
+    for folder in (finished, *(p.parent for p in examples("results/examples/*/sweep.json"))):
         for cell, record in manifest(folder)["cells"].items():
             assert record["out"] == f"cells/{cell}.json", folder
             assert record["argv"][-2:] == ["--out", record["out"]], folder  # the folder's own, wherever it is
@@ -194,8 +158,12 @@ def test_a_manifest_cannot_point_a_cell_anywhere_but_its_own_file(
     write_manifest(copy, data)
     (copy / "cells" / f"{CELLS[0]}.json").unlink()  # so that --resume would run the cell
     before = snapshot(copy, outside)
-    one_line(cli("report", str(copy), "--png", str(tmp_path / "png")), "sweep manifest", f"cells.{CELLS[0]}")
-    one_line(cli("sweep", "--resume", str(copy)), "sweep manifest", f"cells.{CELLS[0]}", "restore")
+    assert_one_line_error(
+        cli("report", str(copy), "--png", str(tmp_path / "png")), "sweep manifest", f"cells.{CELLS[0]}"
+    )
+    assert_one_line_error(
+        cli("sweep", "--resume", str(copy)), "sweep manifest", f"cells.{CELLS[0]}", "restore"
+    )
     assert snapshot(copy, outside) == before
     assert not (tmp_path / "png").exists()
 
@@ -223,8 +191,8 @@ def test_a_link_in_a_sweep_folder_is_never_written_through(
     copy = copy_of(finished, tmp_path / "sw")
     place(copy, outside)
     before = snapshot(copy, outside)
-    one_line(cli("sweep", "--resume", str(copy)), "is a link", "move the file away")
-    one_line(cli("report", str(copy)), "is a link")
+    assert_one_line_error(cli("sweep", "--resume", str(copy)), "is a link", "move the file away")
+    assert_one_line_error(cli("report", str(copy)), "is a link")
     assert snapshot(copy, outside) == before
 
 
@@ -298,8 +266,8 @@ def test_a_result_in_another_cells_place_is_refused_by_report_and_resume(
     copy = copy_of(finished, tmp_path / "sw")
     spoil(copy)
     before = snapshot(copy)
-    one_line(cli("report", str(copy)), *words, "put each cell's own result back")
-    one_line(cli("sweep", "--resume", str(copy)), *words)
+    assert_one_line_error(cli("report", str(copy)), *words, "put each cell's own result back")
+    assert_one_line_error(cli("sweep", "--resume", str(copy)), *words)
     assert snapshot(copy) == before
 
 
@@ -328,7 +296,7 @@ def test_a_result_of_another_run_of_the_cells_model_is_refused(
         assert cli("report", str(copy)).returncode == 0
         return
     before = snapshot(copy)
-    one_line(cli("report", str(copy)), f"is not cell {CELLS[0]}'s result", said)
+    assert_one_line_error(cli("report", str(copy)), f"is not cell {CELLS[0]}'s result", said)
     assert snapshot(copy) == before
 
 
@@ -358,7 +326,7 @@ def test_a_model_that_changed_during_the_sweep_is_refused(models: Path, tmp_path
     again = cli("run", "--model", str(model), "--cache", "q8_0", "--ctx", "1024", "--scenario", "quick",
                 "--threads", "1", "--no-html", "--force", "--out", str(cell))  # fmt: skip
     assert again.returncode == 0, again.stderr
-    one_line(
+    assert_one_line_error(
         cli("report", str(folder)), f"model {model} was not the same file in cells m_q8_0_512 and m_q8_0_1024"
     )
 
@@ -378,8 +346,8 @@ def test_a_fifo_in_a_sweep_folder_hangs_neither_report_nor_resume(
     os.mkfifo(fifo)
     report, resume = cli("report", str(copy)), cli("sweep", "--resume", str(copy))
     if name.endswith((".json", "sweep.json")) and "attempt" not in name:
-        one_line(report, "named pipe")
-        one_line(resume, "named pipe")
+        assert_one_line_error(report, "named pipe")
+        assert_one_line_error(resume, "named pipe")
         return
     for proc in (report, resume):  # a journal, a log or an attempt record that is a FIFO: no hang
         assert "Traceback" not in proc.stderr
@@ -398,7 +366,9 @@ def test_a_proc_file_as_a_sweeps_model_or_scenario_is_one_line_in_seconds(key: s
     """/proc files are regular, of size 0, and may block (/proc/kmsg): refused when read."""
     toml = tmp_path / "s.toml"
     toml.write_text(f'{key} = ["/proc/kmsg"]\ncaches = ["q8_0"]\ncontexts = [512]\n')
-    one_line(cli("sweep", str(toml), "--out", str(tmp_path / "sw"), "--dry-run"), f"{key}[0]", "/proc/kmsg")
+    assert_one_line_error(
+        cli("sweep", str(toml), "--out", str(tmp_path / "sw"), "--dry-run"), f"{key}[0]", "/proc/kmsg"
+    )
     assert not (tmp_path / "sw").exists()
 
 
@@ -450,7 +420,7 @@ def test_a_damaged_manifest_is_one_line_naming_the_json_path(
     write_manifest(copy, data)
     before = snapshot(copy)
     for proc in (cli("report", str(copy)), cli("sweep", "--resume", str(copy))):
-        one_line(proc, "sweep manifest", said, "start a new sweep")
+        assert_one_line_error(proc, "sweep manifest", said, "start a new sweep")
     assert snapshot(copy) == before
 
 
@@ -469,9 +439,14 @@ def page_text(page: Path) -> str:
     return html + "".join(base64.b64decode(f).decode("utf-8") for f in figures)
 
 
+def on_page(text: str) -> str:
+    """`text` as every page's template prints a value (kvprobe.views.layout)."""
+    return ENVIRONMENT.from_string("{{ text }}").render(text=text)
+
+
 def test_visible_writes_out_every_character_that_can_hide_or_reorder_text() -> None:
     every = "".join(chr(c) for c in range(0x110000) if unicodedata.category(chr(c)) in HIDDEN)
-    for show in (visible, html_text, plain):
+    for show in (visible, on_page, plain):
         assert hidden_in(show(every)) == [], show.__name__
     for ch in BIDI:
         assert visible(f"a{ch}b") == f"a\\u{ord(ch):04x}b"
@@ -563,7 +538,7 @@ def test_a_held_locks_text_is_written_out(tiny_model_path: Path, tmp_path: Path)
         proc = cli(
             "run", "--model", str(tiny_model_path), "--cache", "q8_0", "--ctx", "512", "--out", str(out)
         )
-        line = one_line(proc, "another kvprobe run is writing", "kvprobe \\u202e\\u2066")
+        line = assert_one_line_error(proc, "another kvprobe run is writing", "kvprobe \\u202e\\u2066")
         assert hidden_in(line) == []
     finally:
         holder.kill()

@@ -4,9 +4,9 @@ a cell that fails while the sweep goes on, the merged report; then the same swee
 local Ray cluster (`ray start --head` on loopback) with a worker killed mid-cell. Every
 interrupted sweep must end with items identical to the uninterrupted one's.
 
-A test switch (KVPROBE_TEST_STOP_AFTER, for the cell KVPROBE_TEST_STOP_CELL names) freezes a
-cell's `kvprobe run` with SIGSTOP right after it journaled a unit, so the test can kill what
-runs it at a known point."""
+A test switch (kvprobe.infra.test_hooks: KVPROBE_TEST_STOP_AFTER, for the cell
+KVPROBE_TEST_STOP_CELL names) freezes a cell's `kvprobe run` with SIGSTOP right after it
+journaled a unit, so the test can kill what runs it at a known point."""
 
 from __future__ import annotations
 
@@ -27,12 +27,11 @@ from typing import Any
 
 import pytest
 
+from kvprobe.infra import test_hooks
 from kvprobe.infra.errors import UserError
 from kvprobe.sweep.cells import expand
 from kvprobe.sweep.spec import RunOptions, from_command_line, parse_sweep
-from tests.cli.test_cli import assert_one_line_error
-from tests.run.test_resume import default_signals
-from tests.tiny_model import write_tiny_model
+from tests.helpers import assert_one_line_error, default_signals, kvprobe, write_tiny_model
 
 CELLS = ["tiny_q8_0_512", "tiny_q4_0_512", "tiny2_q8_0_512", "tiny2_q4_0_512"]
 STOPPED = "tiny2_q8_0_512"  # the cell the tests interrupt: two cells are done by then
@@ -87,15 +86,9 @@ def finish(proc: subprocess.Popen[str], timeout: float, hung: str) -> tuple[str,
         raise AssertionError(hung) from None
 
 
-def kvprobe(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    proc = start(list(args), env)
-    out, err = proc.communicate(timeout=600)
-    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
-
-
 def frozen_after_unit(cell: str) -> dict[str, str]:
     """The switch: `cell`'s run freezes after journaling unit (document 1, checkpoint 0)."""
-    return {"KVPROBE_TEST_STOP_CELL": cell, "KVPROBE_TEST_STOP_AFTER": "1,0:stop"}
+    return {test_hooks.STOP_CELL: cell, test_hooks.STOP_AFTER: "1,0:stop"}
 
 
 def journal_units(out: Path) -> int:

@@ -17,15 +17,16 @@ from typing import Any
 
 import pytest
 
-from kvprobe.api import Heatmap, LineFigure, all_probes, get_probe
+from kvprobe.api import Heatmap, LineFigure, ResultDoc, all_probes, get_probe
 from kvprobe.cli import main
+from tests.helpers import examples
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "results" / "examples"
 SPLIT = EXAMPLES / "splitkv-f16-q8_0-q4_0-8192.json"
 REPETITION = EXAMPLES / "repetition-f16-q8_0-q4_0-8192.json"
 
 
-def load(path: Path) -> dict[str, Any]:
+def load(path: Path) -> ResultDoc:
     from kvprobe.result.store import load_result
 
     return load_result(path)
@@ -261,19 +262,21 @@ def fits_its_frame(figure: Any) -> None:
         assert drawn.legend.x1 <= drawn.figure.x1, figure.key
 
 
-@pytest.mark.parametrize("name", sorted(p.name for p in EXAMPLES.glob("*.json")))
+@pytest.mark.parametrize("name", [p.name for p in examples("results/examples/*.json")])
 def test_every_examples_figures_fit_their_frame(name: str) -> None:
     from kvprobe.views.pictures import every_figure
 
-    for figure in every_figure(load(EXAMPLES / name)):
+    figures = every_figure(load(EXAMPLES / name))
+    assert figures, f"{name}: no figure to check"  # an example without figures would pass unchecked
+    for figure in figures:
         fits_its_frame(figure)
 
 
-@pytest.mark.parametrize("name", sorted(p.parent.name for p in EXAMPLES.glob("*/sweep.json")))
+@pytest.mark.parametrize("name", [p.parent.name for p in examples("results/examples/*/sweep.json")])
 def test_every_sweep_examples_figures_fit_their_frame(name: str) -> None:
     from kvprobe.sweep.collect import collect
+    from kvprobe.sweep.view import every_figure
     from kvprobe.views.figures import layout
-    from kvprobe.views.sweep import every_figure
 
     figures = every_figure(collect(EXAMPLES / name))
     assert any(isinstance(f, Heatmap) for f in figures)

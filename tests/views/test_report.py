@@ -12,8 +12,9 @@ from kvprobe.result.store import Result
 from kvprobe.stats.decision import kv_bytes
 from kvprobe.stats.verdict import build_verdict
 from kvprobe.views.decision import frontier_cells
+from tests.helpers import examples
 
-EXAMPLES = sorted((Path(__file__).resolve().parents[2] / "results" / "examples").glob("*.json"))
+EXAMPLES = examples("results/examples/*.json")
 
 
 def squeezed(text: str) -> str:

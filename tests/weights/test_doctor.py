@@ -9,7 +9,7 @@ import gguf
 import pytest
 
 from kvprobe.weights.doctor import SOURCE_TYPE_KEY, diagnose, kv_cache_bytes, read_facts
-from tests.gguf_files import BIG, Spec, T, imatrix_metadata, write_gguf
+from tests.helpers import BIG, Spec, T, imatrix_metadata, write_gguf
 
 F = gguf.LlamaFileType
 
@@ -146,7 +146,8 @@ def test_serious_findings_sort_first(tmp_path: Path) -> None:
 
 def test_kv_formula_matches_llama_cpp_on_the_tiny_model(tiny_model_path: Path) -> None:
     from kvprobe.api.cache_types import CacheConfig
-    from kvprobe.engine import Model, kv_buffers
+    from kvprobe.engine.llamacpp.model import Model
+    from kvprobe.engine.llamacpp.tools import kv_buffers
 
     facts = read_facts(tiny_model_path)
     with Model(tiny_model_path, n_threads=1) as model:

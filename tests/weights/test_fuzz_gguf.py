@@ -29,9 +29,7 @@ from kvprobe.weights.doctor import SOURCE_TYPE_KEY, findings, kv_table, read_fac
 from kvprobe.weights.hparams import LLAMA_MAX_EXPERTS, LLAMA_MAX_LAYERS, MAX_CONTEXT, MAX_HEAD_DIM
 from kvprobe.weights.model_info import forget_headers
 from kvprobe.weights.quantize import load_imatrix
-from tests.cli.test_cli import write_tiny_imatrix
-from tests.gguf_files import Spec, T, imatrix_metadata, write_gguf
-from tests.tiny_model import write_tiny_model
+from tests.helpers import Spec, T, imatrix_metadata, write_gguf, write_tiny_imatrix, write_tiny_model
 
 pytestmark = pytest.mark.fuzz
 V = gguf.GGUFValueType

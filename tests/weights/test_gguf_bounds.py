@@ -20,9 +20,19 @@ import pytest
 from kvprobe.infra.errors import UserError
 from kvprobe.weights import gguf_header
 from kvprobe.weights.doctor import SOURCE_TYPE_KEY, read_facts
-from tests.cli.test_cli import assert_one_line_error, kvprobe, write_tiny_imatrix
-from tests.gguf_files import Spec, T, raw_gguf, raw_kv, raw_string, raw_tensor, write_gguf
-from tests.tiny_model import write_tiny_model
+from tests.helpers import (
+    Spec,
+    T,
+    assert_one_line_error,
+    kvprobe,
+    raw_gguf,
+    raw_kv,
+    raw_string,
+    raw_tensor,
+    write_gguf,
+    write_tiny_imatrix,
+    write_tiny_model,
+)
 
 V = gguf.GGUFValueType
 F = gguf.LlamaFileType

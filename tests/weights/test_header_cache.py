@@ -16,7 +16,7 @@ from kvprobe.weights import doctor, model_info
 from kvprobe.weights.doctor import read_facts
 from kvprobe.weights.facts import CACHE_NAME
 from kvprobe.weights.model_info import read_model_info
-from tests.tiny_model import write_tiny_model
+from tests.helpers import write_tiny_model
 
 
 @pytest.fixture

@@ -38,6 +38,7 @@ from kvprobe.api import (
     summary_series,
 )
 from kvprobe.api.cache_types import NULL_ROWS
+from kvprobe.api.record import JsonObject
 from kvprobe.infra.display import plain
 from kvprobe.infra.errors import UserError, guarded
 from kvprobe.plan.scenario import MAX_CHECKPOINT, bad, within
@@ -231,7 +232,7 @@ class DivergenceRun(ProbeRun):
         return section
 
 
-def add_tail(result: ResultDoc, seed: int) -> None:
+def add_tail(result: JsonObject, seed: int) -> None:
     """For a result written before them (schema 2): KL's 99.9th percentile rows and the
     per-checkpoint intervals the equivalence test reads, from the file's float32 arrays."""
     section = result["divergence"]
@@ -262,7 +263,7 @@ def null_check_summary(reference: list[dict[str, np.ndarray]], null: list[dict[s
     }
 
 
-def divergence_arrays(result: ResultDoc) -> Arrays:
+def divergence_arrays(result: ResultDoc | JsonObject) -> Arrays:
     """The per-position arrays back from a result document, per configuration and document."""
     out: Arrays = defaultdict(list)
     for rec in result["divergence"]["positions"]:  # per configuration in run order, documents in order
@@ -330,7 +331,7 @@ class DivergenceProbe(Probe):
     def ties(self, *, shown: bool) -> tuple[Callable[[ResultDoc], str | None], ...]:
         return (*part.TIES, *(part.TABLE_TIES if shown else ()))
 
-    def migrate(self, doc: ResultDoc, read_version: int, errors: list[dict[str, str]]) -> None:
+    def migrate(self, doc: JsonObject, read_version: int, errors: list[dict[str, str]]) -> None:
         """Schema 2 -> 3: KL's 99.9th percentile rows and the spans, from the file's arrays."""
         if read_version < 3 and doc.get("divergence") and doc.get("baseline") is not None:
             guarded(errors, self.summary_label, lambda: add_tail(doc, doc["run"]["seed"]))
@@ -361,7 +362,9 @@ class DivergenceProbe(Probe):
     def figures(self, result: ResultDoc) -> list[Figure]:
         return divergence_figures(result)
 
-    def sentence(self, result: ResultDoc, config: str, baseline: str, verdict: Row) -> str | None:
+    def sentence(
+        self, result: ResultDoc | JsonObject, config: str, baseline: str, verdict: JsonObject
+    ) -> str | None:
         onsets = (result.get("divergence") or {}).get("onset", {})
         if config not in onsets:
             return None
@@ -379,7 +382,7 @@ class DivergenceProbe(Probe):
             f"(Holm p = {found['p_holm']:.2g})."
         )
 
-    def position_evidence(self, result: ResultDoc) -> PositionEvidence | None:
+    def position_evidence(self, result: ResultDoc | JsonObject) -> PositionEvidence | None:
         section = result.get("divergence") or {}
         return PositionEvidence(onsets=section.get("onset", {}), spans=section.get("spans") or {})
 
@@ -394,7 +397,12 @@ class DivergenceProbe(Probe):
         ]
 
     def compare_rows(
-        self, old: ResultDoc, new: ResultDoc, pairs: list[tuple[str, str]], paired: bool, seed: int
+        self,
+        old: ResultDoc | JsonObject,
+        new: ResultDoc | JsonObject,
+        pairs: list[tuple[str, str]],
+        paired: bool,
+        seed: int,
     ) -> list[Row]:
         """Block means of KL and top-1 agreement per position bin and pooled: blocks of
         consecutive positions are the units, as in the curve's intervals."""
@@ -425,7 +433,7 @@ class DivergenceProbe(Probe):
         return rows
 
 
-def _reach(result: ResultDoc, config: str) -> int:
+def _reach(result: ResultDoc | JsonObject, config: str) -> int:
     """The last position every document of `config` holds (a configuration --until-decided
     stopped holds fewer than the run's context)."""
     found = [
@@ -444,7 +452,9 @@ def _compared_spans(edges: list[int], reach: int) -> list[tuple[int, int, str]]:
     return [*bins, (1, 1 << 30 if whole else (bins[-1][1] if bins else 1), "pooled")]
 
 
-def _block_means(result: ResultDoc, config: str, name: str | None, lo: int, hi: int) -> list[float]:
+def _block_means(
+    result: ResultDoc | JsonObject, config: str, name: str | None, lo: int, hi: int
+) -> list[float]:
     section = result.get("divergence") or {}
     block = section.get("block", 32)
     means: list[float] = []

@@ -1,13 +1,19 @@
-"""The part every question probe shares: its two metrics (accuracy and the answer's
+"""The part every question probe shares: the algorithm (plant groups of facts, ask them back at
+each checkpoint), its section's checks, its two metrics (accuracy and the answer's
 log-probability, both paired per item), summary rows, tables, figures and result-schema part.
-A concrete probe says what it plants (`plant`) and what it asks (`ask`), and nothing else.
+
+A concrete probe is data plus two hooks, as a kvpress press is a dataclass overriding one hook
+and RULER's task variants are one generator with parameters: its section (a dataclass whose
+counts and texts declare their bounds and placeholders, kit.spec), its names and words (class
+attributes), what it draws for a document (`draw`) and what it asks of each group (`ask`).
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, ClassVar
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar, cast, get_args, get_origin
 
 from rich.table import Table
 
@@ -31,9 +37,20 @@ from kvprobe.api import (
 from kvprobe.infra.display import plain
 from kvprobe.infra.errors import UserError
 from kvprobe.plan.documents import default_checkpoints
-from kvprobe.plan.scenario import bad
 from kvprobe.probes.kit import schema as kit_schema
-from kvprobe.probes.kit.questions import GENERATE_CAP, MAX_FORKS, Question, QuestionRun, complete_groups
+from kvprobe.probes.kit.questions import (
+    GENERATE_CAP,
+    MAX_FORKS,
+    Fact,
+    Group,
+    Planted,
+    Question,
+    QuestionRun,
+    complete_groups,
+    group_key,
+)
+from kvprobe.probes.kit.spec import QuestionSpec, check, needs
+from kvprobe.probes.kit.words import group_targets
 from kvprobe.probes.rows import mean_row, rate_row
 
 if TYPE_CHECKING:
@@ -42,46 +59,109 @@ if TYPE_CHECKING:
     from kvprobe.api import Document, Figure, Scenario
     from kvprobe.result.blocks import Schema
 
-
-# Every name a question probe's templates fill in (each probe checks which it needs).
-PLACEHOLDERS = ("key", "value", "keys", "count", "tally", "word", "book", "ordinal")
+S = TypeVar("S", bound=QuestionSpec)
 
 
 def item_key(it: Row) -> tuple[Any, ...]:
     return (it["doc"], it["ctx"], it["key"])
 
 
-class QuestionProbe(Probe):
-    """A probe whose items are questions about groups of planted spans, each with one answer."""
+@dataclass(frozen=True)
+class Drawn:
+    """A document's groups as a probe drew them, before they are placed: each group's span count,
+    and its facts, made once the places are drawn. The order of draws from the document's stream
+    is what makes its documents (changing it changes every planted value), and some probes draw a
+    group's own words after the places (`facts` may draw from the stream it is given)."""
 
-    spec_type: ClassVar[type]  # its scenario section's dataclass (named after it; has `generate`)
+    sizes: Sequence[int]
+    facts: Callable[[int, random.Random], list[Fact]]
+
+    @classmethod
+    def of(cls, groups: Sequence[list[Fact]]) -> Drawn:
+        """Groups drawn whole before they are placed."""
+        return cls([len(g) for g in groups], lambda g, _rng: groups[g])
+
+
+class QuestionProbe(Probe, Generic[S]):
+    """A probe whose items are questions about groups of planted spans, each with one answer.
+    `QuestionProbe[Spec]` names its section's dataclass, which becomes its one section (named
+    after the probe); a subclass's docstring is what the page and the schema doc say of it."""
+
+    spec_type: ClassVar[type[Any]]  # its section's dataclass: the type parameter
     title: ClassVar[str]  # "Multi-key needles"
-    about: ClassVar[str]  # what it plants and asks, in a sentence (the page, the schema doc)
+    about: ClassVar[str]  # what it plants and asks (the page, the schema doc): its docstring
     logprob_margin: ClassVar[float] = 0.25  # equivalence margin of the answer log-prob (nats)
     row_fields: ClassVar[Mapping[str, Schema]] = {}  # its rows' own fields, for the schema
     breakdown: ClassVar[str | None] = None  # a row field its tables break accuracy down by
+    group_count: ClassVar[str] = "groups"  # the section's key: groups per checkpoint segment
+    margin: ClassVar[int] = 64  # tokens before a checkpoint its spans keep free of (group_targets)
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.__doc__ and "about" not in vars(cls):
+            cls.about = " ".join(cls.__doc__.split())
+        for base in getattr(cls, "__orig_bases__", ()):
+            if get_origin(base) is QuestionProbe:
+                cls.spec_type = get_args(base)[0]
+                cls.sections = {cls.name: cls.spec_type}
 
     # what a concrete probe says ------------------------------------------------------------------
-    def groups(self, spec: Any) -> int:
-        """Groups it plants per checkpoint segment."""
+    def capacity(self, spec: S) -> int | None:
+        """How many groups one document may have, where fewer than its draws can make (None: as
+        many as they can; `check_run` draws a document's to see)."""
+        return None
+
+    def draw(self, spec: S, n: int, rng: random.Random) -> Drawn:
+        """The `n` groups of one document (its checkpoint segments' groups, in order)."""
         raise NotImplementedError
 
-    def capacity(self, spec: Any) -> int:
-        """How many groups one document can have before keys or values would repeat."""
+    def ask(self, spec: S, groups: list[Group]) -> Iterable[Question]:
+        """The questions about `groups`, those planted before a checkpoint (`pose` builds one)."""
         raise NotImplementedError
 
-    def plant(self, tok: Tokenizer, spec: Any, checkpoints: list[int], rng: random.Random) -> list[Insert]:
-        """The spans of one document (Insert.key from kit.questions.group_key)."""
-        raise NotImplementedError
+    # what the kit gives it -----------------------------------------------------------------------
+    def fact(self, spec: Any, subject: str, value: str) -> Fact:
+        """A fact in the words of the section's `template`, whose placeholders (as `text` declares
+        them) name its subject and its value, in that order ("The {tally} tally adds {word}.")."""
+        says = needs(spec, "template")
+        return Fact(subject, value, spec.template.format(**{says[0]: subject, says[1]: value}))
 
-    def ask(self, spec: Any, groups: list[list[PlantedSpan]], length: int) -> list[Question]:
-        """The questions at checkpoint `length` about the groups planted before it."""
-        raise NotImplementedError
-
-    def check_spec(self, spec: Any, source: str) -> None:
-        """Check the values of its section."""
+    def pose(
+        self,
+        spec: S,
+        group: Group,
+        *,
+        fill: Mapping[str, object],
+        answer: str | Sequence[str],
+        key: str | None = None,
+        spans: Sequence[PlantedSpan] | None = None,
+        candidates: Sequence[str] = (),
+        **fields: object,
+    ) -> Question:
+        """A question about `group` (or about `spans` of it; `key`: by default its subject), from
+        the section's texts filled with `fill`: raw text, chat form, and the reply's start (the
+        section's `answer_prefix`, or where it has none the raw query). `answer` is the answer or
+        the values it lists (joined by commas); `fields` are the probe's own row fields."""
+        prefix: str = getattr(spec, "answer_prefix", spec.query)
+        return Question(
+            key=group.subject if key is None else key,
+            raw=spec.query.format(**fill),
+            chat=spec.chat_query.format(**fill),
+            prefix=prefix.format(**fill),
+            answer=" " + (answer if isinstance(answer, str) else ", ".join(answer)),
+            spans=group.spans if spans is None else spans,
+            candidates=candidates,
+            fields=fields,
+        )
 
     # the contract -------------------------------------------------------------------------------
+    def spec(self, scenario: Scenario) -> S:
+        return cast(S, scenario.spec(self.spec_type))
+
+    def groups(self, spec: S) -> int:
+        """Groups it plants per checkpoint segment."""
+        return int(getattr(spec, self.group_count))
+
     @property
     def accuracy(self) -> str:
         return f"{self.name}_accuracy"
@@ -101,50 +181,65 @@ class QuestionProbe(Probe):
         )  # fmt: skip
 
     def validate(self, scenario: Scenario, source: str) -> None:
-        spec: Any = scenario.spec(self.spec_type)
-        for name, value in vars(spec).items():  # a template with a stray brace fails here, not mid-run
-            if isinstance(value, str):
-                try:
-                    value.format(**dict.fromkeys(PLACEHOLDERS, "x"))
-                except (KeyError, IndexError, ValueError) as exc:
-                    raise bad(
-                        source, f"{self.name}.{name}", f"has an unknown placeholder or a stray brace ({exc})"
-                    ) from None
-        self.check_spec(spec, source)
+        check(self.spec(scenario), self.name, source)
 
     def check_run(
         self, scenario: Scenario, *, mode: str, ctx: int, baseline: str | None, null_check: bool
     ) -> None:
-        spec: Any = scenario.spec(self.spec_type)
+        spec = self.spec(scenario)
         n = self.groups(spec) * len(default_checkpoints(ctx, scenario.plan.checkpoints))
-        if n > self.capacity(spec):
+        most = self.capacity(spec)
+        if most is not None and n > most:
             raise UserError(
-                f"the {self.name} plan needs {n:,} groups per document, but only {self.capacity(spec):,} "
-                f"differ: lower {self.name}.groups or use fewer checkpoints"
+                f"the {self.name} plan needs {n:,} groups per document, but only {most:,} differ: lower "
+                f"{self.name}.{self.group_count} or use fewer checkpoints"
             )
+        rng = random.Random(0)  # one document's draws, made now: what they cannot make is refused
+        try:  # before any model loads, not when the documents are built
+            drawn = self.draw(spec, n, rng)
+            for g in range(n):
+                drawn.facts(g, rng)
+        except UserError as exc:
+            raise UserError(f"the {self.name} plan ({n:,} groups per document): {exc}") from None
 
     def inserts(
         self, tok: Tokenizer, scenario: Scenario, checkpoints: list[int], doc_index: int, seed: int
     ) -> list[Insert]:
+        """Each group's spans, spread over its checkpoint segment (kit.words.group_targets), each
+        carrying its group and its fact (a `Planted` payload)."""
+        spec = self.spec(scenario)
         rng = random.Random(f"{seed}:{self.name}:{doc_index}")
-        return self.plant(tok, scenario.spec(self.spec_type), checkpoints, rng)
+        drawn = self.draw(spec, self.groups(spec) * len(checkpoints), rng)
+        out: list[Insert] = []
+        for g, aims in enumerate(group_targets(checkpoints, drawn.sizes, margin=self.margin, rng=rng)):
+            facts = drawn.facts(g, rng)
+            if len(aims) != len(facts):  # its segment is too short to hold its groups
+                continue
+            out += [
+                Insert(group_key(g, len(aims)), fact.value, tok.tokenize(" " + fact.text), aim,
+                       probe=self.name, payload=Planted(g, len(aims), fact))
+                for fact, aim in zip(facts, aims, strict=True)
+            ]  # fmt: skip
+        return out
 
     def needs(self, scenario: Scenario, *, mode: str) -> Needs:
         # A pack of questions fills at most a chunk; each fork may then generate a failed answer.
         return Needs(fork_cells=scenario.plan.chunk + MAX_FORKS * (GENERATE_CAP + 1))
 
     def questions(self, scenario: Scenario, document: Document, length: int) -> list[Question]:
-        groups = complete_groups(document.spans_of(self.name), length)
-        return self.ask(scenario.spec(self.spec_type), groups, length)
+        """The questions at checkpoint `length` about the groups planted before it."""
+        return list(self.ask(self.spec(scenario), complete_groups(document.spans_of(self.name), length)))
 
     def start(self, setup: RunSetup) -> QuestionRun:
-        spec: Any = setup.scenario.spec(self.spec_type)
         return QuestionRun(
-            self.name, setup, lambda d, L: self.questions(setup.scenario, d, L), generate=spec.generate
+            self.name,
+            setup,
+            lambda d, L: self.questions(setup.scenario, d, L),
+            generate=self.spec(setup.scenario).generate,
         )
 
     def scenario_note(self, scenario: Scenario) -> str | None:
-        return f"{self.groups(scenario.spec(self.spec_type))} {self.name} groups/segment"
+        return f"{self.groups(self.spec(scenario))} {self.name} groups/segment"
 
     def schema_part(self) -> SchemaPart:
         return kit_schema.part(self.name, self.about, self.row_fields)
@@ -256,8 +351,3 @@ class QuestionProbe(Probe):
         if not any(it["probe"] == self.name for it in result["items"]):
             return []
         return [self.about]
-
-
-def spans_text(spans: Sequence[PlantedSpan]) -> list[str]:
-    """The values of a group's spans, in document order."""
-    return [s.value for s in sorted(spans, key=lambda s: s.position)]

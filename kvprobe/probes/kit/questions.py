@@ -1,11 +1,13 @@
 """Asking planted facts back: the run shared by the probes whose items are questions with one
-fixed answer (multi-key, multi-value, variable tracking, aggregation, near-duplicates).
+fixed answer (multi-key, multi-value, multi-query, variable tracking, aggregation,
+near-duplicates).
 
-A probe plants groups of spans (`Insert.key` names the group and its size, "g3/4"); at each
-checkpoint every group whose spans all lie before it is asked, in a fork of the document, and
-its answer is teacher forced: the answer's log-probability, and whether greedy decoding would
-produce it. Only failed answers pay for generation, to show what the model said instead, and
-only in the probes whose `generate` is on (generation, token by token, costs more than scoring).
+A probe plants groups of spans, each span carrying a typed payload (`Planted`: its group and
+the `Fact` it states); at each checkpoint every group whose spans all lie before it is asked,
+in a fork of the document, and its answer is teacher forced: the answer's log-probability, and
+whether greedy decoding would produce it. Only failed answers pay for generation, to show what
+the model said instead, and only in the probes whose `generate` is on (generation, token by
+token, costs more than scoring).
 """
 
 from __future__ import annotations
@@ -19,14 +21,14 @@ from kvprobe.api import Budget, PlantedSpan, ProbeRun, Row, RunSetup
 
 if TYPE_CHECKING:
     from kvprobe.api import Document
-    from kvprobe.engine import Context, TeacherForced
+    from kvprobe.api.engine import Context, TeacherForced
 
 MAX_FORKS = 32  # questions scored at once, each in its own fork sequence
 GENERATE_EXTRA = 4  # a failed answer is shown for its own length and this many tokens more
 GENERATE_CAP = 40  # ... and never longer than this
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Question:
     """One question about one group of planted spans, asked at one checkpoint. Raw text ends
     where the answer starts; chat form asks `chat`, ends the user's turn, and starts the reply
@@ -42,23 +44,67 @@ class Question:
     fields: Mapping[str, Any] = field(default_factory=dict)  # the probe's own row fields
 
 
+@dataclass(frozen=True)
+class Fact:
+    """What one planted span states: `subject` holds `value` (a vault's code and its number, a
+    variable and what it is assigned, a tally and a word it adds), in the sentence `text`."""
+
+    subject: str
+    value: str
+    text: str
+
+
+@dataclass(frozen=True)
+class Planted:
+    """The payload the kit puts on each span it plants: the span's group (its index among the
+    document's groups, and how many spans it has) and the fact it states."""
+
+    group: int
+    size: int
+    fact: Fact
+
+
+@dataclass(frozen=True)
+class Group:
+    """A group whose every span lies before the checkpoint: its spans in document order, and the
+    facts they state."""
+
+    spans: list[PlantedSpan]
+    facts: list[Fact]
+
+    @property
+    def subject(self) -> str:
+        """What the group's first span is about (the key of a group that shares one)."""
+        return self.facts[0].subject
+
+    @property
+    def values(self) -> list[str]:
+        return [f.value for f in self.facts]
+
+
 def group_key(index: int, size: int) -> str:
-    """The Insert key of a group's spans: its index and how many spans it has."""
+    """The Insert key of a group's spans, for a reader: its index and how many spans it has."""
     return f"g{index}/{size}"
 
 
-def complete_groups(spans: Sequence[PlantedSpan], length: int) -> list[list[PlantedSpan]]:
+def planted(span: PlantedSpan) -> Planted:
+    if not isinstance(span.payload, Planted):
+        raise TypeError(f"span {span.key!r} of {span.probe!r} carries no kit payload")
+    return span.payload
+
+
+def complete_groups(spans: Sequence[PlantedSpan], length: int) -> list[Group]:
     """The groups whose every span was planted and ends before `length`, in document order of
     their first span. A group the document had no room for at its end is never complete."""
-    groups: dict[str, list[PlantedSpan]] = {}
+    groups: dict[int, list[PlantedSpan]] = {}
     for s in spans:
-        groups.setdefault(s.key, []).append(s)
-    out = []
-    for key, members in groups.items():
-        size = int(key.rsplit("/", 1)[1])
-        if len(members) == size and all(s.end <= length for s in members):
-            out.append(members)
-    return sorted(out, key=lambda g: g[0].position)
+        groups.setdefault(planted(s).group, []).append(s)
+    out = [
+        Group(members, [planted(s).fact for s in members])
+        for members in groups.values()
+        if len(members) == planted(members[0]).size and all(s.end <= length for s in members)
+    ]
+    return sorted(out, key=lambda g: g.spans[0].position)
 
 
 def _normal(text: str) -> str:

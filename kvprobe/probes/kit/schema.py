@@ -4,6 +4,7 @@ rows have, and its own), its accuracy summary rows, and their docs."""
 from __future__ import annotations
 
 from collections.abc import Mapping
+from types import MappingProxyType
 
 from kvprobe.api import SchemaPart
 from kvprobe.result.blocks import (
@@ -56,6 +57,11 @@ COMMON = {
     ),
 }
 REQUIRED = ["doc", "key", "expected", "correct", "logprob", "answer_tokens", "depth"]
+
+
+def row(**fields: Schema) -> Mapping[str, Schema]:
+    """A question probe's own row fields (`QuestionProbe.row_fields`), in order, read-only."""
+    return MappingProxyType(fields)
 
 
 def part(name: str, about: str, fields: Mapping[str, Schema]) -> SchemaPart:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 from kvprobe.infra.errors import UserError
 
@@ -24,8 +25,12 @@ PLACES = (
     "lighthouse greenhouse warehouse observatory pharmacy brewery foundry stable armoury "
     "boathouse dairy gallery laundry mill pantry smithy tannery vineyard courthouse"
 ).split()
+SIDES = ("north", "south", "east", "west", "upper", "lower", "old", "new")
+SIDED_PLACES = len(SIDES) * len(PLACES)
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 HEX = "0123456789abcdef"
+CODES = len(HEX) ** 4  # the codes of one stem
+T = TypeVar("T")
 
 
 def distinct(
@@ -34,7 +39,7 @@ def distinct(
     """`n` different strings from `make`; a plan that needs more than exist is refused."""
     if n > capacity:
         raise UserError(
-            f"the plan needs {n:,} distinct {what}, but only {capacity:,} exist: plant fewer per segment"
+            f"{n:,} distinct {what} are needed, but only {capacity:,} exist: plant fewer per segment"
         )
     out: list[str] = []
     seen: set[str] = set()
@@ -53,6 +58,36 @@ def value_count(digits: int) -> int:
 
 def number(digits: int) -> Callable[[random.Random], str]:
     return lambda rng: str(rng.randint(10 ** (digits - 1), 10**digits - 1))
+
+
+def numbers(n: int, digits: int, rng: random.Random) -> list[str]:
+    """`n` different numbers of `digits` digits."""
+    return distinct(n, number(digits), rng, "values", value_count(digits))
+
+
+def chunks(values: Sequence[T], size: int) -> list[list[T]]:
+    """`values` cut into lists of `size`, in order (one group's share each)."""
+    return [list(values[i : i + size]) for i in range(0, len(values), size)]
+
+
+def sided_place(rng: random.Random) -> str:
+    """A name such as "north harbour" (a tally's, a logbook's): one of SIDED_PLACES."""
+    return f"{rng.choice(SIDES)} {rng.choice(PLACES)}"
+
+
+def code(rng: random.Random, stem: str = "") -> str:
+    """A code such as "a3f9-17c2" (one of CODES for each stem); codes that share the stem (their
+    first half) look alike."""
+    first = stem or "".join(rng.choice(HEX) for _ in range(4))
+    return first + "-" + "".join(rng.choice(HEX) for _ in range(4))
+
+
+def variable(rng: random.Random) -> str:
+    """A variable's name: five capital letters, as RULER's (one of VARIABLES)."""
+    return "".join(rng.choice(LETTERS) for _ in range(5))
+
+
+VARIABLES = len(LETTERS) ** 5
 
 
 def pair_of_words(rng: random.Random) -> str:

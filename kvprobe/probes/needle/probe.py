@@ -35,6 +35,8 @@ from kvprobe.api import (
     register,
     summary_series,
 )
+from kvprobe.api.record import JsonObject
+from kvprobe.api.result import PromptRecord
 from kvprobe.infra.display import plain
 from kvprobe.plan.scenario import bad, within
 from kvprobe.probes.needle import schema as part
@@ -55,7 +57,7 @@ if TYPE_CHECKING:
     from rich.console import RenderableType
 
     from kvprobe.api import Document, Figure, Insert, Tokenizer
-    from kvprobe.engine import Context, TeacherForced
+    from kvprobe.api.engine import Context, TeacherForced
     from kvprobe.plan.scenario import Scenario
 
 NEEDLE_LOOP_TOKENS = 6  # a failed answer such as "899999999" ends in >= 6 periodic tokens
@@ -217,7 +219,7 @@ class NeedleProbe(Probe):
         )  # fmt: skip
 
     def reference_check(
-        self, items: list[Row], baseline: str, prompt: Mapping[str, Any], checkpoint: int
+        self, items: list[Row], baseline: str, prompt: PromptRecord | Mapping[str, Any], checkpoint: int
     ) -> str | None:
         rows = [
             it
@@ -337,7 +339,9 @@ class NeedleProbe(Probe):
     def figures(self, result: ResultDoc) -> list[Figure]:
         return needle_figures(result)
 
-    def sentence(self, result: ResultDoc, config: str, baseline: str, verdict: Row) -> str | None:
+    def sentence(
+        self, result: ResultDoc | JsonObject, config: str, baseline: str, verdict: JsonObject
+    ) -> str | None:
         return needle_verdict.needle_sentence(verdict, baseline, config)
 
     def verdict_part(self, items: Sequence[Row], baseline: str, config: str, verdict: Row, seed: int) -> Row:

@@ -30,6 +30,7 @@ from kvprobe.api import (
     summary_series,
 )
 from kvprobe.api.cache_types import TEXT_ROWS
+from kvprobe.api.record import JsonObject
 from kvprobe.infra.display import plain
 from kvprobe.plan.scenario import HASHED_IF_SET, within
 from kvprobe.probes.repetition import schema as part
@@ -40,7 +41,7 @@ if TYPE_CHECKING:
     from rich.console import RenderableType
 
     from kvprobe.api import Document, Figure
-    from kvprobe.engine import Context
+    from kvprobe.api.engine import Context
     from kvprobe.plan.scenario import Scenario
 
 
@@ -112,10 +113,8 @@ class RepetitionRun(ProbeRun):
         }
 
     def at_checkpoint(self, context: Context, config: str, document: Document, length: int) -> list[Row]:
-        from kvprobe.engine import generate_forks  # engine imports llama_cpp: not on every command
-
         points = continuation_points(length, self.spec.offsets, self.spec.stride)
-        outs = generate_forks(context, [document.tokens[:p] for p in points], self.spec.tokens, self.request)
+        outs = context.generate_forks([document.tokens[:p] for p in points], self.spec.tokens, self.request)
         return [
             self.row(config, document.index, length, p, toks) for p, toks in zip(points, outs, strict=True)
         ]
@@ -186,7 +185,7 @@ class RepetitionProbe(Probe):
     def ties(self, *, shown: bool) -> tuple[Callable[[ResultDoc], str | None], ...]:
         return part.TABLE_TIES if shown else ()
 
-    def migrate(self, doc: ResultDoc, read_version: int, errors: list[dict[str, str]]) -> None:
+    def migrate(self, doc: JsonObject, read_version: int, errors: list[dict[str, str]]) -> None:
         if read_version < 2:
             part.rename_first_difference(doc)
 
@@ -289,7 +288,7 @@ def repetition_figures(result: ResultDoc) -> list[Figure]:
     return figures
 
 
-def worst_continuation(result: ResultDoc) -> str | None:
+def worst_continuation(result: ResultDoc | JsonObject) -> str | None:
     """The most repetitive continuation of any configuration, in words."""
     rows = [
         it for it in result["items"] if it["probe"] == "repetition" and it["config"] != result.get("baseline")

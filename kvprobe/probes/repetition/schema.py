@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from kvprobe.api import ResultDoc, SchemaPart
+from kvprobe.api.record import JsonObject
 from kvprobe.result.blocks import (
     INT,
     INTERVAL,
@@ -104,7 +105,7 @@ PART = SchemaPart(
 )
 
 
-def rename_first_difference(doc: ResultDoc) -> None:
+def rename_first_difference(doc: JsonObject) -> None:
     """Schema 1 -> 2: the repetition metric "divergence_index" is "first_difference"
     ("divergence" names only the KL probe)."""
     for it in [*doc.get("items", []), *(doc.get("text_items") or [])]:

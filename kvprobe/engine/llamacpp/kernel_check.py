@@ -9,8 +9,8 @@ signal, the run loads its models with `use_extra_bufts = False`, which is llama.
 `--no-repack`, and says so. The answer is cached per llama.cpp build, CPU and weight types,
 so the check costs nothing after the first time.
 
-The parent side of this module is plain Python; the child (`python -m kvprobe.kernel_check`)
-decodes through `kvprobe.engine`, the one module that talks to llama.cpp.
+The parent side (`check_models`, `decide`) runs in the run's process; the child is this module
+run as `python -m kvprobe.engine.llamacpp.kernel_check`, decoding through this engine's Model.
 """
 
 from __future__ import annotations
@@ -27,7 +27,12 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from kvprobe.api.cache_types import CacheConfig
+from kvprobe.api.engine import ContextSettings, KernelDecision
+from kvprobe.engine.llamacpp.model import Model
+from kvprobe.engine.llamacpp.tools import gpu_offload_supported, runtime_info
 from kvprobe.infra.memo import memo_path, read_memo, write_memo
 from kvprobe.weights.doctor import read_facts
 
@@ -43,6 +48,7 @@ EXTRA_BUFT_FEATURES = ("AMX_INT8", "REPACK")
 # Tests only: "1" makes the child segfault where the kernels would (a real crash, for the
 # fallback); "kill" makes it die by SIGKILL, as under the OOM killer (no verdict on kernels).
 CRASH_SWITCH_ENV = "KVPROBE_TEST_KERNEL_CHECK_CRASH"
+CHILD_MODULE = "kvprobe.engine.llamacpp.kernel_check"  # this module, run as the child
 CHILD_TIMEOUT_S = 900.0
 CHECK_CHUNK = 64  # the child decodes one 64-token batch (matrix kernels), then one token (vector)
 # Deaths that a broken kernel causes; SIGKILL (the OOM killer) or SIGTERM say nothing about it.
@@ -57,26 +63,6 @@ NO_AMX_BUILD = (
     'CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX512=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON '
     '-DGGML_AMX_INT8=OFF" pip install --force-reinstall --no-cache-dir llama-cpp-python'
 )
-
-
-@dataclass(frozen=True)
-class KernelDecision:
-    """Whether this run loads its models with extra buffer types, and why. One per run: the
-    setting changes numerics the way batch shape does, so every configuration shares it."""
-
-    extra_bufts: bool
-    check: str  # passed, crashed, skipped, forced_off (--no-repack), inconclusive
-    reason: str
-    cached: bool = False
-
-    def runtime(self) -> dict[str, object]:
-        """The fields the result's `runtime` records."""
-        return {
-            "extra_bufts": self.extra_bufts,
-            "extra_bufts_check": self.check,
-            "extra_bufts_reason": self.reason,
-            "extra_bufts_check_cached": self.cached,
-        }
 
 
 def build_features(system_info: str) -> set[str]:
@@ -152,14 +138,13 @@ def run_child(
 ) -> ChildOutcome:
     """Load `model` (with or without extra buffer types) in a child process and decode a few
     tokens."""
-    cmd = [sys.executable, "-m", "kvprobe.kernel_check", str(model), "--gpu-layers", str(n_gpu_layers)]
+    cmd = [sys.executable, "-m", CHILD_MODULE, str(model), "--gpu-layers", str(n_gpu_layers)]
     if n_threads:
         cmd += ["--threads", str(n_threads)]
     if not extra_bufts:
         cmd.append("--no-extra-bufts")
     try:
-        env = {k: v for k, v in os.environ.items() if k != "KVPROBE_TRACE"}  # its test decode is no run's
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False, env=env)
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
     except subprocess.TimeoutExpired:
         return ChildOutcome(None, f"no answer within {timeout:.0f} s")
     lines = (proc.stdout if proc.returncode == 0 else proc.stderr).strip().splitlines()
@@ -266,14 +251,10 @@ def check_models(
 ) -> tuple[KernelDecision, str]:
     """`decide` for model files: reads their weight types and this llama.cpp build's features.
     Returns the decision and the build's system info (for `fallback_message`)."""
-    from kvprobe import engine  # llama_cpp, slow: only a run that decides its kernels pays for it
-
-    runtime = engine.runtime_info()
+    runtime = runtime_info()
     system_info = str(runtime["llama_cpp_build"])
     facts = [read_facts(p) for p in paths]
-    on_gpu = engine.gpu_offload_supported() and (
-        n_gpu_layers < 0 or all(n_gpu_layers > f["n_layer"] for f in facts)
-    )
+    on_gpu = gpu_offload_supported() and (n_gpu_layers < 0 or all(n_gpu_layers > f["n_layer"] for f in facts))
     decision = decide(
         [(p, f["weight_types"]) for p, f in zip(paths, facts, strict=True)],
         system_info=system_info,
@@ -303,18 +284,13 @@ def fallback_message(decision: KernelDecision, system_info: str) -> str:
 
 
 def _child(argv: Sequence[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m kvprobe.kernel_check")
+    parser = argparse.ArgumentParser(prog=f"python -m {CHILD_MODULE}")
     parser.add_argument("model")
     parser.add_argument("--gpu-layers", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--no-extra-bufts", action="store_true")
     args = parser.parse_args(argv)
     extra_bufts = not args.no_extra_bufts
-
-    import numpy as np
-
-    from kvprobe.engine import ContextSettings, Model  # llama_cpp: in the child process only
-
     with Model(
         args.model, n_gpu_layers=args.gpu_layers, n_threads=args.threads, use_extra_bufts=extra_bufts
     ) as m:

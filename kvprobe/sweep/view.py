@@ -5,18 +5,22 @@ provenance. Reads only the merged rows (kvprobe.sweep.merge) and the result docu
 
 from __future__ import annotations
 
-import base64
+import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from rich.console import Console
 from rich.table import Table
 
-from kvprobe.infra.display import html_text, plain
+from kvprobe.infra.display import plain
 from kvprobe.sweep.collect import SweepReport
 from kvprobe.sweep.merge import DECISIONS, Problem, SweepRow
-from kvprobe.views.figures import Figure, Heatmap, Point, Scatter, render
+from kvprobe.views.figures import Figure, Heatmap, Point, Scatter
+from kvprobe.views.layout import Picture, render_page
+from kvprobe.views.layout import Table as PageTable  # rich's Table draws the terminal's
 
 MIB = 1024 * 1024
 TESTED = DECISIONS[1:]  # what a tested configuration is called: the grid has no reference column
@@ -181,22 +185,6 @@ def frontier_figure(rows: Sequence[SweepRow], model: str, index: int) -> Scatter
     )
 
 
-def _img(figure: Figure) -> str:
-    data = base64.b64encode(render(figure, "svg")).decode("ascii")
-    return f'<img alt="{html_text(figure.title)}" src="data:image/svg+xml;base64,{data}">'
-
-
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    e = html_text
-    return (
-        "<table><tr>"
-        + "".join(f"<th>{e(h)}</th>" for h in header)
-        + "</tr>"
-        + "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>" for row in rows)
-        + "</table>"
-    )
-
-
 def provenance_rows(report: SweepReport) -> list[list[str]]:
     out = []
     for cell, doc in report.results.items():
@@ -215,56 +203,53 @@ def provenance_rows(report: SweepReport) -> list[list[str]]:
     return out
 
 
+@dataclass(frozen=True)
+class ModelView:
+    """A model's part of the sweep page: its frontier, and its table by cache and context."""
+
+    name: str
+    frontier: Picture | None
+    table: PageTable
+
+
 def sweep_page(report: SweepReport, cell_pages: dict[str, str]) -> str:
     """The whole sweep on one self-contained page; `cell_pages` links each cell's own page."""
-    from kvprobe.views.html import STYLE
-
-    e = html_text
     rows, m = report.rows, report.manifest
     models, _, contexts = models_and_configs(rows)
-    title = f"kvprobe sweep: {m.spec.name}"
-    body = [
-        f"<h1>{e(title)}</h1>",
-        f"<p>{len(report.results)} of {len(m.cells)} cells with a result, from "
-        f"<code>{e(m.command)}</code></p>",
-    ]
-    body.append("<h2>Decisions</h2>")
-    for ctx in contexts:
-        if (heatmap := decision_heatmap(rows, ctx)) is not None:
-            body.append(_img(heatmap))
+    heatmaps = [Picture(h) for ctx in contexts if (h := decision_heatmap(rows, ctx)) is not None]
+    views = []
     for i, model in enumerate(models):
-        body.append(f"<h2>{e(model)}</h2>")
-        if (scatter := frontier_figure(rows, model, i)) is not None:
-            body.append(_img(scatter))
-        body.append(_table(MODEL_HEADER, per_model_cells(rows, model)))
-    if report.problems:
-        body.append("<h2>Cells without a result</h2>")
-        body.append(_table(["cell", "status", "why"], [[p.cell, p.status, p.why] for p in report.problems]))
-    links = "".join(f"<li><a href='{e(href)}'>{e(cell)}</a></li>" for cell, href in cell_pages.items())
-    if links:
-        body.append(f"<h2>Each cell's own page</h2><ul>{links}</ul>")
-    body.append("<h2>Provenance</h2>")
-    body.append(
-        _table(
-            ["cell", "host", "backend", "llama-cpp-python", "model sha256", "time", "command"],
-            provenance_rows(report),
+        scatter = frontier_figure(rows, model, i)
+        views.append(
+            ModelView(
+                model,
+                Picture(scatter) if scatter is not None else None,
+                PageTable(MODEL_HEADER, per_model_cells(rows, model)),
+            )
         )
-    )
-    return (
-        f"<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'><title>{e(title)}</title>"
-        f"<style>{STYLE}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n"
+    header = ["cell", "host", "backend", "llama-cpp-python", "model sha256", "time", "command"]
+    return render_page(
+        "sweep.html",
+        title=f"kvprobe sweep: {m.spec.name}",
+        finished=len(report.results),
+        cells=len(m.cells),
+        command=m.command,
+        heatmaps=heatmaps,
+        models=views,
+        problems=PageTable(["cell", "status", "why"], [[p.cell, p.status, p.why] for p in report.problems]),
+        links=list(cell_pages.items()),
+        provenance=PageTable(header, provenance_rows(report)),
     )
 
 
 def cell_page_links(report: SweepReport, page: Path) -> dict[str, str]:
-    """Each cell's own page beside its result, as a link relative to the sweep page."""
-    import os
-
+    """Each cell's own page beside its result, as a link relative to the sweep page: a URL path,
+    percent-encoded, so that no folder name (one with "#", or "javascript:") reads as more."""
     links = {}
     for cell, record in report.manifest.cells.items():
         own = (report.manifest.folder / record.out).with_suffix(".html")
         if cell in report.results and own.is_file():
-            links[cell] = os.path.relpath(own, page.absolute().parent)
+            links[cell] = quote(Path(os.path.relpath(own, page.absolute().parent)).as_posix())
     return links
 
 
