@@ -9,7 +9,7 @@ strictly (kvprobe.result.check: 1.0 is no whole number, "7" no number)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
@@ -53,6 +53,15 @@ class Record(BaseModel):
     def __contains__(self, key: object) -> bool:
         """As a plain document would say: the field was written (or set), not merely declared."""
         return key in self.model_fields_set or key in (self.__pydantic_extra__ or {})
+
+    def __eq__(self, other: object) -> bool:
+        """Equal to another record as pydantic compares them, and to a plain document (a file's
+        JSON) that holds what this record holds."""
+        if isinstance(other, Mapping) and not isinstance(other, BaseModel):
+            return self.written() == dict(other)
+        return super().__eq__(other)
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, as a dict: never a key
 
     def __iter__(self) -> Iterator[str]:  # type: ignore[override]  # a mapping's keys, not pydantic's pairs
         return iter(self.keys())

@@ -14,16 +14,18 @@ import numpy as np
 from scipy import optimize
 
 from kvprobe.api import ALPHA, Metric, paired_item_metrics
+from kvprobe.api.record import ItemRow, JsonObject
 from kvprobe.stats.inference import difference_test, holm, significant_tail
+from kvprobe.stats.parts import DifferenceDoc, PairedDoc
 
 EFFECTIVE_THRESHOLD = 0.85  # share of the baseline's score that still counts as "effective"
 
 
 def paired_values(
-    items: Sequence[dict[str, Any]], metric: Metric, baseline: str, config: str
+    items: Sequence[ItemRow], metric: Metric, baseline: str, config: str
 ) -> dict[int, tuple[list[float], list[float]]]:
     """Per checkpoint, the (test, baseline) values of items both configurations have."""
-    by_key: dict[str, dict[tuple[Any, ...], dict[str, Any]]] = defaultdict(dict)
+    by_key: dict[str, dict[tuple[Any, ...], ItemRow]] = defaultdict(dict)
     for it in items:
         if it["probe"] == metric.probe and it["config"] in (baseline, config):
             by_key[it["config"]][metric.pair_key(it)] = it
@@ -37,7 +39,7 @@ def paired_values(
     return dict(sorted(out.items()))
 
 
-def compare_paired(test: Sequence[float], base: Sequence[float], metric: Metric, seed: int) -> dict[str, Any]:
+def compare_paired(test: Sequence[float], base: Sequence[float], metric: Metric, seed: int) -> DifferenceDoc:
     """Difference test − baseline with its interval, and the one-sided p that test is worse."""
     d = difference_test(
         test, base, binary=metric.binary, paired=True, seed=seed,
@@ -54,17 +56,15 @@ def compare_paired(test: Sequence[float], base: Sequence[float], metric: Metric,
     }
 
 
-def paired_rows(
-    items: Sequence[dict[str, Any]], baseline: str, config: str, seed: int
-) -> list[dict[str, Any]]:
+def paired_rows(items: Sequence[ItemRow], baseline: str, config: str, seed: int) -> list[PairedDoc]:
     """One row per metric and checkpoint: difference, interval, one-sided p (test worse) and
     its Holm adjustment across the metric's checkpoints."""
-    rows: list[dict[str, Any]] = []
+    rows: list[PairedDoc] = []
     for metric in paired_item_metrics():
         values = paired_values(items, metric, baseline, config)
         if not values:
             continue
-        mine = [
+        mine: list[PairedDoc] = [
             {"probe": metric.probe, "metric": metric.name, "config": config, "ctx": ctx,
              **compare_paired(t, b, metric, seed)}
             for ctx, (t, b) in values.items()
@@ -75,7 +75,7 @@ def paired_rows(
     return rows
 
 
-def onset(rows: Sequence[dict[str, Any]], alpha: float = ALPHA) -> int | None:
+def onset(rows: Sequence[PairedDoc | JsonObject], alpha: float = ALPHA) -> int | None:
     """The shortest checkpoint from which the configuration is significantly worse than the
     baseline at every longer checkpoint (rows of one metric and configuration)."""
     ordered = sorted(rows, key=lambda r: r["ctx"])

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any
 
 from kvprobe.api import all_probes, paired_item_metrics
 from kvprobe.api.record import JsonObject
@@ -16,7 +15,9 @@ from kvprobe.stats.analysis import onset
 from kvprobe.stats.sequential import Design
 from kvprobe.stats.verdict import checkpoint_tests, equivalence, sequential_tests
 
-Row = dict[str, Any]
+# One probe and test configuration, plain: benchmarks/ruler_table.py sorts on `loss_from` once
+# the None ones are filtered out, and reads `metrics` with `.get(..., {})`: a TypedDict refuses both.
+ProbeRow = JsonObject
 Z_95 = 1.959964  # a 95% interval spans ±1.96 standard errors
 # What a paired row must hold to take part (a file may hold less: the table then leaves it out).
 PAIRED_FIELDS = {"probe", "metric", "ctx", "diff", "ci", "baseline_value", "n", "p_holm"}
@@ -37,7 +38,7 @@ def _probe_seconds(result: ResultDoc | JsonObject, probe: str) -> float | None:
     return float(seconds) if seconds else None
 
 
-def probe_rows(result: ResultDoc | JsonObject) -> list[Row]:
+def probe_rows(result: ResultDoc | JsonObject) -> list[ProbeRow]:
     """One row per (probe with a margin on a paired per-item metric, test configuration)."""
     verdict = result.get("verdict") or {}
     baseline = result.get("baseline")
@@ -50,7 +51,7 @@ def probe_rows(result: ResultDoc | JsonObject) -> list[Row]:
     early = result["run"].get("until_decided")
     design = Design.from_json(early) if early else None
     configs_n = max(1, len({c["id"] for c in result["configs"]}))
-    rows: list[Row] = []
+    rows: list[ProbeRow] = []
     for probe in all_probes():
         own = [m for m in paired_item_metrics() if m.probe == probe.name and m.name in margin]
         if not own or not any(it["probe"] == probe.name for it in items):
@@ -76,7 +77,7 @@ def probe_rows(result: ResultDoc | JsonObject) -> list[Row]:
             ]
             eq = equivalence(tests, min(onsets) if onsets else None, [c for c in checkpoints if c <= longest])
             at = {r["metric"]: r for r in paired if r["ctx"] == longest}
-            row: Row = {"probe": probe.name, "config": config, "ctx": longest,
+            row: ProbeRow = {"probe": probe.name, "config": config, "ctx": longest,
                         "effective_context": eq["effective_context"], "status": eq["status"],
                         "loss_from": min(onsets) if onsets else None, "metrics": {}}  # fmt: skip
             for m in own:

@@ -25,12 +25,13 @@ from kvprobe.api import (
     compared_metrics,
     lower_is_worse,
 )
-from kvprobe.api.record import JsonObject
+from kvprobe.api.record import JsonObject, Row
 from kvprobe.api.result import ResultDoc
 from kvprobe.infra.errors import UserError
 from kvprobe.plan.prompt import framing_label
 from kvprobe.stats.equivalence import equivalence_interval
 from kvprobe.stats.inference import difference_test
+from kvprobe.stats.parts import ChangeDoc, ComparisonDoc
 
 
 @dataclass(frozen=True)
@@ -66,7 +67,7 @@ class FailRule:
             f"{self.metric}:±{self.threshold:g}" if self.equivalence else f"{self.metric}:{self.threshold:+g}"
         )
 
-    def violated_by(self, row: dict[str, Any]) -> bool:
+    def violated_by(self, row: Row) -> bool:
         """A threshold rule: significant and beyond the threshold. A margin rule: the 95%
         interval of the change is not inside ±margin (TOST, 0.025 per side: not shown equivalent). A
         row the test could not judge (a NaN difference or p) fails too: a gate must never pass
@@ -84,7 +85,7 @@ class FailRule:
         return diff < self.threshold if self.threshold < 0 else diff > self.threshold
 
 
-def _testable(row: dict[str, Any]) -> bool:
+def _testable(row: Row) -> bool:
     p, diff = row.get("p"), row.get("diff")
     return (
         isinstance(p, (int, float))
@@ -216,7 +217,7 @@ def _item_values(
 
 def difference_row(
     old: Sequence[float], new: Sequence[float], binary: bool, paired: bool, seed: int
-) -> dict[str, Any]:
+) -> ChangeDoc:
     """Means, the difference new - old with its 95% interval and the two-sided p, and the 95%
     interval an equivalence gate (--fail-on METRIC:±MARGIN) reads."""
     d = difference_test(new, old, binary=binary, paired=paired, seed=seed)
@@ -226,7 +227,7 @@ def difference_row(
             "test": d.test, "ci_equivalence": ci_eq, "n_old": len(o), "n_new": len(n)}  # fmt: skip
 
 
-def _mark(row: dict[str, Any]) -> str:
+def _mark(row: Row) -> str:
     """asv's rule: flag only what is both larger than the threshold and significant."""
     if not _testable(row):
         return "not testable"
@@ -247,9 +248,9 @@ def item_rows(
     *,
     paired: bool,
     seed: int,
-) -> list[dict[str, Any]]:
+) -> list[Row]:  # compare's own rows, listed with the probes' own (Probe.compare_rows)
     """One row per per-item metric, configuration pair and checkpoint (items paired by key)."""
-    rows = []
+    rows: list[Row] = []
     for metric in (m for m in metrics if m.field is not None):
         for c_old, c_new in pairs:
             a, b = _item_values(old, metric, c_old), _item_values(new, metric, c_new)
@@ -277,7 +278,7 @@ def compare(
     seed: int = 0,
     require_paired: bool = False,
     maps: Sequence[str] = (),
-) -> dict[str, Any]:
+) -> ComparisonDoc:
     """Every metric both files have, per matched configuration and checkpoint. A file that
     is valid JSON of the right version but not of the right shape is a UserError."""
     try:
@@ -295,7 +296,7 @@ def _compare(
     seed: int,
     require_paired: bool,
     maps: Sequence[str],
-) -> dict[str, Any]:
+) -> ComparisonDoc:
     paired, reason = pairing(old, new)
     if require_paired and not paired:
         raise UserError(f"--paired was asked for, but the results are {reason.removeprefix('unpaired: ')}")

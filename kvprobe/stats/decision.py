@@ -13,20 +13,32 @@ run's verdict equals an uninterrupted one's; speed, a wall-clock figure, joins a
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 from kvprobe.api import pooled_row
 from kvprobe.api.cache_types import ConfigId
 from kvprobe.api.record import JsonObject
-from kvprobe.api.result import ResultDoc
+from kvprobe.api.result import PrefillSpan, ResultDoc
 from kvprobe.api.verdict import Verdict
 from kvprobe.stats.equivalence import EQUIVALENT, UNDECIDED, WORSE
+from kvprobe.stats.parts import (
+    AsymmetricDoc,
+    DecisionDoc,
+    FolkloreDoc,
+    KVsVDoc,
+    RecommendationDoc,
+    SavingDoc,
+    VerdictDoc,
+    WeightsVsKvDoc,
+)
 from kvprobe.stats.words import items_text, tost_text
 from kvprobe.weights.doctor import kv_cache_bytes, type_bits
 
 MIB = 1024 * 1024
 LONG_CONTEXT = 4096  # the source documents' "degrades at 4K+"
 STATUS_RANK = {"reference": 0, EQUIVALENT: 0, UNDECIDED: 1, WORSE: 2}
+# One configuration in the frontier table, plain: its byte counts are None-checked across rows
+# (`size`) and read by a key in a variable (`_saving`), which a TypedDict's narrowing cannot follow.
+FrontierRow = JsonObject
 SOURCE = "../shared/seeds (the troubleshooting pages kvprobe started from)"
 
 
@@ -54,7 +66,7 @@ def _relative_size(type_k: str, type_v: str) -> float:
     return (type_bits(type_k.upper()) + type_bits(type_v.upper())) / (2 * type_bits("F16"))
 
 
-def _deepest_speed(result: ResultDoc | JsonObject, cid: str) -> dict[str, Any] | None:
+def _deepest_speed(result: ResultDoc | JsonObject, cid: str) -> PrefillSpan | JsonObject | None:
     spans = ((result.get("timing") or {}).get("prefill") or {}).get(cid) or []
     measured = [s for s in spans if s.get("tokens_per_s")]
     return measured[-1] if measured else None
@@ -69,15 +81,15 @@ def _same_weights(result: ResultDoc | JsonObject) -> list[str]:
 
 
 def frontier(
-    result: ResultDoc | JsonObject, verdict: Verdict | JsonObject, *, with_speed: bool = True
-) -> list[dict[str, Any]]:
+    result: ResultDoc | JsonObject, verdict: Verdict | VerdictDoc | JsonObject, *, with_speed: bool = True
+) -> list[FrontierRow]:
     """One row per configuration (the reference first): equivalence status, effective context,
     mean KL, KV memory at the run's context and the training context, prefill speed at depth,
     the llama.cpp flags, and whether it is on the frontier (no other configuration is at least
     as good in quality, memory and speed, and better in one)."""
     baseline, ctx = result["baseline"], result["run"]["ctx"]
     train = (result.get("model") or {}).get("n_ctx_train") or 0
-    rows = []
+    rows: list[FrontierRow] = []
     for cid in _same_weights(result):
         tk, tv = _types(cid)
         v = verdict["configs"].get(cid)
@@ -98,10 +110,10 @@ def frontier(
             "flags": flags(tk, tv),
         })  # fmt: skip
 
-    def quality(r: dict[str, Any]) -> tuple[int, float]:
+    def quality(r: FrontierRow) -> tuple[int, float]:
         return STATUS_RANK[r["status"]], r["kld_mean"] if r["kld_mean"] is not None else float("inf")
 
-    def dominates(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    def dominates(a: FrontierRow, b: FrontierRow) -> bool:
         pairs = [(quality(a), quality(b)), ((a["relative_size"],), (b["relative_size"],))]
         if a["prefill_tokens_per_s"] and b["prefill_tokens_per_s"]:
             pairs.append(((-a["prefill_tokens_per_s"],), (-b["prefill_tokens_per_s"],)))
@@ -116,7 +128,7 @@ def _mib(n: int | None) -> str:
     return f"{n / MIB:,.0f} MiB" if n is not None else "?"
 
 
-def _saving(chosen: dict[str, Any], ref: dict[str, Any], key: str) -> dict[str, Any] | None:
+def _saving(chosen: FrontierRow, ref: FrontierRow, key: str) -> SavingDoc | None:
     if chosen[key] is None or ref[key] is None or ref[key] == 0:
         return None
     saved = ref[key] - chosen[key]
@@ -129,8 +141,8 @@ def _saving(chosen: dict[str, Any], ref: dict[str, Any], key: str) -> dict[str, 
 
 
 def recommend(
-    result: ResultDoc | JsonObject, verdict: dict[str, Any], rows: Sequence[dict[str, Any]]
-) -> dict[str, Any]:
+    result: ResultDoc | JsonObject, verdict: VerdictDoc, rows: Sequence[FrontierRow]
+) -> RecommendationDoc:
     """The cheapest configuration by KV memory that is equivalent to the reference up to the
     longest context measured (the reference itself when none is), with what it saves, the
     evidence, and why each cheaper configuration was not chosen (speed joins at display)."""
@@ -138,12 +150,12 @@ def recommend(
     ref = rows[0]
     usable = [r for r in rows if r["status"] in ("reference", EQUIVALENT)]
 
-    def size(r: dict[str, Any]) -> float:
+    def size(r: FrontierRow) -> float:
         return float(r["kv_bytes"]) if all(o["kv_bytes"] is not None for o in rows) else r["relative_size"]
 
     chosen = min(usable, key=size)
     cheaper = [r for r in rows if size(r) < size(chosen)]
-    rec: dict[str, Any] = {
+    rec: RecommendationDoc = {
         "ctx": ctx,
         "config": chosen["config"],
         "flags": chosen["flags"],
@@ -183,8 +195,8 @@ def recommend(
 
 
 def _asymmetric(
-    result: ResultDoc | JsonObject, verdict: dict[str, Any], rows: Sequence[dict[str, Any]]
-) -> dict[str, Any] | None:
+    result: ResultDoc | JsonObject, verdict: VerdictDoc, rows: Sequence[FrontierRow]
+) -> AsymmetricDoc | None:
     """Where the K half of a cache below 8 bits is at fault: K q8_0 with that V, measured or not."""
     for kv in verdict.get("k_vs_v") or []:
         if kv.get("more_sensitive") != "K" or type_bits(kv["quant"].upper()) >= 8:
@@ -204,7 +216,7 @@ def _asymmetric(
     return None
 
 
-def _recommendation_sentence(rec: dict[str, Any], baseline: str) -> str:
+def _recommendation_sentence(rec: RecommendationDoc, baseline: str) -> str:
     ctx, cid = rec["ctx"], rec["config"]
     if not rec["equivalent"]:
         text = (
@@ -254,7 +266,7 @@ def _recommendation_sentence(rec: dict[str, Any], baseline: str) -> str:
 HOLDS, FAILS, OPEN, UNTESTED = "holds", "does not hold", "undecided", "not tested in this run"
 
 
-def _first_loss(v: dict[str, Any]) -> int | None:
+def _first_loss(v: JsonObject) -> int | None:
     """The first checkpoint that is worse beyond a margin or at a significant loss: where the
     configuration degrades (an undecided checkpoint is not evidence of it). None if none."""
     for c in (v.get("equivalence") or {}).get("checkpoints", []):
@@ -263,11 +275,11 @@ def _first_loss(v: dict[str, Any]) -> int | None:
     return None
 
 
-def _line(rule: str, finding: str, evidence: str) -> dict[str, Any]:
+def _line(rule: str, finding: str, evidence: str) -> FolkloreDoc:
     return {"rule": rule, "finding": finding, "evidence": evidence}
 
 
-def _rule_long_context(quantized: dict[str, dict[str, Any]], ctx: int) -> dict[str, Any]:
+def _rule_long_context(quantized: dict[str, JsonObject], ctx: int) -> FolkloreDoc:
     rule = "a quantized KV cache degrades at 4K+ context"
     if not quantized:
         return _line(rule, UNTESTED, "no quantized cache was measured")
@@ -293,7 +305,7 @@ def _rule_long_context(quantized: dict[str, dict[str, Any]], ctx: int) -> dict[s
     return _line(rule, finding, "; ".join(parts))
 
 
-def _rule_q8_floor(configs: dict[str, dict[str, Any]], baseline: str, ctx: int) -> dict[str, Any]:
+def _rule_q8_floor(configs: dict[str, JsonObject], baseline: str, ctx: int) -> FolkloreDoc:
     rule = "q8_0 is the comfortable cache floor (near-lossless)"
     v = configs.get("q8_0") or next((x for c, x in configs.items() if c.endswith(":q8_0")), None)
     if v is None:
@@ -303,7 +315,7 @@ def _rule_q8_floor(configs: dict[str, dict[str, Any]], baseline: str, ctx: int) 
     return _line(rule, finding, f"q8_0 is {status} to {baseline} up to {ctx:,} tokens")
 
 
-def _rule_below_q8(configs: dict[str, dict[str, Any]], ctx: int) -> dict[str, Any]:
+def _rule_below_q8(configs: dict[str, JsonObject], ctx: int) -> FolkloreDoc:
     rule = "don't quantize KV below Q8 for long context"
     low = {cid: v for cid, v in configs.items() if min(type_bits(t.upper()) for t in _types(cid)) < 8}
     if not low:
@@ -320,7 +332,7 @@ def _rule_below_q8(configs: dict[str, dict[str, Any]], ctx: int) -> dict[str, An
     return _line(rule, finding, f"at {ctx:,} tokens: {statuses}")
 
 
-def _rule_k_more_sensitive(halves: list[dict[str, Any]]) -> dict[str, Any]:
+def _rule_k_more_sensitive(halves: list[KVsVDoc]) -> FolkloreDoc:
     rule = "the K cache is more sensitive to quantization than V"
     if not halves:
         return _line(rule, UNTESTED, "K and V were not measured apart (add --split-kv)")
@@ -337,7 +349,7 @@ def _rule_k_more_sensitive(halves: list[dict[str, Any]]) -> dict[str, Any]:
     ))  # fmt: skip
 
 
-def _rule_kv_over_weights(attribution: dict[str, Any] | None) -> dict[str, Any]:
+def _rule_kv_over_weights(attribution: WeightsVsKvDoc | None) -> FolkloreDoc:
     rule = "a Q4 KV cache hurts more than weight quantization does"
     if not attribution:
         return _line(
@@ -346,7 +358,7 @@ def _rule_kv_over_weights(attribution: dict[str, Any] | None) -> dict[str, Any]:
     return _line(rule, {"kv": HOLDS, "weights": FAILS}.get(attribution["fault"], OPEN), attribution["reason"])
 
 
-def folklore(result: ResultDoc | JsonObject, verdict: dict[str, Any]) -> list[dict[str, Any]]:
+def folklore(result: ResultDoc | JsonObject, verdict: VerdictDoc) -> list[FolkloreDoc]:
     """One line per rule of thumb: does this model show it, with the measured numbers."""
     ctx = result["run"]["ctx"]
     configs = {cid: v for cid, v in verdict["configs"].items() if cid in _same_weights(result)}
@@ -360,7 +372,7 @@ def folklore(result: ResultDoc | JsonObject, verdict: dict[str, Any]) -> list[di
     ]
 
 
-def decide(result: ResultDoc | JsonObject, verdict: dict[str, Any]) -> dict[str, Any]:
+def decide(result: ResultDoc | JsonObject, verdict: VerdictDoc) -> DecisionDoc:
     """The verdict's decision fields: `recommendation` and `folklore` (items only)."""
     rows = frontier(result, verdict, with_speed=False)
     return {
@@ -369,7 +381,7 @@ def decide(result: ResultDoc | JsonObject, verdict: dict[str, Any]) -> dict[str,
     }
 
 
-def speed_sentence(result: ResultDoc | JsonObject, rows: Sequence[dict[str, Any]]) -> str | None:
+def speed_sentence(result: ResultDoc | JsonObject, rows: Sequence[FrontierRow]) -> str | None:
     """The recommended configuration's measured prefill speed against the reference's."""
     rec = (result.get("verdict") or {}).get("recommendation")
     if not rec or not rows:

@@ -16,12 +16,12 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
 
 import numpy as np
 from scipy import stats
 
 from kvprobe.api import ALPHA
+from kvprobe.api.record import JsonObject
 from kvprobe.stats.inference import newcombe_paired_interval, newcombe_unpaired_interval
 
 EQUIVALENT, WORSE, UNDECIDED = "equivalent", "worse", "undecided"
@@ -51,7 +51,7 @@ class Tost:
     p: float | None = None  # the larger of the two one-sided p-values (continuous tests only)
     items_needed: int | None = None  # total items for 80% power, where undecided
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> JsonObject:  # dataclasses.asdict gives a plain dict
         out = asdict(self)
         out["ci"] = [c if math.isfinite(c) else None for c in self.ci]  # None: no end (too little data)
         return out

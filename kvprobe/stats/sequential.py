@@ -21,12 +21,13 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
 
 import numpy as np
 from scipy import optimize, stats
 
 from kvprobe.api import ALPHA
+from kvprobe.api.verdict import UntilDecided
+from kvprobe.stats.parts import UntilDecidedDoc
 
 OBRIEN_FLEMING, POCOCK = "obrien-fleming", "pocock"
 SPENDING = (OBRIEN_FLEMING, POCOCK)
@@ -113,7 +114,7 @@ class Design:
         fixed design's only look)."""
         return 1.0 - 2.0 * float(stats.norm.sf(self.z(look)))
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> UntilDecidedDoc:
         return {
             "method": METHOD,
             "spending": self.spending,
@@ -124,7 +125,7 @@ class Design:
         }
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> Design:
+    def from_json(cls, data: UntilDecided | UntilDecidedDoc) -> Design:
         return cls(
             looks=int(data["looks"]),
             spending=str(data.get("spending", OBRIEN_FLEMING)),

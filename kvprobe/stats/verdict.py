@@ -25,7 +25,7 @@ from kvprobe.api import (
     pooled_row,
 )
 from kvprobe.api.cache_types import CacheConfig
-from kvprobe.api.record import JsonObject
+from kvprobe.api.record import ItemRow, JsonObject, Row, SummaryRow
 from kvprobe.api.result import PromptRecord, ResultDoc
 from kvprobe.stats.analysis import (
     onset,
@@ -35,6 +35,15 @@ from kvprobe.stats.analysis import (
 from kvprobe.stats.decision import decide
 from kvprobe.stats.equivalence import EQUIVALENT, LEVEL, UNDECIDED, WORSE, Tost, bound_test, tost
 from kvprobe.stats.inference import difference_test
+from kvprobe.stats.parts import (
+    CheckpointDoc,
+    EquivalenceDoc,
+    HalfDoc,
+    HalfEvidenceDoc,
+    KVsVDoc,
+    PairedDoc,
+    VerdictDoc,
+)
 from kvprobe.stats.sequential import Design
 from kvprobe.stats.weights_vs_kv import weights_vs_kv
 from kvprobe.stats.words import diff_text, fmt_p, items_text, metric_words, tost_text
@@ -57,10 +66,10 @@ def more_items_needed(p_worse: float, n: int) -> int | None:
 
 
 def checkpoint_tests(
-    items: Sequence[dict[str, Any]],
+    items: Sequence[ItemRow],
     baseline: str,
     config: str,
-    spans: Sequence[dict[str, Any]],
+    spans: Sequence[Row],
     margin: Mapping[str, float],
     *,
     seed: int = 0,
@@ -93,10 +102,10 @@ def checkpoint_tests(
 
 
 def sequential_tests(
-    items: Sequence[dict[str, Any]],
+    items: Sequence[ItemRow],
     baseline: str,
     config: str,
-    spans: Sequence[dict[str, Any]],
+    spans: Sequence[Row],
     margin: Mapping[str, float],
     *,
     design: Design,
@@ -157,14 +166,14 @@ def combine(tests: Sequence[Tost]) -> tuple[str, list[str]]:
 
 def equivalence(
     tests: dict[int, list[Tost]], loss_onset: int | None, checkpoints: Sequence[int]
-) -> dict[str, Any]:
+) -> EquivalenceDoc:
     """The per-checkpoint statuses, the effective context and the configuration's status.
 
     The effective context is the longest checkpoint up to which every checkpoint is shown
     equivalent and none lies at or past the onset of a significant loss: so it always ends
     before the onset. The configuration is `equivalent` when that reaches the longest checkpoint
     measured, `worse` when some checkpoint is worse beyond the margins, else `undecided`."""
-    rows = []
+    rows: list[CheckpointDoc] = []
     effective: int | None = None
     open_prefix = True
     for ctx in checkpoints:
@@ -196,7 +205,7 @@ def equivalence(
     }
 
 
-def loss_onsets(rows: Sequence[dict[str, Any]]) -> dict[str, int | None]:
+def loss_onsets(rows: Sequence[PairedDoc]) -> dict[str, int | None]:
     """The onsets of a significant loss of the retrieval metrics (kvprobe.api ROLES) in a
     configuration's paired rows: `onset_accuracy`, `onset_logprob`."""
     out: dict[str, int | None] = {}
@@ -208,23 +217,23 @@ def loss_onsets(rows: Sequence[dict[str, Any]]) -> dict[str, int | None]:
 
 
 def config_verdict(
-    items: Sequence[dict[str, Any]],
+    items: Sequence[ItemRow],
     baseline: str,
     config: str,
-    position_onset: dict[str, Any] | None,
+    position_onset: Row | None,
     *,
     seed: int,
-    spans: Sequence[dict[str, Any]] = (),
+    spans: Sequence[Row] = (),
     checkpoints: Sequence[int] = (),
     margin: Mapping[str, float] | None = None,
     design: Design | None = None,
-) -> dict[str, Any]:
+) -> JsonObject:  # every probe adds its own fields (Probe.verdict_part takes a JsonObject)
     """One configuration's verdict: its paired rows, the onsets of a significant loss of the
     retrieval metrics (kvprobe.api ROLES), equivalence per checkpoint and the effective context,
     the onset of the position evidence, and each probe's own fields (`Probe.verdict_part`).
     With a group-sequential `design` (--until-decided) each checkpoint is tested look by look."""
     rows = paired_rows(items, baseline, config, seed)
-    out: dict[str, Any] = {"config": config, "paired": rows, **loss_onsets(rows)}
+    out: JsonObject = {"config": config, "paired": rows, **loss_onsets(rows)}
     losses = [o for o in (out["onset_accuracy"], out["onset_logprob"]) if o is not None]
     used = margin if margin is not None else margins()
     looks: dict[int, int] = {}
@@ -259,7 +268,7 @@ def _margin_owners() -> str:
     return ", ".join(owners[:-1]) + " and " + owners[-1] if len(owners) > 1 else "".join(owners)
 
 
-def equivalence_sentence(v: dict[str, Any], baseline: str, config: str) -> str | None:
+def equivalence_sentence(v: JsonObject, baseline: str, config: str) -> str | None:
     """The configuration's equivalence to the reference, its effective context and why."""
     eq = v.get("equivalence")
     if not eq or not eq["checkpoints"]:
@@ -320,7 +329,7 @@ def equivalence_sentence(v: dict[str, Any], baseline: str, config: str) -> str |
 # --- which half of the cache ---------------------------------------------------------------------
 
 
-def until_decided_record(early: Mapping[str, Any] | None, design: Design | None) -> dict[str, Any] | None:
+def until_decided_record(early: Mapping[str, Any] | None, design: Design | None) -> dict[str, object] | None:
     return (design.to_json() | {"stopped": dict(early.get("stopped") or {})}) if early and design else None
 
 
@@ -346,7 +355,7 @@ def _role_name(role: str) -> str:
     return metric.name if metric is not None else ""
 
 
-def _half_evidence(v: dict[str, Any], summary: Sequence[dict[str, Any]], config: str) -> dict[str, Any]:
+def _half_evidence(v: JsonObject, summary: Sequence[SummaryRow], config: str) -> HalfDoc:
     lp = [r for r in v["paired"] if r["metric"] == _role_name(RETRIEVAL_LOGPROB)]
     last = lp[-1] if lp else None
     kld = pooled_row(summary, config)
@@ -363,15 +372,15 @@ def _half_evidence(v: dict[str, Any], summary: Sequence[dict[str, Any]], config:
     }
 
 
-def _pooled_to(summary: Sequence[dict[str, Any]], config: str) -> int | None:
+def _pooled_to(summary: Sequence[SummaryRow], config: str) -> int | None:
     """Where a configuration's pooled KL ends (the positions it holds)."""
     row = pooled_row(summary, config)
     return (row.get("bin") or [None, None])[1] if row else None
 
 
 def _contrast(
-    items: Sequence[dict[str, Any]], k_id: str, v_id: str, metric_name: str, seed: int
-) -> dict[str, Any] | None:
+    items: Sequence[ItemRow], k_id: str, v_id: str, metric_name: str, seed: int
+) -> HalfEvidenceDoc | None:
     """K-only against V-only directly, paired on the items, at the longest checkpoint both have:
     (K-only - V-only) with its 95% interval and two-sided p."""
     metric = by_name(metric_name)
@@ -385,14 +394,14 @@ def _contrast(
 
 
 def k_vs_v(
-    verdicts: dict[str, dict[str, Any]],
-    summary: Sequence[dict[str, Any]],
+    verdicts: dict[str, JsonObject],
+    summary: Sequence[SummaryRow],
     quant: str,
     *,
-    items: Sequence[dict[str, Any]] = (),
+    items: Sequence[ItemRow] = (),
     margin: Mapping[str, float] | None = None,
     seed: int = 0,
-) -> dict[str, Any] | None:
+) -> KVsVDoc | None:
     """Which half of a `quant` cache is at fault, from the K-only and V-only configurations.
 
     Each line of evidence compares the halves directly and counts only when the difference is
@@ -408,7 +417,7 @@ def k_vs_v(
         return None
     m = dict(margins()) | dict(margin or {})
     k, v = _half_evidence(verdicts[k_id], summary, k_id), _half_evidence(verdicts[v_id], summary, v_id)
-    evidence: list[dict[str, Any]] = []
+    evidence: list[HalfEvidenceDoc] = []
     pooled = _role_name(POOLED_DIVERGENCE)
     # Pooled over the same positions only (--until-decided may have stopped one half early).
     if k["kld_ci"] and v["kld_ci"] and _pooled_to(summary, k["config"]) == _pooled_to(summary, v["config"]):
@@ -462,7 +471,7 @@ def k_vs_v(
     }
 
 
-def _evidence_list(evidence: Sequence[dict[str, Any]]) -> str:
+def _evidence_list(evidence: Sequence[HalfEvidenceDoc]) -> str:
     parts = []
     for e in evidence:
         if not e["points_to"]:
@@ -478,7 +487,7 @@ def _evidence_list(evidence: Sequence[dict[str, Any]]) -> str:
     return "; ".join(parts) or "no evidence separates the halves"
 
 
-def _evidence_text(e: dict[str, Any]) -> str:
+def _evidence_text(e: HalfDoc) -> str:
     parts = [f"{e['status'] or 'no equivalence test'}"]
     if e["logprob_diff"] is not None:
         p = fmt_p(e["logprob_p_holm"])
@@ -490,7 +499,7 @@ def _evidence_text(e: dict[str, Any]) -> str:
     return ", ".join(parts)
 
 
-def _kv_sentence(fault: str, why: str, k: dict[str, Any], v: dict[str, Any], quant: str) -> str:
+def _kv_sentence(fault: str, why: str, k: HalfDoc, v: HalfDoc, quant: str) -> str:
     head = {
         "K": f"The K half of the {quant} cache is at fault, not V",
         "V": f"The V half of the {quant} cache is at fault, not K",
@@ -505,7 +514,7 @@ def _kv_sentence(fault: str, why: str, k: dict[str, Any], v: dict[str, Any], qua
 
 
 def reference_checks(
-    items: list[dict[str, Any]],
+    items: list[ItemRow],
     baseline: str,
     prompt: PromptRecord | Mapping[str, Any],
     checkpoints: list[int],
@@ -518,11 +527,11 @@ def reference_checks(
 
 def position_evidence(
     result: ResultDoc | JsonObject,
-) -> tuple[dict[str, Any], dict[str, list[dict[str, Any]]]]:
+) -> tuple[dict[str, Row | None], dict[str, list[Row]]]:
     """Every probe's per-position evidence (kvprobe.api PositionEvidence), merged: per
     configuration the first onset any probe found, and all their spans."""
-    onsets: dict[str, Any] = {}
-    spans: dict[str, list[dict[str, Any]]] = {}
+    onsets: dict[str, Row | None] = {}
+    spans: dict[str, list[Row]] = {}
     for probe in all_probes():
         found = probe.position_evidence(result)
         if found is None:
@@ -536,7 +545,7 @@ def position_evidence(
 
 def build_verdict(
     result: ResultDoc | JsonObject, seed: int, margin: Mapping[str, float] | None = None
-) -> dict[str, Any] | None:
+) -> VerdictDoc | None:
     """The result file's `verdict`: per test configuration, K-vs-V for split runs, weights vs
     KV for two weight files, the recommendation, and the sentences."""
     baseline = result.get("baseline")
@@ -591,7 +600,7 @@ def build_verdict(
     attribution = weights_vs_kv(result, seed)
     if attribution:
         sentences.append(attribution["sentence"])
-    verdict: dict[str, Any] = {
+    verdict: VerdictDoc = {
         "margins": used,
         "configs": per_config,
         "k_vs_v": halves,

@@ -11,18 +11,19 @@ import numpy as np
 
 from kvprobe.api import ALPHA, RETRIEVAL, RETRIEVAL_LOGPROB, by_name, paired_item_metrics, pooled_metric
 from kvprobe.api.cache_types import ConfigId
-from kvprobe.api.record import JsonObject
+from kvprobe.api.record import ItemRow, JsonObject
 from kvprobe.api.result import ResultDoc
 from kvprobe.stats.analysis import paired_rows
 from kvprobe.stats.inference import bootstrap_mean_interval
 from kvprobe.stats.inference import wilcoxon_paired as wilcoxon
+from kvprobe.stats.parts import EffectDoc, MetricEffectsDoc, PairedDoc, WeightsVsKvDoc
 
 
-def _diff(r: dict[str, Any], unit: str = "") -> str:
+def _diff(r: PairedDoc, unit: str = "") -> str:
     return f"{r['diff']:+.2f}{unit} [{r['ci'][0]:+.2f}, {r['ci'][1]:+.2f}]"
 
 
-def _interaction(items: Sequence[dict[str, Any]], cache: str, metric: str, seed: int) -> list[dict[str, Any]]:
+def _interaction(items: Sequence[ItemRow], cache: str, metric: str, seed: int) -> list[EffectDoc]:
     """Per checkpoint, the mean of (test:q − test:f16) − (ref:q − ref:f16) over items, with a
     bootstrap interval and a two-sided Wilcoxon p."""
     m = next(x for x in paired_item_metrics() if x.name == metric)
@@ -40,7 +41,7 @@ def _interaction(items: Sequence[dict[str, Any]], cache: str, metric: str, seed:
             cells[f"ref:{cache}"][key] - cells["ref:f16"][key]
         )
         by_ctx.setdefault(int(key[1]), []).append(contrast)
-    rows = []
+    rows: list[EffectDoc] = []
     for ctx, values in sorted(by_ctx.items()):
         lo, hi = bootstrap_mean_interval(values, seed=seed)
         p = wilcoxon(values, [0.0] * len(values))
@@ -56,7 +57,7 @@ def _negligible(metric: str) -> float:
     return band
 
 
-def weights_vs_kv(result: ResultDoc | JsonObject, seed: int) -> dict[str, Any] | None:
+def weights_vs_kv(result: ResultDoc | JsonObject, seed: int) -> WeightsVsKvDoc | None:
     """The KV effect at fixed weights, the weight effect at an f16 cache, their interaction,
     per checkpoint with intervals; and the fault: kv, weights, both, neither or inconclusive."""
     ids = {c["id"] for c in result["configs"]}
@@ -66,7 +67,7 @@ def weights_vs_kv(result: ResultDoc | JsonObject, seed: int) -> dict[str, Any] |
         return None
     cache = caches[0]
     items = result["items"]
-    effects: dict[str, Any] = {}
+    effects: dict[str, MetricEffectsDoc] = {}
     retrieval, logprob = pooled_metric(RETRIEVAL), pooled_metric(RETRIEVAL_LOGPROB)
     if retrieval is None or logprob is None:
         return None  # no probe measures retrieval: nothing to attribute
@@ -81,10 +82,10 @@ def weights_vs_kv(result: ResultDoc | JsonObject, seed: int) -> dict[str, Any] |
             "interaction": _interaction(items, cache, metric, seed),
         }
 
-    def significant(rows: list[dict[str, Any]]) -> bool:
+    def significant(rows: list[PairedDoc]) -> bool:
         return any(r["p_holm"] < ALPHA for r in rows)
 
-    def negligible(rows: list[dict[str, Any]], metric: str) -> bool:
+    def negligible(rows: list[PairedDoc], metric: str) -> bool:
         return bool(rows) and all(
             abs(r["ci"][0]) <= _negligible(metric) and abs(r["ci"][1]) <= _negligible(metric) for r in rows
         )

@@ -3,10 +3,10 @@ write them. Metric names and units come from the metrics' own declarations (kvpr
 
 from __future__ import annotations
 
-from typing import Any
-
 from kvprobe.api import metric_table
+from kvprobe.api.record import JsonObject
 from kvprobe.stats.equivalence import EQUIVALENT, MAX_ITEMS, WORSE
+from kvprobe.stats.parts import DifferenceDoc, HalfEvidenceDoc
 
 
 def metric_words(name: str) -> tuple[str, str]:
@@ -19,12 +19,12 @@ def fmt_p(p: float) -> str:
     return f"{p:.2g}"
 
 
-def diff_text(r: dict[str, Any], unit: str = "") -> str:
+def diff_text(r: DifferenceDoc | HalfEvidenceDoc, unit: str = "") -> str:
     """A difference with its interval: "-0.20 [-0.33, -0.07]"."""
     return f"{r['diff']:+.2f}{unit} [{r['ci'][0]:+.2f}, {r['ci'][1]:+.2f}]"
 
 
-def tost_text(t: dict[str, Any]) -> str:
+def tost_text(t: JsonObject) -> str:  # Tost.to_json's, a plain dict (dataclasses.asdict)
     """One test in words: "answer log-prob +0.07 [95%: +0.03, +0.11] within ±0.25 nats"."""
     name, unit = metric_words(t["metric"])
     lo, hi = t["ci"]

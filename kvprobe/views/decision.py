@@ -4,15 +4,13 @@ result document's `verdict`."""
 
 from __future__ import annotations
 
-from typing import Any
-
 from rich.console import Console
 from rich.table import Table
 
 from kvprobe.api.record import JsonObject
 from kvprobe.api.result import ResultDoc
 from kvprobe.infra.display import plain
-from kvprobe.stats.decision import frontier, speed_sentence
+from kvprobe.stats.decision import FrontierRow, frontier, speed_sentence
 from kvprobe.views.figures import Point, Scatter
 
 MIB = 1024 * 1024
@@ -22,7 +20,7 @@ def _mib(n: int | None) -> str:
     return f"{n / MIB:,.1f}" if n is not None else "?"
 
 
-def _speed(row: dict[str, Any]) -> str:
+def _speed(row: FrontierRow) -> str:
     if not row["prefill_tokens_per_s"]:
         return "not measured"
     lo, hi = row["prefill_depth"]
@@ -30,7 +28,7 @@ def _speed(row: dict[str, Any]) -> str:
     return f"{row['prefill_tokens_per_s']:,.0f} ({lo:,}-{hi:,}{logits})"
 
 
-def _rows(result: ResultDoc | JsonObject) -> list[dict[str, Any]]:
+def _rows(result: ResultDoc | JsonObject) -> list[FrontierRow]:
     verdict = result.get("verdict") or {}
     if not verdict.get("configs") or not verdict.get("recommendation"):
         return []

@@ -4,11 +4,10 @@ nor a control character in them reaches the terminal, whatever console prints th
 
 from __future__ import annotations
 
-from typing import Any
-
 from rich.console import Console
 from rich.table import Table
 
+from kvprobe.api.record import JsonObject
 from kvprobe.infra.display import plain, visible
 from kvprobe.infra.errors import UserError
 from kvprobe.plan.chat import ChatTemplate, find_framing
@@ -27,7 +26,7 @@ def _params(n: int) -> str:
     return f"{n / 1e6:.0f}M" if n >= 1e6 else f"{n / 1e3:.0f}K"
 
 
-def template_text(facts: dict[str, Any]) -> str:
+def template_text(facts: JsonObject) -> str:  # weights.doctor's facts: the GGUF's own metadata
     """The model's chat template in a line: family, sha256, its default system message."""
     text = facts.get("chat_template")
     if not text:
@@ -52,7 +51,7 @@ def template_text(facts: dict[str, Any]) -> str:
     return f"{said}, {system}" + ("; a thinking template" if template.thinking else "")
 
 
-def print_doctor(report: dict[str, Any], console: Console) -> None:
+def print_doctor(report: JsonObject, console: Console) -> None:  # weights.doctor.diagnose's, plain
     f = report["facts"]
     experts = f"{f['n_experts']} experts ({f['n_experts_used']} used)" if f["n_experts"] > 1 else "dense"
     output = f["output_type"] or f"tied to token_embd ({f['token_embd_type']})"
@@ -106,7 +105,7 @@ def print_doctor(report: dict[str, Any], console: Console) -> None:
     console.print(kv_table(report))
 
 
-def kv_table(report: dict[str, Any]) -> Table:
+def kv_table(report: JsonObject) -> Table:  # weights.doctor.diagnose's, plain
     f = report["facts"]
     swa = any(f["swa_layers"])
     title = "KV cache memory (llama-server / llama-cli defaults"

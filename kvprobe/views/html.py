@@ -11,11 +11,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
 
 from kvprobe.api import all_probes
 from kvprobe.api.result import ResultDoc
 from kvprobe.plan.prompt import describe
+from kvprobe.stats.parts import ComparisonDoc
 from kvprobe.views.decision import frontier_cells, frontier_figure, speed_line, stopped_early_line
 from kvprobe.views.figures import Figure, LineFigure
 from kvprobe.views.layout import Picture, Table, draw, render_page
@@ -94,7 +94,7 @@ def _applied(result: ResultDoc) -> Table:
     return Table(["config", "K", "V", "flash attention", "rotation K/V"], rows)
 
 
-def _comparison(report: dict[str, Any]) -> tuple[str, Table]:
+def _comparison(report: ComparisonDoc) -> tuple[str, Table]:
     """The comparison's pairing, and its rows: old, new, difference with its interval, p, mark."""
     rows = []
     for r in report["rows"]:
@@ -239,7 +239,7 @@ class Side:
     sentences: list[str]
 
 
-def comparison_page(old: tuple[str, ResultDoc], new: tuple[str, ResultDoc], report: dict[str, Any]) -> str:
+def comparison_page(old: tuple[str, ResultDoc], new: tuple[str, ResultDoc], report: ComparisonDoc) -> str:
     """`kvprobe compare OLD NEW --html`: both verdicts, the comparison's rows, and every figure
     with old and new on the same axes."""
     pairing, rows = _comparison(report)

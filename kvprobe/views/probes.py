@@ -3,12 +3,11 @@ one row per probe and test configuration. Shown where a run has two probes or mo
 
 from __future__ import annotations
 
-from typing import Any
-
 from rich.console import Console
 from rich.table import Table
 
 from kvprobe.api import by_name
+from kvprobe.api.record import JsonObject
 from kvprobe.api.result import ResultDoc
 from kvprobe.infra.display import plain
 from kvprobe.stats.by_probe import probe_rows
@@ -19,7 +18,7 @@ HEADER = [
 ]  # fmt: skip
 
 
-def _split(metrics: dict[str, Any]) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+def _split(metrics: dict[str, JsonObject]) -> tuple[JsonObject | None, JsonObject | None]:
     """The pass/fail metric and the continuous one of a probe's row."""
     binary = next((v for k, v in metrics.items() if by_name(k).binary), None)
     finer = next((v for k, v in metrics.items() if not by_name(k).binary), None)

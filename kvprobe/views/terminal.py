@@ -4,16 +4,16 @@ probe supplies its own tables."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
 from kvprobe.api import MatrixColumn, all_probes
-from kvprobe.api.record import JsonObject
+from kvprobe.api.record import JsonObject, Row, SummaryRow
 from kvprobe.api.result import ResultDoc
 from kvprobe.infra.display import plain
 from kvprobe.plan.prompt import describe
+from kvprobe.stats.parts import ComparisonDoc
 from kvprobe.views.decision import print_decision, print_folklore
 from kvprobe.views.probes import print_probe_table
 
@@ -48,7 +48,7 @@ def print_run_report(result: ResultDoc, console: Console) -> None:
     print_folklore(result, console)
 
 
-def _at(summary: list[dict[str, Any]], metric: str, config: str, ctx: int) -> dict[str, Any] | None:
+def _at(summary: list[SummaryRow], metric: str, config: str, ctx: int) -> SummaryRow | None:
     """The row, if it has a value and an interval (NaN is stored as null: shown as missing)."""
     return next(
         (r for r in summary if r["metric"] == metric and r["config"] == config and r["ctx"] == ctx
@@ -106,7 +106,7 @@ MARK_STYLE = {
 }
 
 
-def print_comparison(report: dict[str, Any], console: Console) -> None:
+def print_comparison(report: ComparisonDoc | JsonObject, console: Console) -> None:
     """One table per probe and metric: old, new, difference with its 95% interval, p, mark."""
     console.print(f"kvprobe compare: {report['pairing']}", markup=False, highlight=False)
     for note in report.get("notes", []):
@@ -119,7 +119,7 @@ def print_comparison(report: dict[str, Any], console: Console) -> None:
                 markup=False,
                 highlight=False,
             )
-    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    groups: dict[tuple[str, str], list[Row]] = {}
     for row in report["rows"]:
         groups.setdefault((row["probe"], row["metric"]), []).append(row)
     for (probe, metric), rows in groups.items():
