@@ -16,6 +16,48 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 CASES = [
     (
+        "growth called from the interval's upper end",
+        "kvprobe/stats/shape.py",
+        '            p < GROWTH_ALPHA and t["growth_ci"] is not None and t["growth_ci"][0] > 0',
+        '            t["growth_ci"] is not None and t["growth_ci"][1] > 0',
+        "tests/stats/test_shape.py::test_flat_losses_at_the_margin_are_called_flat",
+    ),
+    (
+        "the 4K+ rule judged by the first checkpoint again",
+        "kvprobe/stats/shape.py",
+        "    if kind == GROWS and fine_short:",
+        "    if kind == GROWS and not fine_short:",
+        "tests/stats/test_shape.py::test_a_loss_that_grows_after_an_equivalent_start",
+    ),
+    (
+        "a whole-document label on the 99th percentile",
+        "kvprobe/probes/divergence/probe.py",
+        "        tail = f\"; KL 99.9th percentile ({scope}) {figure(pooled[(cid, 'kld_p999')])}\" if (",
+        "        tail = f\"; KL 99.9th percentile ({scope}) {figure(pooled[(cid, 'kld_p99')])}\" if (",
+        "tests/views/test_numbers.py",
+    ),
+    (
+        "the README's block from another width",
+        "docs/readme_block.py",
+        'WIDTH = "100"',
+        'WIDTH = "120"',
+        "tests/infra/test_readme_block.py::test_the_readme_block_is_the_reports_output",
+    ),
+    (
+        "the default scenario from 1,024 again",
+        "scenarios/default.toml",
+        "first_checkpoint = 256",
+        "first_checkpoint = 1024",
+        "tests/plan/test_scenario.py::test_the_default_scenario_measures_short_lengths",
+    ),
+    (
+        "watching stops configurations",
+        "kvprobe/run/until_decided.py",
+        "        return self.watch or step < self.limits.get(config, len(self.checkpoints))",
+        "        return step < self.limits.get(config, len(self.checkpoints))",
+        "tests/run/test_decided_early.py",
+    ),
+    (
         "ray: joins the last cluster ray start recorded",
         "kvprobe/sweep/ray_executor.py",
         '            address=address or "local",',

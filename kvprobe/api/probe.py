@@ -10,7 +10,7 @@ for its rows, and the terminal report for its tables.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from kvprobe.api.documents import Document, Insert, Tokenizer
@@ -76,6 +76,11 @@ class PositionEvidence:
 
     onsets: Mapping[str, Row | None]
     spans: Mapping[str, list[Row]]
+    # Per configuration, the per-position loss of `loss_metric` (KL) in blocks of consecutive
+    # positions, as (first position, values), every document's: what the level and the growth
+    # with context are measured from (kvprobe.stats.growth.position_trend).
+    blocks: Mapping[str, list[tuple[int, np.ndarray]]] = field(default_factory=dict)
+    loss_metric: str | None = None
 
 
 @dataclass(frozen=True)

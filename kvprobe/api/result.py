@@ -18,12 +18,13 @@ from kvprobe.api.bounds import (
     Big,
     Count,
     Length,
+    Look,
     Seconds,
 )
 from kvprobe.api.record import ItemRow, JsonObject, ProbeSection, Record, ScenarioSpec, SummaryRow
 from kvprobe.api.verdict import UntilDecided, Verdict
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 # Free-form data (a probe's, the GGUF's) is not walked by the models: kvprobe.result.check
 # checks it against its part of the generated schema.
@@ -237,10 +238,41 @@ class ScenarioRecord(Record):
     """the parsed scenario: `probes`, `plan` and each probe's section (their parts of the schema)"""
 
 
+class DecidedConfig(Record):
+    """One configuration's decision, as --until-decided would have made it."""
+
+    status: Literal["worse", "equivalent"]
+    """`worse`: decided worse at `ctx`; `equivalent`: every checkpoint decided equivalent"""
+    ctx: Count
+    """the checkpoint decided worse; for equivalent, the longest"""
+
+
+class Decided(Record):
+    """A default run (not `--until-decided`) decided early: the group-sequential looks of
+    `--until-decided` (the same design, margins and error rates), tested after every unit while
+    every configuration kept being measured, decided every test configuration here. The
+    Recommendation was printed then, with a partial result; the run then measured the rest of
+    the curve. The verdict of a complete file is the fixed-sample one, from all the data."""
+
+    after_s: Seconds
+    """seconds from the command's start to the decision"""
+    look: Look
+    """documents reached when decided (1-based: the look of the last decision)"""
+    units: Count
+    """units finished when decided"""
+    configs: dict[str, DecidedConfig]
+    """per test configuration, its decision"""
+    recommendation: str | None = None
+    """the configuration the Recommendation printed at the decision named"""
+
+
 class RunRecord(Record):
     """`ctx` (the `--ctx` asked for), `seed`, `mode` (`onepass` or `classic`), `checkpoints` (context
     lengths at which queries were asked), `chunk` (tokens per `llama_decode`), `null_check` (whether
-    `--null-check` was given), `until_decided` (see below)"""
+    `--null-check` was given), `until_decided` (see below), `decided` (a default run that the
+    group-sequential looks of `--until-decided` decided before its end, measuring on: `after_s` (from
+    the command's start), `look`, `units` (finished then), `configs` {config: {`status`, `ctx`}},
+    `recommendation` (the configuration the Recommendation printed then named))"""
 
     ctx: Annotated[int, Field(ge=1, le=MAX_CTX)]
     """the `--ctx` asked for"""
@@ -253,6 +285,11 @@ class RunRecord(Record):
     null_check: bool = False
     """whether `--null-check` was given"""
     until_decided: UntilDecided | None = None
+    """with `--until-decided`, or in a default run's partial result written at its early decision
+    (its `stopped` then empty: nothing was stopped), the group-sequential design the verdict's
+    tests read"""
+    decided: Decided | None = None
+    """a default run that the group-sequential looks decided before its end: when and how"""
 
 
 class PromptRecord(Record):
@@ -429,7 +466,10 @@ class ResultDoc(Record):
     run: RunRecord
     """`ctx` (the `--ctx` asked for), `seed`, `mode` (`onepass` or `classic`), `checkpoints` (context
     lengths at which queries were asked), `chunk` (tokens per `llama_decode`), `null_check` (whether
-    `--null-check` was given), `until_decided` (see below)"""
+    `--null-check` was given), `until_decided` (see below), `decided` (a default run that the
+    group-sequential looks of `--until-decided` decided before its end, measuring on: `after_s` (from
+    the command's start), `look`, `units` (finished then), `configs` {config: {`status`, `ctx`}},
+    `recommendation` (the configuration the Recommendation printed then named))"""
     prompt: PromptRecord | None = None
     """the prompt format that took effect; files without it are raw"""
     items: FreeRows
@@ -443,7 +483,8 @@ class ResultDoc(Record):
     """false when the run ended early: interrupted (Ctrl-C, SIGTERM) or at its `--time-budget`. Files
     without it are complete"""
     stopped: str | None = None
-    """`"interrupted"` or `"time budget"`; null for a complete run"""
+    """`"interrupted"` or `"time budget"`, or `"decided early"` (a default run's partial result,
+    written at its early decision while it measured on: `run.decided`); null for a complete run"""
     missing: list[Annotated[list[Count], Field(min_length=2, max_length=3)]] = []
     """the units not measured, as `[doc, step]` (step: index into `run.checkpoints`; in classic mode
     `[prompt, 0]`), or `[doc, step, group]` for a unit of configuration group 1 or later

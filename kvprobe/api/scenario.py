@@ -50,6 +50,8 @@ class PlanSpec:
     checkpoints: list[int] = field(
         default_factory=list, metadata={"bounds": (256, MAX_CHECKPOINT), "items": (0, 64)}
     )
+    # Empty checkpoints: the first of the doubling series (256 measures short lengths, not infers them).
+    first_checkpoint: int = field(default=1024, metadata={"bounds": (256, 65536), **HASHED_IF_SET})
     # Tokens per llama_decode call, identical for every configuration.
     chunk: int = field(default=512, metadata={"bounds": (16, 4096)})
     # Stop measuring a configuration once decided (--until-decided, kvprobe.run.until_decided).

@@ -88,6 +88,8 @@ class EquivalenceTest(Record):
     """larger one-sided p, continuous only"""
     items_needed: Count | None = None
     """undecided: about how many items would decide at 80% power"""
+    scope: str | None = None
+    """what `value` covers: `at 1,024 tokens` (the items asked there), `positions 1–1,023` (KL)"""
 
 
 class CheckpointEquivalence(Record):
@@ -141,6 +143,48 @@ class Halving(Record):
     """why `length` is null"""
 
 
+class Trend(Record):
+    """Level and growth of one metric's loss against the reference (positive: worse)."""
+
+    metric: str
+    words: str
+    """the loss in words: `mean KL`, `answer log-prob drop`"""
+    unit: str
+    level: float
+    """the loss at the shortest lengths measured: the first checkpoint's KL span, or the paired
+    difference at the shortest checkpoint (the value its equivalence test reads)"""
+    level_ci: OpenInterval
+    level_scope: str
+    """what the level covers: `positions 1–255`, `at 256 tokens`"""
+    growth: float | None = None
+    """the loss's change per doubling of context: least-squares slope on log2 of the length (null:
+    fewer than three lengths)"""
+    growth_ci: Interval | None = None
+    """95% bootstrap: blocks of positions for KL, whole items for items"""
+    growth_scope: str
+    p_flat: float | None = None
+    """one-sided bootstrap p of no growth"""
+    family: bool
+    """counts for the configuration's `grows` (continuous, with a margin)"""
+    grows: bool
+    """growth shown: Holm over the family's p at one-sided 0.0125 (kvprobe.stats.shape.GROWTH_ALPHA)"""
+    n: Count
+
+
+class Shape(Record):
+    """The shape of a configuration's loss: from the start, growing with context, or neither."""
+
+    kind: Literal["equivalent", "from_start", "grows", "worse_beyond", "worse_from", "undecided"]
+    short: str
+    """a few words: `worse from the start, not growing`"""
+    sentence: str
+    grows: bool | None = None
+    """null: growth not measured"""
+    onset: Count | None = None
+    """where a growing loss shows (only where growth is shown)"""
+    trends: list[Trend] = []
+
+
 class ConfigVerdict(Record):
     """One test configuration's verdict. A probe adds its own fields (`Probe.verdict_part`)."""
 
@@ -159,6 +203,8 @@ class ConfigVerdict(Record):
     """where the per-position evidence rises significantly"""
     accuracy_share: AccuracyShare | None = None
     halving: Halving | None = None
+    shape: Shape | None = None
+    """level and growth per metric, and the loss's shape in words"""
     sentence: str | None = None
 
 
@@ -174,8 +220,10 @@ class Half(Record):
     logprob_p_holm: float | None = None
     ctx: Count | None = None
     kld_mean: float | None = None
-    """pooled mean KL"""
+    """mean KL over the whole document"""
     kld_ci: OpenInterval | None = None
+    short: str | None = None
+    """its shape in a few words: `worse from the start, not growing`"""
 
 
 class HalfEvidence(Record):
@@ -230,6 +278,9 @@ class WeightsVsKv(Record):
     effects: dict[str, dict[str, list[Effect]]] = {}
     """per metric: `kv_at_ref_weights`, `kv_at_test_weights`, `weights_at_f16_cache` (paired rows),
     `interaction`"""
+    trends: dict[str, Trend | None] = {}
+    """`kv` (the cache at the reference weights) and `weights` (the test weights at an f16 cache): the
+    answer log-prob drop's level and growth with context"""
     sentence: str = ""
 
 
@@ -286,7 +337,8 @@ class Folklore(Record):
 
     rule: str
     finding: str
-    """`holds`, `does not hold`, `undecided`, `not tested in this run`"""
+    """`holds`, `does not hold`, `undecided`, `not measured` (below 4K, or growth from fewer than three
+    lengths), `not tested in this run`"""
     evidence: str
 
 

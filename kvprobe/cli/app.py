@@ -155,8 +155,10 @@ def _command(argv: list[str] | None, shown: GuardedOutput) -> tuple[int, str | N
     """The command's exit code, and the one line that ends it (None: it ended well)."""
     try:
         forget_written()
-        # Redirected to a file, rich would wrap tables at 80 columns; a log reads better wide.
-        console = SafeConsole(stderr=False, width=None if shown.isatty() else 160)
+        # Redirected to a file, rich would wrap tables at 80 columns; a log reads better wide,
+        # unless COLUMNS says how wide (rich reads it when given no width).
+        wide = shown.isatty() or bool(os.environ.get("COLUMNS", "").isdigit())
+        console = SafeConsole(stderr=False, width=None if wide else 160)
         args = parse(build_parser(), argv)
         code = COMMANDS[args.command][1](args, console, list(argv if argv is not None else sys.argv[1:]))
         shown.flush()  # a full disk under a redirect shows here

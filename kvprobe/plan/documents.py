@@ -16,13 +16,13 @@ from kvprobe.plan.haystack import document_text
 __all__ = ["Document", "Insert", "PlantedSpan", "Tokenizer", "build_plan", "default_checkpoints", "plant"]
 
 
-def default_checkpoints(ctx: int, explicit: list[int] | None = None) -> list[int]:
-    """1024, 2048, 4096, ... below ctx, then ctx itself (or the scenario's list, capped)."""
+def default_checkpoints(ctx: int, explicit: list[int] | None = None, first: int = 1024) -> list[int]:
+    """`first` (1024), twice that, ... below ctx, then ctx itself (or the scenario's list, capped)."""
     if explicit:
         points = sorted({c for c in explicit if c < ctx} | {ctx})
         return points
     points = []
-    length = 1024
+    length = first
     while length < ctx:
         points.append(length)
         length *= 2
@@ -93,7 +93,7 @@ def build_plan(
 ) -> tuple[list[int], list[Document]]:
     """Checkpoints, and documents of ctx tokens plus what the probes ask to carry past it (the
     text's own continuation after the last checkpoint, never fed) with the probes' spans."""
-    checkpoints = default_checkpoints(ctx, scenario.plan.checkpoints)
+    checkpoints = default_checkpoints(ctx, scenario.plan.checkpoints, scenario.plan.first_checkpoint)
     extra = max((p.extra_document_tokens(scenario) for p in probes), default=0)
     docs = []
     for d in range(scenario.plan.documents):

@@ -23,6 +23,9 @@ MIGRATION_NOTES = (
     ("2", "3", "`model.kv_layout` from the recorded metadata; the verdict rebuilt with equivalence, the "
      "recommendation and the rules of thumb (`verdict.migrated_from_schema: 2`). Items and existing "
      "summary rows are unchanged; `timing.prefill` stays absent (speed \"not measured\")"),
+    ("3", "4", "the verdict rebuilt from the file's items: each configuration's level and growth with "
+     "context (`shape`), tests labelled with what they cover (`scope`), the rule of thumb \"degrades at "
+     "4K+\" judged by growth (`verdict.migrated_from_schema: 3`)"),
 )  # fmt: skip
 
 
@@ -32,7 +35,7 @@ class Rebuild:
 
     read_version: int
     kv_layout: bool = False  # model.kv_layout from the recorded metadata (schema 2)
-    verdict: bool = False  # the verdict rebuilt with equivalence and the decision (schema 2)
+    verdict: bool = False  # the verdict rebuilt (schema 2: equivalence and the decision; 3: shape)
     missing_verdict: bool = False  # no statistics, no verdict: computed from the file's rows (schema 1)
     record_errors: bool = False  # what fails is recorded (a file without `statistics` had nowhere to)
 
@@ -65,6 +68,8 @@ def migrate(doc: JsonObject, read_version: int) -> Rebuild:
     if read_version < 3:
         model = doc.get("model") or {}
         pending.kv_layout = "kv_layout" not in model and isinstance(model.get("metadata"), dict)
+        pending.verdict = doc.get("verdict") is not None
+    if read_version < 4:  # level and growth (kvprobe.stats.shape) come from the items
         pending.verdict = doc.get("verdict") is not None
     if not has_statistics:  # written before statistics were guarded and recorded
         pending.missing_verdict = doc.get("verdict") is None

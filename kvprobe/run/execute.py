@@ -17,7 +17,7 @@ from typing import Any
 from rich.console import Console
 
 from kvprobe import __version__
-from kvprobe.api import RAW_FRAME, margins
+from kvprobe.api import RAW_FRAME
 from kvprobe.api.cache_types import ConfigId
 from kvprobe.api.engine import KernelDecision, Model
 from kvprobe.api.result import ResultDoc
@@ -43,15 +43,23 @@ from kvprobe.result.journal import (
 )
 from kvprobe.result.records import RunOutcome
 from kvprobe.result.store import write_result
+from kvprobe.run.decided import (
+    EarlyDecision,
+    config_ids,
+    decision_rule,
+    differs_line,
+    kept_line,
+    watching,
+)
 from kvprobe.run.pace import Pace, StepShape, format_duration, unscored_feed_cost
 from kvprobe.run.progress import RunProgress
 from kvprobe.run.request import RunRequest
 from kvprobe.run.runner import Runner, run_probes
 from kvprobe.run.until_decided import Stopped, UntilDecided
 from kvprobe.stats.equivalence import WORSE
-from kvprobe.stats.sequential import Design
 from kvprobe.stats.statistics import add_statistics
 from kvprobe.stats.verdict import reference_checks
+from kvprobe.views.decision import print_decision
 from kvprobe.views.pictures import write_pictures
 from kvprobe.views.terminal import print_run_report
 from kvprobe.weights.doctor import findings, kv_layout
@@ -65,6 +73,7 @@ class RunExecution:
     outcome: RunOutcome
     baseline: str | None  # "ref:f16" in the weights-vs-KV design
     runtime: dict[str, Any]
+    decision: EarlyDecision | None = None  # a default run decided before its end (kvprobe.run.decided)
 
 
 def run_request(
@@ -110,8 +119,9 @@ def _run_locked(
         highlight=False,
     )
     execution = execute_journaled(
-        request, kernels, console, journal=journal, done=done, command_start=command_start, inputs=inputs
-    )
+        request, kernels, console, journal=journal, done=done, command_start=command_start, inputs=inputs,
+        keep=lambda partial: write_partial(request, infos, partial),
+    )  # fmt: skip
     # Hashed again (not after Ctrl-C, which wants the run to end now): the result names the files
     # by their sha256.
     inputs.check(whole=execution.outcome.stopped != "interrupted")
@@ -317,6 +327,7 @@ def execute_journaled(
     done: dict[UnitKey, Unit],
     command_start: float,
     inputs: RunInputs,
+    keep: Callable[[RunExecution], ResultDoc] | None = None,
 ) -> RunExecution:
     """execute_run with every finished unit journaled (its inputs checked first), SIGTERM taken
     as Ctrl-C, and an interrupt before the result said as what it left to resume."""
@@ -324,7 +335,7 @@ def execute_journaled(
         with sigterm_as_interrupt():
             execution = execute_run(
                 request, kernels, console, done=done, on_unit=journaling(request, journal, console, inputs),
-                budget_start=command_start, loaded=inputs.check,
+                budget_start=command_start, loaded=inputs.check, keep=keep,
             )  # fmt: skip
     except KeyboardInterrupt:  # while loading the models, or while assembling what was measured
         if not done and not journal.written:
@@ -350,12 +361,14 @@ def execute_run(
     on_unit: Callable[[Unit], None] | None = None,
     budget_start: float | None = None,
     loaded: Callable[[], None] | None = None,
+    keep: Callable[[RunExecution], ResultDoc] | None = None,
 ) -> RunExecution:
     """Step 2: load the models and run every probe in lockstep, showing progress. Finished
     units go to `on_unit` (the journal); `done` ones are restored; with the request's time
     budget no unit starts that would not end within it, counted from `budget_start` (the
     command's start: hashing, the kernel check and loading count too). `loaded` hears when the
-    models are loaded and the documents built (the run's files are checked then)."""
+    models are loaded and the documents built (the run's files are checked then). `keep` writes
+    a partial result (write_partial): a default run's early decision."""
     engine = get_engine()
     with contextlib.ExitStack() as stack:
         models_loaded = [
@@ -376,12 +389,19 @@ def execute_run(
         runner = Runner(models_loaded[0], request.scenario, request.settings, baseline, request.null_check)
         if loaded is not None:
             loaded()
-        outcome = run_with_progress(
+
+        def partial(outcome: RunOutcome, decision: EarlyDecision) -> ResultDoc:
+            runtime = runtime_record(request, kernels, models_loaded, outcome)
+            if keep is None:
+                raise RuntimeError("an early decision needs execute_run's `keep`")
+            return keep(RunExecution(outcome, baseline, runtime, decision))
+
+        outcome, decision = run_with_progress(
             runner, request, console, models=models, done=done, on_unit=on_unit, budget_start=budget_start,
-            baseline=baseline,
+            baseline=baseline, partial=partial if keep is not None else None,
         )  # fmt: skip
         runtime = runtime_record(request, kernels, models_loaded, outcome)
-    return RunExecution(outcome, baseline, runtime)
+    return RunExecution(outcome, baseline, runtime, decision)
 
 
 def weights_vs_kv_models(paths: list[Path], loaded: list[Model]) -> dict[str, Model] | None:
@@ -417,20 +437,28 @@ def run_with_progress(
     on_unit: Callable[[Unit], None] | None,
     budget_start: float | None,
     baseline: str | None = None,
-) -> RunOutcome:
+    partial: Callable[[RunOutcome, EarlyDecision], ResultDoc] | None = None,
+) -> tuple[RunOutcome, EarlyDecision | None]:
     """run_probes under the progress display, each unit passed on as it finishes, none started
-    past the time budget; with --until-decided, each configuration measured until decided."""
+    past the time budget; with --until-decided, each configuration measured until decided;
+    otherwise, given `partial`, watched by the same rule: the decision printed (and a partial
+    result written) once known, and returned."""
     n_runs = len(request.configs) * len(request.model_paths)
     groups = runner.set_groups(n_runs, request.max_contexts)
     pace = run_pace(runner, request, groups)
     time_budget = request.time_budget
+    started = budget_start if budget_start is not None else time.monotonic()
     with RunProgress(console, runner.planned_tokens(n_runs), pace, runner.unit_keys()) as shown:
+        watch = (
+            watching(runner, request, baseline, models, shown=shown, command_start=started, write=partial)
+            if partial is not None
+            else None
+        )
         decider = (
             deciding(runner, request, baseline, models, shown=shown, groups=groups)
             if request.until_decided and baseline is not None
-            else None
+            else (watch.rule if watch is not None else None)
         )
-        started = budget_start if budget_start is not None else time.monotonic()
 
         def finished(unit: Unit) -> None:
             restored = done is not None and unit.key in done
@@ -444,11 +472,12 @@ def run_with_progress(
             expected = pace.predict(*key) or 0.0
             return time_budget is None or time.monotonic() - started + expected <= time_budget
 
-        return run_probes(
+        outcome = run_probes(
             runner, request.configs, shown.advance, models=models, done=done, on_unit=finished,
             may_start=may_start if time_budget is not None else None, max_contexts=request.max_contexts,
             decider=decider,
         )  # fmt: skip
+    return outcome, watch.decision if watch is not None else None
 
 
 def deciding(
@@ -460,19 +489,12 @@ def deciding(
     shown: RunProgress,
     groups: list[list[int]],
 ) -> UntilDecided:
-    """--until-decided's rule for this run: looks after each of the plan's documents, position
-    evidence from the look where every scored document has passed; each configuration stopped
-    is said with the decode time it saves (the pace's prediction for what it would have run)."""
-    ids = (
-        [str(ConfigId.of(c, label)) for label in models for c in request.configs]
-        if models
-        else [str(ConfigId.of(c)) for c in request.configs]
-    )
+    """--until-decided's rule for this run (decision_rule); each configuration stopped is said
+    with the decode time it saves (the pace's prediction for what it would have run)."""
+    ids = config_ids(request, models)
     group_of = {ids[i]: g for g, members in enumerate(groups) for i in members}
-    scored = max((n.logit_documents for n in runner.needs.values()), default=0)
-    looks = max(1, len(runner.documents))
-    design = Design(looks=looks, evidence_look=min(max(scored, 1), looks) - 1)
-    checkpoints = runner.checkpoints
+    rule = decision_rule(runner, request, baseline, models)
+    looks, checkpoints = rule.design.looks, runner.checkpoints
 
     def said(stop: Stopped, before: int) -> None:
         group = group_of.get(stop.config, 0)
@@ -483,8 +505,8 @@ def deciding(
         # None: nothing measured yet to predict from (decisions remade from a journal on --resume)
         stop.saved_s = sum(known) if known or not spared else None
         # The first group measures the reference for every group: its units go on while any does.
-        members = [c for c, g in group_of.items() if group in {g, 0} and c in rule[0].limits]
-        shown.drop(group, stop.step, before, skip_from=max(rule[0].limits[c] for c in members))
+        members = [c for c, g in group_of.items() if group in {g, 0} and c in rule.limits]
+        shown.drop(group, stop.step, before, skip_from=max(rule.limits[c] for c in members))
         what = (
             f"decided worse at {stop.ctx:,} tokens"
             if stop.status == WORSE
@@ -506,10 +528,8 @@ def deciding(
             soft_wrap=True,
         )
 
-    used = dict(margins(request.scenario.probes)) | dict(request.margins)
-    tested = [c for c in ids if c != baseline]
-    rule = [UntilDecided(design, baseline, tested, checkpoints, used, request.settings.seed, said)]
-    return rule[0]
+    rule.on_stop = said
+    return rule
 
 
 def runtime_record(
@@ -563,20 +583,41 @@ def assemble_run(
             "chunk": outcome.chunk,
             "null_check": request.null_check,
             **({"until_decided": outcome.until_decided} if outcome.until_decided is not None else {}),
+            **({"decided": execution.decision.to_json()} if execution.decision is not None else {}),
         },
         warnings=request.warnings,
     )
 
 
+def command_line() -> str:
+    return " ".join(["kvprobe", *sys.argv[1:]])
+
+
+def write_partial(request: RunRequest, infos: list[dict[str, Any]], execution: RunExecution) -> ResultDoc:
+    """A result that keeps an early decision (a default run's, kvprobe.run.decided): written as
+    measured, then with its statistics, whose verdict is the group-sequential one (the outcome's
+    `until_decided`: the design), and the decision's words and recommendation in `run.decided`."""
+    result = assemble_run(request, infos, execution, command_line())
+    write_result(result, request.out_path)  # the measurements are on disk before any statistic runs
+    add_statistics(result, execution.outcome.measured, request.margins)
+    if execution.decision is not None:
+        execution.decision.learn(result)
+    write_result(result, request.out_path)
+    return result
+
+
 def finish_run(
     request: RunRequest, infos: list[dict[str, Any]], execution: RunExecution, console: Console, jpath: Path
 ) -> int:
-    """Write the result as measured, then with its statistics; report it, and what is left."""
+    """Write the result as measured, then with its statistics; report it, and what is left.
+    Interrupted after an early decision, the result keeps the decision (keep_decision)."""
     outcome = execution.outcome
-    result = assemble_run(request, infos, execution, " ".join(["kvprobe", *sys.argv[1:]]))
+    resume = f"kvprobe run --resume {jpath}"
+    if outcome.stopped == "interrupted" and execution.decision is not None:
+        keep_decision(request, infos, execution, execution.decision, console=console, jpath=jpath)
+    result = assemble_run(request, infos, execution, command_line())
     out_path = request.out_path
     write_result(result, out_path)  # the measurements are on disk before any statistic runs
-    resume = f"kvprobe run --resume {jpath}"
     if outcome.stopped == "interrupted":
         raise Interrupted(
             f"interrupted after {len(outcome.items)} items; {len(outcome.missing)} units are missing "
@@ -611,5 +652,32 @@ def finish_run(
         )
     if request.page is not None:
         write_pictures([(out_path.name, result)], str(request.page), None, console, force=True)
+    if differs := differs_line(execution.decision, result):
+        console.print(differs, markup=False, highlight=False, soft_wrap=True)
     console.print(f"result: {out_path}", markup=False, highlight=False)  # the last line names the file
     return 0
+
+
+def keep_decision(
+    request: RunRequest,
+    infos: list[dict[str, Any]],
+    execution: RunExecution,
+    decision: EarlyDecision,
+    *,
+    console: Console,
+    jpath: Path,
+) -> None:
+    """Ctrl-C after the early decision: the partial result keeps it (the group-sequential verdict
+    on the curve measured so far), its Recommendation is shown, and one line ends the run."""
+    outcome = replace(execution.outcome, until_decided=decision.until_decided)
+    try:
+        result = write_partial(request, infos, replace(execution, outcome=outcome))
+    except KeyboardInterrupt:
+        raise Interrupted(
+            f"interrupted while computing statistics; the measured items are in {request.out_path} "
+            f"(statistics.complete: false); `kvprobe run --resume {jpath}` computes them"
+        ) from None
+    print_decision(result, console)
+    if differs := differs_line(decision, result, scope="with the curve measured so far"):
+        console.print(differs, markup=False, highlight=False, soft_wrap=True)
+    raise Interrupted(kept_line(decision, result, request.out_path, jpath))

@@ -1,6 +1,7 @@
 """A run's progress on screen: rich's bar on a terminal; in a log (stdout not a terminal, as in
 CI) a plain line about once a minute, since a bar is never drawn there. Both say what runs,
-tokens done of the total, the time elapsed and the time left (kvprobe.run.pace)."""
+tokens done of the total, the time elapsed and the time left (kvprobe.run.pace); once a default
+run has decided early (kvprobe.run.decided), they say so first, and that Ctrl-C keeps it."""
 
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ class RunProgress:
         self.interval, self.clock = interval, clock
         self.started = self.last_line = clock()
         self.done_tokens, self.what = 0, "starting"
+        self.decision: str | None = None  # "decided after 27 s: q4_0 worse from the start"
         self.estimated = False
         self.bar: Progress | None = None
         if console.is_terminal:
@@ -60,21 +62,49 @@ class RunProgress:
         """The runner's progress callback: tokens just evaluated, and what is running."""
         self.done_tokens += max(0, n_tokens)
         self.what = what
-        left = self.eta()
         if self.bar is not None:
-            eta = f"about {format_duration(left)} left" if left is not None else ""
-            self.bar.update(self.task, advance=n_tokens, description=plain(what), eta=eta)
+            self._draw(n_tokens)
         elif self.clock() - self.last_line >= self.interval:
             self.console.print(self.line(), markup=False, highlight=False)
             self.last_line = self.clock()
 
+    def _draw(self, n_tokens: int = 0) -> None:
+        """The bar: what runs (or the decision, once known) and the time left."""
+        if self.bar is None:
+            return
+        left = self.eta()
+        eta = f"about {format_duration(left)} left" if left is not None else ""
+        if self.decision is None:
+            self.bar.update(self.task, advance=n_tokens, description=plain(self.what), eta=eta)
+            return
+        tail = ", ".join(p for p in (eta, "Ctrl-C keeps the decision") if p)
+        description = plain(f"{self.decision}; completing the curve")
+        self.bar.update(self.task, advance=n_tokens, description=description, eta=tail)
+
+    def decided(self, decision: str) -> None:
+        """A default run decided early (`decision`: "decided after 27 s: q4_0 worse from the
+        start"): said from now on, with the time left to complete the curve."""
+        self.decision = decision
+        self._draw()
+
+    def completing(self) -> str:
+        """The decision and what the run does now: "decided after 27 s: q4_0 worse from the
+        start; completing the curve, about 9 min left, Ctrl-C keeps the decision"."""
+        left = self.eta()
+        eta = f", about {format_duration(left)} left" if left is not None else ""
+        return f"{self.decision}; completing the curve{eta}, Ctrl-C keeps the decision"
+
     def line(self) -> str:
         left = self.eta()
         eta = f", about {format_duration(left)} left" if left is not None else ""
-        return (
-            f"progress: {self.what}: {self.done_tokens:,} of about {self.total:,} tokens, "
-            f"{format_duration(self.clock() - self.started)} elapsed{eta}"
-        )
+        elapsed = format_duration(self.clock() - self.started)
+        if self.decision is not None:
+            return (
+                f"progress: {self.completing()} ({self.what}: {self.done_tokens:,} of about "
+                f"{self.total:,} tokens, {elapsed} elapsed)"
+            )
+        done = f"{self.done_tokens:,} of about {self.total:,} tokens"
+        return f"progress: {self.what}: {done}, {elapsed} elapsed{eta}"
 
     def drop(self, group: int, step: int, before: int, *, skip_from: int) -> None:
         """--until-decided stopped one configuration of `group` at steps step .. before - 1:

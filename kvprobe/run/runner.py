@@ -88,6 +88,7 @@ class Runner:
         self.refeed_tokens, self.refeed_s = 0, 0.0
         # Per probe, measured at checkpoints in this process: [seconds, tokens evaluated, rows].
         self.probe_work: dict[str, list[float]] = {}
+        self.measuring: _Measuring | None = None  # run_probes' call in progress (snapshot reads it)
         if settings.mode != "onepass":
             self.checkpoints = sorted({n for r in self.runs.values() for n in r.prompt_lengths})
         budgets = [r.budget for r in self.runs.values()]
@@ -105,6 +106,13 @@ class Runner:
         null = self.settings.ctx * scored if self.null_check else 0
         repeated = self.settings.ctx * scored * (self.n_groups - 1) if self.baseline is not None else 0
         return (self.doc_tokens + self.probe_tokens) * n_configs + null + repeated
+
+    def snapshot(self) -> RunOutcome:
+        """While run_probes runs: the outcome of the units finished so far, as an interrupt
+        here would leave it (a default run's early decision writes it as a partial result)."""
+        if self.measuring is None:
+            raise RuntimeError("Runner.snapshot needs run_probes running")
+        return self.measuring.outcome()
 
     def context_settings(self, n_threads: int) -> ContextSettings:
         return ContextSettings(
@@ -252,8 +260,9 @@ class Runner:
         return {c: x for c, x in fed.items() if c not in decider.limits or decider.active(c, step)}
 
     def _decide(self, work: _GroupWork, doc: int) -> None:
-        """--until-decided: test again on everything measured so far (restored units too)."""
-        if work.decider is None:
+        """--until-decided (or a default run's watch): test again on everything measured so far
+        (restored units too), while a test configuration is undecided."""
+        if work.decider is None or work.decider.all_decided:
             return
         evidence: dict[str, list[Row]] = {}
         for run in self.runs.values():
@@ -428,6 +437,87 @@ class _Totals:
     decode_s: dict[str, float] = field(default_factory=dict)
     tokens_evaluated: int = 0
     null_tokens: int = 0
+    # The running group's contexts, added when it ends: a snapshot mid-run counts them too.
+    open: dict[str, Context] = field(default_factory=dict)
+    open_null: Context | None = None
+
+    def opened(self, contexts: dict[str, Context], null_context: Context | None) -> None:
+        for cid, context in contexts.items():
+            self.applied.setdefault(cid, _applied(cid, context))
+        self.open, self.open_null = contexts, null_context
+
+    def closed(self) -> None:
+        """The running group's contexts added up (its decoding, its tokens), as it ends."""
+        for cid, context in self.open.items():
+            self.decode_s[cid] = self.decode_s.get(cid, 0.0) + context.busy_s
+        self.tokens_evaluated += sum(c.tokens_evaluated for c in self.open.values())
+        self.null_tokens += self.open_null.tokens_evaluated if self.open_null else 0
+        self.open, self.open_null = {}, None
+
+    def so_far(self) -> _Totals:
+        """What the groups reported so far, the running one's contexts included."""
+        now = _Totals(
+            dict(self.applied), dict(self.decode_s), self.tokens_evaluated, self.null_tokens, dict(self.open),
+            self.open_null,
+        )  # fmt: skip
+        now.closed()
+        return now
+
+
+@dataclass
+class _Measuring:
+    """A run_probes call in progress: what its outcome is made of, at the end or, from the
+    units finished so far, mid-run (Runner.snapshot)."""
+
+    runner: Runner
+    runs: list[ConfigRun]
+    groups: list[list[int]]
+    models: dict[str, Model] | None
+    done: Mapping[UnitKey, Unit] | None
+    decider: UntilDecided | None
+    totals: _Totals = field(default_factory=_Totals)
+    started: float = field(default_factory=time.perf_counter)
+
+    def outcome(self) -> RunOutcome:
+        """The outcome of the units finished so far, in the order one group would have finished
+        them (the same rows in the same order). The probes' `finish` fills copies of the rows,
+        so a snapshot leaves the running units as they are; their sections and arrays hold
+        finished units only (ProbeRun.section)."""
+        runner = self.runner
+        order = {k[:2]: i for i, k in enumerate(runner.unit_keys()) if k[2] == 0}
+        units = sorted(runner.units, key=lambda u: (order.get(u.key[:2], 0), u.group))
+        items = [dict(row) for unit in units for row in unit.items]
+        for run in runner.runs.values():
+            run.finish(items)
+        errors: list[dict[str, str]] = []
+        sections = {name: run.section(errors) for name, run in runner.runs.items()}
+        finished = {u.key for u in units}
+        totals = self.totals.so_far()
+        timing = _timing(runner, units, self.runs, self.groups, totals, started=self.started, done=self.done)
+        decider, settings = self.decider, runner.settings  # a watching decider stopped nothing: not on file
+        return RunOutcome(
+            checkpoints=runner.checkpoints,
+            items=items,
+            text_items=[row for run in runner.runs.values() for row in run.text_items()],
+            sections={name: s for name, s in sections.items() if s is not None},
+            measured={name: m for name, run in runner.runs.items() if (m := run.measured()) is not None},
+            applied=[
+                {
+                    **(totals.applied.get(str(cid)) or _not_started(str(cid), cache, settings.flash_attn)),
+                    **({"model": cid.weights} if self.models else {}),
+                }
+                for cid, _, cache in self.runs
+            ],
+            n_ctx=runner.n_ctx,
+            n_seq_max=runner.n_seq_max,
+            chunk=runner.scenario.plan.chunk,
+            prompt=prompt_record(settings.prompt, runner.prompt),
+            timing=timing,
+            errors=errors,
+            stopped=runner.stopped,
+            missing=[key_json(k) for k in runner.unit_keys() if k not in finished | runner.skipped],
+            until_decided=decider.to_json() if decider is not None and not decider.watch else None,
+        )
 
 
 def run_probes(
@@ -456,7 +546,9 @@ def run_probes(
     group only; on CPU every group's numbers equal a single group's.
 
     With `decider` (--until-decided) configurations it has decided are measured no more, and
-    units with nothing left to measure are skipped: not missing, the run is complete."""
+    units with nothing left to measure are skipped: not missing, the run is complete. A
+    watching decider (`UntilDecided.watch`, a default run) decides after every unit the same
+    way but stops nothing; Runner.snapshot gives the outcome so far when it has decided."""
     model = runner.model
     runs: list[ConfigRun] = (
         [(ConfigId.of(c, label), m, c) for label, m in models.items() for c in configs]
@@ -464,48 +556,15 @@ def run_probes(
         else [(ConfigId.of(c), model, c) for c in configs]
     )
     groups = runner.set_groups(len(runs), max_contexts)
-    started = time.perf_counter()
-    totals = _Totals()
+    runner.measuring = measuring = _Measuring(runner, runs, groups, models, done, decider)
     for group, members in enumerate(groups):
         _run_group(
-            runner, [runs[i] for i in members], group, totals, progress=progress, done=done, on_unit=on_unit,
-            may_start=may_start, decider=decider,
+            runner, [runs[i] for i in members], group, measuring.totals, progress=progress, done=done,
+            on_unit=on_unit, may_start=may_start, decider=decider,
         )  # fmt: skip
         if runner.stopped is not None:
             break
-    # Units in the order one group would have finished them: the same rows in the same order.
-    order = {k[:2]: i for i, k in enumerate(runner.unit_keys()) if k[2] == 0}
-    runner.units.sort(key=lambda u: (order.get(u.key[:2], 0), u.group))
-    items = [row for unit in runner.units for row in unit.items]
-    for run in runner.runs.values():
-        run.finish(items)
-    errors: list[dict[str, str]] = []
-    sections = {name: run.section(errors) for name, run in runner.runs.items()}
-    finished = {u.key for u in runner.units}
-    timing = _timing(runner, runs, groups, totals, started=started, done=done)
-    return RunOutcome(
-        checkpoints=runner.checkpoints,
-        items=items,
-        text_items=[row for run in runner.runs.values() for row in run.text_items()],
-        sections={name: s for name, s in sections.items() if s is not None},
-        measured={name: m for name, run in runner.runs.items() if (m := run.measured()) is not None},
-        applied=[
-            {
-                **(totals.applied.get(str(cid)) or _not_started(str(cid), cache, runner.settings.flash_attn)),
-                **({"model": cid.weights} if models else {}),
-            }
-            for cid, _, cache in runs
-        ],
-        n_ctx=runner.n_ctx,
-        n_seq_max=runner.n_seq_max,
-        chunk=runner.scenario.plan.chunk,
-        prompt=prompt_record(runner.settings.prompt, runner.prompt),
-        timing=timing,
-        errors=errors,
-        stopped=runner.stopped,
-        missing=[key_json(k) for k in runner.unit_keys() if k not in finished and k not in runner.skipped],
-        until_decided=decider.to_json() if decider is not None else None,
-    )
+    return measuring.outcome()
 
 
 def _run_group(
@@ -531,6 +590,7 @@ def _run_group(
             _, ref_model, ref_cache = members[0]
             null_context = stack.enter_context(ref_model.context(ref_cache, ctx_settings))
         repeats = frozenset(c for c in contexts if c in totals.applied)
+        totals.opened(contexts, null_context)
         try:
             runner.run_all(
                 contexts, progress, null_context, done=done, on_unit=on_unit, may_start=may_start,
@@ -538,15 +598,12 @@ def _run_group(
             )  # fmt: skip
         except KeyboardInterrupt:
             runner.stopped = "interrupted"
-        for cid, context in contexts.items():
-            totals.applied.setdefault(cid, _applied(cid, context))
-            totals.decode_s[cid] = totals.decode_s.get(cid, 0.0) + context.busy_s
-        totals.tokens_evaluated += sum(c.tokens_evaluated for c in contexts.values())
-        totals.null_tokens += null_context.tokens_evaluated if null_context else 0
+        totals.closed()
 
 
 def _timing(
     runner: Runner,
+    units: list[Unit],
     runs: list[ConfigRun],
     groups: list[list[int]],
     totals: _Totals,
@@ -563,7 +620,7 @@ def _timing(
         "units": [
             [u.doc, u.step, round(u.seconds, 3), u.tokens, round(u.feed_s, 3), round(u.reduce_s, 3)]
             + ([u.group] if grouped else [])
-            for u in runner.units
+            for u in units
         ],
         "decode_s": {cid: round(s, 2) for cid, s in totals.decode_s.items()},
         # Per probe, its work at the checkpoints (queries, continuations) in this process.
@@ -571,7 +628,7 @@ def _timing(
             name: {"s": round(w[0], 2), "tokens": int(w[1]), "items": int(w[2])}
             for name, w in runner.probe_work.items()
         },
-        "prefill": prefill_by_depth(runner.units, runner.checkpoints),
+        "prefill": prefill_by_depth(units, runner.checkpoints),
         "tokens_evaluated": totals.tokens_evaluated,
         "null_check_tokens": totals.null_tokens,
         "naive_tokens": runner.naive_tokens * len(runs),
@@ -579,7 +636,7 @@ def _timing(
     if grouped:
         timing["groups"] = [[str(runs[i][0]) for i in members] for members in groups]
     if done:
-        restored = [u for u in runner.units if u.key in done]
+        restored = [u for u in units if u.key in done]
         timing["resume"] = {
             "units_restored": len(restored),
             "restored_tokens": sum(u.tokens for u in restored),

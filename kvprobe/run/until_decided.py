@@ -5,7 +5,12 @@ at checkpoint L has no effective context from L on: it is measured no more at L 
 One whose every checkpoint below that is decided (equivalent) is measured no more at all. The
 runner asks `active(config, step)` before each unit; the reference runs while any test
 configuration does. The decisions are pure functions of the items, so a resumed run makes
-them again at the same units, and `kvprobe report` finds them in the file."""
+them again at the same units, and `kvprobe report` finds them in the file.
+
+A default run watches with the same rule (`watch`): the same looks, margins and error rates
+after every unit, each configuration's first full decision recorded, but nothing stopped; once
+every configuration is decided, `on_decided` hears it (kvprobe.run.decided prints the decision
+then, and the run completes the curve)."""
 
 from __future__ import annotations
 
@@ -50,6 +55,10 @@ class UntilDecided:
     margin: Mapping[str, float]
     seed: int
     on_stop: Callable[[Stopped, int], None] | None = None  # (what, the step it was measured below before)
+    # Watching (a default run): `limits` are what --until-decided would measure, yet every
+    # configuration is measured at every step; `on_decided` hears when every one is decided.
+    watch: bool = False
+    on_decided: Callable[[], None] | None = None
     limits: dict[str, int] = field(default_factory=dict)  # config -> steps still measured
     stopped: dict[str, Stopped] = field(default_factory=dict)
 
@@ -58,8 +67,8 @@ class UntilDecided:
 
     def active(self, config: str, step: int) -> bool:
         """Whether `config` is measured at checkpoint step `step` (configurations this rule
-        does not know, the reference and the null check, always are)."""
-        return step < self.limits.get(config, len(self.checkpoints))
+        does not know, the reference and the null check, always are; watching, all are)."""
+        return self.watch or step < self.limits.get(config, len(self.checkpoints))
 
     def live(self, configs: Sequence[str], step: int) -> list[str]:
         """The test configurations among `configs` still measured at `step`."""
@@ -101,6 +110,8 @@ class UntilDecided:
             newly.append(stop)
             if self.on_stop is not None:
                 self.on_stop(stop, limit)
+        if newly and self.all_decided and self.on_decided is not None:
+            self.on_decided()  # the first time: once all are decided no limit moves again
         return newly
 
     def significant_loss(self, items: Sequence[Row], config: str) -> bool:
@@ -114,5 +125,7 @@ class UntilDecided:
         return all(limit == 0 for limit in self.limits.values())
 
     def to_json(self) -> dict[str, Any]:
-        """The result's `run.until_decided`: the design and what was stopped."""
-        return self.design.to_json() | {"stopped": {c: s.to_json() for c, s in self.stopped.items()}}
+        """The result's `run.until_decided`: the design and what was stopped (watching: nothing
+        was; the decisions are the run's `decided`)."""
+        stopped = {} if self.watch else {c: s.to_json() for c, s in self.stopped.items()}
+        return self.design.to_json() | {"stopped": stopped}

@@ -77,9 +77,12 @@ def probe_rows(result: ResultDoc | JsonObject) -> list[ProbeRow]:
             ]
             eq = equivalence(tests, min(onsets) if onsets else None, [c for c in checkpoints if c <= longest])
             at = {r["metric"]: r for r in paired if r["ctx"] == longest}
+            trends = ((verdict["configs"][config] or {}).get("shape") or {}).get("trends") or []
+            finer = next((m.name for m in own if not m.binary), None)
             row: ProbeRow = {"probe": probe.name, "config": config, "ctx": longest,
                         "effective_context": eq["effective_context"], "status": eq["status"],
-                        "loss_from": min(onsets) if onsets else None, "metrics": {}}  # fmt: skip
+                        "loss_from": min(onsets) if onsets else None, "metrics": {},
+                        "trend": next((t for t in trends if t["metric"] == finer), None)}  # fmt: skip
             for m in own:
                 r = at.get(m.name)
                 if r is None:

@@ -30,6 +30,7 @@ from kvprobe.stats.parts import (
     VerdictDoc,
     WeightsVsKvDoc,
 )
+from kvprobe.stats.shape import growth_brief, long_context_finding
 from kvprobe.stats.words import items_text, tost_text
 from kvprobe.weights.doctor import kv_cache_bytes, type_bits
 
@@ -183,7 +184,11 @@ def recommend(
                 "a significant loss within the margins" if first["status"] == EQUIVALENT else first["status"]
             )
             decisive = [tost_text(t) for t in first["tests"] if t["metric"] in first["decided_by"]]
-            why = f"{label} at {first['ctx']:,}" + (f": {'; '.join(decisive)}" if decisive else "")
+            found = verdict["configs"].get(r["config"], {}).get("shape") or {}
+            short, brief = found.get("short"), growth_brief(found)
+            head = short if short and r["status"] == WORSE else f"{label} at {first['ctx']:,}"
+            head += f" ({brief})" if brief and r["status"] == WORSE else ""
+            why = head + (f": {'; '.join(decisive)}" if decisive else "")
             if first["status"] == UNDECIDED and first.get("items_needed"):
                 why += f"; {items_text(first['items_needed'])} would decide"
             if eq.get("first_worse") and eq["first_worse"] != first["ctx"]:
@@ -280,29 +285,17 @@ def _line(rule: str, finding: str, evidence: str) -> FolkloreDoc:
 
 
 def _rule_long_context(quantized: dict[str, JsonObject], ctx: int) -> FolkloreDoc:
+    """Checked against growth (kvprobe.stats.shape), not against the first checkpoint: the rule
+    holds for a cache whose loss is within the margins short and grows with context."""
     rule = "a quantized KV cache degrades at 4K+ context"
     if not quantized:
         return _line(rule, UNTESTED, "no quantized cache was measured")
-    losses = {cid: _first_loss(v) for cid, v in quantized.items()}
-    parts = []
-    for cid, v in quantized.items():
-        status = v["equivalence"]["status"]
-        at = losses[cid]
-        parts.append(
-            f"{cid}: worse or a significant loss from {at:,}" if at
-            else f"{cid}: equivalent up to {ctx:,}" if status == EQUIVALENT
-            else f"{cid}: {status}"
-        )  # fmt: skip
-    found = [at for at in losses.values() if at]
-    if not found:
-        measured_all = all(v["equivalence"]["status"] == EQUIVALENT for v in quantized.values())
-        finding = FAILS if measured_all and ctx >= LONG_CONTEXT else OPEN
-    elif min(found) < LONG_CONTEXT:
-        finding = FAILS  # earlier than the rule says
-        parts.append(f"so it degrades earlier than 4K, from {min(found):,} tokens")
-    else:
-        finding = HOLDS
-    return _line(rule, finding, "; ".join(parts))
+    found = {cid: long_context_finding(v.get("shape") or {}, v, LONG_CONTEXT) for cid, v in quantized.items()}
+    findings = {f for f, _ in found.values()}
+    finding = next((f for f in (HOLDS, FAILS, OPEN) if f in findings), "not measured")
+    # A configuration whose finding differs from the line's says its own.
+    said = [f"{cid}: {why}" if f == finding else f"{cid}: {f}: {why}" for cid, (f, why) in found.items()]
+    return _line(rule, finding, "; ".join(said))
 
 
 def _rule_q8_floor(configs: dict[str, JsonObject], baseline: str, ctx: int) -> FolkloreDoc:

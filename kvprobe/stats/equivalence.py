@@ -50,6 +50,7 @@ class Tost:
     n: int
     p: float | None = None  # the larger of the two one-sided p-values (continuous tests only)
     items_needed: int | None = None  # total items for 80% power, where undecided
+    scope: str | None = None  # what the value covers: "at 1,024 tokens", "positions 1–1,023"
 
     def to_json(self) -> JsonObject:  # dataclasses.asdict gives a plain dict
         out = asdict(self)

@@ -77,6 +77,7 @@ class HalfDoc(TypedDict):
     ctx: int | None
     kld_mean: Any  # the pooled summary row's `value` (a probe's row), None without one
     kld_ci: Any  # the pooled summary row's `ci` (a probe's row), None without one
+    short: NotRequired[str | None]  # its shape in a few words (kvprobe.stats.shape)
 
 
 class HalfEvidenceDoc(TypedDict):
@@ -134,6 +135,7 @@ class WeightsVsKvDoc(TypedDict):
     reason: str
     effects: dict[str, MetricEffectsDoc]  # metric → its effects
     sentence: str
+    trends: NotRequired[dict[str, Any]]  # "kv", "weights": the answer log-prob's TrendDoc (or None)
 
 
 class SavingDoc(TypedDict):

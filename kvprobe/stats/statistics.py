@@ -52,18 +52,21 @@ def typed_verdict(result: ResultDoc, seed: int, margins: Mapping[str, float] | N
 
 def rebuild(doc: ResultDoc, pending: Rebuild) -> None:
     """An older file brought up to date by what only the statistics compute: the KV layout from
-    the recorded metadata, the verdict rebuilt with equivalence, the recommendation and the rules
-    of thumb (schema 2), or, for a file from before statistics were recorded, the verdict it lacks
-    from its own rows."""
+    the recorded metadata, the verdict rebuilt (schema 2: with equivalence, the recommendation and
+    the rules of thumb; 3: with level and growth), or, for a file from before statistics were
+    recorded, the verdict it lacks from its own rows."""
     if pending.kv_layout:
         layout = kv_layout_from_metadata(str(doc.model.architecture), doc.model.metadata)
         doc.model.kv_layout = None if layout is None else KvLayout.model_validate(layout)
     errors: list[dict[str, str]] = []
     if pending.verdict:
-        verdict = guarded(errors, "verdict", lambda: typed_verdict(doc, doc.run.seed))
+        # With the margins the file was judged by (a run's --margin), and the old verdict kept if
+        # the new one cannot be made (the error is recorded).
+        used = dict(doc.verdict.margins) if doc.verdict is not None and doc.verdict.margins else None
+        verdict = guarded(errors, "verdict", lambda: typed_verdict(doc, doc.run.seed, used))
         if verdict is not None:
-            verdict.migrated_from_schema = 2
-        doc.verdict = verdict
+            verdict.migrated_from_schema = pending.read_version
+            doc.verdict = verdict
     if pending.missing_verdict:
         doc.verdict = guarded(errors, "verdict", lambda: typed_verdict(doc, doc.run.seed))
         doc.statistics = Statistics(complete=not errors, errors=[StatError(**e) for e in errors])

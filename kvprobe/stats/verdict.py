@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
+import numpy as np
 from scipy import stats as sps
 
 from kvprobe.api import (
@@ -45,6 +47,7 @@ from kvprobe.stats.parts import (
     VerdictDoc,
 )
 from kvprobe.stats.sequential import Design
+from kvprobe.stats.shape import config_trends, shape
 from kvprobe.stats.weights_vs_kv import weights_vs_kv
 from kvprobe.stats.words import diff_text, fmt_p, items_text, metric_words, tost_text
 
@@ -84,10 +87,9 @@ def checkpoint_tests(
         if metric.name not in margin:
             continue
         for ctx, (t, b) in paired_values(items, metric, baseline, config).items():
-            out.setdefault(ctx, []).append(
-                tost(t, b, margin[metric.name], metric=metric.name, binary=metric.binary,
-                     lower_is_worse=bool(metric.lower_is_worse), seed=seed, level=level)
-            )  # fmt: skip
+            test = tost(t, b, margin[metric.name], metric=metric.name, binary=metric.binary,
+                        lower_is_worse=bool(metric.lower_is_worse), seed=seed, level=level)  # fmt: skip
+            out.setdefault(ctx, []).append(replace(test, scope=f"at {ctx:,} tokens"))
     for span in spans:
         for name, bound in margin.items():
             if name in span:
@@ -95,6 +97,9 @@ def checkpoint_tests(
                 test = bound_test(
                     found["value"], found["ci"], bound, metric=name, n=int(found.get("n", span["n"]))
                 )
+                covered = found.get("positions") or span.get("span")
+                if covered:  # what the value covers (a file from before spans recorded it: unsaid)
+                    test = replace(test, scope=f"positions {int(covered[0]):,}–{int(covered[1]) - 1:,}")
                 if found["ci"][1] is None and test.status != WORSE and by_name(name).tail:
                     continue  # too few positions to bound a tail from above: it can only rule out
                 out.setdefault(int(span["ctx"]), []).append(test)
@@ -227,11 +232,15 @@ def config_verdict(
     checkpoints: Sequence[int] = (),
     margin: Mapping[str, float] | None = None,
     design: Design | None = None,
+    blocks: Sequence[tuple[int, np.ndarray]] = (),
+    loss_metric: str | None = None,
 ) -> JsonObject:  # every probe adds its own fields (Probe.verdict_part takes a JsonObject)
     """One configuration's verdict: its paired rows, the onsets of a significant loss of the
     retrieval metrics (kvprobe.api ROLES), equivalence per checkpoint and the effective context,
     the onset of the position evidence, and each probe's own fields (`Probe.verdict_part`).
-    With a group-sequential `design` (--until-decided) each checkpoint is tested look by look."""
+    With a group-sequential `design` (--until-decided) each checkpoint is tested look by look.
+    Then the loss's shape: level and growth per metric (`blocks`: the per-position loss of
+    `loss_metric`, kvprobe.api PositionEvidence), in words (kvprobe.stats.shape)."""
     rows = paired_rows(items, baseline, config, seed)
     out: JsonObject = {"config": config, "paired": rows, **loss_onsets(rows)}
     losses = [o for o in (out["onset_accuracy"], out["onset_logprob"]) if o is not None]
@@ -252,6 +261,11 @@ def config_verdict(
     out["divergence_onset"] = position_onset["ctx"] if position_onset else None
     for probe in all_probes():
         out.update(probe.verdict_part(items, baseline, config, out, seed))
+    trends = config_trends(
+        items, baseline, config, blocks=blocks, loss_metric=loss_metric, spans=spans, checkpoints=measured,
+        paired=rows, seed=seed,
+    )  # fmt: skip
+    out["shape"] = shape(out, trends, baseline, fallback=equivalence_sentence(out, baseline, config))
     return out
 
 
@@ -369,6 +383,7 @@ def _half_evidence(v: JsonObject, summary: Sequence[SummaryRow], config: str) ->
         "ctx": last["ctx"] if last else None,
         "kld_mean": kld["value"] if kld else None,
         "kld_ci": kld["ci"] if kld else None,
+        "short": (v.get("shape") or {}).get("short"),
     }
 
 
@@ -488,14 +503,15 @@ def _evidence_list(evidence: Sequence[HalfEvidenceDoc]) -> str:
 
 
 def _evidence_text(e: HalfDoc) -> str:
-    parts = [f"{e['status'] or 'no equivalence test'}"]
+    parts = [f"{e.get('short') or e['status'] or 'no equivalence test'}"]
     if e["logprob_diff"] is not None:
         p = fmt_p(e["logprob_p_holm"])
         name = metric_words(_role_name(RETRIEVAL_LOGPROB))[0]
         parts.append(f"{name} {e['logprob_diff']:+.2f} at {e['ctx']:,} (Holm p = {p})")
     if e["kld_mean"] is not None:
         name = metric_words(_role_name(POOLED_DIVERGENCE))[0]
-        parts.append(f"{name} {e['kld_mean']:.3g} [{e['kld_ci'][0]:.3g}, {e['kld_ci'][1]:.3g}]")
+        lo, hi = e["kld_ci"]
+        parts.append(f"{name} (whole document) {e['kld_mean']:.3g} [{lo:.3g}, {hi:.3g}]")
     return ", ".join(parts)
 
 
@@ -507,7 +523,8 @@ def _kv_sentence(fault: str, why: str, k: HalfDoc, v: HalfDoc, quant: str) -> st
         "neither": f"Neither half of the {quant} cache is at fault",
         UNDECIDED: f"Which half of the {quant} cache is at fault is undecided",
     }[fault]
-    return f"{head}: {why} (K-only: {_evidence_text(k)}; V-only: {_evidence_text(v)})."
+    halves = f"K-only {k['config']}: {_evidence_text(k)}; V-only {v['config']}: {_evidence_text(v)}"
+    return f"{head}: {why} ({halves})."
 
 
 # --- the whole verdict ---------------------------------------------------------------------------
@@ -525,22 +542,32 @@ def reference_checks(
     return [s for p in all_probes() if (s := p.reference_check(items, baseline, prompt, min(checkpoints)))]
 
 
-def position_evidence(
-    result: ResultDoc | JsonObject,
-) -> tuple[dict[str, Row | None], dict[str, list[Row]]]:
+@dataclass
+class Evidence:
     """Every probe's per-position evidence (kvprobe.api PositionEvidence), merged: per
-    configuration the first onset any probe found, and all their spans."""
-    onsets: dict[str, Row | None] = {}
-    spans: dict[str, list[Row]] = {}
+    configuration the first onset any probe found, all their spans, and the first probe's
+    per-position loss in blocks."""
+
+    onsets: dict[str, Row | None] = field(default_factory=dict)
+    spans: dict[str, list[Row]] = field(default_factory=dict)
+    blocks: dict[str, list[tuple[int, np.ndarray]]] = field(default_factory=dict)
+    loss_metric: str | None = None
+
+
+def position_evidence(result: ResultDoc | JsonObject) -> Evidence:
+    """Every probe's per-position evidence, merged (Evidence)."""
+    merged = Evidence()
     for probe in all_probes():
         found = probe.position_evidence(result)
         if found is None:
             continue
         for config, row in found.onsets.items():
-            onsets.setdefault(config, row)
+            merged.onsets.setdefault(config, row)
         for config, rows in found.spans.items():
-            spans.setdefault(config, []).extend(rows)
-    return onsets, spans
+            merged.spans.setdefault(config, []).extend(rows)
+        if found.blocks and merged.loss_metric is None:
+            merged.blocks, merged.loss_metric = dict(found.blocks), found.loss_metric
+    return merged
 
 
 def build_verdict(
@@ -554,7 +581,7 @@ def build_verdict(
     # The margins of the probes that ran (a file lists no margin of a probe it never measured).
     ran = ((result.get("scenario") or {}).get("spec") or {}).get("probes")
     used = dict(margins(ran)) | dict(margin or {})
-    onsets, spans = position_evidence(result)
+    evidence = position_evidence(result)
     checkpoints = (result.get("run") or {}).get("checkpoints") or []
     early = (result.get("run") or {}).get("until_decided")
     design = Design.from_json(early) if early else None
@@ -563,12 +590,14 @@ def build_verdict(
             result["items"],
             baseline,
             c["id"],
-            onsets.get(c["id"]),
+            evidence.onsets.get(c["id"]),
             seed=seed,
-            spans=spans.get(c["id"], []),
+            spans=evidence.spans.get(c["id"], []),
             checkpoints=checkpoints,
             margin=used,
             design=design,
+            blocks=evidence.blocks.get(c["id"], []),
+            loss_metric=evidence.loss_metric,
         )
         for c in result["configs"]
         if c["id"] != baseline
@@ -589,7 +618,7 @@ def build_verdict(
         is not None
     ]
     for cid, v in per_config.items():
-        parts = [equivalence_sentence(v, baseline, cid), stopped_sentence(early, cid)]
+        parts = [v["shape"]["sentence"], stopped_sentence(early, cid)]
         # the first probe (in registry order) with a detail sentence adds it
         parts.append(next((s for p in all_probes() if (s := p.sentence(result, cid, baseline, v))), None))
         v["sentence"] = " ".join(p for p in parts if p) or None

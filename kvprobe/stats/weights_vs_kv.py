@@ -11,12 +11,14 @@ import numpy as np
 
 from kvprobe.api import ALPHA, RETRIEVAL, RETRIEVAL_LOGPROB, by_name, paired_item_metrics, pooled_metric
 from kvprobe.api.cache_types import ConfigId
+from kvprobe.api.metric import Metric
 from kvprobe.api.record import ItemRow, JsonObject
 from kvprobe.api.result import ResultDoc
 from kvprobe.stats.analysis import paired_rows
 from kvprobe.stats.inference import bootstrap_mean_interval
 from kvprobe.stats.inference import wilcoxon_paired as wilcoxon
 from kvprobe.stats.parts import EffectDoc, MetricEffectsDoc, PairedDoc, WeightsVsKvDoc
+from kvprobe.stats.shape import TrendDoc, call_growth, item_trend_doc, trend_text
 
 
 def _diff(r: PairedDoc, unit: str = "") -> str:
@@ -57,6 +59,26 @@ def _negligible(metric: str) -> float:
     return band
 
 
+def _trends(
+    items: Sequence[ItemRow],
+    logprob: Metric,
+    cache: str,
+    *,
+    kv: list[PairedDoc],
+    weights: list[PairedDoc],
+    seed: int,
+) -> dict[str, TrendDoc | None]:
+    """The answer log-prob drop's level and growth: of the cache at the reference weights, and
+    of the test weights at an f16 cache (each called on its own: kvprobe.stats.shape)."""
+    found = {
+        "kv": item_trend_doc(items, logprob, "ref:f16", f"ref:{cache}", paired=kv, seed=seed),
+        "weights": item_trend_doc(items, logprob, "ref:f16", "test:f16", paired=weights, seed=seed),
+    }
+    for trend in found.values():
+        call_growth([trend] if trend is not None else [])
+    return found
+
+
 def weights_vs_kv(result: ResultDoc | JsonObject, seed: int) -> WeightsVsKvDoc | None:
     """The KV effect at fixed weights, the weight effect at an f16 cache, their interaction,
     per checkpoint with intervals; and the fault: kv, weights, both, neither or inconclusive."""
@@ -94,8 +116,7 @@ def weights_vs_kv(result: ResultDoc | JsonObject, seed: int) -> WeightsVsKvDoc |
     w = any(significant(e["weights_at_f16_cache"]) for e in effects.values())
     lp = effects[logprob.name]
     kv_rows, w_rows = lp["kv_at_ref_weights"], lp["weights_at_f16_cache"]
-    kv_growth = (kv_rows[-1]["diff"] - kv_rows[0]["diff"]) if kv_rows else 0.0
-    shortest = w_rows[0] if w_rows else None
+    trends = _trends(items, logprob, cache, kv=kv_rows, weights=w_rows, seed=seed)
     if kv and w:
         fault = "both"
     elif kv:
@@ -109,13 +130,12 @@ def weights_vs_kv(result: ResultDoc | JsonObject, seed: int) -> WeightsVsKvDoc |
         fault = "neither"
     else:
         fault = "inconclusive"
-    grows = "grows" if kv_growth < -0.1 else "does not grow"
+    # In the shape's words (kvprobe.stats.shape): each effect's level and growth with context.
+    kv_trend, w_trend = trends["kv"], trends["weights"]
     reason = (
-        f"the {cache} cache changes the answer log-prob by {kv_rows[0]['diff']:+.2f} nats at "
-        f"{kv_rows[0]['ctx']:,} and {kv_rows[-1]['diff']:+.2f} at {kv_rows[-1]['ctx']:,} (a cache effect "
-        f"{grows} with context); the TEST weights change it by {_diff(shortest, ' nats')} already at "
-        f"{shortest['ctx']:,}"
-        if kv_rows and shortest
+        f"the {cache} cache (ref:{cache} against ref:f16): {trend_text(kv_trend)}; the TEST weights "
+        f"(test:f16 against ref:f16): {trend_text(w_trend)}"
+        if kv_trend is not None and w_trend is not None
         else f"no {retrieval.probe} items to compare"
     )
     names = {"ref": result["models"]["ref"]["name"], "test": result["models"]["test"]["name"]}
@@ -132,5 +152,6 @@ def weights_vs_kv(result: ResultDoc | JsonObject, seed: int) -> WeightsVsKvDoc |
         "fault": fault,
         "reason": reason,
         "effects": effects,
+        "trends": dict(trends),
         "sentence": f"{head}; {reason}.",
     }

@@ -27,6 +27,8 @@ def diff_text(r: DifferenceDoc | HalfEvidenceDoc, unit: str = "") -> str:
 def tost_text(t: JsonObject) -> str:  # Tost.to_json's, a plain dict (dataclasses.asdict)
     """One test in words: "answer log-prob +0.07 [95%: +0.03, +0.11] within ±0.25 nats"."""
     name, unit = metric_words(t["metric"])
+    if t.get("scope"):
+        name = f"{name} ({t['scope']})"
     lo, hi = t["ci"]
     if t["kind"] == "bound":
         where = {EQUIVALENT: "below", WORSE: "above"}.get(t["status"], "against")

@@ -7,10 +7,13 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
+from kvprobe.api import pooled_row
 from kvprobe.api.record import JsonObject
 from kvprobe.api.result import ResultDoc
 from kvprobe.infra.display import plain
 from kvprobe.stats.decision import FrontierRow, frontier, speed_sentence
+from kvprobe.stats.shape import WHOLE, whole_or_positions
+from kvprobe.stats.shape import number as figure
 from kvprobe.views.figures import Point, Scatter
 
 MIB = 1024 * 1024
@@ -42,8 +45,8 @@ def frontier_cells(result: ResultDoc | JsonObject) -> tuple[list[str], list[list
     train = (result.get("model") or {}).get("n_ctx_train") or 0
     ref = rows[0] if rows else None
     header = [
-        "config", "vs reference", "effective context", "mean KL", f"KV MiB at {ctx:,}", "saves",
-        f"KV MiB at {train:,}", "prefill tokens/s (depth)", "llama.cpp flags", "frontier",
+        "config", "vs reference", "effective context", "mean KL (whole document)", f"KV MiB at {ctx:,}",
+        "saves", f"KV MiB at {train:,}", "prefill tokens/s (depth)", "llama.cpp flags", "frontier",
     ]  # fmt: skip
     stops = ((result.get("verdict") or {}).get("until_decided") or {}).get("stopped") or {}
     cells = []
@@ -55,17 +58,27 @@ def frontier_cells(result: ResultDoc | JsonObject) -> tuple[list[str], list[list
         )
         eff = r["effective_context"]
         stop = stops.get(r["config"])
-        status = r["status"]
+        shape = (((result.get("verdict") or {}).get("configs") or {}).get(r["config"]) or {}).get("shape")
+        status = (shape or {}).get("short") or r["status"]  # its level and growth in a few words
         if stop:  # --until-decided: its rows end where it was decided
             where = f" at {stop['ctx']:,}" if stop["status"] == "worse" else ""
             status += f" (stopped: decided {stop['status']}{where})"
         cells.append([
             r["config"], status, f"{eff:,}" if eff else "none",
-            f"{r['kld_mean']:.4f}" if r["kld_mean"] is not None else "-",
+            _kl_cell(result, r),
             _mib(r["kv_bytes"]), saves, _mib(r["kv_bytes_train"]), _speed(r), r["flags"],
             "●" if r["frontier"] else "",
         ])  # fmt: skip
     return header, cells
+
+
+def _kl_cell(result: ResultDoc | JsonObject, r: JsonObject) -> str:
+    """Mean KL over the whole document, or over the positions it covers where that is less."""
+    if r["kld_mean"] is None:
+        return "-"
+    found = pooled_row(result.get("summary") or [], r["config"])
+    scope = whole_or_positions((found or {}).get("bin"), int(result["run"]["ctx"]))
+    return figure(r["kld_mean"]) + ("" if scope == WHOLE else f" ({scope})")
 
 
 def stopped_early_line(result: ResultDoc) -> str | None:
@@ -78,6 +91,11 @@ def stopped_early_line(result: ResultDoc) -> str | None:
     names = {"obrien-fleming": "O'Brien–Fleming", "pocock": "Pocock"}
     spending = names.get(early["spending"], early["spending"])
     design = f"{spending} alpha spending over {looks} looks, one per document"
+    decided = result["run"].get("decided")  # a default run decided early, stopping nothing (run/decided)
+    if not stops and decided:
+        found = [f"{c} {d['status']}" + (f" at {d['ctx']:,}" if d["status"] == "worse" else "")
+                 for c, d in decided["configs"].items()]  # fmt: skip
+        return f"Decided early ({design}): {', '.join(found)}, on document {decided['look']} of {looks}."
     if not stops:
         return f"Until decided ({design}): no configuration was decided before the end, every one ran to it."
     parts = []

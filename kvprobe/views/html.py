@@ -104,7 +104,7 @@ def _comparison(report: ComparisonDoc) -> tuple[str, Table]:
             else f"{r['config_old']} → {r['config_new']}"
         )
         lo, hi = r.get("ci") or [float("nan"), float("nan")]
-        context = "all" if r.get("scope") == "pooled" else str(r["ctx"])
+        context = "whole document" if r.get("scope") == "pooled" else str(r["ctx"])
         diff = f"{r['diff']:+.3g} [{lo:+.3g}, {hi:+.3g}]"
         old, new = f"{r['old']:.4g}", f"{r['new']:.4g}"
         rows.append(

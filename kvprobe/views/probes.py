@@ -14,8 +14,16 @@ from kvprobe.stats.by_probe import probe_rows
 
 HEADER = [
     "probe", "config", "n", "reference accuracy", "Δ accuracy", "reference log-prob",
-    "Δ answer log-prob [95%]", "effective context", "loss from", "z²/min",
+    "Δ answer log-prob [95%]", "effective context", "log-prob drop per doubling", "z²/min",
 ]  # fmt: skip
+
+
+def _growth(trend: JsonObject | None) -> str:
+    """The probe's log-prob drop per doubling of context, ▲ where growth is shown."""
+    if not trend or trend.get("growth") is None:
+        return "-"
+    ci = trend["growth_ci"]
+    return f"{'▲ ' if trend['grows'] else ''}{trend['growth']:+.2f} [{ci[0]:+.2f}, {ci[1]:+.2f}]"
 
 
 def _split(metrics: dict[str, JsonObject]) -> tuple[JsonObject | None, JsonObject | None]:
@@ -46,7 +54,7 @@ def probe_cells(result: ResultDoc) -> list[list[str]]:
             r["probe"], r["config"], str((lp or acc or {}).get("n", "-")),
             f"{acc['reference']:.2f}" if acc else "-", f"{acc['diff']:+.2f}" if acc else "-",
             f"{lp['reference']:+.2f}" if lp else "-", lp_ci,
-            _ctx(r["effective_context"]), _ctx(r["loss_from"]) if r["loss_from"] else "-",
+            _ctx(r["effective_context"]), _growth(r.get("trend")),
             f"{rate:.0f}" if rate is not None else "-",
         ])  # fmt: skip
     return cells
@@ -56,8 +64,8 @@ def title(result: ResultDoc) -> str:
     longest = max(result["run"]["checkpoints"], default=0)
     return (
         f"Probes side by side at {longest:,} tokens (paired against {result.get('baseline')}; effective "
-        "context and loss onset from each probe's own metrics; z²/min: the log-prob effect's evidence "
-        "per minute of the probe's run time)"
+        "context from each probe's own metrics; log-prob drop per doubling of context, nats, 95%, ▲ where "
+        "it grows; z²/min: the log-prob effect's evidence per minute of the probe's run time)"
     )
 
 

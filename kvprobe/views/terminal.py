@@ -132,7 +132,7 @@ def print_comparison(report: ComparisonDoc | JsonObject, console: Console) -> No
                 if r["config_old"] == r["config_new"]
                 else f"{r['config_old']} → {r['config_new']}"
             )
-            ctx = "all" if r.get("scope") == "pooled" else plain(r["ctx"])
+            ctx = "whole document" if r.get("scope") == "pooled" else plain(r["ctx"])
             mark = f"[{MARK_STYLE[r['mark']]}]{r['mark']}[/]"
             table.add_row(
                 config, ctx, f"{r['old']:.4g}", f"{r['new']:.4g}",

@@ -102,7 +102,7 @@ def test_run_writes_a_complete_result(tmp_path: Path, tiny_model_path: Path, mod
     assert proc.stdout.strip().splitlines()[-1].endswith(str(out).split("/")[-1])
     doc = json.loads(out.read_text())
     assert set(doc) >= REQUIRED
-    assert doc["schema_version"] == 3
+    assert doc["schema_version"] == 4
     assert doc["baseline"] == "f16"
     assert [c["id"] for c in doc["configs"]] == ["f16", "q4_0", "k=q8_0,v=f16"]
     assert [(c["type_k"], c["type_v"]) for c in doc["configs"]] == [

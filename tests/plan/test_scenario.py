@@ -3,8 +3,10 @@ from pathlib import Path
 import pytest
 
 from kvprobe.infra.errors import UserError
+from kvprobe.plan.documents import default_checkpoints
 from kvprobe.plan.scenario import bundled_scenarios, load_scenario
 from kvprobe.probes.needle.plan import NeedleSpec
+from kvprobe.probes.repetition.probe import RepetitionSpec
 
 
 def test_bundled_scenarios_load() -> None:
@@ -58,3 +60,16 @@ def test_scenario_hash_changes_with_content(tmp_path: Path) -> None:
     a.write_text("name='x'\n[plan]\ndocuments = 2\n")
     b.write_text("name='x'\n[plan]\ndocuments = 3\n")
     assert load_scenario(str(a)).sha256 != load_scenario(str(b)).sha256
+
+
+def test_the_default_scenario_measures_short_lengths() -> None:
+    """From 256 tokens (issue 40): the level of a loss rests on data, not on the first long
+    checkpoint; its greedy continuations stay at 1,024 and beyond (the dearest work)."""
+    scenario = load_scenario("default")
+    plan = scenario.plan
+    assert default_checkpoints(8192, plan.checkpoints, plan.first_checkpoint) == [
+        256, 512, 1024, 2048, 4096, 8192,
+    ]  # fmt: skip
+    assert scenario.spec(RepetitionSpec).from_ctx == 1024
+    quick = load_scenario("quick").plan
+    assert default_checkpoints(4096, quick.checkpoints, quick.first_checkpoint)[0] == 1024

@@ -99,7 +99,7 @@ def test_every_committed_result_keeps_the_schema(path: Path) -> None:
     doc = json.loads(path.read_text())
     assert first_problem(_validator(), doc) is None
     assert _by_reference(doc)
-    assert Result.load(path).doc["schema_version"] == 3
+    assert Result.load(path).doc["schema_version"] == 4
 
 
 @pytest.fixture(scope="module")

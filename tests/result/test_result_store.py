@@ -53,7 +53,7 @@ def test_a_v1_file_is_migrated(tmp_path: Path) -> None:
     path.write_text(json.dumps(_v1_with_repetition()))
     result = Result.load(path)
     assert result.read_version == 1
-    assert result.doc["schema_version"] == SCHEMA_VERSION == 3
+    assert result.doc["schema_version"] == SCHEMA_VERSION == 4
     assert result.doc["items"][0]["first_difference"] == 7
     assert "divergence_index" not in result.doc["items"][0]
     assert "first_difference" in result.doc["text_items"][0]
@@ -94,7 +94,7 @@ def test_what_a_migration_makes_is_checked_too(tmp_path: Path, tiny_quick_result
     path.write_text(json.dumps(old))
     with pytest.raises(UserError) as info:
         load_result(path)
-    assert "(schema 2) cannot be read as schema 3: model.kv_layout.n_head_kv must have an entry per" in str(
+    assert "(schema 2) cannot be read as schema 4: model.kv_layout.n_head_kv must have an entry per" in str(
         info.value
     )
 
@@ -102,7 +102,7 @@ def test_what_a_migration_makes_is_checked_too(tmp_path: Path, tiny_quick_result
 @pytest.mark.parametrize(
     ("change", "names"),
     [
-        ({"schema_version": 4}, "schema_version 4"),
+        ({"schema_version": 5}, "schema_version 5"),
         ({"schema_version": "1"}, "schema_version '1'"),
         ({"configs": {}}, "configs must be a list, not an object"),
         ({"configs": []}, "configs must hold at least 1 entries, not 0"),

@@ -56,6 +56,8 @@ from kvprobe.result.arrays import ARRAY_DTYPES, decode_array, encode_array
 from kvprobe.result.blocks import checker, first_problem, integer, listing, number, record, text, where
 from kvprobe.result.exact import decode_exact, encode_exact
 from kvprobe.stats.compare import difference_row
+from kvprobe.stats.shape import WHOLE, whole_or_positions
+from kvprobe.stats.shape import number as figure
 
 if TYPE_CHECKING:
     from rich.console import RenderableType
@@ -372,7 +374,8 @@ class DivergenceProbe(Probe):
         if pooled is None:
             return "No divergence figures."
         lo, hi = pooled["ci"]
-        kl = f"Its mean KL from {baseline} is {pooled['value']:.3g} [{lo:.3g}, {hi:.3g}]"
+        where = whole_or_positions(pooled.get("bin"), int(result["run"]["ctx"]))
+        kl = f"Its mean KL ({where}) from {baseline} is {pooled['value']:.3g} [{lo:.3g}, {hi:.3g}]"
         found = onsets[config]
         if found is None:
             return f"{kl}, flat along the context: no position bin rises significantly."
@@ -384,7 +387,10 @@ class DivergenceProbe(Probe):
 
     def position_evidence(self, result: ResultDoc | JsonObject) -> PositionEvidence | None:
         section = result.get("divergence") or {}
-        return PositionEvidence(onsets=section.get("onset", {}), spans=section.get("spans") or {})
+        return PositionEvidence(
+            onsets=section.get("onset", {}), spans=section.get("spans") or {}, blocks=kl_blocks(result),
+            loss_metric="kld_mean",
+        )  # fmt: skip
 
     def matrix_columns(self) -> list[MatrixColumn]:
         return [
@@ -431,6 +437,28 @@ class DivergenceProbe(Probe):
                         {**where, "ctx": ctx, "scope": scope, **difference_row(vo, vn, False, paired, seed)}
                     )
         return rows
+
+
+def kl_blocks(result: ResultDoc | JsonObject) -> dict[str, list[tuple[int, np.ndarray]]]:
+    """Per test configuration, its KL in blocks of consecutive positions (first position,
+    values), every document's, cut at the checkpoints as the spans are: the blocks below the
+    first checkpoint are exactly the first span's (the level), the rest carry the growth."""
+    section = result.get("divergence") or {}
+    if not section or not section.get("positions") or result.get("baseline") is None:
+        return {}
+    edges, block = [1, *result["run"]["checkpoints"]], int(section["block"])
+    out: dict[str, list[tuple[int, np.ndarray]]] = {}
+    for config, per_doc in divergence_arrays(result).items():
+        if config == section["reference"]:
+            continue
+        found = out.setdefault(config, [])
+        for doc in (d for d in per_doc if "kld" in d):
+            values = doc["kld"].astype(float)
+            positions = np.arange(1, len(values) + 1)
+            for lo, hi in itertools.pairwise(edges):
+                cut = split_blocks(values, positions, lo, hi, block)
+                found += [(lo + i * block, b) for i, b in enumerate(cut)]
+    return out
 
 
 def _reach(result: ResultDoc | JsonObject, config: str) -> int:
@@ -493,7 +521,7 @@ def divergence_table(result: ResultDoc) -> Table:
         table.add_column(f"KL {plain(cid)}", justify="right", no_wrap=True)
         table.add_column("top-1", justify="right", no_wrap=True)
     spans = [("bin", lo, f"{lo}–{hi - 1}") for lo, hi in itertools.pairwise(section["bin_edges"])]
-    for scope, lo, label in [*spans, ("pooled", 1, "all")]:
+    for scope, lo, label in [*spans, ("pooled", 1, WHOLE)]:
         ppl = rows.get((reference, "ppl", scope, lo))
         if ppl is None:
             continue
@@ -524,15 +552,22 @@ def divergence_lines(result: ResultDoc) -> list[str]:
         if r["probe"] == "divergence" and r["scope"] == "pooled"
     }
     ref_ppl = pooled[(section["reference"], "ppl")]
+    reach = {
+        r["config"]: r.get("bin")
+        for r in result["summary"]
+        if r["probe"] == "divergence" and r["scope"] == "pooled" and r["metric"] == "kld_mean"
+    }
     for cid, onset in section["onset"].items():
         shown = plain(cid)
+        scope = whole_or_positions(reach.get(cid), int(result["run"]["ctx"]))  # partial: the positions
+        tail = f"; KL 99.9th percentile ({scope}) {figure(pooled[(cid, 'kld_p999')])}" if (
+            (cid, "kld_p999") in pooled
+        ) else ""  # fmt: skip
         lines.append(
-            f"{shown}: pooled over {section['documents']} document(s): "
-            f"mean KL {pooled[(cid, 'kld_mean')]:.4g}, "
-            f"99th percentile {pooled[(cid, 'kld_p99')]:.4g}, "
-            + (f"99.9th {pooled[(cid, 'kld_p999')]:.4g}, " if (cid, "kld_p999") in pooled else "")
-            + f"top-1 agreement {pooled[(cid, 'top1_agree')]:.4f}, "
-            f"ppl {pooled[(cid, 'ppl')]:.3f} (reference {ref_ppl:.3f})"
+            f"{shown}: mean KL ({scope}) {figure(pooled[(cid, 'kld_mean')])} nats{tail}; KL 99th percentile "
+            f"{figure(pooled[(cid, 'kld_p99')])}; top-1 agreement {pooled[(cid, 'top1_agree')]:.3f}; ppl "
+            f"{pooled[(cid, 'ppl')]:.2f} against {plain(section['reference'])}'s {ref_ppl:.2f} "
+            f"({scope}: of the first {section['documents']} document(s))"
         )
         if onset is None:
             lines.append(

@@ -187,7 +187,9 @@ class QuestionProbe(Probe, Generic[S]):
         self, scenario: Scenario, *, mode: str, ctx: int, baseline: str | None, null_check: bool
     ) -> None:
         spec = self.spec(scenario)
-        n = self.groups(spec) * len(default_checkpoints(ctx, scenario.plan.checkpoints))
+        n = self.groups(spec) * len(
+            default_checkpoints(ctx, scenario.plan.checkpoints, scenario.plan.first_checkpoint)
+        )
         most = self.capacity(spec)
         if most is not None and n > most:
             raise UserError(

@@ -122,7 +122,7 @@ def check_needle_capacity(n: int, digits: int, attributes: list[str] | None) -> 
 def check_plan_capacity(scenario: Scenario, ctx: int, mode: str) -> None:
     """The needle capacity check for a whole run, before any model is loaded."""
     needle, classic = scenario.spec(NeedleSpec), scenario.spec(ClassicSpec)
-    checkpoints = default_checkpoints(ctx, scenario.plan.checkpoints)
+    checkpoints = default_checkpoints(ctx, scenario.plan.checkpoints, scenario.plan.first_checkpoint)
     if mode == "classic":
         n = len(checkpoints) * len(classic.depths) * classic.repeats
     else:
@@ -245,7 +245,7 @@ def build_classic_cells(
 ) -> list[ClassicCell]:
     """One prompt per (length, depth, repeat), evaluated from scratch."""
     needle, classic = scenario.spec(NeedleSpec), scenario.spec(ClassicSpec)
-    checkpoints = default_checkpoints(ctx, scenario.plan.checkpoints)
+    checkpoints = default_checkpoints(ctx, scenario.plan.checkpoints, scenario.plan.first_checkpoint)
     cells: list[ClassicCell] = []
     rng = random.Random(f"{seed}:classic")
     n = len(checkpoints) * len(classic.depths) * classic.repeats

@@ -12,7 +12,9 @@ import numpy as np
 
 from kvprobe.api import by_name
 from kvprobe.stats.analysis import EFFECTIVE_THRESHOLD, effective_context, halving_interval, paired_values
-from kvprobe.stats.words import diff_text, fmt_p
+from kvprobe.stats.shape import trend_text
+
+NEEDLE_METRICS = ("answer_logprob", "accuracy")  # the finer first
 
 
 def accuracy_share_context(
@@ -76,51 +78,17 @@ def verdict_part(
 
 
 def needle_sentence(v: dict[str, Any], baseline: str, config: str) -> str | None:
-    """The needle probe's detail for one configuration: the onset of a significant loss, the
-    85% share as a secondary figure with its interval, and the decay fit where accuracy fell."""
+    """The needle probe's detail for one configuration, in the shape's words (kvprobe.stats.shape):
+    accuracy at the longest checkpoint, then each needle metric's level at the shortest and its
+    change per doubling of context."""
     acc = [r for r in v["paired"] if r["metric"] == "accuracy"]
-    lp = [r for r in v["paired"] if r["metric"] == "answer_logprob"]
     if not acc:
         return None
-    if v["onset_accuracy"] is not None:
-        r = next(r for r in acc if r["ctx"] == v["onset_accuracy"])
-        earlier = ""
-        if v["onset_logprob"] is not None and v["onset_logprob"] < r["ctx"]:
-            earlier = f" (the answers' log-probability already from {v['onset_logprob']:,})"
-        head = (
-            f"Its needle accuracy falls significantly below {baseline} from {r['ctx']:,} tokens on "
-            f"({diff_text(r)}, Holm p = {fmt_p(r['p_holm'])}){earlier}"
-        )
-    elif v["onset_logprob"] is not None:
-        r = next(r for r in lp if r["ctx"] == v["onset_logprob"])
-        head = (
-            f"Its needle accuracy does not fall significantly, but the answers' log-probability does "
-            f"from {r['ctx']:,} tokens on ({diff_text(r, ' nats')}, Holm p = {fmt_p(r['p_holm'])})"
-        )
-    else:
-        last = lp[-1] if lp else acc[-1]
-        head = (
-            f"No significant needle loss at any checkpoint (at {last['ctx']:,}: {last['metric']} "
-            f"{diff_text(last)})"
-        )
-    share = v.get("accuracy_share")
-    if share:
-        pct = f"{share['threshold']:.0%} of {baseline}'s accuracy"
-
-        def at(c: int) -> str:
-            return f"{c:,}" if c else f"below {share['first']:,}"
-
-        lo, hi = share["ci"]
-        interval = f"bootstrap 95% interval {at(lo)} to {at(hi)}"
-        head += (
-            f"; secondary: it keeps >= {pct} up to {share['ctx']:,} tokens ({interval})"
-            if share["ctx"]
-            else f"; secondary: below {pct} already at {share['first']:,} tokens ({interval})"
-        )
-    halving = v.get("halving")
-    if v["onset_accuracy"] is not None and halving and halving["length"] is not None and halving["ci"]:
-        lo, hi = halving["ci"]
-        upper = f"{hi:,.0f}" if hi is not None else "beyond 16x the longest context"
-        bounds = f"[{lo:,.0f}, {upper}]" if lo is not None else "(interval not within reach)"
-        head += f"; by a logistic fit, accuracy halves at about {halving['length']:,.0f} tokens {bounds}"
-    return head + "."
+    last = acc[-1]
+    head = (
+        f"Needles: accuracy {last['test_value']:.2f} against {baseline}'s {last['baseline_value']:.2f} at "
+        f"{last['ctx']:,} tokens"
+    )
+    trends = [t for t in (v.get("shape") or {}).get("trends", []) if t["metric"] in NEEDLE_METRICS]
+    parts = [trend_text(t) for t in sorted(trends, key=lambda t: NEEDLE_METRICS.index(t["metric"]))]
+    return f"{head}; {'; '.join(parts)}." if parts else f"{head}."

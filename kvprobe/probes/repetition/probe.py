@@ -50,6 +50,9 @@ class RepetitionSpec:
     tokens: int = 128  # greedy continuation length G
     offsets: int = 4  # continuation points per checkpoint and document: L, L - stride, ...
     stride: int = 96  # tokens between continuation points
+    # Continuations only at checkpoints of at least this many tokens: the greedy continuations are
+    # the run's dearest work, and the shortest checkpoints are there for the level of the losses.
+    from_ctx: int = field(default=0, metadata=HASHED_IF_SET)
     # Chat form: the continuation is the assistant's reply to this request, appended to the
     # document cut at each point (the document's own continuation stays real text's level).
     chat_request: str = field(default="Continue the text above from where it stops.", metadata=HASHED_IF_SET)
@@ -70,7 +73,8 @@ class RepetitionRun(ProbeRun):
     def __init__(self, setup: RunSetup):
         self.model = setup.model
         self.spec = setup.scenario.spec(RepetitionSpec)
-        self.documents, self.checkpoints = setup.documents, setup.checkpoints
+        self.documents = setup.documents
+        self.checkpoints = [L for L in setup.checkpoints if self.spec.from_ctx <= L]
         self.baseline = setup.baseline
         # Chat form: the request ends the user's message, then the turn's end and the reply.
         self.request = (
@@ -113,6 +117,8 @@ class RepetitionRun(ProbeRun):
         }
 
     def at_checkpoint(self, context: Context, config: str, document: Document, length: int) -> list[Row]:
+        if length < self.spec.from_ctx:
+            return []
         points = continuation_points(length, self.spec.offsets, self.spec.stride)
         outs = context.generate_forks([document.tokens[:p] for p in points], self.spec.tokens, self.request)
         return [
@@ -168,6 +174,7 @@ class RepetitionProbe(Probe):
         within(source, "repetition.tokens", spec.tokens, 1, 2048)
         within(source, "repetition.offsets", spec.offsets, 1, 32)
         within(source, "repetition.stride", spec.stride, 1, 65536)
+        within(source, "repetition.from_ctx", spec.from_ctx, 0, 1 << 20)
 
     def extra_document_tokens(self, scenario: Scenario) -> int:
         return scenario.spec(RepetitionSpec).tokens
