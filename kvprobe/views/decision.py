@@ -59,10 +59,12 @@ def frontier_cells(result: ResultDoc | JsonObject) -> tuple[list[str], list[list
         eff = r["effective_context"]
         stop = stops.get(r["config"])
         shape = (((result.get("verdict") or {}).get("configs") or {}).get(r["config"]) or {}).get("shape")
-        status = (shape or {}).get("short") or r["status"]  # its level and growth in a few words
+        # Its level and growth in a few words; a configuration stopped once decided has no curve
+        # to speak of growth from, so its status says where it stopped instead.
+        status = (shape or {}).get("short") or r["status"]
         if stop:  # --until-decided: its rows end where it was decided
             where = f" at {stop['ctx']:,}" if stop["status"] == "worse" else ""
-            status += f" (stopped: decided {stop['status']}{where})"
+            status = f"{r['status']} (stopped: decided {stop['status']}{where})"
         cells.append([
             r["config"], status, f"{eff:,}" if eff else "none",
             _kl_cell(result, r),

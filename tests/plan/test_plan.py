@@ -27,7 +27,7 @@ def test_needle_positions_and_depths_match_tokens(tiny_model: Model, haystack: H
     scenario = replace(scenario, haystack=replace(scenario.haystack, kind=haystack))
     # The needle probe alone: the repetition probe would make the documents longer than --ctx.
     checkpoints, docs = build_plan(tiny_model, scenario, 2048, seed=3, probes=selected(["needle"]))
-    assert checkpoints == [1024, 2048]
+    assert checkpoints == [256, 512, 1024, 2048]  # the default scenario measures from 256
     assert len(docs) == scenario.plan.documents
     for doc in docs:
         assert len(doc.tokens) == 2048
@@ -52,7 +52,7 @@ def test_needle_positions_and_depths_match_tokens(tiny_model: Model, haystack: H
                 )
                 found = [i for i in range(length - len(text) + 1) if doc.tokens[i : i + len(text)] == text]
                 assert len(found) == 1, item.key
-                assert item.depth == pytest.approx(found[0] / length, abs=5e-5)
+                assert item.depth == pytest.approx(found[0] / length, abs=5e-5 + 1e-12)  # 4 decimals
                 assert 0 <= item.depth < 1
                 assert item.distance == length - (found[0] + len(text))
                 assert item.distance >= 0
@@ -65,9 +65,12 @@ def test_every_checkpoint_sees_shallow_and_deep_needles(tiny_model: Model) -> No
     checkpoints, docs = build_plan(tiny_model, scenario, 4096, seed=0, probes=selected(scenario.probes))
     for length in checkpoints:
         depths = [it.depth for d in docs for it in items_at(d, length)]
-        assert len(depths) >= 16
-        assert min(depths) < 0.3
+        # 16 planned per checkpoint; in the first 256 tokens a needle may not fit (the tiny
+        # model's tokenizer spends more tokens per word than a real one)
+        assert len(depths) >= (16 if length >= 1024 else 12)
         assert max(depths) > 0.7
+        # a needle lands at a sentence end after its aim: in 256 tokens, not in the first 30%
+        assert min(depths) < (0.3 if length >= 1024 else 0.4)
 
 
 def test_plan_is_seeded(tiny_model: Model) -> None:
@@ -134,5 +137,10 @@ def test_keys_and_values_are_distinct_at_any_size(n: int) -> None:
 def test_classic_cells_for_the_default_scenario(tiny_model: Model) -> None:
     scenario = load_scenario("default")
     cells = build_classic_cells(tiny_model, scenario, 4096, seed=0)
-    assert len(cells) == 3 * len(scenario.spec(ClassicSpec).depths) * scenario.spec(ClassicSpec).repeats
+    plan = scenario.plan
+    lengths = default_checkpoints(4096, plan.checkpoints, plan.first_checkpoint)  # 256 ... 4096
+    assert (
+        len(cells)
+        == len(lengths) * len(scenario.spec(ClassicSpec).depths) * scenario.spec(ClassicSpec).repeats
+    )
     assert len({c.item.key for c in cells}) == len(cells)

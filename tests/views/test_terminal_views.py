@@ -73,7 +73,7 @@ def test_the_matrix_has_a_row_per_run_configuration_and_context_with_data() -> N
     rows = matrix_rows([("quick.json", quick), ("default.json", default)])
     assert {(r[0], r[2], r[3]) for r in rows} == {
         *(("quick.json", c, "1,024") for c in ("f16", "q8_0")),
-        *(("default.json", c, f"{n:,}") for c in ("f16", "q4_0") for n in (1024, 2048, 4096, 8192)),
+        *(("default.json", c, f"{n:,}") for c in ("f16", "q4_0") for n in default["run"]["checkpoints"]),
     }
     acc = next(r for r in default["summary"] if r["metric"] == "accuracy" and r["config"] == "q4_0"
                and r["ctx"] == 4096)  # fmt: skip
