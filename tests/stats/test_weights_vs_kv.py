@@ -72,10 +72,15 @@ def test_the_cache_effect_is_measured_at_each_context_and_said_to_grow() -> None
     for r in rows:
         assert r["diff"] == pytest.approx(GROWING[r["ctx"]], abs=0.05)
         assert r["ci"][0] <= r["diff"] <= r["ci"][1]
-    assert "a cache effect grows with context" in found["reason"]
+    # In the shape's words (kvprobe.stats.shape): the cache's effect grows, the weights' does not.
+    cache_part, weights_part = found["reason"].split("; the TEST weights")
+    assert "per doubling (grows)" in cache_part
+    assert "(grows)" not in weights_part
+    assert found["trends"]["kv"]["grows"]
     flat = weights_vs_kv(result(dict.fromkeys(CONTEXTS, -0.8), 0.0), seed=0)
     assert flat is not None
-    assert "does not grow" in flat["reason"]
+    assert "(grows)" not in flat["reason"]
+    assert not flat["trends"]["kv"]["grows"]
 
 
 def test_the_interaction_is_the_difference_of_the_cache_effects() -> None:
