@@ -48,7 +48,7 @@ def models(tiny_model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> P
 
 
 def sweep_args(models: Path, out: Path, *extra: str) -> list[str]:
-    # The default scenario at 512 tokens: 4 documents, so 4 units per cell to interrupt between.
+    # The default scenario at 512 tokens: 4 documents x 2 checkpoints (256, 512), 8 units per cell.
     return [
         "sweep",
         "--model",
@@ -87,8 +87,8 @@ def finish(proc: subprocess.Popen[str], timeout: float, hung: str) -> tuple[str,
 
 
 def frozen_after_unit(cell: str) -> dict[str, str]:
-    """The switch: `cell`'s run freezes after journaling unit (document 1, checkpoint 0)."""
-    return {test_hooks.STOP_CELL: cell, test_hooks.STOP_AFTER: "1,0:stop"}
+    """The switch: `cell`'s run freezes after journaling its second unit (document 0, checkpoint 1)."""
+    return {test_hooks.STOP_CELL: cell, test_hooks.STOP_AFTER: "0,1:stop"}
 
 
 def journal_units(out: Path) -> int:
