@@ -1,4 +1,5 @@
-"""nox sessions. CI runs lint, typecheck, tests, fuzz, compare (the gate on a saved result) and
+"""nox sessions. CI runs lint, typecheck, llama_server (a real llama-server built from source once,
+then cached), tests, fuzz, compare (the gate on a saved result) and
 docs (the site, built strictly) through .ci/run; `nox -s bench` (minutes, timing figures) runs
 only when asked."""
 
@@ -12,9 +13,8 @@ from pathlib import Path
 
 import nox
 
-# `llama_server` (a llama-server built from source, for the server engine of issue 41) joins the
-# default sessions with the tests that run it.
-nox.options.sessions = ["lint", "typecheck", "tests", "fuzz", "compare", "docs"]
+# `llama_server` builds (once, then cached) the real llama-server the server engine's tests run.
+nox.options.sessions = ["lint", "typecheck", "llama_server", "tests", "fuzz", "compare", "docs"]
 FUZZ_EXAMPLES_CI = 200  # per reader's property test: bounded, so CI's time is known
 nox.options.default_venv_backend = "venv"
 nox.options.reuse_existing_virtualenvs = True

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from hypothesis import settings
 
-from tests.helpers import kvprobe, write_tiny_model
+from tests.helpers import kvprobe, llama_server_binary, write_tiny_model
 
 # Property tests: the same examples on every run (derandomized) and a bounded number of them,
 # so CI is reproducible and its time is known.
@@ -45,6 +45,12 @@ def _kernel_check_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[No
     patch.setenv(CACHE_DIR_ENV, str(tmp_path_factory.mktemp("kvprobe-cache")))
     yield
     patch.undo()
+
+
+@pytest.fixture(scope="session")
+def llama_server() -> Path:
+    """A real llama-server binary (tests.helpers.llama_server_binary: skipped without one, except in CI)."""
+    return llama_server_binary()
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,9 @@ Fixtures shared by several test files live in tests/conftest.py.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import functools
 import hashlib
 import json
 import os
@@ -17,6 +19,7 @@ import signal
 import struct
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -478,6 +481,120 @@ def kill_after_two_units(tiny_model_path: Path, folder: Path) -> bytes:
     )
     assert proc.returncode == -9, proc.stderr
     return Path(str(out) + ".journal.jsonl").read_bytes()
+
+
+# --- a real llama-server ---------------------------------------------------------------------------
+
+LLAMA_SERVER_ENV = "KVPROBE_LLAMA_SERVER"  # the binary the server engine's tests run (noxfile.SERVER_ENV)
+NO_LLAMA_SERVER = (
+    "no llama-server binary: run `nox -s llama_server` (builds one, ~9 min) or set KVPROBE_LLAMA_SERVER"
+)
+
+
+@functools.cache
+def _nox_llama_server() -> Path | None:
+    """Where `nox -s llama_server` keeps the binary it built (noxfile.server_cache), if nox is here."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("_kvprobe_noxfile", ROOT / "noxfile.py")
+    if spec is None or spec.loader is None:
+        return None
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except ImportError:  # nox not installed: no cached build to find
+        return None
+    return Path(module.server_cache()) / "llama-server"
+
+
+def llama_server_binary() -> Path:
+    """The real llama-server the server engine's tests run: $KVPROBE_LLAMA_SERVER, else the one
+    `nox -s llama_server` built. None is a skip that says how to get one, except in CI (CI builds
+    it: every server test skipped there would pass unnoticed), where it fails; a variable naming
+    no executable file always fails (it was asked for)."""
+    named = os.environ.get(LLAMA_SERVER_ENV)
+    if named:
+        if not (Path(named).is_file() and os.access(named, os.X_OK)):
+            pytest.fail(f"{LLAMA_SERVER_ENV}={named} is not an executable file")
+        return Path(named).resolve()
+    cached = _nox_llama_server()
+    if cached is not None and cached.is_file():
+        return cached.resolve()
+    if os.environ.get("CI"):
+        pytest.fail(f"CI must build llama-server before the tests ({NO_LLAMA_SERVER})")
+    pytest.skip(NO_LLAMA_SERVER)
+
+
+def process_alive(pid: int) -> bool:
+    """True while `pid` runs (a zombie, dead but not yet reaped, counts as gone)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
+def llama_server_pids(binary: Path, *, parent: int | None = None, marker: str | None = None) -> list[int]:
+    """The live processes running `binary` (as their argv[0]) whose parent is `parent` and whose
+    arguments hold `marker` (a model file only one test uses: that test's servers)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = [a.decode(errors="replace") for a in (entry / "cmdline").read_bytes().split(b"\0")]
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        if argv[0] != str(binary) or (parent is not None and ppid != parent):
+            continue
+        if (marker is None or marker in argv) and process_alive(int(entry.name)):
+            found.append(int(entry.name))
+    return sorted(found)
+
+
+def wait_gone(pids: Sequence[int], seconds: float = 20.0) -> list[int]:
+    """Polls until every one of `pids` has ended; returns those still running after `seconds`
+    (a bound on a hang, not a timing: a stopped server is gone in milliseconds)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        left = [p for p in pids if process_alive(p)]
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.05)
+
+
+def kill_left(pids: Sequence[int]) -> None:
+    """SIGKILL to those of `pids` (started by the test) still running: a failed test leaves none."""
+    for pid in pids:
+        if process_alive(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def assert_one_line_server_error(message: str, *parts: str) -> str:
+    """A llama-server failure as kvprobe words it: one line, naming the server, then `;` and the
+    fix; every one of `parts` in it."""
+    assert "\n" not in message, message
+    assert message.startswith("llama-server at "), message
+    assert ";" in message, message
+    for part in parts:
+        assert part in message, f"{part!r} not in {message!r}"
+    return message
+
+
+def wait_frozen(proc: subprocess.Popen[str]) -> None:
+    """Until a run has frozen itself at a unit (KVPROBE_TEST_STOP_AFTER=...:stop, SIGSTOP)."""
+    deadline = time.monotonic() + RUN_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            _, err = proc.communicate()
+            pytest.fail(f"the run ended (exit {proc.returncode}) before its stop: {err[-2000:]}")
+        if Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "T":
+            return
+        time.sleep(0.1)
+    proc.kill()
+    pytest.fail(f"the run never reached its stop in {RUN_TIMEOUT_S} s")
 
 
 # --- result documents and their mutations ---------------------------------------------------------

@@ -75,6 +75,40 @@ FedCallback: TypeAlias = Callable[[int], None]
 
 
 @dataclass(frozen=True)
+class TopLogprobs:
+    """An engine without full logits (a llama-server): the next-token distribution at sampled
+    positions of the document, as top n plus the document's own next token forced.
+
+    Row j is position `positions[j]` = P: the prediction of document token P from tokens
+    0 .. P-1 (the same indexing as the full-logits rows: position P <-> row index P - 1).
+    `ids`/`logprobs` (k x n): the n most likely tokens, sorted, over the full vocabulary.
+    `target_logprob` (k): the log-prob of document token P (forced, so exact whether or not it
+    is in the top n); NaN where the engine could report only a bound, which is
+    `target_bound` (an upper bound; equal to the value where known)."""
+
+    positions: np.ndarray  # int64 (k,)
+    ids: np.ndarray  # int32 (k, n)
+    logprobs: np.ndarray  # float32 (k, n)
+    target_logprob: np.ndarray  # float64 (k,), NaN where only a bound is known
+    target_bound: np.ndarray  # float64 (k,)
+
+
+@dataclass(frozen=True)
+class TopRequest:
+    """What `feed_lockstep` reads from an engine without full logits: every `stride`-th
+    position P = 1, 1 + stride, ... of `document` (P < len(document)), the top `n_probs`."""
+
+    document: Sequence[int]  # the document's tokens the positions predict (the probe's ctx)
+    stride: int
+    n_probs: int
+
+
+# `on_top(rows per context)`: one TopLogprobs per context, in the order given, for the sampled
+# positions of one fed segment (empty segments are not reported).
+TopCallback: TypeAlias = "Callable[[list[TopLogprobs]], None]"
+
+
+@dataclass(frozen=True)
 class TeacherForced:
     """An answer scored by teacher forcing."""
 
@@ -82,6 +116,9 @@ class TeacherForced:
     token_logprobs: list[float]
     argmax_match: bool  # greedy decoding would produce the answer exactly
     first_mismatch: int | None  # index of the first answer token that is not the argmax
+    # Answer tokens whose log-prob the engine could only bound from above (a server that could
+    # not report a token: `logprob` then sums those bounds, so it is an upper bound).
+    bounded_tokens: int = 0
 
 
 @dataclass(frozen=True)
@@ -126,6 +163,24 @@ class KernelDecision:
             "extra_bufts_reason": self.reason,
             "extra_bufts_check_cached": self.cached,
         }
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """What the user said about the engine beyond the model file: for a llama-server, either
+    a binary kvprobe starts per cache configuration (spawn) or the URLs of servers already
+    running whose cache types the user states (attach)."""
+
+    binary: Path | None = None  # spawn: the llama-server to start
+    server_args: tuple[str, ...] = ()  # spawn: the user's own arguments (-ngl 99, ...)
+    url: str | None = None  # attach: the server under test
+    url_cache: str | None = None  # attach: its cache types as the user states them (q4_0, q8_0/q4_0)
+    reference_url: str | None = None  # attach: the f16 reference server
+    log_dir: Path | None = None  # where spawned servers' logs go (beside the result)
+
+    @property
+    def attach(self) -> bool:
+        return self.url is not None
 
 
 @runtime_checkable
@@ -232,6 +287,11 @@ class Model(Protocol):
     def close(self) -> None:
         """Frees the weights; closing twice is harmless."""
 
+    def provenance(self) -> dict[str, object]:
+        """What the engine records of this model's run beyond `Engine.runtime_info`: for a
+        llama-server, each server's URL form, build, /props and what its log says took effect
+        (empty where there is nothing more to say)."""
+
     def tokenize(self, text: str) -> list[int]:
         """Tokens of `text`, without BOS; special-token syntax is not parsed."""
 
@@ -259,12 +319,22 @@ class Model(Protocol):
         tokens: Sequence[int],
         on_chunk: ChunkCallback | None = None,
         on_fed: FedCallback | None = None,
+        *,
+        top: TopRequest | None = None,
+        on_top: TopCallback | None = None,
     ) -> None:
         """Append the same tokens to the document of every context (opened from this model, or
         from another of the same engine with the same tokenizer), chunk by chunk on the
         absolute chunk grid: feeding 0..L then L..M gives the batches of feeding 0..M whenever
-        L is on the grid. With `on_chunk`, every position's logits reach it a chunk at a time
-        from every context together (see ChunkCallback); `on_fed` hears of every chunk."""
+        L is on the grid. With `on_chunk` (engines with `full_logits`), every position's logits
+        reach it a chunk at a time from every context together (see ChunkCallback); with `top`
+        and `on_top` (engines without), the sampled positions' top n (see TopLogprobs), the
+        same request sequence for every context. `on_fed` hears of every chunk."""
+
+    @property
+    def full_logits(self) -> bool:
+        """Whether `feed_lockstep` can hand every position's full logits (`on_chunk`); else it
+        reads sampled positions' top n (`top`)."""
 
 
 @runtime_checkable
@@ -285,6 +355,10 @@ class Engine(Protocol):
 
     def runtime_info(self) -> dict[str, object]:
         """The engine's build and backend, for the result file and the journal's identity."""
+
+    def configured(self, options: EngineOptions) -> Engine:
+        """This engine with the user's engine options (a server's binary or URLs); an engine
+        without options returns itself, and refuses options it does not take (UserError)."""
 
     def gpu_offload_supported(self) -> bool:
         """Whether this build can put layers on a GPU."""

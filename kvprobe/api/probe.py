@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from kvprobe.api.documents import Document, Insert, Tokenizer
-from kvprobe.api.engine import Context
+from kvprobe.api.engine import Context, TopLogprobs
 from kvprobe.api.figures import Figure
 from kvprobe.api.metric import Metric
 from kvprobe.api.prompt import RAW_FRAME, PromptFrame
@@ -62,6 +62,10 @@ class Needs:
     fork_cells: int = 0  # at most the KV cells its forks take beyond the document
     logit_documents: int = 0  # the plan's first N documents have every position's logits read
     null_check: bool = False  # it measures --null-check (the reference against a second copy)
+    # An engine without full logits (a llama-server) reads those documents' every top_stride-th
+    # position's top top_n log-probs instead (kvprobe.api.engine.TopRequest).
+    top_stride: int = 4
+    top_n: int = 1000
 
     @property
     def reads_logits(self) -> bool:
@@ -81,6 +85,7 @@ class PositionEvidence:
     # with context are measured from (kvprobe.stats.growth.position_trend).
     blocks: Mapping[str, list[tuple[int, np.ndarray]]] = field(default_factory=dict)
     loss_metric: str | None = None
+    stride: int = 1  # a block's values are at positions start, start + stride, ... (sampled positions)
 
 
 @dataclass(frozen=True)
@@ -111,7 +116,8 @@ class RunSetup:
 
 class ProbeRun:
     """A probe's part of one run. The runner calls, for every document: `on_chunk` with each
-    chunk's logits from every configuration (where the probe's `needs` says so), then at every
+    chunk's logits from every configuration (where the probe's `needs` says so; `on_top` with
+    sampled positions' top n where the engine has no full logits), then at every
     checkpoint `at_checkpoint` once per configuration; after the last document, `finish`."""
 
     budget: Budget = Budget()
@@ -124,6 +130,10 @@ class ProbeRun:
     def on_chunk(self, document: Document, pos0: int, logits: Mapping[str, np.ndarray]) -> None:
         """Rows of logits for positions pos0, pos0 + 1, ... from every configuration (called for
         the documents its Needs.logit_documents names)."""
+
+    def on_top(self, document: Document, by_config: Mapping[str, TopLogprobs]) -> None:
+        """An engine without full logits: the sampled positions' top n of one fed segment from
+        every configuration (called for the documents its Needs.logit_documents names)."""
 
     def at_checkpoint(self, context: Context, config: str, document: Document, length: int) -> list[ItemRow]:
         """Item rows for `config`, whose context holds `document` up to `length` tokens."""

@@ -119,6 +119,19 @@ class Models(Record):
 class Runtime(Record):
     """llama.cpp build and the settings every context used."""
 
+    engine: str | None = None
+    """`llamacpp` (llama.cpp in kvprobe's process, through llama-cpp-python) or `llama-server` (a
+    llama-server over HTTP); absent in files from before the server engine: `llamacpp`"""
+    server_version: str | None = None
+    """llama-server's `--version` (spawned) or `/props` `build_info` (attached)"""
+    server: dict[str, Any] | None = None
+    """the llama-server engine's record: `mode` (`spawn` or `attach`), the binary and the user's
+    `server_args`, `score_n_probs` (the top n read when scoring answers), `kernel_fallback`, and per configuration (`configs`) the server's URL form (never credentials),
+    version or build, its log file, the arguments it was started with, what its log says took effect
+    (`applied`: cache types per KV cache, flash attention, rotation, n_ctx, slots, threads, weight
+    buffers, layers offloaded) or, attached, `stated_cache` and `/props`' n_ctx and model path, and
+    `prefill_tps`/`generation_tps` from the server's own timings"""
+
     llama_cpp_python: str | None = None
     """llama-cpp-python version (pins the vendored llama.cpp)"""
     llama_cpp_version: str | None = None

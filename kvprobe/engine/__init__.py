@@ -19,6 +19,7 @@ from kvprobe.infra.errors import UserError, did_you_mean
 # name -> "module:attribute" of the engine object, imported on first use.
 ENGINES: dict[str, str] = {
     "llamacpp": "kvprobe.engine.llamacpp.engine:ENGINE",  # llama.cpp in this process (llama-cpp-python)
+    "llama-server": "kvprobe.engine.server.engine:ENGINE",  # a llama-server over HTTP, spawned or attached
 }
 DEFAULT_ENGINE = "llamacpp"
 

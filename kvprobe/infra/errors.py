@@ -21,6 +21,11 @@ class Interrupted(UserError):
     exit_code = 130
 
 
+class EngineFailure(UserError):
+    """An engine outside this process failed or lied (a llama-server that died, stalled or sent
+    an answer that fails its checks): one line, exit 2; a run says what it kept to resume."""
+
+
 class EngineError(RuntimeError):
     """llama.cpp refused something (context creation, decode)."""
 

@@ -19,12 +19,12 @@ from rich.console import Console
 from kvprobe import __version__
 from kvprobe.api import RAW_FRAME
 from kvprobe.api.cache_types import ConfigId
-from kvprobe.api.engine import KernelDecision, Model
+from kvprobe.api.engine import Engine, KernelDecision, Model
 from kvprobe.api.result import ResultDoc
-from kvprobe.engine import get_engine
+from kvprobe.engine import DEFAULT_ENGINE, get_engine
 from kvprobe.infra import test_hooks
 from kvprobe.infra.display import plain
-from kvprobe.infra.errors import Interrupted, UserError
+from kvprobe.infra.errors import EngineFailure, Interrupted, UserError
 from kvprobe.infra.paths import Fingerprint, OutputLock, fingerprint_input
 from kvprobe.infra.provenance import MODEL_FIX, host_info
 from kvprobe.infra.signals import sigterm_as_interrupt
@@ -206,6 +206,11 @@ def show_warnings(request: RunRequest, serious: dict[Path, list[str]], console: 
         )
 
 
+def run_engine(request: RunRequest) -> Engine:
+    """The engine the request names, with its options (a server's binary or URLs)."""
+    return get_engine(request.engine).configured(request.engine_options)
+
+
 def kernel_decision(request: RunRequest, console: Console) -> KernelDecision:
     """Extra buffer types on or off for the whole run (the engine's check_kernels)."""
 
@@ -217,7 +222,7 @@ def kernel_decision(request: RunRequest, console: Console) -> KernelDecision:
             highlight=False,
         )
 
-    decision, line = get_engine().check_kernels(
+    decision, line = run_engine(request).check_kernels(
         request.model_paths,
         n_gpu_layers=request.gpu_layers,
         n_threads=request.threads,
@@ -234,7 +239,7 @@ def run_identity(
 ) -> dict[str, Any]:
     """Everything that determines the items: a journal resumes only a request with the same.
     Files count by their content (the scenario's and the chat template's are hashed as read)."""
-    info = get_engine().runtime_info()
+    info = run_engine(request).runtime_info()
     settings = request.settings
     haystack = inputs.sha256("haystack file")
     return {
@@ -251,6 +256,11 @@ def run_identity(
         "null_check": request.null_check,
         "llama_cpp_python": info.get("llama_cpp_python"),
         "llama_cpp_build": info.get("llama_cpp_build"),
+        **(
+            {"engine": request.engine, "server_version": info.get("server_version")}
+            if request.engine != DEFAULT_ENGINE
+            else {}
+        ),
         "flash_attn": settings.flash_attn,
         "attn_rotation": settings.attn_rotation,
         **(
@@ -337,6 +347,13 @@ def execute_journaled(
                 request, kernels, console, done=done, on_unit=journaling(request, journal, console, inputs),
                 budget_start=command_start, loaded=inputs.check, keep=keep,
             )  # fmt: skip
+    except EngineFailure as exc:  # a server died or lied: say what was kept
+        if not done and not journal.written:
+            raise
+        raise EngineFailure(
+            f"{exc}; the finished units are in {journal.path}: continue with "
+            f"`kvprobe run --resume {journal.path}`"
+        ) from None
     except KeyboardInterrupt:  # while loading the models, or while assembling what was measured
         if not done and not journal.written:
             raise Interrupted("interrupted before any unit finished; no result file was written") from None
@@ -369,7 +386,7 @@ def execute_run(
     command's start: hashing, the kernel check and loading count too). `loaded` hears when the
     models are loaded and the documents built (the run's files are checked then). `keep` writes
     a partial result (write_partial): a default run's early decision."""
-    engine = get_engine()
+    engine = run_engine(request)
     with contextlib.ExitStack() as stack:
         models_loaded = [
             stack.enter_context(
@@ -536,9 +553,12 @@ def runtime_record(
     request: RunRequest, kernels: KernelDecision, loaded: list[Model], outcome: RunOutcome
 ) -> dict[str, Any]:
     """The result's runtime section: what the engine was and what the run set."""
-    engine = get_engine()
+    engine = run_engine(request)
     info = engine.runtime_info()
     settings = request.settings
+    server = loaded[0].provenance()
+    if server.get("kernel_fallback"):  # a spawned server's extra CPU kernels crashed: all ran without
+        kernels = KernelDecision(False, "crashed", str(server["kernel_fallback"]))
     return {
         **info,
         "backend": "gpu" if request.gpu_layers != 0 and info["gpu_offload_supported"] else "cpu",
@@ -553,6 +573,8 @@ def runtime_record(
         "n_ubatch": outcome.chunk,
         "n_seq_max": outcome.n_seq_max,
         **engine.fixed_settings,
+        "engine": request.engine,
+        **({"server": server} if server else {}),
         "flash_attn": settings.flash_attn,
         "attn_rotation": settings.attn_rotation,
         "env_LLAMA_ATTN_ROT_DISABLE": "0" if settings.attn_rotation else "1",

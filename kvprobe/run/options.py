@@ -62,6 +62,7 @@ def add_parser(subparsers: Subparsers) -> None:
     add_compared_options(run)
     add_scenario_options(run)
     add_engine_options(run)
+    add_server_options(run)
     add_output_options(run)
 
 
@@ -161,6 +162,41 @@ def add_engine_options(run: Parser) -> None:
         metavar="N",
         help="at most N llama.cpp contexts at once: the cache types run in groups, the reference again in "
         "each (same numbers on CPU; default: as many as fit in memory)",
+    )
+
+
+def add_server_options(run: Parser) -> None:
+    """The llama-server engine: a binary kvprobe starts per cache type, or servers already running."""
+    group = run.add_argument_group(
+        "your own llama-server (the llama-server engine; default: llama.cpp inside kvprobe)"
+    )
+    group.add_argument(
+        "--llama-server",
+        metavar="PATH",
+        help="start this llama-server binary once per --cache (with -m --model -c -ctk -ctv -fa -np 1) on a "
+        "loopback port and measure through it; its logs go beside the result",
+    )
+    group.add_argument(
+        "--server-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="an argument for every spawned server, repeatable (e.g. --server-arg=--mlock); "
+        "not those kvprobe sets (cache types, context, slots, threads, GPU layers)",
+    )
+    group.add_argument(
+        "--server",
+        metavar="URL",
+        help="measure a llama-server already running (loopback, started with --parallel 1 and a "
+        "context of at least --ctx + 512), whose cache types you state with --server-cache",
+    )
+    group.add_argument(
+        "--server-cache", metavar="TYPE", help="the cache types --server runs: f16, q8_0, q4_0 or k=..,v=.."
+    )
+    group.add_argument(
+        "--reference-server",
+        metavar="URL",
+        help="an f16 llama-server of the same model: the reference for --server",
     )
 
 

@@ -3,12 +3,13 @@ precondition checked (kvprobe.run.validate), and the settings the runner runs wi
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from kvprobe.api import Scenario
 from kvprobe.api.cache_types import CacheConfig
+from kvprobe.api.engine import EngineOptions
 from kvprobe.plan.prompt import RAW_CHOICE, PromptChoice
 
 
@@ -46,3 +47,5 @@ class RunRequest:
     margins: dict[str, float]  # equivalence margins the verdict uses (--margin)
     time_budget: float | None  # seconds (--time-budget), counted from the command's start
     until_decided: bool = False  # --until-decided: stop each configuration once decided
+    engine: str = "llamacpp"  # the registry name (kvprobe.engine.ENGINES)
+    engine_options: EngineOptions = field(default_factory=EngineOptions)  # a llama-server's binary or URLs

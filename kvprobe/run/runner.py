@@ -14,7 +14,15 @@ import numpy as np
 
 from kvprobe.api import ProbeRun, Row, RunSetup, check_mode, selected
 from kvprobe.api.cache_types import NULL_ROWS, CacheConfig, ConfigId
-from kvprobe.api.engine import ChunkCallback, Context, ContextSettings, Model
+from kvprobe.api.engine import (
+    ChunkCallback,
+    Context,
+    ContextSettings,
+    Model,
+    TopCallback,
+    TopLogprobs,
+    TopRequest,
+)
 from kvprobe.infra.errors import UserError
 from kvprobe.plan.documents import Document, build_plan
 from kvprobe.plan.groups import plan_groups, round_up
@@ -296,11 +304,15 @@ class Runner:
         started, evaluated = time.perf_counter(), sum(c.tokens_evaluated for c in feeding)
         what = f"doc {document.index} L={length}"
         reduce_s = [0.0]
-        on_chunk = _handing_logits(readers, document, names, reduce_s) if readers else None
         busy = {config: context.busy_s for config, context in contexts.items()}
-        self.model.feed_lockstep(
-            feeding, segment, on_chunk, on_fed=_reporting(work.progress, what + " (document)")
-        )
+        on_fed = _reporting(work.progress, what + " (document)")
+        if readers and not self.model.full_logits:  # the sampled positions' top n instead
+            top = self._top_request(document, readers)
+            on_top = _handing_top(readers, document, names, reduce_s)
+            self.model.feed_lockstep(feeding, segment, on_fed=on_fed, top=top, on_top=on_top)
+        else:
+            on_chunk = _handing_logits(readers, document, names, reduce_s) if readers else None
+            self.model.feed_lockstep(feeding, segment, on_chunk, on_fed=on_fed)
         feed_s = time.perf_counter() - started - reduce_s[0]
         prefill = {  # a repeated reference's speed is known from its first group
             config: context.busy_s - busy[config]
@@ -317,6 +329,12 @@ class Runner:
             key, rows=rows, started=started, evaluated=evaluated, contexts=feeding, on_unit=work.on_unit,
             feed_s=feed_s, reduce_s=reduce_s[0], prefill=(prefill, len(segment), bool(readers)),
         )  # fmt: skip
+
+    def _top_request(self, document: Document, readers: list[ProbeRun]) -> TopRequest:
+        """What an engine without full logits reads for the readers: the first reader's stride
+        and top n (one probe, divergence, reads logits today)."""
+        needs = next(self.needs[name] for name, run in self.runs.items() if run in readers)
+        return TopRequest(document.tokens[: self.settings.ctx], needs.top_stride, needs.top_n)
 
     def _at_checkpoint(
         self, context: Context, config: str, document: Document, length: int, *, what: str, progress: Progress
@@ -424,6 +442,21 @@ def _handing_logits(
         seconds[0] += time.perf_counter() - started
 
     return on_chunk
+
+
+def _handing_top(
+    readers: list[ProbeRun], document: Document, names: list[str], seconds: list[float]
+) -> TopCallback:
+    """_handing_logits for an engine without full logits: each segment's sampled top-n rows."""
+
+    def on_top(rows: list[TopLogprobs]) -> None:
+        started = time.perf_counter()
+        by_config: Mapping[str, TopLogprobs] = dict(zip(names, rows, strict=True))
+        for run in readers:
+            run.on_top(document, by_config)
+        seconds[0] += time.perf_counter() - started
+
+    return on_top
 
 
 ConfigRun = tuple[ConfigId, Model, CacheConfig]  # one context to open: its id, weights and cache

@@ -25,6 +25,7 @@ from kvprobe.plan.scenario import HaystackSpec, bundled_scenarios, load_scenario
 from kvprobe.result.document import utc_now
 from kvprobe.result.journal import journal_path
 from kvprobe.result.store import default_out_path
+from kvprobe.run.engine_choice import attach_configs, engine_choice, wants_server
 from kvprobe.run.request import RunRequest, RunSettings
 from kvprobe.views.figures import INSTALL_PLOT
 from kvprobe.weights import memory
@@ -378,6 +379,7 @@ def validate_run(args: argparse.Namespace) -> RunRequest:
     the model headers. Nothing is hashed, loaded or written."""
     margins = parse_margins(getattr(args, "margin", None) or [])
     check_numbers(args)
+    attach_configs(args)
     configs, baseline = parse_configs(args)
     scenario = run_scenario(args)
     check_flash_attn(configs, not args.no_flash_attn)
@@ -385,7 +387,14 @@ def validate_run(args: argparse.Namespace) -> RunRequest:
     check_probes(scenario, mode=args.mode, ctx=args.ctx, baseline=baseline, null_check=args.null_check)
     until_decided = check_until_decided(args, scenario, configs, baseline)
     facts = [read_facts(p) for p in model_paths]  # checks the files are GGUF before llama.cpp sees them
-    gpu_layers = args.gpu_layers if args.gpu_layers is not None else (-1 if can_offload() else 0)
+    if wants_server(args) and len(model_paths) > 1:
+        raise UserError(
+            "weights vs KV (two --model files) runs on the in-process engine: drop --llama-server/--server"
+        )
+    if wants_server(args):  # the server decides where its layers go unless told (--gpu-layers becomes -ngl)
+        gpu_layers = args.gpu_layers if args.gpu_layers is not None else 0
+    else:
+        gpu_layers = args.gpu_layers if args.gpu_layers is not None else (-1 if can_offload() else 0)
     memory, max_contexts = estimate_memory(
         facts, configs, baseline=baseline, scenario=scenario, ctx=args.ctx, mode=args.mode,
         null_check=args.null_check, max_contexts=args.max_contexts,
@@ -401,6 +410,7 @@ def validate_run(args: argparse.Namespace) -> RunRequest:
     )
     page = html_page_path(args, out_path)
     check_run_outputs(args, out_path, page, model_paths, scenario)
+    engine, engine_options = engine_choice(args, out_path)
     warnings = run_warnings(args.ctx, facts, configs, gpu_layers)
     settings = RunSettings(
         ctx=args.ctx,
@@ -416,4 +426,5 @@ def validate_run(args: argparse.Namespace) -> RunRequest:
         null_check=args.null_check, margins=margins, threads=args.threads, no_repack=args.no_repack,
         warnings=warnings, memory=memory, max_contexts=max_contexts, page=page,
         time_budget=getattr(args, "time_budget", None), until_decided=until_decided,
+        engine=engine, engine_options=engine_options,
     )  # fmt: skip

@@ -79,7 +79,8 @@ def onset(rows: Sequence[PairedDoc | JsonObject], alpha: float = ALPHA) -> int |
     """The shortest checkpoint from which the configuration is significantly worse than the
     baseline at every longer checkpoint (rows of one metric and configuration)."""
     ordered = sorted(rows, key=lambda r: r["ctx"])
-    start = significant_tail([r["p_holm"] for r in ordered], alpha)
+    # A row without a p-value (a file may hold null) is no evidence of a loss.
+    start = significant_tail([1.0 if r["p_holm"] is None else r["p_holm"] for r in ordered], alpha)
     return None if start is None else int(ordered[start]["ctx"])
 
 

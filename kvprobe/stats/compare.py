@@ -151,7 +151,8 @@ def pairing(old: ResultDoc | JsonObject, new: ResultDoc | JsonObject) -> tuple[b
     # Same items but other numerics: a paired test would credit the cache with what the
     # engine changed.
     for key, name in NUMERICS:
-        default = True if key == "extra_bufts" else None  # files from before it was recorded
+        # files from before it was recorded
+        default = {"extra_bufts": True, "engine": "llamacpp"}.get(key)
         checks.append((name, old_rt.get(key, default), new_rt.get(key, default)))
     differ = [
         f"{name} ({a} vs {b})" if a is not None and b is not None else name for name, a, b in checks if a != b
@@ -165,6 +166,8 @@ def pairing(old: ResultDoc | JsonObject, new: ResultDoc | JsonObject) -> tuple[b
 # differ in one are compared unpaired, since a paired test would mix the engine's change into
 # the cache's (the way batch shape does).
 NUMERICS = (
+    ("engine", "engine (llama.cpp in kvprobe's process or a llama-server)"),
+    ("server_version", "llama-server build"),
     ("extra_bufts", "extra buffer types (repacked/AMX CPU kernels; --no-repack turns them off)"),
     ("llama_cpp_python", "llama-cpp-python version"),
     ("llama_cpp_build", "llama.cpp build features"),

@@ -116,10 +116,19 @@ def _interval(samples: np.ndarray) -> tuple[float, float]:
 
 @dataclass(frozen=True)
 class Block:
-    """Consecutive positions' losses of one document: positions start, start + 1, ..."""
+    """Consecutive positions' losses of one document: positions start, start + stride, ..."""
 
     start: int
     values: np.ndarray
+    stride: int = 1  # sampled positions (an engine without full logits): every stride-th
+
+    @property
+    def last(self) -> int:
+        return self.start + self.stride * (len(self.values) - 1)
+
+    @property
+    def centre(self) -> float:
+        return self.start + self.stride * (len(self.values) - 1) / 2
 
 
 def merged(blocks: Sequence[Block], size: int) -> list[Block]:
@@ -128,8 +137,8 @@ def merged(blocks: Sequence[Block], size: int) -> list[Block]:
     out: list[Block] = []
     for b in blocks:
         last = out[-1] if out else None
-        if last is not None and len(last.values) < size and last.start + len(last.values) == b.start:
-            out[-1] = Block(last.start, np.concatenate([last.values, b.values]))
+        if last is not None and len(last.values) < size and last.last + last.stride == b.start:
+            out[-1] = Block(last.start, np.concatenate([last.values, b.values]), last.stride)
         else:
             out.append(b)
     return out
@@ -142,7 +151,7 @@ def position_trend(
     The level is the mean over positions below `level_below`; the growth the slope of each
     block's mean against log2 of its centre, from position GROWTH_FROM on, each position
     weighing the same. The bootstrap resamples whole blocks (a pairs bootstrap)."""
-    level_blocks = [b for b in blocks if b.start + len(b.values) <= level_below and len(b.values)]
+    level_blocks = [b for b in blocks if b.last < level_below and len(b.values)]
     fitted = merged([b for b in blocks if b.start >= GROWTH_FROM and len(b.values)], GROWTH_BLOCK)
     if not level_blocks:
         return None
@@ -152,16 +161,16 @@ def position_trend(
     idx = rng.integers(0, len(sums), size=(n_boot, len(sums)))
     level_boot = sums[idx].sum(axis=1) / counts[idx].sum(axis=1)
     growth, growth_ci, p_flat = None, None, None
-    lengths = {b.start + len(b.values) // 2 for b in fitted}
-    reach = max((b.start + len(b.values) - 1 for b in fitted), default=0)
+    lengths = {b.start + b.stride * (len(b.values) // 2) for b in fitted}
+    reach = max((b.last for b in fitted), default=0)
     # Three doublings of positions at least (to 512): a slope over 64-255 alone is no growth.
     if len(lengths) >= MIN_LENGTHS and len(fitted) >= MIN_LENGTHS and reach >= GROWTH_FROM << 3:
-        x = np.log2([b.start + (len(b.values) - 1) / 2 for b in fitted])
+        x = np.log2([b.centre for b in fitted])
         y = np.array([float(b.values.mean()) for b in fitted])
         w = np.array([len(b.values) for b in fitted], dtype=float)
         pick = rng.integers(0, len(fitted), size=(n_boot, len(fitted)))
         growth, growth_ci, p_flat = studentized(x, y, w, pick)
-    last = max((b.start + len(b.values) - 1 for b in fitted), default=level_below - 1)
+    last = max((b.last for b in fitted), default=level_below - 1)
     return Trend(
         level=float(sums.sum() / counts.sum()), level_ci=_interval(level_boot),
         level_scope=(min(b.start for b in level_blocks), level_below - 1),

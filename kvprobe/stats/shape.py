@@ -137,10 +137,17 @@ def _positions(lo: int, hi: int) -> str:
 
 
 def position_trend_doc(
-    blocks: Sequence[tuple[int, np.ndarray]], metric: Metric, first_span: Row | None, first: int, seed: int
+    blocks: Sequence[tuple[int, np.ndarray]],
+    metric: Metric,
+    first_span: Row | None,
+    first: int,
+    seed: int,
+    *,
+    stride: int = 1,
 ) -> TrendDoc | None:
-    """KL's level (the first checkpoint's span: the same number its test reads) and growth."""
-    trend = position_trend([Block(s, v) for s, v in blocks], level_below=first, seed=seed)
+    """KL's level (the first checkpoint's span: the same number its test reads) and growth;
+    `stride`: the blocks hold every stride-th position."""
+    trend = position_trend([Block(s, v, stride) for s, v in blocks], level_below=first, seed=seed)
     if trend is None:
         return None
     doc = _doc(metric, trend, _positions(*trend.level_scope), _positions(*trend.growth_scope), True)
@@ -189,12 +196,14 @@ def config_trends(
     checkpoints: Sequence[int] = (),
     paired: Sequence[PairedDoc] = (),
     seed: int = 0,
+    stride: int = 1,
 ) -> list[TrendDoc]:
     """Every metric's level and growth for one test configuration, then which grow (Holm)."""
     out: list[TrendDoc] = []
     if blocks and loss_metric is not None and checkpoints:
         first_span = min(spans, key=lambda s: int(s["ctx"]), default=None)
-        found = position_trend_doc(blocks, by_name(loss_metric), first_span, min(checkpoints), seed)
+        first = min(checkpoints)
+        found = position_trend_doc(blocks, by_name(loss_metric), first_span, first, seed, stride=stride)
         out += [found] if found is not None else []
     for metric in paired_item_metrics():
         found = item_trend_doc(items, metric, baseline, config, paired=paired, seed=seed)

@@ -102,6 +102,10 @@ def checkpoint_tests(
                     test = replace(test, scope=f"positions {int(covered[0]):,}–{int(covered[1]) - 1:,}")
                 if found["ci"][1] is None and test.status != WORSE and by_name(name).tail:
                     continue  # too few positions to bound a tail from above: it can only rule out
+                if found.get("lower_bound") and test.status == EQUIVALENT:
+                    # A KL over the top n + tail is a lower bound of the full KL: below the margin
+                    # it shows nothing; above it, the full KL is above it too.
+                    test = replace(test, status=UNDECIDED)
                 out.setdefault(int(span["ctx"]), []).append(test)
     return dict(sorted(out.items()))
 
@@ -234,6 +238,7 @@ def config_verdict(
     design: Design | None = None,
     blocks: Sequence[tuple[int, np.ndarray]] = (),
     loss_metric: str | None = None,
+    stride: int = 1,
 ) -> JsonObject:  # every probe adds its own fields (Probe.verdict_part takes a JsonObject)
     """One configuration's verdict: its paired rows, the onsets of a significant loss of the
     retrieval metrics (kvprobe.api ROLES), equivalence per checkpoint and the effective context,
@@ -263,7 +268,7 @@ def config_verdict(
         out.update(probe.verdict_part(items, baseline, config, out, seed))
     trends = config_trends(
         items, baseline, config, blocks=blocks, loss_metric=loss_metric, spans=spans, checkpoints=measured,
-        paired=rows, seed=seed,
+        paired=rows, seed=seed, stride=stride,
     )  # fmt: skip
     out["shape"] = shape(out, trends, baseline, fallback=equivalence_sentence(out, baseline, config))
     return out
@@ -552,6 +557,7 @@ class Evidence:
     spans: dict[str, list[Row]] = field(default_factory=dict)
     blocks: dict[str, list[tuple[int, np.ndarray]]] = field(default_factory=dict)
     loss_metric: str | None = None
+    stride: int = 1  # the blocks hold every stride-th position
 
 
 def position_evidence(result: ResultDoc | JsonObject) -> Evidence:
@@ -567,6 +573,7 @@ def position_evidence(result: ResultDoc | JsonObject) -> Evidence:
             merged.spans.setdefault(config, []).extend(rows)
         if found.blocks and merged.loss_metric is None:
             merged.blocks, merged.loss_metric = dict(found.blocks), found.loss_metric
+            merged.stride = found.stride
     return merged
 
 
@@ -598,6 +605,7 @@ def build_verdict(
             design=design,
             blocks=evidence.blocks.get(c["id"], []),
             loss_metric=evidence.loss_metric,
+            stride=evidence.stride,
         )
         for c in result["configs"]
         if c["id"] != baseline

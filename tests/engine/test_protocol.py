@@ -67,12 +67,12 @@ def test_an_unknown_engine_is_one_line(name: str, hint: str | None) -> None:
     message = str(caught.value)
     assert "\n" not in message
     assert message.startswith(f"unknown engine {name!r}")
-    assert message.endswith("choose one of llamacpp")
+    assert message.endswith("choose one of llamacpp, llama-server")
     assert (hint in message) if hint else "did you mean" not in message
 
 
 def test_the_registry_is_one_line_per_engine() -> None:
-    assert engine_names() == list(ENGINES) == [DEFAULT_ENGINE]
+    assert engine_names() == list(ENGINES) == [DEFAULT_ENGINE, "llama-server"]
     module, _, attribute = ENGINES[DEFAULT_ENGINE].partition(":")
     assert module.startswith(CONCRETE + ".")
     assert attribute == "ENGINE"

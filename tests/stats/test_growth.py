@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from kvprobe.stats.growth import GROWTH_FROM, Block, Trend, doubling_slope, item_trend, position_trend
+from kvprobe.stats.growth import GROWTH_FROM, Block, Trend, doubling_slope, item_trend, merged, position_trend
 
 RUNS = 200  # simulated runs per case: a 5% rate is then known within about +-3%
 BLOCK = 32  # positions per block, as the default scenario's divergence.block
@@ -115,3 +115,25 @@ def test_too_few_lengths_give_a_level_but_no_growth() -> None:
     assert not trend.grows
     assert trend.level == pytest.approx(0.6)
     assert trend.level_scope == (1024, 1024)
+
+
+def test_sampled_positions_give_the_growth_of_every_position() -> None:
+    """Blocks of every 4th position (an engine without full logits): placed at their positions
+    and merged where one follows the other, so the level, the slope and their scopes are those
+    every position gives."""
+    positions = np.arange(1, 8192)
+    loss = 0.01 + 0.002 * np.log2(positions)  # 0.002 nats per doubling, no noise
+    every = [Block(int(positions[i]), loss[i : i + BLOCK]) for i in range(0, len(loss), BLOCK)]
+    sampled = [Block(int(positions[i]), loss[i : i + BLOCK : 4], 4) for i in range(0, len(loss), BLOCK)]
+    (joined,) = merged(sampled[2:4], 16)
+    assert (joined.start, joined.stride, joined.last) == (65, 4, 125)
+    np.testing.assert_array_equal(joined.values, loss[64:128:4])
+    full = position_trend(every, level_below=1024, seed=0, n_boot=200)
+    few = position_trend(sampled, level_below=1024, seed=0, n_boot=200)
+    assert full is not None
+    assert few is not None
+    assert few.level_scope == full.level_scope == (1, 1023)
+    assert few.growth_scope == (GROWTH_FROM, 8189)  # the last sampled position
+    assert few.growth == pytest.approx(0.002, rel=0.02)
+    assert few.growth == pytest.approx(full.growth, rel=0.02)  # merged to 64 values: wider blocks
+    assert few.level == pytest.approx(full.level, rel=0.01)

@@ -8,10 +8,11 @@ from pathlib import Path
 
 import numpy as np
 
-from kvprobe.api.engine import KernelDecision
+from kvprobe.api.engine import Engine, EngineOptions, KernelDecision
 from kvprobe.engine.llamacpp import kernel_check, tools
 from kvprobe.engine.llamacpp.context import FIXED_SETTINGS
 from kvprobe.engine.llamacpp.model import Model
+from kvprobe.infra.errors import UserError
 
 
 class LlamaCppEngine:
@@ -28,6 +29,11 @@ class LlamaCppEngine:
 
     def runtime_info(self) -> dict[str, object]:
         return tools.runtime_info()
+
+    def configured(self, options: EngineOptions) -> Engine:
+        if options != EngineOptions():
+            raise UserError("the in-process engine takes no server options: drop --llama-server/--server")
+        return self
 
     def gpu_offload_supported(self) -> bool:
         return tools.gpu_offload_supported()

@@ -14,7 +14,7 @@ from typing import ClassVar
 import llama_cpp
 
 from kvprobe.api.cache_types import CacheConfig
-from kvprobe.api.engine import ChunkCallback, ContextSettings, FedCallback
+from kvprobe.api.engine import ChunkCallback, ContextSettings, FedCallback, TopCallback, TopRequest
 from kvprobe.api.engine import Context as AnyContext
 from kvprobe.engine.llamacpp import forks
 from kvprobe.engine.llamacpp.context import Context
@@ -168,14 +168,27 @@ class Model:
     def context(self, cache: CacheConfig, settings: ContextSettings) -> Context:
         return self.context_class(self, cache, settings)
 
+    @property
+    def full_logits(self) -> bool:
+        return True
+
+    def provenance(self) -> dict[str, object]:
+        return {}
+
     def feed_lockstep(
         self,
         contexts: Sequence[AnyContext],
         tokens: Sequence[int],
         on_chunk: ChunkCallback | None = None,
         on_fed: FedCallback | None = None,
+        *,
+        top: TopRequest | None = None,
+        on_top: TopCallback | None = None,
     ) -> None:
-        """forks.feed_lockstep, for contexts of this engine (a stranger is refused)."""
+        """forks.feed_lockstep, for contexts of this engine (a stranger is refused). It has every
+        position's full logits (`on_chunk`): sampled top-n rows (`top`) are for engines without."""
+        if top is not None or on_top is not None:
+            raise EngineError("the llama.cpp engine hands full logits (on_chunk), not sampled top-n rows")
         mine = [c for c in contexts if isinstance(c, Context)]
         if len(mine) != len(contexts):
             raise EngineError("the llama.cpp engine feeds only its own contexts in lockstep")

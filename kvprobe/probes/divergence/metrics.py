@@ -9,8 +9,14 @@ the test configuration's after the same prefix:
 - top-1 agreement: argmax p == argmax q;
 - NLL of the true next token under each.
 
+An engine without full logits (a llama-server) gives, at every stride-th position, each
+configuration's top n log-probs and the true next token's: the KL is then over the ids both
+top lists hold plus one tail bucket, a lower bound of the full KL (`truncated_kl`).
+
 The decay curve aggregates these in log-spaced position bins. Tokens near each other are
-correlated, so intervals and tests use blocks of consecutive positions as their units.
+correlated, so intervals and tests use blocks of consecutive positions as their units. The
+values of one document are at positions 1, 1 + stride, 1 + 2 stride, ... (stride 1: every
+position).
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import numpy as np
 from scipy import stats
 
 from kvprobe.api import ALPHA, Metric
+from kvprobe.api.engine import TopLogprobs
 from kvprobe.stats.inference import holm, mann_whitney, significant_tail
 
 ROWS_PER_BLOCK = 16  # logits rows reduced at once: 16 x 262,144 floats = 16 MiB per temporary
@@ -95,6 +102,101 @@ def position_stats(
     return nll_ref, out
 
 
+# --- an engine without full logits: the top n at sampled positions ------------------------
+
+TAIL_FLOOR = 1e-12  # a tail below this is rounding: float32 log-probs sum to 1 within ~1e-7
+
+
+def _matched(ref_ids: np.ndarray, test_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per row, for each of the reference's ids: whether the test's row lists it, and at which
+    column (0 where not). One searchsorted serves every row: the rows' ids are offset apart."""
+    k, m = test_ids.shape
+    order = np.argsort(test_ids, axis=1, kind="stable")
+    ordered = np.take_along_axis(test_ids, order, axis=1).astype(np.int64)
+    if (ref_ids < 0).any() or (ordered[:, 0] < 0).any():
+        raise ValueError("a negative token id in a top-n list")
+    if (np.diff(ordered, axis=1) == 0).any() or (np.diff(np.sort(ref_ids, axis=1), axis=1) == 0).any():
+        raise ValueError("a top-n list names a token twice")  # it would count its probability twice
+    span = int(max(ref_ids.max(), ordered[:, -1].max())) + 1
+    row = np.arange(k, dtype=np.int64)[:, None]
+    flat = (ordered + row * span).ravel()
+    keys = ref_ids.astype(np.int64) + row * span
+    at = np.minimum(np.searchsorted(flat, keys), flat.size - 1)
+    found = flat[at] == keys
+    column = np.take_along_axis(order, np.clip(at - row * m, 0, m - 1), axis=1)
+    return found, column
+
+
+def truncated_kl(
+    ref_ids: np.ndarray, ref_logprobs: np.ndarray, test_ids: np.ndarray, test_logprobs: np.ndarray
+) -> np.ndarray:
+    """Per row (position), KL(p || q) over S = the ids both top-n lists hold, each its own
+    bucket, plus one tail bucket for the rest of the vocabulary:
+    sum_{i in S} p_i log(p_i / q_i) + P log(P / Q), P = 1 - sum_S p, Q = 1 - sum_S q (tails
+    clipped at TAIL_FLOOR). Merging buckets never raises a KL (the data-processing inequality),
+    so this is a lower bound of the full KL, equal to it where S is the whole vocabulary and
+    never smaller for a larger n (S only grows). Log-probs are over the full vocabulary."""
+    if ref_ids.shape != ref_logprobs.shape or test_ids.shape != test_logprobs.shape:
+        raise ValueError("top-n ids and log-probs of different shapes")
+    widths = (*ref_ids.shape[1:], *test_ids.shape[1:])
+    if ref_ids.ndim != 2 or test_ids.ndim != 2 or ref_ids.shape[0] != test_ids.shape[0] or 0 in widths:
+        raise ValueError("top-n lists of different positions, or empty")
+    if ref_ids.shape[0] == 0:
+        return np.zeros(0)
+    lp, lq_all = ref_logprobs.astype(np.float64), test_logprobs.astype(np.float64)
+    if np.isnan(lp).any() or np.isnan(lq_all).any() or (lp > 0).any() or (lq_all > 0).any():
+        raise ValueError("a top-n log-prob that is NaN or above 0")
+    found, column = _matched(ref_ids, test_ids)
+    lq = np.take_along_axis(lq_all, column, axis=1)
+    p = np.where(found, np.exp(lp), 0.0)
+    q = np.where(found, np.exp(lq), 0.0)
+    with np.errstate(invalid="ignore"):  # p = 0 (a log-prob of -inf) adds nothing
+        inside = np.where(p > 0, p * (lp - lq), 0.0).sum(axis=1)
+    p_tail = np.maximum(1.0 - p.sum(axis=1), TAIL_FLOOR)
+    q_tail = np.maximum(1.0 - q.sum(axis=1), TAIL_FLOOR)
+    kl: np.ndarray = np.maximum(inside + p_tail * np.log(p_tail / q_tail), 0.0)  # never negative
+    return kl
+
+
+def target_nll(top: TopLogprobs) -> tuple[np.ndarray, np.ndarray]:
+    """Per position, the NLL of the document's token, and where it is only bounded. Where the
+    engine gave no exact log-prob (NaN) its upper bound stands in: the NLL is then a lower bound
+    (the perplexity too, as the KL is), never a NaN that a mean would swallow or spread."""
+    bounded = np.isnan(top.target_logprob)
+    logprob = np.where(bounded, top.target_bound, top.target_logprob).astype(np.float64)
+    if not np.isfinite(logprob).all() or (logprob > 0).any():
+        raise ValueError("a target log-prob that is neither a log-prob nor bounded by one")
+    return -logprob, bounded
+
+
+def top_position_stats(
+    ref: TopLogprobs, tests: dict[str, TopLogprobs]
+) -> tuple[np.ndarray, np.ndarray, dict[str, tuple[PositionStats, np.ndarray]]]:
+    """`position_stats` from top-n rows: the reference's NLL and where it is bounded; per test
+    configuration the truncated KL, top-1 agreement (the first ids, exactly) and NLL, with
+    where that NLL is bounded."""
+    nll_ref, bounded_ref = target_nll(ref)
+    out = {}
+    for config, top in tests.items():
+        if not np.array_equal(top.positions, ref.positions):
+            raise ValueError(f"the top-n rows of {config} are at other positions than the reference's")
+        kld = truncated_kl(ref.ids, ref.logprobs, top.ids, top.logprobs)
+        nll, bounded = target_nll(top)
+        out[config] = (PositionStats(kld, ref.ids[:, 0] == top.ids[:, 0], nll), bounded)
+    return nll_ref, bounded_ref, out
+
+
+def _rows(top: TopLogprobs, keep: np.ndarray) -> TopLogprobs:
+    kept = (top.positions, top.ids, top.logprobs, top.target_logprob, top.target_bound)
+    return TopLogprobs(*(a[keep] for a in kept))
+
+
+def sampled_positions(n: int, stride: int = 1) -> np.ndarray:
+    """The positions of a document's n values: 1, 1 + stride, ..."""
+    result: np.ndarray = 1 + stride * np.arange(n)
+    return result
+
+
 # --- accumulation during a run ------------------------------------------------------------
 
 
@@ -102,14 +204,16 @@ def position_stats(
 class DocumentArrays:
     """Per-position arrays of one configuration on one document.
 
-    Index j is the prediction of token j + 1 (so positions start at 1); the reference
-    configuration has only `nll`."""
+    Index j is the prediction of token P = 1 + stride * j (so positions start at 1; stride 1
+    with full logits); the reference configuration has only `nll`. `bounded` counts, per
+    chunk, the positions whose NLL is only a lower bound (an engine without full logits)."""
 
     config: str
     doc: int
     nll: list[np.ndarray] = field(default_factory=list)
     kld: list[np.ndarray] = field(default_factory=list)
     top1_agree: list[np.ndarray] = field(default_factory=list)
+    bounded: list[int] = field(default_factory=list)
 
     def arrays(self) -> dict[str, np.ndarray]:
         out = {"nll": np.concatenate(self.nll) if self.nll else np.empty(0)}
@@ -123,42 +227,91 @@ class DivergenceRecorder:
     """Receives the logits of every chunk from every configuration in lockstep and keeps
     only per-position numbers: memory grows with positions, never with the vocabulary."""
 
-    def __init__(self, reference: str):
+    def __init__(self, reference: str, top_stride: int = 1):
         self.reference = reference
         self.records: dict[tuple[str, int], DocumentArrays] = {}
+        # Full logits (add_chunk) score every position; top-n rows (add_top) every top_stride-th,
+        # with the KL over the top n + tail: n_probs is the smallest n received (None: full).
+        self.top_stride = top_stride
+        self.n_probs: int | None = None
+        self.chunked = False
         # A run in configuration groups feeds the reference again in each group: its positions
         # are kept once, and the largest NLL gap of a repeat against the first is recorded (0
         # on CPU; anything else means the groups' KL had different references).
         self.repeat_nll_gap: float | None = None
 
+    @property
+    def stride(self) -> int:
+        """Positions between the values of a document: 1 with full logits."""
+        return 1 if self.n_probs is None else self.top_stride
+
     def _record(self, config: str, doc: int) -> DocumentArrays:
         return self.records.setdefault((config, doc), DocumentArrays(config, doc))
+
+    def _reference_nll(self, doc: int, first: int, nll: np.ndarray, bounded: int, *, strict: bool) -> None:
+        """The reference's NLL for values first, first + 1, ...: appended, or where a grouped
+        run fed the reference again, compared with the first time. `strict`: rows that do not
+        continue the values held are refused (an engine's positions are explicit)."""
+        ref = self._record(self.reference, doc)
+        covered = sum(len(a) for a in ref.nll)
+        if covered >= first + len(nll):
+            gap = float(np.max(np.abs(np.concatenate(ref.nll)[first : first + len(nll)] - nll)))
+            self.repeat_nll_gap = max(gap, self.repeat_nll_gap or 0.0)
+        elif strict and covered != first:
+            raise ValueError(f"the reference holds {covered} values of document {doc}, not rows from {first}")
+        else:
+            ref.nll.append(nll)
+            ref.bounded.append(bounded)
+
+    def add_top(self, doc: int, doc_tokens: Sequence[int], by_config: dict[str, TopLogprobs]) -> None:
+        """`by_config[config]` holds the top n at sampled positions 1 + top_stride * j of one fed
+        segment, the same in every configuration; a position is scored only when the document
+        has the token it predicts."""
+        if self.chunked:
+            raise ValueError("top-n rows after full logits: one run reads one kind")
+        keep = by_config[self.reference].positions < len(doc_tokens)
+        rows = {c: _rows(top, keep) for c, top in by_config.items()}
+        positions = rows[self.reference].positions
+        if len(positions) == 0:
+            return
+        first, stride = int(positions[0] - 1) // self.top_stride, self.top_stride
+        if not np.array_equal(positions, sampled_positions(len(positions), stride) + first * stride):
+            raise ValueError(f"top-n rows at positions other than every {stride}th from 1")
+        self.n_probs = min(self.n_probs or 1 << 62, *(top.ids.shape[1] for top in rows.values()))
+        tests = {c: top for c, top in rows.items() if c != self.reference}
+        nll_ref, bounded_ref, per_config = top_position_stats(rows[self.reference], tests)
+        self._reference_nll(doc, first, nll_ref, int(bounded_ref.sum()), strict=True)
+        for config, (st, bounded) in per_config.items():
+            rec = self._record(config, doc)
+            if sum(len(a) for a in rec.nll) != first:
+                raise ValueError(f"{config} holds other values of document {doc} than rows from {first}")
+            rec.kld.append(st.kld)
+            rec.top1_agree.append(st.top1_agree)
+            rec.nll.append(st.nll)
+            rec.bounded.append(int(bounded.sum()))
 
     def add_chunk(
         self, doc: int, doc_tokens: Sequence[int], pos0: int, logits: dict[str, np.ndarray]
     ) -> None:
         """`logits[config]` holds rows for positions pos0, pos0 + 1, ...; a row is scored
         only when the document has the token it predicts."""
+        if self.n_probs is not None:
+            raise ValueError("full logits after top-n rows: one run reads one kind")
         n_rows = next(iter(logits.values())).shape[0]
         n = max(0, min(n_rows, len(doc_tokens) - 1 - pos0))
         if n == 0:
             return
+        self.chunked = True
         nxt = np.asarray(doc_tokens[pos0 + 1 : pos0 + 1 + n], dtype=np.int64)
         tests = {c: rows for c, rows in logits.items() if c != self.reference}
         nll_ref, per_config = position_stats(logits[self.reference], tests, nxt)
-        ref = self._record(self.reference, doc)
-        covered = sum(len(a) for a in ref.nll)
-        if covered >= pos0 + n:
-            first = np.concatenate(ref.nll)[pos0 : pos0 + n]
-            gap = float(np.max(np.abs(first - nll_ref)))
-            self.repeat_nll_gap = max(gap, self.repeat_nll_gap or 0.0)
-        else:
-            ref.nll.append(nll_ref)
+        self._reference_nll(doc, pos0, nll_ref, 0, strict=False)
         for config, st in per_config.items():
             rec = self._record(config, doc)
             rec.kld.append(st.kld)
             rec.top1_agree.append(st.top1_agree)
             rec.nll.append(st.nll)
+            rec.bounded.append(0)
 
 
 # --- the decay curve -------------------------------------------------------------------------
@@ -238,11 +391,19 @@ def onset_bin(tests: Sequence[BinTest], alpha: float = ALPHA) -> BinTest | None:
 
 
 def split_blocks(values: np.ndarray, positions: np.ndarray, lo: int, hi: int, block: int) -> list[np.ndarray]:
-    """Consecutive blocks of `block` positions within [lo, hi) (the last may be shorter)."""
+    """Consecutive blocks of `block` positions within [lo, hi) (the last may be shorter); with
+    sampled positions a block holds the values of the positions it spans (block / stride)."""
+    return [b for _, b in blocks_from(values, positions, lo, hi, block)]
+
+
+def blocks_from(
+    values: np.ndarray, positions: np.ndarray, lo: int, hi: int, block: int
+) -> list[tuple[int, np.ndarray]]:
+    """split_blocks with each block's first position (a position its values hold)."""
     mask = (positions >= lo) & (positions < hi)
-    v, ids = values[mask], (positions[mask] - lo) // block
-    cuts = np.flatnonzero(np.diff(ids)) + 1
-    return [b for b in np.split(v, cuts) if len(b)]
+    v, p = values[mask], positions[mask]
+    cuts = np.flatnonzero(np.diff((p - lo) // block)) + 1
+    return [(int(at[0]), b) for at, b in zip(np.split(p, cuts), np.split(v, cuts), strict=True) if len(b)]
 
 
 @dataclass(frozen=True)
@@ -252,6 +413,7 @@ class CurveSettings:
     onset_reference: int  # bins ending at or below this position are "the shortest bins"
     seed: int
     alpha: float = ALPHA
+    stride: int = 1  # positions between a document's values (see sampled_positions)
 
 
 @dataclass(frozen=True)
@@ -261,11 +423,19 @@ class Span:
     scope: str  # "bin" | "pooled"
 
 
-def _stack(per_doc: Sequence[dict[str, np.ndarray]], name: str) -> tuple[np.ndarray, np.ndarray]:
-    """Values of one array over all documents, with their positions (index + 1)."""
+def _stack(
+    per_doc: Sequence[dict[str, np.ndarray]], name: str, stride: int = 1
+) -> tuple[np.ndarray, np.ndarray]:
+    """Values of one array over all documents, with their positions (1 + stride * index)."""
     values = [d[name].astype(np.float64) for d in per_doc]
-    positions = [np.arange(1, len(v) + 1) for v in values]
+    positions = [sampled_positions(len(v), stride) for v in values]
     return np.concatenate(values), np.concatenate(positions)
+
+
+def reach(per_doc: Sequence[dict[str, np.ndarray]], name: str, stride: int = 1) -> int:
+    """The first sampled position some document does not hold: every document holds the
+    positions below it (one --until-decided stopped early holds fewer)."""
+    return 1 + stride * min((len(d[name]) for d in per_doc if name in d), default=0)
 
 
 def _metric_row(
@@ -316,9 +486,8 @@ def divergence_curve(
     onsets: dict[str, dict[str, Any] | None] = {}
     for config, per_doc in arrays.items():
         for metric in ("ppl",) if config == reference else tuple(source):
-            series = _stack(per_doc, source[metric])
-            # positions every document holds (one --until-decided stopped early holds fewer)
-            last = min((len(d[source[metric]]) for d in per_doc), default=0) + 1
+            series = _stack(per_doc, source[metric], cs.stride)
+            last = reach(per_doc, source[metric], cs.stride)
             # Bins the data covers to their end: a configuration --until-decided stopped at a
             # checkpoint holds one prediction past it, which is no bin's measurement.
             covered = [sp for sp in spans if sp.hi <= last]
@@ -329,7 +498,7 @@ def divergence_curve(
                     rows.append(row)
         if config == reference:
             continue
-        kld, positions = _stack(per_doc, "kld")
+        kld, positions = _stack(per_doc, "kld", cs.stride)
         ref_blocks = np.array(
             [b.mean() for b in split_blocks(kld, positions, 1, cs.onset_reference, cs.block)]
         )
@@ -382,6 +551,8 @@ def checkpoint_spans(
     block: int,
     seed: int,
     level: float = 0.95,
+    stride: int = 1,
+    lower_bound: bool = False,
 ) -> dict[str, list[dict[str, Any]]]:
     """Per test configuration and checkpoint, each metric that has an equivalence bound, with
     its interval at `level`: the equivalence test compares its ends with the bound. A mean
@@ -397,13 +568,13 @@ def checkpoint_spans(
         spans = []
         # Positions 1 .. hi - 1 in every document, or the span is not measured (a run that
         # stopped a configuration early, or before the end).
-        reached = min((len(d["kld"]) for d in per_doc if "kld" in d), default=0)
+        reached = reach(per_doc, "kld", stride)
         for lo, hi in itertools.pairwise(edges):
-            if reached < hi - 1:
+            if reached < hi:
                 break
             span: dict[str, Any] = {"ctx": hi, "span": [lo, hi]}
             for metric in bounded:
-                values, positions = _stack(per_doc, metric.source or "")
+                values, positions = _stack(per_doc, metric.source or "", stride)
                 if metric.name in PERCENTILES:
                     # A tail needs every position up to the checkpoint, and order statistics.
                     upto = values[positions < hi]
@@ -418,6 +589,8 @@ def checkpoint_spans(
                         "n": len(upto),
                         "positions": [1, hi],
                     }
+                    if lower_bound and metric.source == "kld":
+                        span[metric.name]["lower_bound"] = True
                     continue
                 blocks = split_blocks(values, positions, lo, hi, block)
                 if not blocks:
@@ -430,6 +603,8 @@ def checkpoint_spans(
                     else None
                 )
                 span[metric.name] = {"value": value, "ci": list(ci) if ci else [None, None], "n": span["n"]}
+                if lower_bound and metric.source == "kld":  # top n + tail: rules out, never rules in
+                    span[metric.name]["lower_bound"] = True
             if "n" in span:
                 spans.append(span)
         out[config] = spans

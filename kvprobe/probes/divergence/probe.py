@@ -12,13 +12,14 @@ import functools
 import itertools
 from collections import defaultdict
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 from rich.table import Table
 
 from kvprobe.api import (
+    HASHED_IF_SET,
     POOLED_DIVERGENCE,
     Budget,
     LineFigure,
@@ -48,8 +49,10 @@ from kvprobe.probes.divergence.metrics import (
     DivergenceRecorder,
     DocumentArrays,
     bin_edges,
+    blocks_from,
     checkpoint_spans,
     divergence_curve,
+    sampled_positions,
     split_blocks,
 )
 from kvprobe.result.arrays import ARRAY_DTYPES, decode_array, encode_array
@@ -63,6 +66,7 @@ if TYPE_CHECKING:
     from rich.console import RenderableType
 
     from kvprobe.api import Document, Figure
+    from kvprobe.api.engine import TopLogprobs
     from kvprobe.plan.scenario import Scenario
 
 Arrays = dict[str, list[dict[str, np.ndarray]]]  # per configuration, per document: name -> values
@@ -73,9 +77,14 @@ class DivergenceSpec:
     documents: int = 1  # the plan's first N documents are scored at every position
     block: int = 32  # consecutive positions per unit of the bootstrap and the onset test
     onset_reference: int = 256  # positions below this are "the shortest bins" KL is tested against
+    # An engine without full logits (a llama-server): every server_stride-th position's top
+    # server_n_probs log-probs, the KL over those + a tail bucket (a lower bound of the full KL).
+    server_stride: int = field(default=4, metadata=HASHED_IF_SET)
+    server_n_probs: int = field(default=1000, metadata=HASHED_IF_SET)
 
 
 EXACT_KINDS = {"nll": "f8", "kld": "f8", "top1_agree": "bool"}  # what end_unit journals, per array
+MAX_N_PROBS = 100_000
 
 
 @functools.cache
@@ -84,6 +93,7 @@ def _unit_data_validator() -> Any:
     the chunks the unit added, bit for bit; or the largest NLL gap of a repeated reference."""
     exact = record({"kind": text(enum=["f8", "bool"]), "b64": text()}, ["kind", "b64"])
     entry = record({"config": text(), "doc": integer(), "repeat_nll_gap": number(minimum=0),
+                    "top_n": integer(lo=1, hi=MAX_N_PROBS), "stride": integer(lo=1), "nll_bounded": integer(),
                     **dict.fromkeys(EXACT_KINDS, exact)})  # fmt: skip
     return checker(listing(entry))
 
@@ -91,15 +101,17 @@ def _unit_data_validator() -> Any:
 def unit_data_problem(data: Any, reference: str | None = None) -> str | None:
     """What is wrong with a journal's copy of `end_unit`'s data (None: it replays): its shape,
     the kind of each array, arrays that do not decode or differ in length; given the
-    reference, which configurations have KL."""
+    reference, which configurations have KL. An engine without full logits adds the top n and
+    stride its KL was read with, and per record how many NLLs are only bounds."""
     root = "probe_data.divergence"
     if (problem := first_problem(_unit_data_validator(), data, root)) is not None:
         return problem
     for i, entry in enumerate(data):
         at = [i]
-        if "repeat_nll_gap" in entry:
-            if set(entry) != {"repeat_nll_gap"}:
-                return f"{where(at, root)} must hold repeat_nll_gap alone"
+        for alone in ({"repeat_nll_gap"}, {"top_n", "stride"}):
+            if alone & set(entry) and set(entry) != alone:
+                return f"{where(at, root)} must hold {' and '.join(sorted(alone))} alone"
+        if {"repeat_nll_gap", "top_n"} & set(entry):
             continue
         names = [n for n in EXACT_KINDS if n in entry]
         test = reference is None or entry.get("config") != reference
@@ -117,7 +129,19 @@ def unit_data_problem(data: Any, reference: str | None = None) -> str | None:
                 return f"{where([*at, name], root)} does not decode"
         if len(lengths) != 1:
             return f"{where(at, root)} has arrays of different lengths"
+        if entry.get("nll_bounded", 0) > min(lengths):
+            return f"{where([*at, 'nll_bounded'], root)} must be at most the positions it holds"
     return None
+
+
+def _replay_top(recorder: DivergenceRecorder, entry: Any) -> None:
+    """A journaled unit's top n and stride: what its KL was read with."""
+    if entry["stride"] != recorder.top_stride:
+        raise UserError(
+            f"a journaled unit read every {entry['stride']}th position, this run every "
+            f"{recorder.top_stride}th; start it again without --resume"
+        )
+    recorder.n_probs = min(recorder.n_probs or MAX_N_PROBS, int(entry["top_n"]))
 
 
 class DivergenceRun(ProbeRun):
@@ -125,7 +149,8 @@ class DivergenceRun(ProbeRun):
         self.spec = setup.scenario.spec(DivergenceSpec)
         self.ctx, self.checkpoints, self.seed = setup.ctx, setup.checkpoints, setup.seed
         self.reference = setup.baseline
-        self.recorder = DivergenceRecorder(setup.baseline) if setup.baseline is not None else None
+        reference, stride = setup.baseline, self.spec.server_stride
+        self.recorder = DivergenceRecorder(reference, stride) if reference is not None else None
         self.committed: dict[tuple[str, int], int] = {}  # chunks per record that belong to finished units
         # A curve at each checkpoint from separate runs (llama-perplexity -c L per length).
         self.budget = Budget(naive_tokens=sum(setup.checkpoints) * self.spec.documents)
@@ -135,6 +160,12 @@ class DivergenceRun(ProbeRun):
         # the document carries for other probes.
         if self.recorder is not None:
             self.recorder.add_chunk(document.index, document.tokens[: self.ctx], pos0, dict(logits))
+
+    def on_top(self, document: Document, by_config: Mapping[str, TopLogprobs]) -> None:
+        # The same positions as on_chunk's, every server_stride-th of them (an engine without
+        # full logits).
+        if self.recorder is not None:
+            self.recorder.add_top(document.index, document.tokens[: self.ctx], dict(by_config))
 
     def end_unit(self) -> list[Row] | None:
         """Commit the chunks recorded during the unit; the journal gets them bit for bit."""
@@ -147,11 +178,15 @@ class DivergenceRun(ProbeRun):
                 new = DocumentArrays(
                     rec.config, rec.doc, rec.nll[start:], rec.kld[start:], rec.top1_agree[start:]
                 )
+                bounded = sum(rec.bounded[start:])
                 data.append({"config": rec.config, "doc": rec.doc,
-                             **{name: encode_exact(v) for name, v in new.arrays().items()}})  # fmt: skip
+                             **{name: encode_exact(v) for name, v in new.arrays().items()},
+                             **({"nll_bounded": bounded} if bounded else {})})  # fmt: skip
                 self.committed[key] = len(rec.nll)
         if self.recorder.repeat_nll_gap is not None:  # a grouped run: the reference fed again
             data.append({"repeat_nll_gap": self.recorder.repeat_nll_gap})
+        if self.recorder.n_probs is not None:  # what the KL is, for a run resumed from here
+            data.append({"top_n": self.recorder.n_probs, "stride": self.recorder.top_stride})
         return data
 
     def replay_unit(self, data: Any) -> None:
@@ -168,8 +203,12 @@ class DivergenceRun(ProbeRun):
                 gap = float(entry["repeat_nll_gap"])
                 self.recorder.repeat_nll_gap = max(gap, self.recorder.repeat_nll_gap or 0.0)
                 continue
+            if "top_n" in entry:
+                _replay_top(self.recorder, entry)
+                continue
             key = (entry["config"], int(entry["doc"]))
             rec = self.recorder.records.setdefault(key, DocumentArrays(*key))
+            rec.bounded.append(int(entry.get("nll_bounded", 0)))
             rec.nll.append(decode_exact(entry["nll"]))
             if "kld" in entry:
                 rec.kld.append(decode_exact(entry["kld"]))
@@ -188,6 +227,18 @@ class DivergenceRun(ProbeRun):
                     out.setdefault(rec.config, []).append(kept.arrays())
         return out
 
+    def bounded_nll(self) -> dict[str, dict[str, float]]:
+        """Per configuration (finished units only): positions whose NLL is only a lower bound,
+        and their share of its positions."""
+        counts: dict[str, list[int]] = {}
+        if self.recorder is not None:
+            for key, rec in self.recorder.records.items():
+                n = self.committed.get(key, 0)
+                found = counts.setdefault(rec.config, [0, 0])
+                found[0] += sum(rec.bounded[:n])
+                found[1] += sum(len(a) for a in rec.nll[:n])
+        return {c: {"n": k, "share": k / total if total else 0.0} for c, (k, total) in counts.items()}
+
     def measured(self) -> Arrays:
         return {c: a for c, a in self.arrays().items() if c != NULL_ROWS}
 
@@ -195,9 +246,11 @@ class DivergenceRun(ProbeRun):
         if self.reference is None or self.reference not in (measured := self.measured()):
             return {}
         metrics = DivergenceProbe().metrics
+        stride = 1 if self.recorder is None else self.recorder.stride
         return checkpoint_spans(
-            measured, self.reference, self.checkpoints, metrics, block=self.spec.block, seed=self.seed
-        )
+            measured, self.reference, self.checkpoints, metrics, block=self.spec.block, seed=self.seed,
+            stride=stride, lower_bound=self.recorder is not None and self.recorder.n_probs is not None,
+        )  # fmt: skip
 
     def section(self, errors: list[dict[str, str]]) -> Row | None:
         """The `divergence` section as measured: the per-position arrays. The onset is a
@@ -216,16 +269,22 @@ class DivergenceRun(ProbeRun):
             for config, docs in configs.items()
             for doc, per_doc in enumerate(docs)
         ]
+        top_n = None if self.recorder is None else self.recorder.n_probs
         section: Row = {
             "reference": self.reference,
             "documents": self.spec.documents,
             "bin_edges": bin_edges(self.checkpoints),
             "block": self.spec.block,
             "onset_reference": self.spec.onset_reference,
+            "stride": 1 if self.recorder is None else self.recorder.stride,
+            "kl": "full" if top_n is None else "top_n_tail",
+            "n_probs": top_n,
             "onset": {c: None for c in configs if c != self.reference},
             "null_check": None,
             "positions": positions,
         }
+        if top_n is not None:
+            section["nll_bounded"] = {c: v for c, v in self.bounded_nll().items() if c in configs}
         if self.recorder is not None and self.recorder.repeat_nll_gap is not None:
             section["reference_repeat_max_nll_gap"] = self.recorder.repeat_nll_gap
         null, reference = arrays.get(NULL_ROWS), arrays[self.reference]
@@ -240,13 +299,25 @@ def add_tail(result: JsonObject, seed: int) -> None:
     section = result["divergence"]
     probe = DivergenceProbe()
     arrays = divergence_arrays(result)
-    cs = CurveSettings(result["run"]["checkpoints"], section["block"], section["onset_reference"], seed)
+    cs = curve_settings(result, seed)
     metrics = [m for m in probe.metrics if m.name in ("kld_p999", "ppl")]
     rows, _ = divergence_curve(arrays, section["reference"], cs, metrics)
     result["summary"] += [r for r in rows if r["metric"] == "kld_p999"]
     section["spans"] = checkpoint_spans(
-        arrays, section["reference"], cs.checkpoints, probe.metrics, block=section["block"], seed=seed
-    )
+        arrays, section["reference"], cs.checkpoints, probe.metrics, block=section["block"], seed=seed,
+        stride=cs.stride, lower_bound=section.get("kl") == "top_n_tail",
+    )  # fmt: skip
+
+
+def stride_of(section: Mapping[str, Any]) -> int:
+    """Positions between a document's values: 1 in a file written before strides (full logits)."""
+    return int(section.get("stride") or 1)
+
+
+def curve_settings(result: ResultDoc | JsonObject, seed: int) -> CurveSettings:
+    section = result["divergence"]
+    checkpoints, stride = result["run"]["checkpoints"], stride_of(section)
+    return CurveSettings(checkpoints, section["block"], section["onset_reference"], seed, stride=stride)
 
 
 def null_check_summary(reference: list[dict[str, np.ndarray]], null: list[dict[str, np.ndarray]]) -> Row:
@@ -309,6 +380,8 @@ class DivergenceProbe(Probe):
         if not 1 <= spec.block <= 1024:
             raise bad(source, "divergence.block", "must be between 1 and 1024")
         within(source, "divergence.onset_reference", spec.onset_reference, 2, MAX_CHECKPOINT)
+        within(source, "divergence.server_stride", spec.server_stride, 1, MAX_CHECKPOINT)
+        within(source, "divergence.server_n_probs", spec.server_n_probs, 1, MAX_N_PROBS)
 
     def check_run(
         self, scenario: Scenario, *, mode: str, ctx: int, baseline: str | None, null_check: bool
@@ -318,8 +391,11 @@ class DivergenceProbe(Probe):
 
     def needs(self, scenario: Scenario, *, mode: str) -> Needs:
         # Every position's logits of the first documents, in one pass; the null check is its.
-        reads = scenario.spec(DivergenceSpec).documents if mode == "onepass" else 0
-        return Needs(logit_documents=reads, null_check=True)
+        spec = scenario.spec(DivergenceSpec)
+        reads = spec.documents if mode == "onepass" else 0
+        return Needs(
+            logit_documents=reads, null_check=True, top_stride=spec.server_stride, top_n=spec.server_n_probs
+        )
 
     def start(self, setup: RunSetup) -> DivergenceRun:
         return DivergenceRun(setup)
@@ -345,14 +421,14 @@ class DivergenceProbe(Probe):
         section = result.get("divergence")
         if not section or result.get("baseline") is None:
             return []
-        cs = CurveSettings(result["run"]["checkpoints"], section["block"], section["onset_reference"], seed)
+        cs = curve_settings(result, seed)
         rows, onsets = divergence_curve(
             measured or divergence_arrays(result), section["reference"], cs, self.metrics
         )
         section["onset"] = onsets
         section["spans"] = checkpoint_spans(
             measured or divergence_arrays(result), section["reference"], cs.checkpoints, self.metrics,
-            block=section["block"], seed=seed,
+            block=section["block"], seed=seed, stride=cs.stride, lower_bound=section.get("kl") == "top_n_tail",
         )  # fmt: skip
         return rows
 
@@ -375,6 +451,8 @@ class DivergenceProbe(Probe):
             return "No divergence figures."
         lo, hi = pooled["ci"]
         where = whole_or_positions(pooled.get("bin"), int(result["run"]["ctx"]))
+        if kl_words(result.get("divergence") or {}):  # the table and the lines say which top n
+            where += "; over the top n + tail, a lower bound"
         kl = f"Its mean KL ({where}) from {baseline} is {pooled['value']:.3g} [{lo:.3g}, {hi:.3g}]"
         found = onsets[config]
         if found is None:
@@ -389,7 +467,7 @@ class DivergenceProbe(Probe):
         section = result.get("divergence") or {}
         return PositionEvidence(
             onsets=section.get("onset", {}), spans=section.get("spans") or {}, blocks=kl_blocks(result),
-            loss_metric="kld_mean",
+            loss_metric="kld_mean", stride=stride_of(section),
         )  # fmt: skip
 
     def matrix_columns(self) -> list[MatrixColumn]:
@@ -414,6 +492,8 @@ class DivergenceProbe(Probe):
         consecutive positions are the units, as in the curve's intervals."""
         if not old.get("divergence") or not new.get("divergence"):
             return []
+        if not _comparable(old["divergence"], new["divergence"], paired):
+            return []  # a KL over the top n is not the full KL: the differences would mean nothing
         edges = old["divergence"]["bin_edges"]
         if edges != new["divergence"]["bin_edges"]:
             edges = [edges[0], min(edges[-1], new["divergence"]["bin_edges"][-1])]
@@ -454,22 +534,29 @@ def kl_blocks(result: ResultDoc | JsonObject) -> dict[str, list[tuple[int, np.nd
         found = out.setdefault(config, [])
         for doc in (d for d in per_doc if "kld" in d):
             values = doc["kld"].astype(float)
-            positions = np.arange(1, len(values) + 1)
+            positions = sampled_positions(len(values), stride_of(section))
             for lo, hi in itertools.pairwise(edges):
-                cut = split_blocks(values, positions, lo, hi, block)
-                found += [(lo + i * block, b) for i, b in enumerate(cut)]
+                found += blocks_from(values, positions, lo, hi, block)
     return out
 
 
+def _comparable(old: Mapping[str, Any], new: Mapping[str, Any], paired: bool) -> bool:
+    """Two sections' KL measure the same thing (full, or over the same top n); paired block by
+    block, at the same positions too."""
+    kind = [(s.get("kl", "full"), s.get("n_probs")) for s in (old, new)]
+    return kind[0] == kind[1] and (not paired or stride_of(old) == stride_of(new))
+
+
 def _reach(result: ResultDoc | JsonObject, config: str) -> int:
-    """The last position every document of `config` holds (a configuration --until-decided
-    stopped holds fewer than the run's context)."""
+    """The positions every document of `config` covers: it holds every sampled position up to
+    this one (a configuration --until-decided stopped holds fewer than the run's context)."""
+    section = result.get("divergence") or {}
     found = [
         int(rec["kld"]["n"]) if isinstance(rec.get("kld"), dict) and "n" in rec["kld"] else 1 << 30
-        for rec in (result.get("divergence") or {}).get("positions", [])
+        for rec in section.get("positions", [])
         if rec["config"] == config
     ]
-    return min(found, default=1 << 30)
+    return min(found, default=1 << 30) * stride_of(section)
 
 
 def _compared_spans(edges: list[int], reach: int) -> list[tuple[int, int, str]]:
@@ -489,9 +576,42 @@ def _block_means(
     for rec in section.get("positions", []):
         if rec["config"] == config and name in rec:
             values = decode_array(rec[name]).astype(float)
-            positions = np.arange(1, len(values) + 1)
+            positions = sampled_positions(len(values), stride_of(section))
             means += [float(b.mean()) for b in split_blocks(values, positions, lo, hi, block)]
     return means
+
+
+def _ordinal(n: int) -> str:
+    tail = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{tail}"
+
+
+def sampled_words(section: Mapping[str, Any]) -> str:
+    """Which positions a section's numbers come from: "every position", "every 4th position"."""
+    stride = stride_of(section)
+    return "every position" if stride == 1 else f"every {_ordinal(stride)} position"
+
+
+def kl_words(section: Mapping[str, Any]) -> str | None:
+    """What a section's KL is where it is not the full KL (an engine without full logits), said
+    once where its numbers are shown; None for the full KL."""
+    if section.get("kl", "full") != "top_n_tail":
+        return None
+    return (
+        f"KL over the top {section.get('n_probs') or 0:,} + tail (a lower bound of the full KL), "
+        f"{sampled_words(section)}"
+    )
+
+
+def bounded_words(section: Mapping[str, Any]) -> list[str]:
+    """Per configuration whose NLL was only bounded somewhere: how often, and what that makes of
+    its perplexity."""
+    return [
+        f"{plain(cid)}: the NLL is only a lower bound at {found['n']:,} position{'s' * (found['n'] != 1)} "
+        f"({100 * found['share']:.2g}%): its perplexity is a lower bound"
+        for cid, found in (section.get("nll_bounded") or {}).items()
+        if found.get("n")
+    ]
 
 
 def _milli(value: float, ci: list[float]) -> str:
@@ -510,8 +630,10 @@ def divergence_table(result: ResultDoc) -> Table:
         if r["probe"] == "divergence"
     }
     configs = [c["id"] for c in result["configs"] if c["id"] != reference]
+    what = kl_words(section)
     table = Table(
-        title=f"Mean KL divergence from {plain(reference)} by position, in 10⁻³ nats "
+        title=(f"{what}. " if what else "")
+        + f"Mean KL divergence from {plain(reference)} by position, in 10⁻³ nats "
         f"(block-bootstrap 95% interval), top-1 agreement; ▲ = onset, the first bin from which "
         f"KL stays significantly above positions < {section['onset_reference']}"
     )
@@ -545,7 +667,9 @@ def divergence_table(result: ResultDoc) -> Table:
 def divergence_lines(result: ResultDoc) -> list[str]:
     """The onset per configuration and the null check, in words."""
     section = result["divergence"]
-    lines = []
+    what = kl_words(section)
+    lines = [f"{what}; top-1 agreement and perplexity at the same positions"] if what else []
+    lines += bounded_words(section)
     pooled = {
         (r["config"], r["metric"]): r["value"]
         for r in result["summary"]
@@ -613,10 +737,12 @@ def divergence_figures(result: ResultDoc) -> list[Figure]:
             x = float(onset["bin"][1])
             markers.append(Marker(c, x, series.y[series.x.index(x)], f"onset {c}"))
     axis = "position in the document (tokens, bin upper edge, log2 axis)"
+    what = kl_words(section)
     return [
         LineFigure(
             "divergence-kl",
-            f"Mean KL divergence from {reference} by position (95% block bootstrap; ▲ onset)",
+            f"Mean KL divergence from {reference} by position (95% block bootstrap; ▲ onset)"
+            + (f"; {what}" if what else ""),
             axis,
             "mean KL (nats)",
             kl,
@@ -625,7 +751,8 @@ def divergence_figures(result: ResultDoc) -> list[Figure]:
         ),
         LineFigure(
             "divergence-top1",
-            f"Top-1 agreement with {reference} by position (95% block bootstrap)",
+            f"Top-1 agreement with {reference} by position (95% block bootstrap"
+            + (f"; {sampled_words(section)})" if what else ")"),
             axis,
             "share of positions with the same argmax",
             top1,

@@ -65,6 +65,28 @@ DIVERGENCE = record(
         "onset_reference": integer(
             'positions below this are "the shortest bins" the later bins are tested against', lo=2
         ),
+        "stride": integer(
+            "positions between a document's values: position *p* = 1 + `stride` · *j* for index *j* "
+            "(1, every position, where absent); a block of `block` positions holds `block` / `stride` values",
+            lo=1,
+        ),
+        "kl": text(
+            "what `kld` is: `full` (over the whole vocabulary, from every position's logits; where absent) "
+            "or `top_n_tail` (an engine without full logits, a llama-server: over the tokens both the "
+            "reference's and the configuration's top `n_probs` list, each its own bucket, plus one "
+            "bucket for the rest of the vocabulary; a lower bound of the full KL, by the data-processing "
+            "inequality)",
+            enum=["full", "top_n_tail"],
+        ),
+        "n_probs": nullable(
+            integer("`top_n_tail`: the top n the KL is over (the fewest a position had); `null`: full", lo=1)
+        ),
+        "nll_bounded": mapping(
+            record({"n": INT, "share": number(minimum=0, maximum=1)}, ["n", "share"]),
+            "`top_n_tail` only: {config: {`n`, `share`}}: positions where the engine gave only an upper "
+            "bound of the true token's log-prob; `nll` holds the lower bound of the NLL it gives there (so "
+            "`ppl` is a lower bound where `n` > 0)",
+        ),
         "onset": mapping(
             nullable(
                 record({"bin": pair(integer(lo=1)), "ctx": INT, "p_holm": NUM}, ["bin", "ctx", "p_holm"])
@@ -118,7 +140,7 @@ DIVERGENCE = record(
             "one entry per (config, document): `config`, `doc`, and per-position arrays `nll` (every "
             "configuration), `kld`, `top1_agree` (test configurations); each array is `{dtype, n, "
             "zlib_base64}`: little-endian binary (`<f4` float32, `|u1` 0/1), zlib-compressed, base64 text; "
-            "index *j* is position *j* + 1",
+            "index *j* is position 1 + `stride` · *j* (*j* + 1 with full logits)",
         ),
     },
     ["reference", "bin_edges", "block", "documents", "onset_reference", "onset", "positions"],
@@ -165,6 +187,8 @@ The reference and every test configuration evaluate the first `documents` docume
 plan in lockstep: each chunk is decoded by every context, and every position's logits are
 reduced at once to per-position numbers (memory never holds more than chunk × n_vocab floats
 per context). Position *p* is the prediction of token *p* (1 ≤ *p* < ctx) from tokens 0 … *p* − 1.
+An engine without full logits (a llama-server) reads every `stride`-th position's top `n_probs`
+log-probs and the true token's: `kl` is then `top_n_tail`, a lower bound of the full KL.
 
 <!-- table: divergence -->
 """
@@ -215,6 +239,9 @@ def arrays_intact(doc: Doc) -> str | None:
     reference = section["reference"]
     if reference != doc["baseline"]:
         return f"divergence.reference {brief(reference)} must be the baseline, {brief(doc['baseline'])}"
+    if (section.get("kl") == "top_n_tail") != (section.get("n_probs") is not None):
+        return "divergence.n_probs must be set exactly where divergence.kl is top_n_tail"
+    stride = int(section.get("stride") or 1)
     for i, rec in enumerate(section["positions"]):
         at = ["divergence", "positions", i]
         names = ["nll"] if rec["config"] == reference else ["nll", "kld", "top1_agree"]
@@ -223,8 +250,9 @@ def arrays_intact(doc: Doc) -> str | None:
                 return f"missing {where([*at, name])}"
             if rec[name]["dtype"] != ARRAY_DTYPES[name]:
                 return f"{where([*at, name, 'dtype'])} must be {brief(ARRAY_DTYPES[name])}"
-            if rec[name]["n"] != rec["nll"]["n"] or rec[name]["n"] > doc["run"]["ctx"]:
-                return f"{where([*at, name, 'n'])} must be nll's and at most run.ctx, not {rec[name]['n']}"
+            n = rec[name]["n"]
+            if n != rec["nll"]["n"] or 1 + stride * (n - 1) > doc["run"]["ctx"]:
+                return f"{where([*at, name, 'n'])} must be nll's, its last position at most run.ctx, not {n}"
             try:
                 decode_array(rec[name])
             except UserError:
@@ -241,12 +269,14 @@ def _divergence_rows(doc: Doc) -> dict[tuple[str, str, str, int], Doc]:
 
 
 def _reach(section: Doc) -> dict[str, int]:
-    """Per configuration, the positions every one of its documents holds."""
+    """Per configuration, the positions every one of its documents covers: every sampled
+    position up to this one."""
     out: dict[str, int] = {}
+    stride = int(section.get("stride") or 1)
     for rec in section.get("positions") or []:
         n = rec.get("kld", {}).get("n") if isinstance(rec.get("kld"), dict) else None
         if isinstance(n, int):
-            out[rec["config"]] = min(n, out.get(rec["config"], n))
+            out[rec["config"]] = min(stride * n, out.get(rec["config"], stride * n))
     return out
 
 
