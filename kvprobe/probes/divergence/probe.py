@@ -428,7 +428,8 @@ class DivergenceProbe(Probe):
         section["onset"] = onsets
         section["spans"] = checkpoint_spans(
             measured or divergence_arrays(result), section["reference"], cs.checkpoints, self.metrics,
-            block=section["block"], seed=seed, stride=cs.stride, lower_bound=section.get("kl") == "top_n_tail",
+            block=section["block"], seed=seed, stride=cs.stride,
+            lower_bound=section.get("kl") == "top_n_tail",
         )  # fmt: skip
         return rows
 
