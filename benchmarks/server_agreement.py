@@ -56,14 +56,13 @@ def divergence(a: dict[str, Any], b: dict[str, Any]) -> None:
     pa, pb = _positions(a), _positions(b)
     for key in sorted(k for k in pb if "kld" in pb[k] and k in pa and "kld" in pa[k]):
         full, trunc = pa[key], pb[key]
-        where = trunc["position"] - 1  # row index of position P in the dense arrays
-        keep = where < len(full["kld"])
-        f, t = full["kld"][where[keep]], trunc["kld"][keep]
+        shared, ia, ib = np.intersect1d(full["position"], trunc["position"], return_indices=True)
+        f, t = full["kld"][ia], trunc["kld"][ib]
         print(
-            f"divergence {key[0]} doc {key[1]}: {keep.sum()} positions; server KL (top n + tail) "
+            f"divergence {key[0]} doc {key[1]}: {len(shared)} positions; server KL (top n + tail) "
             f"{t.mean():.4f} vs in-process full KL {f.mean():.4f} (ratio {t.sum() / f.sum():.3f}); "
-            f"top-1 agreement with the reference {trunc['top1_agree'][keep].mean():.1%} (server) vs "
-            f"{full['top1_agree'][where[keep]].mean():.1%} (in-process)"
+            f"top-1 agreement with the reference {trunc['top1_agree'][ib].mean():.1%} (server) vs "
+            f"{full['top1_agree'][ia].mean():.1%} (in-process)"
         )
 
 

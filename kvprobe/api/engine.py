@@ -336,6 +336,11 @@ class Model(Protocol):
         """Whether `feed_lockstep` can hand every position's full logits (`on_chunk`); else it
         reads sampled positions' top n (`top`)."""
 
+    @property
+    def concurrent_contexts(self) -> bool:
+        """Whether its contexts may work at the same time from different threads without any
+        number changing (each a separate server); else one at a time."""
+
 
 @runtime_checkable
 class Engine(Protocol):

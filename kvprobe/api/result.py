@@ -129,8 +129,8 @@ class Runtime(Record):
     `server_args`, `score_n_probs` (the top n read when scoring answers), `kernel_fallback`, and per
     configuration (`configs`) the server's URL form (never credentials), version or build, its log
     file, the arguments it was started with, what its log says took effect (`applied`: cache types
-    per KV cache, flash attention, rotation, n_ctx, slots, threads, weight buffers, layers
-    offloaded) or, attached, `stated_cache` and `/props`' n_ctx and model path, and
+    and MiB per KV cache (`kv_mib` in all), flash attention, rotation, n_ctx, slots, threads, weight
+    buffers, layers offloaded) or, attached, `stated_cache` and `/props`' n_ctx and model path, and
     `prefill_tps`/`generation_tps` from the server's own timings"""
 
     llama_cpp_python: str | None = None

@@ -22,6 +22,7 @@ AXIS_OPTIONS = {
     "ctx": "contexts",
     "scenario": "scenarios",
     "prompt_format": "formats",
+    "llama_server": "servers",
 }
 MAX_RETRIES = 100
 
@@ -49,6 +50,12 @@ def add_parser(subparsers: Subparsers) -> None:
     axes.add_argument("--ctx", metavar="N[,N...]", help="context lengths (default 8192)")
     axes.add_argument("--scenario", metavar="S[,S...]", help="scenarios (default: default)")
     axes.add_argument("--prompt-format", metavar="F[,F...]", help="auto, chat, raw (default auto)")
+    axes.add_argument(
+        "--llama-server",
+        metavar="PATH[,PATH...]",
+        help="llama-server binaries, each cell started through one (kvprobe run --llama-server); "
+        "in-process: llama.cpp inside kvprobe (the default)",
+    )
     axes.add_argument("--split-kv", action="store_true", help="every cell also runs K-only and V-only")
     run = sweep.add_argument_group("options of every cell's kvprobe run (over the sweep file's [run])")
     run.add_argument("--threads", type=int, help="CPU threads of each run (Ray: CPUs each cell asks for)")
@@ -62,6 +69,12 @@ def add_parser(subparsers: Subparsers) -> None:
     )
     margin_option(run)
     run.add_argument("--no-html", action="store_true", help="no HTML page per cell (the report makes one)")
+    run.add_argument(
+        "--server-arg",
+        action="append",
+        metavar="ARG",
+        help="an argument for every spawned llama-server, repeatable (--server-arg=-ngl --server-arg=99)",
+    )
     how = sweep.add_argument_group("where and how")
     how.add_argument(
         "--out",
@@ -108,6 +121,8 @@ def _run_options(args: argparse.Namespace, base: RunOptions) -> RunOptions:
             given[key] = getattr(args, key)
     if args.no_html:
         given["html"] = False
+    if args.server_arg:
+        given["server_args"] = args.server_arg
     if args.margin:
         margins = {}
         for text in args.margin:

@@ -114,6 +114,11 @@ def _run_locked(
         f"caches {', '.join(c.id for c in request.configs)}, ctx {request.settings.ctx}, "
         f"scenario {request.scenario.name}, {request.settings.mode} mode, "
         f"{describe(prompt_record(request.settings.prompt, RAW_FRAME))}"
+        + (
+            f"; through llama-server {info}"
+            if (info := run_engine(request).runtime_info().get("server_version"))
+            else ""
+        )
         + (f"; resuming {len(done)} finished units from {saved.path}" if saved else ""),
         markup=False,
         highlight=False,

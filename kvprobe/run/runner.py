@@ -5,8 +5,10 @@ particular: it asks them through kvprobe.api (the model it is given feeds its co
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -319,12 +321,8 @@ class Runner:
             for config, context in contexts.items()
             if config not in work.repeats
         }
-        rows: list[Row] = []
-        for config, context in contexts.items():
-            if config not in work.repeats:
-                rows += self._at_checkpoint(
-                    context, config, document, length, what=what, progress=work.progress
-                )
+        measured = [(config, context) for config, context in contexts.items() if config not in work.repeats]
+        rows = self._checkpoint_rows(measured, document, length, what=what, progress=work.progress)
         self._finish_unit(
             key, rows=rows, started=started, evaluated=evaluated, contexts=feeding, on_unit=work.on_unit,
             feed_s=feed_s, reduce_s=reduce_s[0], prefill=(prefill, len(segment), bool(readers)),
@@ -336,18 +334,48 @@ class Runner:
         needs = next(self.needs[name] for name, run in self.runs.items() if run in readers)
         return TopRequest(document.tokens[: self.settings.ctx], needs.top_stride, needs.top_n)
 
+    def _checkpoint_rows(
+        self, measured: list[tuple[str, Context]], document: Document, length: int, *, what: str,
+        progress: Progress,
+    ) -> list[Row]:  # fmt: skip
+        """Every probe's rows for every measured configuration at the checkpoint, in the order
+        given. Contexts that are separate servers (`Model.concurrent_contexts`) work side by
+        side, one thread each: each keeps its own request sequence, so no number changes."""
+        if not self.model.concurrent_contexts or len(measured) < 2:
+            return [
+                row
+                for config, c in measured
+                for row in self._at_checkpoint(c, config, document, length, what=what, progress=progress)
+            ]
+        lock = threading.Lock()
+
+        def locked(n: int, words: str) -> None:
+            with lock:
+                progress(n, words)
+
+        with ThreadPoolExecutor(max_workers=len(measured), thread_name_prefix="kvprobe-checkpoint") as pool:
+            futures = [
+                pool.submit(
+                    self._at_checkpoint, c, config, document, length, what=what, progress=locked, lock=lock
+                )
+                for config, c in measured
+            ]
+            return [row for future in futures for row in future.result()]
+
     def _at_checkpoint(
-        self, context: Context, config: str, document: Document, length: int, *, what: str, progress: Progress
-    ) -> list[Row]:
+        self, context: Context, config: str, document: Document, length: int, *, what: str,
+        progress: Progress, lock: threading.Lock | None = None,
+    ) -> list[Row]:  # fmt: skip
         """Every probe's rows for `config` at the checkpoint, its work counted per probe."""
         rows: list[Row] = []
         for name, run in self.runs.items():
             before, clock = context.tokens_evaluated, time.perf_counter()
             found = run.at_checkpoint(context, config, document, length)
-            spent = self.probe_work.setdefault(name, [0.0, 0, 0])
-            spent[0] += time.perf_counter() - clock
-            spent[1] += context.tokens_evaluated - before
-            spent[2] += len(found)
+            with lock or contextlib.nullcontext():
+                spent = self.probe_work.setdefault(name, [0.0, 0, 0])
+                spent[0] += time.perf_counter() - clock
+                spent[1] += context.tokens_evaluated - before
+                spent[2] += len(found)
             if found or context.tokens_evaluated != before:
                 rows.extend(found)
                 progress(context.tokens_evaluated - before, f"{config} {what} {run.label or name}")

@@ -91,7 +91,9 @@ def print_dry_run(
     console: Console,
 ) -> None:
     table = Table(title=f"kvprobe sweep --dry-run: {len(checks)} cells into {plain(folder)}")
-    for col in ("cell", "model", "caches", "ctx", "scenario", "format", "memory", "time", "state"):
+    servers = any(c.cell.server.spawned for c in checks)
+    columns = ("cell", "model", *(("server",) if servers else ()), "caches", "ctx", "scenario", "format")
+    for col in (*columns, "memory", "time", "state"):
         table.add_column(col, justify="right" if col in ("ctx", "memory", "time") else "left")
     total, measured_any = 0.0, False
     problems = []
@@ -103,9 +105,11 @@ def print_dry_run(
         if isinstance(mem, str):
             problems.append(f"{c.cell.id}: {mem}")
         state = result_state(c.cell.out(folder)) if folder.exists() else "new"
+        server = c.cell.server.name + (f" ({c.server_version})" if c.server_version else "")
         table.add_row(
             plain(c.cell.id),
             plain(c.cell.model.label),
+            *((plain(server),) if servers else ()),
             plain("+".join(c.cell.caches) + (" split-kv" if c.cell.split_kv else "")),
             f"{c.cell.ctx:,}",
             plain(c.cell.scenario_name),
@@ -244,6 +248,7 @@ def _run_locked(
 def _shape(spec: SweepSpec) -> str:
     parts = [
         (len(spec.models), "model"),
+        (len(spec.servers), "server"),
         (len(spec.caches), "cache set"),
         (len(spec.split_kv), "split"),
         (len(spec.contexts), "context"),

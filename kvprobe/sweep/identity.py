@@ -1,5 +1,6 @@
 """Whether a result file is the result of the cell whose place it stands in: the models, cache
-configurations, context, scenario and prompt format its `kvprobe run` words asked for. A file
+configurations, context, scenario, prompt format and llama-server binary (or the in-process
+engine) its `kvprobe run` words asked for. A file
 that two cells share, or that was swapped with another cell's, would otherwise report one
 model's numbers under another's name; the report and --resume refuse it in one line."""
 
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kvprobe.api.result import ModelInfo, Models, ResultDoc
+from kvprobe.engine import DEFAULT_ENGINE as IN_PROCESS_ENGINE
 from kvprobe.infra.errors import UserError
 from kvprobe.plan.scenario import bundled_scenarios, load_scenario
 from kvprobe.run.options import run_parser
@@ -28,6 +30,7 @@ class Asked:
     ctx: int
     scenario: str  # a bundled name or a path
     prompt_format: str | None  # None: auto (the run chooses)
+    server: str | None = None  # the --llama-server binary; None: the in-process engine
 
 
 @functools.cache
@@ -40,7 +43,8 @@ def asked(argv: list[str]) -> Asked:
     args = _run_parser().parse_args(["run", *argv])
     configs, _ = parse_configs(args)
     fmt = None if args.prompt_format in (None, "auto") else args.prompt_format
-    return Asked(tuple(args.model), frozenset(c.id for c in configs), args.ctx, args.scenario, fmt)
+    configs_asked = frozenset(c.id for c in configs)
+    return Asked(tuple(args.model), configs_asked, args.ctx, args.scenario, fmt, args.llama_server)
 
 
 def _same_path(recorded: object, wanted: str) -> bool:
@@ -77,6 +81,25 @@ def _models(doc: ResultDoc | Mapping[str, Any]) -> list[ModelInfo | Mapping[str,
     return [doc.get("model") or {}]
 
 
+def server_binary(doc: ResultDoc | Mapping[str, Any]) -> str | None:
+    """The llama-server binary a result was measured through; None for the in-process engine
+    (and for results from before the server engine, which name no engine)."""
+    runtime = doc.get("runtime") or {}
+    if (runtime.get("engine") or IN_PROCESS_ENGINE) == IN_PROCESS_ENGINE:
+        return None
+    binary = (runtime.get("server") or {}).get("binary")
+    return str(binary) if binary else "a llama-server kvprobe did not start (--server URL)"
+
+
+def _server_mismatch(cell: Asked, doc: ResultDoc | Mapping[str, Any]) -> str | None:
+    binary = server_binary(doc)
+    if cell.server is None:
+        return None if binary is None else f"it was measured through {binary}, the cell's in-process"
+    if binary is None or not _same_path(binary, cell.server):
+        return f"it was measured through {binary or 'the in-process engine'}, the cell's {cell.server}"
+    return None
+
+
 def mismatch(cell: Asked, doc: ResultDoc | Mapping[str, Any]) -> str | None:
     """How a validated result document differs from what the cell asked, in words; None when
     it is the cell's."""
@@ -102,7 +125,7 @@ def mismatch(cell: Asked, doc: ResultDoc | Mapping[str, Any]) -> str | None:
     fmt = (doc.get("prompt") or {}).get("format", "raw")
     if cell.prompt_format is not None and fmt != cell.prompt_format:
         return f"its prompt format is {fmt}, the cell's {cell.prompt_format}"
-    return None
+    return _server_mismatch(cell, doc)
 
 
 def model_sha256(doc: ResultDoc | Mapping[str, Any]) -> list[tuple[str, str]]:

@@ -1,7 +1,7 @@
-"""A sweep's cells merged: per model × cache configuration × context the decision, effective
-context, mean KL, KV memory and prefill speed (each cell's own frontier rows, read from its
-result file), and the cells that failed or never ran, with why. Pure: the manifest's records
-and the loaded result documents in, rows out."""
+"""A sweep's cells merged: per model (and llama-server build) × cache configuration × context
+the decision, effective context, mean KL, KV memory and prefill speed (each cell's own
+frontier rows, read from its result file), and the cells that failed or never ran, with why.
+Pure: the manifest's records and the loaded result documents in, rows out."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ from typing import Any
 
 from kvprobe.api.result import ResultDoc
 from kvprobe.stats.decision import frontier
+from kvprobe.sweep.identity import server_binary
+from kvprobe.sweep.spec import IN_PROCESS
 
 # Decisions from best to worst, as the heatmap colours them (the reference is its own colour).
 DECISIONS = ("reference", "equivalent", "undecided", "worse")
@@ -19,7 +21,7 @@ DECISIONS = ("reference", "equivalent", "undecided", "worse")
 @dataclass(frozen=True)
 class SweepRow:
     cell: str
-    model: str  # the model's label, with the scenario and format where the sweep varies them
+    model: str  # the model's label, with its server, scenario and format where the sweep has them
     config: str
     ctx: int
     status: str  # one of DECISIONS
@@ -37,9 +39,13 @@ class Problem:
     why: str
 
 
-def variant(axes: Mapping[str, Any], varied: set[str]) -> str:
-    """The cell's row name: its model, and its scenario and prompt format where those vary."""
+def variant(axes: Mapping[str, Any], varied: set[str], build: str = "") -> str:
+    """The cell's row name: its model; where any cell starts a llama-server, where it ran and the
+    build its result names (two builds of one version stay two rows: their names differ); its
+    scenario and prompt format where those vary."""
     parts = [str(axes["model"])]
+    if "server" in varied:
+        parts.append(str(axes.get("server", IN_PROCESS)) + (f" ({build})" if build else ""))
     if "scenario" in varied:
         parts.append(str(axes["scenario"]).rsplit("/", 1)[-1].removesuffix(".toml"))
     if "format" in varied:
@@ -48,11 +54,19 @@ def variant(axes: Mapping[str, Any], varied: set[str]) -> str:
 
 
 def varied_axes(records: Mapping[str, Any]) -> set[str]:
-    out = set()
+    out = {"server"} if any("server" in r.axes for r in records.values()) else set()
     for key in ("scenario", "format"):
         if len({str(r.axes[key]) for r in records.values()}) > 1:
             out.add(key)
     return out
+
+
+def build(doc: ResultDoc) -> str:
+    """The llama.cpp a result measured: its llama-server's `--version`, or kvprobe's own."""
+    runtime = doc.get("runtime") or {}
+    if server_binary(doc) is not None:
+        return str(runtime.get("server_version") or "version unknown")
+    return f"llama-cpp-python {runtime.get('llama_cpp_python') or '?'}"
 
 
 def cell_rows(cell: str, model: str, doc: ResultDoc) -> list[SweepRow]:
@@ -89,7 +103,10 @@ def merge(
     missing: list[Problem] = []
     for cell, record in records.items():
         if cell in results:
-            rows += cell_rows(cell, variant(record.axes, varied), results[cell])
+            doc = results[cell]
+            rows += cell_rows(
+                cell, variant(record.axes, varied, build(doc) if "server" in varied else ""), doc
+            )
         elif cell in problems:
             missing.append(problems[cell])
         else:

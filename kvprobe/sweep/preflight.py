@@ -1,6 +1,8 @@
 """Before a sweep starts: every cell checked as `kvprobe run` checks its options (a cell that
-could never run is refused now, not hours later), and, where asked, what each cell needs: the
-memory from the models' headers (the run's own pre-flight estimate) and a time.
+could never run is refused now, not hours later), each llama-server binary asked its `--version`
+once (one that is not llama-server is refused now, not in every cell), and, where asked, what
+each cell needs: the memory from the models' headers (the run's own pre-flight estimate) and a
+time.
 
 The time is rough until cells finish: depth-weighted tokens (kvprobe.run.pace) times a cost per
 token that grows with the weights' size and the cache types, on this host's cores. Finished
@@ -10,12 +12,15 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from kvprobe.api.cache_types import CacheConfig, check_flash_attn
+from kvprobe.api.engine import EngineOptions
+from kvprobe.engine import get_engine
 from kvprobe.infra.errors import UserError
+from kvprobe.run.engine_choice import SERVER_ENGINE, engine_choice
 from kvprobe.run.options import run_parser
 from kvprobe.run.pace import StepShape
 from kvprobe.run.validate import (
@@ -59,6 +64,7 @@ class CellCheck:
     scenario: Any = field(repr=False)
     baseline: str | None = None
     null_check: bool = False
+    server_version: str | None = None  # the cell's llama-server's `--version` (None: in-process)
 
     @property
     def rough_seconds(self) -> float:
@@ -95,6 +101,12 @@ def check_cell(cell: Cell, spec: SweepSpec, sweep_dir: Path) -> CellCheck:
         model_paths = run_models(args, configs, baseline)
         check_probes(scenario, mode=args.mode, ctx=args.ctx, baseline=baseline, null_check=args.null_check)
         check_until_decided(args, scenario, configs, baseline)
+        if cell.server.spawned and cell.model.test:  # kvprobe run refuses it once it has read the headers
+            raise UserError(
+                "weights vs KV (two --model files) runs on the in-process engine: leave this pair's "
+                "server cells out ([[exclude]] with its model and server)"
+            )
+        engine_choice(args, cell.out(sweep_dir))  # the binary, and --server-arg words kvprobe must set
     except UserError as exc:
         raise UserError(f"sweep cell {cell.id}: {exc}") from None
     gpu = args.gpu_layers is not None and args.gpu_layers != 0
@@ -114,7 +126,21 @@ def check_cell(cell: Cell, spec: SweepSpec, sweep_dir: Path) -> CellCheck:
 
 
 def check_cells(cells: Sequence[Cell], spec: SweepSpec, sweep_dir: Path) -> list[CellCheck]:
-    return [check_cell(c, spec, sweep_dir) for c in cells]
+    checks = [check_cell(c, spec, sweep_dir) for c in cells]
+    versions = {
+        s.path: server_version(s.path, s.name) for s in dict.fromkeys(c.server for c in cells) if s.spawned
+    }
+    return [replace(c, server_version=versions.get(c.cell.server.path)) for c in checks]
+
+
+def server_version(binary: str, name: str) -> str:
+    """The binary's `--version`, as the run will record it; a binary that prints none (not
+    llama-server, or one that dies at once) is one line naming it."""
+    engine = get_engine(SERVER_ENGINE).configured(EngineOptions(binary=Path(binary).resolve()))
+    try:
+        return str(engine.runtime_info()["server_version"])
+    except UserError as exc:
+        raise UserError(f"sweep server {name}: {exc}") from None
 
 
 class Headers:
@@ -152,8 +178,9 @@ def memory_bytes(check: CellCheck, headers: Headers) -> int:
 
 
 def model_key(check: CellCheck) -> str:
-    """What cells share a speed: the same weights (and where they run)."""
-    return "+".join(str(p) for p in check.model_paths) + (" gpu" if check.on_gpu else "")
+    """What cells share a speed: the same weights (and where they run: GPU, llama-server)."""
+    server = f" {check.cell.server.path}" if check.cell.server.spawned else ""
+    return "+".join(str(p) for p in check.model_paths) + (" gpu" if check.on_gpu else "") + server
 
 
 class Calibration:

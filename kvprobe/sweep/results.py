@@ -2,8 +2,9 @@
 the bounded reader (a FIFO, a /proc file or a huge file in a sweep folder must not hang either),
 every file in its cell's own place (the `cells` folder a real folder of the sweep, no result a
 link, no file two cells share), and every complete result checked to be its cell's (the model,
-caches, context, scenario and prompt format the cell's words asked for; one model path, one
-file). A result in the wrong place is one UserError naming it and the fix."""
+caches, context, scenario, prompt format and llama-server the cell's words asked for; one model
+path, one file; one llama-server path, one build). A result in the wrong place is one
+UserError naming it and the fix."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from kvprobe.infra.errors import UserError
 from kvprobe.infra.paths import read_input_text
 from kvprobe.result.journal import journal_path
 from kvprobe.result.store import MAX_RESULT_BYTES, Result
-from kvprobe.sweep.identity import asked, mismatch, model_sha256
+from kvprobe.sweep.identity import asked, mismatch, model_sha256, server_binary
 
 DONE, PARTIAL, ABSENT, UNREADABLE = "done", "partial", "absent", "unreadable"
 
@@ -110,6 +111,7 @@ def read_cells(folder: Path, records: Mapping[str, Any], *, shown: bool, resume:
     found: dict[str, Found] = {}
     files: dict[tuple[int, int], str] = {}
     models: dict[str, tuple[str, str]] = {}  # model path -> (sha256, the first cell that measured it)
+    builds: dict[str, tuple[str, str]] = {}  # llama-server path -> (its --version, the first cell)
     for cell, record in records.items():
         out = folder / record.out
         if (problem := place_problem(out)) is not None:
@@ -130,4 +132,27 @@ def read_cells(folder: Path, records: Mapping[str, Any], *, shown: bool, resume:
                     f"{seen[:12]}… and {sha[:12]}…): it changed during the sweep; move away the results "
                     f"measured with the old file and run `{resume}`"
                 )
+        _same_build(folder, cell, found[cell].doc or {}, builds, resume)
     return found
+
+
+def _same_build(
+    folder: Path,
+    cell: str,
+    doc: ResultDoc | Mapping[str, Any],
+    builds: dict[str, tuple[str, str]],
+    resume: str,
+) -> None:
+    """A llama-server binary is one build throughout a sweep: one rebuilt at its path between
+    cells would set two builds' numbers side by side under one name."""
+    binary = server_binary(doc)
+    if binary is None:
+        return
+    version = str((doc.get("runtime") or {}).get("server_version"))
+    seen, first = builds.setdefault(binary, (version, cell))
+    if seen != version:
+        raise UserError(
+            f"sweep {folder}: llama-server {binary} was not the same build in cells {first} and {cell} "
+            f"({seen} and {version}): it was rebuilt during the sweep; move away the results measured "
+            f"with the old build and run `{resume}`"
+        )

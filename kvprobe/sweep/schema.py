@@ -36,7 +36,7 @@ from kvprobe.result.blocks import (
 from kvprobe.run.options import MAX_CTX, MIN_CTX
 from kvprobe.run.validate import MAX_GPU_LAYERS, MAX_MARGIN, MAX_SEED, MAX_THREADS
 from kvprobe.sweep.cells import MAX_CELLS
-from kvprobe.sweep.spec import MAX_AXIS
+from kvprobe.sweep.spec import IN_PROCESS, MAX_AXIS
 
 KIND = "kvprobe-sweep"
 VERSION = 1
@@ -47,6 +47,7 @@ PATH = text(minLength=1, maxLength=4096)
 # name. Relative paths would mean whatever the folder a sweep is resumed from makes of them.
 MODEL_PATH = text("an absolute path, or `default`", pattern=r"^(default|/.*)$", maxLength=4096)
 SCENARIO = text("an absolute path, or a bundled scenario's name", pattern=r"^(/.*|[A-Za-z0-9_-]+)$")
+SERVER_PATH = text(f"an absolute path, or `{IN_PROCESS}`", pattern=f"^({IN_PROCESS}|/.*)$", maxLength=4096)
 CACHE = text(enum=sorted(GGML_TYPE_IDS))
 NAME = text(minLength=1, maxLength=100)
 
@@ -60,6 +61,7 @@ MODEL = record(
     ["path", "test", "name"],
     additionalProperties=False,
 )
+SERVER = record({"path": SERVER_PATH, "name": NAME}, ["path", "name"], additionalProperties=False)
 RUN_FIELDS: dict[str, Schema] = {
     "threads": nullable(integer(lo=1, hi=MAX_THREADS)),
     "seed": integer(lo=0, hi=MAX_SEED),
@@ -72,8 +74,11 @@ RUN_FIELDS: dict[str, Schema] = {
     "no_flash_attn": flag(),
     "no_rotation": flag(),
     "html": flag(),
+    "server_args": listing(text(minLength=1, maxLength=4096), maxItems=256),
 }
-RUN = record(RUN_FIELDS, list(RUN_FIELDS), additionalProperties=False)
+# server_args and the servers axis came later: a manifest written before them has neither.
+LATER = ("server_args", "servers", "server")
+RUN = record(RUN_FIELDS, [k for k in RUN_FIELDS if k not in LATER], additionalProperties=False)
 EXCLUDE = record(
     {
         "model": text(),
@@ -82,6 +87,7 @@ EXCLUDE = record(
         "ctx": integer(),
         "scenario": text(),
         "format": text(),
+        "server": text(),
     },
     minProperties=1,
     additionalProperties=False,
@@ -95,6 +101,7 @@ SPEC = record(
         "contexts": axis(integer(lo=MIN_CTX, hi=MAX_CTX)),
         "scenarios": axis(SCENARIO),
         "formats": axis(text(enum=list(PROMPT_FORMATS))),
+        "servers": axis(SERVER),
         "exclude": listing(EXCLUDE, maxItems=MAX_CELLS),
         "run": RUN,
         "source": text(maxLength=8192),
@@ -110,6 +117,7 @@ AXES = record(
         "ctx": integer(lo=MIN_CTX, hi=MAX_CTX),
         "scenario": SCENARIO,
         "format": text(enum=list(PROMPT_FORMATS)),
+        "server": NAME,  # only a cell that starts a llama-server has it
     },
     ["model", "caches", "split_kv", "ctx", "scenario", "format"],
     additionalProperties=False,

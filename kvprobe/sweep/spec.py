@@ -1,13 +1,15 @@
-"""What a sweep asks for: the axes (models or weight pairs, cache sets, --split-kv, contexts,
-scenarios, prompt formats), the cells left out, and the options every cell's `kvprobe run`
-gets. Read from a TOML file or from the command line's comma lists; every key and value is
-checked, and a bad one is one UserError naming the file, the key and the fix.
+"""What a sweep asks for: the axes (models or weight pairs, llama-server binaries, cache sets,
+--split-kv, contexts, scenarios, prompt formats), the cells left out, and the options every
+cell's `kvprobe run` gets. Read from a TOML file or from the command line's comma lists;
+every key and value is checked, and a bad one is one UserError naming the file, the key and
+the fix.
 
 Relative paths in a sweep file are taken from the file's folder, so a sweep file and its
 models can move together."""
 
 from __future__ import annotations
 
+import os
 import tomllib
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -25,6 +27,9 @@ from kvprobe.run.options import MAX_CTX, MIN_CTX
 MAX_SWEEP_BYTES = 1 << 20  # a sweep file is a page of TOML
 MAX_AXIS = 256  # values per axis: more is a generated file gone wrong, not a plan
 DEFAULT_MODEL = "default"  # the embedded default model (the `model` extra)
+# The servers axis' value for llama.cpp inside kvprobe's process (no server): a value of its own, so
+# one sweep can set a llama-server build beside kvprobe's own llama.cpp; the axis left out is this.
+IN_PROCESS = "in-process"
 
 
 @dataclass(frozen=True)
@@ -53,6 +58,19 @@ def _stem(path: str) -> str:
 
 
 @dataclass(frozen=True)
+class ServerChoice:
+    """One value of the servers axis: a llama-server binary (an absolute path) that each cell
+    starts once per cache type (`kvprobe run --llama-server PATH`), or IN_PROCESS."""
+
+    path: str = IN_PROCESS
+    name: str = IN_PROCESS  # the label in cell names and tables (`_server_labels`)
+
+    @property
+    def spawned(self) -> bool:
+        return self.path != IN_PROCESS
+
+
+@dataclass(frozen=True)
 class RunOptions:
     """Options every cell's `kvprobe run` gets ([run] in a sweep file). None: run's default."""
 
@@ -67,9 +85,11 @@ class RunOptions:
     no_flash_attn: bool = False
     no_rotation: bool = False
     html: bool = True  # each cell's own page beside its result
+    # --server-arg words of every spawned llama-server: only its cells get them (Cell.argv)
+    server_args: list[str] = field(default_factory=list, metadata={"chars": 4096, "items": (0, 256)})
 
     def argv(self) -> list[str]:
-        """These options as `kvprobe run` words."""
+        """These options as `kvprobe run` words (server_args aside: Cell.argv adds them)."""
         words: list[str] = []
         for flag, value in (
             ("--threads", self.threads),
@@ -97,9 +117,9 @@ class RunOptions:
         return words
 
 
-AXES = ("models", "caches", "split_kv", "contexts", "scenarios", "formats")
+AXES = ("models", "servers", "caches", "split_kv", "contexts", "scenarios", "formats")
 # What an [[exclude]] entry may name: the axis value of a cell, by the cell's own word for it.
-EXCLUDE_KEYS = ("model", "caches", "split_kv", "ctx", "scenario", "format")
+EXCLUDE_KEYS = ("model", "caches", "split_kv", "ctx", "scenario", "format", "server")
 
 
 @dataclass(frozen=True)
@@ -113,6 +133,7 @@ class SweepSpec:
     contexts: list[int]
     scenarios: list[str]  # bundled names or absolute paths
     formats: list[str]
+    servers: list[ServerChoice] = field(default_factory=lambda: [ServerChoice()])
     exclude: list[dict[str, Any]] = field(default_factory=list)
     run: RunOptions = RunOptions()
     source: str = "the command line"
@@ -131,6 +152,8 @@ class SweepSpec:
             contexts=list(data["contexts"]),
             scenarios=list(data["scenarios"]),
             formats=list(data["formats"]),
+            # absent from manifests written before the servers axis: in-process only
+            servers=[ServerChoice(**s) for s in data.get("servers") or [asdict(ServerChoice())]],
             exclude=[dict(e) for e in data["exclude"]],
             run=RunOptions(**data["run"]),
             source=data["source"],
@@ -145,7 +168,7 @@ class _Where(Where):
     base: Path
 
     def path(self, text: str) -> str:
-        """A model or scenario file, relative to the sweep file's folder."""
+        """A model, scenario or llama-server file, relative to the sweep file's folder."""
         p = Path(text).expanduser()
         return str(p if p.is_absolute() else (self.base / p).absolute())
 
@@ -157,6 +180,14 @@ class ModelTable:
     path: str | None = None
     ref: str | None = None
     test: str | None = None
+    name: str = field(default="", metadata={"chars": 100})
+
+
+@dataclass(frozen=True)
+class ServerTable:
+    """A llama-server binary given as a table: {path, name}."""
+
+    path: str | None = None
     name: str = field(default="", metadata={"chars": 100})
 
 
@@ -178,6 +209,7 @@ class Exclusion:
     ctx: int | None = None
     scenario: str | None = None
     format: str | None = None
+    server: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -200,6 +232,12 @@ class SweepFile:
     contexts: list[int] = field(default_factory=lambda: [8192], metadata=_axis(bounds=(MIN_CTX, MAX_CTX)))
     scenarios: list[str] = field(default_factory=lambda: ["default"], metadata=_AXIS)
     formats: list[PromptFormat] = field(default_factory=lambda: ["auto"], metadata=_AXIS)
+    servers: list[str | ServerTable] = field(
+        default_factory=lambda: [IN_PROCESS],
+        metadata=_axis(
+            expects=f'a llama-server binary\'s path, "{IN_PROCESS}", or a table with path and name'
+        ),
+    )
     exclude: list[Exclusion] = field(default_factory=list)
     run: RunOptions = RunOptions()
 
@@ -248,6 +286,68 @@ def _model(where: _Where, key: str, value: str) -> ModelChoice:
     except UserError as exc:
         raise where.bad(key, str(exc)) from None
     return ModelChoice(path)
+
+
+FIX_SERVER = (
+    f'give the path of a llama-server binary (llama.cpp\'s build/bin/llama-server), or "{IN_PROCESS}"'
+)
+
+
+def _server_path(where: _Where, key: str, value: str) -> str:
+    """A llama-server binary: an executable file (what `kvprobe run --llama-server` asks)."""
+    if value == IN_PROCESS:
+        return IN_PROCESS
+    if not value.strip():
+        raise where.bad(key, f"must be {FIX_SERVER.removeprefix('give ')}, got {value!r}")
+    path = Path(where.path(value))
+    if not path.exists():
+        raise where.bad(key, f"{value!r}: no such file ({path}); {FIX_SERVER}")
+    if path.is_dir():
+        raise where.bad(key, f"{value!r} is a folder: give the llama-server binary in it (bin/llama-server)")
+    if not path.is_file() or not os.access(path, os.X_OK):
+        raise where.bad(key, f"{value!r} is not an executable file: {FIX_SERVER} (chmod +x it if it is one)")
+    return str(path)
+
+
+def _server_labels(paths: list[str]) -> list[str]:
+    """Each binary's label: the last folder that tells it from the others (".../cuda/bin/llama-server"
+    and ".../vulkan/bin/llama-server": "cuda" and "vulkan"), with more folders where one does not;
+    a single binary: its file name."""
+    parts = [Path(p).parts[1:] for p in paths]
+    tail = 0  # the trailing parts every path shares
+    while (
+        len(parts) > 1 and all(len(p) > tail + 1 for p in parts) and len({p[-1 - tail] for p in parts}) == 1
+    ):
+        tail += 1
+    left = [p[: len(p) - tail] for p in parts]
+    labels = ["-".join(p) for p in left]  # every folder, where fewer do not tell them apart
+    for k in range(1, max((len(p) for p in left), default=0)):
+        if len(set(short := ["-".join(p[-k:]) for p in left])) == len(left):
+            return short
+    return labels
+
+
+def _servers(where: _Where, given: list[str | ServerTable]) -> list[ServerChoice]:
+    paths, names = [], []
+    for i, value in enumerate(given):
+        key = f"servers[{i}]" + ("" if isinstance(value, str) else ".path")
+        text = value if isinstance(value, str) else value.path
+        if text is None:
+            raise where.bad(f"servers[{i}]", "names no binary: give path (and a name)")
+        paths.append(_server_path(where, key, text))
+        names.append("" if isinstance(value, str) else value.name.strip())
+    spawned = [p for p in paths if p != IN_PROCESS]
+    # a label is a name: at most 100 characters (two left alike by the cut ask for names, below)
+    derived = {p: label[-100:] for p, label in zip(spawned, _server_labels(spawned), strict=True)}
+    out = [ServerChoice(p, n or derived.get(p, IN_PROCESS)) for p, n in zip(paths, names, strict=True)]
+    for label in dict.fromkeys(s.name for s in out):
+        if len({os.path.realpath(s.path) for s in out if s.name == label}) > 1:
+            raise where.bad(
+                "servers",
+                f"has two servers called {label!r}: give each a name "
+                '(servers = [{path = "…", name = "…"}])',
+            )
+    return out
 
 
 def _caches(where: _Where, given: list[str | list[str]], key: str = "caches") -> list[tuple[str, ...]]:
@@ -302,6 +402,8 @@ def _exclude(where: _Where, raw: list[Any], given: list[Exclusion]) -> list[dict
             clean["caches"] = list(_caches(where, [clean["caches"]], f"exclude[{i}].caches")[0])
         if "scenario" in clean and clean["scenario"] not in bundled_scenarios():
             clean["scenario"] = where.path(clean["scenario"])
+        if "/" in clean.get("server", ""):  # a binary's path, not a server's name
+            clean["server"] = where.path(clean["server"])
         out.append(clean)
     return out
 
@@ -323,6 +425,7 @@ def parse_sweep(data: Mapping[str, Any], source: str, base: Path) -> SweepSpec:
         contexts=given.contexts,
         scenarios=_scenarios(where, given.scenarios),
         formats=list(given.formats),
+        servers=_servers(where, given.servers),
         exclude=_exclude(where, data.get("exclude", []), given.exclude),
         run=_margins_as_floats(given.run),
         source=source,
@@ -347,7 +450,8 @@ def split_list(text: str) -> list[str]:
 
 
 def from_command_line(axes: Mapping[str, str | None], split_kv: bool, run: RunOptions) -> SweepSpec:
-    """The short form: `--model a.gguf,b.gguf --cache q8_0,q4_0 --ctx 4096,8192`. A comma
+    """The short form: `--model a.gguf,b.gguf --cache q8_0,q4_0 --ctx 4096,8192` (and
+    `--llama-server A,B`: llama-server binaries, "in-process" for kvprobe's own). A comma
     separates cells; a `+` joins what one cell runs together (`--cache q8_0+q4_0`: both against
     one reference; `--model REF.gguf+TEST.gguf`: the 2x2 design)."""
     where = _Where("sweep (command line)", Path.cwd())
@@ -358,6 +462,7 @@ def from_command_line(axes: Mapping[str, str | None], split_kv: bool, run: RunOp
         "contexts": "--ctx",
         "scenarios": "--scenario",
         "formats": "--prompt-format",
+        "servers": "--llama-server",
     }
     for key, text in axes.items():
         if text is None:

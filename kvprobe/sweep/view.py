@@ -1,7 +1,8 @@
 """A sweep, shown: per context a grid of decisions (model × cache), per model its table of
 decision, effective context, mean KL, KV memory and prefill speed, the cells that failed or
 never ran; on the page also a heatmap per context, a frontier per model and each cell's
-provenance. Reads only the merged rows (kvprobe.sweep.merge) and the result documents."""
+provenance; with a llama-server axis each model row names its server and build
+(merge.variant). Reads only the merged rows (kvprobe.sweep.merge) and the result documents."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from rich.table import Table
 
 from kvprobe.infra.display import plain
 from kvprobe.sweep.collect import SweepReport
-from kvprobe.sweep.merge import DECISIONS, Problem, SweepRow
+from kvprobe.sweep.merge import DECISIONS, Problem, SweepRow, build
 from kvprobe.views.figures import Figure, Heatmap, Point, Scatter
 from kvprobe.views.layout import Picture, render_page
 from kvprobe.views.layout import Table as PageTable  # rich's Table draws the terminal's
@@ -194,7 +195,7 @@ def provenance_rows(report: SweepReport) -> list[list[str]]:
                 cell,
                 str(host.get("hostname", "")),
                 f"{rt.get('backend')}, {rt.get('n_threads')} threads",
-                str(rt.get("llama_cpp_python", "")),
+                build(doc),  # the llama-server's --version, or kvprobe's own llama-cpp-python
                 str((doc.get("model") or {}).get("sha256", ""))[:12],
                 f"{timing.get('wall_s', 0):,.0f} s",
                 str(doc.get("command", "")),
@@ -227,7 +228,7 @@ def sweep_page(report: SweepReport, cell_pages: dict[str, str]) -> str:
                 PageTable(MODEL_HEADER, per_model_cells(rows, model)),
             )
         )
-    header = ["cell", "host", "backend", "llama-cpp-python", "model sha256", "time", "command"]
+    header = ["cell", "host", "backend", "llama.cpp build", "model sha256", "time", "command"]
     return render_page(
         "sweep.html",
         title=f"kvprobe sweep: {m.spec.name}",

@@ -80,7 +80,9 @@ def _kl_cell(result: ResultDoc | JsonObject, r: JsonObject) -> str:
         return "-"
     found = pooled_row(result.get("summary") or [], r["config"])
     scope = whole_or_positions((found or {}).get("bin"), int(result["run"]["ctx"]))
-    return figure(r["kld_mean"]) + ("" if scope == WHOLE else f" ({scope})")
+    # Through a llama-server: the KL over the top n + tail, a lower bound of the full KL.
+    bound = "≥ " if (result.get("divergence") or {}).get("kl") == "top_n_tail" else ""
+    return bound + figure(r["kld_mean"]) + ("" if scope == WHOLE else f" ({scope})")
 
 
 def stopped_early_line(result: ResultDoc) -> str | None:

@@ -68,7 +68,11 @@ def _provenance(result: ResultDoc) -> list[tuple[str, str]]:
         ("scenario", f"{scenario.get('name')} (sha256 {scenario.get('sha256', '')[:16]}…)"),
         ("seed, --ctx, mode", f"{run['seed']}, {run['ctx']:,}, {run.get('mode')}"),
         ("prompt format", describe(result.get("prompt") or {})),
-        ("llama-cpp-python", rt.get("llama_cpp_python")),
+        *(
+            [("engine", f"llama-server {rt.get('server_version')} ({(rt.get('server') or {}).get('mode')})")]
+            if rt.get("engine") == "llama-server"
+            else [("llama-cpp-python", rt.get("llama_cpp_python"))]
+        ),
         ("llama.cpp build", rt.get("llama_cpp_build")),
         (
             "backend, threads, GPU layers",

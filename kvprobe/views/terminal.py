@@ -22,6 +22,8 @@ def print_run_report(result: ResultDoc, console: Console) -> None:
     """The recommendation and its frontier first, then each probe's tables, the cost, the
     warnings, the verdict and the rules of thumb."""
     console.print(f"prompt: {describe(result.get('prompt') or {})}", markup=False, highlight=False)
+    if (engine := engine_line(result)) is not None:
+        console.print(engine, markup=False, highlight=False, soft_wrap=True)
     print_decision(result, console)
     for probe in all_probes():
         for renderable in probe.tables(result):
@@ -46,6 +48,17 @@ def print_run_report(result: ResultDoc, console: Console) -> None:
         for sentence in verdict["sentences"]:
             console.print(f"  • {sentence}", markup=False, highlight=False)
     print_folklore(result, console)
+
+
+def engine_line(result: ResultDoc) -> str | None:
+    """Where the numbers come from, when not from llama.cpp in kvprobe's process: the server's
+    build and how it was reached (None for the in-process engine)."""
+    runtime = result.get("runtime") or {}
+    if runtime.get("engine") != "llama-server":
+        return None
+    server = runtime.get("server") or {}
+    how = "started by kvprobe, one per cache type" if server.get("mode") == "spawn" else "already running"
+    return f"engine: llama-server {runtime.get('server_version')} ({how})"
 
 
 def _at(summary: list[SummaryRow], metric: str, config: str, ctx: int) -> SummaryRow | None:

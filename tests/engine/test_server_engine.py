@@ -140,6 +140,20 @@ def test_spawn_runs_one_server_per_cache_and_leaves_none(spawned: dict[str, Any]
     assert {item["config"] for item in doc["items"]} == {"f16", "q4_0"}
 
 
+def test_the_report_names_the_server_build(spawned: dict[str, Any], work: Work) -> None:
+    """What a user reads says where the numbers come from: the run's header line and the
+    report name the server's build; the page's provenance too."""
+    assert spawned["proc"].returncode == 0, spawned["proc"].stderr
+    version = server_version(work.binary)
+    assert f"through llama-server {version}" in spawned["proc"].stdout
+    report = kvprobe("report", str(spawned["out"]))
+    assert report.returncode == 0, report.stderr
+    assert f"engine: llama-server {version} (started by kvprobe, one per cache type)" in report.stdout
+    page = spawned["out"].with_suffix(".html")
+    assert kvprobe("report", str(spawned["out"]), "--html", str(page)).returncode == 0
+    assert f"llama-server {version} (spawn)" in page.read_text()
+
+
 def test_server_and_in_process_agree_on_the_needles(spawned: dict[str, Any], work: Work) -> None:
     """The same model and needles in-process: the same items, the same answers, the answer
     log-probs within LOGPROB_TOLERANCE, the same verdict."""

@@ -172,6 +172,10 @@ class Model:
     def full_logits(self) -> bool:
         return True
 
+    @property
+    def concurrent_contexts(self) -> bool:
+        return False  # one process, one CPU thread pool: contexts take turns
+
     def provenance(self) -> dict[str, object]:
         return {}
 

@@ -413,6 +413,10 @@ class ServerModel:
     def full_logits(self) -> bool:
         return False
 
+    @property
+    def concurrent_contexts(self) -> bool:
+        return True  # each context is its own server, with its own request sequence
+
     def __enter__(self) -> ServerModel:
         return self
 

@@ -49,9 +49,9 @@ def applied_settings(log: str) -> dict[str, Any]:
         return found[-1] if found else None
 
     caches = [
-        {"cells": int(c), "layers": int(n), "type_k": k, "type_v": v}
-        for c, n, k, v in all_of(
-            r"llama_kv_cache: size = .*?\( *(\d+) cells, +(\d+) layers.*?K \((\w+)\).*?V \((\w+)\)"
+        {"mib": float(mib), "cells": int(c), "layers": int(n), "type_k": k, "type_v": v}
+        for mib, c, n, k, v in all_of(
+            r"llama_kv_cache: size = +([\d.]+) MiB \( *(\d+) cells, +(\d+) layers.*?K \((\w+)\).*?V \((\w+)\)"
         )
     ]
     buffers: dict[str, float] = {}
@@ -60,6 +60,7 @@ def applied_settings(log: str) -> dict[str, Any]:
     offloaded = last(r"offloaded (\d+/\d+) layers to GPU")
     return {
         "kv_caches": caches,
+        "kv_mib": round(sum(c["mib"] for c in caches), 2) if caches else None,  # what the server allocated
         "type_k": sorted({c["type_k"] for c in caches}),
         "type_v": sorted({c["type_v"] for c in caches}),
         # "auto" is resolved after the context line: "resolve_fused_ops: Flash Attention enabled"
