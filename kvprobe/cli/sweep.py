@@ -73,7 +73,7 @@ def add_parser(subparsers: Subparsers) -> None:
         "--server-arg",
         action="append",
         metavar="ARG",
-        help="an argument for every spawned llama-server, repeatable (--server-arg=-ngl --server-arg=99)",
+        help="an argument for every spawned llama-server, repeatable (e.g. --server-arg=--mlock)",
     )
     how = sweep.add_argument_group("where and how")
     how.add_argument(

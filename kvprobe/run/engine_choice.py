@@ -35,6 +35,10 @@ def engine_choice(args: argparse.Namespace, out_path: Path) -> tuple[str, Engine
         )
     log_dir = out_path.parent / f"{out_path.stem}.server-logs"
     if args.llama_server:
+        if args.server_cache or args.reference_server:
+            raise UserError(
+                "--server-cache and --reference-server go with --server URL, not --llama-server PATH"
+            )
         binary = Path(args.llama_server).expanduser()
         if not binary.is_file() or not os.access(binary, os.X_OK):
             raise UserError(
@@ -67,6 +71,14 @@ def engine_choice(args: argparse.Namespace, out_path: Path) -> tuple[str, Engine
     return SERVER_ENGINE, options
 
 
+def _config_id(text: str) -> str | None:
+    """The configuration a --cache value names (None where it names none: refused as a mismatch)."""
+    try:
+        return parse_config_id(text).id
+    except ValueError:
+        return None
+
+
 def attach_configs(args: argparse.Namespace) -> None:
     """With --server, the configurations are what the servers run: --cache defaults to the
     stated --server-cache and may not name another (kvprobe cannot change a running server)."""
@@ -79,7 +91,7 @@ def attach_configs(args: argparse.Namespace) -> None:
             f"--server-cache {args.server_cache}: give f16, q8_0, q4_0 ... or k=TYPE,v=TYPE"
         ) from None
     asked = [*args.cache, *([f"k={args.cache_k},v={args.cache_v}"] if args.cache_k else [])]
-    if any(parse_config_id(a).id != stated.id for a in asked) or getattr(args, "split_kv", False):
+    if any(_config_id(a) != stated.id for a in asked) or getattr(args, "split_kv", False):
         raise UserError(
             f"--server runs {stated.id} (--server-cache): measure only that, or start servers with "
             "--llama-server PATH to measure other cache types"

@@ -188,7 +188,8 @@ def add_server_options(run: Parser) -> None:
         "--server",
         metavar="URL",
         help="measure a llama-server already running (loopback, started with --parallel 1 and a "
-        "context of at least --ctx + 512), whose cache types you state with --server-cache",
+        "context of at least --ctx plus the probes' forks: the run says how much), whose cache "
+        "types you state with --server-cache",
     )
     group.add_argument(
         "--server-cache", metavar="TYPE", help="the cache types --server runs: f16, q8_0, q4_0 or k=..,v=.."

@@ -391,8 +391,8 @@ def validate_run(args: argparse.Namespace) -> RunRequest:
         raise UserError(
             "weights vs KV (two --model files) runs on the in-process engine: drop --llama-server/--server"
         )
-    if wants_server(args):  # the server decides where its layers go unless told (--gpu-layers becomes -ngl)
-        gpu_layers = args.gpu_layers if args.gpu_layers is not None else 0
+    if wants_server(args):  # --gpu-layers becomes every server's -ngl (default: all, -ngl 999)
+        gpu_layers = args.gpu_layers if args.gpu_layers is not None else -1
     else:
         gpu_layers = args.gpu_layers if args.gpu_layers is not None else (-1 if can_offload() else 0)
     memory, max_contexts = estimate_memory(

@@ -145,10 +145,11 @@ def test_the_report_names_the_server_build(spawned: dict[str, Any], work: Work) 
     report name the server's build; the page's provenance too."""
     assert spawned["proc"].returncode == 0, spawned["proc"].stderr
     version = server_version(work.binary)
-    assert f"through llama-server {version}" in spawned["proc"].stdout
+    assert f"through llama-server {version}" in " ".join(spawned["proc"].stdout.split())  # lines wrap
     report = kvprobe("report", str(spawned["out"]))
     assert report.returncode == 0, report.stderr
-    assert f"engine: llama-server {version} (started by kvprobe, one per cache type)" in report.stdout
+    said = " ".join(report.stdout.split())
+    assert f"engine: llama-server {version} (started by kvprobe, one per cache type)" in said
     page = spawned["out"].with_suffix(".html")
     assert kvprobe("report", str(spawned["out"]), "--html", str(page)).returncode == 0
     assert f"llama-server {version} (spawn)" in page.read_text()

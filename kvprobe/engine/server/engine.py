@@ -357,8 +357,9 @@ class ServerModel:
         args += ["-t", str(self._n_threads or max(1, (os.cpu_count() or 2) // 2))]
         if not self.use_extra_bufts:
             args.append("--no-repack")
-        if self.n_gpu_layers != 0:
-            args += ["-ngl", str(self.n_gpu_layers if self.n_gpu_layers > 0 else 999)]
+        # Always said: left unset, llama-server fits layers to the VRAM free when each server
+        # starts, and reference and test could differ in where their layers run.
+        args += ["-ngl", str(self.n_gpu_layers if self.n_gpu_layers >= 0 else 999)]
         return [*args, *self.options.server_args]
 
     def _spawn(
@@ -452,7 +453,10 @@ class ServerModel:
             self._check_same_model(found.client)
         else:
             found = self._spawned_context(cache, settings)
-        self.servers[cache.id] = found.record
+        # A second context of one cache type (the null check, a repeated reference) is its own.
+        same = sum(1 for c in self.contexts if c.record["cache"] == cache.id)
+        found.record["key"] = cache.id if not same else f"{cache.id} ({same + 1})"
+        self.servers[found.record["key"]] = found.record
         self.contexts.append(found)
         return found
 
@@ -460,7 +464,7 @@ class ServerModel:
         """Each configuration's server (URL form, build, what took effect), the tokenizer's
         log and the kernels fallback; speeds from the servers' own timings."""
         for context in self.contexts:
-            self.servers[context.record["cache"]].update(context.meter.speeds())
+            self.servers[context.record["key"]].update(context.meter.speeds())
         return {
             "mode": "attach" if self.options.attach else "spawn",
             "binary": str(self.options.binary) if self.options.binary else None,
@@ -480,10 +484,10 @@ class ServerModel:
             "-fa",
             "on" if settings.flash_attn else "off",
         ]
-        env = {} if settings.attn_rotation else {"LLAMA_ATTN_ROT_DISABLE": "1"}
-        process = self._spawn(
-            cache.id.replace("/", "-"), settings.n_ctx, cache_args, chunk=settings.chunk, env=env
-        )
+        env = {"LLAMA_ATTN_ROT_DISABLE": "0" if settings.attn_rotation else "1"}  # whatever the user's is
+        same = sum(1 for c in self.contexts if c.record["cache"] == cache.id)  # the null check's second f16
+        name = cache.id.replace(",", "-").replace("=", "") + (f"-{same + 1}" if same else "")
+        process = self._spawn(name, settings.n_ctx, cache_args, chunk=settings.chunk, env=env)
         try:
             found = applied_settings(process.log_text())
             applied = _applied(found, cache, process.where)
