@@ -65,7 +65,12 @@ def test_log_reports_what_took_effect(llama_server: Path, tiny_model_path: Path,
     assert applied["flash_attn"] == "enabled"
     assert applied["attn_rot_k"] == ["0"]
     assert applied["attn_rot_v"] == ["1"]
-    assert applied["kv_caches"] == [{"cells": 512, "layers": 2, "type_k": "f16", "type_v": "q4_0"}]
+    (cache,) = applied["kv_caches"]
+    assert {k: cache[k] for k in ("cells", "layers", "type_k", "type_v")} == {
+        "cells": 512, "layers": 2, "type_k": "f16", "type_v": "q4_0"
+    }  # fmt: skip
+    assert cache["mib"] > 0
+    assert applied["kv_mib"] == cache["mib"]
 
 
 def test_llama_arg_environment_is_dropped(

@@ -29,7 +29,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import gguf
 import numpy as np
 
 from kvprobe.api.cache_types import CacheConfig, parse_config_id
@@ -302,14 +301,13 @@ class ServerModel:
 
     def _check_same_model(self, client: ServerClient) -> None:
         """An attached server must serve the --model file (its sha256 and metadata are what the
-        result records): the file name /props reports, and the vocabulary size, must match."""
+        result records): the file name /props reports must be the --model file's, and every
+        attached server must have the tokenizer's vocabulary size."""
         served, n_vocab = Path(client.props().model_path).name, client.model_info().n_vocab
-        tokens = gguf.GGUFReader(self._path).fields.get("tokenizer.ggml.tokens")
-        ours = len(tokens.data) if tokens is not None else n_vocab
-        if served != self._path.name or ours != n_vocab:
+        if served != self._path.name or n_vocab != self._n_vocab:
             raise UserError(
                 f"the server at {client.url.display} serves {served} ({n_vocab:,} tokens), --model is "
-                f"{self._path.name} ({ours:,} tokens): give --model the file the server loaded"
+                f"{self._path.name} ({self._n_vocab:,} tokens): give --model the file the server loaded"
             )
 
     # --- spawning ---------------------------------------------------------------------------
