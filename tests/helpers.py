@@ -682,3 +682,16 @@ def result_mutations(
     if kind == "length" and isinstance(value, list):
         return Mutation(path, "type", draw(st.sampled_from([[], value[1:], value + value[:1]])))
     return Mutation(path, "null" if kind == "length" else kind)
+
+
+# A scenario of one document with needles only: a few seconds per run on the tiny model (the
+# server engine's and the sweep's server-axis tests).
+NEEDLES = """
+name = "needles"
+probes = ["needle"]
+[needle]
+per_segment = 4
+[plan]
+documents = 1
+chunk = 256
+"""

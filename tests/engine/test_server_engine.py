@@ -23,6 +23,7 @@ from kvprobe.engine.server.process import ServerProcess, free_port, server_versi
 from kvprobe.infra.test_hooks import STOP_AFTER
 from kvprobe.result.arrays import decode_array
 from tests.helpers import (
+    NEEDLES,
     RUN_TIMEOUT_S,
     assert_one_line_error,
     kill_left,
@@ -33,16 +34,6 @@ from tests.helpers import (
     write_tiny_model,
 )
 
-# One document, needles only: a few seconds per run on the tiny model.
-NEEDLES = """
-name = "needles"
-probes = ["needle"]
-[needle]
-per_segment = 4
-[plan]
-documents = 1
-chunk = 256
-"""
 # Two documents (a unit each at --ctx 1024): a run stopped after the first has work left.
 TWO_DOCUMENTS = """
 name = "two-documents"

@@ -22,18 +22,8 @@ from kvprobe.sweep.cells import expand
 from kvprobe.sweep.collect import collect
 from kvprobe.sweep.spec import RunOptions, from_command_line, parse_sweep
 from kvprobe.sweep.view import grid
-from tests.helpers import assert_one_line_error, kill_left, kvprobe, llama_server_pids
+from tests.helpers import NEEDLES, assert_one_line_error, kill_left, kvprobe, llama_server_pids
 
-# One document, needles only: a few seconds per cell on the tiny model.
-NEEDLES = """
-name = "needles"
-probes = ["needle"]
-[needle]
-per_segment = 4
-[plan]
-documents = 1
-chunk = 256
-"""
 BUILDS = ("build-a", "build-b")  # the folders of the two copies: the servers' labels
 CACHES = ("q8_0", "q4_0")
 SERVER_ARG = "--no-warmup"  # harmless to the measurement; must reach every spawned server
