@@ -116,6 +116,41 @@ class Models(Record):
     test: NamedModel
 
 
+class BuildCheck(Record):
+    """A llama-server's f16 cache against kvprobe's own llama.cpp f16 cache on one document, fed
+    in the server's request sequence (the same batches): what the build alone changes."""
+
+    status: Literal["matches", "differs", "differs_beyond_margin"]
+    """`matches`: the mean KL's upper 95% bound under `noise_floor`; `differs`: above it, under
+    `margin`; `differs_beyond_margin`: at or above the KL equivalence margin (a build fault)"""
+    tokens: Count
+    """tokens of the document fed (the scenario's haystack, document 0, at most 2,048)"""
+    stride: Count
+    """every stride-th position read"""
+    n_probs: Count
+    """the top n of each engine the KL is computed over (plus one tail bucket: a lower bound)"""
+    positions: Count
+    """positions compared"""
+    kl_mean: float
+    """mean KL(in-process f16 || server f16) over the positions, nats"""
+    kl_ci: list[float]
+    """its 95% block-bootstrap interval (blocks of 16 positions)"""
+    kl_max: float
+    """the largest KL at one position"""
+    top1_agreement: float
+    """share of positions where both engines' most likely token is the same"""
+    logprob_mean_abs_diff: float
+    """mean |difference| of the document tokens' log-probs, nats"""
+    noise_floor: float
+    """the KL under which two builds count as computing the same (identical builds: below 1e-5)"""
+    margin: float
+    """the KL equivalence margin of the cache verdict"""
+    in_process: dict[str, Any]
+    """kvprobe's llama.cpp: kvprobe and llama-cpp-python versions, build, extra buffer types"""
+    seconds: Seconds
+    """wall time of the check"""
+
+
 class Runtime(Record):
     """llama.cpp build and the settings every context used."""
 
@@ -131,7 +166,13 @@ class Runtime(Record):
     file, the arguments it was started with, what its log says took effect (`applied`: cache types
     and MiB per KV cache (`kv_mib` in all), flash attention, rotation, n_ctx, slots, threads, weight
     buffers, layers offloaded) or, attached, `stated_cache` and `/props`' n_ctx and model path, and
-    `prefill_tps`/`generation_tps` from the server's own timings"""
+    `prefill_tps`/`generation_tps` from the server's own timings (over the whole run), and, spawned,
+    `vram_mib` (the most GPU memory NVML saw the server's process hold, once ready and after the run;
+    null without NVML, a local GPU, or the process on one)"""
+
+    build_check: BuildCheck | None = None
+    """`--reference in-process`: the server's f16 against kvprobe's own llama.cpp f16 on the same
+    document and batches (absent otherwise)"""
 
     llama_cpp_python: str | None = None
     """llama-cpp-python version (pins the vendored llama.cpp)"""

@@ -23,6 +23,11 @@ def wants_server(args: argparse.Namespace) -> bool:
 def engine_choice(args: argparse.Namespace, out_path: Path) -> tuple[str, EngineOptions]:
     """The engine's registry name and its options; one line where they do not fit together."""
     if not wants_server(args):
+        if getattr(args, "reference", None):
+            raise UserError(
+                "--reference in-process checks a llama-server against kvprobe's own llama.cpp: give "
+                "--llama-server PATH or --server URL too"
+            )
         for flag in ("server_cache", "reference_server"):
             if getattr(args, flag, None):
                 raise UserError(f"--{flag.replace('_', '-')} goes with --server URL")
@@ -58,7 +63,15 @@ def engine_choice(args: argparse.Namespace, out_path: Path) -> tuple[str, Engine
                 "--server needs --server-cache TYPE: the cache types that server was started with"
             )
         if not args.reference_server:
-            raise UserError("--server needs --reference-server URL: an f16 llama-server of the same model")
+            raise UserError(
+                "--server needs --reference-server URL: an f16 llama-server of the same model"
+                + (
+                    " (--reference in-process checks that server against kvprobe's own f16; the cache is "
+                    "compared server against server, so that a build difference is never blamed on it)"
+                    if getattr(args, "reference", None)
+                    else ""
+                )
+            )
         if args.server.rstrip("/") == args.reference_server.rstrip("/"):
             raise UserError(
                 "--server and --reference-server are the same server: give the f16 one as the reference"

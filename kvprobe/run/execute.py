@@ -43,6 +43,7 @@ from kvprobe.result.journal import (
 )
 from kvprobe.result.records import RunOutcome
 from kvprobe.result.store import write_result
+from kvprobe.run.build_check import run_build_check
 from kvprobe.run.decided import (
     EarlyDecision,
     config_ids,
@@ -422,8 +423,10 @@ def execute_run(
             runner, request, console, models=models, done=done, on_unit=on_unit, budget_start=budget_start,
             baseline=baseline, partial=partial if keep is not None else None,
         )  # fmt: skip
+        # The server's f16 against kvprobe's own (--reference in-process), once the probes are done.
+        check = run_build_check(request, models_loaded[0], console) if outcome.stopped is None else None
         runtime = runtime_record(request, kernels, models_loaded, outcome)
-    return RunExecution(outcome, baseline, runtime, decision)
+    return RunExecution(outcome, baseline, runtime | ({"build_check": check} if check else {}), decision)
 
 
 def weights_vs_kv_models(paths: list[Path], loaded: list[Model]) -> dict[str, Model] | None:

@@ -199,6 +199,12 @@ def add_server_options(run: Parser) -> None:
         metavar="URL",
         help="an f16 llama-server of the same model: the reference for --server",
     )
+    group.add_argument(
+        "--reference",
+        choices=["in-process"],
+        help="also check the server's f16 against kvprobe's own llama.cpp f16 on the same batches "
+        "(a build check: does the server compute what llama.cpp computes?), said before the verdict",
+    )
 
 
 def add_output_options(run: Parser) -> None:

@@ -49,3 +49,4 @@ class RunRequest:
     until_decided: bool = False  # --until-decided: stop each configuration once decided
     engine: str = "llamacpp"  # the registry name (kvprobe.engine.ENGINES)
     engine_options: EngineOptions = field(default_factory=EngineOptions)  # a llama-server's binary or URLs
+    reference: str | None = None  # "in-process": the build check (kvprobe.run.build_check)

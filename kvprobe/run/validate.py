@@ -411,6 +411,8 @@ def validate_run(args: argparse.Namespace) -> RunRequest:
     page = html_page_path(args, out_path)
     check_run_outputs(args, out_path, page, model_paths, scenario)
     engine, engine_options = engine_choice(args, out_path)
+    if getattr(args, "reference", None) and len(model_paths) != 1:
+        raise UserError("--reference in-process checks one model's server against kvprobe: give one --model")
     warnings = run_warnings(args.ctx, facts, configs, gpu_layers)
     settings = RunSettings(
         ctx=args.ctx,
@@ -426,5 +428,5 @@ def validate_run(args: argparse.Namespace) -> RunRequest:
         null_check=args.null_check, margins=margins, threads=args.threads, no_repack=args.no_repack,
         warnings=warnings, memory=memory, max_contexts=max_contexts, page=page,
         time_budget=getattr(args, "time_budget", None), until_decided=until_decided,
-        engine=engine, engine_options=engine_options,
+        engine=engine, engine_options=engine_options, reference=getattr(args, "reference", None),
     )  # fmt: skip

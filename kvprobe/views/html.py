@@ -22,7 +22,7 @@ from kvprobe.views.layout import Picture, Table, draw, render_page
 from kvprobe.views.probes import HEADER as PROBES_HEADER
 from kvprobe.views.probes import probe_cells
 from kvprobe.views.probes import title as probes_title
-from kvprobe.views.terminal import matrix_rows
+from kvprobe.views.terminal import build_check_line, matrix_rows
 
 # --- what the pages read of a result document -------------------------------------------------
 
@@ -169,6 +169,7 @@ class ResultView:
 
     name: str
     partial: Partial | None
+    build_check: str | None  # --reference in-process: the server's build against kvprobe's
     decision: Decision | None
     probes_title: str
     probes: Table | None  # the probes side by side, where there are two or more
@@ -195,6 +196,7 @@ def result_view(name: str, result: ResultDoc) -> ResultView:
     return ResultView(
         name=name,
         partial=_partial(result),
+        build_check=build_check_line(result),
         decision=_decision(result),
         probes_title=probes_title(result) if cells else "",
         probes=Table(PROBES_HEADER, cells) if cells else None,

@@ -13,6 +13,7 @@ from kvprobe.api.record import JsonObject, Row, SummaryRow
 from kvprobe.api.result import ResultDoc
 from kvprobe.infra.display import plain
 from kvprobe.plan.prompt import describe
+from kvprobe.probes.divergence.build_check import build_check_sentence
 from kvprobe.stats.parts import ComparisonDoc
 from kvprobe.views.decision import print_decision, print_folklore
 from kvprobe.views.probes import print_probe_table
@@ -24,6 +25,8 @@ def print_run_report(result: ResultDoc, console: Console) -> None:
     console.print(f"prompt: {describe(result.get('prompt') or {})}", markup=False, highlight=False)
     if (engine := engine_line(result)) is not None:
         console.print(engine, markup=False, highlight=False, soft_wrap=True)
+    if (check := build_check_line(result)) is not None:  # the build's share, before the cache's
+        console.print(check, markup=False, highlight=False, soft_wrap=True)
     print_decision(result, console)
     for probe in all_probes():
         for renderable in probe.tables(result):
@@ -48,6 +51,12 @@ def print_run_report(result: ResultDoc, console: Console) -> None:
         for sentence in verdict["sentences"]:
             console.print(f"  • {sentence}", markup=False, highlight=False)
     print_folklore(result, console)
+
+
+def build_check_line(result: ResultDoc) -> str | None:
+    """`--reference in-process`: the server's f16 against kvprobe's own (None without it)."""
+    check = (result.get("runtime") or {}).get("build_check")
+    return build_check_sentence(check) if check else None
 
 
 def engine_line(result: ResultDoc) -> str | None:

@@ -5,6 +5,7 @@ of its servers dies."""
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
 import shutil
@@ -29,6 +30,7 @@ from tests.helpers import (
     kill_left,
     kvprobe,
     llama_server_pids,
+    nvml_gpus,
     wait_frozen,
     wait_gone,
     write_tiny_model,
@@ -144,6 +146,21 @@ def test_the_report_names_the_server_build(spawned: dict[str, Any], work: Work) 
     page = spawned["out"].with_suffix(".html")
     assert kvprobe("report", str(spawned["out"]), "--html", str(page)).returncode == 0
     assert f"llama-server {version} (spawn)" in page.read_text()
+
+
+def test_the_report_speaks_of_the_server_s_memory_and_speed(spawned: dict[str, Any], work: Work) -> None:
+    """Each server's record holds its timings and its GPU memory as NVML saw it (None without a
+    GPU); the decision table and the speed sentence then give the server's figures, its build named."""
+    assert spawned["proc"].returncode == 0, spawned["proc"].stderr
+    doc = json.loads(spawned["out"].read_text())
+    for record in doc["runtime"]["server"]["configs"].values():
+        assert "vram_mib" in record
+        if not nvml_gpus():
+            assert record["vram_mib"] is None
+        assert record["prefill_tps"] > 0
+    said = " ".join(kvprobe("report", str(spawned["out"])).stdout.split())
+    assert f"Speed of the llama-server {server_version(work.binary)} by its own timings" in said
+    assert "as each server allocated it in this run (the server's log)" in said  # the table's legend
 
 
 def test_server_and_in_process_agree_on_the_needles(spawned: dict[str, Any], work: Work) -> None:
@@ -278,6 +295,56 @@ def test_attach_measures_running_servers(
         assert process.client.health()
 
 
+def test_attach_with_the_in_process_reference_checks_the_build_first(
+    attached: dict[str, ServerProcess], work: Work, tmp_path: Path
+) -> None:
+    """`--reference in-process`: the reference server's f16 against kvprobe's own on the same
+    batches (the same llama.cpp: rounding only), said before the recommendation."""
+    out = tmp_path / "r.json"
+    proc = kvprobe(
+        "run", "--server", attached["q4_0"].url, "--server-cache", "q4_0", "--reference-server",
+        attached["f16"].url, "--reference", "in-process", *run_args(work.model, work.needles, out),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(out.read_text())
+    check = doc["runtime"]["build_check"]
+    assert check["status"] == "matches"
+    assert check["kl_ci"][1] < check["noise_floor"]
+    assert check["top1_agreement"] == 1.0
+    assert check["positions"] == len(range(1, check["tokens"], check["stride"])) == 128
+    assert check["in_process"]["llama_cpp_python"] == importlib.metadata.version("llama_cpp_python")
+    lines = proc.stdout.splitlines()
+    said = next(i for i, ln in enumerate(lines) if ln.startswith("Build check: the server's f16 matches"))
+    assert said < next(i for i, ln in enumerate(lines) if "Recommendation" in ln)
+    assert sum(ln.startswith("Build check:") for ln in lines) == 1
+    report = kvprobe("report", str(out))
+    assert "Build check: the server's f16 matches kvprobe's own llama.cpp f16" in report.stdout
+
+
+def test_a_server_that_computes_otherwise_fails_the_build_check(work: Work, tmp_path: Path) -> None:
+    """Spawned with another RoPE base (a server whose numbers are not llama.cpp's for this model,
+    as a faulty build's): the check says the server itself differs, beyond the margin."""
+    model = own_model(work, tmp_path)
+    out = tmp_path / "r.json"
+    proc = kvprobe(
+        "run", "--llama-server", str(work.binary), "--server-arg=--rope-freq-base", "--server-arg=100",
+        "--reference", "in-process", "--cache", "q4_0", *run_args(model, work.needles, out),
+    )  # fmt: skip
+    kill_left(llama_server_pids(work.binary, marker=str(model)))
+    assert proc.returncode == 0, proc.stderr
+    check = json.loads(out.read_text())["runtime"]["build_check"]
+    assert check["status"] == "differs_beyond_margin"
+    assert check["kl_ci"][0] > check["margin"]
+    assert "Build check: the server itself (its build or arguments) differs" in proc.stdout
+
+
+def test_the_in_process_reference_needs_a_server(work: Work, tmp_path: Path) -> None:
+    proc = kvprobe(
+        "run", "--reference", "in-process", *run_args(work.model, work.needles, tmp_path / "r.json")
+    )
+    assert_one_line_error(proc, "--reference in-process", "--llama-server PATH or --server URL")
+
+
 @pytest.mark.parametrize(
     "case",
     [
@@ -288,6 +355,10 @@ def test_attach_measures_running_servers(
         ),
         (["--server", "{q4_0}", "--server-cache", "q4_0"], ["--reference-server URL"]),
         (
+            ["--server", "{q4_0}", "--server-cache", "q4_0", "--reference", "in-process"],
+            ["--reference-server URL", "--reference in-process checks that server"],
+        ),
+        (
             ["--server", "http://10.1.2.3:8080", "--server-cache", "q4_0", "--reference-server", "{f16}"],
             ["llama-server at http://10.1.2.3:8080", "not a loopback address"],
         ),
@@ -296,7 +367,7 @@ def test_attach_measures_running_servers(
             ["llama-server at {nothing}", "connection refused"],
         ),
     ],
-    ids=["no-server-cache", "other-cache", "no-reference", "remote", "nothing-listens"],
+    ids=["no-server-cache", "other-cache", "no-reference", "in-process-alone", "remote", "nothing-listens"],
 )
 def test_attach_options_that_do_not_fit_are_refused(
     attached: dict[str, ServerProcess], work: Work, tmp_path: Path, case: tuple[list[str], list[str]]

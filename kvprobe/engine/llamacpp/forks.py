@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from kvprobe.api.engine import ChunkCallback, FedCallback, TeacherForced
+from kvprobe.api.engine import ChunkCallback, FedCallback, TeacherForced, TopCallback, TopLogprobs, TopRequest
 from kvprobe.infra.errors import EngineError
 
 if TYPE_CHECKING:
@@ -78,6 +78,76 @@ def feed_lockstep(
         i += len(part)
         if on_fed is not None:
             on_fed(len(part) * len(contexts))
+
+
+def feed_sampled(
+    contexts: Sequence[Context],
+    tokens: Sequence[int],
+    top: TopRequest,
+    on_top: TopCallback,
+    on_fed: FedCallback | None = None,
+) -> None:
+    """The llama-server engine's request sequence, in this process: for every sampled position
+    P (1 + j * stride) one batch of the tokens since the last (split at the chunk size from its
+    own start, as a server splits a prompt), P's row read from its last token's logits; then
+    the rest in one batch. These are the batches a server evaluates for the same TopRequest, so
+    its rows and a server's differ only by the build (the build check), never by batch shape.
+    Only the sampled rows are computed: the top n of the full log-softmax, and the document's
+    next token's exact log-prob."""
+    first = contexts[0]
+    if any(c.n_past != first.n_past or c.settings.chunk != first.settings.chunk for c in contexts):
+        raise EngineError("lockstep contexts must hold documents of equal length and equal chunk size")
+    start, end = first.n_past, first.n_past + len(tokens)
+    positions = [p for p in range(start + 1, end + 1) if (p - 1) % top.stride == 0 and p < len(top.document)]
+    n_probs = min(top.n_probs, first.model.n_vocab)
+    rows = []
+    for context in contexts:
+        found = []
+        fed = start
+        for p in positions:  # p > fed: the positions rise from start + 1
+            _decode_span(context, tokens[fed - start : p - start], want_last=True)
+            last = (p - fed - 1) % context.settings.chunk  # the last token's index in its batch
+            found.append(_top_row(context._logits(last), n_probs, int(top.document[p])))
+            fed = p
+        if fed < end:
+            _decode_span(context, tokens[fed - start :], want_last=False)
+        rows.append(_top_logprobs(found, positions, n_probs))
+        if on_fed is not None:
+            on_fed(len(tokens))
+    if positions:
+        on_top(rows)
+
+
+def _decode_span(context: Context, part: Sequence[int], *, want_last: bool) -> None:
+    """Append `part` to the document in batches of the chunk size counted from its start."""
+    chunk = context.settings.chunk
+    for i in range(0, len(part), chunk):
+        piece = part[i : i + chunk]
+        last = want_last and i + chunk >= len(part)
+        context._decode(piece, context.n_past, DOC_SEQ, want=[len(piece) - 1] if last else ())
+        context.n_past += len(piece)
+
+
+def _top_row(logits: np.ndarray, n_probs: int, target: int) -> tuple[np.ndarray, np.ndarray, float]:
+    """The n most likely ids (sorted, most likely first), their log-probs over the whole
+    vocabulary, and the target's log-prob."""
+    x = logits.astype(np.float64)
+    m = float(x.max())
+    log_probs = x - (m + float(np.log(np.exp(x - m).sum())))
+    ids = np.argpartition(-log_probs, n_probs - 1)[:n_probs] if n_probs < x.size else np.arange(x.size)
+    ids = ids[np.argsort(-log_probs[ids], kind="stable")]
+    return ids.astype(np.int32), log_probs[ids].astype(np.float32), float(log_probs[target])
+
+
+def _top_logprobs(
+    found: Sequence[tuple[np.ndarray, np.ndarray, float]], positions: Sequence[int], n_probs: int
+) -> TopLogprobs:
+    ids = np.empty((len(found), n_probs), dtype=np.int32)
+    lps = np.empty((len(found), n_probs), dtype=np.float32)
+    target = np.empty(len(found))
+    for j, (row_ids, row_lps, lp) in enumerate(found):
+        ids[j], lps[j], target[j] = row_ids, row_lps, lp
+    return TopLogprobs(np.asarray(positions, dtype=np.int64), ids, lps, target, target.copy())
 
 
 class ForkGroup:

@@ -189,11 +189,15 @@ class Model:
         top: TopRequest | None = None,
         on_top: TopCallback | None = None,
     ) -> None:
-        """forks.feed_lockstep, for contexts of this engine (a stranger is refused). It has every
-        position's full logits (`on_chunk`): sampled top-n rows (`top`) are for engines without."""
-        if top is not None or on_top is not None:
-            raise EngineError("the llama.cpp engine hands full logits (on_chunk), not sampled top-n rows")
+        """forks.feed_lockstep, for contexts of this engine (a stranger is refused): every
+        position's full logits (`on_chunk`). With `top`, forks.feed_sampled instead: a
+        llama-server's request sequence and rows, for comparing with one (the build check)."""
+        if (top is None) != (on_top is None) or (top is not None and on_chunk is not None):
+            raise EngineError("feed_lockstep takes on_chunk, or top with on_top")
         mine = [c for c in contexts if isinstance(c, Context)]
         if len(mine) != len(contexts):
             raise EngineError("the llama.cpp engine feeds only its own contexts in lockstep")
+        if top is not None and on_top is not None:
+            forks.feed_sampled(mine, tokens, top, on_top, on_fed)
+            return
         forks.feed_lockstep(mine, tokens, on_chunk, on_fed)
