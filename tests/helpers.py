@@ -572,6 +572,25 @@ def kill_left(pids: Sequence[int]) -> None:
                 os.kill(pid, signal.SIGKILL)
 
 
+def nvml_gpus() -> int:
+    """NVIDIA GPUs NVML sees here: 0 without nvidia-ml-py, its driver library, or a device (a
+    test that needs one skips, saying which)."""
+    try:
+        import pynvml
+    except ImportError:
+        return 0
+    try:
+        pynvml.nvmlInit()
+    except pynvml.NVMLError:
+        return 0
+    try:
+        return int(pynvml.nvmlDeviceGetCount())
+    except pynvml.NVMLError:
+        return 0
+    finally:
+        pynvml.nvmlShutdown()
+
+
 def assert_one_line_server_error(message: str, *parts: str) -> str:
     """A llama-server failure as kvprobe words it: one line, naming the server, then `;` and the
     fix; every one of `parts` in it."""

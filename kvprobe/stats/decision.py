@@ -5,6 +5,9 @@ this model. Pure functions of the result document and its verdict.
 Memory is the doctor's formula (`kv_cache_bytes`) on the KV layout the result records, as
 llama-server allocates it (sliding-window layers keep their window only); speed is the
 prefill rate each configuration measured at the deepest span of the run (`timing.prefill`).
+A run through llama-server speaks of that server instead where its record has the figures
+(`runtime.server.configs`): the KV MiB its log says it allocated, prefill and generation
+tokens/s from its own timings, and the GPU memory NVML saw its process hold.
 The stored verdict (`recommendation`, `folklore`) depends on the items alone, so a resumed
 run's verdict equals an uninterrupted one's; speed, a wall-clock figure, joins at display
 (`frontier`, `speed_sentence`).
@@ -73,6 +76,45 @@ def _deepest_speed(result: ResultDoc | JsonObject, cid: str) -> PrefillSpan | Js
     return measured[-1] if measured else None
 
 
+def _server_record(result: ResultDoc | JsonObject, cid: str) -> JsonObject | None:
+    """A llama-server run's record of the server that ran `cid` (None for an in-process run)."""
+    runtime = result.get("runtime") or {}
+    if runtime.get("engine") != "llama-server":
+        return None
+    found = ((runtime.get("server") or {}).get("configs") or {}).get(cid)
+    return found if isinstance(found, dict) else None
+
+
+def _server_figures(record: JsonObject | None, with_speed: bool) -> JsonObject:
+    """What the server itself said of one configuration: KV MiB from its log (and the cells they
+    hold), tokens/s from its timings, GPU memory through NVML, its build. None where not said."""
+    record = record or {}
+    applied = record.get("applied") or {}
+    cells = [c.get("cells") for c in applied.get("kv_caches") or [] if c.get("cells")]
+    return {
+        "kv_mib_server": applied.get("kv_mib"),
+        "kv_cells_server": max(cells) if cells else applied.get("n_ctx"),
+        "server_prefill_tokens_per_s": record.get("prefill_tps") if with_speed else None,
+        "generation_tokens_per_s": record.get("generation_tps") if with_speed else None,
+        "vram_mib": record.get("vram_mib"),
+        "server_build": record.get("version") or record.get("build_info"),
+    }
+
+
+def _speeds_from_server(rows: list[FrontierRow]) -> None:
+    """Where every row's server timed its prefill, the rows' prefill speed is the server's (over
+    the whole run; one source for all, so that the rows compare); else kvprobe's spans stay."""
+    if not rows or not all(r["server_prefill_tokens_per_s"] for r in rows):
+        return
+    for r in rows:
+        r.update(
+            prefill_tokens_per_s=r["server_prefill_tokens_per_s"],
+            prefill_depth=None,
+            prefill_all_logits=False,
+            speed_source="server",
+        )
+
+
 def _same_weights(result: ResultDoc | JsonObject) -> list[str]:
     """The baseline and the configurations on the baseline's weights (a 2x2 weights run
     recommends a cache for the reference weights)."""
@@ -87,7 +129,9 @@ def frontier(
     """One row per configuration (the reference first): equivalence status, effective context,
     mean KL, KV memory at the run's context and the training context, prefill speed at depth,
     the llama.cpp flags, and whether it is on the frontier (no other configuration is at least
-    as good in quality, memory and speed, and better in one)."""
+    as good in quality, memory and speed, and better in one). Through llama-server, also what
+    the server said (`_server_figures`; None in an in-process run), its prefill speed in place
+    of kvprobe's where every row has one (`speed_source` "server")."""
     baseline, ctx = result["baseline"], result["run"]["ctx"]
     train = (result.get("model") or {}).get("n_ctx_train") or 0
     rows: list[FrontierRow] = []
@@ -108,16 +152,20 @@ def frontier(
             "prefill_tokens_per_s": speed["tokens_per_s"] if speed else None,
             "prefill_depth": speed["depth"] if speed else None,
             "prefill_all_logits": bool(speed and speed.get("all_logits")),
+            "speed_source": "kvprobe" if speed else None,
             "flags": flags(tk, tv),
+            **_server_figures(_server_record(result, cid), with_speed),
         })  # fmt: skip
+    _speeds_from_server(rows)
 
     def quality(r: FrontierRow) -> tuple[int, float]:
         return STATUS_RANK[r["status"]], r["kld_mean"] if r["kld_mean"] is not None else float("inf")
 
     def dominates(a: FrontierRow, b: FrontierRow) -> bool:
         pairs = [(quality(a), quality(b)), ((a["relative_size"],), (b["relative_size"],))]
-        if a["prefill_tokens_per_s"] and b["prefill_tokens_per_s"]:
-            pairs.append(((-a["prefill_tokens_per_s"],), (-b["prefill_tokens_per_s"],)))
+        for key in ("prefill_tokens_per_s", "generation_tokens_per_s"):  # speed: the server's two
+            if a[key] and b[key]:
+                pairs.append(((-a[key],), (-b[key],)))
         return all(x <= y for x, y in pairs) and any(x < y for x, y in pairs)
 
     for r in rows:
@@ -375,23 +423,26 @@ def decide(result: ResultDoc | JsonObject, verdict: VerdictDoc) -> DecisionDoc:
 
 
 def speed_sentence(result: ResultDoc | JsonObject, rows: Sequence[FrontierRow]) -> str | None:
-    """The recommended configuration's measured prefill speed against the reference's."""
+    """The recommended configuration's measured prefill speed against the reference's; through
+    llama-server, the server's own prefill and generation speeds, naming its build."""
     rec = (result.get("verdict") or {}).get("recommendation")
     if not rec or not rows:
         return None
     ref, chosen = rows[0], next((r for r in rows if r["config"] == rec["config"]), None)
     if chosen is None or not chosen["prefill_tokens_per_s"] or not ref["prefill_tokens_per_s"]:
         return None
+    # Keeping the reference: what the cheaper ones would have cost in speed instead.
+    shown = [chosen] if chosen is not ref else [r for r in rows[1:] if r["prefill_tokens_per_s"]]
+    if not shown:
+        return None
+    if chosen["speed_source"] == "server":
+        return _server_speed_sentence(ref, shown, rows)
     lo, hi = chosen["prefill_depth"]
     logits = (
         " (every position's logits computed, for the probes that compare them)"
         if chosen["prefill_all_logits"]
         else ""
     )
-    # Keeping the reference: what the cheaper ones would have cost in speed instead.
-    shown = [chosen] if chosen is not ref else [r for r in rows[1:] if r["prefill_tokens_per_s"]]
-    if not shown:
-        return None
     each = "; ".join(
         f"{r['config']} {r['prefill_tokens_per_s']:,.0f} tokens/s "
         f"({r['prefill_tokens_per_s'] / ref['prefill_tokens_per_s']:.2f}x)"
@@ -401,3 +452,33 @@ def speed_sentence(result: ResultDoc | JsonObject, rows: Sequence[FrontierRow]) 
         f"Prefill on this host at depth {lo:,}-{hi:,}{logits}: {each}, against "
         f"{ref['prefill_tokens_per_s']:,.0f} for {ref['config']}."
     )
+
+
+def rate(tokens_per_s: float) -> str:
+    """A speed in tokens/s, to three figures or so (a server's generation is often below 100)."""
+    return f"{tokens_per_s:,.0f}" if tokens_per_s >= 100 else f"{tokens_per_s:.1f}"
+
+
+def server_builds(rows: Sequence[FrontierRow]) -> str:
+    """The llama-server build(s) of the rows: one, or each configuration's where they differ."""
+    builds = {r["server_build"] for r in rows}
+    if len(builds) == 1:
+        return f"llama-server {next(iter(builds)) or '(build unknown)'}"
+    return "llama-servers " + "; ".join(f"{r['config']}: {r['server_build'] or '?'}" for r in rows)
+
+
+def _server_speed_sentence(
+    ref: FrontierRow, shown: Sequence[FrontierRow], rows: Sequence[FrontierRow]
+) -> str:
+    """Whose speed it is: the server's own timings over the whole run (its prefill: the document
+    and every scored prompt; its generation: the greedy continuations at the checkpoints)."""
+
+    def each(key: str, what: str) -> str | None:
+        if not ref[key] or not all(r[key] for r in shown):
+            return None
+        said = ", ".join(f"{r['config']} {rate(r[key])} tokens/s ({r[key] / ref[key]:.2f}x)" for r in shown)
+        return f"{what} {said} against {rate(ref[key])} for {ref['config']}"
+
+    prefill = each("prefill_tokens_per_s", "prefill")
+    found = [s for s in (prefill, each("generation_tokens_per_s", "generation")) if s]
+    return f"Speed of the {server_builds(rows)} by its own timings, over the whole run: {'; '.join(found)}."

@@ -16,8 +16,8 @@ import pytest
 
 from kvprobe.engine.server import process
 from kvprobe.engine.server.client import ServerError
-from kvprobe.engine.server.process import ServerProcess, applied_settings, server_version
-from tests.helpers import assert_one_line_server_error, kill_left, process_alive, wait_gone
+from kvprobe.engine.server.process import ServerProcess, applied_settings, process_vram_mib, server_version
+from tests.helpers import assert_one_line_server_error, kill_left, nvml_gpus, process_alive, wait_gone
 
 N_VOCAB = 412  # the tiny model's vocabulary
 
@@ -248,3 +248,72 @@ def test_missing_model_exits_at_once(llama_server: Path, tmp_path: Path) -> None
 def test_server_args_that_fight_ours_are_refused(tmp_path: Path, bad: list[str]) -> None:
     with pytest.raises(ValueError, match="is set by ServerProcess"):
         ServerProcess("/bin/true", tiny_args(tmp_path / "m.gguf", *bad), log_path=tmp_path / "s.log")
+
+
+# --- the server's GPU memory, through NVML -------------------------------------------------------
+
+
+def test_gpu_memory_is_none_without_nvml_or_a_process_on_a_gpu(
+    llama_server: Path, tiny_model_path: Path, tmp_path: Path
+) -> None:
+    """None, never an error: without NVML (its library or nvidia-ml-py absent, as on a host
+    without an NVIDIA driver) or for a process that holds no GPU memory; a spawned server of a
+    CPU build keeps None once ready and after it is stopped."""
+    gpus = nvml_gpus()
+    checked = "a process on no GPU" if gpus else "the path without NVML"
+    print(f"NVML sees {gpus} GPU(s): this checks {checked}")
+    assert process_vram_mib(os.getpid()) is None  # this process's llama.cpp is a CPU build
+    with ServerProcess(llama_server, tiny_args(tiny_model_path), log_path=tmp_path / "s.log") as proc:
+        assert proc.pid is not None
+        on_gpu = process_vram_mib(proc.pid)
+        if not gpus:
+            assert on_gpu is None
+        assert proc.vram_mib == on_gpu  # read once it answered /health
+    assert proc.read_vram() is None  # stopped: nothing to read, the reading kept
+    assert proc.vram_mib == on_gpu
+
+
+# A process that holds `argv[1]` MiB of GPU memory through the CUDA driver API, until stdin closes.
+CUDA_HOLDER = textwrap.dedent("""
+    import ctypes, sys
+    cuda = ctypes.CDLL("libcuda.so.1")
+    dev, ctx, ptr = ctypes.c_int(), ctypes.c_void_p(), ctypes.c_uint64()
+    for step in (lambda: cuda.cuInit(0), lambda: cuda.cuDeviceGet(ctypes.byref(dev), 0),
+                 lambda: cuda.cuDevicePrimaryCtxRetain(ctypes.byref(ctx), dev),
+                 lambda: cuda.cuCtxSetCurrent(ctx),
+                 lambda: cuda.cuMemAlloc_v2(ctypes.byref(ptr), ctypes.c_size_t(int(sys.argv[1]) << 20))):
+        if step():
+            print("CUDA refused", flush=True)
+            sys.exit(3)
+    print("ready", flush=True)
+    sys.stdin.read()
+""")
+
+
+def test_gpu_memory_of_a_process_on_the_gpu() -> None:
+    """Where NVML sees a GPU: a process holding 256 MiB through CUDA is read as at least that."""
+    if not nvml_gpus():
+        pytest.skip("NVML sees no GPU here (no NVIDIA driver or device): reading GPU memory needs one")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", CUDA_HOLDER, "256"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None
+        said = holder.stdout.readline().strip()
+        if said != "ready":
+            pytest.skip(f"NVML sees a GPU but no CUDA context could be made here ({said or 'no libcuda'})")
+        found = process_vram_mib(holder.pid)
+        assert found is not None, "NVML did not list the process (another PID namespace?)"
+        assert found >= 256
+        assert process_vram_mib(os.getpid()) is None
+    finally:
+        if holder.stdin is not None:
+            holder.stdin.close()
+        try:
+            holder.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            kill_left([holder.pid])

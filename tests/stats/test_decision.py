@@ -4,9 +4,11 @@ thumb. Pure functions of result data."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
-from kvprobe.stats.decision import flags, folklore, frontier, kv_bytes, recommend
+from kvprobe.stats.decision import flags, folklore, frontier, kv_bytes, recommend, speed_sentence
 from kvprobe.stats.verdict import build_verdict
 from kvprobe.weights.doctor import kv_cache_bytes
 from tests.helpers import config_row
@@ -166,4 +168,92 @@ def test_the_speed_sentence_compares_the_choice_or_else_what_was_not_chosen() ->
     assert (
         sentence
         == "Prefill on this host at depth 2,048-4,096: q4_0 150 tokens/s (0.25x), against 600 for f16."
+    )
+
+
+# --- a run through llama-server: the frontier speaks of the server ---------------------------------
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "results" / "examples"
+
+
+def example(name: str) -> dict[str, Any]:
+    doc: dict[str, Any] = json.loads((EXAMPLES / name).read_text())
+    return doc
+
+
+def test_a_server_run_s_frontier_carries_the_server_s_own_figures() -> None:
+    """KV MiB from the server's log, prefill and generation tokens/s from its timings, its build;
+    the layout's bytes stay beside them (the stored recommendation sizes caches by them)."""
+    doc = example("server-default-f16-q4_0-8192.json")
+    servers = doc["runtime"]["server"]["configs"]
+    rows = frontier(doc, doc["verdict"])
+    assert [r["config"] for r in rows] == ["f16", "q4_0"]
+    for r in rows:
+        said = servers[r["config"]]
+        assert r["kv_mib_server"] == said["applied"]["kv_mib"]
+        assert r["kv_cells_server"] == said["applied"]["n_ctx"]
+        assert r["prefill_tokens_per_s"] == said["prefill_tps"]
+        assert r["generation_tokens_per_s"] == said["generation_tps"]
+        assert r["speed_source"] == "server"
+        assert r["prefill_depth"] is None  # the server's timings cover the whole run
+        assert r["server_build"] == said["version"] == doc["runtime"]["server_version"]
+        assert r["vram_mib"] is None  # measured on a host without a GPU
+        assert r["kv_bytes"] == kv_bytes(doc, r["config"], r["config"], doc["run"]["ctx"])
+    # The server's figure is what it allocated: the run's cells, sliding-window layers full.
+    cells = servers["q4_0"]["applied"]["n_ctx"]
+    full = kv_cache_bytes(doc["model"]["kv_layout"], cells, "q4_0", "q4_0", swa_full=True)["total"]
+    assert abs(rows[1]["kv_mib_server"] - full / 2**20) < 0.01
+    # Without speed (the stored verdict's rows), no wall-clock figure of either engine.
+    assert all(r["generation_tokens_per_s"] is None for r in frontier(doc, doc["verdict"], with_speed=False))
+
+
+def test_a_server_run_s_speed_sentence_names_the_server_and_its_build() -> None:
+    doc = example("server-default-f16-q4_0-8192.json")
+    servers = doc["runtime"]["server"]["configs"]
+    f16, q4 = servers["f16"], servers["q4_0"]
+    sentence = speed_sentence(doc, frontier(doc, doc["verdict"]))
+    assert sentence == (
+        f"Speed of the llama-server {doc['runtime']['server_version']} by its own timings, over the whole "
+        f"run: prefill q4_0 {q4['prefill_tps']:.1f} tokens/s ({q4['prefill_tps'] / f16['prefill_tps']:.2f}x) "
+        f"against {f16['prefill_tps']:.1f} for f16; generation q4_0 {q4['generation_tps']:.1f} tokens/s "
+        f"({q4['generation_tps'] / f16['generation_tps']:.2f}x) against {f16['generation_tps']:.1f} for f16."
+    )
+
+
+def test_a_server_without_timings_for_every_row_leaves_kvprobe_s_spans() -> None:
+    """One source of speed for all rows: where one server's timings are missing (an older file,
+    an attached server that answered none), every row takes kvprobe's deepest span instead."""
+    doc = example("server-default-f16-q4_0-8192.json")
+    del doc["runtime"]["server"]["configs"]["q4_0"]["prefill_tps"]
+    rows = frontier(doc, doc["verdict"])
+    for r in rows:
+        deepest = doc["timing"]["prefill"][r["config"]][-1]
+        assert r["speed_source"] == "kvprobe"
+        assert r["prefill_tokens_per_s"] == deepest["tokens_per_s"]
+        assert r["prefill_depth"] == deepest["depth"]
+    assert speed_sentence(doc, rows).startswith("Prefill on this host at depth")  # type: ignore[union-attr]
+
+
+def test_an_in_process_frontier_has_no_server_figures() -> None:
+    doc = example("default-f16-q4_0-8192.json")
+    rows = frontier(doc, doc["verdict"])
+    for r in rows:
+        deepest = doc["timing"]["prefill"][r["config"]][-1]
+        assert r["prefill_tokens_per_s"] == deepest["tokens_per_s"]
+        assert r["prefill_depth"] == deepest["depth"]
+        assert r["speed_source"] == "kvprobe"
+        assert r["kv_bytes"] == kv_bytes(doc, r["config"], r["config"], doc["run"]["ctx"])
+        for key in (
+            "kv_mib_server",
+            "kv_cells_server",
+            "generation_tokens_per_s",
+            "vram_mib",
+            "server_build",
+        ):
+            assert r[key] is None, key
+    q4, f16 = rows[1]["prefill_tokens_per_s"], rows[0]["prefill_tokens_per_s"]
+    lo, hi = rows[1]["prefill_depth"]
+    assert speed_sentence(doc, rows) == (
+        f"Prefill on this host at depth {lo:,}-{hi:,}: q4_0 {q4:,.0f} tokens/s ({q4 / f16:.2f}x), "
+        f"against {f16:,.0f} for f16."
     )

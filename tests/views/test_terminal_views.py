@@ -13,7 +13,7 @@ import pytest
 from rich.console import Console
 
 from kvprobe.stats.decision import kv_bytes
-from kvprobe.views.decision import frontier_cells
+from kvprobe.views.decision import frontier_cells, print_decision
 from kvprobe.views.terminal import matrix_rows, print_comparison, print_run_report
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "results" / "examples"
@@ -102,3 +102,94 @@ def test_the_report_opens_with_the_recommendation(name: str) -> None:
         out.index("Recommendation") < out.index("Quality, memory and speed") < out.index("tokens evaluated")
     )
     assert out.index("tokens evaluated") < out.index("Verdict") < out.index("Rules of thumb")
+
+
+# --- the frontier of a run through llama-server, and the table at 80 columns -----------------------
+
+SERVER = "server-default-f16-q4_0-8192.json"
+IN_PROCESS = "default-f16-q4_0-8192.json"
+
+
+def column(header: list[str], cells: list[list[str]], starts: str) -> list[str]:
+    """The cells of the one column whose header starts with `starts`."""
+    found = [i for i, h in enumerate(header) if h.startswith(starts)]
+    assert len(found) == 1, (starts, header)
+    return [row[found[0]] for row in cells]
+
+
+def speed(value: float) -> str:
+    return f"{value:,.0f}" if value >= 100 else f"{value:.1f}"
+
+
+def test_a_server_run_s_table_shows_what_the_server_allocated_and_timed() -> None:
+    doc = load(SERVER)
+    servers = doc["runtime"]["server"]["configs"]
+    header, cells = frontier_cells(doc)
+    configs = [row[0] for row in cells]
+    cells_held = servers["f16"]["applied"]["n_ctx"]
+    assert f"KV MiB allocated (server's log, {cells_held:,} cells, sliding-window layers full)" in header
+    allocated = column(header, cells, "KV MiB allocated")
+    assert allocated == [f"{servers[c]['applied']['kv_mib']:,.1f}" for c in configs]
+    assert column(header, cells, "prefill tokens/s (server's timings)") == [
+        speed(servers[c]["prefill_tps"]) for c in configs
+    ]
+    assert column(header, cells, "generation tokens/s (server's timings)") == [
+        speed(servers[c]["generation_tps"]) for c in configs
+    ]
+    # The layout's figures stay, named as such: what a default llama-server allocates.
+    ctx = doc["run"]["ctx"]
+    layout = column(header, cells, f"KV MiB at {ctx:,} (GGUF layout)")
+    assert layout == [f"{kv_bytes(doc, c, c, ctx) / 2**20:,.1f}" for c in configs]  # type: ignore[operator]
+    assert not any(h.startswith("VRAM") for h in header)  # measured without a GPU: no empty column
+
+
+def test_an_in_process_table_is_unchanged() -> None:
+    doc = load(IN_PROCESS)
+    header, cells = frontier_cells(doc)
+    ctx, train = doc["run"]["ctx"], doc["model"]["n_ctx_train"]
+    assert header == [
+        "config", "vs reference", "effective context", "mean KL (whole document)", f"KV MiB at {ctx:,}",
+        "saves", f"KV MiB at {train:,}", "prefill tokens/s (depth)", "llama.cpp flags", "frontier",
+    ]  # fmt: skip
+    for row in cells:
+        deepest = doc["timing"]["prefill"][row[0]][-1]
+        lo, hi = deepest["depth"]
+        assert row[7] == f"{deepest['tokens_per_s']:,.0f} ({lo:,}-{hi:,})"
+
+
+def test_the_server_s_gpu_memory_gets_a_column_where_it_was_read() -> None:
+    """A display check on the real file: the GPU memory a server's record holds (here its
+    weights and KV cache, what a fully offloaded server holds at least) is shown as read."""
+    doc = load(SERVER)
+    servers = doc["runtime"]["server"]["configs"]
+    for record in servers.values():
+        applied = record["applied"]
+        record["vram_mib"] = applied["kv_mib"] + sum(applied["weight_buffers"].values())
+    header, cells = frontier_cells(doc)
+    assert column(header, cells, "VRAM MiB") == [f"{servers[row[0]]['vram_mib']:,.0f}" for row in cells]
+    out = printed(print_run_report, doc)
+    assert "VRAM MiB" in out
+
+
+@pytest.mark.parametrize("name", [SERVER, IN_PROCESS, "splitkv-f16-q8_0-q4_0-8192.json"])
+def test_the_table_is_readable_at_80_columns(name: str) -> None:
+    """No value cut ("…") and no line past 80 columns: the table goes in parts (quality and
+    flags, then memory and speed), each starting with the configuration; at 200 columns, one."""
+    doc = load(name)
+    text = decision_at(doc, 80)
+    assert "…" not in text
+    assert max(len(line) for line in text.splitlines()) <= 80
+    _, cells = frontier_cells(doc)
+    for row in cells:  # every value whole, on its configuration's first line in one of the parts
+        lines = " ".join(ln for ln in text.splitlines() if ln.startswith(f"│ {row[0]} "))
+        for value in filter(None, row):
+            assert f" {value.split()[-1] if value.startswith('≥') else value.split()[0]} " in lines, value
+    assert text.count("┏") == 2
+    assert decision_at(doc, 200).count("┏") == 1
+
+
+def decision_at(doc: Any, width: int) -> str:
+    """The Recommendation and the frontier table as a terminal `width` columns wide shows them."""
+    out = io.StringIO()
+    print_decision(doc, Console(file=out, width=width, force_terminal=False))
+    return out.getvalue()

@@ -463,6 +463,8 @@ class ServerModel:
         log and the kernels fallback; speeds from the servers' own timings."""
         for context in self.contexts:
             self.servers[context.record["key"]].update(context.meter.speeds())
+            if context.owned is not None:  # NVML's reading of a spawned server's process (process.py)
+                self.servers[context.record["key"]]["vram_mib"] = context.owned.vram_mib
         return {
             "mode": "attach" if self.options.attach else "spawn",
             "binary": str(self.options.binary) if self.options.binary else None,

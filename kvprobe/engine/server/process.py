@@ -1,7 +1,8 @@
 """A llama-server this process starts and owns (`ServerProcess`): on a free loopback port,
 waited for on /health, stopped on every way out (normal exit, an exception, SIGTERM/SIGINT/SIGHUP
 to this process while a server runs, and this process being SIGKILLed: the server is spawned with
-PR_SET_PDEATHSIG = SIGKILL); and what its log says took effect (`applied_settings`)."""
+PR_SET_PDEATHSIG = SIGKILL); what its log says took effect (`applied_settings`); and the GPU
+memory its process holds where NVML sees it (`process_vram_mib`)."""
 
 from __future__ import annotations
 
@@ -79,6 +80,52 @@ def applied_settings(log: str) -> dict[str, Any]:
     }
 
 
+def process_vram_mib(pid: int) -> float | None:
+    """GPU memory NVML reports process `pid` holding, summed over every device, in MiB. None,
+    never an error, without NVML (no driver, or nvidia-ml-py absent), without a GPU, where the
+    process is on none (a CPU build) or NVML cannot see it (another PID namespace, or no
+    per-process figure)."""
+    try:
+        import pynvml
+    except ImportError:
+        return None
+    try:
+        pynvml.nvmlInit()
+    except pynvml.NVMLError:
+        return None
+    try:
+        used: list[int] = []
+        for index in range(pynvml.nvmlDeviceGetCount()):
+            handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+            # A CUDA server is a compute process; a Vulkan one may be listed as graphics: one per device.
+            seen = [
+                int(p.usedGpuMemory)
+                for listed in (
+                    pynvml.nvmlDeviceGetComputeRunningProcesses,
+                    pynvml.nvmlDeviceGetGraphicsRunningProcesses,
+                )
+                for p in _listed(listed, handle)
+                if p.pid == pid and p.usedGpuMemory is not None
+            ]
+            if seen:
+                used.append(max(seen))
+        return round(sum(used) / 2**20, 1) if used else None
+    except pynvml.NVMLError:
+        return None
+    finally:
+        pynvml.nvmlShutdown()
+
+
+def _listed(listed: Callable[[Any], list[Any]], handle: Any) -> list[Any]:
+    """One NVML process list; a list this driver or device does not offer is an empty one."""
+    import pynvml
+
+    try:
+        return list(listed(handle))
+    except pynvml.NVMLError:
+        return []
+
+
 # --- the process ---------------------------------------------------------------------------------
 
 
@@ -147,7 +194,7 @@ def _stop_all() -> None:
     with _live_lock:
         servers = list(_live)
     for server in servers:
-        server.stop()
+        server.stop(read_vram=False)  # a signal or the exit: no NVML calls on the way out
 
 
 def _on_signal(signum: int, frame: FrameType | None) -> None:
@@ -228,6 +275,7 @@ class ServerProcess:
         self._log: IO[bytes] | None = None
         self._log_start = 0
         self._client: ServerClient | None = None
+        self.vram_mib: float | None = None  # the most GPU memory NVML saw the server hold, in MiB
 
     @property
     def where(self) -> str:
@@ -382,6 +430,7 @@ class ServerProcess:
                     if props.model_alias != self.alias:
                         raise _PortTaken
                     self._client = client
+                    self.read_vram()  # model and KV cache loaded: the server's GPU memory at rest
                     return client
             time.sleep(delay)
             delay = min(delay * 1.5, 0.5)
@@ -392,10 +441,23 @@ class ServerProcess:
         self.returncode = None
         self._proc = None
 
-    def stop(self) -> int | None:
+    def read_vram(self) -> float | None:
+        """Read the GPU memory the server holds now (NVML, where its GPU is local); `vram_mib`
+        keeps the most seen. None without NVML, a GPU, or a running server."""
+        if self._proc is None or self._proc.poll() is not None:
+            return None
+        found = process_vram_mib(self._proc.pid)
+        if found is not None:
+            self.vram_mib = max(self.vram_mib or 0.0, found)
+        return found
+
+    def stop(self, *, read_vram: bool = True) -> int | None:
         """SIGTERM to the server's process group, SIGKILL after `stop_timeout`; idempotent.
-        Returns the exit status."""
+        A server that was ready has its GPU memory read first (after the run; not from a signal
+        handler: `read_vram=False`). Returns the exit status."""
         proc = self._proc
+        if read_vram and self._client is not None:
+            self.read_vram()
         if proc is not None and proc.poll() is None:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(proc.pid, signal.SIGTERM)
