@@ -165,7 +165,8 @@ class Runtime(Record):
     configuration (`configs`) the server's URL form (never credentials), version or build, its log
     file, the arguments it was started with, what its log says took effect (`applied`: cache types
     and MiB per KV cache (`kv_mib` in all), flash attention, rotation, n_ctx, slots, threads, weight
-    buffers, layers offloaded) or, attached, `stated_cache` and `/props`' n_ctx and model path, and
+    buffers, layers offloaded) or, attached, `stated_cache`; `props`, what the server's /props says (build,
+    model path and alias, n_ctx per slot, slots, the chat template's sha256, BOS/EOS text); and
     `prefill_tps`/`generation_tps` from the server's own timings (over the whole run), and, spawned,
     `vram_mib` (the most GPU memory NVML saw the server's process hold, once ready and after the run;
     null without NVML, a local GPU, or the process on one)"""

@@ -72,6 +72,11 @@ def engine_choice(args: argparse.Namespace, out_path: Path) -> tuple[str, Engine
                     else ""
                 )
             )
+        if getattr(args, "null_check", False):
+            raise UserError(
+                "--null-check needs a second f16 context, and an attached f16 server has one slot: drop "
+                "--null-check, or let kvprobe start the servers with --llama-server PATH"
+            )
         if args.server.rstrip("/") == args.reference_server.rstrip("/"):
             raise UserError(
                 "--server and --reference-server are the same server: give the f16 one as the reference"

@@ -128,6 +128,12 @@ def test_spawn_runs_one_server_per_cache_and_leaves_none(spawned: dict[str, Any]
         assert record["args"][record["args"].index("-m") + 1] == str(spawned["model"])
         assert Path(record["log"]).resolve() == (logs / f"llama-server-{cache}.log").resolve()
         assert "listening on" in (logs / f"llama-server-{cache}.log").read_text()
+        props = record["props"]  # what the server itself says (/props)
+        assert props["model_path"] == str(spawned["model"])
+        assert props["total_slots"] == 1
+        assert props["n_ctx"] >= doc["runtime"]["n_ctx"]
+        assert props["build_info"].endswith(runtime["server_version"].split("commit ")[1].rstrip(")"))
+        assert len(props["chat_template_sha256"]) == 64
     assert (logs / "llama-server-tokenizer.log").is_file()
     assert doc["complete"] is True
     assert {item["config"] for item in doc["items"]} == {"f16", "q4_0"}
@@ -367,7 +373,14 @@ def test_the_in_process_reference_needs_a_server(work: Work, tmp_path: Path) -> 
             ["llama-server at {nothing}", "connection refused"],
         ),
     ],
-    ids=["no-server-cache", "other-cache", "no-reference", "in-process-alone", "remote", "nothing-listens"],
+    ids=[
+        "no-server-cache",
+        "other-cache",
+        "no-reference",
+        "in-process-alone",
+        "remote",
+        "nothing-listens",
+    ],
 )
 def test_attach_options_that_do_not_fit_are_refused(
     attached: dict[str, ServerProcess], work: Work, tmp_path: Path, case: tuple[list[str], list[str]]
@@ -377,6 +390,20 @@ def test_attach_options_that_do_not_fit_are_refused(
     out = tmp_path / "r.json"
     proc = kvprobe("run", *[a.format(**urls) for a in case[0]], *run_args(work.model, work.needles, out))
     assert_one_line_error(proc, *[w.format(**urls) for w in case[1]])
+    assert not out.exists()
+
+
+def test_the_null_check_on_an_attached_server_is_refused(
+    attached: dict[str, ServerProcess], work: Work, tmp_path: Path
+) -> None:
+    """The null check's second f16 context would share the attached f16 server's one slot."""
+    out = tmp_path / "r.json"
+    proc = kvprobe(
+        "run", "--server", attached["q4_0"].url, "--server-cache", "q4_0", "--reference-server",
+        attached["f16"].url, "--null-check", "--model", str(work.model), "--ctx", "512", "--no-html",
+        "--out", str(out),
+    )  # fmt: skip
+    assert_one_line_error(proc, "--null-check needs a second f16 context", "--llama-server PATH")
     assert not out.exists()
 
 

@@ -20,11 +20,12 @@ at sampled positions (`TopLogprobs`), never full logits.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,7 +46,7 @@ from kvprobe.api.engine import (
     TopRequest,
 )
 from kvprobe.api.engine import Context as AnyContext
-from kvprobe.engine.server.client import NextToken, ServerClient, ServerError, Timings, parse_url
+from kvprobe.engine.server.client import NextToken, Props, ServerClient, ServerError, Timings, parse_url
 from kvprobe.engine.server.process import ServerProcess, applied_settings, server_version
 from kvprobe.infra.errors import EngineError, UserError
 
@@ -497,12 +498,14 @@ class ServerModel:
                     f"holds {applied.n_ctx} cells, {settings.n_ctx} asked",
                     "check the --server-arg values",
                 )
+            props = process.client.props()
         except BaseException:
             process.stop()
             raise
         record = {
             "cache": cache.id,
             "mode": "spawn",
+            "props": _props_record(props),
             "url": process.url,
             "version": process.version,
             "log": str(process.log_path),
@@ -562,6 +565,12 @@ def _each(contexts: list[ServerContext], work: Callable[[ServerContext, threadin
     pool = ThreadPoolExecutor(max_workers=len(contexts), thread_name_prefix="kvprobe-server")
     futures = [pool.submit(work, c, stop) for c in contexts]
     try:
+        # The first failure, whichever context has it, stops the others at once (not after the
+        # contexts before it in the list have finished their work).
+        wait(futures, return_when=FIRST_EXCEPTION)
+        for future in futures:
+            if future.done():
+                future.result()
         for future in futures:
             future.result()
     except BaseException:
@@ -601,6 +610,21 @@ def _feed_sampled(
     _each(contexts, sample)
     if positions:
         on_top([_top_rows(rows[id(c)], positions, n_probs) for c in contexts])
+
+
+def _props_record(props: Props) -> dict[str, Any]:
+    """What the result keeps of /props: the build, the model as the server names it, the context
+    per slot, the slots, and its chat template by sha256 (the text is the GGUF's or the user's)."""
+    return {
+        "build_info": props.build_info,
+        "model_path": props.model_path,
+        "model_alias": props.model_alias,
+        "n_ctx": props.n_ctx,
+        "total_slots": props.total_slots,
+        "chat_template_sha256": hashlib.sha256(props.chat_template.encode("utf-8")).hexdigest(),
+        "bos_token": props.bos_token,
+        "eos_token": props.eos_token,
+    }
 
 
 def _applied(found: Mapping[str, Any], cache: CacheConfig, where: str) -> Applied:
@@ -696,6 +720,7 @@ class ServerEngine:
             "build_info": props.build_info,
             "model_path": props.model_path,
             "n_ctx": props.n_ctx,
+            "props": _props_record(props),
         }
         return ServerContext(client, settings, applied, owned=None, record=record)
 
