@@ -1,6 +1,8 @@
 """The docs' pictures, made from real result files by kvprobe's own code: every figure the
 docs show (PNG, from results/examples/), and screenshots of the pages in headless Chromium at
-the window widths people use (1280 and 800 px). Run it again when a page changes: the tests
+the window widths people use (1280 and 800 px); the README's hero (page-main-job.png) is the main
+job's page cut to its decision and the one figure that shows why, at 800 px, so that it stays
+legible at the docs' width. Run it again when a page changes: the tests
 compare each page with the fingerprint written here (docs/img/pictures.json) and say so.
 
     python docs/pictures.py [--chromium /usr/bin/chromium] [--check-widths]
@@ -83,6 +85,31 @@ def screenshot(chromium: str, html: str, out: Path, width: int, height: int) -> 
         subprocess.run(cmd, check=True, capture_output=True, timeout=120)
 
 
+# The hero's one figure: the answer log-prob difference with the verdict's margin lines.
+HERO_FIGURE = 'alt="Answer log-probability minus'
+HERO_WIDTH = 800  # the docs' column: the decision's table whole there (the page's narrow style)
+
+
+def hero_html(html: str) -> str:
+    """The page down to its decision (title, verdict badges, recommendation, the frontier
+    table and its legend), then the one figure that shows why."""
+    head = html.split("<h3>Rules of thumb", maxsplit=1)[0]
+    start = html.index(HERO_FIGURE)
+    figure = html[html.rindex("<img", 0, start) : html.index(">", start) + 1]
+    return f"{head}{figure}\n</body></html>\n"
+
+
+def trimmed(path: Path) -> None:
+    """The screenshot cut below its last non-white row (and a margin)."""
+    from PIL import Image, ImageChops
+
+    with Image.open(path) as image:
+        rgb = image.convert("RGB")
+    box = ImageChops.difference(rgb, Image.new("RGB", rgb.size, "white")).getbbox()
+    if box is not None:
+        rgb.crop((0, 0, rgb.width, min(rgb.height, box[3] + 24))).save(path, optimize=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--chromium", default=shutil.which("chromium") or "/usr/bin/chromium")
@@ -98,7 +125,11 @@ def main() -> None:
         pages["sweep-page"] = sweep
     for stem, html in pages.items():
         prints[stem] = fingerprint(html)
-        screenshot(args.chromium, html, IMG / f"{stem}.png", 1280, 1000)
+        if stem == "page-main-job":
+            screenshot(args.chromium, hero_html(html), IMG / f"{stem}.png", HERO_WIDTH, 2400)
+            trimmed(IMG / f"{stem}.png")
+        else:
+            screenshot(args.chromium, html, IMG / f"{stem}.png", 1280, 1000)
         if args.check_widths:
             (IMG / "check").mkdir(exist_ok=True)
             for width in (1280, 800):

@@ -22,18 +22,19 @@ EXAMPLE = ROOT / "results" / "examples" / "default-f16-q4_0-8192.json"
 README = ROOT / "README.md"
 BEGIN, END = "<!-- main-job-report: begin (python docs/readme_block.py) -->", "<!-- main-job-report: end -->"
 WIDTH = "100"
-FIRST, AFTER = "Recommendation", "Quality, memory and speed"  # the block: the decision, up to the table
+FIRST = "Recommendation"  # the block: this heading and the indented lines under it
 
 
 def report_block() -> list[str]:
-    """The decision block of `kvprobe report EXAMPLE` at WIDTH columns."""
+    """The decision block of `kvprobe report EXAMPLE` at WIDTH columns: the Recommendation and
+    its lines (one per configuration, the speed), up to the first line not indented under it."""
     env = {**os.environ, "COLUMNS": WIDTH, "NO_COLOR": "1", "TERM": "dumb"}
     out = subprocess.run(
         [sys.executable, "-m", "kvprobe", "report", str(EXAMPLE)], check=True, capture_output=True, text=True,
         env=env, cwd=ROOT,
     ).stdout.splitlines()  # fmt: skip
     start = next(i for i, line in enumerate(out) if line.startswith(FIRST))
-    end = next(i for i, line in enumerate(out) if line.startswith(AFTER))
+    end = next(i for i in range(start + 1, len(out)) if not out[i].startswith("  "))
     return [line.rstrip() for line in out[start:end]]
 
 

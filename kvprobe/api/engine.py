@@ -176,6 +176,7 @@ class EngineOptions:
     url: str | None = None  # attach: the server under test
     url_cache: str | None = None  # attach: its cache types as the user states them (q4_0, q8_0/q4_0)
     reference_url: str | None = None  # attach: the f16 reference server
+    chat_template: Path | None = None  # spawn: --chat-template FILE, given to every server (--jinja)
     log_dir: Path | None = None  # where spawned servers' logs go (beside the result)
 
     @property
@@ -301,6 +302,12 @@ class Model(Protocol):
 
     def detokenize(self, tokens: Sequence[int]) -> str:
         """The text of `tokens`."""
+
+    def render_chat(self, messages: Sequence[Mapping[str, str]]) -> str | None:
+        """The prompt text the engine itself makes of chat `messages` ({"role", "content"}),
+        generation prompt included and a reasoning template's thinking off: a llama-server's
+        /apply-template, what its chat users get. None where the engine renders none (in
+        process: kvprobe renders the template itself, kvprobe.plan.chat)."""
 
     def piece(self, token: int) -> str:
         """One token's text (special tokens not written out)."""

@@ -39,6 +39,7 @@ class LineFigure:
     log2_x: bool = False
     level: tuple[float, str] | None = None  # a horizontal reference line (y, label)
     zero_line: bool = False
+    levels: list[tuple[float, str]] = field(default_factory=list)  # more such lines: a ± margin
 
 
 @dataclass(frozen=True)
@@ -55,7 +56,8 @@ class Heatmap:
     vmin: float = 0.0
     vmax: float = 1.0
     # Categories instead of a scale: each value is an index into them, drawn in its colour
-    # (GROUP_COLOURS), and `text` is written in the cells instead of the numbers.
+    # (GROUP_COLOURS), and `text` is written in the cells instead of the numbers. On a scale,
+    # `text` names the cells without a value (None): "not measured: decided earlier".
     categories: list[str] = field(default_factory=list)
     text: list[list[str]] | None = None
 
@@ -83,6 +85,14 @@ class Scatter:
 
 
 Figure = LineFigure | Heatmap | Scatter
+
+
+def margin_lines(margin: float | None) -> list[tuple[float, str]]:
+    """The verdict's equivalence margin on a paired difference, both sides: what it is judged by."""
+    if not margin:
+        return []
+    label = f"margin ±{margin:g} (the verdict's)"
+    return [(-float(margin), label), (float(margin), label)]
 
 
 def summary_series(

@@ -378,6 +378,17 @@ class PromptRecord(Record):
     """the template's text before the user's message"""
     turn_end_text: str = ""
     """its text after the message, up to the assistant header"""
+    rendered_by: str | None = None
+    """who rendered the framing the run used: `llama-server /apply-template` (the server's own template
+    engine, what its chat users get), else `kvprobe (the GGUF's template)` or `kvprobe (file NAME)`"""
+    renderings_agree: bool | None = None
+    """a server run: whether the server's framing gives the same tokens as kvprobe's rendering of the
+    template (null: only kvprobe rendered it)"""
+    kvprobe_prefix_text: str | None = None
+    """where the two renderings differ: kvprobe's text before the user's message (the server's is
+    `prefix_text`)"""
+    kvprobe_turn_end_text: str | None = None
+    """where they differ: kvprobe's text after the message (the server's is `turn_end_text`)"""
 
 
 class Resume(Record):

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import argparse
 import html
+import re
 import sys
+import textwrap
 
 from kvprobe.cli.app import COMMANDS, build_parser
 
@@ -40,7 +42,14 @@ def _option(action: argparse.Action) -> tuple[str, str, str]:
 
 def command_reference(name: str, parser: argparse.ArgumentParser) -> str:
     lines = [f"## `kvprobe {name}`", "", _cell(parser.description or parser_help(name)), ""]
-    lines += ["```", " ".join(parser.format_usage().split()).removeprefix("usage: "), "```", ""]
+    usage = " ".join(parser.format_usage().split()).removeprefix("usage: ")
+    # Wrapped to fit the docs site's code column (tests/cli/test_docs.py: CODE_COLUMN).
+    options = [w.replace(" ", "\0") for w in re.findall(r"\[[^\]]*\]|\S+", usage)]  # never break inside [...]
+    usage = textwrap.fill(
+        " ".join(options), 100, subsequent_indent="    ", break_long_words=False, break_on_hyphens=False
+    )
+    usage = usage.replace("\0", " ")
+    lines += ["```", usage, "```", ""]
     for group in parser._action_groups:
         actions = [a for a in group._group_actions if not isinstance(a, argparse._HelpAction)]
         if not actions:

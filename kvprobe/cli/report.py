@@ -45,6 +45,10 @@ def add_parser(subparsers: Subparsers) -> None:
     )  # fmt: skip
     report.add_argument("--png", metavar="DIR", help="also write every figure as a PNG file into DIR")
     report.add_argument("--force", action="store_true", help="overwrite an existing page or PNG files")
+    report.add_argument(
+        "--details", action="store_true", help="also the intervals, p-values and fits behind the decision "
+        "(the recommendation's and the verdict's sentences, the probes' lines, the cost)",
+    )  # fmt: skip
     margin_option(report)
 
 
@@ -79,7 +83,7 @@ def cmd_report(args: argparse.Namespace, console: Console, words: list[str]) -> 
     check_pictures(args.html, args.png, inputs, force=args.force, figures=figures)  # each PNG file too
     if len(loaded) == 1:
         console.print(f"{loaded[0].path}: {loaded[0].doc.get('command', '')}", markup=False, highlight=False)
-        print_run_report(loaded[0].doc, console)
+        print_run_report(loaded[0].doc, console, details=args.details, path=str(loaded[0].path))
     else:
         print_matrix(named, console)
     write_pictures(named, args.html, args.png, console, force=args.force, figures=figures)

@@ -1,4 +1,5 @@
-"""`kvprobe scenarios`: the bundled scenarios, one line each."""
+"""`kvprobe scenarios`: the bundled scenarios, each its name beside a few stacked lines (what it
+is, its probes and haystack, what the probes plant), readable at 80 columns."""
 
 from __future__ import annotations
 
@@ -9,22 +10,28 @@ from rich.table import Table
 
 from kvprobe.api import selected
 from kvprobe.cli.options import Subparsers
-from kvprobe.plan.scenario import bundled_scenarios, load_scenario
+from kvprobe.plan.scenario import Scenario, bundled_scenarios, load_scenario
+from kvprobe.views.fit import fit_table
 
 
 def add_parser(subparsers: Subparsers) -> None:
     subparsers.add_parser("scenarios", help="list the bundled scenarios")
 
 
+def scenario_lines(s: Scenario) -> list[str]:
+    """Its description; its probes, haystack and documents; what its probes plant, if anything."""
+    notes = [note for probe in selected(s.probes) if (note := probe.scenario_note(s))]
+    documents = f"{s.plan.documents} document{'s' if s.plan.documents != 1 else ''}"
+    lines = [s.description, f"probes: {', '.join(s.probes)}; {s.haystack.kind} haystack, {documents}"]
+    return [*lines, *(["plants: " + "; ".join(notes)] if notes else [])]
+
+
 def cmd_scenarios(args: argparse.Namespace, console: Console, words: list[str]) -> int:
-    table = Table(title="Bundled scenarios (kvprobe run --scenario NAME)")
-    for col in ("name", "probes", "haystack", "documents", "what the probes do", "description"):
-        table.add_column(col)
+    table = Table(title="Bundled scenarios (kvprobe run --scenario NAME)", show_lines=True)
+    table.add_column("name", no_wrap=True)
+    table.add_column("what it measures")
     for name in bundled_scenarios():
-        s = load_scenario(name)
-        notes = [note for probe in selected(s.probes) if (note := probe.scenario_note(s))]
-        table.add_row(
-            name, ", ".join(s.probes), s.haystack.kind, str(s.plan.documents), "; ".join(notes), s.description
-        )
-    console.print(table)
+        table.add_row(name, "\n".join(scenario_lines(load_scenario(name))))
+    for part in fit_table(table, console.width):
+        console.print(part, markup=False, highlight=False)
     return 0

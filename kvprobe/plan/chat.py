@@ -6,7 +6,8 @@ llama-cpp-python do: Jinja2 in a sandbox, with `messages`, `add_generation_promp
 the template's *framing*: the text before the user's content, and the text after it up to the
 generation prompt (the assistant header). It is found by rendering sentinel contents; a
 template that rewrites the content, or whose framing depends on it, is refused, since kvprobe
-would then score a prompt other than the one it records.
+would then score a prompt other than the one it records. An engine that renders chat prompts
+itself (a llama-server's /apply-template) is split the same way (`split_framing`).
 """
 
 from __future__ import annotations
@@ -343,35 +344,46 @@ def _read_reply(fd: int) -> bytes | None:
     return None
 
 
+# Renders a list of chat messages ({"role", "content"}) to the prompt text, generation prompt
+# included: kvprobe's Jinja rendering of a template, or an engine's own (a llama-server's
+# /apply-template).
+Renderer = Callable[[list[dict[str, str]]], str]
+TEMPLATE_FIX = "give another template with --chat-template FILE, or use --prompt-format raw"
+
+
 def _find_framing(template: ChatTemplate, *, bos_token: str, eos_token: str, system: str | None) -> Framing:
+    def rendered(messages: list[dict[str, str]]) -> str:
+        return render(template, messages, bos_token=bos_token, eos_token=eos_token)
+
     where = f"the chat template ({template.source}, sha256 {template.sha256[:12]})"
+    return split_framing(rendered, where=where, system=system)
+
+
+def split_framing(rendered: Renderer, *, where: str, system: str | None, fix: str = TEMPLATE_FIX) -> Framing:
+    """The framing `rendered` gives: the user's content replaced by two sentinels must come
+    through once each, framed alike, with something after it. `where` names the renderer and
+    `fix` the way out in the refusals; a generation prompt that opens a thinking block gets it
+    closed."""
     splits = []
     for sentinel in SENTINELS:
         messages = [{"role": "system", "content": system}] if system is not None else []
-        text = render(
-            template,
-            [*messages, {"role": "user", "content": sentinel}],
-            bos_token=bos_token,
-            eos_token=eos_token,
-        )
+        text = rendered([*messages, {"role": "user", "content": sentinel}])
         if text.count(sentinel) != 1:
             raise UserError(
                 f"{where} rewrites the user's message (a test content does not come through unchanged): "
-                "kvprobe would score a prompt other than the one it records; give another template with "
-                "--chat-template FILE, or use --prompt-format raw"
+                f"kvprobe would score a prompt other than the one it records; {fix}"
             )
         head, tail = text.split(sentinel)
         splits.append((head, tail))
     if splits[0] != splits[1]:
         raise UserError(
             f"{where} frames different messages differently: kvprobe feeds the document once and must "
-            "know the framing; give another template with --chat-template FILE, or use --prompt-format raw"
+            f"know the framing; {fix}"
         )
     prefix, suffix = splits[0]
     if suffix.strip() == "":
         raise UserError(
-            f"{where} writes nothing after the user's message (no end of turn, no assistant header): "
-            "give another template with --chat-template FILE, or use --prompt-format raw"
+            f"{where} writes nothing after the user's message (no end of turn, no assistant header): {fix}"
         )
     thinking = "none"
     if suffix.rstrip().endswith(THINK_OPEN):  # the generation prompt opens a thinking block
@@ -379,21 +391,16 @@ def _find_framing(template: ChatTemplate, *, bos_token: str, eos_token: str, sys
         thinking = "closed"
     elif THINK_OPEN in suffix and THINK_CLOSE in suffix:
         thinking = "disabled"
-    default_system = _default_system(template, prefix, bos_token, eos_token) if system is None else ""
+    default_system = _default_system(rendered, prefix) if system is None else ""
     return Framing(prefix=prefix, suffix=suffix, thinking=thinking, default_system=default_system)
 
 
-def _default_system(template: ChatTemplate, prefix: str, bos_token: str, eos_token: str) -> str:
+def _default_system(rendered: Renderer, prefix: str) -> str:
     """The system message the template adds by itself (SmolLM2's "You are a helpful AI
     assistant named SmolLM..."): where a given system message would stand in `prefix`."""
     marker = "KvProbe system sentinel 9c1."
     try:
-        text = render(
-            template,
-            [{"role": "system", "content": marker}, {"role": "user", "content": SENTINELS[0]}],
-            bos_token=bos_token,
-            eos_token=eos_token,
-        )
+        text = rendered([{"role": "system", "content": marker}, {"role": "user", "content": SENTINELS[0]}])
     except UserError:
         return ""  # a template without a system role
     if text.count(marker) != 1 or SENTINELS[0] not in text:

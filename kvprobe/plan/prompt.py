@@ -1,10 +1,14 @@
 """The prompt format a run speaks to its model in: raw completion text, or the model's chat
 template (kvprobe.plan.chat). Decided at validation from the GGUF header and the options;
-turned into tokens once the tokenizer is loaded. Pure functions of plain data."""
+turned into tokens once the tokenizer is loaded. An engine that renders chat prompts itself
+(a llama-server) then gives the framing its own users get (`engine_framing`), compared with
+kvprobe's rendering. Pure functions of plain data and the model they are handed."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import hashlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -13,10 +17,17 @@ from kvprobe.api.record import JsonObject
 from kvprobe.api.result import ResultDoc
 from kvprobe.infra.errors import UserError
 from kvprobe.infra.paths import read_input_text
-from kvprobe.plan.chat import ChatTemplate, Framing, find_framing
+from kvprobe.plan.chat import ChatTemplate, Framing, find_framing, split_framing
 
 MAX_TEMPLATE_BYTES = 1 << 20
 MAX_SYSTEM_CHARS = 10_000
+# Who rendered a run's framing, where an engine did (the one engine that renders chat prompts
+# itself today; its /v1/chat/completions renders the same way).
+ENGINE_RENDERER = "llama-server /apply-template"
+ENGINE_FIX = (
+    "start the servers with another template (--chat-template FILE gives the servers kvprobe starts "
+    "one), or use --prompt-format raw"
+)
 
 
 class SpecialTokenizer(Protocol):
@@ -24,6 +35,14 @@ class SpecialTokenizer(Protocol):
 
     @property
     def bos(self) -> int | None: ...
+
+
+class ChatRenderer(SpecialTokenizer, Protocol):
+    def render_chat(self, messages: Sequence[Mapping[str, str]]) -> str | None: ...
+
+
+class _NoRenderer(Exception):
+    """The engine renders no chat prompts (kvprobe renders the template itself)."""
 
 
 @dataclass(frozen=True)
@@ -35,6 +54,17 @@ class PromptChoice:
     template: ChatTemplate | None = None
     framing: Framing | None = None
     system: str | None = None  # the system message kvprobe adds (None: only the template's own)
+    rendered_by: str | None = None  # who rendered `framing`: None kvprobe, else ENGINE_RENDERER
+    agrees: bool | None = None  # an engine's rendering: whether it gives kvprobe's framing tokens
+    kvprobe_framing: Framing | None = None  # kvprobe's own, where the engine's differs
+
+    @property
+    def renderer(self) -> str:
+        """Who rendered the framing, in words."""
+        if self.rendered_by is not None:
+            return self.rendered_by
+        source = self.template.source if self.template is not None else "gguf"
+        return "kvprobe (the GGUF's template)" if source == "gguf" else f"kvprobe ({source})"
 
 
 RAW_CHOICE = PromptChoice("raw", "the model has no chat template")
@@ -103,6 +133,55 @@ def frame_tokens(choice: PromptChoice, tok: SpecialTokenizer) -> PromptFrame:
     return PromptFrame("chat", lead, tok.tokenize_special(choice.framing.suffix), source)
 
 
+def engine_framing(choice: PromptChoice, model: ChatRenderer) -> PromptChoice:
+    """The chat framing `model`'s engine renders itself, where it does (a llama-server's
+    /apply-template: what its users get), found with the same messages and checks as kvprobe's
+    (plan.chat.split_framing), and compared with kvprobe's rendering of the template: they agree
+    when they give the same framing tokens (a server drops a leading BOS text that its tokenizer
+    adds back). The run uses the engine's framing either way."""
+    if choice.framing is None:
+        return choice
+
+    def rendered(messages: list[dict[str, str]]) -> str:
+        text = model.render_chat(messages)
+        if text is None:
+            raise _NoRenderer
+        return text
+
+    try:
+        theirs = split_framing(
+            rendered, where="the llama-server's chat template (/apply-template)", system=choice.system,
+            fix=ENGINE_FIX,
+        )  # fmt: skip
+    except _NoRenderer:
+        return choice
+    served = replace(choice, framing=theirs, rendered_by=ENGINE_RENDERER)
+    ours, frame = frame_tokens(choice, model), frame_tokens(served, model)
+    agrees = (ours.lead, ours.turn_end) == (frame.lead, frame.turn_end)
+    return replace(served, agrees=agrees, kvprobe_framing=None if agrees else choice.framing)
+
+
+def framing_note(choice: PromptChoice) -> str | None:
+    """One line where the engine's framing differs from kvprobe's rendering (None otherwise)."""
+    theirs, ours = choice.framing, choice.kvprobe_framing
+    if choice.agrees is not False or theirs is None or ours is None or choice.template is None:
+        return None
+    part, server, own = (
+        ("prefix", theirs.prefix, ours.prefix)
+        if theirs.prefix != ours.prefix
+        else ("turn end", theirs.suffix, ours.suffix)
+    )
+    return (
+        f"chat form: the llama-server frames the prompt otherwise than kvprobe's rendering of the template "
+        f"({choice.template.source}): {part} {_clip(server)} (server) vs {_clip(own)} "
+        "(kvprobe); the run uses the server's framing, what its users get (both are in the result's prompt)"
+    )
+
+
+def _clip(text: str, n: int = 60) -> str:
+    return repr(text if len(text) <= n else text[:n] + "...")
+
+
 def prompt_record(choice: PromptChoice, frame: PromptFrame) -> dict[str, Any]:
     """The result's `prompt` section: what took effect."""
     record: dict[str, Any] = {"format": choice.format, "why": choice.why, "bos": frame.bos}
@@ -118,7 +197,14 @@ def prompt_record(choice: PromptChoice, frame: PromptFrame) -> dict[str, Any]:
             turn_end_tokens=len(frame.turn_end),
             prefix_text=choice.framing.prefix,
             turn_end_text=choice.framing.suffix,
+            rendered_by=choice.renderer,
+            renderings_agree=choice.agrees,
         )
+        if choice.kvprobe_framing is not None:
+            record.update(
+                kvprobe_prefix_text=choice.kvprobe_framing.prefix,
+                kvprobe_turn_end_text=choice.kvprobe_framing.suffix,
+            )
     return record
 
 
@@ -135,9 +221,14 @@ def describe(record: dict[str, Any]) -> str:
     thinking = {"closed": "; thinking block closed", "disabled": "; thinking off"}.get(
         record.get("thinking", ""), ""
     )
+    server = ""
+    if record.get("rendered_by") == ENGINE_RENDERER:
+        server = "; framing rendered by the llama-server" + (
+            ", not as kvprobe renders the template" if record.get("renderings_agree") is False else ""
+        )
     return (
         f"chat form ({record.get('template_family')} template from {record.get('template_source')}, sha256 "
-        f"{str(record.get('template_sha256'))[:12]}; {said}{thinking})"
+        f"{str(record.get('template_sha256'))[:12]}; {said}{thinking}{server})"
     )
 
 
@@ -145,20 +236,24 @@ def framing_key(doc: ResultDoc | JsonObject) -> tuple[Any, ...]:
     """What must match for two results' items to be the same prompts (a file from before the
     prompt was recorded is raw)."""
     prompt = doc.get("prompt") or {}
-    return (
-        prompt.get("format", "raw"),
-        prompt.get("template_sha256"),
-        prompt.get("system"),
-        prompt.get("thinking"),
-    )
+    key = (prompt.get("format", "raw"), *(prompt.get(k) for k in ("template_sha256", "system", "thinking")))
+    if prompt.get("renderings_agree") is False:  # the server's own framing, not kvprobe's of the template
+        return (*key, _digest(f"{prompt.get('prefix_text')}\x00{prompt.get('turn_end_text')}"))
+    return key
 
 
 def framing_label(doc: ResultDoc | JsonObject) -> str:
     """framing_key in a few words: equal labels, equal framing."""
-    form, sha, system, thinking = framing_key(doc)
+    form, sha, system, thinking, *served = framing_key(doc)
     if form != "chat":
         return "raw"
-    extra = (f", system {str(system)[:40]!r}" if system else "") + (
-        f", thinking {thinking}" if thinking != "none" else ""
+    extra = (
+        (f", system {str(system)[:40]!r}" if system else "")
+        + (f", thinking {thinking}" if thinking != "none" else "")
+        + (f", the server's framing {served[0]}" if served else "")
     )
     return f"chat, template {str(sha)[:12]}{extra}"
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]

@@ -50,14 +50,21 @@ def engine_choice(args: argparse.Namespace, out_path: Path) -> tuple[str, Engine
                 f"--llama-server {binary}: not an executable file; give the path of your llama-server "
                 "binary (llama.cpp's build/bin/llama-server)"
             )
+        template = getattr(args, "chat_template", None)  # the servers render it too (--jinja)
         options = EngineOptions(
             binary=binary.resolve(),
             server_args=tuple(args.server_arg),
+            chat_template=Path(template).expanduser().resolve() if template else None,
             log_dir=log_dir,
         )
     else:
         if args.server_arg:
             raise UserError("--server-arg goes with --llama-server PATH; a running --server keeps its own")
+        if getattr(args, "chat_template", None):
+            raise UserError(
+                "--chat-template goes with --llama-server PATH: the running --server renders with its own "
+                "template; drop --chat-template, or start servers with --llama-server PATH"
+            )
         if not args.server_cache:
             raise UserError(
                 "--server needs --server-cache TYPE: the cache types that server was started with"

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -29,7 +30,7 @@ from kvprobe.infra.paths import Fingerprint, OutputLock, fingerprint_input
 from kvprobe.infra.provenance import MODEL_FIX, host_info
 from kvprobe.infra.signals import sigterm_as_interrupt
 from kvprobe.plan.haystack import MAX_HAYSTACK_BYTES
-from kvprobe.plan.prompt import describe, framing_key, prompt_record
+from kvprobe.plan.prompt import describe, engine_framing, framing_key, framing_note, prompt_record
 from kvprobe.result.document import build_result
 from kvprobe.result.journal import (
     Journal,
@@ -109,10 +110,14 @@ def _run_locked(
     identity = run_identity(request, infos, kernels, inputs)
     journal, done = open_journal(request, saved, identity, argv)
     inputs.journal, inputs.kept = journal, bool(done)
-    console.print(request.memory, markup=False, highlight=False, soft_wrap=True)
+    console.print(
+        request.memory if request.verbose else memory_notice(request.memory), markup=False, highlight=False
+    )
     console.print(
         f"kvprobe {__version__}: {' vs '.join(p.name for p in request.model_paths)}, "
-        f"caches {', '.join(c.id for c in request.configs)}, ctx {request.settings.ctx}, "
+        f"caches {', '.join(c.id for c in request.configs)}"
+        + (" (no --cache: the usual ladder; --cache f16 for f16 alone)" if request.ladder else "")
+        + f", ctx {request.settings.ctx}, "
         f"scenario {request.scenario.name}, {request.settings.mode} mode, "
         f"{describe(prompt_record(request.settings.prompt, RAW_FRAME))}"
         + (
@@ -221,12 +226,9 @@ def kernel_decision(request: RunRequest, console: Console) -> KernelDecision:
     """Extra buffer types on or off for the whole run (the engine's check_kernels)."""
 
     def announce(path: Path) -> None:
-        console.print(
-            f"checking llama.cpp's CPU kernels with {path.name} in a child process "
-            "(once per llama.cpp build, CPU and weight types)",
-            markup=False,
-            highlight=False,
-        )
+        said = f"checking llama.cpp's CPU kernels with {path.name}"
+        why = " in a child process (once per llama.cpp build, CPU and weight types)"
+        console.print(said + (why if request.verbose else ""), markup=False, highlight=False)
 
     decision, line = run_engine(request).check_kernels(
         request.model_paths,
@@ -236,8 +238,33 @@ def kernel_decision(request: RunRequest, console: Console) -> KernelDecision:
         on_check=announce,
     )
     if line is not None:
-        console.print(f"kernels: {line}", markup=False, highlight=False, soft_wrap=True)
+        shown = f"kernels: {line}" if request.verbose else kernel_notice(decision)
+        console.print(shown, markup=False, highlight=False)
     return decision
+
+
+def kernel_notice(decision: KernelDecision) -> str:
+    """The kernel check's outcome in one short line; the whole reason (and a rebuild recipe) with
+    --verbose, the reason in the result's runtime (extra_bufts_reason)."""
+    if decision.check == "crashed":
+        found = re.search(r"(died with \S+|gave non-finite logits)", decision.reason)
+        what = found.group(1).rstrip(",") if found else "crashed"
+        return f"kernels: extra CPU kernels {what}: run as --no-repack, slower (--verbose)"
+    return "kernels: their check failed; extra CPU kernels stay on (--verbose: why)"
+
+
+def memory_notice(line: str) -> str:
+    """The memory pre-flight without its breakdown (the first parenthesis) and without why it
+    goes in groups: what the run needs of what is free, and in how many groups."""
+    opened = line.find(" (")
+    depth, close = 0, -1
+    for i in range(opened + 1, len(line)) if opened >= 0 else ():
+        depth += (line[i] == "(") - (line[i] == ")")
+        if depth == 0:
+            close = i
+            break
+    short = line[:opened] + line[close + 1 :] if close > 0 else line
+    return short.split(", since ")[0]
 
 
 def run_identity(
@@ -409,7 +436,12 @@ def execute_run(
         baseline = request.baseline
         if models and baseline is not None:
             baseline = str(replace(ConfigId.parse(baseline), weights="ref"))
-        runner = Runner(models_loaded[0], request.scenario, request.settings, baseline, request.null_check)
+        # A server's own chat framing where it renders one (what its users get), said where it differs.
+        prompt = engine_framing(request.settings.prompt, models_loaded[0])
+        if (note := framing_note(prompt)) is not None:
+            console.print(note, markup=False, highlight=False, soft_wrap=True)
+        settings = replace(request.settings, prompt=prompt)
+        runner = Runner(models_loaded[0], request.scenario, settings, baseline, request.null_check)
         if loaded is not None:
             loaded()
 
@@ -663,7 +695,7 @@ def finish_run(
     write_result(result, out_path)
     if outcome.stopped is None:
         jpath.unlink(missing_ok=True)  # the result is whole: nothing left to resume
-    print_run_report(result, console)
+    print_run_report(result, console, details=request.verbose, from_run=True, path=str(out_path))
     for failed in result.statistics.errors:
         console.print(
             f"statistics: the {failed.what} could not be computed ({failed.error}); "

@@ -57,8 +57,33 @@ def margin_option(parser: argparse._ActionsContainer) -> None:
     )
 
 
+RUN_DESCRIPTION = """\
+Measure whether quantized KV caches lose what the f16 cache keeps, on one GGUF model, from
+the first tokens up to --ctx: needles, repetition and divergence, one pass through llama.cpp,
+then the decision (the cheapest cache shown equivalent to f16, its memory and flags). Without
+--cache it measures the usual ladder, q8_0 and q4_0 against f16 (--cache f16 alone: f16 only).
+Before it starts it says what it needs in memory and, after its first unit, how long it takes."""
+
+RUN_EXAMPLES = """\
+examples:
+  kvprobe run --cache q4_0 --ctx 8192                  the main job, on the default model
+  kvprobe run --model ~/models/M.gguf --cache q8_0 --cache q4_0 --ctx 32768
+                                                       your own model: the two usual caches
+  kvprobe run --model M.gguf --cache q4_0 --split-kv   which half (K or V) is at fault
+  kvprobe run --model M.gguf --until-decided           stop once every cache is decided
+  kvprobe run --llama-server ~/llama.cpp/build/bin/llama-server --model M.gguf --cache q4_0
+                                                       through your own llama-server build
+  kvprobe run --resume results/x.json.journal.jsonl    continue an interrupted run"""
+
+
 def add_parser(subparsers: Subparsers) -> None:
-    run = subparsers.add_parser("run", help="run a scenario across KV cache types and context lengths")
+    run = subparsers.add_parser(
+        "run",
+        help="run a scenario across KV cache types and context lengths",
+        description=RUN_DESCRIPTION,
+        epilog=RUN_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     add_compared_options(run)
     add_scenario_options(run)
     add_engine_options(run)
@@ -80,7 +105,8 @@ def add_compared_options(run: Parser) -> None:
         action="append",
         default=[],
         metavar="TYPE",
-        help="cache type for K and V (repeatable): f16 bf16 q8_0 q5_1 q5_0 q4_1 q4_0 iq4_nl",
+        help="cache type for K and V (repeatable): f16 bf16 q8_0 q5_1 q5_0 q4_1 q4_0 iq4_nl "
+        "(default: q8_0 and q4_0, each against the f16 reference)",
     )
     run.add_argument("--cache-k", metavar="TYPE", help="K cache type of an asymmetric pair (with --cache-v)")
     run.add_argument("--cache-v", metavar="TYPE", help="V cache type of an asymmetric pair (with --cache-k)")
@@ -116,7 +142,10 @@ def add_scenario_options(run: Parser) -> None:
         "chat: every probe through the template; raw: completion text",
     )
     run.add_argument(
-        "--chat-template", metavar="FILE", help="a Jinja chat template to use instead of the model's own"
+        "--chat-template",
+        metavar="FILE",
+        help="a Jinja chat template to use instead of the model's own; with --llama-server the servers "
+        "get it too (--jinja --chat-template-file); not with --server URL (that server renders its own)",
     )
     run.add_argument(
         "--system",
@@ -182,7 +211,9 @@ def add_server_options(run: Parser) -> None:
         default=[],
         metavar="ARG",
         help="an argument for every spawned server, repeatable (e.g. --server-arg=--mlock); "
-        "not those kvprobe sets (cache types, context, slots, threads, GPU layers)",
+        "not those kvprobe sets (cache types, context, slots, threads, GPU layers; the chat template "
+        "with --chat-template: without it, your own --chat-template-file passes and the chat form "
+        "uses the framing the servers render)",
     )
     group.add_argument(
         "--server",
@@ -218,6 +249,10 @@ def add_output_options(run: Parser) -> None:
         "from the plot extra is installed)",
     )
     run.add_argument("--no-html", action="store_true", help="write no HTML page")
+    run.add_argument(
+        "--verbose", action="store_true", help="host notices in full (the kernel check, memory) and the "
+        "report's details (intervals, p-values, fits: as `kvprobe report --details`)",
+    )  # fmt: skip
     run.add_argument(
         "--resume",
         metavar="PATH",

@@ -50,3 +50,5 @@ class RunRequest:
     engine: str = "llamacpp"  # the registry name (kvprobe.engine.ENGINES)
     engine_options: EngineOptions = field(default_factory=EngineOptions)  # a llama-server's binary or URLs
     reference: str | None = None  # "in-process": the build check (kvprobe.run.build_check)
+    ladder: bool = False  # no --cache named: the usual q8_0 and q4_0 (kvprobe.run.validate.LADDER)
+    verbose: bool = False  # --verbose: host notices in full (kernels, memory) and the report's details

@@ -6,6 +6,7 @@ assembling the result are kvprobe.run.execute's."""
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import importlib.util
 from dataclasses import replace
 from pathlib import Path
@@ -17,7 +18,7 @@ from kvprobe.api.scenario import HaystackKind
 from kvprobe.engine import get_engine
 from kvprobe.infra.errors import UserError
 from kvprobe.infra.paths import Output, check_outputs
-from kvprobe.infra.provenance import default_model_path
+from kvprobe.infra.provenance import default_model_path, gpus
 from kvprobe.plan.groups import plan_groups, round_up
 from kvprobe.plan.haystack import read_user_text
 from kvprobe.plan.prompt import PromptChoice, choose_prompt
@@ -70,10 +71,27 @@ def parse_margins(texts: list[str]) -> dict[str, float]:
     return out
 
 
+LADDER = ("q8_0", "q4_0")  # what a run without --cache measures: the two caches people use
+
+
+def uses_ladder(args: argparse.Namespace) -> bool:
+    """No cache type named (no --cache, --cache-k/-v or --split-kv) and a reference to compare
+    with: the run measures the usual ladder. Not against a running --server, whose cache is
+    stated (--server-cache), not chosen."""
+    named = args.cache or args.cache_k is not None or args.cache_v is not None
+    return not (
+        named
+        or getattr(args, "split_kv", False)
+        or getattr(args, "server", None)
+        or args.baseline.strip().lower() == "none"
+    )
+
+
 def parse_configs(args: argparse.Namespace) -> tuple[list[CacheConfig], str | None]:
-    """Baseline first, then the requested configurations, without duplicates."""
+    """Baseline first, then the requested configurations (the usual ladder where none is
+    named), without duplicates."""
     configs: list[CacheConfig] = []
-    for name in args.cache:
+    for name in args.cache or (LADDER if uses_ladder(args) else ()):
         t = check_cache_type(name)
         configs.append(CacheConfig(t, t))
     if (args.cache_k is None) != (args.cache_v is None):
@@ -356,9 +374,16 @@ def check_until_decided(
 
 
 def run_warnings(
-    ctx: int, facts: list[dict[str, Any]], configs: list[CacheConfig], gpu_layers: int
+    ctx: int,
+    facts: list[dict[str, Any]],
+    configs: list[CacheConfig],
+    gpu_layers: int,
+    *,
+    server: bool = False,
+    all_fa_pairs: bool = False,
 ) -> list[str]:
-    """What the run should say before it starts, in words."""
+    """What the run should say before it starts, in words. `server`: a llama-server runs it,
+    whose build kvprobe cannot see; `all_fa_pairs`: this host's build has them all."""
     warnings: list[str] = []
     n_ctx_train = facts[0]["n_ctx_train"]
     if ctx > n_ctx_train > 0:
@@ -366,12 +391,42 @@ def run_warnings(
             f"--ctx {ctx} exceeds the model's training context ({n_ctx_train} tokens): "
             "results past it measure the model outside its design, not the cache"
         )
-    if gpu_layers != 0 and any(c.type_k != c.type_v for c in configs):
+    if gpu_layers != 0 and any(c.type_k != c.type_v for c in configs) and not all_fa_pairs:
         warnings.append(
             "on CUDA, llama.cpp compiles flash-attention kernels only for matching K/V types unless built "
             "with -DGGML_CUDA_FA_ALL_QUANTS=ON: an asymmetric pair runs on a much slower path"
+            + ("" if server else f"; rebuild: {GPU_BUILD.format(version=llama_cpp_python())}")
         )
     return warnings
+
+
+def llama_cpp_python() -> str:
+    return importlib.metadata.version("llama-cpp-python")
+
+
+def has_all_fa_pairs() -> bool:
+    """Whether this host's llama.cpp build has flash attention for every K/V pair (CUDA's
+    FA_ALL_QUANTS, which llama.cpp's system info names)."""
+    return "FA_ALL_QUANTS = 1" in str(get_engine().runtime_info().get("llama_cpp_build", ""))
+
+
+GPU_BUILD = (
+    'CMAKE_ARGS="-DGGML_CUDA=on -DGGML_CUDA_FA_ALL_QUANTS=ON" '
+    "pip install --force-reinstall --no-cache-dir llama-cpp-python=={version}"
+)
+
+
+def gpu_build_warning(args: argparse.Namespace) -> list[str]:
+    """An NVIDIA GPU that this llama.cpp build cannot use (a CPU-only build, pip's default):
+    said in one line with the rebuild, never a silent CPU run on a GPU host. Not when the
+    user chose the layers, nor for a llama-server, which has its own build."""
+    if wants_server(args) or args.gpu_layers is not None or can_offload() or not (found := gpus()):
+        return []
+    version = llama_cpp_python()
+    return [
+        f"this llama.cpp build has no GPU offload, so the {found[0]['name']} stays idle and the run goes "
+        f"on the CPU (--gpu-layers 0); for the GPU, rebuild: {GPU_BUILD.format(version=version)}"
+    ]
 
 
 def validate_run(args: argparse.Namespace) -> RunRequest:
@@ -413,7 +468,11 @@ def validate_run(args: argparse.Namespace) -> RunRequest:
     engine, engine_options = engine_choice(args, out_path)
     if getattr(args, "reference", None) and len(model_paths) != 1:
         raise UserError("--reference in-process checks one model's server against kvprobe: give one --model")
-    warnings = run_warnings(args.ctx, facts, configs, gpu_layers)
+    mixed_on_gpu = gpu_layers != 0 and any(c.type_k != c.type_v for c in configs)
+    all_fa_pairs = mixed_on_gpu and not wants_server(args) and has_all_fa_pairs()
+    warnings = gpu_build_warning(args) + run_warnings(
+        args.ctx, facts, configs, gpu_layers, server=wants_server(args), all_fa_pairs=all_fa_pairs
+    )
     settings = RunSettings(
         ctx=args.ctx,
         seed=args.seed,
@@ -429,4 +488,5 @@ def validate_run(args: argparse.Namespace) -> RunRequest:
         warnings=warnings, memory=memory, max_contexts=max_contexts, page=page,
         time_budget=getattr(args, "time_budget", None), until_decided=until_decided,
         engine=engine, engine_options=engine_options, reference=getattr(args, "reference", None),
+        ladder=uses_ladder(args), verbose=bool(getattr(args, "verbose", False)),
     )  # fmt: skip

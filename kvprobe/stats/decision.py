@@ -168,8 +168,10 @@ def frontier(
                 pairs.append(((-a[key],), (-b[key],)))
         return all(x <= y for x, y in pairs) and any(x < y for x, y in pairs)
 
+    # A configuration shown worse is never on the frontier, however small or fast: the frontier
+    # is what one may choose, and ● must not make a rejected configuration look recommended.
     for r in rows:
-        r["frontier"] = not any(dominates(o, r) for o in rows if o is not r)
+        r["frontier"] = r["status"] != "worse" and not any(dominates(o, r) for o in rows if o is not r)
     return rows
 
 

@@ -4,6 +4,7 @@ document's `verdict`, and for speed and memory its timing and runtime (kvprobe.s
 
 from __future__ import annotations
 
+import textwrap
 from dataclasses import dataclass
 
 from rich.cells import cell_len
@@ -15,6 +16,7 @@ from kvprobe.api.record import JsonObject
 from kvprobe.api.result import ResultDoc
 from kvprobe.infra.display import plain
 from kvprobe.stats.decision import FrontierRow, frontier, rate, speed_sentence
+from kvprobe.stats.equivalence import MAX_ITEMS
 from kvprobe.stats.shape import WHOLE, whole_or_positions
 from kvprobe.stats.shape import number as figure
 from kvprobe.views.figures import Point, Scatter
@@ -195,19 +197,116 @@ def _title(rows: list[FrontierRow]) -> str:
     return f"{said}; tokens/s: the server's own timings over the whole run"
 
 
-def print_decision(result: ResultDoc, console: Console) -> None:
-    """The recommendation, then the frontier table (in parts where the terminal is too narrow
-    for every column without cutting a word)."""
-    verdict = result.get("verdict") or {}
-    rec = verdict.get("recommendation")
+def decision_head(result: ResultDoc | JsonObject) -> str | None:
+    """The decision's first line: at which context, which cache to use (None without one)."""
+    rec = (result.get("verdict") or {}).get("recommendation")
     if not rec:
-        return
+        return None
+    kind = "the cheapest cache shown equivalent" if rec["equivalent"] else "no cheaper cache shown equivalent"
+    return f"At {rec['ctx']:,} tokens, use {rec['config']}: {kind}"
+
+
+def _meaning(result: ResultDoc | JsonObject, row: FrontierRow) -> str:
+    """What its verdict means, in a few words: equivalent up to where, worse from where, or
+    undecided and what would decide it."""
+    ref, ctx = result.get("baseline"), result["run"]["ctx"]
+    if row["status"] == "reference":
+        return "the reference"
+    equivalence = ((((result.get("verdict") or {}).get("configs") or {}).get(row["config"]) or {})
+                   .get("equivalence") or {})  # fmt: skip
+    eff, first = row["effective_context"], equivalence.get("first_worse")
+    said = [f"equivalent to {ref} up to {eff:,}"] if eff else []
+    if row["status"] == "worse" and first is not None:
+        shortest = min(result["run"]["checkpoints"], default=first)
+        said.append(
+            f"worse than {ref} from {first:,} tokens"
+            + (" (the shortest measured)" if first == shortest else "")
+        )
+    elif row["status"] == "worse":
+        said.append(f"worse than {ref}")
+    elif eff is None or eff < ctx:
+        # Where it is first undecided, and what would decide it there (as the verdict says).
+        first_open = next(
+            (c for c in equivalence.get("checkpoints") or [] if c["status"] == "undecided"), None
+        )
+        needed = (first_open or {}).get("items_needed")
+        more = ""
+        if needed and first_open:
+            about = f"more than {MAX_ITEMS:,}" if needed >= MAX_ITEMS else f"about {needed:,}"
+            more = f": {about} items at {first_open['ctx']:,} would decide"
+        said.append(f"undecided{' beyond' if eff else f' against {ref}'}{more}")
+    return ", ".join(said)
+
+
+def decision_lines(result: ResultDoc | JsonObject) -> list[list[str]]:
+    """One line per configuration, as its parts: the name, what its verdict means, the KV memory
+    it saves, its llama.cpp flags (the printer joins them with " · " and wraps between parts)."""
+    rows = _rows(result)
+    lines = []
+    for r, saved in zip(rows, _savings(rows), strict=True):
+        memory = [] if r["status"] == "reference" else [f"saves {saved} of KV memory"]
+        lines.append([r["config"], _meaning(result, r), *memory, r["flags"]])
+    return lines
+
+
+def _wrapped(parts: list[str], name_width: int, width: int) -> list[str]:
+    """`name  part · part · part`, broken between parts where the line would pass `width`, the
+    continuation indented under the first part (a part longer than a line breaks between words)."""
+    indent = " " * (name_width + 2)
+    lines = [f"{parts[0]:<{name_width}}  {parts[1]}"]
+    for part in parts[2:]:
+        if cell_len(lines[-1]) + 3 + cell_len(part) <= width:
+            lines[-1] += f" · {part}"
+        else:
+            lines.extend(_wrap(part, width, indent, first=indent))
+    out = []
+    for line in lines:  # the first line may pass the width too: its meaning wraps under itself
+        out.extend(_wrap(line, width, indent) if cell_len(line) > width else [line])
+    return out
+
+
+def _wrap(text: str, width: int, indent: str, first: str = "") -> list[str]:
+    """Between words only (a flag such as -ctk stays whole)."""
+    return textwrap.wrap(
+        text, width, initial_indent=first, subsequent_indent=indent, break_long_words=False,
+        break_on_hyphens=False,
+    )  # fmt: skip
+
+
+def print_decision_lines(result: ResultDoc, console: Console) -> bool:
+    """The decision first: its head line, one line per configuration, the prefill speed and, with
+    --until-decided, where each configuration stopped. False without a decision."""
+    head = decision_head(result)
+    if head is None:
+        return False
     console.print("[bold]Recommendation[/]")
-    console.print(f"  {rec['sentence']}", markup=False, highlight=False)
-    if speed := speed_line(result):
-        console.print(f"  {speed}", markup=False, highlight=False)
-    if early := stopped_early_line(result):
-        console.print(f"  {early}", markup=False, highlight=False)
+    console.print(f"  {plain(head)}", markup=False, highlight=False)
+    lines = [[plain(p) for p in parts] for parts in decision_lines(result)]
+    name_width = max((cell_len(parts[0]) for parts in lines), default=0)
+    for parts in lines:
+        for line in _wrapped(parts, name_width, console.width - 2):
+            console.print(f"  {line}", markup=False, highlight=False, soft_wrap=True)
+    for said in (speed_line(result), stopped_early_line(result)):
+        for line in _wrap(said or "", console.width - 1, "  ", first="  "):
+            console.print(line, markup=False, highlight=False)
+    return True
+
+
+def print_decision(result: ResultDoc, console: Console, *, details: bool = False, lines: bool = True) -> None:
+    """The decision's lines (unless `lines` is False: the caller printed them), the
+    recommendation's sentence with its intervals where `details` asks, then the frontier table
+    (in parts where the terminal is too narrow for every column without cutting a word)."""
+    rec = (result.get("verdict") or {}).get("recommendation")
+    if not rec or (lines and not print_decision_lines(result, console)):
+        return
+    if details:
+        console.print("[bold]Recommendation[/]")
+        console.print(f"  {rec['sentence']}", markup=False, highlight=False)
+    print_frontier_table(result, console)
+
+
+def print_frontier_table(result: ResultDoc, console: Console) -> None:
+    """The frontier table, in parts where the terminal is too narrow (split_columns)."""
     columns = [Column(c.part, plain(c.header), [plain(x) for x in c.cells]) for c in frontier_columns(result)]
     title = _title(_rows(result))
     for i, part in enumerate(split_columns(columns, console.width)):
@@ -271,8 +370,11 @@ def print_folklore(result: ResultDoc, console: Console) -> None:
     if not lines:
         return
     console.print("[bold]Rules of thumb from the source documents, checked on this model[/]")
-    for f in lines:
-        console.print(f"  • {f['rule']}: {f['finding']} ({f['evidence']})", markup=False, highlight=False)
+    for f in lines:  # each rule's lines indented under its bullet
+        for line in _wrap(
+            f"{f['rule']}: {f['finding']} ({f['evidence']})", console.width - 1, "    ", "  • "
+        ):
+            console.print(line, markup=False, highlight=False)
 
 
 def speed_line(result: ResultDoc) -> str | None:
@@ -302,7 +404,7 @@ def frontier_figure(result: ResultDoc) -> Scatter | None:
     ctx = result["run"]["ctx"]
     return Scatter(
         "frontier",
-        f"Quality against KV memory at {ctx:,} tokens (colour: equivalence to the reference)",
+        f"Quality against KV memory at {ctx:,} tokens (each configuration's verdict in the legend)",
         f"KV cache at {ctx:,} tokens (MiB)" if use_bytes else "KV cache (% of f16)",
         "mean KL from the reference (nats)",
         points,

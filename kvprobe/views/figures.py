@@ -2,8 +2,11 @@
 with matplotlib (the `plot` extra) as SVG or PNG. Tests check the data, not the pixels; the
 probes build the data (`Probe.figures`), this module only draws it.
 
-Colours: Okabe-Ito (colour-blind safe). The reference is black and dashed, so it stays distinct
-from every other series.
+Colours: Okabe-Ito (colour-blind safe), one colour and one marker per configuration on every
+figure and table of every page (`config_style`, by the configuration's name, never by its place
+in a figure): the reference is black and dashed, the document's own text grey and dotted, so
+neither looks like a configuration. `colour_words` says in words what each colour means (the
+docs' text is checked against it).
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import io
 import textwrap
+import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +32,9 @@ __all__ = [
     "Point",
     "Scatter",
     "Series",
+    "Style",
+    "colour_words",
+    "config_style",
     "render",
     "summary_series",
     "write_png",
@@ -46,6 +53,109 @@ GROUP_COLOURS = {
     "undecided": "#E69F00",
     "worse": "#D55E00",
 }
+
+
+# The markers as characters, for the page's tables and badges (the same shape beside the name).
+GLYPHS = {"o": "●", "D": "◆", "v": "▼", "P": "✚", "X": "✖", "h": "⬢", "p": "⬟", "*": "★", "s": "■",
+          "<": "◀", ">": "▶", "x": "×"}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Style:
+    """How one configuration is drawn everywhere: colour (hex and its name), marker, line."""
+
+    colour: str
+    name: str
+    marker: str
+    line: str = "-"
+
+    @property
+    def glyph(self) -> str:
+        return GLYPHS.get(self.marker, "●")
+
+
+COLOUR_NAMES = {
+    "#000000": "black", "#E69F00": "orange", "#56B4E9": "sky blue", "#009E73": "bluish green",
+    "#0072B2": "blue", "#D55E00": "vermillion", "#CC79A7": "reddish purple", "#F0E442": "yellow",
+    "#999999": "grey",
+}  # fmt: skip
+REFERENCE_STYLE = Style(REFERENCE_COLOUR, "black", "s", "--")
+TEXT_STYLE = Style("#999999", "grey", "x", ":")  # "real text": the document's own, no configuration
+TEXT_LABEL = "real text"  # a series whose label starts so is drawn in TEXT_STYLE
+# The cache types llama.cpp takes, each its own colour and marker; "^" stays free for onsets.
+CACHE_STYLES = {
+    "q8_0": ("#0072B2", "o"), "q4_0": ("#D55E00", "D"), "q4_1": ("#E69F00", "v"),
+    "q5_0": ("#009E73", "P"), "q5_1": ("#CC79A7", "X"), "iq4_nl": ("#56B4E9", "h"),
+    # Full precision when it is not the reference (a second weight file's f16): squares.
+    "f16": ("#CC79A7", "s"), "bf16": ("#56B4E9", "s"), "f32": ("#E69F00", "s"),
+}  # fmt: skip
+FALLBACK_MARKERS = ("o", "D", "v", "P", "X", "h", "p", "*")
+
+
+def _split_style(config: str) -> Style | None:
+    """A split K/V pair ("k=q8_0,v=f16"): the colour of its quantized type, K alone dash-dotted
+    with a left triangle, V alone dotted with a right one, both quantized a star in K's colour."""
+    parts = dict(p.split("=", 1) for p in config.split(",") if "=" in p)
+    k, v = parts.get("k"), parts.get("v")
+    if k is None or v is None or k not in CACHE_STYLES or v not in CACHE_STYLES:
+        return None
+    full = ("f16", "bf16", "f32")
+    if v in full and k not in full:
+        colour, marker, line = CACHE_STYLES[k][0], "<", "-."
+    elif k in full and v not in full:
+        colour, marker, line = CACHE_STYLES[v][0], ">", ":"
+    else:
+        colour, marker, line = CACHE_STYLES[k][0], "*", "-."
+    return Style(colour, COLOUR_NAMES[colour], marker, line)
+
+
+def config_style(config: str, *, reference: bool = False) -> Style:
+    """A configuration's colour (and the colour's name), marker and line, the same on every
+    figure and table: the reference black and dashed; a cache type (q8_0, q4_0...) its own; a
+    split K/V pair its quantized type's colour with its own marker and line; "real text" grey
+    and dotted; any other name a palette colour fixed by its name (crc32)."""
+    if config.startswith(TEXT_LABEL):
+        return TEXT_STYLE
+    if config.startswith(("old ", "new ")):  # compare --html: old dotted, new as always
+        own = config_style(config[4:], reference=reference)
+        return Style(own.colour, own.name, own.marker, ":") if config.startswith("old ") else own
+    if reference:
+        return REFERENCE_STYLE
+    # Two weight files ("ref:q4_0", "test:q4_0"): the cache type's colour, the test weights dashed.
+    weights, _, name = config.rpartition(":")
+    if name in CACHE_STYLES:
+        colour, marker = CACHE_STYLES[name]
+        return Style(colour, COLOUR_NAMES[colour], marker, "--" if weights == "test" else "-")
+    if (split := _split_style(name)) is not None:
+        return split
+    n = zlib.crc32(config.encode("utf-8"))
+    colour = OKABE_ITO[n % len(OKABE_ITO)]
+    return Style(colour, COLOUR_NAMES[colour], FALLBACK_MARKERS[(n // 7) % len(FALLBACK_MARKERS)])
+
+
+def figure_styles(labels: Sequence[str], references: Sequence[bool]) -> list[Style]:
+    """Each series' style (`config_style`); where two in one figure would look alike (names
+    outside the table), the later keeps its colour with the first free marker and line."""
+    taken: set[tuple[str, str, str]] = set()
+    styles = []
+    for label, ref in zip(labels, references, strict=True):
+        own = config_style(label, reference=ref)
+        others = [Style(own.colour, own.name, m, ln) for ln in ("-", "-.", ":") for m in FALLBACK_MARKERS]
+        style = next((c for c in [own, *others] if (c.colour, c.marker, c.line) not in taken), own)
+        taken.add((style.colour, style.marker, style.line))
+        styles.append(style)
+    return styles
+
+
+def colour_words() -> dict[str, str]:
+    """What each colour word means on the figures, for the docs' text to be checked against:
+    each cache type's colour, the reference's, real text's, the decisions' (sweep heatmap), and
+    the difference heatmap's ends (PuOr: a loss orange, a gain purple)."""
+    words = {f"config {c}": COLOUR_NAMES[colour] for c, (colour, _) in CACHE_STYLES.items()}
+    words |= {"reference": REFERENCE_STYLE.name, "real text": TEXT_STYLE.name}
+    words |= {f"decision {g}": COLOUR_NAMES[c] for g, c in GROUP_COLOURS.items()}
+    words |= {"heatmap loss": "orange", "heatmap gain": "purple", "not measured": "grey (hatched)"}
+    return words
 
 
 def _pyplot() -> Any:
@@ -154,25 +264,22 @@ def _visible_text(figure: Figure) -> Figure:
 
 
 def _draw_lines(ax: Any, figure: LineFigure) -> None:
+    styles = figure_styles([s.label for s in figure.series], [s.reference for s in figure.series])
     colour_of: dict[str, str] = {}
-    others = 0
-    for s in figure.series:
-        # Past the palette's seven colours a series takes a colour again with another line and
-        # marker, so no two series look alike.
-        colour = REFERENCE_COLOUR if s.reference else OKABE_ITO[others % len(OKABE_ITO)]
-        second_round = not s.reference and others >= len(OKABE_ITO)
-        others += 0 if s.reference else 1
-        colour_of[s.label] = colour
-        style = "--" if s.reference else ("-." if second_round else "-")
-        ax.plot(s.x, s.y, marker="s" if second_round else "o", markersize=3.5, color=colour, linestyle=style,
+    for s, style in zip(figure.series, styles, strict=True):
+        colour_of[s.label] = style.colour
+        ax.plot(s.x, s.y, marker=style.marker, markersize=4, color=style.colour, linestyle=style.line,
                 linewidth=1.6, label=s.label)  # fmt: skip
         if s.lo is not None and s.hi is not None:
-            ax.fill_between(s.x, s.lo, s.hi, color=colour, alpha=0.15, linewidth=0)
+            ax.fill_between(s.x, s.lo, s.hi, color=style.colour, alpha=0.15, linewidth=0)
     for m in figure.markers:
         ax.plot([m.x], [m.y], marker="^", markersize=11, color=colour_of.get(m.series, "#D55E00"),
                 markeredgecolor="black", linestyle="none", label=m.label)  # fmt: skip
-    if figure.level is not None:
-        ax.axhline(figure.level[0], color="#666666", linestyle=":", linewidth=1.2, label=figure.level[1])
+    levels = [*([figure.level] if figure.level is not None else []), *figure.levels]
+    for i, (y, label) in enumerate(levels):
+        # A margin drawn twice (±) is named once in the legend.
+        named = label not in [lv[1] for lv in levels[:i]]
+        ax.axhline(y, color="#666666", linestyle=(0, (1, 1.5)), linewidth=1.3, label=label if named else None)
     if figure.zero_line:
         ax.axhline(0.0, color="#999999", linewidth=0.8)
     if figure.log2_x:
@@ -189,9 +296,25 @@ def _legend(ax: Any) -> None:
     more (the bands of many series leave no corner free, and a legend must not cover data)."""
     entries = len(ax.get_legend_handles_labels()[1])
     if entries > LEGEND_INSIDE:
-        ax.legend(fontsize=8, frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+        legend = ax.legend(
+            fontsize=8, frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0
+        )
     elif entries:
-        ax.legend(fontsize=8, frameon=False)
+        legend = ax.legend(fontsize=8, frameon=False)
+    else:
+        return
+    _name_entries(legend)
+
+
+LEGEND_ID = "kvprobe-legend-"
+
+
+def _name_entries(legend: Any) -> None:
+    """Each legend entry's mark carries its label in its SVG id (LEGEND_ID + the label's UTF-8
+    in hex), so that a test reads from the page's own SVG which colour each entry is drawn in."""
+    for handle, text in zip(legend.legend_handles, legend.get_texts(), strict=True):
+        if handle is not None:
+            handle.set_gid(LEGEND_ID + text.get_text().encode("utf-8").hex())
 
 
 def _draw_scatter(ax: Any, figure: Scatter) -> list[Any]:
@@ -199,13 +322,20 @@ def _draw_scatter(ax: Any, figure: Scatter) -> list[Any]:
     seen: set[str] = set()
     labels = []
     floor = _log_floor(figure) if figure.log_y else None
+    # One result's frontier: a point per configuration, in its own colour and marker (as on
+    # every figure), its status in the legend; a sweep's (many contexts per configuration): by status.
+    by_config = len({p.label for p in figure.points}) == len(figure.points) and figure.key == "frontier"
     for p in figure.points:
-        colour = GROUP_COLOURS.get(p.group, "#0072B2")
         at_zero = floor is not None and p.y <= 0
         y = floor if at_zero and floor is not None else p.y
-        ax.plot([p.x], [y], marker="v" if at_zero else "o", markersize=8, color=colour, linestyle="none",
-                clip_on=not at_zero, label=None if p.group in seen else p.group)  # fmt: skip
-        seen.add(p.group)
+        if by_config:
+            style = config_style(p.label, reference=p.group == "reference")
+            colour, marker, entry = style.colour, style.marker, f"{p.label}: {p.group}"
+        else:
+            colour, marker, entry = GROUP_COLOURS.get(p.group, "#0072B2"), "o", p.group
+        ax.plot([p.x], [y], marker="v" if at_zero else marker, markersize=8, color=colour,
+                linestyle="none", clip_on=not at_zero, label=None if entry in seen else entry)  # fmt: skip
+        seen.add(entry)
         name = f"{p.label} (= 0)" if at_zero else p.label
         text = f"{name}\n{p.note}" if p.note else name
         labels.append(ax.annotate(text, (p.x, y), textcoords="offset points", xytext=(6, 4), fontsize=7))
@@ -221,7 +351,7 @@ def _draw_scatter(ax: Any, figure: Scatter) -> list[Any]:
         ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
         ax.yaxis.set_minor_formatter(NullFormatter())
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8, frameon=False)
+    _legend(ax)  # many configurations: beside the axes, off the points
     return labels
 
 
@@ -338,8 +468,39 @@ def _draw_heatmap(ax: Any, fig: Any, figure: Heatmap) -> list[Any]:
             dark = not figure.diverging and v < 0.5
             colour = "white" if dark else "black"
             texts.append(ax.text(j, i, text, ha="center", va="center", fontsize=7, color=colour))
+    _unmeasured(ax, figure)
     fig.colorbar(image, ax=ax, label=figure.colour_label)
     return texts
+
+
+def _unmeasured(ax: Any, figure: Heatmap) -> None:
+    """The cells without a value that `text` names (a run stopped once decided): hatched grey,
+    and the name written once across each run of such columns, so no blank cell is left unsaid."""
+    from matplotlib.patches import Rectangle
+
+    if figure.text is None:
+        return
+    rows = len(figure.y_labels)
+    said: dict[tuple[int, str], int] = {}  # (first column, text) -> columns it spans
+    for j in range(len(figure.x_labels)):
+        for i in range(rows):
+            if figure.values[i][j] is None and figure.text[i][j]:
+                ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, facecolor="#eeeeee", edgecolor="#999999",
+                                       hatch="//", linewidth=0))  # fmt: skip
+        column = {figure.text[i][j] if figure.values[i][j] is None else "" for i in range(rows)}
+        if len(column) == 1 and (text := column.pop()):
+            start = next((k for k, t in said if t == text and k + said[(k, t)] == j), j)
+            said[(start, text)] = said.get((start, text), 0) + 1
+            continue
+        for i in range(rows):  # a single cell: its own small label
+            if figure.values[i][j] is None and figure.text[i][j]:
+                ax.text(j, i, figure.text[i][j].replace(" ", "\n", 1), ha="center", va="center", fontsize=6,
+                        color="#333333")  # fmt: skip
+    for (start, text), span in said.items():
+        width = max(8, int(span * 11))  # characters a line may hold across the span
+        ax.text(start + (span - 1) / 2, (rows - 1) / 2, textwrap.fill(text, width), ha="center",
+                va="center", fontsize=8, color="#333333",
+                bbox={"facecolor": "white", "edgecolor": "#999999", "boxstyle": "round,pad=0.3"})  # fmt: skip
 
 
 def _draw_categories(ax: Any, fig: Any, figure: Heatmap, data: Any) -> list[Any]:

@@ -11,14 +11,21 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from datetime import datetime
 
 from kvprobe.api import all_probes
 from kvprobe.api.result import ResultDoc
 from kvprobe.plan.prompt import describe
 from kvprobe.stats.parts import ComparisonDoc
-from kvprobe.views.decision import frontier_cells, frontier_figure, speed_line, stopped_early_line
-from kvprobe.views.figures import Figure, LineFigure
-from kvprobe.views.layout import Picture, Table, draw, render_page
+from kvprobe.views.decision import (
+    frontier_cells,
+    frontier_columns,
+    frontier_figure,
+    speed_line,
+    stopped_early_line,
+)
+from kvprobe.views.figures import GROUP_COLOURS, Figure, LineFigure, config_style
+from kvprobe.views.layout import Picture, Swatch, Table, draw, render_page
 from kvprobe.views.probes import HEADER as PROBES_HEADER
 from kvprobe.views.probes import probe_cells
 from kvprobe.views.probes import title as probes_title
@@ -45,12 +52,74 @@ def _decision(result: ResultDoc) -> Decision | None:
         return None
     header, cells = frontier_cells(result)
     folklore = [Rule(f["rule"], f["finding"], f["evidence"]) for f in verdict.get("folklore") or []]
-    return Decision(
-        rec["sentence"], speed_line(result), stopped_early_line(result), Table(header, cells), folklore
-    )
+    table = Table(header, cells, swatches=swatches(result))
+    return Decision(rec["sentence"], speed_line(result), stopped_early_line(result), table, folklore)
 
 
-def _provenance(result: ResultDoc) -> list[tuple[str, str]]:
+def swatches(result: ResultDoc) -> dict[str, Swatch]:
+    """Each configuration's colour and marker (as on every figure), for the tables' first column."""
+    baseline = result.get("baseline")
+    return {
+        str(c["id"]): Swatch(style.colour, style.glyph, style.name)
+        for c in result.get("configs") or []
+        if (style := config_style(str(c["id"]), reference=c["id"] == baseline))
+    }
+
+
+# What each verdict means for the person choosing, in the badge beside it.
+MEANINGS = {
+    "reference": "the reference",
+    "equivalent": "equivalent: safe to use",
+    "worse": "worse: do not use",
+    "undecided": "undecided: measure more",
+}
+
+
+def _badges(result: ResultDoc) -> list[Badge]:
+    """One badge per configuration, the reference first: its verdict in a word and a colour, and
+    the KV memory it saves (the frontier table's "saves")."""
+    columns = {c.header: c.cells for c in frontier_columns(result)}
+    if "config" not in columns:
+        return []
+    statuses = {
+        cid: str(((v or {}).get("equivalence") or {}).get("status") or "undecided")
+        for cid, v in ((result.get("verdict") or {}).get("configs") or {}).items()
+    }
+    marks = swatches(result)
+    badges = []
+    for i, cid in enumerate(columns["config"]):
+        status = "reference" if cid == result.get("baseline") else statuses.get(cid, "undecided")
+        saves = columns.get("saves", [""] * (i + 1))[i]
+        said = f"saves {saves} of KV memory" if saves and status != "reference" else ""
+        colour = GROUP_COLOURS.get(status, "#666666")
+        badges.append(Badge(cid, status, MEANINGS.get(status, status), colour, marks.get(cid), said))
+    return badges
+
+
+def title(name: str, result: ResultDoc) -> str:
+    """What a result is, in its page's title: the model, the caches, the context, the day."""
+    model = (result.get("model") or {}).get("name") or name
+    baseline = result.get("baseline")
+    caches = [str(c["id"]) for c in result.get("configs") or []]
+    tested = [c for c in caches if c != baseline]
+    # Past three, a count: the badges below name each one.
+    others = ", ".join(tested) if len(tested) <= 3 else f"{len(tested)} configurations"
+    against = f"{others} against {baseline}" if baseline and tested else ", ".join(caches)
+    ctx = (result.get("run") or {}).get("ctx")
+    at = f" at {ctx:,} tokens" if isinstance(ctx, int) else ""
+    return f"{model}: {against}{at}" + (f", {day}" if (day := _day(result.get("created"))) else "")
+
+
+def _day(created: object) -> str:
+    """The run's day as "7 Dec 2026" (an ISO date would break at its hyphens in a heading)."""
+    try:
+        when = datetime.fromisoformat(str(created).replace("Z", "+00:00"))
+    except ValueError:
+        return str(created or "")[:10]
+    return f"{when.day} {when:%b %Y}"
+
+
+def _provenance(name: str, result: ResultDoc) -> list[tuple[str, str]]:
     """Model, runtime, what took effect, host and timing."""
     model, rt, host, timing = (
         result["model"],
@@ -60,6 +129,7 @@ def _provenance(result: ResultDoc) -> list[tuple[str, str]]:
     )
     scenario, run = result["scenario"], result["run"]
     rows: list[tuple[str, object]] = [
+        ("result file", name),
         ("command", result.get("command", "")),
         ("created", result.get("created", "")),
         ("kvprobe", result.get("kvprobe_version", "")),
@@ -88,14 +158,14 @@ def _provenance(result: ResultDoc) -> list[tuple[str, str]]:
     return [(name, str(value)) for name, value in rows]
 
 
-def _applied(result: ResultDoc) -> Table:
+def _applied(result: ResultDoc, marks: dict[str, Swatch]) -> Table:
     """What llama.cpp reports it applied, per configuration."""
     rows = [
         [str(c["id"]), str(c.get("type_k")), str(c.get("type_v")), str(c.get("flash_attn")),
          f"{c.get('attn_rot_k')}/{c.get('attn_rot_v')}"]
         for c in result["configs"]
     ]  # fmt: skip
-    return Table(["config", "K", "V", "flash attention", "rotation K/V"], rows)
+    return Table(["config", "K", "V", "flash attention", "rotation K/V"], rows, swatches=marks)
 
 
 def _comparison(report: ComparisonDoc) -> tuple[str, Table]:
@@ -146,6 +216,19 @@ class Rule:
 
 
 @dataclass(frozen=True)
+class Badge:
+    """A configuration's verdict at a glance: its name (with its colour and marker), the verdict
+    word in the verdict's colour, what it means, the memory it saves."""
+
+    config: str
+    status: str
+    meaning: str
+    colour: str
+    swatch: Swatch | None
+    saves: str
+
+
+@dataclass(frozen=True)
 class Decision:
     sentence: str
     speed: str | None
@@ -168,6 +251,8 @@ class ResultView:
     """Everything the page shows of one result, in the page's order."""
 
     name: str
+    title: str  # the model, the caches, the context, the day
+    badges: list[Badge]
     partial: Partial | None
     build_check: str | None  # --reference in-process: the server's build against kvprobe's
     decision: Decision | None
@@ -195,6 +280,8 @@ def result_view(name: str, result: ResultDoc) -> ResultView:
     frontier = frontier_figure(result)
     return ResultView(
         name=name,
+        title=title(name, result),
+        badges=_badges(result),
         partial=_partial(result),
         build_check=build_check_line(result),
         decision=_decision(result),
@@ -203,8 +290,8 @@ def result_view(name: str, result: ResultDoc) -> ResultView:
         frontier=Picture(frontier) if frontier is not None else None,
         sentences=_sentences(result),
         sections=sections,
-        provenance=_provenance(result),
-        applied=_applied(result),
+        provenance=_provenance(name, result),
+        applied=_applied(result, swatches(result)),
     )
 
 
@@ -217,9 +304,10 @@ def page(results: Sequence[tuple[str, ResultDoc]], on_result: Callable[[int], No
             on_result(i)
         draw(view.pictures())
     header = ["run", "model", "config", "context", "accuracy", "answer log-prob", "KL (10⁻³ nats)"]
+    heading = views[0].title if len(views) == 1 else f"kvprobe: {len(views)} results"
     return render_page(
         "report.html",
-        title="kvprobe: " + ", ".join(name for name, _ in results),
+        title=heading,
         results=views,
         matrix=Table(header, matrix_rows(list(results))) if len(results) > 1 else None,
     )
@@ -229,7 +317,7 @@ def merged(old: Figure, new: Figure) -> list[Figure]:
     """Old and new on the same axes (line figures); heatmaps one after the other."""
     if isinstance(old, LineFigure) and isinstance(new, LineFigure):
         series = [replace(s, label=f"old {s.label}") for s in old.series]
-        series += [replace(s, label=f"new {s.label}", reference=False) for s in new.series]
+        series += [replace(s, label=f"new {s.label}") for s in new.series]  # each in its one colour
         markers = [replace(m, series=f"old {m.series}", label=f"old {m.label}") for m in old.markers]
         markers += [replace(m, series=f"new {m.series}", label=f"new {m.label}") for m in new.markers]
         return [replace(new, title=f"{new.title}: old and new", series=series, markers=markers)]

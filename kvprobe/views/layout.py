@@ -11,7 +11,8 @@ U+202E...) are written out as `kvprobe.infra.display.visible` writes them on the
 from __future__ import annotations
 
 import base64
-from collections.abc import Sequence
+import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -42,6 +43,19 @@ ENVIRONMENT = jinja2.Environment(
 )
 
 
+# A cell with digits and no letter: a number, an interval, a percentage, "361 (4,096-8,192)".
+_NUMBER = re.compile(r"[^\W\d_]")
+
+
+def number_text(value: object) -> bool:
+    """Whether a cell is a number (the page never wraps one): digits, and no letter."""
+    text = str(value)
+    return any(ch.isdigit() for ch in text) and _NUMBER.search(text) is None
+
+
+ENVIRONMENT.tests["number_text"] = number_text
+
+
 def render_page(template: str, **context: Any) -> str:
     """One page from its template."""
     return ENVIRONMENT.get_template(template).render(**context)
@@ -70,8 +84,19 @@ def draw(pictures: Sequence[Picture]) -> None:
 
 
 @dataclass(frozen=True)
+class Swatch:
+    """A configuration's colour and marker, drawn beside its name in a table (as on the figures)."""
+
+    colour: str  # hex, from kvprobe.views.figures' palette (never from a file)
+    glyph: str
+    name: str  # the colour's name, for the tooltip and the tests
+
+
+@dataclass(frozen=True)
 class Table:
-    """A table: a header row and rows of cells, all text."""
+    """A table: a header row and rows of cells, all text. A first cell that names a
+    configuration gets its swatch."""
 
     header: Sequence[str]
     rows: Sequence[Sequence[str]] = field(default_factory=list)
+    swatches: Mapping[str, Swatch] = field(default_factory=dict)

@@ -11,6 +11,7 @@ from kvprobe.api.record import JsonObject
 from kvprobe.api.result import ResultDoc
 from kvprobe.infra.display import plain
 from kvprobe.stats.by_probe import probe_rows
+from kvprobe.views.fit import fit_table
 
 HEADER = [
     "probe", "config", "n", "reference accuracy", "Δ accuracy", "reference log-prob",
@@ -78,4 +79,5 @@ def print_probe_table(result: ResultDoc, console: Console) -> None:
         table.add_column(h, justify="left" if h in ("probe", "config") else "right")
     for row in cells:
         table.add_row(*(plain(c) for c in row))
-    console.print(table)
+    for part in fit_table(table, console.width):
+        console.print(part)

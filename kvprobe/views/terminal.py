@@ -3,6 +3,7 @@ probe supplies its own tables."""
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Sequence
 
 from rich.console import Console
@@ -15,29 +16,34 @@ from kvprobe.infra.display import plain
 from kvprobe.plan.prompt import describe
 from kvprobe.probes.divergence.build_check import build_check_sentence
 from kvprobe.stats.parts import ComparisonDoc
-from kvprobe.views.decision import print_decision, print_folklore
+from kvprobe.views.decision import print_decision, print_decision_lines, print_folklore
+from kvprobe.views.fit import fit_table
 from kvprobe.views.probes import print_probe_table
 
 
-def print_run_report(result: ResultDoc, console: Console) -> None:
-    """The recommendation and its frontier first, then each probe's tables, the cost, the
-    warnings, the verdict and the rules of thumb."""
-    console.print(f"prompt: {describe(result.get('prompt') or {})}", markup=False, highlight=False)
-    if (engine := engine_line(result)) is not None:
-        console.print(engine, markup=False, highlight=False, soft_wrap=True)
+def print_run_report(
+    result: ResultDoc,
+    console: Console,
+    *,
+    details: bool = False,
+    from_run: bool = False,
+    path: str | None = None,
+) -> None:
+    """The decision first (one line per configuration; only a build check, the server's share of
+    any difference, before it), then in sections: where the numbers come
+    from, the warnings, the frontier table, each probe's tables, the probes side by side and the
+    rules of thumb. `details` adds what a user reads only to check the method: the recommendation's
+    sentence and the verdict's with their intervals, p-values and fits, the probes' lines beside
+    their tables (whatever `Probe.tables` gives that is not a table), the cost against a grid.
+    `from_run`: printed at the end of `kvprobe run`, whose header said the prompt already; `path`:
+    the result file, named in the line that says where the details are."""
     if (check := build_check_line(result)) is not None:  # the build's share, before the cache's
-        console.print(check, markup=False, highlight=False, soft_wrap=True)
-    print_decision(result, console)
-    for probe in all_probes():
-        for renderable in probe.tables(result):
-            console.print(renderable)
-    print_probe_table(result, console)
-    timing = result["timing"]
-    ratio = timing["tokens_evaluated"] / max(1, timing["naive_tokens"])
-    console.print(
-        f"{timing['tokens_evaluated']:,} tokens evaluated in {timing['wall_s']:.0f} s "
-        f"({ratio:.2f} of the {timing['naive_tokens']:,} a one-prompt-per-cell grid would need)"
-    )
+        console.print(check, markup=False, highlight=False)
+    print_decision_lines(result, console)
+    if not from_run:
+        console.print(f"prompt: {describe(result.get('prompt') or {})}", markup=False, highlight=False)
+    if (engine := engine_line(result)) is not None:
+        console.print(engine, markup=False, highlight=False)
     for warning in result.get("warnings", []):
         console.print(f"[yellow]warning:[/] {plain(warning)}")
     if result.get("complete") is False:
@@ -45,12 +51,43 @@ def print_run_report(result: ResultDoc, console: Console) -> None:
             f"[yellow]partial result:[/] {plain(result.get('stopped') or 'stopped')}, "
             f"{len(result.get('missing') or [])} units not measured (`kvprobe run --resume` continues it)"
         )
+    print_decision(result, console, details=details, lines=False)
+    for probe in all_probes():
+        for renderable in probe.tables(result):
+            if isinstance(renderable, Table):
+                for part in fit_table(renderable, console.width):
+                    console.print(part)
+            elif details:
+                console.print(renderable)
+    print_probe_table(result, console)
+    if details:
+        print_details(result, console)
+    print_folklore(result, console)
+    if not details and (result.get("verdict") or {}).get("sentences"):
+        where = plain(path) if path else "RESULT"
+        console.print(
+            f"intervals, p-values and fits: kvprobe report {where} --details", markup=False, highlight=False
+        )
+
+
+def print_details(result: ResultDoc, console: Console) -> None:
+    """`--details`: the cost against a one-prompt-per-cell grid, and the verdict's sentences."""
+    timing = result["timing"]
+    ratio = timing["tokens_evaluated"] / max(1, timing["naive_tokens"])
+    console.print(
+        f"{timing['tokens_evaluated']:,} tokens evaluated in {timing['wall_s']:.0f} s "
+        f"({ratio:.2f} of the {timing['naive_tokens']:,} a one-prompt-per-cell grid would need)"
+    )
     verdict = result.get("verdict")
     if verdict and verdict["sentences"]:
         console.print("[bold]Verdict[/]")
-        for sentence in verdict["sentences"]:
-            console.print(f"  • {sentence}", markup=False, highlight=False)
-    print_folklore(result, console)
+        for sentence in verdict["sentences"]:  # each indented under its bullet
+            wrapped = textwrap.wrap(
+                sentence, console.width - 1, initial_indent="  • ", subsequent_indent="    ",
+                break_long_words=False, break_on_hyphens=False,
+            )  # fmt: skip
+            for line in wrapped:
+                console.print(line, markup=False, highlight=False)
 
 
 def build_check_line(result: ResultDoc) -> str | None:
@@ -107,17 +144,35 @@ def matrix_rows(results: Sequence[tuple[str, ResultDoc | JsonObject]]) -> list[l
 
 
 def print_matrix(results: list[tuple[str, ResultDoc]], console: Console) -> None:
+    """One table, a section per run, where it fits the terminal; else one table per run, titled
+    with the run and its model, so that the columns left are the configuration's and the probes'."""
     columns = matrix_columns()
-    table = Table(title=f"{len(results)} runs: {', '.join(c.title for c in columns)}")
-    for col in [*MATRIX_LEAD, *(c.header for c in columns)]:
+    rows = [[plain(c) for c in row] for row in matrix_rows(results)]
+    title = f"{len(results)} runs: {', '.join(c.title for c in columns)}"
+    whole = _matrix_table(title, list(MATRIX_LEAD), columns, rows)
+    if fit_table(whole, console.width) == [whole]:  # fits as it is
+        console.print(whole)
+        return
+    console.print(title, markup=False, highlight=False)
+    for name in dict.fromkeys(row[0] for row in rows):
+        own = [row[2:] for row in rows if row[0] == name]
+        model = next(row[1] for row in rows if row[0] == name)
+        table = _matrix_table(f"{name} ({model})", list(MATRIX_LEAD[2:]), columns, own)
+        for part in fit_table(table, console.width):
+            console.print(part)
+
+
+def _matrix_table(title: str, lead: list[str], columns: list[MatrixColumn], rows: list[list[str]]) -> Table:
+    table = Table(title=title)
+    for col in [*lead, *(c.header for c in columns)]:
         table.add_column(col, justify="left" if col in ("run", "model", "config") else "right", no_wrap=True)
     previous = None
-    for row in matrix_rows(results):
-        if previous is not None and row[0] != previous:
+    for row in rows:
+        if previous is not None and row[0] != previous and "run" in lead:
             table.add_section()
-        table.add_row(*(plain(c) for c in row))
+        table.add_row(*row)
         previous = row[0]
-    console.print(table)
+    return table
 
 
 MARK_STYLE = {
@@ -126,6 +181,33 @@ MARK_STYLE = {
     "no significant change": "dim",
     "not testable": "yellow",
 }
+
+
+def comparison_table(title: str, rows: list[Row], *, stacked: bool) -> Table:
+    """One probe's metric: per configuration and context, old, new, the difference with its 95%
+    interval, p and the mark; `stacked` puts old → new above the difference, for a narrow
+    terminal."""
+    values = ("old → new\ndifference [95% CI]",) if stacked else ("old", "new", "difference [95% CI]")
+    table = Table(title=title)
+    for col in ("config", "context", *values, "p", "change"):
+        left = col in ("config", "change")
+        table.add_column(col, justify="left" if left else "right", no_wrap=col not in ("config", "change"))
+    for r in rows:
+        config = plain(
+            r["config_old"]
+            if r["config_old"] == r["config_new"]
+            else f"{r['config_old']} → {r['config_new']}"
+        )
+        ctx = "whole document" if r.get("scope") == "pooled" else plain(r["ctx"])
+        mark = f"[{MARK_STYLE[r['mark']]}]{r['mark']}[/]"
+        diff = f"{r['diff']:+.3g} [{r['ci'][0]:+.3g}, {r['ci'][1]:+.3g}]"
+        cells = (
+            (f"{r['old']:.4g} → {r['new']:.4g}\n{diff}",)
+            if stacked
+            else (f"{r['old']:.4g}", f"{r['new']:.4g}", diff)
+        )
+        table.add_row(config, ctx, *cells, f"{r['p']:.2g}", mark)
+    return table
 
 
 def print_comparison(report: ComparisonDoc | JsonObject, console: Console) -> None:
@@ -145,22 +227,12 @@ def print_comparison(report: ComparisonDoc | JsonObject, console: Console) -> No
     for row in report["rows"]:
         groups.setdefault((row["probe"], row["metric"]), []).append(row)
     for (probe, metric), rows in groups.items():
-        table = Table(title=f"{probe}: {metric} ({rows[0]['test']})")
-        for col in ("config", "context", "old", "new", "difference [95% CI]", "p", ""):
-            table.add_column(col, justify="left" if col in ("config", "") else "right", no_wrap=True)
-        for r in rows:
-            config = plain(
-                r["config_old"]
-                if r["config_old"] == r["config_new"]
-                else f"{r['config_old']} → {r['config_new']}"
-            )
-            ctx = "whole document" if r.get("scope") == "pooled" else plain(r["ctx"])
-            mark = f"[{MARK_STYLE[r['mark']]}]{r['mark']}[/]"
-            table.add_row(
-                config, ctx, f"{r['old']:.4g}", f"{r['new']:.4g}",
-                f"{r['diff']:+.3g} [{r['ci'][0]:+.3g}, {r['ci'][1]:+.3g}]", f"{r['p']:.2g}", mark,
-            )  # fmt: skip
-        console.print(table)
+        title = f"{probe}: {metric} ({rows[0]['test']})"
+        parts = fit_table(comparison_table(title, rows, stacked=False), console.width)
+        if len(parts) > 1:  # too narrow: old, new and the difference stacked in one column
+            parts = fit_table(comparison_table(title, rows, stacked=True), console.width)
+        for part in parts:
+            console.print(part)
     worse = sum(r["mark"] == "worse" for r in report["rows"])
     better = sum(r["mark"] == "better" for r in report["rows"])
     untestable = sum(r["mark"] == "not testable" for r in report["rows"])

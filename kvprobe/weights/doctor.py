@@ -2,7 +2,9 @@
 (metadata and tensor headers only: no model load, fast on a 40 GB file).
 
 Facts are plain data; findings are pure functions of the facts. The rules are the weight-side
-causes of degradation that the source documents (`../shared/seeds/`) list: legacy uniform
+causes of degradation that common llama.cpp troubleshooting guides list (RunLocalAI's
+"Quantization quality loss", Leeroopedia's "llama.cpp quantization quality tips" and the
+"llama.cpp quality drops after switching to a more aggressive quant" guide): legacy uniform
 quants, tiers too aggressive for the model size, `--pure` files whose embedding and output
 lost their protection, IQ quants without (or with someone else's) importance matrix, files
 re-quantized from an already quantized GGUF, and MoE models at low bits.
@@ -48,6 +50,7 @@ VERY_LOW_FILE_TYPES = {  # below Q4_K_M: "coherence breaks down" for sub-13B mod
 BELOW_Q5_K_M_FILE_TYPES = {
     "MOSTLY_Q4_0", "MOSTLY_Q4_1", "MOSTLY_Q4_K_S", "MOSTLY_Q4_K_M", "MOSTLY_IQ4_NL", "MOSTLY_IQ4_XS",
 }  # fmt: skip
+AT_THE_FLOOR = {"MOSTLY_Q4_K_M", "MOSTLY_IQ4_XS"}  # "the safe floor"; IQ4_XS "comparable to Q4_K_M"
 IMATRIX_REQUIRED = {  # llama-quantize refuses or warns without one
     "MOSTLY_IQ1_S", "MOSTLY_IQ1_M", "MOSTLY_IQ2_XXS", "MOSTLY_IQ2_XS", "MOSTLY_IQ2_S", "MOSTLY_IQ2_M",
     "MOSTLY_IQ3_XXS", "MOSTLY_IQ3_XS", "MOSTLY_Q2_K_S",
@@ -329,9 +332,10 @@ def _too_aggressive(facts: dict[str, Any]) -> list[Finding]:
         return [
             Finding(
                 "small_model_below_q5_k_m",
-                "warning",
-                f"{short_type(ft)} on a model below 13B: the source documents recommend Q5_K_M as the "
-                "minimum at this size",
+                "info" if ft in AT_THE_FLOOR else "warning",  # the guides' floor is advice, not a fault
+                f"{short_type(ft)} on a model below 13B: llama.cpp troubleshooting guides put Q4_K_M at the "
+                "floor (RunLocalAI: 'the safe floor') and give 13B models Q5_K_M where it fits; small "
+                "models lose more per bit",
                 evidence,
                 "use Q5_K_M or higher (Q6_K, Q8_0) if it fits",
             )
@@ -401,8 +405,8 @@ def _imatrix(facts: dict[str, Any]) -> list[Finding]:
             Finding(
                 "no_imatrix",
                 "info",
-                "no importance matrix was used (for Llama 3 8B Q4_K_M the source documents give "
-                "KL 0.042 without one vs 0.028 with)",
+                "no importance matrix was used (for Llama 3 8B Q4_K_M, Leeroopedia's llama.cpp "
+                "quantization-quality tips give KL 0.042 without one vs 0.028 with)",
                 "no quantize.imatrix.* metadata",
                 "quantize from the f16 source with --imatrix for lower loss at the same size",
             )
@@ -580,11 +584,53 @@ def kv_table(facts: dict[str, Any], vram_gb: float | None = None) -> list[dict[s
     return rows
 
 
+def longest_fit(facts: dict[str, Any], vram_gb: float, cache: str) -> int:
+    """The longest context (a multiple of 256, at most the training context) whose weights and
+    `cache` KV leave the compute headroom in vram_gb; 0 when not even 256 tokens do."""
+    room = vram_gb * GiB - facts["weights_bytes"] - COMPUTE_HEADROOM
+    top = max(facts["n_ctx_train"], 256) // 256
+    lo, hi = 0, top  # in units of 256 tokens: the KV size grows with the context
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if kv_cache_bytes(facts, mid * 256, cache, cache)["total"] <= room:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo * 256 if lo < top else max(facts["n_ctx_train"], 256)
+
+
+def fit_headline(facts: dict[str, Any], vram_gb: float) -> str:
+    """What matters most on a GPU of vram_gb, in one line: whether the f16 cache fits at the
+    model's training context, else the longest context each cache type fits."""
+    train = facts["n_ctx_train"]
+    fits = {t: longest_fit(facts, vram_gb, t) for t in KV_TYPES}
+    head = f"{vram_gb:g} GB: "
+    if train and fits["f16"] >= train:
+        return (
+            head + f"the f16 cache fits at the training context, {train:,} tokens (no quantized cache needed)"
+        )
+    if not fits["f16"]:
+        return (
+            head + f"the weights ({facts['weights_bytes'] / GiB:.2f} GiB) and 0.5 GiB for compute "
+            "leave no room for a cache"
+        )
+    others = ", ".join(
+        f"{t} up to {fits[t]:,}" + (" (the training context)" if fits[t] >= train > 0 else "")
+        for t in KV_TYPES[1:]
+    )
+    return (
+        head
+        + f"the f16 cache fits up to {fits['f16']:,} tokens, not the training context's {train:,}; "
+        + others
+    )
+
+
 def diagnose(path: Path, vram_gb: float | None = None) -> dict[str, Any]:
     """The doctor's report as plain data (what `--json` prints)."""
     facts = read_facts(path)
     return {
         "facts": facts,
+        "fit": fit_headline(facts, vram_gb) if vram_gb is not None else None,
         "findings": [asdict(f) for f in findings(facts)],
         "kv_cache": kv_table(facts, vram_gb),
         "vram_gb": vram_gb,

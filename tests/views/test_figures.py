@@ -194,9 +194,13 @@ def test_compare_draws_old_and_new_on_the_same_axes(
     labels = [s.label for s in both.series]
     assert labels[: len(a.series)] == [f"old {s.label}" for s in a.series]
     assert labels[len(a.series) :] == [f"new {s.label}" for s in b.series]
-    assert [s.reference for s in both.series].count(
-        True
-    ) == 1  # the old reference only: one dashed black line
+    from kvprobe.views.figures import config_style, figure_styles
+
+    # Each configuration in its one colour, old dotted: the two references black, apart.
+    styles = dict(zip(labels, figure_styles(labels, [s.reference for s in both.series]), strict=True))
+    assert styles["old f16"].colour == styles["new f16"].colour == "#000000"
+    assert styles["old f16"].line != styles["new f16"].line
+    assert styles["old q8_0"].colour == styles["new q8_0"].colour == config_style("q8_0").colour
     page = tmp_path / "cmp.html"
     main(["compare", str(EXAMPLES / "quick-f16-q8_0-1024.json"), str(SPLIT), "--html", str(page)])
     text = page.read_text()
@@ -322,3 +326,66 @@ def test_no_two_series_look_alike_past_the_palette() -> None:
     looks = [(line.get_color(), line.get_linestyle(), line.get_marker()) for line in ax.get_lines()]
     plt.close(fig)
     assert len(set(looks)) == 9
+
+
+UNTIL = EXAMPLES / "until-decided-f16-q4_0-8192.json"
+
+
+def test_a_verdicts_margins_are_drawn_on_the_figures_it_reads() -> None:
+    """The answer log-prob difference with its ±margin, the KL with its bound: from the result's
+    own margins, so that a figure shows why a configuration is worse."""
+    result = load(EXAMPLES / "default-f16-q4_0-8192.json")
+    margins = result["verdict"]["margins"]
+    diff = by_key(get_probe("needle").figures(result))["needle-logprob-diff"]
+    assert sorted(y for y, _ in diff.levels) == [-margins["answer_logprob"], margins["answer_logprob"]]
+    kl = by_key(get_probe("divergence").figures(result))["divergence-kl"]
+    assert kl.level is not None
+    assert kl.level[0] == margins["kld_mean"]
+    changed = {**result, "verdict": {**result["verdict"], "margins": {**margins, "answer_logprob": 0.5}}}
+    diff = by_key(get_probe("needle").figures(changed))["needle-logprob-diff"]  # type: ignore[arg-type]
+    assert sorted(y for y, _ in diff.levels) == [-0.5, 0.5]
+
+
+def test_cells_not_measured_are_named_not_left_blank() -> None:
+    """--until-decided stopped at 1,024 tokens: the later columns say why they are empty."""
+    from kvprobe.views.figures import layout
+
+    result = load(UNTIL)
+    heat = by_key(get_probe("needle").figures(result))["needle-heatmap-q4_0"]
+    assert heat.text is not None
+    columns = heat.x_labels.index("2,048"), heat.x_labels.index("8,192")
+    for row, text in zip(heat.values, heat.text, strict=True):
+        for j in range(columns[0], columns[1] + 1):
+            assert row[j] is None
+            assert text[j] == "not measured: decided earlier"
+        assert all(bool(t) == (v is None) for v, t in zip(row, text, strict=True))  # every blank said
+    fits_its_frame(heat)
+    assert layout(heat).texts  # the measured cells keep their numbers
+    full = by_key(get_probe("needle").figures(load(SPLIT)))["needle-heatmap-q4_0"]
+    assert full.text is None or all("not measured" not in t for row in full.text for t in row)
+
+
+def test_one_configuration_one_style_on_every_figure() -> None:
+    """q4_0 looks the same on every figure, whatever else the figure holds; the reference is
+    black and dashed; real text is like no configuration."""
+    from kvprobe.views.figures import REFERENCE_STYLE, TEXT_STYLE, config_style, figure_styles
+
+    result = load(REPETITION)
+    looks = set()
+    for f in (f for p in all_probes() for f in p.figures(result)):
+        if isinstance(f, LineFigure):
+            styles = figure_styles([s.label for s in f.series], [s.reference for s in f.series])
+            looks |= {(s.label, st) for s, st in zip(f.series, styles, strict=True)}
+    by_label: dict[str, set[Any]] = {}
+    for label, style in looks:
+        by_label.setdefault(label, set()).add(style)
+    assert all(len(s) == 1 for s in by_label.values()), by_label
+    assert by_label["q4_0"] == {config_style("q4_0")}
+    assert by_label["f16"] == {REFERENCE_STYLE}
+    (text,) = (lbl for lbl in by_label if lbl.startswith("real text"))
+    assert by_label[text] == {TEXT_STYLE}
+    others = {(s.colour, s.line) for lbl, st in by_label.items() if lbl != text for s in st}
+    assert (TEXT_STYLE.colour, TEXT_STYLE.line) not in others
+    assert config_style("q4_0").name == "vermillion"
+    assert config_style("k=q4_0,v=f16").colour == config_style("q4_0").colour
+    assert config_style("k=q4_0,v=f16").marker != config_style("q4_0").marker

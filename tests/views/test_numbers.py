@@ -88,7 +88,7 @@ def rebuilt(doc: dict[str, Any], config: str, concept: str, scope: str) -> float
 @pytest.mark.parametrize("name", EXAMPLES)
 def test_every_labelled_number_is_the_files_and_agrees_with_itself(name: str) -> None:
     path = ROOT / "results" / "examples" / f"{name}.json"
-    proc = kvprobe("report", str(path), env={"COLUMNS": "1000"})
+    proc = kvprobe("report", str(path), "--details", env={"COLUMNS": "1000"})  # the labelled figures
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(path.read_text())
     configs = {c["id"] for c in doc["configs"]}

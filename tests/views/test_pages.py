@@ -35,7 +35,7 @@ TEMPLATES = ROOT / "kvprobe" / "views" / "templates"
 EVIL = "</script><script>alert(1)</script><img src=x onerror=alert(2)>javascript:alert(3)\x1b[31m\u202e'\"&"
 # What a page may hold: the templates' own elements, nothing a file could add.
 TAGS = {"html", "head", "meta", "title", "style", "body", "h1", "h2", "h3", "p", "ul", "li", "b", "code",
-        "table", "tr", "th", "td", "img", "a"}  # fmt: skip
+        "table", "tr", "th", "td", "img", "a", "div", "span"}  # fmt: skip
 HIDDEN = {"Cc", "Cf", "Zl", "Zp", "Cs"}
 # The hostile labels are long: matplotlib says it cannot lay the sweep's heatmap out tightly.
 pytestmark = pytest.mark.filterwarnings("ignore:constrained_layout not applied:UserWarning")
@@ -138,7 +138,8 @@ def test_the_pages_share_one_base(pages: dict[str, str]) -> None:
     for kind, html in pages.items():
         assert html.startswith("<!DOCTYPE html>"), kind
         title = Page(html.split("</title>")[0] + "</title>").text.strip()
-        assert title.startswith("kvprobe"), kind
+        # A result's page is titled by what it measured (its model first), the others "kvprobe ...".
+        assert title.startswith("model" if kind == "report" else "kvprobe"), kind
         assert Page(html).text.count(title) >= 2, kind  # the <title> and the <h1>
     for template in TEMPLATES.glob("*.html"):
         if template.name not in ("base.html", "macros.html"):
@@ -176,3 +177,27 @@ def test_cell_links_stay_paths_whatever_the_folder_is_called(tmp_path: Path) -> 
         parts = urlsplit(href)
         assert (parts.scheme, parts.fragment, parts.query) == ("", "", "")
         assert (tmp_path / unquote(href)).is_file()
+
+
+def test_a_results_page_says_what_and_its_verdicts_first() -> None:
+    """The title is the model, the caches, the context and the day; a badge per configuration
+    comes before the Recommendation; a configuration shown worse is not marked ● frontier."""
+    from kvprobe.result.store import load_result
+    from kvprobe.views.html import result_view
+
+    path = EXAMPLES / "default-f16-q4_0-8192.json"
+    doc = load_result(path)
+    view = result_view(path.name, doc)
+    assert view.title == "gemma-3-270m-q4_k_m.gguf: q4_0 against f16 at 8,192 tokens, 7 Dec 2026"
+    assert [(b.config, b.status) for b in view.badges] == [("f16", "reference"), ("q4_0", "worse")]
+    assert view.badges[1].saves == "saves 72% of KV memory"
+    assert view.decision is not None
+    frontier = view.decision.frontier
+    marks = {row[0]: row[frontier.header.index("frontier")] for row in frontier.rows}
+    assert marks == {"f16": "●", "q4_0": ""}
+    from kvprobe.views.layout import render_page
+
+    html = render_page("report.html", title=view.title, results=[view], matrix=None)
+    assert html.index('data-status="worse"') < html.index("<h2>Recommendation</h2>")
+    assert "● frontier:" in Page(html).text
+    assert "shown worse" in Page(html).text

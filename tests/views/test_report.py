@@ -31,7 +31,7 @@ def test_every_example_is_shown_with_the_verdict_its_items_give(
     doc = Result.load(path).doc
     rebuilt = build_verdict(doc, doc["run"]["seed"], doc["verdict"]["margins"])
     assert rebuilt is not None
-    assert main(["report", str(path)]) == 0
+    assert main(["report", str(path), "--details"]) == 0  # the sentences with their intervals
     out = squeezed(capsys.readouterr().out)
     assert squeezed(rebuilt["recommendation"]["sentence"]) in out
     for sentence in rebuilt["sentences"]:
@@ -76,7 +76,7 @@ SPLIT = next(p for p in EXAMPLES if p.name.startswith("splitkv"))
 
 
 def test_the_recommendation_comes_first_with_numbers(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["report", str(SPLIT)]) == 0
+    assert main(["report", str(SPLIT), "--details"]) == 0
     out = capsys.readouterr().out
     doc = json.loads(SPLIT.read_text())
     rec = doc["verdict"]["recommendation"]
@@ -106,9 +106,9 @@ def test_report_margins_rebuild_the_verdict(capsys: pytest.CaptureFixture[str]) 
     """A tighter KL bound (0.01) rules out the pair whose KL is 0.013; the next cheapest
     equivalent cache, q8_0 (KL 0.008), is recommended instead. The file is not changed."""
     before = SPLIT.read_text()
-    assert main(["report", str(SPLIT), "--margin", "kld_mean=0.01"]) == 0
+    assert main(["report", str(SPLIT), "--margin", "kld_mean=0.01", "--details"]) == 0
     tight = " ".join(capsys.readouterr().out.split())  # a wrapped line may end in a space
-    assert main(["report", str(SPLIT)]) == 0
+    assert main(["report", str(SPLIT), "--details"]) == 0
     default = " ".join(capsys.readouterr().out.split())
     assert "use k=q8_0,v=q4_0 (" in default
     assert "use q8_0 (" in tight

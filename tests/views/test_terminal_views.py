@@ -54,12 +54,14 @@ def test_a_configuration_stopped_early_says_where() -> None:
 
 
 def test_the_run_report_says_its_cost_its_state_and_its_warnings() -> None:
+    """The cost against a one-prompt-per-cell grid is a detail: with --details only."""
     doc = load("quick-f16-q8_0-1024.json")
     timing = doc["timing"]
-    out = printed(print_run_report, doc)
+    out = printed(detailed, doc)
     ratio = timing["tokens_evaluated"] / timing["naive_tokens"]
     said = f"{timing['tokens_evaluated']:,} tokens evaluated in {timing['wall_s']:.0f} s ({ratio:.2f} of the "
     assert said + f"{timing['naive_tokens']:,}" in out
+    assert "tokens evaluated" not in printed(print_run_report, doc)
     assert "partial result" not in out
     partial = copy.deepcopy(doc) | {"complete": False, "stopped": "time budget", "missing": [[0, 0], [0, 1]],
                                      "warnings": ["--ctx 9 exceeds [b]the[/b] training context"]}  # fmt: skip
@@ -94,14 +96,19 @@ def test_the_comparison_counts_its_marks_and_names_its_failures() -> None:
     assert "FAIL accuracy:-0.05: needle accuracy q8_0 → q4_0 at 1024: -0.2 (p = 0.001" in out
 
 
+def detailed(doc: Any, console: Console) -> None:
+    print_run_report(doc, console, details=True)
+
+
 @pytest.mark.parametrize("name", ["until-decided-f16-q4_0-8192.json", "splitkv-f16-q8_0-q4_0-8192.json"])
 def test_the_report_opens_with_the_recommendation(name: str) -> None:
     doc = load(name)
-    out = printed(print_run_report, doc)
+    out = printed(detailed, doc)
     assert (
         out.index("Recommendation") < out.index("Quality, memory and speed") < out.index("tokens evaluated")
     )
     assert out.index("tokens evaluated") < out.index("Verdict") < out.index("Rules of thumb")
+    assert out.startswith("Recommendation\n")
 
 
 # --- the frontier of a run through llama-server, and the table at 80 columns -----------------------

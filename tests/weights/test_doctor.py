@@ -8,7 +8,14 @@ from pathlib import Path
 import gguf
 import pytest
 
-from kvprobe.weights.doctor import SOURCE_TYPE_KEY, diagnose, kv_cache_bytes, read_facts
+from kvprobe.weights.doctor import (
+    COMPUTE_HEADROOM,
+    SOURCE_TYPE_KEY,
+    diagnose,
+    kv_cache_bytes,
+    longest_fit,
+    read_facts,
+)
 from tests.helpers import BIG, Spec, T, imatrix_metadata, write_gguf
 
 F = gguf.LlamaFileType
@@ -171,3 +178,36 @@ def test_vram_fit(tmp_path: Path) -> None:
     assert fits[(4096, "f16")] == "no"
     assert fits[(32768, "q4_0")] == "no"
     assert "fits" not in diagnose(path)["kv_cache"][0]
+
+
+def test_the_first_line_says_how_far_the_f16_cache_fits(tmp_path: Path) -> None:
+    """With --vram, whether f16 fits at the training context, else each cache's longest context,
+    and those contexts really are the longest that leave the compute headroom."""
+    spec = with_imatrix(Spec(F.MOSTLY_Q4_K_M, T.Q4_K, output=T.Q6_K, **BIG))
+    path = write_gguf(tmp_path / "m.gguf", spec)
+    facts = read_facts(path)
+    train = facts["n_ctx_train"]
+    roomy = diagnose(path, vram_gb=200.0)["fit"]
+    assert roomy.startswith("200 GB: the f16 cache fits at the training context")
+    assert f"{train:,}" in roomy
+    tight = diagnose(path, vram_gb=9.0)["fit"]
+    assert tight.startswith("9 GB: the f16 cache fits up to ")
+    for cache in ("f16", "q8_0", "q4_0"):
+        n = longest_fit(facts, 9.0, cache)
+        room = 9.0 * 2**30 - facts["weights_bytes"] - COMPUTE_HEADROOM
+        assert kv_cache_bytes(facts, n, cache, cache)["total"] <= room
+        if n < train:
+            assert kv_cache_bytes(facts, n + 256, cache, cache)["total"] > room
+            assert f"{n:,}" in tight
+    assert "no room" in diagnose(path, vram_gb=7.0)["fit"]
+    assert diagnose(path)["fit"] is None
+
+
+def test_findings_name_where_their_advice_comes_from(tmp_path: Path) -> None:
+    """No "source documents" without a name: each cited claim names its guide."""
+    path = write_gguf(tmp_path / "s.gguf", Spec(F.MOSTLY_Q4_K_M, T.Q4_K, output=T.Q6_K))
+    found = {f["rule"]: f for f in diagnose(path)["findings"]}
+    assert "RunLocalAI" in found["small_model_below_q5_k_m"]["message"]
+    assert found["small_model_below_q5_k_m"]["severity"] == "info"  # Q4_K_M is the guides' floor
+    assert "Leeroopedia" in found["no_imatrix"]["message"]
+    assert not any("source documents" in f["message"] for f in found.values())

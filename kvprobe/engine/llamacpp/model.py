@@ -7,7 +7,7 @@ import ctypes
 import hashlib
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import ClassVar
 
@@ -152,6 +152,9 @@ class Model:
         buf = ctypes.create_string_buffer(cap)
         n = llama_cpp.llama_detokenize(self._vocab, arr, len(tokens), buf, cap, False, False)
         return buf.raw[: max(n, 0)].decode("utf-8", errors="replace")
+
+    def render_chat(self, messages: Sequence[Mapping[str, str]]) -> str | None:
+        return None  # kvprobe renders the template itself (kvprobe.plan.chat)
 
     def is_eog(self, token: int) -> bool:
         return bool(llama_cpp.llama_vocab_is_eog(self._vocab, token))

@@ -541,9 +541,15 @@ class ServerClient:
         _, answer = self._json("POST", "/detokenize", {"tokens": list(tokens)})
         return self._checked("/detokenize", lambda: _str(_get(answer, "content"), "content"))
 
-    def apply_template(self, messages: Sequence[Mapping[str, str]]) -> str:
-        """The prompt the server's chat template renders (with the generation prompt)."""
-        _, answer = self._json("POST", "/apply-template", {"messages": [dict(m) for m in messages]})
+    def apply_template(
+        self, messages: Sequence[Mapping[str, str]], kwargs: Mapping[str, Any] | None = None
+    ) -> str:
+        """The prompt the server's chat template renders (with the generation prompt); `kwargs`
+        go to the template as `chat_template_kwargs` (over the server's --chat-template-kwargs)."""
+        body: dict[str, Any] = {"messages": [dict(m) for m in messages]}
+        if kwargs:
+            body["chat_template_kwargs"] = dict(kwargs)
+        _, answer = self._json("POST", "/apply-template", body)
         return self._checked("/apply-template", lambda: _str(_get(answer, "prompt"), "prompt"))
 
     # completions ------------------------------------------------------------------------------

@@ -89,13 +89,24 @@ RESERVED_ARGS = {
 }
 
 
-def check_server_args(args: Sequence[str]) -> None:
-    """Refuse (one line) user arguments that set what kvprobe sets on a spawned server."""
+# Set by kvprobe only with its own --chat-template FILE: without it, a user's own template
+# arguments pass (the servers then render as the user's do, and the run uses their framing).
+TEMPLATE_ARGS = {
+    "--chat-template": "the chat template (--chat-template FILE)",
+    "--chat-template-file": "the chat template (--chat-template FILE)",
+    "--no-jinja": "the Jinja template engine (on for --chat-template FILE)",
+}
+
+
+def check_server_args(args: Sequence[str], *, chat_template: bool = False) -> None:
+    """Refuse (one line) user arguments that set what kvprobe sets on a spawned server
+    (`chat_template`: kvprobe gives the servers --chat-template FILE)."""
+    reserved = {**RESERVED_ARGS, **(TEMPLATE_ARGS if chat_template else {})}
     for arg in args:
         name = arg.split("=", 1)[0]
-        if name in RESERVED_ARGS:
+        if name in reserved:
             raise UserError(
-                f"--server-arg {arg}: kvprobe sets {RESERVED_ARGS[name]} itself; drop that --server-arg"
+                f"--server-arg {arg}: kvprobe sets {reserved[name]} itself; drop that --server-arg"
             )
 
 
@@ -359,6 +370,8 @@ class ServerModel:
         # Always said: left unset, llama-server fits layers to the VRAM free when each server
         # starts, and reference and test could differ in where their layers run.
         args += ["-ngl", str(self.n_gpu_layers if self.n_gpu_layers >= 0 else 999)]
+        if self.options.chat_template is not None:  # the servers render kvprobe's --chat-template too
+            args += ["--jinja", "--chat-template-file", str(self.options.chat_template)]
         return [*args, *self.options.server_args]
 
     def _spawn(
@@ -435,6 +448,10 @@ class ServerModel:
 
     def detokenize(self, tokens: Sequence[int]) -> str:
         return self.client.detokenize(tokens) if tokens else ""
+
+    def render_chat(self, messages: Sequence[Mapping[str, str]]) -> str:
+        # Thinking off, as kvprobe renders a template (Qwen 3's switch): the answer follows at once.
+        return self.client.apply_template(messages, {"enable_thinking": False})
 
     def piece(self, token: int) -> str:
         if token not in self._pieces:
@@ -670,7 +687,7 @@ class ServerEngine:
     def _configure(self, options: EngineOptions) -> ServerEngine:
         if (options.binary is None) == (options.url is None):
             raise UserError("the llama-server engine needs either --llama-server PATH or --server URL")
-        check_server_args(options.server_args)
+        check_server_args(options.server_args, chat_template=options.chat_template is not None)
         if options.url is not None and options.url_cache is None:
             raise UserError(
                 "--server needs --server-cache (the cache types that server runs: f16, q8_0, q4_0 ...)"

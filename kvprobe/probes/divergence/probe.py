@@ -739,6 +739,7 @@ def divergence_figures(result: ResultDoc) -> list[Figure]:
             markers.append(Marker(c, x, series.y[series.x.index(x)], f"onset {c}"))
     axis = "position in the document (tokens, bin upper edge, log2 axis)"
     what = kl_words(section)
+    bound = ((result.get("verdict") or {}).get("margins") or {}).get("kld_mean")
     return [
         LineFigure(
             "divergence-kl",
@@ -749,6 +750,7 @@ def divergence_figures(result: ResultDoc) -> list[Figure]:
             kl,
             markers,
             log2_x=True,
+            level=(bound, f"KL bound {bound:g} (the verdict's)") if bound else None,
         ),
         LineFigure(
             "divergence-top1",

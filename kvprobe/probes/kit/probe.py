@@ -34,6 +34,7 @@ from kvprobe.api import (
     fmt_ci,
     summary_series,
 )
+from kvprobe.api.figures import margin_lines
 from kvprobe.infra.display import plain
 from kvprobe.infra.errors import UserError
 from kvprobe.plan.documents import default_checkpoints
@@ -341,11 +342,13 @@ class QuestionProbe(Probe, Generic[S]):
                     Series(c, [float(r["ctx"]) for r in rows], [r["diff"] for r in rows],
                            [r["ci"][0] for r in rows], [r["ci"][1] for r in rows])
                 )  # fmt: skip
+        margin = ((result.get("verdict") or {}).get("margins") or {}).get(self.logprob)
         if diffs:
             figures.append(
                 LineFigure(f"{self.name}-logprob-diff",
                            f"{self.title}: answer log-prob minus {baseline}'s, paired (95% intervals)",
-                           log2, "difference (nats)", diffs, log2_x=True, zero_line=True)
+                           log2, "difference (nats)", diffs, log2_x=True, zero_line=True,
+                           levels=margin_lines(margin))
             )  # fmt: skip
         return figures
 

@@ -35,6 +35,7 @@ from kvprobe.api import (
     register,
     summary_series,
 )
+from kvprobe.api.figures import margin_lines
 from kvprobe.api.record import JsonObject
 from kvprobe.api.result import PromptRecord
 from kvprobe.infra.display import plain
@@ -447,6 +448,9 @@ def needle_figures(result: ResultDoc) -> list[Figure]:
                 lp_markers,
                 log2_x=True,
                 zero_line=True,
+                levels=margin_lines(
+                    ((result.get("verdict") or {}).get("margins") or {}).get("answer_logprob")
+                ),
             )
         )
     grids = {c: depth_grid(result["items"], c, result["run"]["checkpoints"]) for c in configs}
@@ -455,7 +459,8 @@ def needle_figures(result: ResultDoc) -> list[Figure]:
     axes = ("context length (tokens)", "needle depth (share of the context)", columns, rows)
     for c in configs:
         title = f"Needle accuracy, {c}: context length × depth"
-        figures.append(Heatmap(f"needle-heatmap-{_safe(c)}", title, *axes, grids[c], "accuracy"))
+        unsaid = unmeasured(result, grids[c])
+        figures.append(Heatmap(f"needle-heatmap-{_safe(c)}", title, *axes, grids[c], "accuracy", text=unsaid))
         if baseline and c != baseline:
             delta = [
                 [None if a is None or b is None else a - b for a, b in zip(ra, rb, strict=True)]
@@ -464,9 +469,23 @@ def needle_figures(result: ResultDoc) -> list[Figure]:
             key = f"needle-heatmap-{_safe(c)}-minus-{_safe(baseline)}"
             title = f"Accuracy of {c} minus {baseline}: context length × depth"
             figures.append(
-                Heatmap(key, title, *axes, delta, "accuracy difference", diverging=True, vmin=-1.0, vmax=1.0)
-            )
+                Heatmap(key, title, *axes, delta, "accuracy difference", diverging=True, vmin=-1.0, vmax=1.0,
+                        text=unmeasured(result, delta))
+            )  # fmt: skip
     return figures
+
+
+def unmeasured(result: ResultDoc, grid: list[list[float | None]]) -> list[list[str]] | None:
+    """What each empty cell of a grid is: a checkpoint not measured at all (the run stopped once
+    decided, --until-decided, or ended early), or a depth no needle fell in. None: none empty."""
+    if not any(v is None for row in grid for v in row):
+        return None
+    empty = [all(row[j] is None for row in grid) for j in range(len(grid[0]))]
+    early = bool(((result.get("verdict") or {}).get("until_decided") or {}).get("stopped"))
+    why = "not measured: decided earlier" if early else "not measured"
+    return [
+        ["" if v is not None else why if empty[j] else "no needle" for j, v in enumerate(row)] for row in grid
+    ]
 
 
 def depth_grid(items: list[Row], config: str, checkpoints: list[int]) -> list[list[float | None]]:

@@ -231,7 +231,10 @@ def repetition_table(result: ResultDoc) -> Table:
     baseline's, each with its 95% interval."""
     rows = {(r["config"], r["ctx"], r["metric"]): r for r in result["summary"] if r["probe"] == "repetition"}
     tokens = result["scenario"]["spec"]["repetition"]["tokens"]
-    table = Table(title=f"Repetition of {tokens}-token greedy continuations (95% intervals)")
+    table = Table(
+        title=f"Repetition of {tokens}-token greedy continuations (95% intervals; loops: continuations "
+        "that loop; seq-rep-4: share of repeated 4-grams; zlib: compression ratio, above 2.4 looping)"
+    )
     for col in ("context", "config", "loops", "seq-rep-4", "zlib", "leaves baseline at"):
         table.add_column(col, justify="left" if col == "config" else "right", no_wrap=True)
     for ctx in result["run"]["checkpoints"]:
@@ -277,7 +280,8 @@ def repetition_figures(result: ResultDoc) -> list[Figure]:
             "seq-rep-4 (repeated 4-grams)",
         ),
     ):
-        series = [s for c in configs if (s := summary_series(summary, metric, c))]
+        baseline = result.get("baseline")
+        series = [s for c in configs if (s := summary_series(summary, metric, c, reference=c == baseline))]
         text = summary_series(
             summary, metric, TEXT_ROWS, reference=True, label="real text (the document's own)"
         )
