@@ -70,7 +70,7 @@ def cmd_doctor(args: argparse.Namespace, console: Console, words: list[str]) -> 
         print(json.dumps(report, indent=1))
         return 0
     if report["fit"] is not None:  # what matters most on that card, before the details
-        console.print(report["fit"], markup=False, highlight=False, soft_wrap=True)
+        console.print(report["fit"], markup=False, highlight=False)
     print_doctor(report, console)
-    console.print(build_line(), markup=False, highlight=False, soft_wrap=True)
+    console.print(build_line(), markup=False, highlight=False)  # wrapped at the terminal's width
     return 0

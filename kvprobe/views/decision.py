@@ -369,7 +369,7 @@ def print_folklore(result: ResultDoc, console: Console) -> None:
     lines = (result.get("verdict") or {}).get("folklore") or []
     if not lines:
         return
-    console.print("[bold]Rules of thumb from the source documents, checked on this model[/]")
+    console.print("[bold]Rules of thumb (RunLocalAI's and Leeroopedia's guides), checked on this model[/]")
     for f in lines:  # each rule's lines indented under its bullet
         for line in _wrap(
             f"{f['rule']}: {f['finding']} ({f['evidence']})", console.width - 1, "    ", "  • "

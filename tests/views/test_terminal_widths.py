@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,7 +18,7 @@ from kvprobe.stats.compare import compare
 from kvprobe.views.decision import decision_lines
 from kvprobe.views.fit import fit_table
 from kvprobe.views.terminal import print_comparison, print_matrix, print_run_report
-from tests.helpers import examples
+from tests.helpers import examples, kvprobe
 
 EXAMPLES = examples("results/examples/*.json")
 WIDTHS = (80, 200)
@@ -139,3 +140,12 @@ def test_a_wide_table_goes_in_parts_that_repeat_its_keys() -> None:
     assert_fits(text, 80)
     for i in range(6):
         assert f"+0.{i}1 [-0.{i}2, +0.{i}3]" in text
+
+
+@pytest.mark.parametrize("width", WIDTHS)
+def test_doctor_fits(tiny_model_path: Path, width: int) -> None:
+    """`kvprobe doctor` (the findings' table and the build line) at the terminal's width."""
+    proc = kvprobe("doctor", "--model", str(tiny_model_path), "--vram", "24", env={"COLUMNS": str(width)})
+    assert proc.returncode == 0, proc.stderr
+    assert "llama.cpp build" in proc.stdout
+    assert_fits(proc.stdout, width)
