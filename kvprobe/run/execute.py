@@ -249,7 +249,7 @@ def kernel_notice(decision: KernelDecision) -> str:
     if decision.check == "crashed":
         found = re.search(r"(died with \S+|gave non-finite logits)", decision.reason)
         what = found.group(1).rstrip(",") if found else "crashed"
-        return f"kernels: extra CPU kernels {what}: run as --no-repack, slower (--verbose)"
+        return f"kernels: repacked CPU kernels {what}: --no-repack, slower (--verbose)"  # 80 columns
     return "kernels: their check failed; extra CPU kernels stay on (--verbose: why)"
 
 
