@@ -120,34 +120,38 @@ class BuildCheck(Record):
     """A llama-server's f16 cache against kvprobe's own llama.cpp f16 cache on one document, fed
     in the server's request sequence (the same batches): what the build alone changes."""
 
-    status: Literal["matches", "differs", "differs_beyond_margin"]
+    status: Literal["matches", "differs", "differs_near_margin", "differs_beyond_margin", "failed"]
     """`matches`: the mean KL's upper 95% bound under `noise_floor`; `differs`: above it, under
-    `margin`; `differs_beyond_margin`: at or above the KL equivalence margin (a build fault)"""
-    tokens: Count
+    `margin`; `differs_beyond_margin`: the lower bound at or above the KL equivalence margin (a
+    build fault); `differs_near_margin`: the interval holds the margin; `failed`: not made
+    (`reason`), the run's measurements kept"""
+    reason: str | None = None
+    """why a failed check could not be made"""
+    tokens: Count | None = None
     """tokens of the document fed (the scenario's haystack, document 0, at most 2,048)"""
-    stride: Count
+    stride: Count | None = None
     """every stride-th position read"""
-    n_probs: Count
+    n_probs: Count | None = None
     """the top n of each engine the KL is computed over (plus one tail bucket: a lower bound)"""
-    positions: Count
+    positions: Count | None = None
     """positions compared"""
-    kl_mean: float
+    kl_mean: float | None = None
     """mean KL(in-process f16 || server f16) over the positions, nats"""
-    kl_ci: list[float]
+    kl_ci: list[float | None] | None = None
     """its 95% block-bootstrap interval (blocks of 16 positions)"""
-    kl_max: float
+    kl_max: float | None = None
     """the largest KL at one position"""
-    top1_agreement: float
+    top1_agreement: float | None = None
     """share of positions where both engines' most likely token is the same"""
-    logprob_mean_abs_diff: float
+    logprob_mean_abs_diff: float | None = None
     """mean |difference| of the document tokens' log-probs, nats"""
-    noise_floor: float
+    noise_floor: float | None = None
     """the KL under which two builds count as computing the same (identical builds: below 1e-5)"""
-    margin: float
+    margin: float | None = None
     """the KL equivalence margin of the cache verdict"""
-    in_process: dict[str, Any]
+    in_process: dict[str, Any] | None = None
     """kvprobe's llama.cpp: kvprobe and llama-cpp-python versions, build, extra buffer types"""
-    seconds: Seconds
+    seconds: Seconds | None = None
     """wall time of the check"""
 
 

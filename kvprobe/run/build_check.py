@@ -18,6 +18,7 @@ from kvprobe.api.cache_types import CacheConfig
 from kvprobe.api.engine import ContextSettings, Model, TopLogprobs, TopRequest
 from kvprobe.api.registry import margins
 from kvprobe.engine import DEFAULT_ENGINE, get_engine
+from kvprobe.infra.errors import EngineError, UserError
 from kvprobe.plan.documents import plant
 from kvprobe.probes.divergence.build_check import build_check
 from kvprobe.probes.divergence.probe import DivergenceSpec
@@ -47,10 +48,26 @@ def _rows(model: Model, settings: ContextSettings, top: TopRequest) -> TopLogpro
     return found[0]
 
 
-def run_build_check(request: RunRequest, server: Model, console: Console) -> dict[str, Any] | None:
-    """The build check's record (None unless the run asked for `--reference in-process`)."""
+def run_build_check(
+    request: RunRequest, server: Model, console: Console, *, stopped: str | None = None
+) -> dict[str, Any] | None:
+    """The build check's record (None unless the run asked for `--reference in-process`). A
+    check that cannot be made (the run stopped before it, kvprobe's llama.cpp cannot load the
+    model, memory, the server) is recorded as failed with its reason: the run's measurements
+    are kept either way."""
     if request.reference != IN_PROCESS:
         return None
+    if stopped is not None:
+        return {"status": "failed", "reason": f"the run stopped ({stopped}) before it"}
+    try:
+        return _build_check(request, server, console)
+    except (UserError, EngineError) as failure:
+        reason = str(failure).split("\n")[0]
+        console.print(f"build check: not made: {reason}", markup=False, highlight=False, soft_wrap=True)
+        return {"status": "failed", "reason": reason}
+
+
+def _build_check(request: RunRequest, server: Model, console: Console) -> dict[str, Any]:
     spec = request.scenario.spec(DivergenceSpec)
     tokens = min(request.settings.ctx, MAX_TOKENS)
     console.print(
@@ -81,6 +98,7 @@ def run_build_check(request: RunRequest, server: Model, console: Console) -> dic
         "in_process": {
             "kvprobe": __version__,
             "llama_cpp_python": info.get("llama_cpp_python"),
+            "llama_cpp_version": info.get("llama_cpp_version"),
             "llama_cpp_build": info.get("llama_cpp_build"),
             "extra_bufts": kernels.extra_bufts,
         },

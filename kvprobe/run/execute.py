@@ -456,7 +456,7 @@ def execute_run(
             baseline=baseline, partial=partial if keep is not None else None,
         )  # fmt: skip
         # The server's f16 against kvprobe's own (--reference in-process), once the probes are done.
-        check = run_build_check(request, models_loaded[0], console) if outcome.stopped is None else None
+        check = run_build_check(request, models_loaded[0], console, stopped=outcome.stopped)
         runtime = runtime_record(request, kernels, models_loaded, outcome)
     return RunExecution(outcome, baseline, runtime | ({"build_check": check} if check else {}), decision)
 

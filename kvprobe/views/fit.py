@@ -109,6 +109,8 @@ def fit_table(table: Table, width: int) -> list[Table]:
     keys = _keys(table)
     whole = [list(range(keys, len(bounds)))]
     groups = whole if _need(bounds) <= width else _groups(bounds, keys, width)
+    if not groups:  # not even one column beside the keys fits: the table as it is, never nothing
+        return [table]
     parts = []
     for n, group in enumerate(groups):
         indices = [*range(keys), *group]

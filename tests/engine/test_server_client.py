@@ -70,6 +70,7 @@ def test_tokenize_detokenize_template(server: ServerProcess) -> None:
     assert client.tokenize("the", add_special=True)[0] == 1
     assert client.detokenize(client.tokenize("the number is")) == " the number is"
     text = client.apply_template([{"role": "user", "content": "hi"}])
+    assert text is not None
     assert text.endswith("<|im_start|>assistant\n")  # the server's ChatML fallback: no template in the file
     assert "hi" in text
 
@@ -314,11 +315,12 @@ def stream(body: bytes, piece: int, pause: float = 0.0) -> Reply:
 
 class LyingProxy:
     """An HTTP proxy in front of the real llama-server: every request reaches the server, and
-    the server's answer to /completion goes back through `lie` (None: unchanged)."""
+    the server's answer to `lie_path` (/completion) goes back through `lie` (None: unchanged)."""
 
     def __init__(self, upstream: str):
         self.upstream = parse_url(upstream)
         self.lie: Lie | None = None
+        self.lie_path = "/completion"
         proxy = self
 
         class Forward(http.server.BaseHTTPRequestHandler):
@@ -345,7 +347,7 @@ class LyingProxy:
             status, data = resp.status, resp.read()
         finally:
             conn.close()
-        lie = self.lie if handler.path == "/completion" else None
+        lie = self.lie if handler.path == self.lie_path else None
         (lie(status, data) if lie else send(data, status))(handler)
 
     def close(self) -> None:
@@ -516,3 +518,15 @@ def test_lying_server(proxy: LyingProxy, server: ServerProcess, prompt: list[int
         client.next_token(prompt, 3)
     assert time.monotonic() - started < HANG_S  # bounded by the request's deadline, never a hang
     assert_one_line_server_error(str(exc.value), proxy.url.split("//")[1], expected)
+
+
+def test_a_build_without_apply_template_renders_nothing(proxy: LyingProxy) -> None:
+    """An older llama-server answers /apply-template with its 404: no renderer (kvprobe's own
+    rendering of the template stands), not a failed run."""
+    not_found = b'{"error":{"code":404,"message":"File Not Found","type":"not_found_error"}}'
+    proxy.lie, proxy.lie_path = (lambda status, body: send(not_found, 404)), "/apply-template"
+    try:
+        client = ServerClient(parse_url(proxy.url))
+        assert client.apply_template([{"role": "user", "content": "hi"}]) is None
+    finally:
+        proxy.lie, proxy.lie_path = None, "/completion"

@@ -344,6 +344,26 @@ def test_a_server_that_computes_otherwise_fails_the_build_check(work: Work, tmp_
     assert "Build check: the server itself (its build or arguments) differs" in proc.stdout
 
 
+def test_a_build_check_the_run_stopped_before_is_recorded_not_made(work: Work, tmp_path: Path) -> None:
+    """--time-budget ends the run before its build check: the result says the check was not
+    made, and why, instead of leaving it out silently; the measurements are kept."""
+    model = own_model(work, tmp_path)
+    out = tmp_path / "r.json"
+    proc = kvprobe(
+        "run", "--llama-server", str(work.binary), "--reference", "in-process", "--cache", "q4_0",
+        "--time-budget", "0.001s", *run_args(model, work.needles, out),
+    )  # fmt: skip
+    kill_left(llama_server_pids(work.binary, marker=str(model)))
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(out.read_text())
+    assert doc["complete"] is False
+    assert doc["runtime"]["build_check"] == {
+        "status": "failed",
+        "reason": "the run stopped (time budget) before it",
+    }
+    assert "Build check: not made (the run stopped (time budget) before it)" in proc.stdout
+
+
 def test_the_in_process_reference_needs_a_server(work: Work, tmp_path: Path) -> None:
     proc = kvprobe(
         "run", "--reference", "in-process", *run_args(work.model, work.needles, tmp_path / "r.json")

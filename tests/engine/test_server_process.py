@@ -262,7 +262,8 @@ def test_gpu_memory_is_none_without_nvml_or_a_process_on_a_gpu(
     gpus = nvml_gpus()
     checked = "a process on no GPU" if gpus else "the path without NVML"
     print(f"NVML sees {gpus} GPU(s): this checks {checked}")
-    assert process_vram_mib(os.getpid()) is None  # this process's llama.cpp is a CPU build
+    if not gpus:  # on a GPU host this process's llama.cpp may be a CUDA build holding memory
+        assert process_vram_mib(os.getpid()) is None
     with ServerProcess(llama_server, tiny_args(tiny_model_path), log_path=tmp_path / "s.log") as proc:
         assert proc.pid is not None
         on_gpu = process_vram_mib(proc.pid)
@@ -309,7 +310,6 @@ def test_gpu_memory_of_a_process_on_the_gpu() -> None:
         found = process_vram_mib(holder.pid)
         assert found is not None, "NVML did not list the process (another PID namespace?)"
         assert found >= 256
-        assert process_vram_mib(os.getpid()) is None
     finally:
         if holder.stdin is not None:
             holder.stdin.close()

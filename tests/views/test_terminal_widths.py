@@ -149,3 +149,9 @@ def test_doctor_fits(tiny_model_path: Path, width: int) -> None:
     assert proc.returncode == 0, proc.stderr
     assert "llama.cpp build" in proc.stdout
     assert_fits(proc.stdout, width)
+
+
+def test_a_table_too_narrow_for_any_column_is_kept_whole() -> None:
+    table = Table("a-header-wider-than-the-terminal-" * 3)
+    table.add_row("a-value-wider-than-the-terminal-" * 3)
+    assert fit_table(table, 40) == [table]

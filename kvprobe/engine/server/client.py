@@ -543,13 +543,16 @@ class ServerClient:
 
     def apply_template(
         self, messages: Sequence[Mapping[str, str]], kwargs: Mapping[str, Any] | None = None
-    ) -> str:
+    ) -> str | None:
         """The prompt the server's chat template renders (with the generation prompt); `kwargs`
-        go to the template as `chat_template_kwargs` (over the server's --chat-template-kwargs)."""
+        go to the template as `chat_template_kwargs` (over the server's --chat-template-kwargs).
+        None where the build has no /apply-template (HTTP 404: older builds)."""
         body: dict[str, Any] = {"messages": [dict(m) for m in messages]}
         if kwargs:
             body["chat_template_kwargs"] = dict(kwargs)
-        _, answer = self._json("POST", "/apply-template", body)
+        status, answer = self._json("POST", "/apply-template", body, ok=(200, 404))
+        if status == 404:
+            return None
         return self._checked("/apply-template", lambda: _str(_get(answer, "prompt"), "prompt"))
 
     # completions ------------------------------------------------------------------------------

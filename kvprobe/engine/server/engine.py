@@ -449,8 +449,9 @@ class ServerModel:
     def detokenize(self, tokens: Sequence[int]) -> str:
         return self.client.detokenize(tokens) if tokens else ""
 
-    def render_chat(self, messages: Sequence[Mapping[str, str]]) -> str:
+    def render_chat(self, messages: Sequence[Mapping[str, str]]) -> str | None:
         # Thinking off, as kvprobe renders a template (Qwen 3's switch): the answer follows at once.
+        # None from a build without /apply-template: kvprobe's own rendering stands (recorded so).
         return self.client.apply_template(messages, {"enable_thinking": False})
 
     def piece(self, token: int) -> str:

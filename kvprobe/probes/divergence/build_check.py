@@ -12,9 +12,11 @@ Three outcomes, in words a user can act on:
 - `differs`: above the floor, but the upper bound is under the KL equivalence margin (another
   backend's kernels, another version): the build shifts the numbers less than a cache would
   have to, to count as worse, and the cache verdict (server against server) stands.
-- `differs_beyond_margin`: the build alone moves the distribution as much as a cache that is
-  called worse: a fault of the build (the kind llama.cpp's tracker reports for backends), to
-  report upstream; the cache verdict compares the server to itself and says nothing of it.
+- `differs_near_margin`: the interval holds the margin: neither "stands" nor "a fault" is shown.
+- `differs_beyond_margin`: the lower bound is at or above the margin: the build alone moves the
+  distribution as much as a cache that is called worse: a fault of the build (the kind
+  llama.cpp's tracker reports for backends), to report upstream; the cache verdict compares the
+  server to itself and says nothing of it.
 """
 
 from __future__ import annotations
@@ -48,7 +50,12 @@ def build_check(in_process: TopLogprobs, server: TopLogprobs, *, margin: float, 
     mean = float(kl.mean()) if len(kl) else float("nan")
     exact = ~np.isnan(server.target_logprob)
     nll_diff = np.abs(in_process.target_logprob[exact] - server.target_logprob[exact])
-    status = "matches" if hi < NOISE_FLOOR else "differs" if hi < margin else "differs_beyond_margin"
+    status = (
+        "matches" if hi < NOISE_FLOOR
+        else "differs" if hi < margin
+        else "differs_beyond_margin" if lo >= margin
+        else "differs_near_margin"  # the interval holds the margin: neither reading is shown
+    )  # fmt: skip
     return {
         "status": status,
         "positions": len(kl),
@@ -65,6 +72,15 @@ def build_check(in_process: TopLogprobs, server: TopLogprobs, *, margin: float, 
 def build_check_sentence(check: Any) -> str:
     """One sentence: what the server's f16 is against kvprobe's, and what that means for the
     cache verdict. `check` is the result's `runtime.build_check` (a record or a dict)."""
+    if check["status"] == "failed":
+        return (
+            f"Build check: not made ({check['reason']}); the cache verdict compares the server with "
+            "itself and says nothing of its build."
+        )
+    if check.get("kl_mean") is None:  # nothing exact to compare (no position, or no exact log-prob)
+        return (
+            "Build check: no position could be compared; the cache verdict compares the server with itself."
+        )
     kl = f"KL {check['kl_mean']:.2g} [{check['kl_ci'][0]:.2g}, {check['kl_ci'][1]:.2g}]"
     scope = (
         f"{check['positions']:,} positions of {check['tokens']:,} tokens, top-1 agreement "
@@ -80,6 +96,13 @@ def build_check_sentence(check: Any) -> str:
             f"Build check: the server's f16 (its build and arguments) differs from kvprobe's llama.cpp "
             f"({kl}, {scope}), less than the equivalence margin {check['margin']:g}: the cache verdict "
             "(server against server) stands."
+        )
+    if check["status"] == "differs_near_margin":
+        return (
+            f"Build check: the server's f16 (its build and arguments) differs from kvprobe's llama.cpp "
+            f"({kl}, {scope}), and the interval reaches the equivalence margin {check['margin']:g}: "
+            "the build may shift the numbers as much as a cache called worse; rerun with a longer "
+            "--ctx (more positions), and compare the server with itself for the cache."
         )
     return (
         f"Build check: the server itself (its build or arguments) differs from kvprobe's llama.cpp "
