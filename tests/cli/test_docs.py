@@ -154,6 +154,8 @@ class PageText(HTMLParser):
 def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The docs site, built once as `nox -s docs` builds it (strict: a warning fails)."""
     if importlib.util.find_spec("mkdocs") is None:
+        if os.environ.get("CI"):  # CI's tests session installs the docs extra: its absence is a fault
+            pytest.fail("mkdocs (the docs extra) is not installed in CI's tests session")
         pytest.skip("mkdocs (the docs extra) builds the site")
     out = tmp_path_factory.mktemp("site")
     env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}
