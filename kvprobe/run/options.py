@@ -58,22 +58,30 @@ def margin_option(parser: argparse._ActionsContainer) -> None:
 
 
 RUN_DESCRIPTION = """\
-Measure whether quantized KV caches lose what the f16 cache keeps, on one GGUF model, from
-the first tokens up to --ctx: needles, repetition and divergence, one pass through llama.cpp,
-then the decision (the cheapest cache shown equivalent to f16, its memory and flags). Without
---cache it measures the usual ladder, q8_0 and q4_0 against f16 (--cache f16 alone: f16 only).
-Before it starts it says what it needs in memory and, after its first unit, how long it takes."""
+Measure whether quantized KV caches lose what the f16 cache keeps, on one GGUF
+model, from the first tokens up to --ctx: needles, repetition and divergence,
+one pass through llama.cpp, then the decision (the cheapest cache shown
+equivalent to f16, its memory and flags). Without --cache it measures the usual
+ladder, q8_0 and q4_0 against f16 (--cache f16 alone: f16 only). Before it
+starts it says what it needs in memory and, after its first unit, how long it
+takes."""
 
+# Wrapped at 78 columns: RawDescriptionHelpFormatter keeps these lines as they are.
 RUN_EXAMPLES = """\
 examples:
-  kvprobe run --cache q4_0 --ctx 8192                  the main job, on the default model
+  kvprobe run --cache q4_0 --ctx 8192
+      the main job, on the default model
   kvprobe run --model ~/models/M.gguf --cache q8_0 --cache q4_0 --ctx 32768
-                                                       your own model: the two usual caches
-  kvprobe run --model M.gguf --cache q4_0 --split-kv   which half (K or V) is at fault
-  kvprobe run --model M.gguf --until-decided           stop once every cache is decided
-  kvprobe run --llama-server ~/llama.cpp/build/bin/llama-server --model M.gguf --cache q4_0
-                                                       through your own llama-server build
-  kvprobe run --resume results/x.json.journal.jsonl    continue an interrupted run"""
+      your own model: the two usual caches
+  kvprobe run --model M.gguf --cache q4_0 --split-kv
+      which half (K or V) is at fault
+  kvprobe run --model M.gguf --until-decided
+      stop once every cache is decided
+  kvprobe run --llama-server ~/llama.cpp/build/bin/llama-server \\
+      --model M.gguf --cache q4_0
+      through your own llama-server build
+  kvprobe run --resume results/x.json.journal.jsonl
+      continue an interrupted run"""
 
 
 def add_parser(subparsers: Subparsers) -> None:
@@ -196,9 +204,7 @@ def add_engine_options(run: Parser) -> None:
 
 def add_server_options(run: Parser) -> None:
     """The llama-server engine: a binary kvprobe starts per cache type, or servers already running."""
-    group = run.add_argument_group(
-        "your own llama-server (the llama-server engine; default: llama.cpp inside kvprobe)"
-    )
+    group = run.add_argument_group("your own llama-server (default: llama.cpp inside kvprobe)")
     group.add_argument(
         "--llama-server",
         metavar="PATH",

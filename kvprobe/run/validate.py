@@ -418,9 +418,10 @@ GPU_BUILD = (
 
 def gpu_build_warning(args: argparse.Namespace) -> list[str]:
     """An NVIDIA GPU that this llama.cpp build cannot use (a CPU-only build, pip's default):
-    said in one line with the rebuild, never a silent CPU run on a GPU host. Not when the
-    user chose the layers, nor for a llama-server, which has its own build."""
-    if wants_server(args) or args.gpu_layers is not None or can_offload() or not (found := gpus()):
+    said in one line with the rebuild, never a silent CPU run on a GPU host (`--gpu-layers N`
+    included: this build cannot honour it). Not with `--gpu-layers 0` (the CPU chosen), nor for
+    a llama-server, which has its own build."""
+    if wants_server(args) or args.gpu_layers == 0 or can_offload() or not (found := gpus()):
         return []
     version = llama_cpp_python()
     return [

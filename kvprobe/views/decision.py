@@ -183,7 +183,7 @@ def stopped_early_line(result: ResultDoc) -> str | None:
 
 TITLE = (
     "Quality, memory and speed per configuration (● on the frontier: no other is as good in all three "
-    "and better in one); KV memory as llama-server allocates it for one sequence"
+    "and better in one, and never one shown worse); KV memory as llama-server allocates it for one sequence"
 )
 
 
@@ -299,8 +299,8 @@ def print_decision(result: ResultDoc, console: Console, *, details: bool = False
     rec = (result.get("verdict") or {}).get("recommendation")
     if not rec or (lines and not print_decision_lines(result, console)):
         return
-    if details:
-        console.print("[bold]Recommendation[/]")
+    if details:  # under the decision's own heading: the same Recommendation, in one sentence
+        console.print("[bold]The recommendation in full[/]")
         console.print(f"  {rec['sentence']}", markup=False, highlight=False)
     print_frontier_table(result, console)
 

@@ -44,7 +44,7 @@ def print_run_report(
         console.print(f"prompt: {describe(result.get('prompt') or {})}", markup=False, highlight=False)
     if (engine := engine_line(result)) is not None:
         console.print(engine, markup=False, highlight=False)
-    for warning in result.get("warnings", []):
+    for warning in [] if from_run else result.get("warnings", []):  # a run said them as it started
         console.print(f"[yellow]warning:[/] {plain(warning)}")
     if result.get("complete") is False:
         console.print(

@@ -742,12 +742,13 @@ def test_doctor_without_a_path_examines_the_default_model() -> None:
 def test_run_help_describes_the_run_and_its_examples_parse() -> None:
     from kvprobe.run.options import run_parser
 
-    proc = kvprobe("run", "--help")
+    proc = kvprobe("run", "--help", env={"COLUMNS": "80"})
     assert proc.returncode == 0, proc.stderr
     text = " ".join(proc.stdout.split())
     assert "Without --cache it measures the usual ladder, q8_0 and q4_0 against f16" in text
-    examples = proc.stdout.split("examples:\n", 1)[1]
+    examples = proc.stdout.split("examples:\n", 1)[1].replace(" \\\n      ", " ")  # continued lines
     commands = [line.split("  ")[1] for line in examples.splitlines() if line.startswith("  kvprobe run ")]
+    assert max(len(line) for line in proc.stdout.splitlines()) <= 80  # read in an 80-column terminal
     assert len(commands) >= 5
     assert "kvprobe run --model ~/models/M.gguf --cache q8_0 --cache q4_0 --ctx 32768" in commands
     for command in commands:  # every example is a command line kvprobe accepts
