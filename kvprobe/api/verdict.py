@@ -333,7 +333,7 @@ class Recommendation(Record):
 
 
 class Folklore(Record):
-    """A rule of thumb of the source documents, checked on this model."""
+    """A rule of thumb of llama.cpp guides (RunLocalAI's, Leeroopedia's), checked on this model."""
 
     rule: str
     finding: str
@@ -402,8 +402,8 @@ class Verdict(Record):
     `why`}] (the cheaper ones), `asymmetric` (where K of a cache below 8 bits is the more sensitive half:
     `config` `k=q8_0,v=<type>`, `flags`, `measured`, `status`, `kv_bytes`), `sentence`"""
     folklore: list[Folklore] = []
-    """the source documents' rules of thumb: [{`rule`, `finding` (`holds`, `does not hold`, `undecided`,
-    `not tested in this run`), `evidence`}]"""
+    """the rules of thumb of llama.cpp guides (RunLocalAI's, Leeroopedia's): [{`rule`, `finding`
+    (`holds`, `does not hold`, `undecided`, `not tested in this run`), `evidence`}]"""
     sentences: list[str]
     '''what `kvprobe run` prints under "Verdict"'''
     migrated_from_schema: Annotated[int, Field(ge=1)] | None = None
