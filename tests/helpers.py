@@ -20,10 +20,10 @@ import struct
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import gguf
 import numpy as np
@@ -33,6 +33,9 @@ from hypothesis import strategies as st
 from kvprobe.api.cache_types import parse_config_id
 from kvprobe.infra.test_hooks import STOP_AFTER
 from kvprobe.result.blocks import where
+
+if TYPE_CHECKING:
+    from kvprobe.engine.server.process import ServerProcess
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -523,6 +526,31 @@ def llama_server_binary() -> Path:
     if os.environ.get("CI"):
         pytest.fail(f"CI must build llama-server before the tests ({NO_LLAMA_SERVER})")
     pytest.skip(NO_LLAMA_SERVER)
+
+
+def user_server(binary: Path, model: Path, log: Path, cache: str, *extra: str) -> ServerProcess:
+    """A llama-server as a user starts one for kvprobe to attach to, not started yet (`with` starts
+    it, waits until it answers /health, and stops it): one slot, 2048 tokens, `cache` for K and
+    V, flash attention, full SWA, one thread; `extra` last (llama-server takes the last of a
+    repeated argument)."""
+    # imported here: the test files that start no server need not load the server engine
+    from kvprobe.engine.server.process import ServerProcess
+
+    args = ["-m", str(model), "-c", "2048", "-np", "1", "-ctk", cache, "-ctv", cache, "-fa", "on"]
+    return ServerProcess(binary, [*args, "--swa-full", "-t", "1", *extra], log_path=log)
+
+
+@contextlib.contextmanager
+def attached_servers(
+    binary: Path, model: Path, folder: Path, *extra: str
+) -> Iterator[dict[str, ServerProcess]]:
+    """The attach mode's two running servers, by cache type ("f16", the reference, and "q4_0"),
+    logging to `folder`/attach-<cache>.log; both stopped when the block ends, however it ends."""
+    with (
+        user_server(binary, model, folder / "attach-f16.log", "f16", *extra) as f16,
+        user_server(binary, model, folder / "attach-q4_0.log", "q4_0", *extra) as q4,
+    ):
+        yield {"f16": f16, "q4_0": q4}
 
 
 def process_alive(pid: int) -> bool:

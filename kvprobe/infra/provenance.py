@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from kvprobe.infra.errors import UserError
+from kvprobe.infra.nvml import nvml
 from kvprobe.infra.paths import fingerprint_input
 
 MODEL_FIX = "give --model PATH to a .gguf file"
@@ -42,34 +43,27 @@ def memory_gb() -> float | None:
 
 def gpus() -> list[dict[str, Any]]:
     """NVIDIA GPUs through NVML; no driver means an empty list, not a crash."""
-    try:
-        import pynvml
-    except ImportError:
-        return []
-    try:
-        pynvml.nvmlInit()
-    except pynvml.NVMLError:
-        return []
-    try:
-        found = []
-        driver = pynvml.nvmlSystemGetDriverVersion()
-        for i in range(pynvml.nvmlDeviceGetCount()):
-            handle = pynvml.nvmlDeviceGetHandleByIndex(i)
-            name = pynvml.nvmlDeviceGetName(handle)
-            mem = pynvml.nvmlDeviceGetMemoryInfo(handle)
-            found.append(
-                {
-                    "index": i,
-                    "name": name.decode() if isinstance(name, bytes) else name,
-                    "memory_gb": round(mem.total / 2**30, 1),
-                    "driver": driver.decode() if isinstance(driver, bytes) else driver,
-                }
-            )
-        return found
-    except pynvml.NVMLError:
-        return []
-    finally:
-        pynvml.nvmlShutdown()
+    with nvml() as lib:
+        if lib is None:
+            return []
+        try:
+            found = []
+            driver = lib.nvmlSystemGetDriverVersion()
+            for i in range(lib.nvmlDeviceGetCount()):
+                handle = lib.nvmlDeviceGetHandleByIndex(i)
+                name = lib.nvmlDeviceGetName(handle)
+                mem = lib.nvmlDeviceGetMemoryInfo(handle)
+                found.append(
+                    {
+                        "index": i,
+                        "name": name.decode() if isinstance(name, bytes) else name,
+                        "memory_gb": round(mem.total / 2**30, 1),
+                        "driver": driver.decode() if isinstance(driver, bytes) else driver,
+                    }
+                )
+            return found
+        except lib.NVMLError:
+            return []
 
 
 def host_info() -> dict[str, Any]:

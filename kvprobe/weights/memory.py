@@ -20,6 +20,7 @@ from typing import Any
 
 from kvprobe.api.cache_types import CacheConfig
 from kvprobe.infra.errors import UserError
+from kvprobe.infra.nvml import nvml
 from kvprobe.weights.doctor import kv_cache_bytes
 
 GiB = 2**30
@@ -126,17 +127,10 @@ def check_fits(need: RunMemory, available: int | None, ctx: int, where: str = "m
 
 def gpu_free_bytes() -> int | None:
     """Free memory of the first NVIDIA GPU through NVML; None without a driver."""
-    try:
-        import pynvml
-    except ImportError:
-        return None
-    try:
-        pynvml.nvmlInit()
-    except pynvml.NVMLError:
-        return None
-    try:
-        return int(pynvml.nvmlDeviceGetMemoryInfo(pynvml.nvmlDeviceGetHandleByIndex(0)).free)
-    except pynvml.NVMLError:
-        return None
-    finally:
-        pynvml.nvmlShutdown()
+    with nvml() as lib:
+        if lib is None:
+            return None
+        try:
+            return int(lib.nvmlDeviceGetMemoryInfo(lib.nvmlDeviceGetHandleByIndex(0)).free)
+        except lib.NVMLError:
+            return None

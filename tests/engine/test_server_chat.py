@@ -22,7 +22,14 @@ from kvprobe.engine.server.process import ServerProcess
 from kvprobe.infra.errors import UserError
 from kvprobe.plan.chat import THINK_CLOSE
 from kvprobe.plan.prompt import ENGINE_RENDERER, choose_prompt, engine_framing
-from tests.helpers import NEEDLES, assert_one_line_error, kill_left, kvprobe, llama_server_pids
+from tests.helpers import (
+    NEEDLES,
+    assert_one_line_error,
+    attached_servers,
+    kill_left,
+    kvprobe,
+    llama_server_pids,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -169,14 +176,8 @@ def attached(
 ) -> Iterator[dict[str, ServerProcess]]:
     """Two servers as a user may run them: llama.cpp's built-in ChatML (--no-jinja), which adds
     no system message where SmolLM2's own template adds one."""
-
-    def serve(cache: str) -> ServerProcess:
-        args = ["-m", str(instruct_model_path), "-c", "2048", "-np", "1", "-ctk", cache, "-ctv", cache]
-        args += ["-fa", "on", "--swa-full", "-t", "1", "--no-jinja"]
-        return ServerProcess(llama_server, args, log_path=folder / f"attach-{cache}.log")
-
-    with serve("f16") as f16, serve("q4_0") as q4:
-        yield {"f16": f16, "q4_0": q4}
+    with attached_servers(llama_server, instruct_model_path, folder, "--no-jinja") as servers:
+        yield servers
 
 
 def test_an_attached_server_s_own_framing_is_used_and_said(

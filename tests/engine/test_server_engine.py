@@ -27,10 +27,12 @@ from tests.helpers import (
     NEEDLES,
     RUN_TIMEOUT_S,
     assert_one_line_error,
+    attached_servers,
     kill_left,
     kvprobe,
     llama_server_pids,
     nvml_gpus,
+    user_server,
     wait_frozen,
     wait_gone,
     write_tiny_model,
@@ -259,20 +261,10 @@ def test_divergence_through_the_server(work: Work, tmp_path: Path) -> None:
 # --- attach --------------------------------------------------------------------------------------
 
 
-def serve(work: Work, log: Path, cache: str, *extra: str) -> ServerProcess:
-    """A server as a user starts one (not started yet): one slot, flash attention, full SWA;
-    `extra` last (llama-server takes the last of a repeated argument)."""
-    args = ["-m", str(work.model), "-c", "2048", "-np", "1", "-ctk", cache, "-ctv", cache, "-fa", "on"]
-    return ServerProcess(work.binary, [*args, "--swa-full", "-t", "1", *extra], log_path=log)
-
-
 @pytest.fixture(scope="module")
 def attached(work: Work) -> Iterator[dict[str, ServerProcess]]:
-    with (
-        serve(work, work.folder / "attach-f16.log", "f16") as f16,
-        serve(work, work.folder / "attach-q4_0.log", "q4_0") as q4,
-    ):
-        yield {"f16": f16, "q4_0": q4}
+    with attached_servers(work.binary, work.model, work.folder) as servers:
+        yield servers
 
 
 def test_attach_measures_running_servers(
@@ -430,9 +422,9 @@ def test_the_null_check_on_an_attached_server_is_refused(
 def test_a_server_of_another_model_is_refused(
     attached: dict[str, ServerProcess], work: Work, tmp_path: Path
 ) -> None:
-    other = Work(work.binary, write_tiny_model(tmp_path / "other.gguf", seed=7), work.folder)
+    other = write_tiny_model(tmp_path / "other.gguf", seed=7)
     out = tmp_path / "r.json"
-    with serve(other, tmp_path / "s.log", "q4_0") as odd:
+    with user_server(work.binary, other, tmp_path / "s.log", "q4_0") as odd:
         proc = kvprobe(
             "run", "--server", odd.url, "--server-cache", "q4_0", "--reference-server", attached["f16"].url,
             *run_args(work.model, work.needles, out),
@@ -456,7 +448,7 @@ def test_a_server_that_cannot_hold_the_run_is_refused(
     """Started by the user with more slots (other clients' tokens would share kvprobe's batches)
     or a smaller context than the run needs (--ctx plus room for the questions)."""
     out = tmp_path / "r.json"
-    with serve(work, tmp_path / "s.log", "q4_0", *case[0]) as odd:
+    with user_server(work.binary, work.model, tmp_path / "s.log", "q4_0", *case[0]) as odd:
         proc = kvprobe(
             "run", "--server", odd.url, "--server-cache", "q4_0", "--reference-server", attached["f16"].url,
             *run_args(work.model, work.needles, out),

@@ -30,6 +30,7 @@ from kvprobe.engine.server.client import (
     ServerError,
     _short,
 )
+from kvprobe.infra.nvml import nvml
 
 _VERSION_LINE = re.compile(r"version: (\S+) \(build (\d+), commit (\w+)\)")
 _ERROR_LINE = re.compile(r"\berror\b|failed|unsupported|invalid|couldn't|exiting|abort", re.IGNORECASE)
@@ -85,44 +86,36 @@ def process_vram_mib(pid: int) -> float | None:
     never an error, without NVML (no driver, or nvidia-ml-py absent), without a GPU, where the
     process is on none (a CPU build) or NVML cannot see it (another PID namespace, or no
     per-process figure)."""
-    try:
-        import pynvml
-    except ImportError:
-        return None
-    try:
-        pynvml.nvmlInit()
-    except pynvml.NVMLError:
-        return None
-    try:
-        used: list[int] = []
-        for index in range(pynvml.nvmlDeviceGetCount()):
-            handle = pynvml.nvmlDeviceGetHandleByIndex(index)
-            # A CUDA server is a compute process; a Vulkan one may be listed as graphics: one per device.
-            seen = [
-                int(p.usedGpuMemory)
-                for listed in (
-                    pynvml.nvmlDeviceGetComputeRunningProcesses,
-                    pynvml.nvmlDeviceGetGraphicsRunningProcesses,
-                )
-                for p in _listed(listed, handle)
-                if p.pid == pid and p.usedGpuMemory is not None
-            ]
-            if seen:
-                used.append(max(seen))
-        return round(sum(used) / 2**20, 1) if used else None
-    except pynvml.NVMLError:
-        return None
-    finally:
-        pynvml.nvmlShutdown()
+    with nvml() as lib:
+        if lib is None:
+            return None
+        try:
+            used: list[int] = []
+            for index in range(lib.nvmlDeviceGetCount()):
+                handle = lib.nvmlDeviceGetHandleByIndex(index)
+                # A CUDA server is a compute process; a Vulkan one may be listed as graphics: one per device.
+                seen = [
+                    int(p.usedGpuMemory)
+                    for listed in (
+                        lib.nvmlDeviceGetComputeRunningProcesses,
+                        lib.nvmlDeviceGetGraphicsRunningProcesses,
+                    )
+                    for p in _listed(lib, listed, handle)
+                    if p.pid == pid and p.usedGpuMemory is not None
+                ]
+                if seen:
+                    used.append(max(seen))
+            return round(sum(used) / 2**20, 1) if used else None
+        except lib.NVMLError:
+            return None
 
 
-def _listed(listed: Callable[[Any], list[Any]], handle: Any) -> list[Any]:
-    """One NVML process list; a list this driver or device does not offer is an empty one."""
-    import pynvml
-
+def _listed(lib: Any, listed: Callable[[Any], list[Any]], handle: Any) -> list[Any]:
+    """One NVML process list (`lib`: pynvml, opened); a list this driver or device does not offer
+    is an empty one."""
     try:
         return list(listed(handle))
-    except pynvml.NVMLError:
+    except lib.NVMLError:
         return []
 
 
