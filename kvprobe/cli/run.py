@@ -20,7 +20,7 @@ from kvprobe.result.journal import SUFFIX, SavedRun, journal_path, read_journal
 from kvprobe.result.store import load_result
 from kvprobe.run.execute import run_request
 from kvprobe.run.options import add_parser, run_parser
-from kvprobe.run.validate import validate_run
+from kvprobe.run.validate import uses_ladder, validate_run
 
 __all__ = ["add_parser", "cmd_run", "run_parser"]
 
@@ -97,6 +97,10 @@ def resume_args(args: argparse.Namespace, words: list[str]) -> tuple[argparse.Na
     args = saved_args(saved, run_parser(), args, set(CARRIED))
     started_in = Path(saved.header["cwd"])
     identity = saved.header["identity"]
+    if uses_ladder(args) and identity.get("configs") == [identity.get("baseline")]:
+        # A journal from before a run without --cache measured the ladder: it measured the
+        # reference alone, as `--cache f16` now does.
+        args.cache = list(identity["configs"])
     conflicts = [
         f"{key} ({brief(then)} then, {brief(now)} now)"
         for key, now in typed.items()

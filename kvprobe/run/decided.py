@@ -10,6 +10,7 @@ result is the fixed-sample one, with `run.decided` saying when and how it was de
 
 from __future__ import annotations
 
+import textwrap
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -27,7 +28,7 @@ from kvprobe.run.request import RunRequest
 from kvprobe.run.runner import Runner
 from kvprobe.run.until_decided import Stopped, UntilDecided
 from kvprobe.stats.sequential import Design
-from kvprobe.views.decision import print_decision
+from kvprobe.views.decision import print_decision_lines
 
 DECIDED_EARLY = "decided early"  # the partial result's `stopped`: written while the run measures on
 
@@ -71,6 +72,7 @@ class EarlyDecision:
     until_decided: dict[str, Any]  # the design: a partial result's verdict reads it
     recommendation: str | None = None  # the configuration the printed Recommendation named
     words: str = ""  # "q4_0 worse from the start", from the partial result's verdict
+    printed: list[str] = field(default_factory=list)  # the decision's lines printed then (not again)
 
     def to_json(self) -> dict[str, Any]:
         """The result's `run.decided`."""
@@ -162,14 +164,17 @@ class Watch:
         outcome = replace(self.runner.snapshot(), stopped=DECIDED_EARLY, until_decided=decision.until_decided)
         result = self.write(outcome, decision)
         console = self.shown.console
-        print_decision(result, console)
+        decision.printed = print_decision_lines(result, console)  # the table comes with the report
         self.shown.decided(decision.line)
-        console.print(
-            f"{self.shown.completing()} (partial result: {self.out_path})",
-            markup=False,
-            highlight=False,
-            soft_wrap=True,
-        )
+        going_on = self.shown.completing().removeprefix(f"{decision.line}; ")
+        # Two lines, each broken between words only: a terminal of 80 columns reads them whole.
+        for said in (decision.line, f"{going_on} (partial result: {self.out_path})"):
+            wrapped = textwrap.wrap(
+                said, console.width - 1, subsequent_indent="  ",
+                break_long_words=False, break_on_hyphens=False,
+            )  # fmt: skip
+            for line in wrapped:
+                console.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
 def watching(

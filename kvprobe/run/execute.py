@@ -61,7 +61,7 @@ from kvprobe.run.until_decided import Stopped, UntilDecided
 from kvprobe.stats.equivalence import WORSE
 from kvprobe.stats.statistics import add_statistics
 from kvprobe.stats.verdict import reference_checks
-from kvprobe.views.decision import print_decision
+from kvprobe.views.decision import print_decision_lines, print_frontier_table
 from kvprobe.views.pictures import write_pictures
 from kvprobe.views.terminal import print_run_report
 from kvprobe.weights.doctor import findings, kv_layout
@@ -695,7 +695,8 @@ def finish_run(
     write_result(result, out_path)
     if outcome.stopped is None:
         jpath.unlink(missing_ok=True)  # the result is whole: nothing left to resume
-    print_run_report(result, console, details=request.verbose, from_run=True, path=str(out_path))
+    shown = execution.decision.printed if execution.decision is not None else []
+    print_run_report(result, console, details=request.verbose, from_run=True, path=str(out_path), shown=shown)
     for failed in result.statistics.errors:
         console.print(
             f"statistics: the {failed.what} could not be computed ({failed.error}); "
@@ -739,7 +740,8 @@ def keep_decision(
             f"interrupted while computing statistics; the measured items are in {request.out_path} "
             f"(statistics.complete: false); `kvprobe run --resume {jpath}` computes them"
         ) from None
-    print_decision(result, console)
+    print_decision_lines(result, console, shown=decision.printed)
+    print_frontier_table(result, console)
     if differs := differs_line(decision, result, scope="with the curve measured so far"):
         console.print(differs, markup=False, highlight=False, soft_wrap=True)
     raise Interrupted(kept_line(decision, result, request.out_path, jpath))

@@ -13,7 +13,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from kvprobe.infra.display import plain
+from kvprobe.infra.display import plain, visible
 from kvprobe.infra.errors import Interrupted, UserError
 from kvprobe.infra.paths import OutputLock, check_folder_writable
 from kvprobe.infra.signals import sigterm_as_interrupt
@@ -29,6 +29,7 @@ from kvprobe.sweep.progress import SweepProgress
 from kvprobe.sweep.ray_executor import run_ray
 from kvprobe.sweep.results import read_cells, result_state
 from kvprobe.sweep.spec import SweepSpec
+from kvprobe.views.fit import Units, fit_table, fits_whole
 
 GiB = 2**30
 
@@ -83,6 +84,21 @@ def _memory(checks: Sequence[CellCheck], headers: Headers) -> dict[str, int | st
     return out
 
 
+STATES = {"partial": "resumes", "done": "done", "absent": "to run", "new": "to run"}
+NAMED = ("model", "caches", "ctx", "scenario", "format")  # what a cell's name says (sweep.cells.cell_id)
+# Said once under the table where every cell's is the same, not in a column.
+SAID_ONCE = ("model", "server", "caches", "ctx", "scenario", "format", "state")
+
+
+def _dry_table(title: str, rows: list[dict[str, str | Units]], columns: list[str]) -> Table:
+    table = Table(title=title)
+    for col in columns:
+        table.add_column(col, justify="right" if col in ("ctx", "memory", "time") else "left")
+    for row in rows:
+        table.add_row(*(plain(v) if isinstance(v, str) else v for v in (row[k] for k in columns)))
+    return table
+
+
 def print_dry_run(
     checks: Sequence[CellCheck],
     memory: dict[str, int | str],
@@ -90,12 +106,11 @@ def print_dry_run(
     folder: Path,
     console: Console,
 ) -> None:
-    table = Table(title=f"kvprobe sweep --dry-run: {len(checks)} cells into {plain(folder)}")
+    """A row per cell; an axis (or state) that is the same in every cell said once under the
+    table, not in a column; fitted to the terminal (views.fit: a size or a time never wraps)."""
     servers = any(c.cell.server.spawned for c in checks)
-    columns = ("cell", "model", *(("server",) if servers else ()), "caches", "ctx", "scenario", "format")
-    for col in (*columns, "memory", "time", "state"):
-        table.add_column(col, justify="right" if col in ("ctx", "memory", "time") else "left")
     total, measured_any = 0.0, False
+    rows: list[dict[str, str | Units]] = []
     problems = []
     for c in checks:
         seconds, measured = calibration.seconds(c)
@@ -106,19 +121,30 @@ def print_dry_run(
             problems.append(f"{c.cell.id}: {mem}")
         state = result_state(c.cell.out(folder)) if folder.exists() else "new"
         server = c.cell.server.name + (f" ({c.server_version})" if c.server_version else "")
-        table.add_row(
-            plain(c.cell.id),
-            plain(c.cell.model.label),
-            *((plain(server),) if servers else ()),
-            plain("+".join(c.cell.caches) + (" split-kv" if c.cell.split_kv else "")),
-            f"{c.cell.ctx:,}",
-            plain(c.cell.scenario_name),
-            c.cell.format,
-            _size(mem) if not isinstance(mem, str) else "cannot tell",
-            format_duration(seconds),
-            {"partial": "resumes", "done": "done", "absent": "to run", "new": "to run"}[state],
-        )
-    console.print(table)
+        rows.append({  # the cells' own text: escaped where it is printed
+            "cell": c.cell.id,
+            "model": c.cell.model.label,
+            **({"server": server} if servers else {}),
+            "caches": "+".join(c.cell.caches) + (" split-kv" if c.cell.split_kv else ""),
+            "ctx": f"{c.cell.ctx:,}",
+            "scenario": c.cell.scenario_name,
+            "format": c.cell.format,
+            "memory": Units([_size(mem)]) if not isinstance(mem, str) else "cannot tell",
+            "time": Units([format_duration(seconds)]),
+            "state": Units([STATES[state]]),
+        })  # fmt: skip
+    same = [k for k in SAID_ONCE if rows and k in rows[0] and len({str(r[k]) for r in rows}) == 1]
+    title = f"kvprobe sweep --dry-run: {len(checks)} cells into {plain(folder)}"
+    columns = [k for k in (rows[0] if rows else ()) if k not in same]
+    table = _dry_table(title, rows, columns)
+    if not fits_whole(table, console.width):  # the cell's name says its axes: not again where room is short
+        table = _dry_table(title, rows, [k for k in columns if k not in NAMED])
+    for part in fit_table(table, console.width):
+        console.print(part)
+    if same:  # markup off: the cells' text as it is, controls written out
+        state = f" {rows[0]['state']}" if "state" in same else ""
+        said = ", ".join(f"{k} {visible(rows[0][k])}" for k in same if k != "state")
+        console.print(f"every cell{state}{': ' if said else ''}{said}", markup=False, highlight=False)
     how = (
         "from the finished cells' speed"
         if measured_any

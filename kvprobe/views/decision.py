@@ -5,6 +5,7 @@ document's `verdict`, and for speed and memory its timing and runtime (kvprobe.s
 from __future__ import annotations
 
 import textwrap
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from rich.cells import cell_len
@@ -14,12 +15,13 @@ from rich.table import Table
 from kvprobe.api import pooled_row
 from kvprobe.api.record import JsonObject
 from kvprobe.api.result import ResultDoc
-from kvprobe.infra.display import plain
+from kvprobe.infra.display import plain, visible
 from kvprobe.stats.decision import FrontierRow, frontier, rate, speed_sentence
 from kvprobe.stats.equivalence import MAX_ITEMS
 from kvprobe.stats.shape import WHOLE, whole_or_positions
 from kvprobe.stats.shape import number as figure
 from kvprobe.views.figures import Point, Scatter
+from kvprobe.views.fit import Units, fit_table
 
 MIB = 1024 * 1024
 
@@ -80,9 +82,10 @@ def frontier_columns(result: ResultDoc | JsonObject) -> list[Column]:
         columns.append(
             Column("memory", _server_kv_header(result, rows), [f"{r['kv_mib_server']:,.1f}" for r in rows])
         )
-    columns.append(
-        Column("memory", f"KV MiB at {train:,}{layout}", [_mib(r["kv_bytes_train"]) for r in rows])
-    )
+    if train and train != ctx:  # the training context's memory, where it is another context
+        columns.append(
+            Column("memory", f"KV MiB at {train:,}{layout}", [_mib(r["kv_bytes_train"]) for r in rows])
+        )
     if any(r["vram_mib"] is not None for r in rows):
         vram = [f"{r['vram_mib']:,.0f}" if r["vram_mib"] is not None else "-" for r in rows]
         columns.append(Column("memory", "VRAM MiB (server process, NVML)", vram))
@@ -115,7 +118,7 @@ def _quality_columns(result: ResultDoc | JsonObject, rows: list[FrontierRow]) ->
         Column("quality", "vs reference", statuses),
         Column("quality", "effective context",
                [f"{r['effective_context']:,}" if r["effective_context"] else "none" for r in rows]),
-        Column("quality", "mean KL (whole document)", [_kl_cell(result, r) for r in rows]),
+        Column("quality", "mean KL, nats (whole document)", [_kl_cell(result, r) for r in rows]),
     ]  # fmt: skip
 
 
@@ -273,23 +276,40 @@ def _wrap(text: str, width: int, indent: str, first: str = "") -> list[str]:
     )  # fmt: skip
 
 
-def print_decision_lines(result: ResultDoc, console: Console) -> bool:
-    """The decision first: its head line, one line per configuration, the prefill speed and, with
-    --until-decided, where each configuration stopped. False without a decision."""
+def decision_text(result: ResultDoc, width: int) -> tuple[list[str], list[str]]:
+    """The decision's lines under its heading, as printed at `width`: its head line and one line
+    per configuration; then what goes with it, the prefill speed and, with --until-decided, where
+    each configuration stopped (both empty without a decision)."""
     head = decision_head(result)
     if head is None:
-        return False
-    console.print("[bold]Recommendation[/]")
-    console.print(f"  {plain(head)}", markup=False, highlight=False)
+        return [], []
+    decided = _wrap(plain(head), width - 1, "    ", first="  ")
     lines = [[plain(p) for p in parts] for parts in decision_lines(result)]
     name_width = max((cell_len(parts[0]) for parts in lines), default=0)
     for parts in lines:
-        for line in _wrapped(parts, name_width, console.width - 2):
-            console.print(f"  {line}", markup=False, highlight=False, soft_wrap=True)
-    for said in (speed_line(result), stopped_early_line(result)):
-        for line in _wrap(said or "", console.width - 1, "  ", first="  "):
-            console.print(line, markup=False, highlight=False)
-    return True
+        decided.extend(f"  {line}" for line in _wrapped(parts, name_width, width - 2))
+    said = [speed_line(result), stopped_early_line(result)]
+    return decided, [line for s in said if s for line in _wrap(s, width - 1, "  ", first="  ")]
+
+
+def print_decision_lines(result: ResultDoc, console: Console, *, shown: Sequence[str] = ()) -> list[str]:
+    """The decision first, under its heading (decision_text); the lines printed (empty without a
+    decision). `shown`: the lines printed when the run decided early, none of them printed again:
+    one line says the decision stands, or only its lines that changed follow."""
+    decided, extra = decision_text(result, console.width)
+    new = [line for line in decided if line not in shown]
+    if not decided:
+        return []
+    if not shown:
+        console.print("[bold]Recommendation[/]")
+    elif not new:
+        console.print("Recommendation: as printed at the decision above", markup=False, highlight=False)
+    else:
+        console.print("[bold]Recommendation[/], changed since the decision above (the other lines stand)")
+    printed = [line for line in new + extra if line not in shown]
+    for line in printed:
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
+    return printed
 
 
 def print_decision(result: ResultDoc, console: Console, *, details: bool = False, lines: bool = True) -> None:
@@ -306,63 +326,37 @@ def print_decision(result: ResultDoc, console: Console, *, details: bool = False
 
 
 def print_frontier_table(result: ResultDoc, console: Console) -> None:
-    """The frontier table, in parts where the terminal is too narrow (split_columns)."""
-    columns = [Column(c.part, plain(c.header), [plain(x) for x in c.cells]) for c in frontier_columns(result)]
-    title = _title(_rows(result))
-    for i, part in enumerate(split_columns(columns, console.width)):
-        widths = _fitted(part, console.width)
-        table = Table(title=title if i == 0 else "Quality, memory and speed per configuration, continued")
-        for column, width in zip(part, widths, strict=True):
-            left = column.header in ("config", "vs reference", "llama.cpp flags")
-            table.add_column(column.header, justify="left" if left else "right", width=width)
-        for row in zip(*(c.cells for c in part), strict=True):
-            table.add_row(*row)
-        console.print(table)
-
-
-def _bounds(column: Column) -> tuple[int, int]:
-    """Its narrowest width (the longest word: nothing is cut) and its widest (the longest text)."""
-    texts = [column.header, *column.cells]
-    words = [cell_len(w) for t in texts for w in t.split()]
-    return max(words, default=1), max((cell_len(t) for t in texts), default=1)
-
-
-def _need(columns: list[Column]) -> int:
-    """The narrowest table of these columns: their words, one space each side, the rules."""
-    return sum(_bounds(c)[0] for c in columns) + 3 * len(columns) + 1
+    """The frontier table, in parts where the terminal is too narrow for every column without
+    cutting a word (views.fit): each part starts with the configuration, and the table's parts go
+    whole, in PARTS' order, each into the last table where it fits or else a new one (quality and
+    flags, then memory and speed, at 80 columns); a flag and its value never part."""
+    columns = frontier_columns(result)
+    table = Table(title=_title(_rows(result)))
+    for column in columns:
+        left = column.header in ("config", "vs reference", "llama.cpp flags")
+        table.add_column(plain(column.header), justify="left" if left else "right")
+    for row in zip(*(c.cells for c in columns), strict=True):
+        table.add_row(*(_cell(c, x) for c, x in zip(columns, row, strict=True)))
+    blocks = [[i for i, c in enumerate(columns) if c.part == part and i > 0] for part in PARTS]
+    continued = "Quality, memory and speed per configuration, continued"
+    for part in fit_table(table, console.width, blocks=[b for b in blocks if b], continued=continued):
+        console.print(part)
 
 
 PARTS = ("quality", "flags", "memory", "speed")  # the order the parts fill tables in
 
 
-def split_columns(columns: list[Column], width: int) -> list[list[Column]]:
-    """The columns in tables that fit `width` without cutting a word, each starting with the
-    configuration: the parts go whole, in PARTS' order, each into the last table where it fits
-    or else a new one (quality and flags, then memory and speed, at 80 columns); within a table
-    the columns keep their order, so where all fit it is the one table of the page."""
-    tables: list[list[int]] = []
-    for part in PARTS:
-        found = [i for i, c in enumerate(columns) if c.part == part]
-        if not found:
-            continue
-        if tables and _need([columns[j] for j in (0, *tables[-1], *found)]) <= width:
-            tables[-1].extend(found)
+def _cell(column: Column, text: str) -> str | Units:
+    """A cell; the flags as units that wrap between "flag value" pairs only ("-ctk q8_0")."""
+    if column.part != "flags":
+        return plain(text)
+    units: list[str] = []
+    for word in visible(text).split():
+        if units and units[-1].startswith("-") and " " not in units[-1] and not word.startswith(("-", "(")):
+            units[-1] += f" {word}"  # a flag's value
         else:
-            tables.append(found)
-    return [[columns[0], *(columns[j] for j in sorted(t))] for t in tables]
-
-
-def _fitted(columns: list[Column], width: int) -> list[int]:
-    """Each column's width: its narrowest, and of what room is left a share by how much wider
-    its text would be (every column at its widest where the room allows)."""
-    bounds = [_bounds(c) for c in columns]
-    room = width - _need(columns)
-    wants = [hi - lo for lo, hi in bounds]
-    if room >= sum(wants):
-        return [hi for _, hi in bounds]
-    return [
-        lo + (want * max(room, 0)) // max(sum(wants), 1) for (lo, _), want in zip(bounds, wants, strict=True)
-    ]
+            units.append(word)
+    return Units(units)
 
 
 def print_folklore(result: ResultDoc, console: Console) -> None:

@@ -6,11 +6,13 @@ from __future__ import annotations
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from kvprobe.api.record import JsonObject
 from kvprobe.infra.display import plain, visible
 from kvprobe.infra.errors import UserError
 from kvprobe.plan.chat import ChatTemplate, find_framing
+from kvprobe.views.fit import Units, fit_table
 from kvprobe.weights.doctor import GiB, MiB, short_type
 
 SEVERITY_STYLE = {"serious": "bold red", "warning": "yellow", "info": "cyan"}
@@ -89,7 +91,7 @@ def print_doctor(report: JsonObject, console: Console) -> None:  # weights.docto
             f"{t['params'] / f['n_params']:.1%}" if f["n_params"] else "-",  # every tensor may be empty
             _size(t["bytes"]),
         )
-    console.print(types)
+    _print_fitted(types, console)
 
     found = Table(title="Findings")
     for col in ("severity", "finding", "evidence", "fix"):
@@ -101,8 +103,14 @@ def print_doctor(report: JsonObject, console: Console) -> None:  # weights.docto
         )
     if not report["findings"]:
         found.add_row("", "no weight-side problem found", "", "")
-    console.print(found)
-    console.print(kv_table(report))
+    _print_fitted(found, console)
+    _print_fitted(kv_table(report), console)
+
+
+def _print_fitted(table: Table, console: Console) -> None:
+    """At the terminal's width, no value cut (views.fit)."""
+    for part in fit_table(table, console.width):
+        console.print(part)
 
 
 def kv_table(report: JsonObject) -> Table:  # weights.doctor.diagnose's, plain
@@ -120,13 +128,17 @@ def kv_table(report: JsonObject) -> Table:  # weights.doctor.diagnose's, plain
         table.add_column(c, justify="right")
     for n_ctx in dict.fromkeys(r["n_ctx"] for r in report["kv_cache"]):
         label = f"{n_ctx:,}" + (" (train)" if n_ctx == f["n_ctx_train"] else "")
-        cells = [label]
+        cells: list[str | Units] = [label]
         for c in caches:
             r = next(r for r in report["kv_cache"] if r["n_ctx"] == n_ctx and r["cache"] == c)
-            text = _size(r["kv_bytes"]) + (f" ({_size(r['kv_bytes_swa_full'])})" if swa else "")
+            # A size never parts from its unit: the cell wraps between its figures only.
+            units: list[str | Text] = [_size(r["kv_bytes"])]
+            if swa:
+                units.append(f"({_size(r['kv_bytes_swa_full'])})")
             if "fits" in r:
-                style = {"yes": "green", "tight": "yellow", "no": "red"}[r["fits"]]
-                text += f" [{style}]{r['fits']}[/]"
-            cells.append(text)
+                units.append(
+                    Text(r["fits"], style={"yes": "green", "tight": "yellow", "no": "red"}[r["fits"]])
+                )
+            cells.append(Units(units))
         table.add_row(*cells)
     return table

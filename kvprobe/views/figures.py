@@ -5,8 +5,10 @@ probes build the data (`Probe.figures`), this module only draws it.
 Colours: Okabe-Ito (colour-blind safe), one colour and one marker per configuration on every
 figure and table of every page (`config_style`, by the configuration's name, never by its place
 in a figure): the reference is black and dashed, the document's own text grey and dotted, so
-neither looks like a configuration. `colour_words` says in words what each colour means (the
-docs' text is checked against it).
+neither looks like a configuration. Verdicts (the page's badges, a sweep's decision heatmaps)
+are neutral greys with an icon and their word (`VERDICTS`), so that no verdict reads as a
+configuration. `colour_words` says in words what each colour means (the docs' text is checked
+against it).
 """
 
 from __future__ import annotations
@@ -33,10 +35,14 @@ __all__ = [
     "Scatter",
     "Series",
     "Style",
+    "VerdictLook",
     "colour_words",
     "config_style",
+    "configuration_colours",
+    "contrast_ratio",
     "render",
     "summary_series",
+    "verdict_look",
     "write_png",
 ]
 
@@ -47,12 +53,50 @@ TITLE_CHARS = 80  # what fits on one line of a 7.2-inch figure at 10 points
 LEGEND_INSIDE = 4  # legend entries that fit inside the axes without covering the data
 
 
-GROUP_COLOURS = {
-    "reference": REFERENCE_COLOUR,
-    "equivalent": "#009E73",
-    "undecided": "#E69F00",
-    "worse": "#D55E00",
+@dataclass(frozen=True)
+class VerdictLook:
+    """How a verdict is shown, on the page's badges and on the figures coloured by it: in
+    neutral greys that no configuration is drawn in (a verdict must never read as a
+    configuration), told apart by lightness, outline, icon and the word itself, so also in
+    greyscale and to every colour vision. Text on its fill: contrast 7:1 at least (WCAG AAA)."""
+
+    fill: str  # the word's background, a heatmap cell, a scatter point
+    ink: str  # the text on the fill
+    edge: str  # the outline
+    dash: str  # the outline's CSS style
+    icon: str  # before the word
+
+
+VERDICT_EDGE = "#404040"  # dark grey: 10.4:1 on white
+VERDICT_INK = "#222222"  # the page's own text colour
+VERDICTS = {
+    "reference": VerdictLook("#FFFFFF", VERDICT_INK, "#FFFFFF", "solid", ""),  # no verdict: no box
+    "equivalent": VerdictLook("#FFFFFF", VERDICT_INK, VERDICT_EDGE, "solid", "✓"),  # white, outlined
+    "undecided": VerdictLook("#D9D9D9", VERDICT_INK, VERDICT_EDGE, "dashed", "?"),  # light grey, dashed
+    "worse": VerdictLook(VERDICT_EDGE, "#FFFFFF", VERDICT_EDGE, "solid", "✗"),  # dark grey, filled
 }
+# The figures coloured by decision (a sweep's heatmaps and frontiers): the verdicts' fills; the
+# reference, where one is drawn, as the reference always is.
+GROUP_COLOURS = {"reference": REFERENCE_COLOUR} | {
+    group: look.fill for group, look in VERDICTS.items() if group != "reference"
+}
+
+
+def contrast_ratio(a: str, b: str) -> float:
+    """WCAG 2's contrast ratio of two colours "#RRGGBB" (1 to 21; text wants 4.5 at least)."""
+
+    def luminance(colour: str) -> float:
+        rgb = [int(colour[i : i + 2], 16) / 255 for i in (1, 3, 5)]
+        r, g, b = (c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4 for c in rgb)
+        return 0.2126 * r + 0.7152 * g + 0.0722 * b
+
+    dark, light = sorted([luminance(a), luminance(b)])
+    return (light + 0.05) / (dark + 0.05)
+
+
+def verdict_look(status: str) -> VerdictLook:
+    """A verdict's look; a status kvprobe does not know is shown as undecided (nothing decided)."""
+    return VERDICTS.get(status, VERDICTS["undecided"])
 
 
 # The markers as characters, for the page's tables and badges (the same shape beside the name).
@@ -77,7 +121,7 @@ class Style:
 COLOUR_NAMES = {
     "#000000": "black", "#E69F00": "orange", "#56B4E9": "sky blue", "#009E73": "bluish green",
     "#0072B2": "blue", "#D55E00": "vermillion", "#CC79A7": "reddish purple", "#F0E442": "yellow",
-    "#999999": "grey",
+    "#999999": "grey", "#404040": "dark grey", "#D9D9D9": "light grey", "#FFFFFF": "white",
 }  # fmt: skip
 REFERENCE_STYLE = Style(REFERENCE_COLOUR, "black", "s", "--")
 TEXT_STYLE = Style("#999999", "grey", "x", ":")  # "real text": the document's own, no configuration
@@ -90,6 +134,13 @@ CACHE_STYLES = {
     "f16": ("#CC79A7", "s"), "bf16": ("#56B4E9", "s"), "f32": ("#E69F00", "s"),
 }  # fmt: skip
 FALLBACK_MARKERS = ("o", "D", "v", "P", "X", "h", "p", "*")
+
+
+def configuration_colours() -> set[str]:
+    """Every colour a configuration may be drawn in (the reference and real text included):
+    no verdict may look like one of them."""
+    cached = {colour for colour, _ in CACHE_STYLES.values()}
+    return {c.upper() for c in {*OKABE_ITO, *cached, REFERENCE_STYLE.colour, TEXT_STYLE.colour}}
 
 
 def _split_style(config: str) -> Style | None:
@@ -332,9 +383,12 @@ def _draw_scatter(ax: Any, figure: Scatter) -> list[Any]:
             style = config_style(p.label, reference=p.group == "reference")
             colour, marker, entry = style.colour, style.marker, f"{p.label}: {p.group}"
         else:
-            colour, marker, entry = GROUP_COLOURS.get(p.group, "#0072B2"), "o", p.group
+            colour, marker, entry = GROUP_COLOURS.get(p.group, verdict_look(p.group).fill), "o", p.group
+        # Outlined: the white of "equivalent" must show on the white axes.
+        edge = colour if by_config or p.group == "reference" else VERDICT_EDGE
         ax.plot([p.x], [y], marker="v" if at_zero else marker, markersize=8, color=colour,
-                linestyle="none", clip_on=not at_zero, label=None if entry in seen else entry)  # fmt: skip
+                markeredgecolor=edge, linestyle="none", clip_on=not at_zero,
+                label=None if entry in seen else entry)  # fmt: skip
         seen.add(entry)
         name = f"{p.label} (= 0)" if at_zero else p.label
         text = f"{name}\n{p.note}" if p.note else name
@@ -509,18 +563,30 @@ def _draw_categories(ax: Any, fig: Any, figure: Heatmap, data: Any) -> list[Any]
     from matplotlib.colors import ListedColormap
 
     n = len(figure.categories)
-    cmap = ListedColormap([GROUP_COLOURS.get(c, "#0072B2") for c in figure.categories])
+    looks = [verdict_look(c) for c in figure.categories]
+    cmap = ListedColormap(
+        [GROUP_COLOURS.get(c, look.fill) for c, look in zip(figure.categories, looks, strict=True)]
+    )
     image = ax.imshow(data, cmap=cmap, vmin=-0.5, vmax=n - 0.5, aspect="auto", origin="lower")
+    # Each cell outlined (a white "equivalent" cell is a cell, not a gap), as the badges are.
+    rows, columns = data.shape
+    ax.hlines([i - 0.5 for i in range(rows + 1)], -0.5, columns - 0.5, colors=VERDICT_EDGE, linewidth=0.8)
+    ax.vlines([j - 0.5 for j in range(columns + 1)], -0.5, rows - 0.5, colors=VERDICT_EDGE, linewidth=0.8)
     _grid_ticks(ax, figure)
     texts = []
     for (i, j), v in np.ndenumerate(data):
         text = figure.text[i][j] if figure.text is not None else ""
         if text:
-            dark = not np.isnan(v) and figure.categories[int(v)] in ("reference", "worse")
-            colour = "white" if dark else "black"
-            texts.append(ax.text(j, i, text, ha="center", va="center", fontsize=8, color=colour))
+            category = figure.categories[int(v)] if not np.isnan(v) else ""
+            look = verdict_look(category) if category else VERDICTS["reference"]
+            ink = "white" if category == "reference" else look.ink  # on the reference's black
+            shown = f"{look.icon} {text}" if look.icon else text
+            texts.append(ax.text(j, i, shown, ha="center", va="center", fontsize=8, color=ink))
     bar = fig.colorbar(image, ax=ax, ticks=range(n), label=figure.colour_label)
-    bar.ax.set_yticklabels(figure.categories)
+    bar.ax.set_yticklabels(
+        [f"{look.icon} {c}".strip() for c, look in zip(figure.categories, looks, strict=True)]
+    )
+    bar.outline.set_edgecolor(VERDICT_EDGE)
     return texts
 
 

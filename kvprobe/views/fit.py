@@ -1,15 +1,18 @@
 """Any rich table made to fit the terminal without cutting a value: where its columns do not fit
 side by side, they go into several tables, each repeating the row's key columns (context,
 configuration, ...); each column gets at least its longest word, so rich wraps between words and
-never ends a value with "…"."""
+never ends a value with "…". A cell whose words must stay together (a flag and its value, a size
+and its unit) is made of `Units`: it wraps between them only, so its longest one is the column's
+narrowest width."""
 
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import replace
 
 from rich.cells import cell_len
-from rich.console import Console, RenderableType
+from rich.console import Console, ConsoleOptions, RenderableType, RenderResult
 from rich.measure import Measurement
 from rich.table import Column, Table
 from rich.text import Text
@@ -21,6 +24,32 @@ _MEASURE = Console(width=10_000, color_system=None)  # measures only, prints not
 
 
 VALUE = re.compile(r"[^A-Za-z]*")  # a number, an interval, a count: no letters
+
+
+class Units:
+    """A cell of units that never break inside ("-ctk q8_0", "1.56 GiB"): it wraps between
+    them only, as many on a line as its width holds, so its narrowest width is its longest unit.
+    A unit is plain text (no markup: a name from a file prints as it is) or a styled Text."""
+
+    def __init__(self, units: Sequence[str | Text]) -> None:
+        self.units = [Text(u) if isinstance(u, str) else u for u in units]
+
+    def __str__(self) -> str:
+        return " ".join(u.plain for u in self.units)
+
+    def __rich_measure__(self, console: Console, options: ConsoleOptions) -> Measurement:
+        longest = max((u.cell_len for u in self.units), default=0)
+        return Measurement(longest, cell_len(str(self)))
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        lines: list[Text] = []
+        for unit in self.units:
+            if lines and lines[-1].cell_len + 1 + unit.cell_len <= options.max_width:
+                lines[-1].append(" ")
+                lines[-1].append_text(unit)
+            else:
+                lines.append(unit.copy())
+        yield Text("\n").join(lines)  # justified as the column says (rich's options)
 
 
 def _narrowest(cell: RenderableType) -> int:
@@ -69,15 +98,18 @@ def _keys(table: Table) -> int:
     return max(1, min(n, len(table.columns) - 1))
 
 
-def _groups(bounds: list[tuple[int, int]], keys: int, width: int) -> list[list[int]]:
-    """The other columns, in order, packed into as few tables as fit `width` beside the keys."""
+def _groups(
+    bounds: list[tuple[int, int]], keys: int, width: int, blocks: Sequence[Sequence[int]]
+) -> list[list[int]]:
+    """The blocks of other columns, in their order, each whole into the last table where it fits
+    `width` beside the keys or else a new one; each table's columns in the table's order."""
     groups: list[list[int]] = []
-    for i in range(keys, len(bounds)):
-        if groups and _need([bounds[j] for j in (*range(keys), *groups[-1], i)]) <= width:
-            groups[-1].append(i)
+    for block in blocks:
+        if groups and _need([bounds[j] for j in (*range(keys), *groups[-1], *block)]) <= width:
+            groups[-1].extend(block)
         else:
-            groups.append([i])
-    return groups
+            groups.append(list(block))
+    return [sorted(g) for g in groups]
 
 
 def _part(table: Table, indices: list[int], widths: list[int], title: str | Text | None) -> Table:
@@ -92,6 +124,24 @@ def _part(table: Table, indices: list[int], widths: list[int], title: str | Text
     return part
 
 
+def _stacked(table: Table) -> Table:
+    """Each row as a record, a line per column, its header beside its value (the keys first):
+    where the columns cannot stand side by side. A value wider than the terminal folds onto the
+    next line, never cut."""
+    stacked = Table(
+        title=table.title, caption=table.caption, box=table.box, show_header=False,
+        title_justify=table.title_justify, title_style=table.title_style,
+    )  # fmt: skip
+    stacked.add_column(justify="right", style=table.header_style)
+    stacked.add_column(overflow="fold")
+    cells = [list(c.cells) for c in table.columns]
+    last = len(table.columns) - 1
+    for r in range(table.row_count):
+        for i, column in enumerate(table.columns):
+            stacked.add_row(column.header, cells[i][r], end_section=i == last)
+    return stacked
+
+
 def _continued(title: str | Text | None) -> str | None:
     """A part's title: the first's up to its first qualifier, continued."""
     if title is None:
@@ -100,20 +150,34 @@ def _continued(title: str | Text | None) -> str | None:
     return f"{head}, continued"
 
 
-def fit_table(table: Table, width: int) -> list[Table]:
+def fits_whole(table: Table, width: int) -> bool:
+    """Whether every column fits side by side in `width`, none cut (at its narrowest)."""
+    return _need([_bounds(c) for c in table.columns]) <= width
+
+
+def fit_table(
+    table: Table, width: int, *, blocks: Sequence[Sequence[int]] | None = None, continued: str | None = None
+) -> list[Table]:
     """The table as it is where it fits `width` at its natural size; otherwise with widths that
-    cut no word, in parts where its columns do not fit side by side."""
+    cut no word, in parts where its columns do not fit side by side, or as records where not even
+    two fit (_stacked). `blocks`: the columns after the keys that go together into a part, in the
+    order they fill parts (by default each column on its own, in order; together they name every
+    column after the keys); `continued`: the other parts' title (by default the first's head)."""
     bounds = [_bounds(c) for c in table.columns]
     if not bounds or sum(hi for _, hi in bounds) + 3 * len(bounds) + 1 <= width:
         return [table]
     keys = _keys(table)
     whole = [list(range(keys, len(bounds)))]
-    groups = whole if _need(bounds) <= width else _groups(bounds, keys, width)
+    blocks = blocks if blocks is not None else [[i] for i in range(keys, len(bounds))]
+    groups = whole if _need(bounds) <= width else _groups(bounds, keys, width, blocks)
     if not groups:  # not even one column beside the keys fits: the table as it is, never nothing
         return [table]
+    if any(_need([bounds[i] for i in (*range(keys), *g)]) > width for g in groups):
+        return [_stacked(table)]  # a key or a value too wide to stand beside another column
+    later = continued if continued is not None else _continued(table.title)
     parts = []
     for n, group in enumerate(groups):
         indices = [*range(keys), *group]
         widths = fitted_widths([bounds[i] for i in indices], width)
-        parts.append(_part(table, indices, widths, table.title if n == 0 else _continued(table.title)))
+        parts.append(_part(table, indices, widths, table.title if n == 0 else later))
     return parts

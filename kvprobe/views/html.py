@@ -24,7 +24,7 @@ from kvprobe.views.decision import (
     speed_line,
     stopped_early_line,
 )
-from kvprobe.views.figures import GROUP_COLOURS, Figure, LineFigure, config_style
+from kvprobe.views.figures import Figure, LineFigure, VerdictLook, config_style, verdict_look
 from kvprobe.views.layout import Picture, Swatch, Table, draw, render_page
 from kvprobe.views.probes import HEADER as PROBES_HEADER
 from kvprobe.views.probes import probe_cells
@@ -76,8 +76,9 @@ MEANINGS = {
 
 
 def _badges(result: ResultDoc) -> list[Badge]:
-    """One badge per configuration, the reference first: its verdict in a word and a colour, and
-    the KV memory it saves (the frontier table's "saves")."""
+    """One badge per configuration, the reference first: its verdict in a word with its icon and
+    its grey (never a configuration's colour), and the KV memory it saves (the frontier table's
+    "saves")."""
     columns = {c.header: c.cells for c in frontier_columns(result)}
     if "config" not in columns:
         return []
@@ -91,8 +92,9 @@ def _badges(result: ResultDoc) -> list[Badge]:
         status = "reference" if cid == result.get("baseline") else statuses.get(cid, "undecided")
         saves = columns.get("saves", [""] * (i + 1))[i]
         said = f"saves {saves} of KV memory" if saves and status != "reference" else ""
-        colour = GROUP_COLOURS.get(status, "#666666")
-        badges.append(Badge(cid, status, MEANINGS.get(status, status), colour, marks.get(cid), said))
+        badges.append(
+            Badge(cid, status, MEANINGS.get(status, status), verdict_look(status), marks.get(cid), said)
+        )
     return badges
 
 
@@ -218,12 +220,12 @@ class Rule:
 @dataclass(frozen=True)
 class Badge:
     """A configuration's verdict at a glance: its name (with its colour and marker), the verdict
-    word in the verdict's colour, what it means, the memory it saves."""
+    word in the verdict's look (figures.VERDICTS), what it means, the memory it saves."""
 
     config: str
     status: str
     meaning: str
-    colour: str
+    look: VerdictLook
     swatch: Swatch | None
     saves: str
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import textwrap
 from collections.abc import Sequence
 
+from rich.cells import cell_len
 from rich.console import Console
 from rich.table import Table
 
@@ -28,6 +29,7 @@ def print_run_report(
     details: bool = False,
     from_run: bool = False,
     path: str | None = None,
+    shown: Sequence[str] = (),
 ) -> None:
     """The decision first (one line per configuration; only a build check, the server's share of
     any difference, before it), then in sections: where the numbers come
@@ -36,10 +38,11 @@ def print_run_report(
     sentence and the verdict's with their intervals, p-values and fits, the probes' lines beside
     their tables (whatever `Probe.tables` gives that is not a table), the cost against a grid.
     `from_run`: printed at the end of `kvprobe run`, whose header said the prompt already; `path`:
-    the result file, named in the line that says where the details are."""
+    the result file, named in the line that says where the details are; `shown`: the decision's
+    lines a run printed when it decided early (not printed again)."""
     if (check := build_check_line(result)) is not None:  # the build's share, before the cache's
         console.print(check, markup=False, highlight=False)
-    print_decision_lines(result, console)
+    print_decision_lines(result, console, shown=shown)
     if not from_run:
         console.print(f"prompt: {describe(result.get('prompt') or {})}", markup=False, highlight=False)
     if (engine := engine_line(result)) is not None:
@@ -65,9 +68,12 @@ def print_run_report(
     print_folklore(result, console)
     if not details and (result.get("verdict") or {}).get("sentences"):
         where = plain(path) if path else "RESULT"
-        console.print(
-            f"intervals, p-values and fits: kvprobe report {where} --details", markup=False, highlight=False
-        )
+        hint, command = "intervals, p-values and fits:", f"kvprobe report {where} --details"
+        # The command whole on a line of its own where both do not fit: never broken inside it.
+        fits = len(hint) + 1 + cell_len(command) <= console.width
+        said = [f"{hint} {command}"] if fits else [hint, command]
+        for line in said:
+            console.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
 def print_details(result: ResultDoc, console: Console) -> None:

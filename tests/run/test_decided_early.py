@@ -28,9 +28,8 @@ from kvprobe.stats.equivalence import WORSE
 from kvprobe.stats.sequential import Design
 from tests.helpers import kvprobe
 
-DECIDED = re.compile(
-    r"^decided after (\d+) s: (.+); completing the curve(, about [^,]+ left)?, Ctrl-C keeps the decision"
-)
+DECIDED = re.compile(r"^decided after (\d+) s: (.+)$", re.MULTILINE)
+GOING_ON = re.compile(r"^completing the curve(, about [^,]+ left)?, Ctrl-C keeps the decision")
 
 
 # --- the rule, watching ---------------------------------------------------------------------------
@@ -110,15 +109,26 @@ def args(tiny_model_path: Path) -> list[str]:
 @pytest.fixture(scope="module")
 def full(args: list[str], tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], str]:
     out = tmp_path_factory.mktemp("full") / "full.json"
-    proc = kvprobe("run", *args, "--out", str(out))
+    proc = kvprobe("run", *args, "--out", str(out), env={"COLUMNS": "80"})  # a narrow terminal
     assert proc.returncode == 0, proc.stderr
     return dict(json.loads(out.read_text())), proc.stdout
 
 
-def _decided_line(stdout: str) -> tuple[int, re.Match[str]]:
-    found = [(i, m) for i, line in enumerate(stdout.splitlines()) if (m := DECIDED.match(line))]
+def _decided_line(stdout: str, width: int = 160) -> tuple[int, re.Match[str]]:
+    lines = stdout.splitlines()
+    found = [(i, m) for i, line in enumerate(lines) if (m := DECIDED.match(line))]
     assert len(found) == 1, stdout
+    at = found[0][0]
+    assert GOING_ON.match(lines[at + 1]), lines[at + 1]  # what the run does now, on a line of its own
+    assert all(len(line) <= width for line in lines[at : at + 2]), lines[at : at + 2]  # wrapped to fit
     return found[0]
+
+
+def _said_once(lines: list[str], heading: int, at: int) -> None:
+    """Every line of the decision printed at `heading` (up to the decided line `at`) is printed once."""
+    block = [line for line in lines[heading + 1 : at] if line.strip()]
+    assert block, lines
+    assert all(lines.count(line) == 1 for line in block), [line for line in block if lines.count(line) > 1]
 
 
 def test_the_decision_is_printed_before_the_end_and_the_run_completes_the_curve(
@@ -126,12 +136,14 @@ def test_the_decision_is_printed_before_the_end_and_the_run_completes_the_curve(
 ) -> None:
     doc, stdout = full
     lines = stdout.splitlines()
-    at, match = _decided_line(stdout)
+    at, match = _decided_line(stdout, width=80)
     assert match.group(2).startswith("q4_0 ")
-    # the Recommendation came with the decision, and again in the report at the end
-    recommendations = [i for i, line in enumerate(lines) if line == "Recommendation"]
-    assert len(recommendations) == 2
-    assert recommendations[0] < at < recommendations[1]
+    # the Recommendation came with the decision; the report at the end says it stands, no line twice
+    heading = lines.index("Recommendation")
+    assert heading < at
+    assert lines.count("Recommendation") == 1
+    assert "Recommendation: as printed at the decision above" in lines[at:]
+    _said_once(lines, heading, at)
     assert lines[-1].startswith("result: ")
     decided = doc["run"]["decided"]
     assert decided["configs"] == {"q4_0": {"status": WORSE, "ctx": 1024}}
@@ -222,7 +234,9 @@ def test_ctrl_c_after_the_decision_keeps_it_with_the_curve_so_far(
     assert ": q4_0 " in last
     assert "(complete: false, 1 unit missing)" in last
     assert last.endswith(f"`kvprobe run --resume {journal_path(out)}`")
-    assert proc.stdout.splitlines().count("Recommendation") == 2  # at the decision, and at the end
+    lines = proc.stdout.splitlines()  # at the decision; at the end, only what changed
+    assert lines.count("Recommendation") == 1
+    _said_once(lines, lines.index("Recommendation"), _decided_line(proc.stdout)[0])
     doc = json.loads(out.read_text())
     early = full[0]["run"]["decided"]["recommendation"]
     assert doc["complete"] is False
@@ -272,8 +286,9 @@ def test_default_model_prints_the_decision_before_the_end(default_model_path: Pa
     assert proc.returncode == 0, proc.stderr
     at, match = _decided_line(proc.stdout)
     assert match.group(2).startswith("q4_0 ")
-    lines = proc.stdout.splitlines()  # the report at the end opens with the last Recommendation
-    assert at < max(i for i, line in enumerate(lines) if line == "Recommendation")
+    lines = proc.stdout.splitlines()  # the report at the end says the decision stands, or what changed
+    assert at < max(i for i, line in enumerate(lines) if line.startswith("Recommendation"))
+    _said_once(lines, lines.index("Recommendation"), at)
     doc = json.loads(out.read_text())
     assert doc["run"]["decided"]["configs"]["q4_0"]["status"] == WORSE
     assert len(doc["timing"]["units"]) > doc["run"]["decided"]["units"]

@@ -10,7 +10,10 @@ from typing import Any
 
 import pytest
 
+from kvprobe.result.journal import CHECKSUM, checksummed
 from tests.helpers import RESUME_SCENARIO, kvprobe
+
+CHECKSUM_KEY = next(iter(json.loads(CHECKSUM.decode() + '"}')))  # the checksum's own field
 
 FIELDS = ("items", "text_items", "summary", "verdict", "divergence")
 
@@ -61,6 +64,30 @@ def test_a_killed_run_resumes_to_identical_results(
     # The lockstep state is rebuilt by feeding the prefix again, only where a later unit needs it.
     assert resume["refeed_tokens"] == {"0,0": 2 * 1024 + 1024, "0,1": 0, "1,0": 2 * 1024}[after]
     assert not journal.exists()
+
+
+def test_a_journal_from_before_the_ladder_resumes_the_reference_alone(
+    tiny_model_path: Path, tmp_path: Path
+) -> None:
+    """A run without --cache once measured f16 alone (now: q8_0 and q4_0 against it); its journal
+    resumes as it was started, not as a request for other caches."""
+    out = tmp_path / "r.json"
+    args = ["--model", str(tiny_model_path), "--scenario", "quick", "--ctx", "2048", "--threads", "2"]
+    killed = kvprobe("run", *args, "--cache", "f16", "--no-html", "--out", str(out), stop="0,0:kill")
+    assert killed.returncode == -9
+    journal = Path(str(out) + ".journal.jsonl")
+    header, *units = journal.read_text().splitlines()
+    old = {k: v for k, v in json.loads(header).items() if k != CHECKSUM_KEY}
+    old["argv"] = [a for a in old["argv"] if a not in ("--cache", "f16")]  # as such a run wrote it
+    assert "--cache" not in old["argv"]
+    assert old["identity"]["configs"] == ["f16"]
+    journal.write_text("\n".join([checksummed(old), *units]) + "\n")
+    resumed = kvprobe("run", "--resume", str(journal))
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming" in resumed.stdout
+    doc = json.loads(out.read_text())
+    assert doc["complete"] is True
+    assert sorted({it["config"] for it in doc["items"]}) == ["f16"]
 
 
 @pytest.mark.parametrize("signal_name", ["int", "term"])

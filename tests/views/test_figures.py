@@ -389,3 +389,64 @@ def test_one_configuration_one_style_on_every_figure() -> None:
     assert config_style("q4_0").name == "vermillion"
     assert config_style("k=q4_0,v=f16").colour == config_style("q4_0").colour
     assert config_style("k=q4_0,v=f16").marker != config_style("q4_0").marker
+
+
+def test_a_verdict_looks_like_no_configuration() -> None:
+    """Verdicts (the page's badges, a sweep's decision figures) in neutral greys that no
+    configuration is drawn in, far from the reference's black and real text's grey, told apart by
+    their fill, icon and word, their text readable (7:1 at least), their outline seen (3:1)."""
+    from kvprobe.views.figures import (
+        GLYPHS,
+        GROUP_COLOURS,
+        VERDICTS,
+        colour_words,
+        configuration_colours,
+        contrast_ratio,
+    )
+
+    configs = configuration_colours()
+    assert {"#D55E00", "#009E73", "#E69F00", "#000000", "#999999"} <= configs
+    for status, look in VERDICTS.items():
+        for colour in (look.fill, look.ink, look.edge):
+            assert colour not in configs, (status, colour)
+            assert colour[1:3] == colour[3:5] == colour[5:7], (status, colour)  # a grey: no hue at all
+        assert contrast_ratio(look.ink, look.fill) >= 7, status
+        assert contrast_ratio(look.fill, "#000000") >= 2, status  # not the reference's black
+        assert contrast_ratio(look.fill, "#999999") >= 2, status  # nor real text's grey
+    tested = [VERDICTS[s] for s in ("equivalent", "undecided", "worse")]
+    assert len({(v.fill, v.dash) for v in tested}) == 3
+    assert all(contrast_ratio(v.edge, "#FFFFFF") >= 3 for v in tested)  # an outline seen on the page
+    icons = [v.icon for v in tested]
+    assert len(set(icons)) == 3
+    assert not set(icons) & {*GLYPHS.values(), "▲"}  # no configuration's marker, no onset
+    assert all(GROUP_COLOURS[s] == VERDICTS[s].fill for s in ("equivalent", "undecided", "worse"))
+    words = colour_words()
+    assert (words["decision worse"], words["decision equivalent"]) == ("dark grey", "white")
+
+
+def test_a_decision_heatmap_draws_each_verdict_in_its_look() -> None:
+    """A sweep's decision grid: each cell in its verdict's fill, its text in the verdict's ink
+    with its icon, the colour bar naming each verdict with its icon too."""
+    import numpy as np
+
+    from kvprobe.views.figures import VERDICTS, _draw_categories, _pyplot
+
+    categories = ["equivalent", "undecided", "worse"]
+    text = ["equivalent\n1,024", "worse\nnone", "undecided\n512"]
+    grid = Heatmap("sweep-decisions-1024", "Decision at 1,024 tokens", "cache", "model",
+                   ["q8_0", "q4_0", "q4_1"], ["m"], [[0.0, 2.0, 1.0]], "decision", categories=categories,
+                   text=[text])  # fmt: skip
+    plt = _pyplot()
+    fig, ax = plt.subplots()
+    texts = _draw_categories(ax, fig, grid, np.array(grid.values, dtype=float))
+    cmap = ax.images[0].get_cmap()
+    fills = ["#{:02X}{:02X}{:02X}".format(*(round(255 * c) for c in cmap(i)[:3])) for i in range(3)]
+    bar = [t.get_text() for t in fig.axes[1].get_yticklabels()]
+    plt.close(fig)
+    assert fills == [VERDICTS[c].fill for c in categories]
+    drawn = [(t.get_text(), t.get_color()) for t in texts]
+    assert drawn == [
+        (f"{VERDICTS[c].icon} {text[j]}", VERDICTS[c].ink)
+        for j, c in enumerate(["equivalent", "worse", "undecided"])
+    ]
+    assert bar == [f"{VERDICTS[c].icon} {c}" for c in categories]

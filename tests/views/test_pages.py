@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import json
+import re
 import shutil
 import tomllib
 import unicodedata
@@ -201,3 +202,17 @@ def test_a_results_page_says_what_and_its_verdicts_first() -> None:
     assert html.index('data-status="worse"') < html.index("<h2>Recommendation</h2>")
     assert "● frontier:" in Page(html).text
     assert "shown worse" in Page(html).text
+    # Each verdict word in its look (a grey, an icon), never in a configuration's colour.
+    from kvprobe.views.figures import VERDICTS, configuration_colours
+
+    words = dict(re.findall(r'data-status="(\w+)">.*?<span class="word" style="([^"]*)">', html))
+    assert set(words) == {"reference", "worse"}
+    for status, style in words.items():
+        look = VERDICTS[status]
+        assert style == f"background: {look.fill}; color: {look.ink}; border: 2px {look.dash} {look.edge}"
+        assert not set(re.findall(r"#[0-9A-F]{6}", style.upper())) & configuration_colours(), style
+    assert '<span class="icon" aria-hidden="true">✗</span> worse</span>' in html
+    # A llama.cpp flag stays with its value (a span that never wraps); the text copied is the flags.
+    pairs = " ".join(f'<span class="pair">{p}</span>' for p in ("-ctk q4_0", "-ctv q4_0", "-fa on"))
+    assert pairs in html
+    assert "-ctk q4_0 -ctv q4_0 -fa on" in Page(html).text

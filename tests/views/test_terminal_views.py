@@ -12,8 +12,9 @@ from typing import Any
 import pytest
 from rich.console import Console
 
+from kvprobe.result.store import Result
 from kvprobe.stats.decision import kv_bytes
-from kvprobe.views.decision import frontier_cells, print_decision
+from kvprobe.views.decision import frontier_cells, print_decision, print_decision_lines
 from kvprobe.views.terminal import matrix_rows, print_comparison, print_run_report
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "results" / "examples"
@@ -155,7 +156,7 @@ def test_an_in_process_table_is_unchanged() -> None:
     header, cells = frontier_cells(doc)
     ctx, train = doc["run"]["ctx"], doc["model"]["n_ctx_train"]
     assert header == [
-        "config", "vs reference", "effective context", "mean KL (whole document)", f"KV MiB at {ctx:,}",
+        "config", "vs reference", "effective context", "mean KL, nats (whole document)", f"KV MiB at {ctx:,}",
         "saves", f"KV MiB at {train:,}", "prefill tokens/s (depth)", "llama.cpp flags", "frontier",
     ]  # fmt: skip
     for row in cells:
@@ -200,3 +201,25 @@ def decision_at(doc: Any, width: int) -> str:
     out = io.StringIO()
     print_decision(doc, Console(file=out, width=width, force_terminal=False))
     return out.getvalue()
+
+
+def test_the_report_after_an_early_decision_prints_none_of_its_lines_again() -> None:
+    """A run that printed its decision early: the report at the end says it stands, or prints
+    only the lines the whole curve changed."""
+    doc = Result.load(EXAMPLES / "splitkv-f16-q8_0-q4_0-8192.json").doc
+    early = io.StringIO()
+    shown = print_decision_lines(doc, Console(file=early, width=80))
+    assert shown == [line for line in early.getvalue().splitlines() if line != "Recommendation"]
+    same = io.StringIO()
+    assert print_decision_lines(doc, Console(file=same, width=80), shown=shown) == []
+    assert same.getvalue().splitlines() == ["Recommendation: as printed at the decision above"]
+    changed = [line.replace("q8_0", "q5_0") if line.lstrip().startswith("q8_0") else line for line in shown]
+    assert changed != shown
+    later = io.StringIO()
+    again = print_decision_lines(doc, Console(file=later, width=80), shown=changed)
+    lines = later.getvalue().splitlines()
+    assert lines[0].startswith("Recommendation, changed since the decision above")
+    assert again == lines[1:]
+    assert again
+    assert all(line.lstrip().startswith("q8_0") or line.startswith("        ") for line in again)
+    assert not set(again) & set(changed)  # nothing printed twice

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from kvprobe.stats.compare import compare
-from kvprobe.views.decision import decision_lines
+from kvprobe.views.decision import decision_lines, print_frontier_table
 from kvprobe.views.fit import fit_table
 from kvprobe.views.terminal import print_comparison, print_matrix, print_run_report
 from tests.helpers import examples, kvprobe
@@ -95,6 +96,15 @@ def test_details_move_out_of_the_default_report(docs: dict[str, Any]) -> None:
     assert doc["verdict"]["recommendation"]["sentence"][:40] in " ".join(long.split())
 
 
+def test_the_details_command_is_never_broken_at_80_columns(docs: dict[str, Any]) -> None:
+    """A long result path: the command goes whole onto a line of its own."""
+    doc = docs["default-f16-q4_0-8192.json"]
+    path = "results/runs/a-long-folder-name/default-f16-q4_0-8192-2026-12-07.json"
+    lines = rendered(lambda c: print_run_report(doc, c, path=path), 80).splitlines()
+    assert f"kvprobe report {path} --details" in lines
+    assert "intervals, p-values and fits:" in lines
+
+
 def test_the_prompt_is_said_once_at_the_end_of_a_run(docs: dict[str, Any]) -> None:
     doc = docs["default-f16-q4_0-8192.json"]
     assert "prompt: raw text" in rendered(lambda c: print_run_report(doc, c), 200)
@@ -155,3 +165,33 @@ def test_a_table_too_narrow_for_any_column_is_kept_whole() -> None:
     table = Table("a-header-wider-than-the-terminal-" * 3)
     table.add_row("a-value-wider-than-the-terminal-" * 3)
     assert fit_table(table, 40) == [table]
+
+
+SIZE = re.compile(r"\d[\d,]*\.\d+ [MG]iB")
+
+
+@pytest.mark.parametrize("width", WIDTHS)
+def test_doctor_fits_on_a_model_with_sliding_window_layers(default_model_path: Path, width: int) -> None:
+    """The default model (gemma3) has sliding-window layers: each KV cell holds two sizes and
+    whether they fit; at 80 columns a size never parts from its unit, none is cut."""
+    proc = kvprobe("doctor", "--model", str(default_model_path), "--vram", "24", env={"COLUMNS": str(width)})
+    assert proc.returncode == 0, proc.stderr
+    assert_fits(proc.stdout, width)
+    title, kv = proc.stdout.split("KV cache memory", 1)[1].split("llama.cpp build", 1)[0].split("┡", 1)
+    assert "--swa-full" in title  # the sizes in parentheses: with --swa-full
+    assert kv.count("(train)") == 1
+    assert len(SIZE.findall(kv)) == 3 * 3 * 2  # 4,096, 8,192, the training context; 3 caches; 2 sizes
+    assert kv.count(" yes ") == 3 * 3
+
+
+def test_the_frontier_table_never_parts_a_flag_from_its_value(docs: dict[str, Any]) -> None:
+    """At 80 columns the llama.cpp flags wrap between "flag value" pairs only."""
+    for name in ("default-f16-q4_0-8192.json", "server-default-f16-q4_0-8192.json"):
+        text = rendered(lambda c, d=docs[name]: print_frontier_table(d, c), 80)
+        assert_fits(text, 80)
+        assert not re.search(r"\s-[a-z]+\s*│", text), text  # a flag at a cell's line end, its value below
+        for flag in ("-ctk f16", "-ctv f16", "-ctk q4_0", "-ctv q4_0", "-fa on"):
+            assert flag in text, (name, flag)
+        titles = [line.strip() for line in text.splitlines() if "per configuration" in line]
+        assert titles[0].startswith("Quality, memory and speed per configuration (● on the frontier")
+        assert "Quality, memory and speed per configuration, continued" in titles
