@@ -55,13 +55,14 @@ def number_text(value: object) -> bool:
 
 ENVIRONMENT.tests["number_text"] = number_text
 
-# A llama.cpp flag and its value ("-ctk q4_0", "-fa on"): kept on one line, wrapped between pairs.
-_FLAG_PAIR = re.compile(r"(?<!\S)(--?[a-z][\w-]* [^\s(-]\S*)")
+# A command-line flag with its value where it has one ("-ctk q4_0", "-fa on", "--split-kv"):
+# kept on one line (a browser would break "--cache" after its hyphens), wrapped between pairs.
+_FLAG_PAIR = re.compile(r"(?<!\S)(--?[a-z][\w-]*(?: [^\s(-]\S*)?)")
 
 
 def flag_pairs(value: object) -> Markup:
-    """A cell with its flag-value pairs each in a span that never wraps (the text itself, copied,
-    is unchanged: plain spaces)."""
+    """A text with its flags, each with its value, in spans that never wrap (the text itself,
+    copied, is unchanged: plain spaces)."""
     parts = _FLAG_PAIR.split(str(shown(value)))
     return Markup("").join(
         Markup('<span class="pair">{}</span>').format(p) if i % 2 else Markup.escape(p)

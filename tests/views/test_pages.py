@@ -216,3 +216,4 @@ def test_a_results_page_says_what_and_its_verdicts_first() -> None:
     pairs = " ".join(f'<span class="pair">{p}</span>' for p in ("-ctk q4_0", "-ctv q4_0", "-fa on"))
     assert pairs in html
     assert "-ctk q4_0 -ctv q4_0 -fa on" in Page(html).text
+    assert '(add <span class="pair">--split-kv</span>)' in html  # the rules of thumb's flags too
