@@ -15,6 +15,7 @@ import functools
 import hashlib
 import json
 import os
+import shutil
 import signal
 import struct
 import subprocess
@@ -742,3 +743,20 @@ per_segment = 4
 documents = 1
 chunk = 256
 """
+
+
+# A real browser for the page tests: Debian's chromium. Skipped without one, except under CI
+# (CI=true), where .ci/run installs it: there its absence fails the page tests (`browser()`)
+# instead of passing them by skipping.
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+needs_browser = pytest.mark.skipif(
+    CHROMIUM is None and os.environ.get("CI") != "true",
+    reason="no headless browser: install Debian's chromium package to run it",
+)
+
+
+def browser() -> str:
+    """The browser's path (a test marked `needs_browser` fails here under CI without one)."""
+    if CHROMIUM is None:
+        pytest.fail("CI=true and no chromium: .ci/run installs Debian's chromium for the page tests")
+    return CHROMIUM

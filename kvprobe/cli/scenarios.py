@@ -11,7 +11,7 @@ from rich.table import Table
 from kvprobe.api import selected
 from kvprobe.cli.options import Subparsers
 from kvprobe.plan.scenario import Scenario, bundled_scenarios, load_scenario
-from kvprobe.views.fit import fit_table
+from kvprobe.views.fit import print_fitted
 
 
 def add_parser(subparsers: Subparsers) -> None:
@@ -32,6 +32,5 @@ def cmd_scenarios(args: argparse.Namespace, console: Console, words: list[str]) 
     table.add_column("what it measures")
     for name in bundled_scenarios():
         table.add_row(name, "\n".join(scenario_lines(load_scenario(name))))
-    for part in fit_table(table, console.width):
-        console.print(part, markup=False, highlight=False)
+    print_fitted(table, console, markup=False)
     return 0

@@ -17,15 +17,23 @@ def nvml() -> Iterator[Any | None]:
     catch (`except lib.NVMLError`): each caller says what a failed read means to it."""
     try:
         import pynvml  # here, not at the top: nvidia-ml-py is optional at run time
+
+        lib: Any | None = pynvml
     except ImportError:
+        lib = None
+    if lib is None or not _opened(lib):  # outside the handlers: the block's errors carry no NVML context
         yield None
         return
     try:
-        pynvml.nvmlInit()
-    except pynvml.NVMLError:
-        yield None
-        return
-    try:
-        yield pynvml
+        yield lib
     finally:
-        pynvml.nvmlShutdown()
+        lib.nvmlShutdown()
+
+
+def _opened(lib: Any) -> bool:
+    """NVML initialised (False: no NVIDIA driver or its library)."""
+    try:
+        lib.nvmlInit()
+    except lib.NVMLError:
+        return False
+    return True

@@ -72,7 +72,7 @@ class EarlyDecision:
     until_decided: dict[str, Any]  # the design: a partial result's verdict reads it
     recommendation: str | None = None  # the configuration the printed Recommendation named
     words: str = ""  # "q4_0 worse from the start", from the partial result's verdict
-    printed: list[str] = field(default_factory=list)  # the decision's lines printed then (not again)
+    printed: list[str] = field(default_factory=list)  # the decision's entries printed then (not again)
 
     def to_json(self) -> dict[str, Any]:
         """The result's `run.decided`."""

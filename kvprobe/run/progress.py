@@ -98,10 +98,10 @@ class RunProgress:
         left = self.eta()
         eta = f", about {format_duration(left)} left" if left is not None else ""
         elapsed = format_duration(self.clock() - self.started)
-        if self.decision is not None:
+        if self.decision is not None:  # said once above, when it was made: not again in each line
             return (
-                f"progress: {self.completing()} ({self.what}: {self.done_tokens:,} of about "
-                f"{self.total:,} tokens, {elapsed} elapsed)"
+                f"progress: completing the curve after the decision{eta}, Ctrl-C keeps the decision "
+                f"({self.what}: {self.done_tokens:,} of about {self.total:,} tokens, {elapsed} elapsed)"
             )
         done = f"{self.done_tokens:,} of about {self.total:,} tokens"
         return f"progress: {self.what}: {done}, {elapsed} elapsed{eta}"

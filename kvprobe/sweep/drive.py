@@ -29,7 +29,7 @@ from kvprobe.sweep.progress import SweepProgress
 from kvprobe.sweep.ray_executor import run_ray
 from kvprobe.sweep.results import read_cells, result_state
 from kvprobe.sweep.spec import SweepSpec
-from kvprobe.views.fit import Units, fit_table, fits_whole
+from kvprobe.views.fit import Units, fits_whole, print_fitted
 
 GiB = 2**30
 
@@ -139,8 +139,7 @@ def print_dry_run(
     table = _dry_table(title, rows, columns)
     if not fits_whole(table, console.width):  # the cell's name says its axes: not again where room is short
         table = _dry_table(title, rows, [k for k in columns if k not in NAMED])
-    for part in fit_table(table, console.width):
-        console.print(part)
+    print_fitted(table, console)
     if same:  # markup off: the cells' text as it is, controls written out
         state = f" {rows[0]['state']}" if "state" in same else ""
         said = ", ".join(f"{k} {visible(rows[0][k])}" for k in same if k != "state")

@@ -20,7 +20,7 @@ from kvprobe.infra.display import plain
 from kvprobe.sweep.collect import SweepReport
 from kvprobe.sweep.merge import DECISIONS, Problem, SweepRow, build
 from kvprobe.views.figures import Figure, Heatmap, Point, Scatter
-from kvprobe.views.fit import fit_table
+from kvprobe.views.fit import print_fitted
 from kvprobe.views.layout import Picture, render_page
 from kvprobe.views.layout import Table as PageTable  # rich's Table draws the terminal's
 
@@ -122,21 +122,15 @@ def print_sweep(report: SweepReport, console: Console) -> None:
             table.add_row(
                 plain(name), *(f"{r.status} ({_ctx(r.effective_context)})" if r else "" for r in line)
             )
-        _print_fitted(table, console)
+        print_fitted(table, console)
     for model in models:
         table = Table(title=f"{plain(model)}: per cache and context")
         for col in MODEL_HEADER:
             table.add_column(col, justify="left" if col in ("config", "decision", "cell") else "right")
         for texts in per_model_cells(rows, model):
             table.add_row(*(plain(t) for t in texts))
-        _print_fitted(table, console)
+        print_fitted(table, console)
     print_problems(report.problems, console)
-
-
-def _print_fitted(table: Table, console: Console) -> None:
-    """The table at the terminal's width: in parts that repeat its key columns, no value cut."""
-    for part in fit_table(table, console.width):
-        console.print(part)
 
 
 def print_problems(problems: Sequence[Problem], console: Console) -> None:
@@ -147,7 +141,7 @@ def print_problems(problems: Sequence[Problem], console: Console) -> None:
         table.add_column(col)
     for p in problems:
         table.add_row(plain(p.cell), plain(p.status), plain(p.why))
-    _print_fitted(table, console)
+    print_fitted(table, console)
 
 
 def decision_heatmap(rows: Sequence[SweepRow], ctx: int) -> Heatmap | None:
@@ -157,7 +151,8 @@ def decision_heatmap(rows: Sequence[SweepRow], ctx: int) -> Heatmap | None:
     values: list[list[float | None]] = [
         [None if r is None else float(TESTED.index(r.status)) for r in line] for line in cells
     ]
-    text = [["" if r is None else f"{r.status}\n{_ctx(r.effective_context)}" for r in line] for line in cells]
+    # A cell without a result is said so (hatched on the figure), never left blank.
+    text = [["no result" if r is None else _decided(r) for r in line] for line in cells]
     return Heatmap(
         f"sweep-decisions-{ctx}",
         f"Decision at {ctx:,} tokens (cell text: effective context)",
@@ -170,6 +165,10 @@ def decision_heatmap(rows: Sequence[SweepRow], ctx: int) -> Heatmap | None:
         categories=list(TESTED),
         text=text,
     )
+
+
+def _decided(row: SweepRow) -> str:
+    return f"{row.status}\n{_ctx(row.effective_context)}"
 
 
 def frontier_figure(rows: Sequence[SweepRow], model: str, index: int) -> Scatter | None:

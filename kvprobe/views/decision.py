@@ -21,7 +21,7 @@ from kvprobe.stats.equivalence import MAX_ITEMS
 from kvprobe.stats.shape import WHOLE, whole_or_positions
 from kvprobe.stats.shape import number as figure
 from kvprobe.views.figures import Point, Scatter
-from kvprobe.views.fit import Units, fit_table
+from kvprobe.views.fit import Units, fit_table, flag_units
 
 MIB = 1024 * 1024
 
@@ -276,40 +276,51 @@ def _wrap(text: str, width: int, indent: str, first: str = "") -> list[str]:
     )  # fmt: skip
 
 
-def decision_text(result: ResultDoc, width: int) -> tuple[list[str], list[str]]:
-    """The decision's lines under its heading, as printed at `width`: its head line and one line
+@dataclass(frozen=True)
+class Said:
+    """One entry of the decision: its text in one line (what a later report compares), and its
+    lines as wrapped at the terminal's width."""
+
+    text: str
+    lines: list[str]
+
+
+def decision_text(result: ResultDoc, width: int) -> tuple[list[Said], list[Said]]:
+    """The decision's entries under its heading, wrapped at `width`: its head line and one entry
     per configuration; then what goes with it, the prefill speed and, with --until-decided, where
     each configuration stopped (both empty without a decision)."""
     head = decision_head(result)
     if head is None:
         return [], []
-    decided = _wrap(plain(head), width - 1, "    ", first="  ")
-    lines = [[plain(p) for p in parts] for parts in decision_lines(result)]
-    name_width = max((cell_len(parts[0]) for parts in lines), default=0)
-    for parts in lines:
-        decided.extend(f"  {line}" for line in _wrapped(parts, name_width, width - 2))
-    said = [speed_line(result), stopped_early_line(result)]
-    return decided, [line for s in said if s for line in _wrap(s, width - 1, "  ", first="  ")]
+    decided = [Said(plain(head), _wrap(plain(head), width - 1, "    ", first="  "))]
+    entries = [[plain(p) for p in parts] for parts in decision_lines(result)]
+    name_width = max((cell_len(parts[0]) for parts in entries), default=0)
+    for parts in entries:
+        lines = [f"  {line}" for line in _wrapped(parts, name_width, width - 2)]
+        decided.append(Said(" · ".join(parts), lines))
+    said = [s for s in (speed_line(result), stopped_early_line(result)) if s]
+    return decided, [Said(s, _wrap(s, width - 1, "  ", first="  ")) for s in said]
 
 
 def print_decision_lines(result: ResultDoc, console: Console, *, shown: Sequence[str] = ()) -> list[str]:
-    """The decision first, under its heading (decision_text); the lines printed (empty without a
-    decision). `shown`: the lines printed when the run decided early, none of them printed again:
-    one line says the decision stands, or only its lines that changed follow."""
+    """The decision first, under its heading (decision_text); the texts of the entries printed
+    (empty without a decision). `shown`: the entries printed when the run decided early, none
+    printed again: one line says the decision stands, or the entries that changed follow whole
+    (compared as texts, so the terminal's width does not matter)."""
     decided, extra = decision_text(result, console.width)
-    new = [line for line in decided if line not in shown]
     if not decided:
         return []
+    new = [s for s in decided if s.text not in shown]
     if not shown:
         console.print("[bold]Recommendation[/]")
     elif not new:
         console.print("Recommendation: as printed at the decision above", markup=False, highlight=False)
     else:
-        console.print("[bold]Recommendation[/], changed since the decision above (the other lines stand)")
-    printed = [line for line in new + extra if line not in shown]
-    for line in printed:
+        console.print("[bold]Recommendation[/], what changed since the decision above")
+    printed = [s for s in new + extra if s.text not in shown]
+    for line in (line for s in printed for line in s.lines):
         console.print(line, markup=False, highlight=False, soft_wrap=True)
-    return printed
+    return [s.text for s in printed]
 
 
 def print_decision(result: ResultDoc, console: Console, *, details: bool = False, lines: bool = True) -> None:
@@ -350,13 +361,7 @@ def _cell(column: Column, text: str) -> str | Units:
     """A cell; the flags as units that wrap between "flag value" pairs only ("-ctk q8_0")."""
     if column.part != "flags":
         return plain(text)
-    units: list[str] = []
-    for word in visible(text).split():
-        if units and units[-1].startswith("-") and " " not in units[-1] and not word.startswith(("-", "(")):
-            units[-1] += f" {word}"  # a flag's value
-        else:
-            units.append(word)
-    return Units(units)
+    return Units(flag_units(visible(text)))
 
 
 def print_folklore(result: ResultDoc, console: Console) -> None:

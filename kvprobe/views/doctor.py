@@ -12,7 +12,7 @@ from kvprobe.api.record import JsonObject
 from kvprobe.infra.display import plain, visible
 from kvprobe.infra.errors import UserError
 from kvprobe.plan.chat import ChatTemplate, find_framing
-from kvprobe.views.fit import Units, fit_table
+from kvprobe.views.fit import Units, print_fitted
 from kvprobe.weights.doctor import GiB, MiB, short_type
 
 SEVERITY_STYLE = {"serious": "bold red", "warning": "yellow", "info": "cyan"}
@@ -91,7 +91,7 @@ def print_doctor(report: JsonObject, console: Console) -> None:  # weights.docto
             f"{t['params'] / f['n_params']:.1%}" if f["n_params"] else "-",  # every tensor may be empty
             _size(t["bytes"]),
         )
-    _print_fitted(types, console)
+    print_fitted(types, console)
 
     found = Table(title="Findings")
     for col in ("severity", "finding", "evidence", "fix"):
@@ -103,14 +103,8 @@ def print_doctor(report: JsonObject, console: Console) -> None:  # weights.docto
         )
     if not report["findings"]:
         found.add_row("", "no weight-side problem found", "", "")
-    _print_fitted(found, console)
-    _print_fitted(kv_table(report), console)
-
-
-def _print_fitted(table: Table, console: Console) -> None:
-    """At the terminal's width, no value cut (views.fit)."""
-    for part in fit_table(table, console.width):
-        console.print(part)
+    print_fitted(found, console)
+    print_fitted(kv_table(report), console)
 
 
 def kv_table(report: JsonObject) -> Table:  # weights.doctor.diagnose's, plain

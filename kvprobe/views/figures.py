@@ -561,6 +561,7 @@ def _draw_categories(ax: Any, fig: Any, figure: Heatmap, data: Any) -> list[Any]
     """Each cell in its category's colour, with its text; the colour bar names the categories."""
     import numpy as np
     from matplotlib.colors import ListedColormap
+    from matplotlib.patches import Rectangle
 
     n = len(figure.categories)
     looks = [verdict_look(c) for c in figure.categories]
@@ -576,9 +577,14 @@ def _draw_categories(ax: Any, fig: Any, figure: Heatmap, data: Any) -> list[Any]
     texts = []
     for (i, j), v in np.ndenumerate(data):
         text = figure.text[i][j] if figure.text is not None else ""
-        if text:
-            category = figure.categories[int(v)] if not np.isnan(v) else ""
-            look = verdict_look(category) if category else VERDICTS["reference"]
+        if np.isnan(v):  # no verdict (a cell without a result): hatched, never a verdict's look
+            ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, facecolor="#eeeeee", edgecolor="#999999",
+                                   hatch="//", linewidth=0))  # fmt: skip
+            if text:
+                texts.append(ax.text(j, i, text, ha="center", va="center", fontsize=8, color="#333333"))
+        elif text:
+            category = figure.categories[int(v)]
+            look = verdict_look(category)
             ink = "white" if category == "reference" else look.ink  # on the reference's black
             shown = f"{look.icon} {text}" if look.icon else text
             texts.append(ax.text(j, i, shown, ha="center", va="center", fontsize=8, color=ink))

@@ -26,6 +26,16 @@ _MEASURE = Console(width=10_000, color_system=None)  # measures only, prints not
 VALUE = re.compile(r"[^A-Za-z]*")  # a number, an interval, a count: no letters
 
 
+# A command-line flag with its value where it has one ("-ctk q4_0", "-fa on", "--split-kv"): a
+# unit on the terminal and a span that never wraps on the page (kvprobe.views.layout.flag_pairs).
+FLAG = re.compile(r"(?<!\S)(--?[A-Za-z][\w-]*(?: [^\s(-]\S*)?)")
+
+
+def flag_units(text: str) -> list[str]:
+    """The text's words, each flag with its value as one."""
+    return [u for i, part in enumerate(FLAG.split(text)) for u in ([part] if i % 2 else part.split())]
+
+
 class Units:
     """A cell of units that never break inside ("-ctk q8_0", "1.56 GiB"): it wraps between
     them only, as many on a line as its width holds, so its narrowest width is its longest unit.
@@ -132,7 +142,7 @@ def _stacked(table: Table) -> Table:
         title=table.title, caption=table.caption, box=table.box, show_header=False,
         title_justify=table.title_justify, title_style=table.title_style,
     )  # fmt: skip
-    stacked.add_column(justify="right", style=table.header_style)
+    stacked.add_column(justify="right", style=table.header_style, overflow="fold")
     stacked.add_column(overflow="fold")
     cells = [list(c.cells) for c in table.columns]
     last = len(table.columns) - 1
@@ -181,3 +191,10 @@ def fit_table(
         widths = fitted_widths([bounds[i] for i in indices], width)
         parts.append(_part(table, indices, widths, table.title if n == 0 else later))
     return parts
+
+
+def print_fitted(table: Table, console: Console, *, markup: bool = True) -> None:
+    """The table at the terminal's width (fit_table), each part printed; `markup` False: its
+    cells' text as it is."""
+    for part in fit_table(table, console.width):
+        console.print(part, markup=markup, highlight=None if markup else False)

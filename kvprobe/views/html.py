@@ -101,6 +101,8 @@ def _badges(result: ResultDoc) -> list[Badge]:
 def title(name: str, result: ResultDoc) -> str:
     """What a result is, in its page's title: the model, the caches, the context, the day."""
     model = (result.get("model") or {}).get("name") or name
+    if weights := result.get("models"):  # the weights-vs-KV design: both weight files, by label
+        model = " vs ".join(f"{label} {weights[label].get('name') or label}" for label in ("ref", "test"))
     baseline = result.get("baseline")
     caches = [str(c["id"]) for c in result.get("configs") or []]
     tested = [c for c in caches if c != baseline]

@@ -22,6 +22,7 @@ from markupsafe import Markup
 
 from kvprobe.infra.display import visible
 from kvprobe.views.figures import Figure, render
+from kvprobe.views.fit import FLAG
 
 
 def shown(value: object) -> object:
@@ -55,15 +56,14 @@ def number_text(value: object) -> bool:
 
 ENVIRONMENT.tests["number_text"] = number_text
 
-# A command-line flag with its value where it has one ("-ctk q4_0", "-fa on", "--split-kv"):
-# kept on one line (a browser would break "--cache" after its hyphens), wrapped between pairs.
-_FLAG_PAIR = re.compile(r"(?<!\S)(--?[a-z][\w-]*(?: [^\s(-]\S*)?)")
-
 
 def flag_pairs(value: object) -> Markup:
-    """A text with its flags, each with its value, in spans that never wrap (the text itself,
-    copied, is unchanged: plain spaces)."""
-    parts = _FLAG_PAIR.split(str(shown(value)))
+    """A text with its flags, each with its value, in spans that never wrap (views.fit.FLAG: a
+    browser would break "--cache" after its hyphens); the text itself, copied, is unchanged.
+    Markup (a macro's output) stays as it is."""
+    if isinstance(value, Markup):
+        return value
+    parts = FLAG.split(str(shown(value)))
     return Markup("").join(
         Markup('<span class="pair">{}</span>').format(p) if i % 2 else Markup.escape(p)
         for i, p in enumerate(parts)

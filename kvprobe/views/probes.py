@@ -11,7 +11,7 @@ from kvprobe.api.record import JsonObject
 from kvprobe.api.result import ResultDoc
 from kvprobe.infra.display import plain
 from kvprobe.stats.by_probe import probe_rows
-from kvprobe.views.fit import fit_table
+from kvprobe.views.fit import print_fitted
 
 HEADER = [
     "probe", "config", "n", "reference accuracy", "Δ accuracy", "reference log-prob",
@@ -79,5 +79,4 @@ def print_probe_table(result: ResultDoc, console: Console) -> None:
         table.add_column(h, justify="left" if h in ("probe", "config") else "right")
     for row in cells:
         table.add_row(*(plain(c) for c in row))
-    for part in fit_table(table, console.width):
-        console.print(part)
+    print_fitted(table, console)

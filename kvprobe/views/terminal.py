@@ -3,6 +3,7 @@ probe supplies its own tables."""
 
 from __future__ import annotations
 
+import shlex
 import textwrap
 from collections.abc import Sequence
 
@@ -13,12 +14,12 @@ from rich.table import Table
 from kvprobe.api import MatrixColumn, all_probes
 from kvprobe.api.record import JsonObject, Row, SummaryRow
 from kvprobe.api.result import ResultDoc
-from kvprobe.infra.display import plain
+from kvprobe.infra.display import plain, visible
 from kvprobe.plan.prompt import describe
 from kvprobe.probes.divergence.build_check import build_check_sentence
 from kvprobe.stats.parts import ComparisonDoc
 from kvprobe.views.decision import print_decision, print_decision_lines, print_folklore
-from kvprobe.views.fit import fit_table
+from kvprobe.views.fit import fit_table, print_fitted
 from kvprobe.views.probes import print_probe_table
 
 
@@ -58,8 +59,7 @@ def print_run_report(
     for probe in all_probes():
         for renderable in probe.tables(result):
             if isinstance(renderable, Table):
-                for part in fit_table(renderable, console.width):
-                    console.print(part)
+                print_fitted(renderable, console)
             elif details:
                 console.print(renderable)
     print_probe_table(result, console)
@@ -67,7 +67,7 @@ def print_run_report(
         print_details(result, console)
     print_folklore(result, console)
     if not details and (result.get("verdict") or {}).get("sentences"):
-        where = plain(path) if path else "RESULT"
+        where = shlex.quote(visible(path)) if path else "RESULT"  # printed as text: a command to paste
         hint, command = "intervals, p-values and fits:", f"kvprobe report {where} --details"
         # The command whole on a line of its own where both do not fit: never broken inside it.
         fits = len(hint) + 1 + cell_len(command) <= console.width
@@ -164,8 +164,7 @@ def print_matrix(results: list[tuple[str, ResultDoc]], console: Console) -> None
         own = [row[2:] for row in rows if row[0] == name]
         model = next(row[1] for row in rows if row[0] == name)
         table = _matrix_table(f"{name} ({model})", list(MATRIX_LEAD[2:]), columns, own)
-        for part in fit_table(table, console.width):
-            console.print(part)
+        print_fitted(table, console)
 
 
 def _matrix_table(title: str, lead: list[str], columns: list[MatrixColumn], rows: list[list[str]]) -> Table:

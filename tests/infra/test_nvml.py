@@ -6,6 +6,7 @@ the block ends. Whether NVML opens here is asked of pynvml directly, not of the 
 from __future__ import annotations
 
 import os
+import sys
 
 import pynvml
 import pytest
@@ -77,3 +78,19 @@ def test_nvml_is_shut_when_the_block_raises() -> None:
     with pytest.raises(pynvml.NVMLError_InvalidArgument):
         no_such_device()
     assert not _is_open(), "nvml() left NVML initialised after an error"
+
+
+def test_an_error_in_the_block_carries_no_nvml_context() -> None:
+    """Whatever NVML said on opening, an error of the caller's block is its own (no "During
+    handling of NVMLError" above a user's traceback)."""
+    with pytest.raises(ValueError, match="the block's own") as raised, nvml():
+        raise ValueError("the block's own")
+    assert raised.value.__context__ is None
+
+
+def test_without_nvidia_ml_py_nvml_is_none(monkeypatch: pytest.MonkeyPatch) -> None:
+    """nvidia-ml-py uninstalled (an import that fails, as Python does for a missing package)."""
+    monkeypatch.setitem(sys.modules, "pynvml", None)
+    with nvml() as lib:
+        assert lib is None
+    assert gpus() == []

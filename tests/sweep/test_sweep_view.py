@@ -58,3 +58,20 @@ def test_the_dry_run_fits(two_models: list[Path], tmp_path: Path, width: int) ->
     assert ("split-kv" in proc.stdout) == (width == 200)  # the caches' column, where it fits
     assert "every cell to run: ctx 512, format auto" in proc.stdout
     assert not (tmp_path / "dry").exists()
+
+
+def test_a_decision_grid_cell_without_a_result_says_so() -> None:
+    """Model b has no q4_0 row at 1,024: its cell is labelled, not left blank (nor a verdict)."""
+    from kvprobe.sweep.merge import SweepRow
+    from kvprobe.sweep.view import decision_heatmap
+
+    def row(model: str, config: str, status: str) -> SweepRow:
+        return SweepRow(f"{model}-{config}", model, config, 1024, status, 1024, 0.01, 1, 1.0, False)
+
+    rows = [row("a", "q8_0", "equivalent"), row("a", "q4_0", "worse"), row("b", "q8_0", "equivalent")]
+    figure = decision_heatmap(rows, 1024)
+    assert figure is not None
+    assert figure.text is not None
+    cells = dict(zip(figure.x_labels, zip(*figure.text, strict=True), strict=True))
+    assert cells["q4_0"] == ("worse\n1,024", "no result")
+    assert [line[figure.x_labels.index("q4_0")] for line in figure.values] == [2.0, None]

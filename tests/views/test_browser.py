@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import json
 import re
-import shutil
 import subprocess
 from collections import Counter
 from pathlib import Path
@@ -31,18 +30,15 @@ from kvprobe.views.figures import (
     verdict_look,
 )
 from kvprobe.views.html import page
+from tests.helpers import browser, needs_browser
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "results" / "examples"
 MAIN = EXAMPLES / "default-f16-q4_0-8192.json"
 UNTIL = EXAMPLES / "until-decided-f16-q4_0-8192.json"
 REPETITION = EXAMPLES / "repetition-f16-q8_0-q4_0-8192.json"  # three configurations and real text
 DIVERGENCE = EXAMPLES / "divergence-f16-q8_0-q4_0-8192.json"  # q8_0 equivalent, q4_0 worse
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 FLAGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync"]  # fmt: skip
-needs_browser = pytest.mark.skipif(
-    CHROMIUM is None, reason="no headless browser: install Debian's chromium package to run it"
-)
 
 # For every header: each word's rectangles (a word on two lines has two tops). For every number
 # cell, configuration cell, badge and llama.cpp flag with its value: its whole text on one line.
@@ -90,7 +86,7 @@ def _chromium(
 ) -> subprocess.CompletedProcess[str]:
     source = tmp / f"page-{width}.html"
     source.write_text(html, encoding="utf-8")
-    cmd = [str(CHROMIUM), *FLAGS, f"--user-data-dir={tmp / 'profile'}", f"--window-size={width},{height}",
+    cmd = [browser(), *FLAGS, f"--user-data-dir={tmp / 'profile'}", f"--window-size={width},{height}",
            *args, source.as_uri()]  # fmt: skip
     return subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=120)
 

@@ -7,7 +7,6 @@ import base64
 import itertools
 import json
 import re
-import shutil
 import struct
 import subprocess
 import sys
@@ -19,7 +18,7 @@ import pytest
 
 from kvprobe.api import Heatmap, LineFigure, ResultDoc, all_probes, get_probe
 from kvprobe.cli import main
-from tests.helpers import examples
+from tests.helpers import browser, examples, needs_browser
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "results" / "examples"
 SPLIT = EXAMPLES / "splitkv-f16-q8_0-q4_0-8192.json"
@@ -130,7 +129,6 @@ def test_without_matplotlib_the_page_is_one_line_exit_2(tmp_path: Path) -> None:
     assert not (tmp_path / "p.html").exists()
 
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 WRAPPER = """<!DOCTYPE html><html><body>
 <iframe id="f" src="page.html" style="width:1200px;height:900px"></iframe>
 <script>
@@ -143,15 +141,13 @@ document.getElementById('f').addEventListener('load', () => {
 </script></body></html>"""
 
 
-@pytest.mark.skipif(
-    CHROMIUM is None, reason="no headless browser: install Debian's chromium package to run it"
-)
+@needs_browser
 def test_the_page_opens_in_a_real_browser(tmp_path: Path) -> None:
     page = tmp_path / "page.html"
     assert main(["report", str(SPLIT), "--html", str(page)]) == 0
     (tmp_path / "wrapper.html").write_text(WRAPPER)  # the test's own script: the page has none
     flags = [
-        str(CHROMIUM),
+        browser(),
         "--headless=new",
         "--no-sandbox",
         "--disable-gpu",
@@ -434,11 +430,12 @@ def test_a_decision_heatmap_draws_each_verdict_in_its_look() -> None:
     categories = ["equivalent", "undecided", "worse"]
     text = ["equivalent\n1,024", "worse\nnone", "undecided\n512"]
     grid = Heatmap("sweep-decisions-1024", "Decision at 1,024 tokens", "cache", "model",
-                   ["q8_0", "q4_0", "q4_1"], ["m"], [[0.0, 2.0, 1.0]], "decision", categories=categories,
-                   text=[text])  # fmt: skip
+                   ["q8_0", "q4_0", "q4_1", "q5_0"], ["m"], [[0.0, 2.0, 1.0, None]], "decision",
+                   categories=categories, text=[[*text, "no result"]])  # fmt: skip
     plt = _pyplot()
     fig, ax = plt.subplots()
     texts = _draw_categories(ax, fig, grid, np.array(grid.values, dtype=float))
+    hatched = [(p.get_xy(), p.get_hatch()) for p in ax.patches]
     cmap = ax.images[0].get_cmap()
     fills = ["#{:02X}{:02X}{:02X}".format(*(round(255 * c) for c in cmap(i)[:3])) for i in range(3)]
     bar = [t.get_text() for t in fig.axes[1].get_yticklabels()]
@@ -448,5 +445,6 @@ def test_a_decision_heatmap_draws_each_verdict_in_its_look() -> None:
     assert drawn == [
         (f"{VERDICTS[c].icon} {text[j]}", VERDICTS[c].ink)
         for j, c in enumerate(["equivalent", "worse", "undecided"])
-    ]
+    ] + [("no result", "#333333")]  # a cell without a result: said, in no verdict's look
+    assert hatched == [((2.5, -0.5), "//")]
     assert bar == [f"{VERDICTS[c].icon} {c}" for c in categories]

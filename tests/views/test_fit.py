@@ -4,6 +4,7 @@ columns that go together, the later parts under their own title."""
 from __future__ import annotations
 
 import io
+import re
 
 from rich.console import Console
 from rich.table import Table
@@ -66,3 +67,16 @@ def test_columns_that_cannot_stand_side_by_side_become_records() -> None:
     assert name in "".join(value for _, value in rows)  # folded, whole
     for record in (["memory", "4.54 GiB"], ["time", "54 s"], ["cell", "short"], ["time", "2 h 05 min"]):
         assert record in rows
+
+
+def test_a_flag_and_its_value_are_one_unit_on_the_terminal_and_on_the_page() -> None:
+    from kvprobe.views.fit import flag_units
+    from kvprobe.views.layout import flag_pairs
+
+    text = "-ctk f16 -ctv f16 (llama.cpp's default); add --split-kv --cache q8_0, not -0.5 or x-ray"
+    units = flag_units(text)
+    assert units == ["-ctk f16", "-ctv f16", "(llama.cpp's", "default);", "add", "--split-kv",
+                     "--cache q8_0,", "not", "-0.5", "or", "x-ray"]  # fmt: skip
+    assert " ".join(units) == text
+    spans = re.findall(r'<span class="pair">(.*?)</span>', str(flag_pairs(text)))
+    assert spans == ["-ctk f16", "-ctv f16", "--split-kv", "--cache q8_0,"]

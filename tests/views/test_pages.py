@@ -190,6 +190,10 @@ def test_a_results_page_says_what_and_its_verdicts_first() -> None:
     doc = load_result(path)
     view = result_view(path.name, doc)
     assert view.title == "gemma-3-270m-q4_k_m.gguf: q4_0 against f16 at 8,192 tokens, 7 Dec 2026"
+    weights = EXAMPLES / "weights-F16-vs-Q4_0-f16-q4_0-4096.json"
+    assert result_view(weights.name, load_result(weights)).title.startswith(
+        "ref gemma-3-270m-F16.gguf vs test gemma-3-270m-Q4_0.gguf: "
+    )  # both weight files of the weights-vs-KV design
     assert [(b.config, b.status) for b in view.badges] == [("f16", "reference"), ("q4_0", "worse")]
     assert view.badges[1].saves == "saves 72% of KV memory"
     assert view.decision is not None

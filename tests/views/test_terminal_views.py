@@ -14,7 +14,7 @@ from rich.console import Console
 
 from kvprobe.result.store import Result
 from kvprobe.stats.decision import kv_bytes
-from kvprobe.views.decision import frontier_cells, print_decision, print_decision_lines
+from kvprobe.views.decision import decision_text, frontier_cells, print_decision, print_decision_lines
 from kvprobe.views.terminal import matrix_rows, print_comparison, print_run_report
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "results" / "examples"
@@ -203,23 +203,36 @@ def decision_at(doc: Any, width: int) -> str:
     return out.getvalue()
 
 
+def _lines_of(show: Any, width: int) -> tuple[Any, list[str]]:
+    out = io.StringIO()
+    said = show(Console(file=out, width=width))
+    return said, out.getvalue().splitlines()
+
+
 def test_the_report_after_an_early_decision_prints_none_of_its_lines_again() -> None:
-    """A run that printed its decision early: the report at the end says it stands, or prints
-    only the lines the whole curve changed."""
+    """A run that printed its decision early: the report at the end says it stands (whatever the
+    terminal's width now), or prints whole the entries the whole curve changed, and no other."""
     doc = Result.load(EXAMPLES / "splitkv-f16-q8_0-q4_0-8192.json").doc
-    early = io.StringIO()
-    shown = print_decision_lines(doc, Console(file=early, width=80))
-    assert shown == [line for line in early.getvalue().splitlines() if line != "Recommendation"]
-    same = io.StringIO()
-    assert print_decision_lines(doc, Console(file=same, width=80), shown=shown) == []
-    assert same.getvalue().splitlines() == ["Recommendation: as printed at the decision above"]
-    changed = [line.replace("q8_0", "q5_0") if line.lstrip().startswith("q8_0") else line for line in shown]
-    assert changed != shown
-    later = io.StringIO()
-    again = print_decision_lines(doc, Console(file=later, width=80), shown=changed)
-    lines = later.getvalue().splitlines()
-    assert lines[0].startswith("Recommendation, changed since the decision above")
-    assert again == lines[1:]
-    assert again
-    assert all(line.lstrip().startswith("q8_0") or line.startswith("        ") for line in again)
-    assert not set(again) & set(changed)  # nothing printed twice
+    shown, early = _lines_of(lambda c: print_decision_lines(doc, c), 80)
+    assert early[0] == "Recommendation"
+    assert shown == [s.text for part in decision_text(doc, 80) for s in part]
+    for width in (80, 100, 60):
+        said, lines = _lines_of(lambda c, w=width: print_decision_lines(doc, c, shown=shown), width)
+        assert said == []
+        assert lines == ["Recommendation: as printed at the decision above"]
+
+
+def test_an_entry_changed_since_the_early_decision_is_printed_whole() -> None:
+    """Decided early on the --until-decided example's curve, completed as the main job's: the
+    changed entries come whole (a wrapped tail printed before for another entry included)."""
+    early = Result.load(EXAMPLES / "until-decided-f16-q4_0-8192.json").doc
+    final = Result.load(EXAMPLES / "default-f16-q4_0-8192.json").doc
+    shown, _ = _lines_of(lambda c: print_decision_lines(early, c), 60)
+    said, lines = _lines_of(lambda c: print_decision_lines(final, c, shown=shown), 60)
+    assert lines[0].startswith("Recommendation, what changed since the decision above")
+    decided, extra = decision_text(final, 60)
+    changed = [s for s in decided + extra if s.text not in shown]
+    assert changed
+    assert said == [s.text for s in changed]
+    assert lines[1:] == [line for s in changed for line in s.lines]  # every line of each, in order
+    assert not set(said) & set(shown)

@@ -103,6 +103,8 @@ def test_the_details_command_is_never_broken_at_80_columns(docs: dict[str, Any])
     lines = rendered(lambda c: print_run_report(doc, c, path=path), 80).splitlines()
     assert f"kvprobe report {path} --details" in lines
     assert "intervals, p-values and fits:" in lines
+    spaced = rendered(lambda c: print_run_report(doc, c, path="my runs/[r].json"), 200)
+    assert "fits: kvprobe report 'my runs/[r].json' --details\n" in spaced  # one word, as typed
 
 
 def test_the_prompt_is_said_once_at_the_end_of_a_run(docs: dict[str, Any]) -> None:
